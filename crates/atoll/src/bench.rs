@@ -1,0 +1,201 @@
+//! `atoll bench store`: durable put throughput and latency, and watch fan-out, for the
+//! embedded store and a real etcd started on loopback, in the same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use store::{Store, WatchMessage, WatchOptions};
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Store benchmark: embedded vs etcd.
+    Store(StoreBenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct StoreBenchArgs {
+    /// Seconds per put measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Concurrency levels for puts.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    concurrency: Vec<usize>,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Watchers for the fan-out measurement.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Events the single writer produces in the fan-out measurement.
+    #[arg(long, default_value_t = 500)]
+    fanout_events: usize,
+    /// Directory for the stores' data (default: a temporary directory on the same disk).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Skip etcd (no ratio then).
+    #[arg(long)]
+    no_etcd: bool,
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Store(args) => store_bench(args).await,
+    }
+}
+
+struct PutResult {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+struct FanoutResult {
+    delivered_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn bench_puts(store: Arc<dyn Store>, prefix: &str, concurrency: usize, secs: f64, value: Bytes) -> Result<PutResult> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let (store, value, prefix) = (store.clone(), value.clone(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                // Keys cycle over a fixed set per task, so the key count stays bounded.
+                let key = Bytes::from(format!("{prefix}/{t}/{}", i % 1000));
+                let t0 = Instant::now();
+                store.put(key, value.clone()).await?;
+                lat.push(t0.elapsed());
+                i += 1;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok(PutResult { ops_per_sec: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) })
+}
+
+async fn bench_fanout(store: Arc<dyn Store>, prefix: &str, watchers: usize, events: usize) -> Result<FanoutResult> {
+    let epoch = Instant::now();
+    let start_rev = store.current_revision().await?;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Duration>>();
+    let mut streams = Vec::new();
+    for _ in 0..watchers {
+        streams.push(store.watch(Bytes::from(format!("{prefix}/")), Some(start_rev), WatchOptions { progress_interval: None }).await?);
+    }
+    for mut stream in streams {
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(events);
+            while lat.len() < events {
+                match stream.next().await {
+                    Some(Ok(WatchMessage::Events(evs))) => {
+                        let now = epoch.elapsed();
+                        for e in evs {
+                            let sent = u64::from_le_bytes(e.kv.value[..8].try_into().unwrap_or([0; 8]));
+                            lat.push(now.saturating_sub(Duration::from_nanos(sent)));
+                        }
+                    }
+                    Some(Ok(WatchMessage::Progress(_))) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+            let _ = done_tx.send(lat);
+        });
+    }
+    drop(done_tx);
+    let started = Instant::now();
+    for i in 0..events {
+        let mut value = (epoch.elapsed().as_nanos() as u64).to_le_bytes().to_vec();
+        value.resize(256, b'x');
+        store.put(Bytes::from(format!("{prefix}/{}", i % 100)), Bytes::from(value)).await?;
+    }
+    let mut all = Vec::new();
+    let mut finished = 0;
+    while let Some(lat) = tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await.context("watchers stalled")? {
+        finished += 1;
+        all.extend(lat);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(finished == watchers, "only {finished} of {watchers} watchers finished");
+    anyhow::ensure!(all.len() == watchers * events, "delivered {} of {} events", all.len(), watchers * events);
+    all.sort_unstable();
+    Ok(FanoutResult { delivered_per_sec: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn store_bench(args: StoreBenchArgs) -> Result<()> {
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("atoll-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&base)?;
+    let embedded: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&base.join("embedded"))?);
+    let etcd = if args.no_etcd {
+        None
+    } else {
+        let process = store::etcd_process::EtcdProcess::start().context("starting etcd (apt-get install etcd-server)")?;
+        let client: Arc<dyn Store> = Arc::new(store::etcd::EtcdStore::connect(&[process.endpoint()]).await?);
+        Some((process, client))
+    };
+    let value = Bytes::from(vec![b'v'; args.value_size]);
+    println!("durable puts, {}-byte values, {} s per cell", args.value_size, args.seconds);
+    println!("{:>6} | {:>24} | {:>24} | {:>6}", "conc", "embedded ops/s p50/p99 ms", "etcd ops/s p50/p99 ms", "ratio");
+    for &c in &args.concurrency {
+        let e = bench_puts(embedded.clone(), "/bench/put", c, args.seconds, value.clone()).await?;
+        let cell = |r: &PutResult| format!("{:>8.0} {:>6.2} {:>6.2}", r.ops_per_sec, ms(r.p50), ms(r.p99));
+        match &etcd {
+            Some((_, client)) => {
+                let d = bench_puts(client.clone(), "/bench/put", c, args.seconds, value.clone()).await?;
+                println!("{c:>6} | {:>24} | {:>24} | {:>5.2}x", cell(&e), cell(&d), e.ops_per_sec / d.ops_per_sec);
+            }
+            None => println!("{c:>6} | {:>24} | {:>24} |", cell(&e), "-"),
+        }
+    }
+    println!("watch fan-out: 1 writer, {} watchers, {} events", args.watchers, args.fanout_events);
+    let e = bench_fanout(embedded.clone(), "/bench/fan", args.watchers, args.fanout_events).await?;
+    println!(
+        "embedded: {:>10.0} events/s delivered, latency p50 {:.2} ms p99 {:.2} ms",
+        e.delivered_per_sec,
+        ms(e.p50),
+        ms(e.p99)
+    );
+    if let Some((_, client)) = &etcd {
+        let d = bench_fanout(client.clone(), "/bench/fan", args.watchers, args.fanout_events).await?;
+        println!(
+            "etcd:     {:>10.0} events/s delivered, latency p50 {:.2} ms p99 {:.2} ms",
+            d.delivered_per_sec,
+            ms(d.p50),
+            ms(d.p99)
+        );
+        println!("ratio (embedded/etcd) delivered/s: {:.2}x", e.delivered_per_sec / d.delivered_per_sec);
+    }
+    drop(embedded);
+    drop(etcd);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&base);
+    }
+    Ok(())
+}

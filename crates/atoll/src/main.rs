@@ -1,0 +1,104 @@
+//! `atoll`: the one binary. Each role of the cluster is a subcommand.
+
+mod bench;
+mod debug;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use store::Store;
+
+#[derive(Parser)]
+#[command(name = "atoll", version, about = "A multi-tenant cluster manager that speaks the Kubernetes API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server over a store.
+    Server(server::ServerArgs),
+    /// Benchmarks (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Tools for tests and debugging.
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// The embedded store in the data directory (default).
+    Embedded,
+    /// An external etcd cluster (`--etcd-endpoints`).
+    Etcd,
+}
+
+/// Where cluster state lives; shared by every subcommand that opens a store.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Directory for the embedded store and generated files.
+    #[arg(long, default_value = "/var/lib/atoll")]
+    pub data_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+    /// Comma-separated etcd client URLs, for `--store etcd`.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+}
+
+impl StoreArgs {
+    pub async fn open(&self) -> Result<Arc<dyn Store>> {
+        Ok(match self.store {
+            StoreKind::Embedded => {
+                let dir = self.data_dir.join("store");
+                let store = store::embedded::EmbeddedStore::open(&dir)
+                    .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
+                Arc::new(store)
+            }
+            StoreKind::Etcd => {
+                anyhow::ensure!(!self.etcd_endpoints.is_empty(), "--store etcd needs --etcd-endpoints");
+                let store = store::etcd::EtcdStore::connect(&self.etcd_endpoints)
+                    .await
+                    .with_context(|| format!("connecting to etcd at {}", self.etcd_endpoints.join(",")))?;
+                Arc::new(store)
+            }
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("atoll: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Debug(cmd) => debug::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("atoll: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
