@@ -167,7 +167,8 @@ pub struct Event {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchMessage {
-    /// Changes, in revision order; one message never splits a revision.
+    /// Changes, in revision order; one message never splits a revision. The order of the
+    /// changes within one revision is unspecified.
     Events(Vec<Event>),
     /// Every change up to and including this revision has been delivered.
     Progress(Revision),

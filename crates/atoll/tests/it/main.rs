@@ -1,1 +1,4 @@
+//! End-to-end tests that drive the real `atoll` binary.
 
+mod crash;
+mod server;

@@ -13,6 +13,7 @@
 //!
 //! The data directory is locked, so two processes never write one log.
 
+mod snapshot;
 mod state;
 mod wal;
 
@@ -86,13 +87,30 @@ impl EmbeddedStore {
             StoreError::Unavailable(format!("data directory {} is in use by another process", dir.display()))
         })?;
 
-        let mut state = State::new();
-        let (wal, recovery) = Wal::open(&dir.join("wal"), opts.segment_size, |record| replay(&mut state, record))?;
+        let snap_dir = dir.join("snap");
+        let mut state = match snapshot::load_latest(&snap_dir)? {
+            Some(image) => State::from_image(image)?,
+            None => State::new(),
+        };
+        let snapshot_revision = state.current;
+        let wal_dir = dir.join("wal");
+        let (wal, recovery) =
+            Wal::open(&wal_dir, opts.segment_size, |record| replay(&mut state, snapshot_revision, record))?;
         let state = Arc::new(RwLock::new(state));
         let (publish, published) = watch::channel(state.read().current);
         let (requests, queue) = std_mpsc::channel();
-        let writer =
-            Writer { state: state.clone(), wal, publish, poisoned: None, max_batch: opts.max_batch.max(1), _lock: lock };
+        let writer = Writer {
+            state: state.clone(),
+            snapshot_seq: wal.seq(),
+            wal,
+            wal_dir,
+            snap_dir,
+            snapshotter: None,
+            publish,
+            poisoned: None,
+            max_batch: opts.max_batch.max(1),
+            _lock: lock,
+        };
         let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(queue))?;
         Ok(EmbeddedStore {
             state,
@@ -123,8 +141,11 @@ impl EmbeddedStore {
     }
 }
 
-fn replay(state: &mut State, record: Record) -> Result<()> {
+fn replay(state: &mut State, snapshot_revision: Revision, record: Record) -> Result<()> {
     match record {
+        // Already in the snapshot.
+        Record::Txn { revision, .. } if revision <= snapshot_revision => {}
+        Record::Compact { revision } if revision <= state.compacted && revision <= snapshot_revision => {}
         Record::Txn { revision, changes } => {
             if revision != state.head() + 1 {
                 return Err(StoreError::Corrupt(format!(
@@ -148,6 +169,11 @@ fn replay(state: &mut State, record: Record) -> Result<()> {
 struct Writer {
     state: Arc<RwLock<State>>,
     wal: Wal,
+    wal_dir: PathBuf,
+    snap_dir: PathBuf,
+    /// Segment that was current when the last snapshot was taken (or at start).
+    snapshot_seq: u64,
+    snapshotter: Option<std::thread::JoinHandle<()>>,
     publish: watch::Sender<Revision>,
     poisoned: Option<String>,
     max_batch: usize,
@@ -167,11 +193,38 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            if self.commit(batch) {
+                self.maybe_snapshot();
+            }
+        }
+        if let Some(snapshotter) = self.snapshotter.take() {
+            let _ = snapshotter.join();
         }
     }
 
-    fn commit(&mut self, batch: Vec<Request>) {
+    /// After a compaction, writes a snapshot in the background if whole log segments
+    /// would be freed by it, then deletes those segments.
+    fn maybe_snapshot(&mut self) {
+        if self.wal.seq() <= self.snapshot_seq || self.snapshotter.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let image = self.state.read().image();
+        let seq = self.wal.seq();
+        self.snapshot_seq = seq;
+        let (snap_dir, wal_dir) = (self.snap_dir.clone(), self.wal_dir.clone());
+        self.snapshotter = Some(std::thread::spawn(move || {
+            let revision = image.current;
+            let done = snapshot::write(&snap_dir, &image).and_then(|()| wal::remove_segments_before(&wal_dir, seq));
+            match done {
+                Ok(()) => tracing::info!(revision, "wrote a store snapshot"),
+                // The log still holds everything; the next compaction tries again.
+                Err(e) => tracing::warn!(revision, error = %e, "store snapshot failed"),
+            }
+        }));
+    }
+
+    /// Commits one batch; returns whether it durably compacted the store.
+    fn commit(&mut self, batch: Vec<Request>) -> bool {
         if let Some(why) = &self.poisoned {
             for request in batch {
                 let err = || StoreError::Unavailable(format!("store refuses writes after an I/O failure: {why}"));
@@ -180,8 +233,9 @@ impl Writer {
                     Request::Compact(_, tx) => drop(tx.send(Err(err()))),
                 }
             }
-            return;
+            return false;
         }
+        let mut compacted = false;
         let mut buf = Vec::new();
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         {
@@ -194,6 +248,7 @@ impl Writer {
                     }
                     Request::Compact(revision, tx) => {
                         let result = stage_compact(&mut state, revision, &mut buf);
+                        compacted |= result.is_ok();
                         Box::new(move |err| drop(tx.send(fail_or(err, result))))
                     }
                 });
@@ -226,9 +281,11 @@ impl Writer {
                 Some(StoreError::Io(e))
             }
         };
+        let ok = err.is_none();
         for reply in replies {
             reply(err.as_ref());
         }
+        compacted && ok
     }
 }
 
@@ -254,7 +311,7 @@ fn stage_txn(state: &mut State, txn: Txn, buf: &mut Vec<u8>) -> Result<TxnOutcom
         return Ok(TxnOutcome::Failed { revision: state.head(), current });
     }
     let prev: Vec<_> = txn.ops.iter().map(|op| state.latest(op.key())).collect();
-    let changes: Vec<Change> = txn
+    let mut changes: Vec<Change> = txn
         .ops
         .into_iter()
         .zip(&prev)
@@ -266,6 +323,8 @@ fn stage_txn(state: &mut State, txn: Txn, buf: &mut Vec<u8>) -> Result<TxnOutcom
     if changes.is_empty() {
         return Ok(TxnOutcome::Committed { revision: state.head(), prev });
     }
+    // Events of one revision are in key order, which a snapshot can reproduce.
+    changes.sort_by(|a, b| a.key().cmp(b.key()));
     let revision = state.apply(&changes);
     wal::encode_txn(buf, revision, &changes);
     Ok(TxnOutcome::Committed { revision, prev })

@@ -15,12 +15,19 @@ use super::wal::Change;
 use crate::{Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result, Revision, StoreError};
 
 #[derive(Clone, Debug)]
-struct Version {
-    mod_revision: Revision,
-    create_revision: Revision,
-    version: i64,
+pub(crate) struct Version {
+    pub(crate) mod_revision: Revision,
+    pub(crate) create_revision: Revision,
+    pub(crate) version: i64,
     /// `None`: the key was deleted at `mod_revision`.
-    value: Option<Bytes>,
+    pub(crate) value: Option<Bytes>,
+}
+
+/// What a snapshot holds: the index, from which the change log can be rebuilt.
+pub(crate) struct Image {
+    pub(crate) index: BTreeMap<Bytes, Vec<Version>>,
+    pub(crate) current: Revision,
+    pub(crate) compacted: Revision,
 }
 
 pub(crate) struct State {
@@ -44,6 +51,21 @@ fn kv(key: &Bytes, v: &Version) -> Option<KeyValue> {
     })
 }
 
+fn event(key: &Bytes, v: &Version, prev: Option<KeyValue>) -> Event {
+    let (kind, value) = match &v.value {
+        Some(value) => (EventKind::Put, value.clone()),
+        None => (EventKind::Delete, Bytes::new()),
+    };
+    let kv = KeyValue {
+        key: key.clone(),
+        value,
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+    };
+    Event { kind, kv, prev }
+}
+
 fn visible_at(versions: &[Version], revision: Revision) -> Option<&Version> {
     versions.iter().rev().find(|v| v.mod_revision <= revision)
 }
@@ -52,6 +74,38 @@ impl State {
     pub(crate) fn new() -> State {
         // As in etcd, an empty store is at revision 1 and the first write gets 2.
         State { index: BTreeMap::new(), log: VecDeque::new(), log_start: 2, current: 1, compacted: 0 }
+    }
+
+    /// A copy of the published state (values are shared, not copied). Only called
+    /// between batches, when nothing is pending.
+    pub(crate) fn image(&self) -> Image {
+        Image { index: self.index.clone(), current: self.current, compacted: self.compacted }
+    }
+
+    pub(crate) fn from_image(image: Image) -> Result<State> {
+        let Image { index, current, compacted } = image;
+        let log_start = compacted.max(2);
+        let mut by_revision: BTreeMap<Revision, Vec<Event>> = BTreeMap::new();
+        for (key, versions) in &index {
+            for (i, v) in versions.iter().enumerate() {
+                if v.mod_revision < log_start {
+                    continue;
+                }
+                let prev = i.checked_sub(1).and_then(|p| kv(key, &versions[p]));
+                by_revision.entry(v.mod_revision).or_default().push(event(key, v, prev));
+            }
+        }
+        // Every revision from the log's start has at least one version in the index
+        // (compaction keeps each key's versions from the compaction point on).
+        let expected = (current - log_start + 1).max(0) as usize;
+        let contiguous = by_revision.keys().copied().eq(log_start..log_start + expected as Revision);
+        if !contiguous {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot at {current} does not hold every revision from {log_start}"
+            )));
+        }
+        let log = by_revision.into_values().map(Arc::from).collect();
+        Ok(State { index, log, log_start, current, compacted })
     }
 
     /// The newest revision including pending (not yet durable) ones.
@@ -86,20 +140,8 @@ impl State {
                 },
                 (None, Some(_)) => Version { mod_revision: revision, create_revision: revision, version: 1, value },
             };
-            let (kind, value) = match &version.value {
-                Some(value) => (EventKind::Put, value.clone()),
-                None => (EventKind::Delete, Bytes::new()),
-            };
-            let kv = KeyValue {
-                key: key.clone(),
-                value,
-                create_revision: version.create_revision,
-                mod_revision: revision,
-                version: version.version,
-            };
-            let event = Event { kind, kv, prev };
+            events.push(event(key, &version, prev));
             versions.push(version);
-            events.push(event);
         }
         self.log.push_back(events.into());
         revision
@@ -121,12 +163,14 @@ impl State {
         }
     }
 
-    /// Forgets history below `revision`; keeps each key's version visible at `revision`.
+    /// Forgets history below `revision`. Each key keeps its last version older than
+    /// `revision` (what reads at `revision` see, and the `prev` of a change at exactly
+    /// `revision`) and everything after; an old deletion marker is dropped.
     pub(crate) fn compact(&mut self, revision: Revision) {
         self.index.retain(|_, versions| {
-            let first_kept = versions.iter().rposition(|v| v.mod_revision <= revision).unwrap_or(0);
+            let first_kept = versions.iter().rposition(|v| v.mod_revision < revision).unwrap_or(0);
             versions.drain(..first_kept);
-            if versions.first().is_some_and(|v| v.value.is_none() && v.mod_revision <= revision) {
+            if versions.first().is_some_and(|v| v.value.is_none() && v.mod_revision < revision) {
                 versions.remove(0);
             }
             !versions.is_empty()

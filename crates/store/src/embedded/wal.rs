@@ -40,6 +40,14 @@ pub(crate) enum Change {
     Delete(Bytes),
 }
 
+impl Change {
+    pub(crate) fn key(&self) -> &Bytes {
+        match self {
+            Change::Put(key, _) | Change::Delete(key) => key,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Record {
     Txn { revision: Revision, changes: Vec<Change> },
@@ -233,6 +241,19 @@ fn write_segment(path: &Path, seq: u64, size: u64) -> io::Result<(File, u64)> {
     Ok((file, size.max(HEADER_LEN)))
 }
 
+/// Deletes the segments numbered below `seq` (once a snapshot covers them).
+pub(crate) fn remove_segments_before(dir: &Path, seq: u64) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(hex) = name.strip_suffix(".wal") else { continue };
+        if u64::from_str_radix(hex, 16).is_ok_and(|s| s < seq) {
+            fs::remove_file(dir.join(name))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 fn install_segment(dir: &Path, seq: u64) -> io::Result<()> {
     fs::rename(tmp_path(dir, seq), segment_path(dir, seq))?;
     sync_dir(dir)
@@ -333,6 +354,11 @@ impl Wal {
         }
         let (dir, seq, size) = (self.dir.clone(), self.seq + 1, self.segment_size);
         self.next = Some(std::thread::spawn(move || prepare_segment(&dir, seq, size)));
+    }
+
+    /// Sequence number of the segment being appended to.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Makes room for `need` bytes, moving to the next segment if this one is full.

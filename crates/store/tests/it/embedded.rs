@@ -232,3 +232,88 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_acknowledged_data() -> Resul
     ensure!(got == acked, "after reopening, {} of {} acknowledged writes", got.len(), acked.len());
     Ok(())
 }
+
+fn files_with(dir: &Path, ext: &str) -> Result<usize> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    Ok(fs::read_dir(dir)?.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == ext))).count())
+}
+
+#[tokio::test]
+async fn compaction_snapshots_the_state_and_frees_old_segments() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let opts = EmbeddedOptions { segment_size: 32 << 10, ..EmbeddedOptions::default() };
+    let value = Bytes::from(vec![b's'; 1000]);
+    let (compact_at, deleted_at, before, history);
+    {
+        let s = EmbeddedStore::open_with(dir.path(), opts.clone())?;
+        for i in 0..200 {
+            s.put(b(&format!("/snap/{}", i % 20)), value.clone()).await?;
+        }
+        let (rev, _) = s.delete(b("/snap/7"), None).await?.unwrap();
+        deleted_at = rev;
+        compact_at = rev;
+        for i in 0..10 {
+            s.put(b(&format!("/snap/new{i}")), value.clone()).await?;
+        }
+        let segments_before = segments(dir.path())?.len();
+        ensure!(segments_before > 4, "the log should span several segments, has {segments_before}");
+        s.compact(compact_at).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while files_with(&dir.path().join("snap"), "snap")? == 0 || segments(dir.path())?.len() >= segments_before {
+            ensure!(std::time::Instant::now() < deadline, "no snapshot within 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        before = all(&s).await?;
+        history = s.range(RangeRequest { revision: Some(compact_at), ..RangeRequest::prefix(b("/snap/")) }).await?;
+        s.put(b("/snap/after"), b("x")).await?;
+    }
+    let s = EmbeddedStore::open_with(dir.path(), opts)?;
+    let mut now = all(&s).await?;
+    let after = now.iter().position(|(k, _, _)| *k == b("/snap/after")).context("the write after the snapshot")?;
+    now.remove(after);
+    ensure!(now == before, "state after reopening from snapshot + log differs");
+    let again = s.range(RangeRequest { revision: Some(compact_at), ..RangeRequest::prefix(b("/snap/")) }).await?;
+    ensure!(again == history, "reads at the compaction revision differ after reopening");
+    ensure!(matches!(s.get(b("/snap/1"), Some(compact_at - 1)).await, Err(StoreError::Compacted { .. })));
+    // The deletion at the compaction revision is still watchable, with the deleted value.
+    let mut w = s.watch(b("/snap/7"), Some(compact_at - 1), store::WatchOptions { progress_interval: None }).await?;
+    match w.next().await {
+        Some(Ok(store::WatchMessage::Events(events))) => {
+            let e = &events[0];
+            ensure!(e.kind == store::EventKind::Delete && e.kv.mod_revision == deleted_at);
+            ensure!(e.prev.as_ref().is_some_and(|p| p.value == value), "delete event lost its prev value");
+        }
+        other => bail!("expected the delete event, got {other:?}"),
+    }
+    ensure!(s.put(b("/snap/z"), b("z")).await? == s.current_revision().await?, "revisions continue");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_refuses_to_open() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let opts = EmbeddedOptions { segment_size: 16 << 10, ..EmbeddedOptions::default() };
+    {
+        let s = EmbeddedStore::open_with(dir.path(), opts.clone())?;
+        for i in 0..60 {
+            s.put(b(&format!("/d/{i}")), Bytes::from(vec![b'd'; 1000])).await?;
+        }
+        s.compact(30).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while files_with(&dir.path().join("snap"), "snap")? == 0 {
+            ensure!(std::time::Instant::now() < deadline, "no snapshot within 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let snap = fs::read_dir(dir.path().join("snap"))?.next().context("snapshot file")??.path();
+    let f = OpenOptions::new().write(true).open(&snap)?;
+    f.write_all_at(&[0x55], 40)?;
+    match EmbeddedStore::open_with(dir.path(), opts) {
+        Err(StoreError::Corrupt(msg)) => ensure!(msg.contains("snapshot"), "message: {msg}"),
+        Err(e) => bail!("unexpected error {e}"),
+        Ok(_) => bail!("opened with a damaged snapshot"),
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install what is missing and run the whole test suite (as root: some tests mount
+# filesystems and start etcd clusters on loopback).
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+setup
+cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install what is missing, build Atoll and start it on this machine.
+# Environment: ATOLL_DATA_DIR (default /var/lib/atoll), ATOLL_LISTEN (default 127.0.0.1:6443).
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+setup
+cargo build --release -p atoll
+data_dir=${ATOLL_DATA_DIR:-/var/lib/atoll}
+listen=${ATOLL_LISTEN:-127.0.0.1:6443}
+mkdir -p "$data_dir"
+echo "starting atoll on $listen with data in $data_dir (Ctrl-C stops it)"
+exec target/release/atoll server --data-dir "$data_dir" --listen "$listen"
