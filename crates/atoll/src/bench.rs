@@ -65,7 +65,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn bench_puts(store: Arc<dyn Store>, prefix: &str, concurrency: usize, secs: f64, value: Bytes) -> Result<PutResult> {
+async fn bench_puts(
+    store: Arc<dyn Store>,
+    prefix: &str,
+    concurrency: usize,
+    secs: f64,
+    value: Bytes,
+) -> Result<PutResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -100,7 +106,11 @@ async fn bench_fanout(store: Arc<dyn Store>, prefix: &str, watchers: usize, even
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Duration>>();
     let mut streams = Vec::new();
     for _ in 0..watchers {
-        streams.push(store.watch(Bytes::from(format!("{prefix}/")), Some(start_rev), WatchOptions { progress_interval: None }).await?);
+        streams.push(
+            store
+                .watch(Bytes::from(format!("{prefix}/")), Some(start_rev), WatchOptions { progress_interval: None })
+                .await?,
+        );
     }
     for mut stream in streams {
         let done_tx = done_tx.clone();
@@ -131,7 +141,9 @@ async fn bench_fanout(store: Arc<dyn Store>, prefix: &str, watchers: usize, even
     }
     let mut all = Vec::new();
     let mut finished = 0;
-    while let Some(lat) = tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await.context("watchers stalled")? {
+    while let Some(lat) =
+        tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await.context("watchers stalled")?
+    {
         finished += 1;
         all.extend(lat);
     }
@@ -139,7 +151,11 @@ async fn bench_fanout(store: Arc<dyn Store>, prefix: &str, watchers: usize, even
     anyhow::ensure!(finished == watchers, "only {finished} of {watchers} watchers finished");
     anyhow::ensure!(all.len() == watchers * events, "delivered {} of {} events", all.len(), watchers * events);
     all.sort_unstable();
-    Ok(FanoutResult { delivered_per_sec: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) })
+    Ok(FanoutResult {
+        delivered_per_sec: all.len() as f64 / elapsed,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -156,7 +172,8 @@ async fn store_bench(args: StoreBenchArgs) -> Result<()> {
     let etcd = if args.no_etcd {
         None
     } else {
-        let process = store::etcd_process::EtcdProcess::start().context("starting etcd (apt-get install etcd-server)")?;
+        let process =
+            store::etcd_process::EtcdProcess::start().context("starting etcd (apt-get install etcd-server)")?;
         let client: Arc<dyn Store> = Arc::new(store::etcd::EtcdStore::connect(&[process.endpoint()]).await?);
         Some((process, client))
     };

@@ -26,9 +26,8 @@ pub struct ServerArgs {
 
 pub async fn run(args: ServerArgs) -> Result<()> {
     let store = args.store.open().await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("listening on {}", listener.local_addr()?);
     let shutdown = tokio::signal::ctrl_c();

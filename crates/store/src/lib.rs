@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 pub mod embedded;
 pub mod etcd;
+pub mod etcd_process;
 
 /// A store revision. Revision 0 means "nothing"; the first write gets revision 2 in etcd
 /// (whose empty store is at revision 1) and likewise here, so both backends agree.
@@ -220,12 +221,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Watch keys with `prefix`, yielding every change after revision `after`
     /// (`None`: after the current revision).
-    async fn watch(
-        &self,
-        prefix: Bytes,
-        after: Option<Revision>,
-        opts: WatchOptions,
-    ) -> Result<WatchStream>;
+    async fn watch(&self, prefix: Bytes, after: Option<Revision>, opts: WatchOptions) -> Result<WatchStream>;
 
     /// Discard history below `revision`: afterwards reads at revisions below it and watches
     /// that need events below it fail with [`StoreError::Compacted`].
@@ -256,12 +252,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replace `key` if its modification revision is still `expected`.
     /// `Ok(Err(current))` (`None` if absent) if it changed.
-    async fn update(
-        &self,
-        key: Bytes,
-        value: Bytes,
-        expected: Revision,
-    ) -> Result<Result<Revision, Option<KeyValue>>> {
+    async fn update(&self, key: Bytes, value: Bytes, expected: Revision) -> Result<Result<Revision, Option<KeyValue>>> {
         let compares = vec![Compare::ModRevision { key: key.clone(), revision: expected }];
         match self.txn(Txn { compares, ops: vec![Op::Put { key, value }] }).await? {
             TxnOutcome::Committed { revision, .. } => Ok(Ok(revision)),
@@ -367,10 +358,8 @@ mod tests {
         assert!(matches!(validate_txn(&dup), Err(StoreError::InvalidRequest(_))));
         let empty = Txn { compares: vec![], ops: vec![Op::Delete { key: Bytes::new() }] };
         assert!(matches!(validate_txn(&empty), Err(StoreError::InvalidKey(_))));
-        let big = Txn {
-            compares: vec![],
-            ops: vec![Op::Put { key: k, value: Bytes::from(vec![0u8; MAX_VALUE_SIZE + 1]) }],
-        };
+        let big =
+            Txn { compares: vec![], ops: vec![Op::Put { key: k, value: Bytes::from(vec![0u8; MAX_VALUE_SIZE + 1]) }] };
         assert!(matches!(validate_txn(&big), Err(StoreError::ValueTooLarge { .. })));
     }
 }

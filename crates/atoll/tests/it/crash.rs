@@ -57,14 +57,12 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments() -> Result<()> {
         }
 
         let opts = EmbeddedOptions { segment_size: 262144, ..EmbeddedOptions::default() };
-        let store = EmbeddedStore::open_with(&store_dir, opts).with_context(|| format!("reopening after round {round}"))?;
+        let store =
+            EmbeddedStore::open_with(&store_dir, opts).with_context(|| format!("reopening after round {round}"))?;
         let all = store.range(RangeRequest::prefix(Bytes::from_static(b"/crash/"))).await?;
         let current = store.current_revision().await?;
-        let present: BTreeMap<String, i64> = all
-            .kvs
-            .iter()
-            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision))
-            .collect();
+        let present: BTreeMap<String, i64> =
+            all.kvs.iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision)).collect();
         for (key, rev) in &acked {
             ensure!(present.get(key) == Some(rev), "round {round}: acknowledged {key}@{rev} is {:?}", present.get(key));
         }
@@ -72,8 +70,13 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments() -> Result<()> {
         let mut revs: Vec<i64> = present.values().copied().collect();
         revs.sort_unstable();
         let expected: Vec<i64> = (2..=current).collect();
-        ensure!(revs == expected, "round {round}: revisions are not continuous (current {current}, {} keys)", revs.len());
+        ensure!(
+            revs == expected,
+            "round {round}: revisions are not continuous (current {current}, {} keys)",
+            revs.len()
+        );
     }
+    eprintln!("{} acknowledged writes survived {ROUNDS} kills", acked.len());
     ensure!(acked.len() > ROUNDS * 10, "the children acknowledged only {} writes in {ROUNDS} rounds", acked.len());
     Ok(())
 }

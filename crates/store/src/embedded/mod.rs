@@ -32,8 +32,8 @@ pub use wal::RecoveryInfo;
 use self::state::State;
 use self::wal::{Change, Record, Wal};
 use crate::{
-    Compare, Op, RangeRequest, RangeResponse, Result, Revision, Store, StoreError, Txn, TxnOutcome,
-    WatchMessage, WatchOptions, WatchStream, validate_txn,
+    Compare, Op, RangeRequest, RangeResponse, Result, Revision, Store, StoreError, Txn, TxnOutcome, WatchMessage,
+    WatchOptions, WatchStream, validate_txn,
 };
 
 #[derive(Clone, Debug)]
@@ -301,9 +301,7 @@ fn fail_or<T>(err: Option<&StoreError>, result: Result<T>) -> Result<T> {
 /// as pending and encodes its log record.
 fn stage_txn(state: &mut State, txn: Txn, buf: &mut Vec<u8>) -> Result<TxnOutcome> {
     let holds = txn.compares.iter().all(|c| match c {
-        Compare::ModRevision { key, revision } => {
-            state.latest(key).map_or(0, |kv| kv.mod_revision) == *revision
-        }
+        Compare::ModRevision { key, revision } => state.latest(key).map_or(0, |kv| kv.mod_revision) == *revision,
         Compare::Exists { key } => state.latest(key).is_some(),
     });
     if !holds {

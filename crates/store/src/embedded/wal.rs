@@ -298,10 +298,7 @@ impl Wal {
         for &seq in &seqs {
             let path = segment_path(dir, seq);
             let data = fs::read(&path)?;
-            if data.len() < HEADER_LEN as usize
-                || &data[..8] != MAGIC
-                || data[8..16] != seq.to_le_bytes()
-            {
+            if data.len() < HEADER_LEN as usize || &data[..8] != MAGIC || data[8..16] != seq.to_le_bytes() {
                 return Err(StoreError::Corrupt(format!("log segment {} has a bad header", path.display())));
             }
             let parsed = parse_segment(&data);
@@ -410,10 +407,7 @@ mod tests {
         encode_compact(&mut buf, 5);
         buf.extend_from_slice(&[0u8; 32]);
         let parsed = parse_segment(&buf);
-        assert_eq!(
-            parsed.records,
-            vec![Record::Txn { revision: 7, changes }, Record::Compact { revision: 5 }]
-        );
+        assert_eq!(parsed.records, vec![Record::Txn { revision: 7, changes }, Record::Compact { revision: 5 }]);
         assert!(!parsed.damaged_tail);
     }
 

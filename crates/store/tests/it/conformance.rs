@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use store::{
-    Compare, EventKind, KeyValue, Op, RangeRequest, Store, StoreError, Txn, TxnOutcome, WatchMessage,
-    WatchOptions, WatchStream,
+    Compare, EventKind, KeyValue, Op, RangeRequest, Store, StoreError, Txn, TxnOutcome, WatchMessage, WatchOptions,
+    WatchStream,
 };
 
 fn b(s: &str) -> Bytes {
@@ -189,7 +189,10 @@ pub async fn txn_applies_all_or_nothing(s: &dyn Store) -> Result<()> {
     ensure!(a.mod_revision == before + 1 && n.mod_revision == before + 1 && n.create_revision == before + 1);
     ensure!(get(s, "/t/b").await?.is_none());
     // Exists compares.
-    let exists = Txn { compares: vec![Compare::Exists { key: b("/t/b") }], ops: vec![Op::Put { key: b("/t/x"), value: b("x") }] };
+    let exists = Txn {
+        compares: vec![Compare::Exists { key: b("/t/b") }],
+        ops: vec![Op::Put { key: b("/t/x"), value: b("x") }],
+    };
     ensure!(matches!(s.txn(exists).await?, TxnOutcome::Failed { .. }));
     Ok(())
 }

@@ -15,9 +15,8 @@ fn b(s: &str) -> Bytes {
 }
 
 fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir.join("wal"))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+    let mut out: Vec<PathBuf> =
+        fs::read_dir(dir.join("wal"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     out.retain(|p| p.extension().is_some_and(|e| e == "wal"));
     out.sort();
     Ok(out)

@@ -3,6 +3,7 @@
 
 mod conformance;
 mod embedded;
+mod etcd_cluster;
 
 mod embedded_conformance {
     use std::sync::Arc;
@@ -17,3 +18,16 @@ mod embedded_conformance {
     });
 }
 
+mod etcd_conformance {
+    use std::sync::Arc;
+
+    use store::Store;
+    use store::etcd::EtcdStore;
+    use store::etcd_process::EtcdProcess;
+
+    crate::conformance::backend_tests!({
+        let etcd = EtcdProcess::start()?;
+        let store = EtcdStore::connect(&[etcd.endpoint()]).await?;
+        (Arc::new(store) as Arc<dyn Store>, etcd)
+    });
+}
