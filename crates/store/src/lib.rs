@@ -318,10 +318,10 @@ pub fn validate_txn(txn: &Txn) -> Result<()> {
                 String::from_utf8_lossy(op.key())
             )));
         }
-        if let Op::Put { value, .. } = op {
-            if value.len() > MAX_VALUE_SIZE {
-                return Err(StoreError::ValueTooLarge { size: value.len(), limit: MAX_VALUE_SIZE });
-            }
+        if let Op::Put { value, .. } = op
+            && value.len() > MAX_VALUE_SIZE
+        {
+            return Err(StoreError::ValueTooLarge { size: value.len(), limit: MAX_VALUE_SIZE });
         }
     }
     Ok(())

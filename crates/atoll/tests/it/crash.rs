@@ -37,10 +37,10 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments() -> Result<()> {
             let mut acks = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("ack ") {
-                    if let Some((key, rev)) = rest.split_once(' ') {
-                        acks.push((key.to_string(), rev.parse::<i64>().unwrap_or(-1)));
-                    }
+                if let Some(rest) = line.strip_prefix("ack ")
+                    && let Some((key, rev)) = rest.split_once(' ')
+                {
+                    acks.push((key.to_string(), rev.parse::<i64>().unwrap_or(-1)));
                 }
             }
             acks

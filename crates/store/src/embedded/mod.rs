@@ -429,11 +429,10 @@ impl Watcher {
                     if changed.is_err() {
                         // The writer is gone: deliver what is left, then end.
                         let rest = self.state.read().events_after(&self.prefix, self.cursor, usize::MAX);
-                        if let Ok((events, _)) = rest {
-                            if !events.is_empty() {
+                        if let Ok((events, _)) = rest
+                            && !events.is_empty() {
                                 let _ = tx.send(Ok(WatchMessage::Events(events))).await;
                             }
-                        }
                         return;
                     }
                 }

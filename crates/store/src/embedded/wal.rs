@@ -164,8 +164,7 @@ struct Parsed {
 fn parse_segment(data: &[u8]) -> Parsed {
     let mut records = Vec::new();
     let mut off = HEADER_LEN as usize;
-    loop {
-        let Some(head) = data.get(off..off + RECORD_HEADER_LEN) else { break };
+    while let Some(head) = data.get(off..off + RECORD_HEADER_LEN) {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if len == 0 {

@@ -55,7 +55,7 @@ async fn killing_one_of_three_members_loses_no_acknowledged_write() -> Result<()
     ensure!(after_kill > 0, "no write was acknowledged after the kill ({failed} failed)");
     for member in 1..3 {
         let endpoint = cluster.members[member].endpoint();
-        let survivor = EtcdStore::connect(&[endpoint.clone()]).await?;
+        let survivor = EtcdStore::connect(std::slice::from_ref(&endpoint)).await?;
         let all = survivor.range(RangeRequest::prefix(Bytes::from_static(b"/ha/"))).await?;
         let present: std::collections::HashMap<_, _> =
             all.kvs.iter().map(|kv| (kv.key.clone(), (kv.value.clone(), kv.mod_revision))).collect();
