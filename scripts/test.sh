@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 setup
 cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -364,6 +364,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn watch(&self, prefix: Bytes, after: Option<Revision>, opts: WatchOptions) -> Result<WatchStream> {
+        crate::validate_key(&prefix)?;
         let after = {
             let state = self.state.read();
             let after = after.unwrap_or(state.current);
