@@ -1,0 +1,9 @@
+//! Wire types and request machinery of Atoll's Kubernetes-compatible API. No I/O.
+//!
+//! - [`meta`]: `ObjectMeta` (with Atoll's `tenant`), list metadata, field errors, `Status`.
+//! - [`request`]: a request's URL and method, parsed once into a [`request::RequestInfo`].
+//! - [`selector`]: label and field selectors.
+
+pub mod meta;
+pub mod request;
+pub mod selector;
