@@ -1,0 +1,167 @@
+//! The built-in kinds: one small strategy each, over the generic registry.
+
+use api::meta::FieldError;
+use serde_json::Value;
+
+use crate::registry::{ResourceInfo, Strategy};
+
+/// A kind with no rules of its own beyond shape and selectable fields, plus an optional
+/// validation function.
+pub struct Kind {
+    info: ResourceInfo,
+    fields: &'static [&'static str],
+    validate: fn(&Value) -> Vec<FieldError>,
+    clear_status_on_create: bool,
+}
+
+impl Strategy for Kind {
+    fn info(&self) -> &ResourceInfo {
+        &self.info
+    }
+    fn prepare_for_create(&self, obj: &mut Value) {
+        if self.clear_status_on_create
+            && let Some(map) = obj.as_object_mut()
+        {
+            map.remove("status");
+        }
+    }
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        (self.validate)(obj)
+    }
+    fn selectable_fields(&self) -> &[&str] {
+        self.fields
+    }
+}
+
+fn no_rules(_: &Value) -> Vec<FieldError> {
+    Vec::new()
+}
+
+/// ConfigMap and Secret keys: alphanumerics, '-', '_' and '.'.
+fn is_config_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn validate_data_keys(obj: &Value, fields: &[&str]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for field in fields {
+        match obj.get(*field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    if !is_config_key(k) {
+                        errors.push(FieldError::invalid(
+                            format!("{field}[{k}]"),
+                            k,
+                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                        ));
+                    }
+                    if !v.is_string() {
+                        errors.push(FieldError::invalid(format!("{field}[{k}]"), v, "must be a string"));
+                    }
+                }
+            }
+            Some(other) => errors.push(FieldError::invalid(*field, other, "must be an object of strings")),
+        }
+    }
+    errors
+}
+
+fn validate_configmap(obj: &Value) -> Vec<FieldError> {
+    validate_data_keys(obj, &["data", "binaryData"])
+}
+
+fn validate_secret(obj: &Value) -> Vec<FieldError> {
+    let mut errors = validate_data_keys(obj, &["data", "stringData"]);
+    if let Some(Value::Object(data)) = obj.get("data") {
+        for (k, v) in data {
+            if v.as_str().is_some_and(|s| !is_base64(s)) {
+                errors.push(FieldError::invalid(format!("data[{k}]"), "<secret>", "must be base64-encoded"));
+            }
+        }
+    }
+    errors
+}
+
+fn is_base64(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len().is_multiple_of(4)
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/' || (*c == b'=' && i + 2 >= b.len()))
+}
+
+fn validate_pod(obj: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match obj.pointer("/spec/containers").and_then(Value::as_array) {
+        Some(containers) if !containers.is_empty() => {
+            for (i, c) in containers.iter().enumerate() {
+                if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    errors.push(FieldError::required(format!("spec.containers[{i}].name"), ""));
+                }
+                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    errors.push(FieldError::required(format!("spec.containers[{i}].image"), ""));
+                }
+            }
+        }
+        _ => errors.push(FieldError::required("spec.containers", "")),
+    }
+    errors
+}
+
+fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool, status: bool) -> ResourceInfo {
+    ResourceInfo {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+        resource: resource.into(),
+        namespaced,
+        status_subresource: status,
+    }
+}
+
+/// Every built-in kind's strategy.
+pub fn builtin() -> Vec<Kind> {
+    let plain = |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: false };
+    let with_status = |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: true };
+    vec![
+        with_status(kind("", "v1", "Namespace", "namespaces", false, true), &["status.phase"], no_rules),
+        with_status(
+            kind("", "v1", "Pod", "pods", true, true),
+            &[
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "status.phase",
+                "status.podIP",
+            ],
+            validate_pod,
+        ),
+        with_status(kind("", "v1", "Node", "nodes", false, true), &["spec.unschedulable"], no_rules),
+        plain(kind("", "v1", "ConfigMap", "configmaps", true, false), &[], validate_configmap),
+        plain(kind("", "v1", "Secret", "secrets", true, false), &["type"], validate_secret),
+        plain(kind("", "v1", "ServiceAccount", "serviceaccounts", true, false), &[], no_rules),
+        with_status(kind("", "v1", "Service", "services", true, true), &["spec.clusterIP", "spec.type"], no_rules),
+        plain(
+            kind("", "v1", "Event", "events", true, false),
+            &[
+                "involvedObject.kind",
+                "involvedObject.name",
+                "involvedObject.namespace",
+                "involvedObject.uid",
+                "reason",
+                "type",
+            ],
+            no_rules,
+        ),
+        plain(kind("coordination.k8s.io", "v1", "Lease", "leases", true, false), &[], no_rules),
+        with_status(kind("apps", "v1", "ReplicaSet", "replicasets", true, true), &[], no_rules),
+        with_status(kind("apps", "v1", "Deployment", "deployments", true, true), &[], no_rules),
+        with_status(kind("atoll.io", "v1", "Tenant", "tenants", false, true), &[], no_rules),
+    ]
+}

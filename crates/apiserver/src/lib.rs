@@ -1,0 +1,8 @@
+//! The API server: Kubernetes' API over the store, with tenants above namespaces.
+//!
+//! So far: the generic [`registry`] (object semantics for every kind) and the built-in
+//! [`kinds`]. The HTTP front (TLS, authentication, discovery, OpenAPI, watch encoding)
+//! stacks on these.
+
+pub mod kinds;
+pub mod registry;

@@ -1,0 +1,836 @@
+//! The generic registry: create, get, list, update, delete and watch for any kind, over the
+//! store, with Kubernetes' object semantics. Each kind contributes only a small
+//! [`Strategy`] (what it is, how to prepare and validate it); everything else is here once.
+//!
+//! Keys: `/registry/{resource}[.{group}]/{tenant}/{namespace}/{name}` for namespaced kinds
+//! and `/registry/{resource}[.{group}]/{tenant}/{name}` for the others, so one tenant's
+//! objects of a kind are one key prefix. Objects are stored as JSON without
+//! `metadata.resourceVersion`, which is the key's modification revision when read.
+
+pub mod object;
+
+use std::sync::Arc;
+
+use api::meta::{FieldError, ListMeta, ObjectMeta, Status};
+use api::request::is_dns_label;
+use api::selector::{FieldSelector, LabelSelector};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use store::{RangeRequest, Store, StoreError, WatchMessage, WatchOptions};
+
+/// What the registry needs to know about a kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceInfo {
+    /// API group; empty for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// Plural, lower case: the URL segment.
+    pub resource: String,
+    pub namespaced: bool,
+    /// Whether the kind has a `status` subresource (then the main resource ignores status
+    /// changes and the subresource changes nothing else).
+    pub status_subresource: bool,
+}
+
+impl ResourceInfo {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    fn storage_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/{}/", self.resource)
+        } else {
+            format!("/registry/{}.{}/", self.resource, self.group)
+        }
+    }
+}
+
+/// One kind's rules. Defaults fit a kind with no rules of its own.
+pub trait Strategy: Send + Sync + 'static {
+    fn info(&self) -> &ResourceInfo;
+
+    /// Called on create after server-owned metadata is set (e.g. default fields, clear
+    /// status).
+    fn prepare_for_create(&self, _obj: &mut Value) {}
+
+    /// Field errors of a new object beyond the metadata checks every kind gets.
+    fn validate(&self, _obj: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// Field errors of an update beyond those of [`Strategy::validate`].
+    fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// Fields (besides `metadata.name` and `metadata.namespace`) a field selector may use.
+    fn selectable_fields(&self) -> &[&str] {
+        &[]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{resource} {name:?} not found")]
+    NotFound { resource: String, group: String, name: String },
+    #[error("{resource} {name:?} already exists")]
+    AlreadyExists { resource: String, group: String, name: String },
+    #[error("conflict on {resource} {name:?}: {why}")]
+    Conflict { resource: String, group: String, name: String, why: String },
+    #[error("{kind} {name:?} is invalid")]
+    Invalid { group: String, kind: String, name: String, errors: Vec<FieldError> },
+    #[error("{0}")]
+    BadRequest(String),
+    /// A resource version or continue token older than the store's compaction point.
+    #[error("{0}")]
+    Expired(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RegistryError {
+    /// The one conversion into what the API returns.
+    pub fn to_status(&self) -> Status {
+        match self {
+            RegistryError::NotFound { resource, group, name } => Status::not_found(group, resource, name),
+            RegistryError::AlreadyExists { resource, group, name } => Status::already_exists(group, resource, name),
+            RegistryError::Conflict { resource, group, name, why } => Status::conflict(group, resource, name, why),
+            RegistryError::Invalid { group, kind, name, errors } => Status::invalid(group, kind, name, errors),
+            RegistryError::BadRequest(m) => Status::bad_request(m.clone()),
+            RegistryError::Expired(m) => Status::expired(m.clone()),
+            RegistryError::Internal(m) => Status::internal(m.clone()),
+            RegistryError::Store(StoreError::Compacted { .. }) => {
+                Status::expired("The resourceVersion for the provided request is too old.")
+            }
+            RegistryError::Store(StoreError::ValueTooLarge { .. }) => {
+                Status::request_entity_too_large("the object is larger than the store accepts")
+            }
+            RegistryError::Store(StoreError::FutureRevision { .. }) => {
+                Status::failure(504, "Timeout", "Too large resource version")
+            }
+            RegistryError::Store(e) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Where a request operates: one tenant (or all, for reads) and maybe one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// `None`: every tenant (list and watch only).
+    pub tenant: Option<String>,
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub label_selector: LabelSelector,
+    pub field_selector: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    /// `Exact` or `NotOlderThan` (the default).
+    pub resource_version_match: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub dry_run: bool,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+}
+
+/// One watch event, ready to be written as `{"type": ..., "object": ...}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchEvent {
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+/// The registry of one kind.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    strategy: Arc<dyn Strategy>,
+}
+
+fn parse_rv(rv: &str) -> Result<i64> {
+    rv.parse::<i64>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| RegistryError::BadRequest(format!("invalid resource version {rv:?}")))
+}
+
+/// A continue token: the revision of the first page and the key to resume from.
+fn encode_continue(revision: i64, next_key: &[u8]) -> String {
+    let hex: String = next_key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{revision}-{hex}")
+}
+
+fn decode_continue(token: &str) -> Result<(i64, Vec<u8>)> {
+    let bad = || RegistryError::BadRequest("invalid continue token".into());
+    let (rev, hex) = token.split_once('-').ok_or_else(bad)?;
+    let rev = rev.parse::<i64>().map_err(|_| bad())?;
+    if hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let key = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    Ok((rev, key))
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, strategy: Arc<dyn Strategy>) -> Registry {
+        Registry { store, strategy }
+    }
+
+    pub fn info(&self) -> &ResourceInfo {
+        self.strategy.info()
+    }
+
+    fn not_found(&self, name: &str) -> RegistryError {
+        let info = self.info();
+        RegistryError::NotFound { resource: info.resource.clone(), group: info.group.clone(), name: name.into() }
+    }
+
+    fn conflict(&self, name: &str, why: &str) -> RegistryError {
+        let info = self.info();
+        RegistryError::Conflict {
+            resource: info.resource.clone(),
+            group: info.group.clone(),
+            name: name.into(),
+            why: why.into(),
+        }
+    }
+
+    fn invalid(&self, name: &str, errors: Vec<FieldError>) -> RegistryError {
+        let info = self.info();
+        RegistryError::Invalid { group: info.group.clone(), kind: info.kind.clone(), name: name.into(), errors }
+    }
+
+    /// The key prefix of everything `scope` covers.
+    fn prefix(&self, scope: &Scope) -> String {
+        let mut p = self.info().storage_prefix();
+        if let Some(t) = &scope.tenant {
+            p.push_str(t);
+            p.push('/');
+            if self.info().namespaced
+                && let Some(ns) = &scope.namespace
+            {
+                p.push_str(ns);
+                p.push('/');
+            }
+        }
+        p
+    }
+
+    fn key(&self, scope: &Scope, name: &str) -> Result<Bytes> {
+        let tenant = scope
+            .tenant
+            .as_deref()
+            .ok_or_else(|| RegistryError::BadRequest("a single object needs a single tenant".into()))?;
+        let mut key = format!("{}{tenant}/", self.info().storage_prefix());
+        if self.info().namespaced {
+            let ns = scope
+                .namespace
+                .as_deref()
+                .ok_or_else(|| RegistryError::BadRequest("the namespace of the request is missing".into()))?;
+            key.push_str(ns);
+            key.push('/');
+        }
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(RegistryError::BadRequest(format!("invalid name {name:?}")));
+        }
+        key.push_str(name);
+        Ok(Bytes::from(key))
+    }
+
+    /// Decodes a stored object and sets its resource version.
+    fn decode(&self, value: &[u8], revision: i64) -> Result<Value> {
+        let mut obj: Value = serde_json::from_slice(value)
+            .map_err(|e| RegistryError::Internal(format!("stored object is not JSON: {e}")))?;
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        }
+        Ok(obj)
+    }
+
+    fn encode(&self, obj: &Value) -> Result<Bytes> {
+        let mut obj = obj.clone();
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+        serde_json::to_vec(&obj).map(Bytes::from).map_err(|e| RegistryError::Internal(e.to_string()))
+    }
+
+    /// Checks `kind`/`apiVersion` and fills them in when absent.
+    fn check_type(&self, obj: &mut Value) -> Result<()> {
+        let info = self.info().clone();
+        let map = object::as_object(obj)?;
+        for (field, want) in [("kind", info.kind.clone()), ("apiVersion", info.api_version())] {
+            match map.get(field) {
+                None | Some(Value::Null) => {
+                    map.insert(field.into(), Value::String(want));
+                }
+                Some(Value::String(s)) if *s == want => {}
+                Some(other) => {
+                    return Err(RegistryError::BadRequest(format!(
+                        "{field} {other} does not match the expected {want:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every kind shares: name, labels, annotations.
+    fn validate_meta(&self, meta: &ObjectMeta) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        match &meta.name {
+            Some(name) if self.info().namespaced || self.info().resource == "namespaces" => {
+                if !is_dns_subdomain(name) {
+                    errors.push(FieldError::invalid(
+                        "metadata.name",
+                        name,
+                        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                    ));
+                }
+            }
+            Some(name) => {
+                if name.is_empty() || name.contains('/') || name.contains('%') || name == "." || name == ".." {
+                    errors.push(FieldError::invalid("metadata.name", name, "may not contain '/' or '%'"));
+                }
+            }
+            None => errors.push(FieldError::required("metadata.name", "name or generateName is required")),
+        }
+        if self.info().resource == "namespaces"
+            && let Some(name) = &meta.name
+            && !is_dns_label(name)
+        {
+            errors.push(FieldError::invalid("metadata.name", name, "a namespace name must be a DNS-1123 label"));
+        }
+        for (k, v) in meta.labels.iter().flatten() {
+            if !api::selector::is_label_key(k) {
+                errors.push(FieldError::invalid("metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+            if !api::selector::is_label_value(v) {
+                errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), v, "a valid label value must be 63 characters or less and must be empty or begin and end with an alphanumeric character"));
+            }
+        }
+        for k in meta.annotations.iter().flatten().map(|(k, _)| k) {
+            if !api::selector::is_label_key(k) {
+                errors.push(FieldError::invalid(
+                    "metadata.annotations",
+                    k,
+                    "name part must consist of alphanumeric characters, '-', '_' or '.'",
+                ));
+            }
+        }
+        errors
+    }
+
+    pub async fn create(&self, scope: &Scope, mut obj: Value, dry_run: bool) -> Result<Value> {
+        self.check_type(&mut obj)?;
+        let mut meta = object::meta(&obj)?;
+        let tenant =
+            scope.tenant.clone().ok_or_else(|| RegistryError::BadRequest("a create needs one tenant".into()))?;
+        if meta.tenant.as_ref().is_some_and(|t| *t != tenant) {
+            return Err(RegistryError::BadRequest(
+                "metadata.tenant does not match the tenant of the request; it is set by the server".into(),
+            ));
+        }
+        meta.tenant = Some(tenant);
+        if self.info().namespaced {
+            let ns = scope.namespace.clone().ok_or_else(|| {
+                RegistryError::BadRequest("a namespaced object must be created in a namespace".into())
+            })?;
+            if meta.namespace.as_ref().is_some_and(|n| *n != ns) {
+                return Err(RegistryError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ));
+            }
+            meta.namespace = Some(ns);
+        } else {
+            meta.namespace = None;
+        }
+        meta.uid = Some(object::new_uid());
+        meta.creation_timestamp = Some(object::now_rfc3339());
+        meta.resource_version = None;
+        meta.deletion_timestamp = None;
+        meta.deletion_grace_period_seconds = None;
+        meta.generation = Some(1);
+        let generate = meta.name.is_none() && meta.generate_name.is_some();
+        if generate {
+            meta.name = Some(format!("{}{}", meta.generate_name.clone().unwrap_or_default(), object::name_suffix()));
+        }
+        object::set_meta(&mut obj, &meta)?;
+        self.strategy.prepare_for_create(&mut obj);
+        let mut errors = self.validate_meta(&meta);
+        errors.extend(self.strategy.validate(&obj));
+        let name = meta.name.clone().unwrap_or_default();
+        if !errors.is_empty() {
+            return Err(self.invalid(&name, errors));
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        // A generated name may collide; try a few fresh suffixes before giving up.
+        for _ in 0..8 {
+            let name = meta.name.clone().unwrap_or_default();
+            let key = self.key(scope, &name)?;
+            match self.store.create(key, self.encode(&obj)?).await? {
+                Ok(revision) => {
+                    let mut created = obj;
+                    if let Some(m) = created.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.insert("resourceVersion".into(), Value::String(revision.to_string()));
+                    }
+                    return Ok(created);
+                }
+                Err(_) if generate => {
+                    meta.name =
+                        Some(format!("{}{}", meta.generate_name.clone().unwrap_or_default(), object::name_suffix()));
+                    object::set_meta(&mut obj, &meta)?;
+                }
+                Err(_) => {
+                    let info = self.info();
+                    return Err(RegistryError::AlreadyExists {
+                        resource: info.resource.clone(),
+                        group: info.group.clone(),
+                        name,
+                    });
+                }
+            }
+        }
+        Err(RegistryError::Internal("could not generate a unique name".into()))
+    }
+
+    pub async fn get(&self, scope: &Scope, name: &str) -> Result<Value> {
+        let (kv, _) = self.store.get(self.key(scope, name)?, None).await?;
+        let kv = kv.ok_or_else(|| self.not_found(name))?;
+        self.decode(&kv.value, kv.mod_revision)
+    }
+
+    fn matches(&self, obj: &Value, opts: &ListOptions) -> Result<bool> {
+        if !opts.label_selector.is_empty() {
+            let labels = object::meta(obj)?.labels.unwrap_or_default();
+            if !opts.label_selector.matches(&labels) {
+                return Ok(false);
+            }
+        }
+        Ok(opts.field_selector.matches(|f| object::field(obj, f)))
+    }
+
+    fn check_fields(&self, selector: &FieldSelector) -> Result<()> {
+        for f in selector.fields() {
+            let ok =
+                matches!(f, "metadata.name" | "metadata.namespace") || self.strategy.selectable_fields().contains(&f);
+            if !ok {
+                return Err(RegistryError::BadRequest(format!(
+                    "field label not supported: {f} (for {})",
+                    self.info().resource
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists objects in `scope`, one page at a time when `limit` is set.
+    pub async fn list(&self, scope: &Scope, opts: &ListOptions) -> Result<Value> {
+        self.check_fields(&opts.field_selector)?;
+        let prefix = self.prefix(scope);
+        let end = store::prefix_end(prefix.as_bytes());
+        let (mut start, mut revision) = match &opts.continue_token {
+            Some(token) => {
+                let (rev, key) = decode_continue(token)?;
+                if !key.starts_with(prefix.as_bytes()) {
+                    return Err(RegistryError::BadRequest("the continue token belongs to another list".into()));
+                }
+                (Bytes::from(key), Some(rev))
+            }
+            None => (Bytes::from(prefix.clone()), None),
+        };
+        if revision.is_none() {
+            revision = match (opts.resource_version.as_deref(), opts.resource_version_match.as_deref()) {
+                (Some(rv), Some("Exact")) => Some(parse_rv(rv)?),
+                (_, Some(m)) if m != "NotOlderThan" && m != "Exact" => {
+                    return Err(RegistryError::BadRequest(format!("unsupported resourceVersionMatch {m:?}")));
+                }
+                (Some(rv), _) => {
+                    parse_rv(rv)?;
+                    None
+                }
+                _ => None,
+            };
+        }
+        let limit = opts.limit.filter(|&l| l > 0);
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut read_at = revision;
+        loop {
+            let page = limit.map(|l| (l - items.len()).max(1) + 1);
+            let req = RangeRequest { start: start.clone(), end: end.clone(), revision: read_at, limit: page };
+            let resp = match self.store.range(req).await {
+                Err(StoreError::Compacted { .. }) if opts.continue_token.is_some() => {
+                    return Err(RegistryError::Expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+                    ));
+                }
+                other => other?,
+            };
+            read_at = Some(resp.revision);
+            let mut last_key = None;
+            for kv in &resp.kvs {
+                if let Some(l) = limit
+                    && items.len() == l
+                {
+                    next = Some(kv.key.clone());
+                    break;
+                }
+                let obj = self.decode(&kv.value, kv.mod_revision)?;
+                if self.matches(&obj, opts)? {
+                    items.push(obj);
+                }
+                last_key = Some(kv.key.clone());
+            }
+            if next.is_some() || !resp.more {
+                break;
+            }
+            let Some(last) = last_key else { break };
+            let mut after = last.to_vec();
+            after.push(0);
+            start = Bytes::from(after);
+        }
+        let revision = read_at.unwrap_or(0);
+        let info = self.info();
+        let meta = ListMeta {
+            resource_version: Some(revision.to_string()),
+            continue_: next.map(|k| encode_continue(revision, &k)),
+            remaining_item_count: None,
+        };
+        Ok(json!({
+            "kind": format!("{}List", info.kind),
+            "apiVersion": info.api_version(),
+            "metadata": meta,
+            "items": items,
+        }))
+    }
+
+    /// Replaces an object (or, with `subresource = Some("status")`, its status).
+    /// A `metadata.resourceVersion` in `obj` is a precondition; without one the update is
+    /// unconditional.
+    pub async fn update(
+        &self,
+        scope: &Scope,
+        name: &str,
+        mut obj: Value,
+        subresource: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Value> {
+        self.check_type(&mut obj)?;
+        let new_meta = object::meta(&obj)?;
+        if new_meta.name.as_deref().is_some_and(|n| n != name) {
+            return Err(RegistryError::BadRequest(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                new_meta.name.as_deref().unwrap_or("")
+            )));
+        }
+        let precondition = new_meta.resource_version.as_deref().map(parse_rv).transpose()?;
+        let key = self.key(scope, name)?;
+        loop {
+            let (current, _) = self.store.get(key.clone(), None).await?;
+            let current = current.ok_or_else(|| self.not_found(name))?;
+            if precondition.is_some_and(|rv| rv != current.mod_revision) {
+                return Err(self.conflict(
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            let old = self.decode(&current.value, current.mod_revision)?;
+            let mut new = self.merge_update(&old, obj.clone(), subresource)?;
+            let mut errors = self.validate_meta(&object::meta(&new)?);
+            errors.extend(self.strategy.validate(&new));
+            errors.extend(self.strategy.validate_update(&new, &old));
+            if !errors.is_empty() {
+                return Err(self.invalid(name, errors));
+            }
+            let new_meta = object::meta(&new)?;
+            // A terminating object whose last finalizer is gone is deleted now.
+            if new_meta.deletion_timestamp.is_some() && new_meta.finalizers.as_ref().is_none_or(Vec::is_empty) {
+                if dry_run {
+                    return Ok(new);
+                }
+                match self.store.delete(key.clone(), Some(current.mod_revision)).await? {
+                    Ok((revision, _)) => {
+                        set_rv(&mut new, revision);
+                        return Ok(new);
+                    }
+                    Err(_) if precondition.is_none() => continue,
+                    Err(_) => return Err(self.conflict(name, "the object has been modified")),
+                }
+            }
+            let bytes = self.encode(&new)?;
+            if bytes == current.value || dry_run {
+                set_rv(&mut new, current.mod_revision);
+                return Ok(new);
+            }
+            match self.store.update(key.clone(), bytes, current.mod_revision).await? {
+                Ok(revision) => {
+                    set_rv(&mut new, revision);
+                    return Ok(new);
+                }
+                // Someone wrote in between: an unconditional update tries again.
+                Err(_) if precondition.is_none() => continue,
+                Err(_) => {
+                    return Err(self.conflict(
+                        name,
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The object an update stores: the client's object with server-owned metadata kept,
+    /// status or everything-but-status kept as the subresource says, and `generation`
+    /// bumped when the spec changed.
+    fn merge_update(&self, old: &Value, mut new: Value, subresource: Option<&str>) -> Result<Value> {
+        let old_meta = object::meta(old)?;
+        let has_status = self.info().status_subresource;
+        match subresource {
+            Some("status") if has_status => {
+                // Only the status changes.
+                let status = new.get("status").cloned();
+                new = old.clone();
+                let map = object::as_object(&mut new)?;
+                match status {
+                    Some(s) => map.insert("status".into(), s),
+                    None => map.remove("status"),
+                };
+                return Ok(new);
+            }
+            Some(other) => return Err(RegistryError::BadRequest(format!("unsupported subresource {other:?}"))),
+            None => {}
+        }
+        if has_status {
+            let map = object::as_object(&mut new)?;
+            match old.get("status") {
+                Some(s) => map.insert("status".into(), s.clone()),
+                None => map.remove("status"),
+            };
+        }
+        let mut meta = object::meta(&new)?;
+        meta.name = old_meta.name.clone();
+        meta.namespace = old_meta.namespace.clone();
+        meta.tenant = old_meta.tenant.clone();
+        meta.uid = old_meta.uid.clone();
+        meta.creation_timestamp = old_meta.creation_timestamp.clone();
+        meta.deletion_timestamp = old_meta.deletion_timestamp.clone();
+        meta.deletion_grace_period_seconds = old_meta.deletion_grace_period_seconds;
+        meta.generate_name = meta.generate_name.or(old_meta.generate_name.clone());
+        meta.resource_version = None;
+        let spec_changed = {
+            let strip = |v: &Value| {
+                let mut v = v.clone();
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("metadata");
+                    m.remove("status");
+                }
+                v
+            };
+            strip(old) != strip(&new)
+        };
+        let generation = old_meta.generation.unwrap_or(1);
+        meta.generation = Some(if spec_changed { generation + 1 } else { generation });
+        object::set_meta(&mut new, &meta)?;
+        Ok(new)
+    }
+
+    /// Deletes an object, or marks it terminating while it has finalizers. Returns the
+    /// object as deleted (or as marked).
+    pub async fn delete(&self, scope: &Scope, name: &str, opts: &DeleteOptions) -> Result<Value> {
+        let key = self.key(scope, name)?;
+        let precondition_rv = opts.precondition_resource_version.as_deref().map(parse_rv).transpose()?;
+        loop {
+            let (current, _) = self.store.get(key.clone(), None).await?;
+            let current = current.ok_or_else(|| self.not_found(name))?;
+            let mut obj = self.decode(&current.value, current.mod_revision)?;
+            let mut meta = object::meta(&obj)?;
+            if let Some(uid) = &opts.precondition_uid
+                && meta.uid.as_ref() != Some(uid)
+            {
+                return Err(self.conflict(
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta.uid.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            if let Some(rv) = precondition_rv
+                && rv != current.mod_revision
+            {
+                return Err(self.conflict(
+                        name,
+                        &format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            current.mod_revision
+                        ),
+                    ));
+            }
+            if meta.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+                if meta.deletion_timestamp.is_some() {
+                    return Ok(obj);
+                }
+                meta.deletion_timestamp = Some(object::now_rfc3339());
+                meta.deletion_grace_period_seconds = Some(0);
+                meta.resource_version = None;
+                object::set_meta(&mut obj, &meta)?;
+                if opts.dry_run {
+                    return Ok(obj);
+                }
+                match self.store.update(key.clone(), self.encode(&obj)?, current.mod_revision).await? {
+                    Ok(revision) => {
+                        set_rv(&mut obj, revision);
+                        return Ok(obj);
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if opts.dry_run {
+                return Ok(obj);
+            }
+            match self.store.delete(key.clone(), Some(current.mod_revision)).await? {
+                Ok(_) => return Ok(obj),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Watches `scope`. With no resource version (or "0"), the stream starts with an
+    /// ADDED event per existing object; with one, it starts right after it.
+    pub async fn watch(
+        &self,
+        scope: &Scope,
+        opts: &ListOptions,
+        allow_bookmarks: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<WatchEvent>> {
+        self.check_fields(&opts.field_selector)?;
+        let prefix = Bytes::from(self.prefix(scope));
+        let mut initial = Vec::new();
+        let after = match opts.resource_version.as_deref() {
+            None | Some("") | Some("0") => {
+                let list = self.list(scope, &ListOptions { limit: None, continue_token: None, ..opts.clone() }).await?;
+                initial = list["items"].as_array().cloned().unwrap_or_default();
+                let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0");
+                parse_rv(rv)?
+            }
+            Some(rv) => parse_rv(rv)?,
+        };
+        let mut stream = match self
+            .store
+            .watch(prefix, Some(after), WatchOptions { progress_interval: Some(std::time::Duration::from_secs(1)) })
+            .await
+        {
+            Err(StoreError::Compacted { .. }) => {
+                return Err(RegistryError::Expired(format!("too old resource version: {after}")));
+            }
+            other => other?,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let info = self.info().clone();
+        let strategy = self.strategy.clone();
+        let opts = opts.clone();
+        let this = Registry { store: self.store.clone(), strategy };
+        tokio::spawn(async move {
+            for obj in initial {
+                if tx.send(WatchEvent { kind: "ADDED", object: obj }).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(msg) = stream.next().await {
+                let events = match msg {
+                    Ok(WatchMessage::Events(events)) => events,
+                    Ok(WatchMessage::Progress(revision)) => {
+                        if allow_bookmarks {
+                            let bookmark = json!({
+                                "kind": info.kind,
+                                "apiVersion": info.api_version(),
+                                "metadata": {"resourceVersion": revision.to_string()},
+                            });
+                            if tx.send(WatchEvent { kind: "BOOKMARK", object: bookmark }).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        let status = RegistryError::from(e).to_status();
+                        let object = serde_json::to_value(status).unwrap_or(Value::Null);
+                        let _ = tx.send(WatchEvent { kind: "ERROR", object }).await;
+                        return;
+                    }
+                };
+                for event in events {
+                    let Ok(Some(out)) = this.translate(&event, &opts) else { continue };
+                    if tx.send(out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// A store event as the watcher sees it through its selectors: an object that starts
+    /// matching is ADDED, one that stops matching is DELETED.
+    fn translate(&self, event: &store::Event, opts: &ListOptions) -> Result<Option<WatchEvent>> {
+        let revision = event.kv.mod_revision;
+        let old = match &event.prev {
+            Some(prev) => Some(self.decode(&prev.value, prev.mod_revision)?),
+            None => None,
+        };
+        let old_matches = match &old {
+            Some(o) => self.matches(o, opts)?,
+            None => false,
+        };
+        match event.kind {
+            store::EventKind::Delete => {
+                let Some(mut old) = old.filter(|_| old_matches) else { return Ok(None) };
+                set_rv(&mut old, revision);
+                Ok(Some(WatchEvent { kind: "DELETED", object: old }))
+            }
+            store::EventKind::Put => {
+                let new = self.decode(&event.kv.value, revision)?;
+                let new_matches = self.matches(&new, opts)?;
+                Ok(match (old_matches, new_matches) {
+                    (false, true) => Some(WatchEvent { kind: "ADDED", object: new }),
+                    (true, true) => Some(WatchEvent { kind: "MODIFIED", object: new }),
+                    (true, false) => {
+                        let mut gone = old.unwrap_or(Value::Null);
+                        set_rv(&mut gone, revision);
+                        Some(WatchEvent { kind: "DELETED", object: gone })
+                    }
+                    (false, false) => None,
+                })
+            }
+        }
+    }
+}
+
+fn set_rv(obj: &mut Value, revision: i64) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    }
+}
+
+/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}

@@ -1,0 +1,114 @@
+//! Helpers over objects as JSON values: metadata access, identifiers, timestamps.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use api::meta::ObjectMeta;
+use rand::Rng;
+use serde_json::{Map, Value};
+
+use super::RegistryError;
+
+/// The object's `metadata`, parsed.
+pub fn meta(obj: &Value) -> Result<ObjectMeta, RegistryError> {
+    match obj.get("metadata") {
+        None | Some(Value::Null) => Ok(ObjectMeta::default()),
+        Some(m) => {
+            serde_json::from_value(m.clone()).map_err(|e| RegistryError::BadRequest(format!("invalid metadata: {e}")))
+        }
+    }
+}
+
+/// Replaces the object's `metadata`.
+pub fn set_meta(obj: &mut Value, meta: &ObjectMeta) -> Result<(), RegistryError> {
+    let value = serde_json::to_value(meta).map_err(|e| RegistryError::Internal(e.to_string()))?;
+    as_object(obj)?.insert("metadata".into(), value);
+    Ok(())
+}
+
+pub fn as_object(obj: &mut Value) -> Result<&mut Map<String, Value>, RegistryError> {
+    obj.as_object_mut().ok_or_else(|| RegistryError::BadRequest("the request body is not a JSON object".into()))
+}
+
+/// The value at a dotted path (`spec.nodeName`), rendered as a field selector compares it.
+pub fn field(obj: &Value, path: &str) -> Option<String> {
+    let mut cur = obj;
+    for part in path.split('.') {
+        cur = cur.get(part)?;
+    }
+    match cur {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// A random version-4 UUID.
+pub fn new_uid() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Five characters for `generateName`, from Kubernetes' alphabet (no vowels, no
+/// look-alikes).
+pub fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// Now as RFC 3339 in UTC with second precision, as Kubernetes writes timestamps.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    rfc3339(secs as i64)
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_348_164), "2026-11-22T11:49:24Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn uids_are_version_4() {
+        let u = new_uid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(u, new_uid());
+    }
+
+    #[test]
+    fn fields_by_path() {
+        let pod = serde_json::json!({"spec": {"nodeName": "n1", "x": 3}, "status": {"phase": "Running"}});
+        assert_eq!(field(&pod, "spec.nodeName").as_deref(), Some("n1"));
+        assert_eq!(field(&pod, "spec.x").as_deref(), Some("3"));
+        assert_eq!(field(&pod, "status.missing"), None);
+    }
+}

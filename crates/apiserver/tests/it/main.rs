@@ -1,0 +1,3 @@
+//! Integration tests of the API server's pieces.
+
+mod registry;

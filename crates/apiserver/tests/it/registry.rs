@@ -1,0 +1,305 @@
+//! The generic registry over a real embedded store: Kubernetes object semantics and
+//! tenant isolation, without HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use api::selector::{FieldSelector, LabelSelector};
+use apiserver::registry::{DeleteOptions, ListOptions, Registry, RegistryError, Scope, Strategy};
+use serde_json::{Value, json};
+use store::Store;
+use store::embedded::EmbeddedStore;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+}
+
+impl Fixture {
+    fn new() -> Result<Fixture> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path())?);
+        Ok(Fixture { _dir: dir, store })
+    }
+
+    fn registry(&self, resource: &str) -> Result<Registry> {
+        let kind =
+            apiserver::kinds::builtin().into_iter().find(|k| k.info().resource == resource).context("no such kind")?;
+        Ok(Registry::new(self.store.clone(), Arc::new(kind)))
+    }
+}
+
+fn ns(tenant: &str, namespace: &str) -> Scope {
+    Scope { tenant: Some(tenant.into()), namespace: Some(namespace.into()) }
+}
+
+fn cm(name: &str, labels: Value) -> Value {
+    json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn rv(obj: &Value) -> String {
+    obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn create_sets_server_metadata_and_get_returns_it() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let created = r.create(&ns("acme", "default"), cm("c1", json!({"app": "web"})), false).await?;
+    let m = &created["metadata"];
+    ensure!(created["kind"] == "ConfigMap" && created["apiVersion"] == "v1");
+    ensure!(m["tenant"] == "acme" && m["namespace"] == "default" && m["generation"] == 1);
+    ensure!(m["uid"].as_str().is_some_and(|u| u.len() == 36));
+    ensure!(m["creationTimestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    ensure!(!rv(&created).is_empty());
+    let got = r.get(&ns("acme", "default"), "c1").await?;
+    ensure!(got == created, "get differs from create:\n{got}\n{created}");
+    match r.create(&ns("acme", "default"), cm("c1", json!({})), false).await {
+        Err(e @ RegistryError::AlreadyExists { .. }) => {
+            let s = e.to_status();
+            ensure!(s.code == 409 && s.reason == "AlreadyExists" && s.message == "configmaps \"c1\" already exists");
+        }
+        other => bail!("duplicate create gave {other:?}"),
+    }
+    let dry = r.create(&ns("acme", "default"), cm("dry", json!({})), true).await?;
+    ensure!(dry["metadata"]["name"] == "dry");
+    ensure!(
+        matches!(r.get(&ns("acme", "default"), "dry").await, Err(RegistryError::NotFound { .. })),
+        "dry run stored"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn generate_name_and_validation_report_every_error() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let a = r.create(&ns("acme", "default"), json!({"metadata": {"generateName": "gen-"}}), false).await?;
+    let b = r.create(&ns("acme", "default"), json!({"metadata": {"generateName": "gen-"}}), false).await?;
+    let (na, nb) = (a["metadata"]["name"].as_str().unwrap_or(""), b["metadata"]["name"].as_str().unwrap_or(""));
+    ensure!(na.starts_with("gen-") && na.len() == 9 && na != nb, "{na} {nb}");
+    let bad = json!({"metadata": {"name": "Bad_Name", "labels": {"-x": "ok"}}, "data": {"a b": "v", "n": 1}});
+    match r.create(&ns("acme", "default"), bad, false).await {
+        Err(e @ RegistryError::Invalid { .. }) => {
+            let s = e.to_status();
+            let causes = s.details.map(|d| d.causes).unwrap_or_default();
+            let fields: Vec<_> = causes.iter().map(|c| c.field.as_str()).collect();
+            ensure!(s.code == 422 && s.reason == "Invalid");
+            ensure!(fields == vec!["metadata.name", "metadata.labels", "data[a b]", "data[n]"], "causes: {fields:?}");
+        }
+        other => bail!("invalid create gave {other:?}"),
+    }
+    match r.create(&ns("acme", "default"), json!({"metadata": {}}), false).await {
+        Err(RegistryError::Invalid { errors, .. }) => ensure!(errors[0].field == "metadata.name"),
+        other => bail!("nameless create gave {other:?}"),
+    }
+    match r.create(&ns("acme", "default"), json!({"kind": "Secret", "metadata": {"name": "x"}}), false).await {
+        Err(RegistryError::BadRequest(m)) => ensure!(m.contains("kind"), "{m}"),
+        other => bail!("wrong kind gave {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_are_isolated() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    r.create(&ns("acme", "default"), cm("same", json!({"t": "acme"})), false).await?;
+    r.create(&ns("beta", "default"), cm("same", json!({"t": "beta"})), false).await?;
+    r.create(&ns("acme2", "default"), cm("other", json!({})), false).await?;
+    let acme = r.list(&ns("acme", "default"), &ListOptions::default()).await?;
+    ensure!(names(&acme) == vec!["same"] && acme["items"][0]["metadata"]["labels"]["t"] == "acme");
+    let acme_all_ns = r.list(&Scope { tenant: Some("acme".into()), namespace: None }, &ListOptions::default()).await?;
+    ensure!(names(&acme_all_ns) == vec!["same"], "a tenant prefix must not cover a longer tenant name");
+    ensure!(matches!(r.get(&ns("gamma", "default"), "same").await, Err(RegistryError::NotFound { .. })));
+    // Deleting in one tenant leaves the other's object alone.
+    r.delete(&ns("beta", "default"), "same", &DeleteOptions::default()).await?;
+    ensure!(r.get(&ns("acme", "default"), "same").await?["metadata"]["tenant"] == "acme");
+    let all = r.list(&Scope { tenant: None, namespace: None }, &ListOptions::default()).await?;
+    let tenants: Vec<_> =
+        all["items"].as_array().into_iter().flatten().map(|o| o["metadata"]["tenant"].clone()).collect();
+    ensure!(tenants == vec![json!("acme"), json!("acme2")], "every item shows its tenant: {tenants:?}");
+    // A client cannot place an object in another tenant or namespace.
+    let foreign = json!({"metadata": {"name": "x", "tenant": "beta"}});
+    ensure!(matches!(r.create(&ns("acme", "default"), foreign, false).await, Err(RegistryError::BadRequest(_))));
+    let other_ns = json!({"metadata": {"name": "x", "namespace": "kube-system"}});
+    ensure!(matches!(r.create(&ns("acme", "default"), other_ns, false).await, Err(RegistryError::BadRequest(_))));
+    Ok(())
+}
+
+#[tokio::test]
+async fn updates_use_optimistic_concurrency_and_keep_server_fields() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("pods")?;
+    let s = ns("acme", "default");
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}, "status": {"phase": "Running"}});
+    let created = r.create(&s, pod, false).await?;
+    ensure!(created.get("status").is_none(), "status is cleared on create");
+    let mut stale = created.clone();
+    // Labels only: generation stays.
+    let mut labelled = created.clone();
+    labelled["metadata"]["labels"] = json!({"a": "b"});
+    labelled["metadata"]["uid"] = json!("forged");
+    labelled["status"] = json!({"phase": "Failed"});
+    let v2 = r.update(&s, "p", labelled, None, false).await?;
+    ensure!(v2["metadata"]["generation"] == 1 && v2["metadata"]["uid"] == created["metadata"]["uid"]);
+    ensure!(v2.get("status").is_none(), "the main resource ignores status");
+    ensure!(rv(&v2) != rv(&created));
+    // A stale resource version conflicts.
+    stale["spec"]["containers"][0]["image"] = json!("other");
+    match r.update(&s, "p", stale.clone(), None, false).await {
+        Err(e @ RegistryError::Conflict { .. }) => ensure!(e.to_status().code == 409),
+        other => bail!("stale update gave {other:?}"),
+    }
+    // Without a resource version the update is unconditional; a spec change bumps generation.
+    stale["metadata"].as_object_mut().context("meta")?.remove("resourceVersion");
+    let v3 = r.update(&s, "p", stale, None, false).await?;
+    ensure!(v3["metadata"]["generation"] == 2 && v3["spec"]["containers"][0]["image"] == "other");
+    // The status subresource changes only status.
+    let mut st = v3.clone();
+    st["status"] = json!({"phase": "Running"});
+    st["spec"]["containers"][0]["image"] = json!("ignored");
+    let v4 = r.update(&s, "p", st, Some("status"), false).await?;
+    ensure!(v4["status"]["phase"] == "Running" && v4["spec"]["containers"][0]["image"] == "other");
+    // An update that changes nothing writes nothing.
+    let same = r.update(&s, "p", v4.clone(), None, false).await?;
+    ensure!(rv(&same) == rv(&v4));
+    // Invalid updates report errors; a name mismatch is a bad request.
+    let mut broken = v4.clone();
+    broken["spec"]["containers"] = json!([]);
+    ensure!(matches!(r.update(&s, "p", broken, None, false).await, Err(RegistryError::Invalid { .. })));
+    ensure!(matches!(r.update(&s, "q", v4, None, false).await, Err(RegistryError::BadRequest(_))));
+    Ok(())
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_removed() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let s = ns("acme", "default");
+    let obj = json!({"metadata": {"name": "f", "finalizers": ["example.com/hold"]}});
+    let created = r.create(&s, obj, false).await?;
+    let uid = created["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let wrong = DeleteOptions { precondition_uid: Some("nope".into()), ..DeleteOptions::default() };
+    ensure!(matches!(r.delete(&s, "f", &wrong).await, Err(RegistryError::Conflict { .. })));
+    let marked = r.delete(&s, "f", &DeleteOptions { precondition_uid: Some(uid), ..DeleteOptions::default() }).await?;
+    ensure!(marked["metadata"]["deletionTimestamp"].is_string());
+    let mut current = r.get(&s, "f").await?;
+    ensure!(current["metadata"]["deletionTimestamp"].is_string(), "still there, terminating");
+    current["metadata"]["finalizers"] = json!([]);
+    r.update(&s, "f", current, None, false).await?;
+    ensure!(matches!(r.get(&s, "f").await, Err(RegistryError::NotFound { .. })), "removing the last finalizer deletes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lists_page_and_filter() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let s = ns("acme", "default");
+    for i in 0..23 {
+        let tier = if i % 3 == 0 { "db" } else { "web" };
+        r.create(&s, cm(&format!("c{i:02}"), json!({"tier": tier})), false).await?;
+    }
+    let opts =
+        ListOptions { limit: Some(5), label_selector: LabelSelector::parse("tier=web")?, ..ListOptions::default() };
+    let mut seen = Vec::new();
+    let mut page = r.list(&s, &opts).await?;
+    let first_rv = page["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    r.create(&s, cm("c99", json!({"tier": "web"})), false).await?;
+    loop {
+        let got = names(&page);
+        ensure!(got.len() <= 5);
+        seen.extend(got);
+        let Some(token) = page["metadata"]["continue"].as_str().map(str::to_string) else { break };
+        page = r.list(&s, &ListOptions { continue_token: Some(token), ..opts.clone() }).await?;
+        ensure!(page["metadata"]["resourceVersion"] == first_rv.as_str(), "pages share one snapshot");
+    }
+    let want: Vec<String> = (0..23).filter(|i| i % 3 != 0).map(|i| format!("c{i:02}")).collect();
+    ensure!(seen == want, "paged {seen:?}");
+    let by_name = ListOptions { field_selector: FieldSelector::parse("metadata.name=c05")?, ..ListOptions::default() };
+    ensure!(names(&r.list(&s, &by_name).await?) == vec!["c05"]);
+    let unsupported =
+        ListOptions { field_selector: FieldSelector::parse("spec.nodeName=x")?, ..ListOptions::default() };
+    match r.list(&s, &unsupported).await {
+        Err(e @ RegistryError::BadRequest(_)) => ensure!(e.to_string().contains("field label not supported")),
+        other => bail!("unsupported field gave {other:?}"),
+    }
+    ensure!(matches!(
+        r.list(&s, &ListOptions { continue_token: Some("garbage".into()), ..ListOptions::default() }).await,
+        Err(RegistryError::BadRequest(_))
+    ));
+    // After compaction, an old exact read and an old continue token are expired (410).
+    let token = r.list(&s, &ListOptions { limit: Some(2), ..ListOptions::default() }).await?["metadata"]["continue"]
+        .as_str()
+        .context("a continue token")?
+        .to_string();
+    let old_rv = first_rv.clone();
+    for i in 0..3 {
+        r.create(&s, cm(&format!("late{i}"), json!({})), false).await?;
+    }
+    f.store.compact(f.store.current_revision().await?).await?;
+    let exact = ListOptions {
+        resource_version: Some(old_rv),
+        resource_version_match: Some("Exact".into()),
+        ..ListOptions::default()
+    };
+    ensure!(r.list(&s, &exact).await.err().map(|e| e.to_status().code) == Some(410));
+    let cont = ListOptions { continue_token: Some(token), ..ListOptions::default() };
+    ensure!(r.list(&s, &cont).await.err().map(|e| e.to_status().code) == Some(410));
+    Ok(())
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<apiserver::registry::WatchEvent>) -> Result<(String, Value)> {
+    let e = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.context("watch ended")?;
+    Ok((e.kind.to_string(), e.object))
+}
+
+#[tokio::test]
+async fn watches_replay_state_then_follow_changes_through_selectors() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let s = ns("acme", "default");
+    r.create(&s, cm("before", json!({"app": "web"})), false).await?;
+    r.create(&s, cm("other-app", json!({"app": "db"})), false).await?;
+    r.create(&ns("beta", "default"), cm("foreign", json!({"app": "web"})), false).await?;
+    let opts = ListOptions { label_selector: LabelSelector::parse("app=web")?, ..ListOptions::default() };
+    let mut rx = r.watch(&s, &opts, true).await?;
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "ADDED" && obj["metadata"]["name"] == "before");
+    let mut moved = r.create(&s, cm("moving", json!({"app": "db"})), false).await?;
+    moved["metadata"]["labels"] = json!({"app": "web"});
+    let moved = r.update(&s, "moving", moved, None, false).await?;
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "ADDED" && obj["metadata"]["name"] == "moving", "starting to match is ADDED: {kind}");
+    let mut leaving = moved.clone();
+    leaving["metadata"]["labels"] = json!({"app": "db"});
+    let left = r.update(&s, "moving", leaving, None, false).await?;
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "DELETED" && rv(&obj) == rv(&left), "stopping to match is DELETED at the change's version");
+    r.create(&ns("beta", "default"), cm("foreign2", json!({"app": "web"})), false).await?;
+    r.delete(&s, "before", &DeleteOptions::default()).await?;
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "DELETED" && obj["metadata"]["name"] == "before", "no event from another tenant: {kind} {obj}");
+    // Bookmarks arrive on a quiet watch.
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "BOOKMARK" && obj["kind"] == "ConfigMap" && obj["apiVersion"] == "v1", "{kind} {obj}");
+    // A watch from a compacted version is expired.
+    f.store.compact(f.store.current_revision().await?).await?;
+    let old = ListOptions { resource_version: Some("2".into()), ..ListOptions::default() };
+    match r.watch(&s, &old, false).await {
+        Err(e) => ensure!(e.to_status().code == 410, "{e}"),
+        Ok(_) => bail!("watching from a compacted version worked"),
+    }
+    Ok(())
+}
