@@ -5,4 +5,5 @@
 //! stacks on these.
 
 pub mod kinds;
+pub mod pki;
 pub mod registry;
