@@ -25,7 +25,7 @@ setup() {
   need_root
   # protoc builds the etcd client; etcd-server is the distributed store backend and the
   # peer our benchmarks compare against.
-  apt_install ca-certificates gcc libc6-dev protobuf-compiler etcd-server
+  apt_install ca-certificates curl gcc libc6-dev protobuf-compiler etcd-server
   command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (1.89 or newer) with rustup first"
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest from crates.io"

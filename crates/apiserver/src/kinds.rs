@@ -12,6 +12,7 @@ pub struct Kind {
     fields: &'static [&'static str],
     validate: fn(&Value) -> Vec<FieldError>,
     clear_status_on_create: bool,
+    defaults: fn(&mut Value),
 }
 
 impl Strategy for Kind {
@@ -24,6 +25,7 @@ impl Strategy for Kind {
         {
             map.remove("status");
         }
+        (self.defaults)(obj);
     }
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
         (self.validate)(obj)
@@ -35,6 +37,16 @@ impl Strategy for Kind {
 
 fn no_rules(_: &Value) -> Vec<FieldError> {
     Vec::new()
+}
+
+fn no_defaults(_: &mut Value) {}
+
+/// A new namespace is Active (its finalizer and Terminating phase come with the
+/// namespace controller).
+fn namespace_defaults(obj: &mut Value) {
+    if let Some(map) = obj.as_object_mut() {
+        map.insert("status".into(), serde_json::json!({"phase": "Active"}));
+    }
 }
 
 /// ConfigMap and Secret keys: alphanumerics, '-', '_' and '.'.
@@ -126,10 +138,18 @@ fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool
 
 /// Every built-in kind's strategy.
 pub fn builtin() -> Vec<Kind> {
-    let plain = |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: false };
-    let with_status = |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: true };
+    let plain =
+        |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: false, defaults: no_defaults };
+    let with_status =
+        |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: true, defaults: no_defaults };
     vec![
-        with_status(kind("", "v1", "Namespace", "namespaces", false, true), &["status.phase"], no_rules),
+        Kind {
+            info: kind("", "v1", "Namespace", "namespaces", false, true),
+            fields: &["status.phase"],
+            validate: no_rules,
+            clear_status_on_create: true,
+            defaults: namespace_defaults,
+        },
         with_status(
             kind("", "v1", "Pod", "pods", true, true),
             &[

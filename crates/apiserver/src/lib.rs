@@ -4,6 +4,8 @@
 //! [`kinds`]. The HTTP front (TLS, authentication, discovery, OpenAPI, watch encoding)
 //! stacks on these.
 
+pub mod http;
 pub mod kinds;
+pub mod patch;
 pub mod pki;
 pub mod registry;

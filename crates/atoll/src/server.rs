@@ -1,17 +1,9 @@
-//! `atoll server`: for now the store-backed skeleton of the API server. It opens the store
-//! and answers the unauthenticated health and version endpoints; the Kubernetes API, TLS and
-//! authentication come with the API server itself.
+//! `atoll server`: the API server over a store, on HTTPS with the cluster's certificates.
 
-use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use store::Store;
 
 use crate::StoreArgs;
 
@@ -26,81 +18,32 @@ pub struct ServerArgs {
 
 pub async fn run(args: ServerArgs) -> Result<()> {
     let store = args.store.open().await?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("listening on {}", listener.local_addr()?);
-    let shutdown = tokio::signal::ctrl_c();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(store.clone(), req));
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => {
-                tracing::info!("shutting down");
-                return Ok(());
-            }
+    let server = apiserver::http::Server::bind(store, &args.store.data_dir, args.listen)
+        .await
+        .context("starting the API server")?;
+    // Tests and scripts read these lines to learn the address when listening on port 0.
+    let mut out = std::io::stdout().lock();
+    // Whoever started us may have stopped reading; that is no reason to stop serving.
+    let _ = writeln!(out, "listening on https://{}", server.local_addr()?);
+    let _ = writeln!(out, "kubeconfig: {}", server.kubeconfig.display());
+    let _ = out.flush();
+    drop(out);
+    server.run(shutdown_signal()).await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
-}
-
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-    resp
-}
-
-async fn handle(
-    store: Arc<dyn Store>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
-        "/healthz" | "/livez" | "/readyz" => match store.current_revision().await {
-            Ok(_) => Response::new(Full::new(Bytes::from_static(b"ok"))),
-            Err(e) => {
-                let mut resp = Response::new(Full::new(Bytes::from(format!("store unavailable: {e}"))));
-                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                resp
-            }
-        },
-        "/version" => json(
-            StatusCode::OK,
-            serde_json::json!({
-                "major": "1",
-                "minor": "33",
-                "gitVersion": concat!("v1.33.0-atoll.", env!("CARGO_PKG_VERSION")),
-                "platform": "linux/amd64",
-            }),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": "the server could not find the requested resource",
-                "reason": "NotFound",
-                "code": 404,
-            }),
-        ),
-    })
 }

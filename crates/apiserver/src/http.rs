@@ -1,0 +1,620 @@
+//! The HTTPS front: TLS with client certificates, then one pipeline per request:
+//! authenticate → parse (request info) → resolve the tenant → authorize → route to
+//! discovery or to a kind's registry. Every failure is a Kubernetes `Status`.
+
+// Errors here are `Status` values on their way to the client: a cold path where the
+// size of the error does not matter, and boxing would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use api::meta::Status;
+use api::request::{RequestInfo, ResourceRequest, TenantScope, Verb};
+use api::selector::{FieldSelector, LabelSelector};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use store::Store;
+use tokio::sync::mpsc;
+
+use crate::pki::{self, CertIdentity};
+use crate::registry::{DeleteOptions, ListOptions, Registry, RegistryError, Scope, Strategy};
+
+/// Largest request body accepted, as in Kubernetes (3 MiB).
+const MAX_BODY: usize = 3 << 20;
+/// The Kubernetes minor version we report to clients (kubectl 1.27–1.33 accept it).
+const KUBE_MINOR: &str = "33";
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Who is calling, fixed at authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub tenant: String,
+}
+
+impl User {
+    /// Administrators of the whole cluster: the system tenant's `system:masters`.
+    pub fn is_system_admin(&self) -> bool {
+        self.tenant == api::request::SYSTEM_TENANT && self.groups.iter().any(|g| g == pki::ADMIN_GROUP)
+    }
+}
+
+impl From<CertIdentity> for User {
+    fn from(id: CertIdentity) -> User {
+        let mut groups = id.groups;
+        groups.push("system:authenticated".into());
+        User { name: id.user, groups, tenant: id.tenant }
+    }
+}
+
+/// Short names and the singular used in discovery.
+fn short_names(resource: &str) -> &'static [&'static str] {
+    match resource {
+        "namespaces" => &["ns"],
+        "pods" => &["po"],
+        "nodes" => &["no"],
+        "configmaps" => &["cm"],
+        "serviceaccounts" => &["sa"],
+        "services" => &["svc"],
+        "events" => &["ev"],
+        "replicasets" => &["rs"],
+        "deployments" => &["deploy"],
+        _ => &[],
+    }
+}
+
+/// The API: every kind's registry, keyed by (group, resource).
+pub struct Api {
+    registries: BTreeMap<(String, String), Arc<Registry>>,
+}
+
+fn respond(code: StatusCode, body: Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn status(s: Status) -> Response<Body> {
+    let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    respond(code, serde_json::to_value(&s).unwrap_or(Value::Null))
+}
+
+fn not_found() -> Status {
+    Status::failure(404, "NotFound", "the server could not find the requested resource")
+}
+
+/// Percent-decodes a query component ('+' is a space).
+fn decode_component(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode_component(k), decode_component(v))
+        })
+        .collect()
+}
+
+fn list_options(q: &BTreeMap<String, String>) -> Result<ListOptions, Status> {
+    let label_selector = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
+        .map_err(|e| Status::bad_request(e.to_string()))?;
+    let field_selector = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))
+        .map_err(|e| Status::bad_request(e.to_string()))?;
+    let limit = match q.get("limit") {
+        None => None,
+        Some(l) => Some(l.parse::<usize>().map_err(|_| Status::bad_request(format!("invalid limit {l:?}")))?),
+    };
+    Ok(ListOptions {
+        label_selector,
+        field_selector,
+        limit,
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version: q.get("resourceVersion").filter(|c| !c.is_empty()).cloned(),
+        resource_version_match: q.get("resourceVersionMatch").filter(|c| !c.is_empty()).cloned(),
+    })
+}
+
+fn dry_run(q: &BTreeMap<String, String>) -> Result<bool, Status> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(Status::bad_request(format!("unsupported dryRun value {other:?}; only \"All\" is"))),
+    }
+}
+
+/// A response body fed from a channel (for watches).
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>) -> Api {
+        let registries = crate::kinds::builtin()
+            .into_iter()
+            .map(|k| {
+                let key = (k.info().group.clone(), k.info().resource.clone());
+                (key, Arc::new(Registry::new(store.clone(), Arc::new(k))))
+            })
+            .collect();
+        Api { registries }
+    }
+
+    fn group_versions(&self) -> BTreeMap<String, String> {
+        self.registries.values().map(|r| (r.info().group.clone(), r.info().version.clone())).collect()
+    }
+
+    /// Legacy discovery documents, or `None` if `path` is not one.
+    fn discovery(&self, path: &str) -> Option<Value> {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let versions = self.group_versions();
+        let group_doc = |g: &str, v: &str| {
+            json!({"name": g, "versions": [{"groupVersion": format!("{g}/{v}"), "version": v}],
+                   "preferredVersion": {"groupVersion": format!("{g}/{v}"), "version": v}})
+        };
+        match segs.as_slice() {
+            ["api"] => Some(json!({"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})),
+            ["apis"] => Some(json!({"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": versions.iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| group_doc(g, v)).collect::<Vec<_>>()})),
+            ["apis", g] => versions.get(*g).filter(|_| !g.is_empty()).map(|v| {
+                let mut doc = group_doc(g, v);
+                doc["kind"] = json!("APIGroup");
+                doc["apiVersion"] = json!("v1");
+                doc
+            }),
+            ["api", "v1"] => Some(self.resource_list("", "v1")),
+            ["apis", g, v] if versions.get(*g).is_some_and(|have| have == v) => Some(self.resource_list(g, v)),
+            _ => None,
+        }
+    }
+
+    fn resource_list(&self, group: &str, version: &str) -> Value {
+        let mut resources = Vec::new();
+        for r in self.registries.values().map(|r| r.info()).filter(|i| i.group == group && i.version == version) {
+            let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+            resources.push(json!({
+                "name": r.resource, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
+                "kind": r.kind, "verbs": verbs, "shortNames": short_names(&r.resource),
+            }));
+            if r.status_subresource {
+                resources.push(json!({"name": format!("{}/status", r.resource), "singularName": "",
+                    "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+            }
+        }
+        let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+    }
+
+    fn version() -> Value {
+        json!({"major": "1", "minor": KUBE_MINOR, "gitVersion": format!("v1.{KUBE_MINOR}.0-atoll.{}", env!("CARGO_PKG_VERSION")),
+               "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "", "compiler": "rustc",
+               "platform": "linux/amd64"})
+    }
+
+    /// Serves one request from an authenticated (or not) caller.
+    pub async fn handle(&self, req: Request<Incoming>, user: Option<User>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let bare = match path.strip_prefix("/tenants/") {
+            Some(rest) => rest.split_once('/').map_or("/", |(_, p)| p).to_string(),
+            None => path.clone(),
+        };
+        let bare = if bare.starts_with('/') { bare } else { format!("/{bare}") };
+        match bare.as_str() {
+            "/healthz" | "/livez" | "/readyz" => {
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
+                resp.headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+                return resp;
+            }
+            "/version" => return respond(StatusCode::OK, Api::version()),
+            _ => {}
+        }
+        let Some(user) = user else { return status(Status::unauthorized()) };
+        let info = match api::request::parse(req.method().as_str(), &path, req.uri().query()) {
+            Ok(info) => info,
+            Err(e) => {
+                return status(match e {
+                    api::request::RequestError::NotFound => not_found(),
+                    api::request::RequestError::BadRequest(m) => Status::bad_request(m),
+                    api::request::RequestError::MethodNotAllowed => Status::method_not_allowed(),
+                });
+            }
+        };
+        match info {
+            RequestInfo::NonResource { tenant, path, .. } => {
+                if let Err(s) = self.resolve_tenant(&tenant, &user, Verb::Get) {
+                    return status(s);
+                }
+                if req.method() != Method::GET {
+                    return status(Status::method_not_allowed());
+                }
+                match self.discovery(&path) {
+                    Some(doc) => respond(StatusCode::OK, doc),
+                    None => status(not_found()),
+                }
+            }
+            RequestInfo::Resource(r) => match self.resource(r, &user, req).await {
+                Ok(resp) => resp,
+                Err(s) => status(s),
+            },
+        }
+    }
+
+    /// The tenant a request acts in (`None`: every tenant). Only system administrators
+    /// reach beyond their own tenant; to everyone else another tenant does not exist, so
+    /// the refusal says nothing about it.
+    fn resolve_tenant(&self, scope: &TenantScope, user: &User, verb: Verb) -> Result<Option<String>, Status> {
+        let tenant = match scope {
+            TenantScope::Caller => Some(user.tenant.clone()),
+            TenantScope::Named(t) => Some(t.clone()),
+            TenantScope::All => None,
+        };
+        if !user.is_system_admin() && tenant.as_deref() != Some(user.tenant.as_str()) {
+            return Err(Status::failure(403, "Forbidden", format!("User {:?} cannot access that tenant", user.name)));
+        }
+        if tenant.is_none() && !matches!(verb, Verb::List | Verb::Watch) {
+            return Err(Status::bad_request("the tenant \"all\" can only be listed or watched"));
+        }
+        Ok(tenant)
+    }
+
+    async fn read_body(req: Request<Incoming>) -> Result<Value, Status> {
+        let content_type = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let bytes = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| Status::request_entity_too_large("the request body is larger than 3 MiB"))?
+            .to_bytes();
+        let base = content_type.split(';').next().unwrap_or("").trim();
+        if !matches!(
+            base,
+            "application/json"
+                | "application/merge-patch+json"
+                | "application/json-patch+json"
+                | "application/strategic-merge-patch+json"
+        ) {
+            return Err(Status::unsupported_media_type(&content_type));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Status::bad_request(format!("the request body is not valid JSON: {e}")))
+    }
+
+    async fn resource(
+        &self,
+        r: ResourceRequest,
+        user: &User,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Status> {
+        let registry = self.registries.get(&(r.group.clone(), r.resource.clone())).ok_or_else(not_found)?;
+        let info = registry.info().clone();
+        if info.version != r.version {
+            return Err(not_found());
+        }
+        let mut tenant = self.resolve_tenant(&r.tenant, user, r.verb)?;
+        if info.group == "atoll.io" && info.resource == "tenants" {
+            // Tenants belong to the system tenant, whichever URL names them.
+            if !user.is_system_admin() {
+                return Err(Status::forbidden(
+                    &user.name,
+                    r.verb.as_str(),
+                    &info.group,
+                    &info.resource,
+                    r.name.as_deref().unwrap_or(""),
+                    None,
+                ));
+            }
+            tenant = Some(api::request::SYSTEM_TENANT.to_string());
+        }
+        if !info.namespaced && r.namespace.is_some() {
+            return Err(not_found());
+        }
+        if info.namespaced && r.name.is_some() && r.namespace.is_none() {
+            return Err(not_found());
+        }
+        match r.subresource.as_deref() {
+            None => {}
+            Some("status") if info.status_subresource => {}
+            Some(_) => return Err(not_found()),
+        }
+        let scope = Scope { tenant, namespace: r.namespace.clone() };
+        let q = query_map(req.uri().query());
+        let name = r.name.clone().unwrap_or_default();
+        let registry_err = |e: RegistryError| e.to_status();
+        let ok = |v: Value| Ok(respond(StatusCode::OK, v));
+        match r.verb {
+            Verb::Get => ok(registry.get(&scope, &name).await.map_err(registry_err)?),
+            Verb::List => ok(registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?),
+            Verb::Watch => {
+                let opts = list_options(&q)?;
+                let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
+                let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+                let mut opts = opts;
+                if let Some(n) = &r.name {
+                    // Watching one object is watching with a name selector.
+                    let mut fs = opts.field_selector.clone();
+                    fs.requirements.push(api::selector::FieldRequirement {
+                        field: "metadata.name".into(),
+                        value: n.clone(),
+                        negated: false,
+                    });
+                    opts.field_selector = fs;
+                }
+                let mut events = registry.watch(&scope, &opts, bookmarks).await.map_err(registry_err)?;
+                let (tx, rx) = mpsc::channel::<Bytes>(64);
+                tokio::spawn(async move {
+                    let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = &mut deadline => return,
+                            event = events.recv() => {
+                                let Some(event) = event else { return };
+                                let mut line = serde_json::to_vec(&json!({"type": event.kind, "object": event.object})).unwrap_or_default();
+                                line.push(b'\n');
+                                if tx.send(Bytes::from(line)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+                let mut resp = Response::new(ChannelBody(rx).boxed());
+                resp.headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                Ok(resp)
+            }
+            Verb::Create => {
+                if r.subresource.is_some() || r.name.is_some() {
+                    return Err(Status::method_not_allowed());
+                }
+                let dry = dry_run(&q)?;
+                let body = Self::read_body(req).await?;
+                let created = registry.create(&scope, body, dry).await.map_err(registry_err)?;
+                Ok(respond(StatusCode::CREATED, created))
+            }
+            Verb::Update => {
+                let dry = dry_run(&q)?;
+                let body = Self::read_body(req).await?;
+                ok(registry.update(&scope, &name, body, r.subresource.as_deref(), dry).await.map_err(registry_err)?)
+            }
+            Verb::Patch => {
+                let dry = dry_run(&q)?;
+                let content_type = req
+                    .headers()
+                    .get(hyper::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let patch = Self::read_body(req).await?;
+                let current = registry.get(&scope, &name).await.map_err(registry_err)?;
+                let mut patched = match content_type.as_str() {
+                    "application/merge-patch+json" => {
+                        let mut doc = current.clone();
+                        crate::patch::merge_patch(&mut doc, &patch);
+                        doc
+                    }
+                    "application/json-patch+json" => {
+                        crate::patch::json_patch(&current, &patch).map_err(|e| Status::failure(422, "Invalid", e))?
+                    }
+                    other => return Err(Status::unsupported_media_type(other)),
+                };
+                // The patch applies to the version read; a concurrent change is a conflict.
+                if patched["metadata"]["resourceVersion"].is_null() {
+                    patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                }
+                ok(registry
+                    .update(&scope, &name, patched, r.subresource.as_deref(), dry)
+                    .await
+                    .map_err(registry_err)?)
+            }
+            Verb::Delete => {
+                let dry = dry_run(&q)?;
+                let body = Self::read_body(req).await.unwrap_or(Value::Null);
+                let opts = DeleteOptions {
+                    dry_run: dry,
+                    precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
+                    precondition_resource_version: body
+                        .pointer("/preconditions/resourceVersion")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                };
+                ok(registry.delete(&scope, &name, &opts).await.map_err(registry_err)?)
+            }
+            Verb::DeleteCollection => {
+                let dry = dry_run(&q)?;
+                let list = registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?;
+                let opts = DeleteOptions { dry_run: dry, ..DeleteOptions::default() };
+                let mut deleted = Vec::new();
+                for item in list["items"].as_array().into_iter().flatten() {
+                    let item_name = item["metadata"]["name"].as_str().unwrap_or("");
+                    let item_scope = Scope {
+                        tenant: item["metadata"]["tenant"].as_str().map(str::to_string),
+                        namespace: item["metadata"]["namespace"].as_str().map(str::to_string),
+                    };
+                    match registry.delete(&item_scope, item_name, &opts).await {
+                        Ok(obj) => deleted.push(obj),
+                        Err(RegistryError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.to_status()),
+                    }
+                }
+                let mut out = list;
+                out["items"] = Value::Array(deleted);
+                ok(out)
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+fn tls_config(p: &pki::Pki) -> Result<rustls::ServerConfig, ServeError> {
+    let tls = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let parse_certs =
+        |pem: &str| rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in parse_certs(&p.ca_cert).map_err(|e| tls(&e))? {
+        roots.add(c).map_err(|e| tls(&e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(p.server_key.as_bytes()).map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(parse_certs(&p.server_cert).map_err(|e| tls(&e))?, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A bound, ready server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    api: Arc<Api>,
+    pub kubeconfig: PathBuf,
+}
+
+impl Server {
+    /// Sets up certificates (first start), binds `listen` and writes the admin kubeconfig.
+    pub async fn bind(store: Arc<dyn Store>, data_dir: &Path, listen: SocketAddr) -> Result<Server, ServeError> {
+        let hosts = vec![listen.ip().to_string()];
+        let pki = pki::bootstrap(data_dir, &hosts)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServeError::Listen { addr: listen, source })?;
+        let local = listener.local_addr().map_err(|source| ServeError::Listen { addr: listen, source })?;
+        let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+        let url = if host.contains(':') {
+            format!("https://[{host}]:{}", local.port())
+        } else {
+            format!("https://{host}:{}", local.port())
+        };
+        let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+        Ok(Server { listener, acceptor, api: Arc::new(Api::new(store)), kubeconfig })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, api) = (self.acceptor.clone(), self.api.clone());
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                // The identity is fixed for the connection, from its verified certificate.
+                let user = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(|der| {
+                    match pki::identity_from_cert(der) {
+                        Ok(id) => Some(User::from(id)),
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "refusing a client certificate");
+                            None
+                        }
+                    }
+                });
+                let service = hyper::service::service_fn(move |req| {
+                    let (api, user) = (api.clone(), user.clone());
+                    async move {
+                        // A panic in one request answers 500 instead of ending the server.
+                        let handled = tokio::spawn(async move { api.handle(req, user).await }).await;
+                        Ok::<_, Infallible>(
+                            handled.unwrap_or_else(|_| status(Status::internal("the request handler failed"))),
+                        )
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    }
+}
