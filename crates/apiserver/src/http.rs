@@ -303,6 +303,43 @@ impl Api {
         Ok(tenant)
     }
 
+    fn tenants(&self) -> Result<&Arc<Registry>, Status> {
+        self.registries
+            .get(&("atoll.io".to_string(), "tenants".to_string()))
+            .ok_or_else(|| Status::internal("the Tenant kind is not registered"))
+    }
+
+    /// A named tenant must exist (as a Tenant object); `system` always does.
+    async fn check_tenant_exists(&self, tenant: &str) -> Result<(), Status> {
+        if tenant == api::request::SYSTEM_TENANT {
+            return Ok(());
+        }
+        let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+        match self.tenants()?.get(&system, tenant).await {
+            Ok(_) => Ok(()),
+            Err(RegistryError::NotFound { .. }) => Err(Status::not_found("atoll.io", "tenants", tenant)),
+            Err(e) => Err(e.to_status()),
+        }
+    }
+
+    /// Refuses to delete a tenant that still holds objects of any kind.
+    async fn check_tenant_empty(&self, tenant: &str) -> Result<(), Status> {
+        let scope = Scope { tenant: Some(tenant.to_string()), namespace: None };
+        for registry in self.registries.values() {
+            let one = ListOptions { limit: Some(1), ..ListOptions::default() };
+            let list = registry.list(&scope, &one).await.map_err(|e| e.to_status())?;
+            if list["items"].as_array().is_some_and(|items| !items.is_empty()) {
+                return Err(Status::conflict(
+                    "atoll.io",
+                    "tenants",
+                    tenant,
+                    &format!("the tenant still holds {}; delete them first", registry.info().resource),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn read_body(req: Request<Incoming>) -> Result<Value, Status> {
         let content_type = req
             .headers()
@@ -341,6 +378,9 @@ impl Api {
             return Err(not_found());
         }
         let mut tenant = self.resolve_tenant(&r.tenant, user, r.verb)?;
+        if let Some(t) = &tenant {
+            self.check_tenant_exists(t).await?;
+        }
         if info.group == "atoll.io" && info.resource == "tenants" {
             // Tenants belong to the system tenant, whichever URL names them.
             if !user.is_system_admin() {
@@ -463,6 +503,9 @@ impl Api {
             }
             Verb::Delete => {
                 let dry = dry_run(&q)?;
+                if info.group == "atoll.io" && info.resource == "tenants" {
+                    self.check_tenant_empty(&name).await?;
+                }
                 let body = Self::read_body(req).await.unwrap_or(Value::Null);
                 let opts = DeleteOptions {
                     dry_run: dry,

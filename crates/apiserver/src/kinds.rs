@@ -125,6 +125,18 @@ fn validate_pod(obj: &Value) -> Vec<FieldError> {
     errors
 }
 
+/// Tenant names are DNS labels, and `system` and `all` are reserved.
+fn validate_tenant(obj: &Value) -> Vec<FieldError> {
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    if name == api::request::SYSTEM_TENANT || name == api::request::ALL_TENANTS {
+        return vec![FieldError::forbidden("metadata.name", format!("{name:?} is a reserved tenant name"))];
+    }
+    if !api::request::is_dns_label(name) {
+        return vec![FieldError::invalid("metadata.name", name, "a tenant name must be a DNS-1123 label")];
+    }
+    Vec::new()
+}
+
 fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool, status: bool) -> ResourceInfo {
     ResourceInfo {
         group: group.into(),
@@ -182,6 +194,6 @@ pub fn builtin() -> Vec<Kind> {
         plain(kind("coordination.k8s.io", "v1", "Lease", "leases", true, false), &[], no_rules),
         with_status(kind("apps", "v1", "ReplicaSet", "replicasets", true, true), &[], no_rules),
         with_status(kind("apps", "v1", "Deployment", "deployments", true, true), &[], no_rules),
-        with_status(kind("atoll.io", "v1", "Tenant", "tenants", false, true), &[], no_rules),
+        with_status(kind("atoll.io", "v1", "Tenant", "tenants", false, true), &[], validate_tenant),
     ]
 }

@@ -157,6 +157,30 @@ pub fn bootstrap(data_dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
     Ok(pki)
 }
 
+/// Issues a client certificate from the CA in `data_dir` and returns a kubeconfig for it.
+/// Runs on the control-plane machine (it reads the CA key).
+pub fn issue_kubeconfig(
+    data_dir: &Path,
+    server: &str,
+    user: &str,
+    group: &str,
+    tenant: &str,
+) -> Result<String, PkiError> {
+    if !api::request::is_dns_label(tenant) || tenant == api::request::ALL_TENANTS {
+        return Err(PkiError::Invalid(format!("{tenant:?} is not a valid tenant name")));
+    }
+    if user.is_empty() {
+        return Err(PkiError::Invalid("the user name is empty".into()));
+    }
+    let dir = data_dir.join("pki");
+    let read = |n: &str| fs::read_to_string(dir.join(n)).map_err(|source| PkiError::Io { dir: dir.clone(), source });
+    let ca_cert = read("ca.crt")?;
+    let ca_key = KeyPair::from_pem(&read("ca.key")?)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key)?;
+    let (cert, key) = client_cert(&issuer, user, group, tenant)?;
+    Ok(kubeconfig(server, &ca_cert, &cert, &key, user, tenant))
+}
+
 /// A kubeconfig for one identity; the context's name carries the tenant.
 pub fn kubeconfig(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str, user: &str, tenant: &str) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());

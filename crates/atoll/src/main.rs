@@ -1,5 +1,6 @@
 //! `atoll`: the one binary. Each role of the cluster is a subcommand.
 
+mod admin;
 mod bench;
 mod debug;
 mod server;
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the API server over a store.
     Server(server::ServerArgs),
+    /// Operator tools (certificates, kubeconfigs).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Benchmarks (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Admin(cmd) => admin::run(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,
         }

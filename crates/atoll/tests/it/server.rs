@@ -258,3 +258,78 @@ fn requests_without_a_client_certificate_are_refused() -> Result<()> {
     ensure!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077 == 0, "the CA key is private");
     Ok(())
 }
+
+fn tenant_json(name: &str) -> String {
+    format!("{{\"apiVersion\":\"atoll.io/v1\",\"kind\":\"Tenant\",\"metadata\":{{\"name\":\"{name}\"}}}}")
+}
+
+fn namespace_json(name: &str) -> String {
+    format!("{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{name}\"}}}}")
+}
+
+#[test]
+fn tenants_are_created_isolated_and_deleted_only_when_empty() -> Result<()> {
+    let server = Server::start()?;
+    let admin = Kubectl::new(33, &server)?;
+    // Reserved and unknown tenants.
+    let reserved = admin.run(&["create", "--validate=false", "-f", "-"], Some(&tenant_json("all")))?;
+    ensure!(String::from_utf8_lossy(&reserved.stderr).contains("reserved"), "tenant \"all\" is reserved");
+    let unknown = admin.fails(&["get", "--raw", "/tenants/acme/api/v1/namespaces"])?;
+    ensure!(unknown.contains("NotFound"), "a tenant that does not exist: {unknown}");
+    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&tenant_json("acme")))?;
+    ensure!(admin.ok(&["get", "tenants", "-o", "name"])?.trim() == "tenant.atoll.io/acme");
+
+    // A user of tenant acme, with a certificate from `atoll admin kubeconfig`.
+    let alice_config = server.dir.path().join("alice.kubeconfig");
+    let status = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["admin", "kubeconfig", "--tenant", "acme", "--user", "alice", "--data-dir"])
+        .arg(server.dir.path())
+        .arg("--output")
+        .arg(&alice_config)
+        .status()?;
+    ensure!(status.success(), "atoll admin kubeconfig failed");
+    let config = std::fs::read_to_string(&alice_config)?;
+    ensure!(config.contains("current-context: alice@acme"), "the context names the tenant");
+    let alice = Kubectl { bin: kubectl_binary(33)?, kubeconfig: alice_config, cache: tempfile::tempdir()? };
+
+    // Alice's short paths land in acme; the admin's in system.
+    alice.ok_with(&["create", "--validate=false", "-f", "-"], Some(&namespace_json("team")))?;
+    alice.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("shared-name", "team")))?;
+    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&namespace_json("team")))?;
+    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("shared-name", "team")))?;
+    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("admin-only", "team")))?;
+    let mine = alice.ok(&["get", "configmaps", "-n", "team", "-o", "name"])?;
+    ensure!(mine.trim() == "configmap/shared-name", "alice sees only acme's objects: {mine}");
+    ensure!(alice.ok(&["get", "cm", "shared-name", "-n", "team", "-o", "jsonpath={.metadata.tenant}"])? == "acme");
+    let hidden = alice.fails(&["get", "configmap", "admin-only", "-n", "team"])?;
+    ensure!(hidden.contains("NotFound"), "another tenant's object does not exist for alice: {hidden}");
+    // Alice cannot reach another tenant by any URL form, and learns nothing about it.
+    for path in [
+        "/api/v1/tenants/system/namespaces/team/configmaps",
+        "/tenants/system/api/v1/namespaces/team/configmaps",
+        "/api/v1/tenants/all/configmaps",
+        "/api/v1/tenants/no-such-tenant/configmaps",
+        "/apis/atoll.io/v1/tenants",
+    ] {
+        let err = alice.fails(&["get", "--raw", path])?;
+        ensure!(err.contains("Forbidden") || err.contains("forbidden"), "{path}: {err}");
+        ensure!(!err.contains("admin-only") && !err.contains("NotFound"), "{path} leaks: {err}");
+    }
+    // The administrator reaches acme through the tenant path and prefix.
+    let via_path = admin.ok(&["get", "--raw", "/api/v1/tenants/acme/namespaces/team/configmaps"])?;
+    ensure!(via_path.contains("\"tenant\":\"acme\"") && !via_path.contains("admin-only"));
+
+    // A tenant that holds objects cannot be deleted.
+    let refused = admin.fails(&["delete", "tenant", "acme"])?;
+    ensure!(refused.contains("still holds"), "{refused}");
+    let prefix = format!("https://{}/tenants/acme", server.addr);
+    admin.ok(&["--server", &prefix, "delete", "configmap", "shared-name", "-n", "team"])?;
+    admin.ok(&["--server", &prefix, "delete", "namespace", "team"])?;
+    admin.ok(&["delete", "tenant", "acme"])?;
+    let gone = alice.fails(&["get", "configmaps", "-n", "team"])?;
+    ensure!(!gone.is_empty(), "a deleted tenant's users are refused");
+    ensure!(
+        admin.ok(&["get", "configmap", "admin-only", "-n", "team", "-o", "name"])?.trim() == "configmap/admin-only"
+    );
+    Ok(())
+}
