@@ -153,6 +153,40 @@ fn list_options(q: &BTreeMap<String, String>) -> Result<ListOptions, Status> {
     })
 }
 
+/// `fieldValidation`: what to do about fields the kind does not have. Kubernetes' default
+/// is to warn.
+fn check_fields(registry: &Registry, q: &BTreeMap<String, String>, obj: &Value) -> Result<Vec<String>, Status> {
+    let unknown = registry.unknown_fields(obj);
+    let warnings = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>();
+    match q.get("fieldValidation").map(String::as_str) {
+        None | Some("") | Some("Warn") => Ok(warnings),
+        Some("Ignore") => Ok(Vec::new()),
+        Some("Strict") if unknown.is_empty() => Ok(Vec::new()),
+        Some("Strict") => {
+            let info = registry.info();
+            Err(Status::bad_request(format!(
+                "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
+                info.kind,
+                info.version,
+                info.kind,
+                warnings.join(", ")
+            )))
+        }
+        Some(other) => {
+            Err(Status::bad_request(format!("invalid fieldValidation {other:?}: must be Ignore, Warn or Strict")))
+        }
+    }
+}
+
+fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("299 - {w:?}")) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
 fn dry_run(q: &BTreeMap<String, String>) -> Result<bool, Status> {
     match q.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
@@ -188,9 +222,22 @@ impl Api {
         self.registries.values().map(|r| (r.info().group.clone(), r.info().version.clone())).collect()
     }
 
-    /// Legacy discovery documents, or `None` if `path` is not one.
+    /// Discovery and OpenAPI documents, or `None` if `path` is not one.
     fn discovery(&self, path: &str) -> Option<Value> {
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let kinds: Vec<&crate::registry::ResourceInfo> = self.registries.values().map(|r| r.info()).collect();
+        match segs.as_slice() {
+            ["openapi", "v3"] => return Some(crate::openapi::root(&kinds)),
+            ["openapi", "v3", "api", v] => {
+                let known = kinds.iter().any(|i| i.group.is_empty() && i.version == *v);
+                return known.then(|| crate::openapi::group_version_doc(&kinds, "", v));
+            }
+            ["openapi", "v3", "apis", g, v] => {
+                let known = kinds.iter().any(|i| i.group == *g && i.version == *v);
+                return known.then(|| crate::openapi::group_version_doc(&kinds, g, v));
+            }
+            _ => {}
+        }
         let versions = self.group_versions();
         let group_doc = |g: &str, v: &str| {
             json!({"name": g, "versions": [{"groupVersion": format!("{g}/{v}"), "version": v}],
@@ -272,6 +319,16 @@ impl Api {
                 }
                 if req.method() != Method::GET {
                     return status(Status::method_not_allowed());
+                }
+                if path == "/openapi/v2" {
+                    let kinds: Vec<&crate::registry::ResourceInfo> =
+                        self.registries.values().map(|r| r.info()).collect();
+                    let mut resp = Response::new(Full::new(Bytes::from(crate::openapi_v2::document(&kinds))).boxed());
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(crate::openapi_v2::MEDIA_TYPE),
+                    );
+                    return resp;
                 }
                 match self.discovery(&path) {
                     Some(doc) => respond(StatusCode::OK, doc),
@@ -459,13 +516,16 @@ impl Api {
                 }
                 let dry = dry_run(&q)?;
                 let body = Self::read_body(req).await?;
+                let warnings = check_fields(registry, &q, &body)?;
                 let created = registry.create(&scope, body, dry).await.map_err(registry_err)?;
-                Ok(respond(StatusCode::CREATED, created))
+                Ok(with_warnings(respond(StatusCode::CREATED, created), &warnings))
             }
             Verb::Update => {
                 let dry = dry_run(&q)?;
                 let body = Self::read_body(req).await?;
-                ok(registry.update(&scope, &name, body, r.subresource.as_deref(), dry).await.map_err(registry_err)?)
+                let warnings = check_fields(registry, &q, &body)?;
+                let updated = registry.update(&scope, &name, body, r.subresource.as_deref(), dry).await;
+                Ok(with_warnings(respond(StatusCode::OK, updated.map_err(registry_err)?), &warnings))
             }
             Verb::Patch => {
                 let dry = dry_run(&q)?;
@@ -480,26 +540,34 @@ impl Api {
                     .trim()
                     .to_string();
                 let patch = Self::read_body(req).await?;
-                let current = registry.get(&scope, &name).await.map_err(registry_err)?;
-                let mut patched = match content_type.as_str() {
-                    "application/merge-patch+json" => {
-                        let mut doc = current.clone();
-                        crate::patch::merge_patch(&mut doc, &patch);
-                        doc
+                // A patch applies to the object as it is; if it changes in between, apply it
+                // again to the new version, unless the patch itself names a version.
+                let pinned = patch.pointer("/metadata/resourceVersion").is_some_and(|v| !v.is_null());
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let current = registry.get(&scope, &name).await.map_err(registry_err)?;
+                    let mut patched = match content_type.as_str() {
+                        "application/merge-patch+json" => {
+                            let mut doc = current.clone();
+                            crate::patch::merge_patch(&mut doc, &patch);
+                            doc
+                        }
+                        "application/json-patch+json" => crate::patch::json_patch(&current, &patch).map_err(|e| {
+                            Status::failure(422, "Invalid", format!("the JSON patch cannot be applied: {e}"))
+                        })?,
+                        other => return Err(Status::unsupported_media_type(other)),
+                    };
+                    if !pinned {
+                        patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                     }
-                    "application/json-patch+json" => {
-                        crate::patch::json_patch(&current, &patch).map_err(|e| Status::failure(422, "Invalid", e))?
+                    let warnings = check_fields(registry, &q, &patched)?;
+                    match registry.update(&scope, &name, patched, r.subresource.as_deref(), dry).await {
+                        Ok(updated) => return Ok(with_warnings(respond(StatusCode::OK, updated), &warnings)),
+                        Err(RegistryError::Conflict { .. }) if !pinned && attempts < 5 => continue,
+                        Err(e) => return Err(e.to_status()),
                     }
-                    other => return Err(Status::unsupported_media_type(other)),
-                };
-                // The patch applies to the version read; a concurrent change is a conflict.
-                if patched["metadata"]["resourceVersion"].is_null() {
-                    patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                 }
-                ok(registry
-                    .update(&scope, &name, patched, r.subresource.as_deref(), dry)
-                    .await
-                    .map_err(registry_err)?)
             }
             Verb::Delete => {
                 let dry = dry_run(&q)?;

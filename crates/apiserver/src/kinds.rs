@@ -33,6 +33,32 @@ impl Strategy for Kind {
     fn selectable_fields(&self) -> &[&str] {
         self.fields
     }
+    fn top_level_fields(&self) -> Option<&[&str]> {
+        Some(match self.info.kind.as_str() {
+            "ConfigMap" => &["data", "binaryData", "immutable"],
+            "Secret" => &["data", "stringData", "type", "immutable"],
+            "ServiceAccount" => &["secrets", "imagePullSecrets", "automountServiceAccountToken"],
+            "Event" => &[
+                "involvedObject",
+                "reason",
+                "message",
+                "source",
+                "firstTimestamp",
+                "lastTimestamp",
+                "count",
+                "type",
+                "eventTime",
+                "series",
+                "action",
+                "related",
+                "reportingComponent",
+                "reportingInstance",
+            ],
+            "Lease" => &["spec"],
+            _ if self.info.status_subresource => &["spec", "status"],
+            _ => return None,
+        })
+    }
 }
 
 fn no_rules(_: &Value) -> Vec<FieldError> {

@@ -6,6 +6,8 @@
 
 pub mod http;
 pub mod kinds;
+pub mod openapi;
+pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
 pub mod registry;

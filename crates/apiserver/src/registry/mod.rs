@@ -69,7 +69,33 @@ pub trait Strategy: Send + Sync + 'static {
     fn selectable_fields(&self) -> &[&str] {
         &[]
     }
+
+    /// The kind's top-level fields besides `apiVersion`, `kind` and `metadata`, for
+    /// `fieldValidation`; `None` accepts any.
+    fn top_level_fields(&self) -> Option<&[&str]> {
+        None
+    }
 }
+
+/// Fields of `metadata` a client may send.
+const METADATA_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "tenant",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+    "selfLink",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -193,6 +219,24 @@ impl Registry {
 
     pub fn info(&self) -> &ResourceInfo {
         self.strategy.info()
+    }
+
+    /// Fields of `obj` this kind does not have (top level and `metadata`), as JSON paths.
+    pub fn unknown_fields(&self, obj: &Value) -> Vec<String> {
+        let mut unknown = Vec::new();
+        if let (Some(known), Some(map)) = (self.strategy.top_level_fields(), obj.as_object()) {
+            for k in map.keys() {
+                if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") && !known.contains(&k.as_str()) {
+                    unknown.push(k.clone());
+                }
+            }
+        }
+        if let Some(meta) = obj.get("metadata").and_then(Value::as_object) {
+            unknown.extend(
+                meta.keys().filter(|k| !METADATA_FIELDS.contains(&k.as_str())).map(|k| format!("metadata.{k}")),
+            );
+        }
+        unknown
     }
 
     fn not_found(&self, name: &str) -> RegistryError {

@@ -120,17 +120,26 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(k.ok(&["get", "--raw", "/healthz"])? == "ok");
     let ns = format!("e2e-{minor}");
     // `create namespace` is typed: kubectl 1.32+ encode it as protobuf, which the server
-    // does not read yet; create from JSON instead (the dynamic client sends JSON).
+    // does not read yet; create from a file instead (the dynamic client sends JSON).
     let ns_json = format!("{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{ns}\"}}}}");
-    k.ok_with(&["create", "--validate=false", "-f", "-"], Some(&ns_json))?;
+    k.ok_with(&["create", "-f", "-"], Some(&ns_json))?;
     ensure!(k.ok(&["get", "namespaces", "-o", "name"])?.contains(&format!("namespace/{ns}")));
     ensure!(k.ok(&["get", "ns", &ns, "-o", "jsonpath={.status.phase}"])? == "Active");
     ensure!(k.ok(&["api-resources", "-o", "name"])?.contains("configmaps"), "discovery");
 
-    k.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("c1", &ns)))?;
-    let err = k.fails(&["create", "--validate=false", "-f", "-"])?;
-    ensure!(!err.is_empty());
-    let dup = k.run(&["create", "--validate=false", "-f", "-"], Some(&configmap("c1", &ns)))?;
+    k.ok_with(&["create", "-f", "-"], Some(&configmap("c1", &ns)))?;
+    // Validation is the server's (kubectl learns that from OpenAPI and asks for Strict).
+    let typo = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"typo\",\"namespace\":\"{ns}\"}},\"dta\":{{}}}}"
+    );
+    let strict = k.run(&["create", "-f", "-"], Some(&typo))?;
+    let strict_err = String::from_utf8_lossy(&strict.stderr);
+    ensure!(
+        !strict.status.success() && strict_err.contains("unknown field \"dta\""),
+        "strict validation: {strict_err}"
+    );
+    k.ok_with(&["create", "--validate=false", "-f", "-"], Some(&typo))?;
+    let dup = k.run(&["create", "-f", "-"], Some(&configmap("c1", &ns)))?;
     ensure!(String::from_utf8_lossy(&dup.stderr).contains("AlreadyExists"), "duplicate create says AlreadyExists");
     k.ok(&["label", "configmap", "c1", "-n", &ns, "tier=front"])?;
     k.ok(&["annotate", "configmap", "c1", "-n", &ns, "note=hello"])?;
@@ -156,14 +165,14 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ])?;
     ensure!(data == "v12fronthello", "after label/annotate/patch: {data}");
     ensure!(k.ok(&["get", "configmap", "c1", "-n", &ns, "-o", "jsonpath={.metadata.tenant}"])? == "system");
-    k.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("c2", &ns)))?;
+    k.ok_with(&["create", "-f", "-"], Some(&configmap("c2", &ns)))?;
     k.ok(&["label", "configmap", "c2", "-n", &ns, "tier=back"])?;
     let names = k.ok(&["get", "configmaps", "-n", &ns, "-l", "tier=front", "-o", "name"])?;
     ensure!(names.trim() == "configmap/c1", "label selector: {names}");
     let names = k.ok(&["get", "configmaps", "-n", &ns, "--field-selector", "metadata.name=c2", "-o", "name"])?;
     ensure!(names.trim() == "configmap/c2", "field selector: {names}");
     let paged = k.ok(&["get", "configmaps", "-n", &ns, "--chunk-size=1", "-o", "name"])?;
-    ensure!(paged.lines().count() == 2, "paging with --chunk-size: {paged}");
+    ensure!(paged.lines().count() == 3, "paging with --chunk-size: {paged}");
     let yaml = k.ok(&["get", "configmap", "c1", "-n", &ns, "-o", "yaml"])?;
     ensure!(yaml.contains("resourceVersion:") && yaml.contains("uid:"));
     let missing = k.fails(&["get", "configmap", "nope", "-n", &ns])?;
@@ -272,11 +281,11 @@ fn tenants_are_created_isolated_and_deleted_only_when_empty() -> Result<()> {
     let server = Server::start()?;
     let admin = Kubectl::new(33, &server)?;
     // Reserved and unknown tenants.
-    let reserved = admin.run(&["create", "--validate=false", "-f", "-"], Some(&tenant_json("all")))?;
+    let reserved = admin.run(&["create", "-f", "-"], Some(&tenant_json("all")))?;
     ensure!(String::from_utf8_lossy(&reserved.stderr).contains("reserved"), "tenant \"all\" is reserved");
     let unknown = admin.fails(&["get", "--raw", "/tenants/acme/api/v1/namespaces"])?;
     ensure!(unknown.contains("NotFound"), "a tenant that does not exist: {unknown}");
-    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&tenant_json("acme")))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
     ensure!(admin.ok(&["get", "tenants", "-o", "name"])?.trim() == "tenant.atoll.io/acme");
 
     // A user of tenant acme, with a certificate from `atoll admin kubeconfig`.
@@ -293,11 +302,11 @@ fn tenants_are_created_isolated_and_deleted_only_when_empty() -> Result<()> {
     let alice = Kubectl { bin: kubectl_binary(33)?, kubeconfig: alice_config, cache: tempfile::tempdir()? };
 
     // Alice's short paths land in acme; the admin's in system.
-    alice.ok_with(&["create", "--validate=false", "-f", "-"], Some(&namespace_json("team")))?;
-    alice.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("shared-name", "team")))?;
-    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&namespace_json("team")))?;
-    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("shared-name", "team")))?;
-    admin.ok_with(&["create", "--validate=false", "-f", "-"], Some(&configmap("admin-only", "team")))?;
+    alice.ok_with(&["create", "-f", "-"], Some(&namespace_json("team")))?;
+    alice.ok_with(&["create", "-f", "-"], Some(&configmap("shared-name", "team")))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&namespace_json("team")))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&configmap("shared-name", "team")))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&configmap("admin-only", "team")))?;
     let mine = alice.ok(&["get", "configmaps", "-n", "team", "-o", "name"])?;
     ensure!(mine.trim() == "configmap/shared-name", "alice sees only acme's objects: {mine}");
     ensure!(alice.ok(&["get", "cm", "shared-name", "-n", "team", "-o", "jsonpath={.metadata.tenant}"])? == "acme");
