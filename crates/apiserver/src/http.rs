@@ -553,6 +553,17 @@ impl Api {
                             crate::patch::merge_patch(&mut doc, &patch);
                             doc
                         }
+                        "application/strategic-merge-patch+json" => {
+                            let mut doc = current.clone();
+                            crate::patch::strategic_merge(&mut doc, &patch).map_err(|e| {
+                                Status::failure(
+                                    422,
+                                    "Invalid",
+                                    format!("the strategic merge patch cannot be applied: {e}"),
+                                )
+                            })?;
+                            doc
+                        }
                         "application/json-patch+json" => crate::patch::json_patch(&current, &patch).map_err(|e| {
                             Status::failure(422, "Invalid", format!("the JSON patch cannot be applied: {e}"))
                         })?,

@@ -1,4 +1,5 @@
-//! Patches: JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
+//! Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902), and Kubernetes'
+//! strategic merge patch for the built-in kinds.
 
 use serde_json::Value;
 
@@ -129,6 +130,166 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, String> {
     Ok(out)
 }
 
+/// How a list field merges in a strategic merge patch.
+enum ListStrategy {
+    /// Elements are objects matched by this key.
+    ByKey(&'static str),
+    /// A list of scalars merged as a set (e.g. `finalizers`).
+    Set,
+}
+
+/// The patch strategy of a list field of the built-in kinds, by its path (the field names
+/// from the object's root, list positions left out). Lists not named here are replaced.
+fn list_strategy(path: &[String], field: &str) -> Option<ListStrategy> {
+    let parent = path.last().map(String::as_str);
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims" => ListStrategy::ByKey("name"),
+        "ports" if matches!(parent, Some("containers" | "initContainers" | "ephemeralContainers")) => {
+            ListStrategy::ByKey("containerPort")
+        }
+        "ports" if parent == Some("spec") => ListStrategy::ByKey("port"),
+        "volumeMounts" => ListStrategy::ByKey("mountPath"),
+        "volumeDevices" => ListStrategy::ByKey("devicePath"),
+        "hostAliases" => ListStrategy::ByKey("ip"),
+        "topologySpreadConstraints" => ListStrategy::ByKey("topologyKey"),
+        "conditions" | "addresses" => ListStrategy::ByKey("type"),
+        "ownerReferences" => ListStrategy::ByKey("uid"),
+        "finalizers" => ListStrategy::Set,
+        _ => return None,
+    })
+}
+
+fn is_directive(key: &str) -> bool {
+    key.starts_with('$')
+}
+
+/// A patch value with its directives removed, as it is stored when nothing merges into it.
+fn without_directives(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, v)| !is_directive(k) && !v.is_null())
+                .map(|(k, v)| (k.clone(), without_directives(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .filter(|e| e.get("$patch").and_then(Value::as_str) != Some("delete"))
+                .filter(|e| !(e.as_object().is_some_and(|m| m.len() == 1) && e.get("$patch").is_some()))
+                .map(without_directives)
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Applies a strategic merge patch to `target`.
+pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> {
+    smp_value(target, patch, &mut Vec::new())
+}
+
+fn smp_value(target: &mut Value, patch: &Value, path: &mut Vec<String>) -> Result<(), String> {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return Ok(());
+    };
+    match p.get("$patch").and_then(Value::as_str) {
+        Some("replace") => {
+            *target = without_directives(patch);
+            return Ok(());
+        }
+        Some("delete") => return Err("$patch: delete is only allowed on list elements and fields".into()),
+        Some(other) => return Err(format!("unknown $patch directive {other:?}")),
+        None => {}
+    }
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(t) = target else { return Ok(()) };
+    for (k, v) in p {
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            let remove = v.as_array().cloned().unwrap_or_default();
+            if let Some(Value::Array(list)) = t.get_mut(field) {
+                list.retain(|e| !remove.contains(e));
+            }
+            continue;
+        }
+        if is_directive(k) {
+            continue; // $setElementOrder/…, $retainKeys: ordering and unions, applied below
+        }
+        if v.is_null() || v.get("$patch").and_then(Value::as_str) == Some("delete") {
+            t.remove(k);
+            continue;
+        }
+        path.push(k.clone());
+        let result = match (t.get_mut(k), v) {
+            (Some(existing @ Value::Object(_)), Value::Object(_)) => smp_value(existing, v, path),
+            (Some(Value::Array(existing)), Value::Array(items)) => {
+                let strategy = list_strategy(&path[..path.len() - 1], k);
+                merge_list(existing, items, strategy, path)
+            }
+            _ => {
+                t.insert(k.clone(), without_directives(v));
+                Ok(())
+            }
+        };
+        path.pop();
+        result?;
+    }
+    if let Some(Value::Array(keep)) = p.get("$retainKeys") {
+        let keep: Vec<&str> = keep.iter().filter_map(Value::as_str).collect();
+        t.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    Ok(())
+}
+
+fn merge_list(
+    target: &mut Vec<Value>,
+    patch: &[Value],
+    strategy: Option<ListStrategy>,
+    path: &mut Vec<String>,
+) -> Result<(), String> {
+    let replace = patch.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"));
+    match strategy {
+        _ if replace => {
+            *target = without_directives(&Value::Array(patch.to_vec())).as_array().cloned().unwrap_or_default()
+        }
+        None => *target = patch.iter().map(without_directives).collect(),
+        Some(ListStrategy::Set) => {
+            for item in patch {
+                if !target.contains(item) {
+                    target.push(item.clone());
+                }
+            }
+        }
+        Some(ListStrategy::ByKey(key)) => {
+            for item in patch {
+                let Some(id) = item.get(key) else {
+                    return Err(format!("list element without its merge key {key:?}"));
+                };
+                let found = target.iter().position(|e| e.get(key) == Some(id));
+                if item.get("$patch").and_then(Value::as_str) == Some("delete") {
+                    if let Some(i) = found {
+                        target.remove(i);
+                    }
+                    continue;
+                }
+                match found {
+                    Some(i) => smp_value(&mut target[i], item, path)?,
+                    None => target.push(without_directives(item)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +321,46 @@ mod tests {
         assert!(json_patch(&doc, &json!([{"op": "test", "path": "/list/0", "value": 5}])).is_err());
         assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
         assert!(json_patch(&doc, &json!({"op": "add"})).is_err());
+    }
+
+    #[test]
+    fn strategic_merge_by_key_set_and_directives() {
+        let mut pod = json!({
+            "metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},
+            "spec": {"containers": [
+                {"name": "app", "image": "v1", "env": [{"name": "A", "value": "1"}], "ports": [{"containerPort": 80}]},
+                {"name": "side", "image": "s1"}
+            ], "tolerations": [{"key": "k"}]}
+        });
+        let patch = json!({
+            "metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
+            "spec": {
+                "$setElementOrder/containers": [{"name": "app"}, {"name": "side"}],
+                "containers": [
+                    {"name": "app", "image": "v2", "env": [{"name": "B", "value": "2"}]},
+                    {"name": "side", "$patch": "delete"},
+                    {"name": "new", "image": "n1"}
+                ],
+                "tolerations": [{"key": "other"}]
+            }
+        });
+        strategic_merge(&mut pod, &patch).unwrap();
+        assert_eq!(
+            pod,
+            json!({
+                "metadata": {"labels": {"a": "1", "c": "3"}, "finalizers": ["x", "y"]},
+                "spec": {"containers": [
+                    {"name": "app", "image": "v2", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}], "ports": [{"containerPort": 80}]},
+                    {"name": "new", "image": "n1"}
+                ], "tolerations": [{"key": "other"}]}
+            })
+        );
+        let mut cm = json!({"data": {"a": "1", "b": "2"}, "metadata": {"finalizers": ["x", "y"]}});
+        strategic_merge(&mut cm, &json!({"data": {"$patch": "replace", "z": "9"}, "metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}})).unwrap();
+        assert_eq!(cm, json!({"data": {"z": "9"}, "metadata": {"finalizers": ["y"]}}));
+        let mut list = json!({"spec": {"containers": [{"name": "a"}]}});
+        strategic_merge(&mut list, &json!({"spec": {"containers": [{"$patch": "replace"}, {"name": "b"}]}})).unwrap();
+        assert_eq!(list, json!({"spec": {"containers": [{"name": "b"}]}}));
+        assert!(strategic_merge(&mut list, &json!({"spec": {"containers": [{"image": "no-name"}]}})).is_err());
     }
 }

@@ -178,6 +178,37 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     let missing = k.fails(&["get", "configmap", "nope", "-n", &ns])?;
     ensure!(missing.contains("NotFound") && missing.contains("\"nope\" not found"), "{missing}");
 
+    // Client-side apply (a strategic merge patch from the last-applied annotation), edit
+    // through $EDITOR, diff, and kubectl patch's default (strategic) type.
+    let manifest = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  namespace: {ns}\ndata:\n  a: \"1\"\n{extra}"
+        )
+    };
+    let first = manifest("  b: \"2\"\n");
+    ensure!(k.ok_with(&["apply", "-f", "-"], Some(&first))?.contains("created"));
+    ensure!(k.ok_with(&["apply", "-f", "-"], Some(&first))?.contains("unchanged"));
+    let second = manifest("  c: \"3\"\n");
+    ensure!(k.ok_with(&["apply", "-f", "-"], Some(&second))?.contains("configured"));
+    let data = k.ok(&["get", "configmap", "applied", "-n", &ns, "-o", "jsonpath={.data}"])?;
+    ensure!(data == "{\"a\":\"1\",\"c\":\"3\"}", "apply removed b and added c: {data}");
+    let diff = k.run(&["diff", "-f", "-"], Some(&second))?;
+    ensure!(diff.status.code() == Some(0), "no difference after apply: {}", String::from_utf8_lossy(&diff.stdout));
+    k.ok(&["patch", "configmap", "applied", "-n", &ns, "-p", "{\"data\":{\"s\":\"smp\"}}"])?;
+    let editor = server.dir.path().join(format!("editor-{minor}.sh"));
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/smp/edited/' \"$1\"\n")?;
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let edit = Command::new(&k.bin)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .arg("--cache-dir")
+        .arg(k.cache.path())
+        .args(["edit", "configmap", "applied", "-n", &ns])
+        .env("EDITOR", &editor)
+        .output()?;
+    ensure!(edit.status.success(), "edit: {}", String::from_utf8_lossy(&edit.stderr));
+    ensure!(k.ok(&["get", "configmap", "applied", "-n", &ns, "-o", "jsonpath={.data.s}"])? == "edited");
+
     // A watch sees a later deletion.
     let mut watch = Command::new(&k.bin)
         .arg("--kubeconfig")
@@ -191,7 +222,7 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     let stdout = watch.stdout.take().context("watch stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().context("watch printed nothing")??;
-    ensure!(first.starts_with("configmap/c"), "first watch line {first}");
+    ensure!(first.starts_with("configmap/"), "first watch line {first}");
     k.ok(&["delete", "configmap", "c2", "-n", &ns])?;
     let mut saw = Vec::new();
     for line in lines.by_ref().take(3) {
