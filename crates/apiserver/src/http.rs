@@ -465,12 +465,34 @@ impl Api {
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
         let q = query_map(req.uri().query());
+        let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        // Server-side printing, for reads of the main resource.
+        let table = (crate::table::wants_table(&accept) && r.subresource.is_none())
+            .then(|| (info.kind.clone(), crate::table::table_version(&accept)));
         let name = r.name.clone().unwrap_or_default();
         let registry_err = |e: RegistryError| e.to_status();
         let ok = |v: Value| Ok(respond(StatusCode::OK, v));
         match r.verb {
-            Verb::Get => ok(registry.get(&scope, &name).await.map_err(registry_err)?),
-            Verb::List => ok(registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?),
+            Verb::Get => {
+                let obj = registry.get(&scope, &name).await.map_err(registry_err)?;
+                match &table {
+                    Some((kind, version)) => {
+                        let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                        ok(crate::table::table(kind, version, std::slice::from_ref(&obj), meta))
+                    }
+                    None => ok(obj),
+                }
+            }
+            Verb::List => {
+                let list = registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?;
+                match &table {
+                    Some((kind, version)) => {
+                        let items = list["items"].as_array().cloned().unwrap_or_default();
+                        ok(crate::table::table(kind, version, &items, list["metadata"].clone()))
+                    }
+                    None => ok(list),
+                }
+            }
             Verb::Watch => {
                 let opts = list_options(&q)?;
                 let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
@@ -496,7 +518,14 @@ impl Api {
                             _ = &mut deadline => return,
                             event = events.recv() => {
                                 let Some(event) = event else { return };
-                                let mut line = serde_json::to_vec(&json!({"type": event.kind, "object": event.object})).unwrap_or_default();
+                                let object = match &table {
+                                    Some((kind, version)) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
+                                        let meta = json!({"resourceVersion": event.object["metadata"]["resourceVersion"]});
+                                        crate::table::table(kind, version, std::slice::from_ref(&event.object), meta)
+                                    }
+                                    _ => event.object,
+                                };
+                                let mut line = serde_json::to_vec(&json!({"type": event.kind, "object": object})).unwrap_or_default();
                                 line.push(b'\n');
                                 if tx.send(Bytes::from(line)).await.is_err() {
                                     return;

@@ -11,3 +11,4 @@ pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
 pub mod registry;
+pub mod table;

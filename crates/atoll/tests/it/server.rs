@@ -173,6 +173,12 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(names.trim() == "configmap/c2", "field selector: {names}");
     let paged = k.ok(&["get", "configmaps", "-n", &ns, "--chunk-size=1", "-o", "name"])?;
     ensure!(paged.lines().count() == 3, "paging with --chunk-size: {paged}");
+    // Server-side printing: the columns kubectl shows come from the server's Table.
+    let table = k.ok(&["get", "configmaps", "-n", &ns])?;
+    let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    ensure!(header == ["NAME", "DATA", "AGE"], "configmap table: {table}");
+    let namespaces = k.ok(&["get", "namespace", &ns])?;
+    ensure!(namespaces.contains("STATUS") && namespaces.contains("Active"), "namespace table: {namespaces}");
     let yaml = k.ok(&["get", "configmap", "c1", "-n", &ns, "-o", "yaml"])?;
     ensure!(yaml.contains("resourceVersion:") && yaml.contains("uid:"));
     let missing = k.fails(&["get", "configmap", "nope", "-n", &ns])?;

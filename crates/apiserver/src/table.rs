@@ -1,0 +1,445 @@
+//! Server-side printing: `Table` responses (`Accept: application/json;as=Table;v=v1;
+//! g=meta.k8s.io`) with the columns `kubectl get` shows for each kind, `-o wide` columns at
+//! priority 1.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+/// Whether the client asked for a Table (it lists acceptable types in order).
+pub fn wants_table(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
+}
+
+/// The Table API version the client asked for first.
+pub fn table_version(accept: &str) -> &'static str {
+    if accept.split(',').next().is_some_and(|first| first.contains("v=v1beta1")) {
+        "meta.k8s.io/v1beta1"
+    } else {
+        "meta.k8s.io/v1"
+    }
+}
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    priority: u8,
+    description: &'static str,
+}
+
+const fn col(name: &'static str, kind: &'static str, priority: u8, description: &'static str) -> Column {
+    Column { name, kind, priority, description }
+}
+
+fn columns(kind: &str) -> Vec<Column> {
+    let name = col("Name", "string", 0, "Name must be unique within a namespace.");
+    let age = col("Age", "string", 0, "Time since the object was created.");
+    match kind {
+        "Pod" => vec![
+            name,
+            col("Ready", "string", 0, "Ready containers out of all containers."),
+            col("Status", "string", 0, "The pod's phase or the reason it is not running."),
+            col("Restarts", "string", 0, "Container restarts."),
+            age,
+            col("IP", "string", 1, "The pod's IP address."),
+            col("Node", "string", 1, "The node the pod is bound to."),
+            col("Nominated Node", "string", 1, "The node the scheduler nominated."),
+            col("Readiness Gates", "string", 1, "Readiness gates that are true."),
+        ],
+        "Namespace" => vec![name, col("Status", "string", 0, "The namespace's phase."), age],
+        "Node" => vec![
+            name,
+            col("Status", "string", 0, "Whether the node is ready."),
+            col("Roles", "string", 0, "The node's roles."),
+            age,
+            col("Version", "string", 0, "The node agent's version."),
+            col("Internal-IP", "string", 1, "The node's internal address."),
+            col("External-IP", "string", 1, "The node's external address."),
+            col("OS-Image", "string", 1, "The node's operating system."),
+            col("Kernel-Version", "string", 1, "The node's kernel."),
+            col("Container-Runtime", "string", 1, "The node's container runtime."),
+        ],
+        "ConfigMap" => vec![name, col("Data", "integer", 0, "Number of data keys."), age],
+        "Secret" => vec![
+            name,
+            col("Type", "string", 0, "The secret's type."),
+            col("Data", "integer", 0, "Number of data keys."),
+            age,
+        ],
+        "ServiceAccount" => vec![name, col("Secrets", "integer", 0, "Number of secrets."), age],
+        "Service" => vec![
+            name,
+            col("Type", "string", 0, "The service's type."),
+            col("Cluster-IP", "string", 0, "The service's cluster address."),
+            col("External-IP", "string", 0, "External addresses."),
+            col("Port(s)", "string", 0, "The service's ports."),
+            age,
+            col("Selector", "string", 1, "The pods the service selects."),
+        ],
+        "Deployment" => vec![
+            name,
+            col("Ready", "string", 0, "Ready replicas out of desired."),
+            col("Up-to-date", "integer", 0, "Replicas of the current template."),
+            col("Available", "integer", 0, "Available replicas."),
+            age,
+            col("Containers", "string", 1, "Container names."),
+            col("Images", "string", 1, "Container images."),
+            col("Selector", "string", 1, "The pods the deployment selects."),
+        ],
+        "ReplicaSet" => vec![
+            name,
+            col("Desired", "integer", 0, "Desired replicas."),
+            col("Current", "integer", 0, "Current replicas."),
+            col("Ready", "integer", 0, "Ready replicas."),
+            age,
+            col("Containers", "string", 1, "Container names."),
+            col("Images", "string", 1, "Container images."),
+            col("Selector", "string", 1, "The pods the replica set selects."),
+        ],
+        "Event" => vec![
+            col("Last Seen", "string", 0, "Time since the event was last seen."),
+            col("Type", "string", 0, "Normal or Warning."),
+            col("Reason", "string", 0, "Why the event happened."),
+            col("Object", "string", 0, "The object the event is about."),
+            col("Message", "string", 0, "What happened."),
+        ],
+        "Lease" => vec![name, col("Holder", "string", 0, "The lease's holder."), age],
+        _ => vec![name, age],
+    }
+}
+
+/// Kubernetes' short human durations: `45s`, `3m20s`, `5h`, `2d4h`, `400d`, `3y20d`.
+pub fn human_duration(secs: i64) -> String {
+    if secs < 0 {
+        return if secs < -1 { "<invalid>".into() } else { "0s".into() };
+    }
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86_400);
+    match () {
+        _ if secs < 120 => format!("{secs}s"),
+        _ if m < 10 => {
+            if secs % 60 == 0 {
+                format!("{m}m")
+            } else {
+                format!("{m}m{}s", secs % 60)
+            }
+        }
+        _ if m < 180 => format!("{m}m"),
+        _ if h < 8 => {
+            if m % 60 == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{}m", m % 60)
+            }
+        }
+        _ if h < 48 => format!("{h}h"),
+        _ if h < 24 * 8 => {
+            if h % 24 == 0 {
+                format!("{d}d")
+            } else {
+                format!("{d}d{}h", h % 24)
+            }
+        }
+        _ if d < 365 * 2 => format!("{d}d"),
+        _ if d < 365 * 8 => {
+            let y = d / 365;
+            if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
+        }
+        _ => format!("{}y", d / 365),
+    }
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 UTC timestamp (`2026-11-22T11:49:24Z`).
+fn parse_rfc3339(ts: &str) -> Option<i64> {
+    let b = ts.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (inverse of the algorithm in registry::object::rfc3339).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if mo > 2 { mo - 3 } else { mo + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+fn age(obj: &Value, field: &str, now: i64) -> Value {
+    match obj.pointer(field).and_then(Value::as_str).and_then(parse_rfc3339) {
+        Some(t) => json!(human_duration(now - t)),
+        None => json!("<unknown>"),
+    }
+}
+
+fn s(obj: &Value, pointer: &str) -> String {
+    match obj.pointer(pointer) {
+        Some(Value::String(v)) => v.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn or_none(v: String) -> Value {
+    json!(if v.is_empty() { "<none>".to_string() } else { v })
+}
+
+fn count(obj: &Value, pointer: &str) -> usize {
+    match obj.pointer(pointer) {
+        Some(Value::Object(m)) => m.len(),
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
+    }
+}
+
+fn int(obj: &Value, pointer: &str) -> i64 {
+    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn containers(obj: &Value, pointer: &str, field: &str) -> Value {
+    let list: Vec<String> = obj
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get(field).and_then(Value::as_str).map(str::to_string))
+        .collect();
+    json!(list.join(","))
+}
+
+fn selector(obj: &Value, pointer: &str) -> Value {
+    let pairs: Vec<String> = obj
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    or_none(pairs.join(","))
+}
+
+fn pod_status(pod: &Value) -> String {
+    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+        return "Terminating".into();
+    }
+    let mut reason = s(pod, "/status/reason");
+    if reason.is_empty() {
+        reason = s(pod, "/status/phase");
+    }
+    for c in pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+            reason = r.to_string();
+        } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str).filter(|r| !r.is_empty())
+        {
+            reason = r.to_string();
+        }
+    }
+    if reason.is_empty() { "Pending".into() } else { reason }
+}
+
+fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
+    let name = json!(s(obj, "/metadata/name"));
+    let created = age(obj, "/metadata/creationTimestamp", now);
+    match kind {
+        "Pod" => {
+            let total = count(obj, "/spec/containers");
+            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
+            let ready = statuses.into_iter().flatten().filter(|c| c.get("ready") == Some(&json!(true))).count();
+            let restarts: i64 = statuses.into_iter().flatten().map(|c| int(c, "/restartCount")).sum();
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(pod_status(obj)),
+                json!(restarts.to_string()),
+                created,
+                or_none(s(obj, "/status/podIP")),
+                or_none(s(obj, "/spec/nodeName")),
+                or_none(s(obj, "/status/nominatedNodeName")),
+                json!("<none>"),
+            ]
+        }
+        "Namespace" => vec![name, json!(s(obj, "/status/phase")), created],
+        "Node" => {
+            let ready = obj
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|c| c.get("type") == Some(&json!("Ready")))
+                .map(|c| if c.get("status") == Some(&json!("True")) { "Ready" } else { "NotReady" })
+                .unwrap_or("Unknown");
+            let status = if obj.pointer("/spec/unschedulable") == Some(&json!(true)) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.to_string()
+            };
+            let address = |t: &str| {
+                obj.pointer("/status/addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a.get("type") == Some(&json!(t)))
+                    .and_then(|a| a.get("address").and_then(Value::as_str))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            vec![
+                name,
+                json!(status),
+                json!("<none>"),
+                created,
+                json!(s(obj, "/status/nodeInfo/kubeletVersion")),
+                or_none(address("InternalIP")),
+                or_none(address("ExternalIP")),
+                or_none(s(obj, "/status/nodeInfo/osImage")),
+                or_none(s(obj, "/status/nodeInfo/kernelVersion")),
+                or_none(s(obj, "/status/nodeInfo/containerRuntimeVersion")),
+            ]
+        }
+        "ConfigMap" => vec![name, json!(count(obj, "/data") + count(obj, "/binaryData")), created],
+        "Secret" => vec![name, json!(s(obj, "/type")), json!(count(obj, "/data")), created],
+        "ServiceAccount" => vec![name, json!(count(obj, "/secrets")), created],
+        "Service" => {
+            let ports: Vec<String> = obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}/{}", int(p, "/port"), p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")))
+                .collect();
+            let kind = s(obj, "/spec/type");
+            vec![
+                name,
+                json!(if kind.is_empty() { "ClusterIP".to_string() } else { kind }),
+                or_none(s(obj, "/spec/clusterIP")),
+                json!("<none>"),
+                or_none(ports.join(",")),
+                created,
+                selector(obj, "/spec/selector"),
+            ]
+        }
+        "Deployment" => vec![
+            name,
+            json!(format!("{}/{}", int(obj, "/status/readyReplicas"), int(obj, "/spec/replicas"))),
+            json!(int(obj, "/status/updatedReplicas")),
+            json!(int(obj, "/status/availableReplicas")),
+            created,
+            containers(obj, "/spec/template/spec/containers", "name"),
+            containers(obj, "/spec/template/spec/containers", "image"),
+            selector(obj, "/spec/selector/matchLabels"),
+        ],
+        "ReplicaSet" => vec![
+            name,
+            json!(int(obj, "/spec/replicas")),
+            json!(int(obj, "/status/replicas")),
+            json!(int(obj, "/status/readyReplicas")),
+            created,
+            containers(obj, "/spec/template/spec/containers", "name"),
+            containers(obj, "/spec/template/spec/containers", "image"),
+            selector(obj, "/spec/selector/matchLabels"),
+        ],
+        "Event" => {
+            let last = if obj.pointer("/lastTimestamp").is_some_and(Value::is_string) {
+                age(obj, "/lastTimestamp", now)
+            } else {
+                age(obj, "/metadata/creationTimestamp", now)
+            };
+            let object =
+                format!("{}/{}", s(obj, "/involvedObject/kind").to_lowercase(), s(obj, "/involvedObject/name"));
+            vec![last, json!(s(obj, "/type")), json!(s(obj, "/reason")), json!(object), json!(s(obj, "/message"))]
+        }
+        "Lease" => vec![name, or_none(s(obj, "/spec/holderIdentity")), created],
+        _ => vec![name, created],
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn row(kind: &str, obj: &Value, now: i64) -> Value {
+    let partial = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(Value::Null)});
+    json!({"cells": cells(kind, obj, now), "object": partial})
+}
+
+/// A Table of `items` (objects of one kind), with `list_meta` as its metadata.
+pub fn table(kind: &str, version: &str, items: &[Value], list_meta: Value) -> Value {
+    let now = now();
+    let columns: Vec<Value> = columns(kind)
+        .into_iter()
+        .map(|c| {
+            let format = if c.name == "Name" { "name" } else { "" };
+            json!({"name": c.name, "type": c.kind, "format": format, "description": c.description, "priority": c.priority})
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": version,
+        "metadata": list_meta,
+        "columnDefinitions": columns,
+        "rows": items.iter().map(|o| row(kind, o, now)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        let cases = [
+            (5, "5s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (7200, "120m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86_400 + 3600, "3d1h"),
+            (400 * 86_400, "400d"),
+            (3 * 365 * 86_400, "3y"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(human_duration(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_back() {
+        assert_eq!(parse_rfc3339("2026-11-22T11:49:24Z"), Some(1_795_348_164));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(parse_rfc3339("bad"), None);
+    }
+
+    #[test]
+    fn pod_rows_show_readiness_status_and_restarts() {
+        let pod = json!({
+            "metadata": {"name": "p", "creationTimestamp": "2000-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]}
+        });
+        let c = cells("Pod", &pod, parse_rfc3339("2000-01-01T00:00:30Z").unwrap());
+        assert_eq!(
+            c,
+            vec![
+                json!("p"),
+                json!("1/2"),
+                json!("CrashLoopBackOff"),
+                json!("3"),
+                json!("30s"),
+                json!("10.0.0.5"),
+                json!("n1"),
+                json!("<none>"),
+                json!("<none>")
+            ]
+        );
+        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert!(!wants_table("application/json"));
+    }
+}
