@@ -26,6 +26,13 @@ setup() {
   # protoc builds the etcd client; etcd-server is the distributed store backend and the
   # peer our benchmarks compare against.
   apt_install ca-certificates curl gcc libc6-dev protobuf-compiler etcd-server
+  # The official Python client is one of the API's test clients.
+  command -v python3 >/dev/null || apt_install python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  if ! python3 -c 'import kubernetes' 2>/dev/null; then
+    python3 -m pip install --quiet kubernetes 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages kubernetes
+  fi
   command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (1.89 or newer) with rustup first"
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest from crates.io"

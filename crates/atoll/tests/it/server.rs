@@ -379,3 +379,21 @@ fn tenants_are_created_isolated_and_deleted_only_when_empty() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_official_python_client_works() -> Result<()> {
+    let server = Server::start()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python/client_crud.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(server.kubeconfig())
+        .output()
+        .context("python3 is needed for this test")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.trim() == "ok",
+        "the Python client failed (pip install kubernetes):\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
