@@ -12,6 +12,8 @@ use store::{Store, WatchMessage, WatchOptions};
 pub enum BenchCommand {
     /// Store benchmark: embedded vs etcd.
     Store(StoreBenchArgs),
+    /// API benchmark: creates, LIST and watch over HTTPS against a server process.
+    Api(crate::bench_api::ApiBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -42,6 +44,7 @@ pub struct StoreBenchArgs {
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Store(args) => store_bench(args).await,
+        BenchCommand::Api(args) => crate::bench_api::run(args).await,
     }
 }
 

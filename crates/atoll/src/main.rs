@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_api;
 mod debug;
 mod server;
 
