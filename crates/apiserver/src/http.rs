@@ -264,10 +264,15 @@ impl Api {
         let mut resources = Vec::new();
         for r in self.registries.values().map(|r| r.info()).filter(|i| i.group == group && i.version == version) {
             let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
-            resources.push(json!({
+            let mut doc = json!({
                 "name": r.resource, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": verbs, "shortNames": short_names(&r.resource),
-            }));
+            });
+            // `kubectl get all` lists the kinds in the "all" category.
+            if matches!(r.resource.as_str(), "pods" | "services" | "deployments" | "replicasets") {
+                doc["categories"] = json!(["all"]);
+            }
+            resources.push(doc);
             if r.status_subresource {
                 resources.push(json!({"name": format!("{}/status", r.resource), "singularName": "",
                     "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
@@ -410,6 +415,15 @@ impl Api {
             .map_err(|_| Status::request_entity_too_large("the request body is larger than 3 MiB"))?
             .to_bytes();
         let base = content_type.split(';').next().unwrap_or("").trim();
+        if base == crate::proto::MEDIA_TYPE {
+            return crate::proto::decode_request(&bytes).map_err(|e| {
+                if e.starts_with("no protobuf layout") {
+                    Status::unsupported_media_type(&format!("{content_type} ({e}); send JSON"))
+                } else {
+                    Status::bad_request(format!("the protobuf request body cannot be decoded: {e}"))
+                }
+            });
+        }
         if !matches!(
             base,
             "application/json"

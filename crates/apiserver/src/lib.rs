@@ -10,5 +10,6 @@ pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
+pub mod proto;
 pub mod registry;
 pub mod table;

@@ -119,10 +119,27 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(version.contains("\"minor\": \"33\""), "server version: {version}");
     ensure!(k.ok(&["get", "--raw", "/healthz"])? == "ok");
     let ns = format!("e2e-{minor}");
-    // `create namespace` is typed: kubectl 1.32+ encode it as protobuf, which the server
-    // does not read yet; create from a file instead (the dynamic client sends JSON).
-    let ns_json = format!("{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{ns}\"}}}}");
-    k.ok_with(&["create", "-f", "-"], Some(&ns_json))?;
+    // Typed commands: kubectl 1.32+ send them as protobuf, older ones as JSON.
+    k.ok(&["create", "namespace", &ns])?;
+    k.ok(&["create", "secret", "generic", "s1", "-n", &ns, "--from-literal=pw=hunter2"])?;
+    k.ok(&["run", "web", "-n", &ns, "--image=busybox", "--env=A=1", "--port=80", "--", "sleep", "3600"])?;
+    k.ok(&["create", "deployment", "d1", "-n", &ns, "--image=busybox", "--replicas=3"])?;
+    let pod = k.ok(&["get", "pod", "web", "-n", &ns, "-o", "jsonpath={.spec.containers[0].args}{.spec.containers[0].env[0].value}{.spec.containers[0].ports[0].containerPort}"])?;
+    ensure!(pod == "[\"sleep\",\"3600\"]180", "kubectl run's pod: {pod}");
+    let deploy = k.ok(&[
+        "get",
+        "deployment",
+        "d1",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.replicas}{.spec.selector.matchLabels.app}",
+    ])?;
+    ensure!(deploy == "3d1", "kubectl create deployment: {deploy}");
+    let secret = k.ok(&["get", "secret", "s1", "-n", &ns, "-o", "jsonpath={.data.pw}"])?;
+    ensure!(secret == "aHVudGVyMg==", "secret data: {secret}");
+    let all = k.ok(&["get", "all", "-n", &ns, "-o", "name"])?;
+    ensure!(all.contains("pod/web") && all.contains("deployment.apps/d1"), "get all: {all}");
     ensure!(k.ok(&["get", "namespaces", "-o", "name"])?.contains(&format!("namespace/{ns}")));
     ensure!(k.ok(&["get", "ns", &ns, "-o", "jsonpath={.status.phase}"])? == "Active");
     ensure!(k.ok(&["api-resources", "-o", "name"])?.contains("configmaps"), "discovery");
