@@ -273,6 +273,11 @@ impl Api {
                 doc["categories"] = json!(["all"]);
             }
             resources.push(doc);
+            if r.scale_subresource {
+                resources.push(json!({"name": format!("{}/scale", r.resource), "singularName": "",
+                    "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale",
+                    "verbs": ["get", "patch", "update"]}));
+            }
             if r.status_subresource {
                 resources.push(json!({"name": format!("{}/status", r.resource), "singularName": "",
                     "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
@@ -363,6 +368,99 @@ impl Api {
             return Err(Status::bad_request("the tenant \"all\" can only be listed or watched"));
         }
         Ok(tenant)
+    }
+
+    /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.
+    async fn scale(
+        &self,
+        registry: &Registry,
+        scope: &Scope,
+        r: &ResourceRequest,
+        q: &BTreeMap<String, String>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Status> {
+        let name = r.name.clone().unwrap_or_default();
+        let to_scale = |obj: &Value| {
+            let selector = obj
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+                })
+                .unwrap_or_default();
+            let meta = &obj["metadata"];
+            json!({
+                "kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+                "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+                "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+            })
+        };
+        let ok = |v: Value| Ok(respond(StatusCode::OK, v));
+        match r.verb {
+            Verb::Get => ok(to_scale(&registry.get(scope, &name).await.map_err(|e| e.to_status())?)),
+            Verb::Update | Verb::Patch => {
+                let dry = dry_run(q)?;
+                let content_type = req
+                    .headers()
+                    .get(hyper::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json")
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let body = Self::read_body(req).await?;
+                for _ in 0..5 {
+                    let current = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
+                    let mut scale = to_scale(&current);
+                    match (r.verb, content_type.as_str()) {
+                        (Verb::Update, _) => scale = body.clone(),
+                        (_, "application/json-patch+json") => {
+                            scale = crate::patch::json_patch(&scale, &body)
+                                .map_err(|e| Status::failure(422, "Invalid", e))?
+                        }
+                        _ => crate::patch::merge_patch(&mut scale, &body),
+                    }
+                    let replicas =
+                        scale.pointer("/spec/replicas").and_then(Value::as_i64).filter(|n| *n >= 0).ok_or_else(
+                            || {
+                                Status::invalid(
+                                    "autoscaling",
+                                    "Scale",
+                                    &name,
+                                    &[api::meta::FieldError::invalid(
+                                        "spec.replicas",
+                                        scale.pointer("/spec/replicas").cloned().unwrap_or(Value::Null),
+                                        "must be a non-negative integer",
+                                    )],
+                                )
+                            },
+                        )?;
+                    let pinned =
+                        scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|v| !v.is_empty());
+                    let mut updated = current.clone();
+                    updated["spec"]["replicas"] = json!(replicas);
+                    if let Some(rv) = pinned {
+                        updated["metadata"]["resourceVersion"] = json!(rv);
+                    }
+                    match registry.update(scope, &name, updated, None, dry).await {
+                        Ok(obj) => return ok(to_scale(&obj)),
+                        Err(RegistryError::Conflict { .. }) if pinned.is_none() || r.verb == Verb::Patch => continue,
+                        Err(e) => return Err(e.to_status()),
+                    }
+                }
+                Err(Status::conflict(
+                    &registry.info().group,
+                    &registry.info().resource,
+                    &name,
+                    "the object keeps changing",
+                ))
+            }
+            _ => Err(Status::method_not_allowed()),
+        }
     }
 
     fn tenants(&self) -> Result<&Arc<Registry>, Status> {
@@ -475,10 +573,14 @@ impl Api {
         match r.subresource.as_deref() {
             None => {}
             Some("status") if info.status_subresource => {}
+            Some("scale") if info.scale_subresource => {}
             Some(_) => return Err(not_found()),
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
         let q = query_map(req.uri().query());
+        if r.subresource.as_deref() == Some("scale") {
+            return self.scale(registry, &scope, &r, &q, req).await;
+        }
         let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         // Server-side printing, for reads of the main resource.
         let table = (crate::table::wants_table(&accept) && r.subresource.is_none())

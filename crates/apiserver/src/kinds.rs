@@ -171,6 +171,7 @@ fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool
         resource: resource.into(),
         namespaced,
         status_subresource: status,
+        scale_subresource: matches!(kind, "Deployment" | "ReplicaSet"),
     }
 }
 

@@ -31,6 +31,9 @@ pub struct ResourceInfo {
     /// Whether the kind has a `status` subresource (then the main resource ignores status
     /// changes and the subresource changes nothing else).
     pub status_subresource: bool,
+    /// Whether the kind has a `scale` subresource (`spec.replicas`, `status.replicas`,
+    /// `spec.selector`).
+    pub scale_subresource: bool,
 }
 
 impl ResourceInfo {

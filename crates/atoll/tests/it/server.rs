@@ -136,6 +136,9 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
         "jsonpath={.spec.replicas}{.spec.selector.matchLabels.app}",
     ])?;
     ensure!(deploy == "3d1", "kubectl create deployment: {deploy}");
+    k.ok(&["scale", "deployment", "d1", "-n", &ns, "--replicas=5"])?;
+    let scaled = k.ok(&["get", "deployment", "d1", "-n", &ns, "-o", "jsonpath={.spec.replicas}"])?;
+    ensure!(scaled == "5", "kubectl scale through the scale subresource: {scaled}");
     let secret = k.ok(&["get", "secret", "s1", "-n", &ns, "-o", "jsonpath={.data.pw}"])?;
     ensure!(secret == "aHVudGVyMg==", "secret data: {secret}");
     let all = k.ok(&["get", "all", "-n", &ns, "-o", "name"])?;
