@@ -195,6 +195,27 @@ fn dry_run(q: &BTreeMap<String, String>) -> Result<bool, Status> {
     }
 }
 
+/// The aggregated discovery version the client prefers (`v2` or `v2beta1`), if it asks
+/// for aggregated discovery before plain JSON.
+fn aggregated_version(accept: &str) -> Option<&'static str> {
+    for candidate in accept.split(',') {
+        let params: Vec<&str> = candidate.split(';').map(str::trim).collect();
+        if params.first().is_some_and(|t| *t != "application/json" && *t != "*/*") {
+            continue;
+        }
+        if !params.contains(&"as=APIGroupDiscoveryList") || !params.contains(&"g=apidiscovery.k8s.io") {
+            return None;
+        }
+        if params.contains(&"v=v2") {
+            return Some("v2");
+        }
+        if params.contains(&"v=v2beta1") {
+            return Some("v2beta1");
+        }
+    }
+    None
+}
+
 /// A response body fed from a channel (for watches).
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -287,6 +308,46 @@ impl Api {
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
     }
 
+    /// Aggregated discovery (`apidiscovery.k8s.io`) for the core group (`/api`) or the
+    /// named groups (`/apis`), built from the same resource lists as legacy discovery.
+    fn aggregated(&self, core: bool, version: &str) -> Value {
+        let mut items = Vec::new();
+        for (group, v) in self.group_versions().into_iter().filter(|(g, _)| g.is_empty() == core) {
+            let legacy = self.resource_list(&group, &v);
+            let mut resources: Vec<Value> = Vec::new();
+            for r in legacy["resources"].as_array().into_iter().flatten() {
+                let name = r["name"].as_str().unwrap_or("");
+                let kind = json!({"group": r.get("group").cloned().unwrap_or(json!(group)),
+                                  "version": r.get("version").cloned().unwrap_or(json!(v)), "kind": r["kind"]});
+                match name.split_once('/') {
+                    Some((parent, sub)) => {
+                        if let Some(p) = resources.iter_mut().find(|p| p["resource"] == parent) {
+                            let subs = p["subresources"].as_array_mut();
+                            let entry = json!({"subresource": sub, "responseKind": kind, "verbs": r["verbs"]});
+                            match subs {
+                                Some(list) => list.push(entry),
+                                None => p["subresources"] = json!([entry]),
+                            }
+                        }
+                    }
+                    None => {
+                        let mut doc = json!({
+                            "resource": name, "responseKind": kind,
+                            "scope": if r["namespaced"] == json!(true) { "Namespaced" } else { "Cluster" },
+                            "singularResource": r["singularName"], "verbs": r["verbs"], "shortNames": r["shortNames"],
+                        });
+                        if let Some(c) = r.get("categories") {
+                            doc["categories"] = c.clone();
+                        }
+                        resources.push(doc);
+                    }
+                }
+            }
+            items.push(json!({"metadata": {"name": group}, "versions": [{"version": v, "resources": resources, "freshness": "Current"}]}));
+        }
+        json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
+    }
+
     fn version() -> Value {
         json!({"major": "1", "minor": KUBE_MINOR, "gitVersion": format!("v1.{KUBE_MINOR}.0-atoll.{}", env!("CARGO_PKG_VERSION")),
                "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "", "compiler": "rustc",
@@ -338,6 +399,16 @@ impl Api {
                         hyper::header::CONTENT_TYPE,
                         hyper::header::HeaderValue::from_static(crate::openapi_v2::MEDIA_TYPE),
                     );
+                    return resp;
+                }
+                let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if let (Some(version), "/api" | "/apis") = (aggregated_version(accept), path.as_str()) {
+                    let mut resp = respond(StatusCode::OK, self.aggregated(path == "/api", version));
+                    let content_type =
+                        format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(&content_type) {
+                        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                    }
                     return resp;
                 }
                 match self.discovery(&path) {

@@ -417,3 +417,61 @@ fn the_official_python_client_works() -> Result<()> {
     );
     Ok(())
 }
+
+/// GET `path` with the admin certificate and an Accept header; returns (headers, body).
+fn curl_admin(server: &Server, path: &str, accept: &str) -> Result<(String, String)> {
+    let pki = server.dir.path().join("pki");
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-H", &format!("Accept: {accept}"), "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(format!("https://{}{path}", server.addr))
+        .output()
+        .context("curl is needed for this test")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP response")?;
+    Ok((head.to_ascii_lowercase(), body.to_string()))
+}
+
+#[test]
+fn discovery_answers_in_the_version_asked_for() -> Result<()> {
+    let server = Server::start()?;
+    for version in ["v2", "v2beta1"] {
+        let accept =
+            format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList,application/json");
+        let (head, body) = curl_admin(&server, "/apis", &accept)?;
+        ensure!(
+            head.contains(&format!(
+                "content-type: application/json;g=apidiscovery.k8s.io;v={version};as=apigroupdiscoverylist"
+            )),
+            "{head}"
+        );
+        let doc: serde_json::Value = serde_json::from_str(&body)?;
+        ensure!(doc["apiVersion"] == format!("apidiscovery.k8s.io/{version}"));
+        let apps = doc["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["metadata"]["name"] == "apps")
+            .context("apps group")?;
+        let deployments = apps["versions"][0]["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["resource"] == "deployments")
+            .context("deployments")?;
+        let subs: Vec<_> =
+            deployments["subresources"].as_array().into_iter().flatten().map(|s| s["subresource"].clone()).collect();
+        ensure!(subs.contains(&serde_json::json!("scale")) && subs.contains(&serde_json::json!("status")), "{subs:?}");
+    }
+    let (head, body) = curl_admin(&server, "/api", "application/json")?;
+    ensure!(
+        head.contains("content-type: application/json\r") || head.ends_with("content-type: application/json"),
+        "{head}"
+    );
+    ensure!(body.contains("\"kind\":\"APIVersions\""), "legacy discovery: {body}");
+    Ok(())
+}
