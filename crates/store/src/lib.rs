@@ -194,7 +194,9 @@ pub struct WatchStream {
 }
 
 impl WatchStream {
-    pub(crate) fn new(
+    /// A watch fed by a channel; dropping `cancel`'s receiver side's counterpart (this
+    /// stream) tells the producer to stop. Backends and watch caches build streams this way.
+    pub fn new(
         rx: tokio::sync::mpsc::Receiver<Result<WatchMessage>>,
         cancel: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Self {

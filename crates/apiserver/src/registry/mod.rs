@@ -7,6 +7,7 @@
 //! objects of a kind are one key prefix. Objects are stored as JSON without
 //! `metadata.resourceVersion`, which is the key's modification revision when read.
 
+pub mod cache;
 pub mod object;
 
 use std::sync::Arc;
@@ -182,9 +183,12 @@ pub struct WatchEvent {
 }
 
 /// The registry of one kind.
+#[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
     strategy: Arc<dyn Strategy>,
+    /// Started on the first watch, replaced if its store watch ends.
+    cache: Arc<tokio::sync::Mutex<Option<Arc<cache::WatchCache>>>>,
 }
 
 fn parse_rv(rv: &str) -> Result<i64> {
@@ -217,7 +221,23 @@ fn decode_continue(token: &str) -> Result<(i64, Vec<u8>)> {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, strategy: Arc<dyn Strategy>) -> Registry {
-        Registry { store, strategy }
+        Registry { store, strategy, cache: Arc::default() }
+    }
+
+    /// The kind's watch cache, started (or restarted) on demand.
+    async fn watch_cache(&self) -> Result<Arc<cache::WatchCache>> {
+        let mut slot = self.cache.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_dead()) {
+            return Ok(c.clone());
+        }
+        let c = cache::WatchCache::start(&self.store, Bytes::from(self.info().storage_prefix())).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Watchers currently served by the watch cache.
+    pub async fn cached_watchers(&self) -> usize {
+        self.cache.lock().await.as_ref().map_or(0, |c| c.watchers())
     }
 
     pub fn info(&self) -> &ResourceInfo {
@@ -780,28 +800,39 @@ impl Registry {
             }
             Some(rv) => parse_rv(rv)?,
         };
-        let mut stream = match self
-            .store
-            .watch(prefix, Some(after), WatchOptions { progress_interval: Some(std::time::Duration::from_secs(1)) })
-            .await
-        {
-            Err(StoreError::Compacted { .. }) => {
-                return Err(RegistryError::Expired(format!("too old resource version: {after}")));
-            }
-            other => other?,
+        // Served from the kind's watch cache when it reaches back far enough, else from a
+        // store watch of its own.
+        let cached = self.watch_cache().await?.subscribe(prefix.clone(), after);
+        let mut stream = match cached {
+            Some(stream) => stream,
+            None => match self
+                .store
+                .watch(prefix, Some(after), WatchOptions { progress_interval: Some(std::time::Duration::from_secs(1)) })
+                .await
+            {
+                Err(StoreError::Compacted { .. }) => {
+                    return Err(RegistryError::Expired(format!("too old resource version: {after}")));
+                }
+                other => other?,
+            },
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let info = self.info().clone();
-        let strategy = self.strategy.clone();
         let opts = opts.clone();
-        let this = Registry { store: self.store.clone(), strategy };
+        let this = self.clone();
         tokio::spawn(async move {
             for obj in initial {
                 if tx.send(WatchEvent { kind: "ADDED", object: obj }).await.is_err() {
                     return;
                 }
             }
-            while let Some(msg) = stream.next().await {
+            loop {
+                // Stop as soon as the client is gone, which also releases the cache's slot.
+                let msg = tokio::select! {
+                    msg = stream.next() => msg,
+                    _ = tx.closed() => return,
+                };
+                let Some(msg) = msg else { return };
                 let events = match msg {
                     Ok(WatchMessage::Events(events)) => events,
                     Ok(WatchMessage::Progress(revision)) => {

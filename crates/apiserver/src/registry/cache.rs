@@ -1,0 +1,143 @@
+//! The watch cache: one store watch per kind, shared by every HTTP watch of that kind.
+//!
+//! It keeps the most recent changes in a ring, so a watch that starts from a recent
+//! resource version replays from memory, and it hands each change to the watchers whose
+//! key prefix (tenant, namespace) covers it. A watcher that cannot keep up is cut off (its
+//! channel closes), as Kubernetes does; its client watches again from the last version it
+//! saw. A watch older than the ring falls back to a watch on the store itself.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use store::{Event, Revision, Store, StoreError, WatchMessage, WatchOptions, WatchStream};
+use tokio::sync::mpsc;
+
+/// Changes kept for replay.
+const RING: usize = 10_000;
+/// Messages a watcher may have queued before it counts as too slow.
+const WATCHER_QUEUE: usize = 1024;
+
+struct Subscriber {
+    prefix: Bytes,
+    after: Revision,
+    tx: mpsc::Sender<Result<WatchMessage, StoreError>>,
+}
+
+struct Inner {
+    ring: VecDeque<Event>,
+    /// Every change with a revision above this is in the ring (or not yet seen).
+    floor: Revision,
+    subscribers: Vec<Subscriber>,
+    /// The store watch ended; the cache must be replaced.
+    dead: bool,
+}
+
+pub struct WatchCache {
+    inner: Mutex<Inner>,
+}
+
+impl WatchCache {
+    /// Starts watching `prefix` (a kind's whole key space) from now.
+    pub async fn start(store: &Arc<dyn Store>, prefix: Bytes) -> Result<Arc<WatchCache>, StoreError> {
+        let now = store.current_revision().await?;
+        let opts = WatchOptions { progress_interval: Some(Duration::from_secs(1)) };
+        let mut stream = store.watch(prefix, Some(now), opts).await?;
+        let cache = Arc::new(WatchCache {
+            inner: Mutex::new(Inner { ring: VecDeque::new(), floor: now, subscribers: Vec::new(), dead: false }),
+        });
+        let feeder = cache.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                match msg {
+                    Ok(msg) => feeder.dispatch(msg),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch cache lost its store watch");
+                        break;
+                    }
+                }
+            }
+            feeder.kill();
+        });
+        Ok(cache)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every step is a push or a
+        // retain), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
+    fn kill(&self) {
+        let mut inner = self.lock();
+        inner.dead = true;
+        inner.subscribers.clear(); // closes every watcher's channel
+    }
+
+    fn dispatch(&self, msg: WatchMessage) {
+        let mut inner = self.lock();
+        match msg {
+            WatchMessage::Events(events) => {
+                for e in &events {
+                    inner.ring.push_back(e.clone());
+                }
+                while inner.ring.len() > RING {
+                    if let Some(old) = inner.ring.pop_front() {
+                        inner.floor = inner.floor.max(old.kv.mod_revision);
+                    }
+                }
+                inner.subscribers.retain(|s| {
+                    let mine: Vec<Event> = events
+                        .iter()
+                        .filter(|e| e.kv.mod_revision > s.after && e.kv.key.starts_with(&s.prefix))
+                        .cloned()
+                        .collect();
+                    if mine.is_empty() {
+                        return !s.tx.is_closed();
+                    }
+                    // A full queue means the watcher is too slow: drop it.
+                    s.tx.try_send(Ok(WatchMessage::Events(mine))).is_ok()
+                });
+            }
+            WatchMessage::Progress(revision) => {
+                // A watcher that started ahead of the cache only hears of progress past its start.
+                inner.subscribers.retain(|s| {
+                    if revision < s.after {
+                        return !s.tx.is_closed();
+                    }
+                    match s.tx.try_send(Ok(WatchMessage::Progress(revision))) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => true, // progress can be skipped
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    }
+                });
+            }
+        }
+    }
+
+    /// A watch of `prefix` after revision `after`, or `None` if the ring no longer reaches
+    /// back that far (or the cache died).
+    pub fn subscribe(&self, prefix: Bytes, after: Revision) -> Option<WatchStream> {
+        let mut inner = self.lock();
+        if inner.dead || after < inner.floor {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let replay: Vec<Event> =
+            inner.ring.iter().filter(|e| e.kv.mod_revision > after && e.kv.key.starts_with(&prefix)).cloned().collect();
+        if !replay.is_empty() && tx.try_send(Ok(WatchMessage::Events(replay))).is_err() {
+            return None;
+        }
+        inner.subscribers.push(Subscriber { prefix, after, tx });
+        Some(WatchStream::new(rx, None))
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+}
