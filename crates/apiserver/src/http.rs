@@ -195,6 +195,12 @@ fn dry_run(q: &BTreeMap<String, String>) -> Result<bool, Status> {
     }
 }
 
+/// The request body's media type without parameters (`application/json` if unset).
+fn media_type(req: &Request<Incoming>) -> String {
+    let value = req.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    value.unwrap_or("application/json").split(';').next().unwrap_or("").trim().to_string()
+}
+
 /// The aggregated discovery version the client prefers (`v2` or `v2beta1`), if it asks
 /// for aggregated discovery before plain JSON.
 fn aggregated_version(accept: &str) -> Option<&'static str> {
@@ -473,16 +479,7 @@ impl Api {
             Verb::Get => ok(to_scale(&registry.get(scope, &name).await.map_err(|e| e.to_status())?)),
             Verb::Update | Verb::Patch => {
                 let dry = dry_run(q)?;
-                let content_type = req
-                    .headers()
-                    .get(hyper::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("application/json")
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
+                let content_type = media_type(&req);
                 let body = Self::read_body(req).await?;
                 for _ in 0..5 {
                     let current = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
@@ -745,16 +742,7 @@ impl Api {
             }
             Verb::Patch => {
                 let dry = dry_run(&q)?;
-                let content_type = req
-                    .headers()
-                    .get(hyper::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
+                let content_type = media_type(&req);
                 let patch = Self::read_body(req).await?;
                 // A patch applies to the object as it is; if it changes in between, apply it
                 // again to the new version, unless the patch itself names a version.

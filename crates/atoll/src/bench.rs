@@ -48,10 +48,26 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-struct PutResult {
-    ops_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
+/// Throughput and latency of a closed-loop run.
+pub(crate) struct Rate {
+    pub per_sec: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// Waits for closed-loop tasks (each returns the latency of every operation it did) and
+/// summarises them over the time since `started`.
+pub(crate) async fn summarize(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>>>>,
+    started: Instant,
+) -> Result<Rate> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok(Rate { per_sec: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) })
 }
 
 struct FanoutResult {
@@ -60,7 +76,23 @@ struct FanoutResult {
     p99: Duration,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// Collects every watcher's latencies (sorted) and how many watchers reported.
+pub(crate) async fn gather(
+    done: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<Duration>>,
+) -> Result<(Vec<Duration>, usize)> {
+    let mut all = Vec::new();
+    let mut finished = 0;
+    while let Some(lat) =
+        tokio::time::timeout(Duration::from_secs(120), done.recv()).await.context("watchers stalled")?
+    {
+        finished += 1;
+        all.extend(lat);
+    }
+    all.sort_unstable();
+    Ok((all, finished))
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -68,13 +100,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn bench_puts(
+/// Puts from `concurrency` tasks for `secs` seconds, each waiting for its acknowledgement.
+pub(crate) async fn bench_puts(
     store: Arc<dyn Store>,
     prefix: &str,
     concurrency: usize,
     secs: f64,
     value: Bytes,
-) -> Result<PutResult> {
+) -> Result<Rate> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -94,13 +127,7 @@ async fn bench_puts(
             anyhow::Ok(lat)
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    Ok(PutResult { ops_per_sec: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) })
+    summarize(tasks, started).await
 }
 
 async fn bench_fanout(store: Arc<dyn Store>, prefix: &str, watchers: usize, events: usize) -> Result<FanoutResult> {
@@ -142,18 +169,10 @@ async fn bench_fanout(store: Arc<dyn Store>, prefix: &str, watchers: usize, even
         value.resize(256, b'x');
         store.put(Bytes::from(format!("{prefix}/{}", i % 100)), Bytes::from(value)).await?;
     }
-    let mut all = Vec::new();
-    let mut finished = 0;
-    while let Some(lat) =
-        tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await.context("watchers stalled")?
-    {
-        finished += 1;
-        all.extend(lat);
-    }
+    let (all, finished) = gather(&mut done_rx).await?;
     let elapsed = started.elapsed().as_secs_f64();
     anyhow::ensure!(finished == watchers, "only {finished} of {watchers} watchers finished");
     anyhow::ensure!(all.len() == watchers * events, "delivered {} of {} events", all.len(), watchers * events);
-    all.sort_unstable();
     Ok(FanoutResult {
         delivered_per_sec: all.len() as f64 / elapsed,
         p50: percentile(&all, 0.5),
@@ -161,7 +180,7 @@ async fn bench_fanout(store: Arc<dyn Store>, prefix: &str, watchers: usize, even
     })
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -185,11 +204,11 @@ async fn store_bench(args: StoreBenchArgs) -> Result<()> {
     println!("{:>6} | {:>24} | {:>24} | {:>6}", "conc", "embedded ops/s p50/p99 ms", "etcd ops/s p50/p99 ms", "ratio");
     for &c in &args.concurrency {
         let e = bench_puts(embedded.clone(), "/bench/put", c, args.seconds, value.clone()).await?;
-        let cell = |r: &PutResult| format!("{:>8.0} {:>6.2} {:>6.2}", r.ops_per_sec, ms(r.p50), ms(r.p99));
+        let cell = |r: &Rate| format!("{:>8.0} {:>6.2} {:>6.2}", r.per_sec, ms(r.p50), ms(r.p99));
         match &etcd {
             Some((_, client)) => {
                 let d = bench_puts(client.clone(), "/bench/put", c, args.seconds, value.clone()).await?;
-                println!("{c:>6} | {:>24} | {:>24} | {:>5.2}x", cell(&e), cell(&d), e.ops_per_sec / d.ops_per_sec);
+                println!("{c:>6} | {:>24} | {:>24} | {:>5.2}x", cell(&e), cell(&d), e.per_sec / d.per_sec);
             }
             None => println!("{c:>6} | {:>24} | {:>24} |", cell(&e), "-"),
         }

@@ -19,6 +19,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use store::Store;
 
+use crate::bench::{Rate, bench_puts, gather, ms, percentile, summarize};
+
 #[derive(clap::Args)]
 pub struct ApiBenchArgs {
     /// Seconds per create measurement.
@@ -126,23 +128,6 @@ fn pod(name: &str) -> String {
     )
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-struct Rate {
-    per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
 async fn creates(addr: &str, tls: &Arc<rustls::ClientConfig>, ns: &str, concurrency: usize, secs: f64) -> Result<Rate> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
@@ -165,41 +150,7 @@ async fn creates(addr: &str, tls: &Arc<rustls::ClientConfig>, ns: &str, concurre
             anyhow::Ok(lat)
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    Ok(Rate { per_sec: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) })
-}
-
-async fn etcd_puts(store: Arc<dyn Store>, concurrency: usize, secs: f64) -> Result<Rate> {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let started = Instant::now();
-    let value = Bytes::from(pod("x").into_bytes());
-    let mut tasks = Vec::new();
-    for t in 0..concurrency {
-        let (store, value) = (store.clone(), value.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                store.put(Bytes::from(format!("/bench/{t}/{}", i % 1000)), value.clone()).await?;
-                lat.push(t0.elapsed());
-                i += 1;
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    Ok(Rate { per_sec: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) })
+    summarize(tasks, started).await
 }
 
 async fn create_namespace(conn: &mut Conn, name: &str) -> Result<()> {
@@ -236,7 +187,8 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         let cell = |r: &Rate| format!("{:>9.0} {:>7.2} {:>7.2}", r.per_sec, ms(r.p50), ms(r.p99));
         match &etcd {
             Some((_, store)) => {
-                let raw = etcd_puts(store.clone(), c, args.seconds).await?;
+                let raw =
+                    bench_puts(store.clone(), "/bench", c, args.seconds, Bytes::from(pod("x").into_bytes())).await?;
                 println!("{c:>6} | {:>26} | {:>26} | {:>5.2}x", cell(&api), cell(&raw), api.per_sec / raw.per_sec);
             }
             None => println!("{c:>6} | {:>26} | {:>26} |", cell(&api), "-"),
@@ -332,16 +284,8 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
             format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"k":"v"}}}}"#);
         admin.request("POST", "/api/v1/namespaces/watch/configmaps", Some(body)).await?;
     }
-    let mut all = Vec::new();
-    let mut finished = 0;
-    while let Some(lat) =
-        tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await.context("watchers stalled")?
-    {
-        finished += 1;
-        all.extend(lat);
-    }
+    let (all, finished) = gather(&mut done_rx).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
     println!(
         "watch: {} watchers x {} events: {}/{} delivered by {finished} watchers, {:.0} events/s, latency p50 {:.2} ms p99 {:.2} ms",
         args.watchers,
