@@ -906,6 +906,10 @@ impl Server {
                     }
                 },
             };
+            // Watch events are small writes that must leave at once, not wait for Nagle.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot disable Nagle's algorithm");
+            }
             let (acceptor, api) = (self.acceptor.clone(), self.api.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
