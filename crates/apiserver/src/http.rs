@@ -222,6 +222,17 @@ fn aggregated_version(accept: &str) -> Option<&'static str> {
     None
 }
 
+/// One watch event on the wire: `{"type":...,"object":...}` and a newline.
+fn watch_line(kind: &str, object_json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(object_json.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object_json);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
 /// A response body fed from a channel (for watches).
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -702,15 +713,16 @@ impl Api {
                             _ = &mut deadline => return,
                             event = events.recv() => {
                                 let Some(event) = event else { return };
-                                let object = match &table {
-                                    Some((kind, version)) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
+                                let line = match (&table, &event.encoded) {
+                                    (Some((kind, version)), _) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
                                         let meta = json!({"resourceVersion": event.object["metadata"]["resourceVersion"]});
-                                        crate::table::table(kind, version, std::slice::from_ref(&event.object), meta)
+                                        let rows = crate::table::table(kind, version, std::slice::from_ref(&*event.object), meta);
+                                        watch_line(event.kind, &serde_json::to_vec(&rows).unwrap_or_default())
                                     }
-                                    _ => event.object,
+                                    // Shared by every watcher of this change: serialised once.
+                                    (_, Some(encoded)) => watch_line(event.kind, encoded),
+                                    _ => watch_line(event.kind, &serde_json::to_vec(&*event.object).unwrap_or_default()),
                                 };
-                                let mut line = serde_json::to_vec(&json!({"type": event.kind, "object": object})).unwrap_or_default();
-                                line.push(b'\n');
                                 if tx.send(Bytes::from(line)).await.is_err() {
                                     return;
                                 }

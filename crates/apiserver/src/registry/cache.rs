@@ -7,12 +7,60 @@
 //! saw. A watch older than the ring falls back to a watch on the store itself.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use store::{Event, Revision, Store, StoreError, WatchMessage, WatchOptions, WatchStream};
+use serde_json::Value;
+use store::{Event, Revision, Store, StoreError, WatchMessage, WatchOptions};
 use tokio::sync::mpsc;
+
+/// A change as the cache hands it out: decoded (at most) once, however many watchers
+/// receive it.
+pub struct SharedEvent {
+    pub event: Event,
+    decoded: OnceLock<Option<Decoded>>,
+}
+
+/// The objects of a change, with their resource versions set, and the new object's JSON.
+pub struct Decoded {
+    pub new: Option<(Arc<Value>, Bytes)>,
+    pub prev: Option<Arc<Value>>,
+}
+
+impl SharedEvent {
+    pub fn new(event: Event) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent { event, decoded: OnceLock::new() })
+    }
+
+    /// The decoded objects; `None` if the stored bytes are not a JSON object.
+    pub fn decoded(&self) -> Option<&Decoded> {
+        self.decoded
+            .get_or_init(|| {
+                let e = &self.event;
+                let new = match e.kind {
+                    store::EventKind::Put => {
+                        let obj = super::decode_stored(&e.kv.value, e.kv.mod_revision).ok()?;
+                        let json = Bytes::from(serde_json::to_vec(&obj).ok()?);
+                        Some((Arc::new(obj), json))
+                    }
+                    store::EventKind::Delete => None,
+                };
+                let prev = match &e.prev {
+                    Some(p) => Some(Arc::new(super::decode_stored(&p.value, p.mod_revision).ok()?)),
+                    None => None,
+                };
+                Some(Decoded { new, prev })
+            })
+            .as_ref()
+    }
+}
+
+/// What a watcher receives.
+pub enum CacheMessage {
+    Events(Vec<Arc<SharedEvent>>),
+    Progress(Revision),
+}
 
 /// Changes kept for replay.
 const RING: usize = 10_000;
@@ -22,11 +70,11 @@ const WATCHER_QUEUE: usize = 1024;
 struct Subscriber {
     prefix: Bytes,
     after: Revision,
-    tx: mpsc::Sender<Result<WatchMessage, StoreError>>,
+    tx: mpsc::Sender<CacheMessage>,
 }
 
 struct Inner {
-    ring: VecDeque<Event>,
+    ring: VecDeque<Arc<SharedEvent>>,
     /// Every change with a revision above this is in the ring (or not yet seen).
     floor: Revision,
     subscribers: Vec<Subscriber>,
@@ -83,25 +131,26 @@ impl WatchCache {
         let mut inner = self.lock();
         match msg {
             WatchMessage::Events(events) => {
+                let events: Vec<Arc<SharedEvent>> = events.into_iter().map(SharedEvent::new).collect();
                 for e in &events {
                     inner.ring.push_back(e.clone());
                 }
                 while inner.ring.len() > RING {
                     if let Some(old) = inner.ring.pop_front() {
-                        inner.floor = inner.floor.max(old.kv.mod_revision);
+                        inner.floor = inner.floor.max(old.event.kv.mod_revision);
                     }
                 }
                 inner.subscribers.retain(|s| {
-                    let mine: Vec<Event> = events
+                    let mine: Vec<Arc<SharedEvent>> = events
                         .iter()
-                        .filter(|e| e.kv.mod_revision > s.after && e.kv.key.starts_with(&s.prefix))
+                        .filter(|e| e.event.kv.mod_revision > s.after && e.event.kv.key.starts_with(&s.prefix))
                         .cloned()
                         .collect();
                     if mine.is_empty() {
                         return !s.tx.is_closed();
                     }
                     // A full queue means the watcher is too slow: drop it.
-                    s.tx.try_send(Ok(WatchMessage::Events(mine))).is_ok()
+                    s.tx.try_send(CacheMessage::Events(mine)).is_ok()
                 });
             }
             WatchMessage::Progress(revision) => {
@@ -110,7 +159,7 @@ impl WatchCache {
                     if revision < s.after {
                         return !s.tx.is_closed();
                     }
-                    match s.tx.try_send(Ok(WatchMessage::Progress(revision))) {
+                    match s.tx.try_send(CacheMessage::Progress(revision)) {
                         Ok(()) => true,
                         Err(mpsc::error::TrySendError::Full(_)) => true, // progress can be skipped
                         Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -122,19 +171,23 @@ impl WatchCache {
 
     /// A watch of `prefix` after revision `after`, or `None` if the ring no longer reaches
     /// back that far (or the cache died).
-    pub fn subscribe(&self, prefix: Bytes, after: Revision) -> Option<WatchStream> {
+    pub fn subscribe(&self, prefix: Bytes, after: Revision) -> Option<mpsc::Receiver<CacheMessage>> {
         let mut inner = self.lock();
         if inner.dead || after < inner.floor {
             return None;
         }
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
-        let replay: Vec<Event> =
-            inner.ring.iter().filter(|e| e.kv.mod_revision > after && e.kv.key.starts_with(&prefix)).cloned().collect();
-        if !replay.is_empty() && tx.try_send(Ok(WatchMessage::Events(replay))).is_err() {
+        let replay: Vec<Arc<SharedEvent>> = inner
+            .ring
+            .iter()
+            .filter(|e| e.event.kv.mod_revision > after && e.event.kv.key.starts_with(&prefix))
+            .cloned()
+            .collect();
+        if !replay.is_empty() && tx.try_send(CacheMessage::Events(replay)).is_err() {
             return None;
         }
         inner.subscribers.push(Subscriber { prefix, after, tx });
-        Some(WatchStream::new(rx, None))
+        Some(rx)
     }
 
     pub fn watchers(&self) -> usize {

@@ -179,7 +179,45 @@ pub struct DeleteOptions {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WatchEvent {
     pub kind: &'static str,
-    pub object: Value,
+    pub object: Arc<Value>,
+    /// `object` already serialised, when it came from the watch cache unchanged.
+    pub encoded: Option<Bytes>,
+}
+
+impl WatchEvent {
+    fn owned(kind: &'static str, object: Value) -> WatchEvent {
+        WatchEvent { kind, object: Arc::new(object), encoded: None }
+    }
+}
+
+/// Where a watch's changes come from: the kind's watch cache, or a store watch of its own.
+enum Source {
+    Cache(tokio::sync::mpsc::Receiver<cache::CacheMessage>),
+    Store(store::WatchStream),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Result<cache::CacheMessage, StoreError>> {
+        match self {
+            Source::Cache(rx) => rx.recv().await.map(Ok),
+            Source::Store(stream) => stream.next().await.map(|m| {
+                m.map(|m| match m {
+                    WatchMessage::Events(events) => {
+                        cache::CacheMessage::Events(events.into_iter().map(cache::SharedEvent::new).collect())
+                    }
+                    WatchMessage::Progress(r) => cache::CacheMessage::Progress(r),
+                })
+            }),
+        }
+    }
+}
+
+/// Decodes a stored object and sets its resource version.
+pub(crate) fn decode_stored(value: &[u8], revision: i64) -> Result<Value> {
+    let mut obj: Value = serde_json::from_slice(value)
+        .map_err(|e| RegistryError::Internal(format!("stored object is not JSON: {e}")))?;
+    set_rv(&mut obj, revision);
+    Ok(obj)
 }
 
 /// The registry of one kind.
@@ -319,14 +357,8 @@ impl Registry {
         Ok(Bytes::from(key))
     }
 
-    /// Decodes a stored object and sets its resource version.
     fn decode(&self, value: &[u8], revision: i64) -> Result<Value> {
-        let mut obj: Value = serde_json::from_slice(value)
-            .map_err(|e| RegistryError::Internal(format!("stored object is not JSON: {e}")))?;
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
-        }
-        Ok(obj)
+        decode_stored(value, revision)
     }
 
     fn encode(&self, obj: &Value) -> Result<Bytes> {
@@ -804,7 +836,7 @@ impl Registry {
         // store watch of its own.
         let cached = self.watch_cache().await?.subscribe(prefix.clone(), after);
         let mut stream = match cached {
-            Some(stream) => stream,
+            Some(rx) => Source::Cache(rx),
             None => match self
                 .store
                 .watch(prefix, Some(after), WatchOptions { progress_interval: Some(std::time::Duration::from_secs(1)) })
@@ -813,7 +845,7 @@ impl Registry {
                 Err(StoreError::Compacted { .. }) => {
                     return Err(RegistryError::Expired(format!("too old resource version: {after}")));
                 }
-                other => other?,
+                other => Source::Store(other?),
             },
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
@@ -822,7 +854,7 @@ impl Registry {
         let this = self.clone();
         tokio::spawn(async move {
             for obj in initial {
-                if tx.send(WatchEvent { kind: "ADDED", object: obj }).await.is_err() {
+                if tx.send(WatchEvent::owned("ADDED", obj)).await.is_err() {
                     return;
                 }
             }
@@ -834,15 +866,15 @@ impl Registry {
                 };
                 let Some(msg) = msg else { return };
                 let events = match msg {
-                    Ok(WatchMessage::Events(events)) => events,
-                    Ok(WatchMessage::Progress(revision)) => {
+                    Ok(cache::CacheMessage::Events(events)) => events,
+                    Ok(cache::CacheMessage::Progress(revision)) => {
                         if allow_bookmarks {
                             let bookmark = json!({
                                 "kind": info.kind,
                                 "apiVersion": info.api_version(),
                                 "metadata": {"resourceVersion": revision.to_string()},
                             });
-                            if tx.send(WatchEvent { kind: "BOOKMARK", object: bookmark }).await.is_err() {
+                            if tx.send(WatchEvent::owned("BOOKMARK", bookmark)).await.is_err() {
                                 return;
                             }
                         }
@@ -851,7 +883,7 @@ impl Registry {
                     Err(e) => {
                         let status = RegistryError::from(e).to_status();
                         let object = serde_json::to_value(status).unwrap_or(Value::Null);
-                        let _ = tx.send(WatchEvent { kind: "ERROR", object }).await;
+                        let _ = tx.send(WatchEvent::owned("ERROR", object)).await;
                         return;
                     }
                 };
@@ -866,39 +898,35 @@ impl Registry {
         Ok(rx)
     }
 
-    /// A store event as the watcher sees it through its selectors: an object that starts
+    /// A change as the watcher sees it through its selectors: an object that starts
     /// matching is ADDED, one that stops matching is DELETED.
-    fn translate(&self, event: &store::Event, opts: &ListOptions) -> Result<Option<WatchEvent>> {
-        let revision = event.kv.mod_revision;
-        let old = match &event.prev {
-            Some(prev) => Some(self.decode(&prev.value, prev.mod_revision)?),
-            None => None,
-        };
-        let old_matches = match &old {
+    fn translate(&self, shared: &cache::SharedEvent, opts: &ListOptions) -> Result<Option<WatchEvent>> {
+        let revision = shared.event.kv.mod_revision;
+        let decoded = shared.decoded().ok_or_else(|| RegistryError::Internal("a stored object is not JSON".into()))?;
+        let old_matches = match &decoded.prev {
             Some(o) => self.matches(o, opts)?,
             None => false,
         };
-        match event.kind {
-            store::EventKind::Delete => {
-                let Some(mut old) = old.filter(|_| old_matches) else { return Ok(None) };
-                set_rv(&mut old, revision);
-                Ok(Some(WatchEvent { kind: "DELETED", object: old }))
+        // A disappearing object is reported as it was, at the version of its disappearance.
+        let gone = |prev: &Arc<Value>| {
+            let mut old = Value::clone(prev);
+            set_rv(&mut old, revision);
+            WatchEvent::owned("DELETED", old)
+        };
+        Ok(match (&decoded.new, &decoded.prev) {
+            (None, Some(prev)) if old_matches => Some(gone(prev)),
+            (None, _) => None,
+            (Some((new, json)), prev) => {
+                let new_matches = self.matches(new, opts)?;
+                let same = |kind| WatchEvent { kind, object: new.clone(), encoded: Some(json.clone()) };
+                match (old_matches, new_matches, prev) {
+                    (false, true, _) => Some(same("ADDED")),
+                    (true, true, _) => Some(same("MODIFIED")),
+                    (true, false, Some(prev)) => Some(gone(prev)),
+                    _ => None,
+                }
             }
-            store::EventKind::Put => {
-                let new = self.decode(&event.kv.value, revision)?;
-                let new_matches = self.matches(&new, opts)?;
-                Ok(match (old_matches, new_matches) {
-                    (false, true) => Some(WatchEvent { kind: "ADDED", object: new }),
-                    (true, true) => Some(WatchEvent { kind: "MODIFIED", object: new }),
-                    (true, false) => {
-                        let mut gone = old.unwrap_or(Value::Null);
-                        set_rv(&mut gone, revision);
-                        Some(WatchEvent { kind: "DELETED", object: gone })
-                    }
-                    (false, false) => None,
-                })
-            }
-        }
+        })
     }
 }
 
