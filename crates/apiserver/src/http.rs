@@ -150,6 +150,12 @@ fn list_options(q: &BTreeMap<String, String>) -> Result<ListOptions, Status> {
         continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
         resource_version: q.get("resourceVersion").filter(|c| !c.is_empty()).cloned(),
         resource_version_match: q.get("resourceVersionMatch").filter(|c| !c.is_empty()).cloned(),
+        send_initial_events: match q.get("sendInitialEvents").map(String::as_str) {
+            None | Some("") => None,
+            Some("true" | "1" | "True") => Some(true),
+            Some("false" | "0" | "False") => Some(false),
+            Some(other) => return Err(Status::bad_request(format!("invalid sendInitialEvents {other:?}"))),
+        },
     })
 }
 
@@ -691,6 +697,19 @@ impl Api {
             Verb::Watch => {
                 let opts = list_options(&q)?;
                 let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
+                if opts.send_initial_events == Some(true)
+                    && (!bookmarks || opts.resource_version_match.as_deref() != Some("NotOlderThan"))
+                {
+                    return Err(Status::invalid(
+                        "meta.k8s.io",
+                        "ListOptions",
+                        "",
+                        &[api::meta::FieldError::forbidden(
+                            "sendInitialEvents",
+                            "sendInitialEvents needs allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan",
+                        )],
+                    ));
+                }
                 let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
                 let mut opts = opts;
                 if let Some(n) = &r.name {

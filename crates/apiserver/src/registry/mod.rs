@@ -166,6 +166,10 @@ pub struct ListOptions {
     pub resource_version: Option<String>,
     /// `Exact` or `NotOlderThan` (the default).
     pub resource_version_match: Option<String>,
+    /// For watches: `Some(true)` starts with the current state and a bookmark marking its
+    /// end; `Some(false)` starts with changes only; `None` does what Kubernetes does
+    /// without the parameter (initial state only for an empty or "0" resource version).
+    pub send_initial_events: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -823,14 +827,29 @@ impl Registry {
         self.check_fields(&opts.field_selector)?;
         let prefix = Bytes::from(self.prefix(scope));
         let mut initial = Vec::new();
-        let after = match opts.resource_version.as_deref() {
-            None | Some("") | Some("0") => {
-                let list = self.list(scope, &ListOptions { limit: None, continue_token: None, ..opts.clone() }).await?;
-                initial = list["items"].as_array().cloned().unwrap_or_default();
-                let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0");
-                parse_rv(rv)?
+        let rv = opts.resource_version.as_deref().filter(|rv| !rv.is_empty());
+        let with_state = match opts.send_initial_events {
+            Some(send) => send,
+            None => matches!(rv, None | Some("0")),
+        };
+        let mut end_marker = None;
+        let after = if with_state {
+            // The state at the latest revision (at least `rv`, which is all a client asking
+            // for NotOlderThan needs), then changes after it.
+            let list = self
+                .list(scope, &ListOptions { limit: None, continue_token: None, resource_version: None, ..opts.clone() })
+                .await?;
+            initial = list["items"].as_array().cloned().unwrap_or_default();
+            let at = parse_rv(list["metadata"]["resourceVersion"].as_str().unwrap_or("0"))?;
+            if opts.send_initial_events == Some(true) {
+                end_marker = Some(at);
             }
-            Some(rv) => parse_rv(rv)?,
+            at
+        } else {
+            match rv {
+                None | Some("0") => self.store.current_revision().await?,
+                Some(rv) => parse_rv(rv)?,
+            }
         };
         // Served from the kind's watch cache when it reaches back far enough, else from a
         // store watch of its own.
@@ -855,6 +874,16 @@ impl Registry {
         tokio::spawn(async move {
             for obj in initial {
                 if tx.send(WatchEvent::owned("ADDED", obj)).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(at) = end_marker {
+                let marker = json!({
+                    "kind": info.kind,
+                    "apiVersion": info.api_version(),
+                    "metadata": {"resourceVersion": at.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}},
+                });
+                if tx.send(WatchEvent::owned("BOOKMARK", marker)).await.is_err() {
                     return;
                 }
             }

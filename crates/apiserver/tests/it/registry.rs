@@ -341,3 +341,34 @@ async fn many_watches_share_the_watch_cache_and_old_ones_fall_back_to_the_store(
     ensure!(r.cached_watchers().await == 0, "closed watches leave the cache: {}", r.cached_watchers().await);
     Ok(())
 }
+
+#[tokio::test]
+async fn send_initial_events_ends_the_state_with_a_marked_bookmark() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let s = ns("acme", "default");
+    r.create(&s, cm("a", json!({})), false).await?;
+    let opts = ListOptions {
+        send_initial_events: Some(true),
+        resource_version_match: Some("NotOlderThan".into()),
+        ..ListOptions::default()
+    };
+    let mut w = r.watch(&s, &opts, true).await?;
+    let (kind, obj) = next(&mut w).await?;
+    ensure!(kind == "ADDED" && obj["metadata"]["name"] == "a");
+    let (kind, obj) = next(&mut w).await?;
+    ensure!(
+        kind == "BOOKMARK" && obj["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true",
+        "{kind} {obj}"
+    );
+    r.create(&s, cm("b", json!({})), false).await?;
+    let (kind, obj) = next(&mut w).await?;
+    ensure!(kind == "ADDED" && obj["metadata"]["name"] == "b");
+    // sendInitialEvents=false: changes only, even without a resource version.
+    let quiet = ListOptions { send_initial_events: Some(false), ..ListOptions::default() };
+    let mut w = r.watch(&s, &quiet, false).await?;
+    r.create(&s, cm("c", json!({})), false).await?;
+    let (kind, obj) = next(&mut w).await?;
+    ensure!(kind == "ADDED" && obj["metadata"]["name"] == "c", "no replay of a and b: {obj}");
+    Ok(())
+}
