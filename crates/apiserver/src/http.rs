@@ -252,11 +252,14 @@ impl hyper::body::Body for ChannelBody {
 
 impl Api {
     pub fn new(store: Arc<dyn Store>) -> Api {
-        let registries = crate::kinds::builtin()
+        let strategies = crate::kinds::builtin()
             .into_iter()
+            .map(|k| Arc::new(k) as Arc<dyn Strategy>)
+            .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>));
+        let registries = strategies
             .map(|k| {
                 let key = (k.info().group.clone(), k.info().resource.clone());
-                (key, Arc::new(Registry::new(store.clone(), Arc::new(k))))
+                (key, Arc::new(Registry::new(store.clone(), k)))
             })
             .collect();
         Api { registries }

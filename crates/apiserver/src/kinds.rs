@@ -172,7 +172,83 @@ fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool
         namespaced,
         status_subresource: status,
         scale_subresource: matches!(kind, "Deployment" | "ReplicaSet"),
+        storage: None,
     }
+}
+
+/// `events.k8s.io/v1` Events: a view of the core Events, stored in their form.
+pub struct EventsV1 {
+    info: ResourceInfo,
+}
+
+/// Core field name ↔ `events.k8s.io/v1` field name.
+const EVENT_FIELDS: [(&str, &str); 7] = [
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+fn rename_fields(obj: &mut Value, api_version: &str, forward: bool) {
+    let Some(map) = obj.as_object_mut() else { return };
+    for (core, v1) in EVENT_FIELDS {
+        let (from, to) = if forward { (core, v1) } else { (v1, core) };
+        if let Some(v) = map.remove(from) {
+            map.insert(to.into(), v);
+        }
+    }
+    map.insert("apiVersion".into(), Value::String(api_version.into()));
+}
+
+impl Strategy for EventsV1 {
+    fn info(&self) -> &ResourceInfo {
+        &self.info
+    }
+    fn stored_to_view(&self, obj: &mut Value) {
+        rename_fields(obj, "events.k8s.io/v1", true);
+    }
+    fn view_to_stored(&self, obj: &mut Value) {
+        rename_fields(obj, "v1", false);
+    }
+    fn selectable_fields(&self) -> &[&str] {
+        &[
+            "regarding.kind",
+            "regarding.name",
+            "regarding.namespace",
+            "regarding.uid",
+            "reason",
+            "type",
+            "reportingController",
+        ]
+    }
+    fn top_level_fields(&self) -> Option<&[&str]> {
+        Some(&[
+            "eventTime",
+            "series",
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+            "regarding",
+            "related",
+            "note",
+            "type",
+            "deprecatedSource",
+            "deprecatedFirstTimestamp",
+            "deprecatedLastTimestamp",
+            "deprecatedCount",
+        ])
+    }
+}
+
+/// Every built-in kind that is a view of another's storage.
+pub fn views() -> Vec<EventsV1> {
+    let mut info = kind("events.k8s.io", "v1", "Event", "events", true, false);
+    info.storage = Some("events".into());
+    vec![EventsV1 { info }]
 }
 
 /// Every built-in kind's strategy.

@@ -342,14 +342,24 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
             selector(obj, "/spec/selector/matchLabels"),
         ],
         "Event" => {
-            let last = if obj.pointer("/lastTimestamp").is_some_and(Value::is_string) {
-                age(obj, "/lastTimestamp", now)
-            } else {
-                age(obj, "/metadata/creationTimestamp", now)
-            };
-            let object =
-                format!("{}/{}", s(obj, "/involvedObject/kind").to_lowercase(), s(obj, "/involvedObject/name"));
-            vec![last, json!(s(obj, "/type")), json!(s(obj, "/reason")), json!(object), json!(s(obj, "/message"))]
+            // Core Events and events.k8s.io/v1 Events name the same fields differently.
+            let first = |paths: &[&str]| paths.iter().map(|p| s(obj, p)).find(|v| !v.is_empty()).unwrap_or_default();
+            let last = ["/lastTimestamp", "/deprecatedLastTimestamp", "/eventTime"]
+                .into_iter()
+                .find(|p| obj.pointer(p).is_some_and(Value::is_string))
+                .map_or_else(|| age(obj, "/metadata/creationTimestamp", now), |p| age(obj, p, now));
+            let object = format!(
+                "{}/{}",
+                first(&["/involvedObject/kind", "/regarding/kind"]).to_lowercase(),
+                first(&["/involvedObject/name", "/regarding/name"])
+            );
+            vec![
+                last,
+                json!(s(obj, "/type")),
+                json!(s(obj, "/reason")),
+                json!(object),
+                json!(first(&["/message", "/note"])),
+            ]
         }
         "Lease" => vec![name, or_none(s(obj, "/spec/holderIdentity")), created],
         _ => vec![name, created],

@@ -33,21 +33,27 @@ impl SharedEvent {
         Arc::new(SharedEvent { event, decoded: OnceLock::new() })
     }
 
-    /// The decoded objects; `None` if the stored bytes are not a JSON object.
-    pub fn decoded(&self) -> Option<&Decoded> {
+    /// The decoded objects, in the form `convert` gives them (the first caller's; every
+    /// caller of one cache is the same kind); `None` if the stored bytes are not JSON.
+    pub fn decoded(&self, convert: &dyn Fn(&mut Value)) -> Option<&Decoded> {
         self.decoded
             .get_or_init(|| {
                 let e = &self.event;
+                let decode = |value: &[u8], revision| {
+                    let mut obj = super::decode_stored(value, revision).ok()?;
+                    convert(&mut obj);
+                    Some(obj)
+                };
                 let new = match e.kind {
                     store::EventKind::Put => {
-                        let obj = super::decode_stored(&e.kv.value, e.kv.mod_revision).ok()?;
+                        let obj = decode(&e.kv.value, e.kv.mod_revision)?;
                         let json = Bytes::from(serde_json::to_vec(&obj).ok()?);
                         Some((Arc::new(obj), json))
                     }
                     store::EventKind::Delete => None,
                 };
                 let prev = match &e.prev {
-                    Some(p) => Some(Arc::new(super::decode_stored(&p.value, p.mod_revision).ok()?)),
+                    Some(p) => Some(Arc::new(decode(&p.value, p.mod_revision)?)),
                     None => None,
                 };
                 Some(Decoded { new, prev })

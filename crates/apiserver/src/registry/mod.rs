@@ -35,6 +35,10 @@ pub struct ResourceInfo {
     /// Whether the kind has a `scale` subresource (`spec.replicas`, `status.replicas`,
     /// `spec.selector`).
     pub scale_subresource: bool,
+    /// The storage of another kind this one is a view of (`events` for
+    /// `events.k8s.io/v1` Events), with [`Strategy::stored_to_view`] and
+    /// [`Strategy::view_to_stored`] converting; `None`: its own storage.
+    pub storage: Option<String>,
 }
 
 impl ResourceInfo {
@@ -43,7 +47,9 @@ impl ResourceInfo {
     }
 
     fn storage_prefix(&self) -> String {
-        if self.group.is_empty() {
+        if let Some(shared) = &self.storage {
+            format!("/registry/{shared}/")
+        } else if self.group.is_empty() {
             format!("/registry/{}/", self.resource)
         } else {
             format!("/registry/{}.{}/", self.resource, self.group)
@@ -73,6 +79,12 @@ pub trait Strategy: Send + Sync + 'static {
     fn selectable_fields(&self) -> &[&str] {
         &[]
     }
+
+    /// Turns a stored object into this kind's form (for kinds that view another's storage).
+    fn stored_to_view(&self, _obj: &mut Value) {}
+
+    /// Turns this kind's form into the stored one.
+    fn view_to_stored(&self, _obj: &mut Value) {}
 
     /// The kind's top-level fields besides `apiVersion`, `kind` and `metadata`, for
     /// `fieldValidation`; `None` accepts any.
@@ -362,11 +374,14 @@ impl Registry {
     }
 
     fn decode(&self, value: &[u8], revision: i64) -> Result<Value> {
-        decode_stored(value, revision)
+        let mut obj = decode_stored(value, revision)?;
+        self.strategy.stored_to_view(&mut obj);
+        Ok(obj)
     }
 
     fn encode(&self, obj: &Value) -> Result<Bytes> {
         let mut obj = obj.clone();
+        self.strategy.view_to_stored(&mut obj);
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("resourceVersion");
         }
@@ -931,7 +946,9 @@ impl Registry {
     /// matching is ADDED, one that stops matching is DELETED.
     fn translate(&self, shared: &cache::SharedEvent, opts: &ListOptions) -> Result<Option<WatchEvent>> {
         let revision = shared.event.kv.mod_revision;
-        let decoded = shared.decoded().ok_or_else(|| RegistryError::Internal("a stored object is not JSON".into()))?;
+        let decoded = shared
+            .decoded(&|obj| self.strategy.stored_to_view(obj))
+            .ok_or_else(|| RegistryError::Internal("a stored object is not JSON".into()))?;
         let old_matches = match &decoded.prev {
             Some(o) => self.matches(o, opts)?,
             None => false,

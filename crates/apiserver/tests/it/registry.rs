@@ -372,3 +372,42 @@ async fn send_initial_events_ends_the_state_with_a_marked_bookmark() -> Result<(
     ensure!(kind == "ADDED" && obj["metadata"]["name"] == "c", "no replay of a and b: {obj}");
     Ok(())
 }
+
+#[tokio::test]
+async fn events_k8s_io_is_a_view_of_core_events() -> Result<()> {
+    let f = Fixture::new()?;
+    let core = f.registry("events")?;
+    let view = apiserver::kinds::views().into_iter().next().context("events.k8s.io view")?;
+    ensure!(view.info().group == "events.k8s.io");
+    let v1 = Registry::new(f.store.clone(), Arc::new(view));
+    let s = ns("acme", "default");
+    let mut w = v1.watch(&s, &ListOptions::default(), false).await?;
+    let created = v1
+        .create(
+            &s,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1"},
+                   "regarding": {"kind": "Pod", "name": "p"}, "note": "pulled", "reason": "Pulled", "type": "Normal",
+                   "reportingController": "atoll", "eventTime": "2026-11-22T00:00:00Z"}),
+            false,
+        )
+        .await?;
+    ensure!(created["note"] == "pulled" && created["apiVersion"] == "events.k8s.io/v1");
+    let as_core = core.get(&s, "e1").await?;
+    ensure!(
+        as_core["message"] == "pulled" && as_core["involvedObject"]["name"] == "p" && as_core["apiVersion"] == "v1"
+    );
+    ensure!(as_core["reportingComponent"] == "atoll" && as_core.get("note").is_none(), "{as_core}");
+    core.create(&s, json!({"metadata": {"name": "e2"}, "involvedObject": {"kind": "Pod", "name": "q"}, "message": "hi", "count": 2}), false).await?;
+    let as_v1 = v1.get(&s, "e2").await?;
+    ensure!(as_v1["note"] == "hi" && as_v1["regarding"]["name"] == "q" && as_v1["deprecatedCount"] == 2, "{as_v1}");
+    let listed = v1
+        .list(&s, &ListOptions { field_selector: FieldSelector::parse("regarding.name=q")?, ..ListOptions::default() })
+        .await?;
+    ensure!(names(&listed) == vec!["e2"]);
+    for want in ["e1", "e2"] {
+        let (kind, obj) = next(&mut w).await?;
+        ensure!(kind == "ADDED" && obj["metadata"]["name"] == want && obj["apiVersion"] == "events.k8s.io/v1", "{obj}");
+        ensure!(obj.get("note").is_some() && obj.get("message").is_none(), "watch events are in the view's form");
+    }
+    Ok(())
+}
