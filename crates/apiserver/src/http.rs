@@ -824,6 +824,13 @@ impl Api {
                     self.check_tenant_empty(&name).await?;
                 }
                 let body = Self::read_body(req).await.unwrap_or(Value::Null);
+                let grace = match q.get("gracePeriodSeconds") {
+                    Some(g) => Some(
+                        g.parse::<i64>()
+                            .map_err(|_| Status::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+                    ),
+                    None => body.get("gracePeriodSeconds").and_then(Value::as_i64),
+                };
                 let opts = DeleteOptions {
                     dry_run: dry,
                     precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
@@ -831,6 +838,7 @@ impl Api {
                         .pointer("/preconditions/resourceVersion")
                         .and_then(Value::as_str)
                         .map(str::to_string),
+                    grace_period_seconds: grace,
                 };
                 ok(registry.delete(&scope, &name, &opts).await.map_err(registry_err)?)
             }

@@ -33,6 +33,17 @@ impl Strategy for Kind {
     fn selectable_fields(&self) -> &[&str] {
         self.fields
     }
+    /// A pod bound to a node is stopped by that node's agent, which deletes it when its
+    /// containers are gone (or the grace period ends); an unbound pod goes at once.
+    fn grace_period(&self, obj: &Value, requested: Option<i64>) -> Option<i64> {
+        if self.info.kind != "Pod" || obj.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
+            return None;
+        }
+        let default = obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+        let grace = requested.unwrap_or(default).max(0);
+        // Zero from a client is a forced deletion: it is not waited for.
+        (grace > 0).then_some(grace)
+    }
     fn top_level_fields(&self) -> Option<&[&str]> {
         Some(match self.info.kind.as_str() {
             "ConfigMap" => &["data", "binaryData", "immutable"],

@@ -80,6 +80,12 @@ pub trait Strategy: Send + Sync + 'static {
         &[]
     }
 
+    /// The grace period a deletion of `obj` must wait for (someone else, e.g. a node
+    /// agent, finishes it), given the one requested; `None` deletes at once.
+    fn grace_period(&self, _obj: &Value, _requested: Option<i64>) -> Option<i64> {
+        None
+    }
+
     /// Turns a stored object into this kind's form (for kinds that view another's storage).
     fn stored_to_view(&self, _obj: &mut Value) {}
 
@@ -189,6 +195,8 @@ pub struct DeleteOptions {
     pub dry_run: bool,
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
+    /// `gracePeriodSeconds`: `None` lets the kind decide.
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// One watch event, ready to be written as `{"type": ..., "object": ...}`.
@@ -679,8 +687,12 @@ impl Registry {
                 return Err(self.invalid(name, errors));
             }
             let new_meta = object::meta(&new)?;
-            // A terminating object whose last finalizer is gone is deleted now.
-            if new_meta.deletion_timestamp.is_some() && new_meta.finalizers.as_ref().is_none_or(Vec::is_empty) {
+            // A terminating object whose last finalizer is gone is deleted now, unless it is
+            // in a grace period that someone else (a node agent) ends.
+            if new_meta.deletion_timestamp.is_some()
+                && new_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+                && new_meta.finalizers.as_ref().is_none_or(Vec::is_empty)
+            {
                 if dry_run {
                     return Ok(new);
                 }
@@ -802,12 +814,20 @@ impl Registry {
                         ),
                     ));
             }
-            if meta.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
-                if meta.deletion_timestamp.is_some() {
+            let grace = self.strategy.grace_period(&obj, opts.grace_period_seconds);
+            let finalizers = meta.finalizers.as_ref().is_some_and(|f| !f.is_empty());
+            if finalizers || grace.is_some() {
+                let grace = grace.unwrap_or(0);
+                // Already terminating: only a shorter grace period changes anything.
+                if meta.deletion_timestamp.is_some() && meta.deletion_grace_period_seconds.is_some_and(|g| g <= grace) {
                     return Ok(obj);
                 }
-                meta.deletion_timestamp = Some(object::now_rfc3339());
-                meta.deletion_grace_period_seconds = Some(0);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                meta.deletion_timestamp = Some(object::rfc3339(now + grace));
+                meta.deletion_grace_period_seconds = Some(grace);
                 meta.resource_version = None;
                 object::set_meta(&mut obj, &meta)?;
                 if opts.dry_run {

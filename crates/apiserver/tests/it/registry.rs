@@ -411,3 +411,39 @@ async fn events_k8s_io_is_a_view_of_core_events() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn bound_pods_are_deleted_gracefully_and_unbound_ones_at_once() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("pods")?;
+    let s = ns("acme", "default");
+    let pod = |name: &str, node: &str| {
+        json!({"metadata": {"name": name}, "spec": {"nodeName": node, "terminationGracePeriodSeconds": 20,
+               "containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    r.create(&s, pod("unbound", ""), false).await?;
+    r.delete(&s, "unbound", &DeleteOptions::default()).await?;
+    ensure!(matches!(r.get(&s, "unbound").await, Err(RegistryError::NotFound { .. })));
+
+    r.create(&s, pod("bound", "n1"), false).await?;
+    let marked = r.delete(&s, "bound", &DeleteOptions::default()).await?;
+    ensure!(
+        marked["metadata"]["deletionGracePeriodSeconds"] == 20 && marked["metadata"]["deletionTimestamp"].is_string()
+    );
+    // The agent's status updates during the grace period keep the pod.
+    let mut status = r.get(&s, "bound").await?;
+    status["status"] = json!({"phase": "Running"});
+    r.update(&s, "bound", status, Some("status"), false).await?;
+    ensure!(r.get(&s, "bound").await.is_ok(), "a terminating pod survives status updates");
+    // A shorter grace period shortens it; a longer one does not lengthen it.
+    let shorter =
+        r.delete(&s, "bound", &DeleteOptions { grace_period_seconds: Some(5), ..DeleteOptions::default() }).await?;
+    ensure!(shorter["metadata"]["deletionGracePeriodSeconds"] == 5);
+    let longer =
+        r.delete(&s, "bound", &DeleteOptions { grace_period_seconds: Some(60), ..DeleteOptions::default() }).await?;
+    ensure!(longer["metadata"]["deletionGracePeriodSeconds"] == 5);
+    // Grace period 0 (the agent, or a forced delete) removes it.
+    r.delete(&s, "bound", &DeleteOptions { grace_period_seconds: Some(0), ..DeleteOptions::default() }).await?;
+    ensure!(matches!(r.get(&s, "bound").await, Err(RegistryError::NotFound { .. })));
+    Ok(())
+}
