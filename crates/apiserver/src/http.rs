@@ -325,6 +325,10 @@ impl Api {
                     "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale",
                     "verbs": ["get", "patch", "update"]}));
             }
+            if r.kind == "Pod" && r.group.is_empty() {
+                resources.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true,
+                    "kind": "Binding", "verbs": ["create"]}));
+            }
             if r.status_subresource {
                 resources.push(json!({"name": format!("{}/status", r.resource), "singularName": "",
                     "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
@@ -465,6 +469,51 @@ impl Api {
             return Err(Status::bad_request("the tenant \"all\" can only be listed or watched"));
         }
         Ok(tenant)
+    }
+
+    /// `POST pods/{name}/binding`: assigns an unassigned pod to a node (what the scheduler
+    /// does). A pod already assigned, or terminating, is a conflict.
+    async fn bind(
+        &self,
+        registry: &Registry,
+        scope: &Scope,
+        r: &ResourceRequest,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Status> {
+        if r.verb != Verb::Create {
+            return Err(Status::method_not_allowed());
+        }
+        let name = r.name.clone().unwrap_or_default();
+        let body = Self::read_body(req).await?;
+        let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+        if node.is_empty() {
+            return Err(Status::invalid("", "Binding", &name, &[api::meta::FieldError::required("target.name", "")]));
+        }
+        if body.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| n != name) {
+            return Err(Status::bad_request("the binding's name does not match the pod's"));
+        }
+        let conflict = |why: String| RegistryError::Conflict {
+            resource: "pods".into(),
+            group: String::new(),
+            name: name.clone(),
+            why,
+        };
+        registry
+            .mutate(scope, &name, |pod| {
+                if let Some(current) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                    return Err(conflict(format!("pod {name} is already assigned to node {current:?}")));
+                }
+                if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                    return Err(conflict(format!("pod {name} is being deleted, cannot be assigned to a host")));
+                }
+                pod["spec"]["nodeName"] = json!(node);
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_status())?;
+        let mut ok = Status::success();
+        ok.code = 201;
+        Ok(respond(StatusCode::CREATED, serde_json::to_value(ok).unwrap_or(Value::Null)))
     }
 
     /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.
@@ -662,12 +711,16 @@ impl Api {
             None => {}
             Some("status") if info.status_subresource => {}
             Some("scale") if info.scale_subresource => {}
+            Some("binding") if info.kind == "Pod" && info.group.is_empty() => {}
             Some(_) => return Err(not_found()),
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
         let q = query_map(req.uri().query());
         if r.subresource.as_deref() == Some("scale") {
             return self.scale(registry, &scope, &r, &q, req).await;
+        }
+        if r.subresource.as_deref() == Some("binding") {
+            return self.bind(registry, &scope, &r, req).await;
         }
         let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         // Server-side printing, for reads of the main resource.

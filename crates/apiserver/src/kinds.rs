@@ -30,6 +30,9 @@ impl Strategy for Kind {
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
         (self.validate)(obj)
     }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        if self.info.kind == "Pod" { validate_pod_update(new, old) } else { Vec::new() }
+    }
     fn selectable_fields(&self) -> &[&str] {
         self.fields
     }
@@ -172,6 +175,43 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
         return vec![FieldError::invalid("metadata.name", name, "a tenant name must be a DNS-1123 label")];
     }
     Vec::new()
+}
+
+/// A pod's spec is fixed once created, except container images, the active deadline,
+/// and added tolerations (the node is set through the binding subresource).
+fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
+    let mutable = |spec: &Value| {
+        let mut spec = spec.clone();
+        if let Some(m) = spec.as_object_mut() {
+            m.remove("activeDeadlineSeconds");
+            m.remove("tolerations");
+            for list in ["containers", "initContainers"] {
+                for c in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("image");
+                    }
+                }
+            }
+        }
+        spec
+    };
+    let (new_spec, old_spec) = (new.get("spec").unwrap_or(&Value::Null), old.get("spec").unwrap_or(&Value::Null));
+    let mut errors = Vec::new();
+    if mutable(new_spec) != mutable(old_spec) {
+        errors.push(FieldError::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` or `spec.tolerations` (only additions to existing tolerations)",
+        ));
+    }
+    let tolerations = |spec: &Value| spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let (new_t, old_t) = (tolerations(new_spec), tolerations(old_spec));
+    if !old_t.iter().all(|t| new_t.contains(t)) {
+        errors.push(FieldError::forbidden(
+            "spec.tolerations",
+            "existing toleration can not be modified except its tolerationSeconds",
+        ));
+    }
+    errors
 }
 
 fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool, status: bool) -> ResourceInfo {

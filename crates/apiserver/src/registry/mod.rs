@@ -727,6 +727,31 @@ impl Registry {
         }
     }
 
+    /// Changes an object in place on the server's behalf (e.g. binding a pod to a node):
+    /// `change` sees the current object and edits it; the result is validated as a new
+    /// object (not against the client update rules) and written if nothing changed in
+    /// between, else `change` runs again on the newer version.
+    pub async fn mutate(&self, scope: &Scope, name: &str, change: impl Fn(&mut Value) -> Result<()>) -> Result<Value> {
+        let key = self.key(scope, name)?;
+        loop {
+            let (current, _) = self.store.get(key.clone(), None).await?;
+            let current = current.ok_or_else(|| self.not_found(name))?;
+            let mut obj = self.decode(&current.value, current.mod_revision)?;
+            change(&mut obj)?;
+            let errors = self.strategy.validate(&obj);
+            if !errors.is_empty() {
+                return Err(self.invalid(name, errors));
+            }
+            match self.store.update(key.clone(), self.encode(&obj)?, current.mod_revision).await? {
+                Ok(revision) => {
+                    set_rv(&mut obj, revision);
+                    return Ok(obj);
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+
     /// The object an update stores: the client's object with server-owned metadata kept,
     /// status or everything-but-status kept as the subresource says, and `generation`
     /// bumped when the spec changed.

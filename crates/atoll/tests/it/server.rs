@@ -475,3 +475,57 @@ fn discovery_answers_in_the_version_asked_for() -> Result<()> {
     ensure!(body.contains("\"kind\":\"APIVersions\""), "legacy discovery: {body}");
     Ok(())
 }
+
+#[test]
+fn pods_bind_once_and_keep_their_spec() -> Result<()> {
+    let server = Server::start()?;
+    let k = Kubectl::new(33, &server)?;
+    k.ok(&["run", "p", "--image=busybox", "--", "sleep", "60"])?;
+    let pki = server.dir.path().join("pki");
+    let bind = |node: &str| -> Result<String> {
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"p"}},"target":{{"kind":"Node","name":"{node}"}}}}"#
+        );
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+                "--cacert",
+            ])
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("admin.crt"))
+            .arg("--key")
+            .arg(pki.join("admin.key"))
+            .arg(format!("https://{}/api/v1/namespaces/default/pods/p/binding", server.addr))
+            .output()
+            .context("curl is needed for this test")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let first = bind("node-1")?;
+    ensure!(first.ends_with("201"), "first binding: {first}");
+    ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"])? == "node-1");
+    let second = bind("node-2")?;
+    ensure!(second.ends_with("409") && second.contains("already assigned"), "second binding: {second}");
+    // The spec is fixed after creation, apart from images.
+    let err = k.fails(&["patch", "pod", "p", "--type=merge", "-p", r#"{"spec":{"restartPolicy":"Never"}}"#])?;
+    ensure!(err.contains("pod updates may not change fields"), "{err}");
+    k.ok(&["set", "image", "pod/p", "p=busybox:2"])?;
+    ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.containers[0].image}"])? == "busybox:2");
+    // A bound pod is deleted gracefully: it stays, terminating, until its node's agent
+    // (not running here) finishes; a grace period of 0 ends it.
+    k.ok(&["delete", "pod", "p", "--wait=false"])?;
+    ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.deletionGracePeriodSeconds}"])? == "30");
+    k.ok(&["delete", "pod", "p", "--grace-period=0", "--force"])?;
+    ensure!(k.fails(&["get", "pod", "p"])?.contains("NotFound"));
+    Ok(())
+}
