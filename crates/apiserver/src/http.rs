@@ -600,10 +600,44 @@ impl Api {
         }
     }
 
-    fn tenants(&self) -> Result<&Arc<Registry>, Status> {
+    /// The namespaces every cluster has, in the system tenant.
+    pub async fn ensure_system_namespaces(&self) -> Result<(), Status> {
+        let namespaces = self.registry("", "namespaces")?;
+        let scope = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match namespaces.create(&scope, ns, false).await {
+                Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.to_status()),
+            }
+        }
+        Ok(())
+    }
+
+    fn registry(&self, group: &str, resource: &str) -> Result<&Arc<Registry>, Status> {
         self.registries
-            .get(&("atoll.io".to_string(), "tenants".to_string()))
-            .ok_or_else(|| Status::internal("the Tenant kind is not registered"))
+            .get(&(group.to_string(), resource.to_string()))
+            .ok_or_else(|| Status::internal(format!("the {resource} kind is not registered")))
+    }
+
+    /// Objects are created only in namespaces that exist and are not being deleted
+    /// (Kubernetes' namespace lifecycle admission).
+    async fn check_namespace(&self, tenant: &str, namespace: &str) -> Result<(), Status> {
+        let scope = Scope { tenant: Some(tenant.to_string()), namespace: None };
+        match self.registry("", "namespaces")?.get(&scope, namespace).await {
+            Ok(ns) if ns.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) => Err(Status::failure(
+                403,
+                "Forbidden",
+                format!("unable to create new content in namespace {namespace} because it is being terminated"),
+            )),
+            Ok(_) => Ok(()),
+            Err(RegistryError::NotFound { .. }) => Err(Status::not_found("", "namespaces", namespace)),
+            Err(e) => Err(e.to_status()),
+        }
+    }
+
+    fn tenants(&self) -> Result<&Arc<Registry>, Status> {
+        self.registry("atoll.io", "tenants")
     }
 
     /// A named tenant must exist (as a Tenant object); `system` always does.
@@ -817,6 +851,9 @@ impl Api {
                 let dry = dry_run(&q)?;
                 let body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
+                if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
+                    self.check_namespace(tenant, namespace).await?;
+                }
                 let created = registry.create(&scope, body, dry).await.map_err(registry_err)?;
                 Ok(with_warnings(respond(StatusCode::CREATED, created), &warnings))
             }
@@ -926,6 +963,8 @@ pub enum ServeError {
     Pki(#[from] pki::PkiError),
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Setup(String),
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -980,7 +1019,11 @@ impl Server {
         };
         let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
-        Ok(Server { listener, acceptor, api: Arc::new(Api::new(store)), kubeconfig })
+        let api = Api::new(store);
+        api.ensure_system_namespaces()
+            .await
+            .map_err(|e| ServeError::Setup(format!("creating the system namespaces: {}", e.message)))?;
+        Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

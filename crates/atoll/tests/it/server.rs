@@ -119,6 +119,11 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(version.contains("\"minor\": \"33\""), "server version: {version}");
     ensure!(k.ok(&["get", "--raw", "/healthz"])? == "ok");
     let ns = format!("e2e-{minor}");
+    // The cluster's own namespaces exist; objects go only into namespaces that exist.
+    let system_namespaces = k.ok(&["get", "namespaces", "-o", "name"])?;
+    ensure!(system_namespaces.contains("namespace/default") && system_namespaces.contains("namespace/kube-system"));
+    let missing = k.fails(&["create", "configmap", "x", "-n", "no-such-namespace"])?;
+    ensure!(missing.contains("namespaces \"no-such-namespace\" not found"), "{missing}");
     // Typed commands: kubectl 1.32+ send them as protobuf, older ones as JSON.
     k.ok(&["create", "namespace", &ns])?;
     k.ok(&["create", "secret", "generic", "s1", "-n", &ns, "--from-literal=pw=hunter2"])?;
