@@ -148,19 +148,97 @@ fn is_base64(s: &str) -> bool {
 }
 
 fn validate_pod(obj: &Value) -> Vec<FieldError> {
+    use api::meta::FieldErrorKind;
     let mut errors = Vec::new();
-    match obj.pointer("/spec/containers").and_then(Value::as_array) {
-        Some(containers) if !containers.is_empty() => {
-            for (i, c) in containers.iter().enumerate() {
-                if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    errors.push(FieldError::required(format!("spec.containers[{i}].name"), ""));
+    let not_supported = |field: String, value: &str, allowed: &[&str]| FieldError {
+        field,
+        kind: FieldErrorKind::NotSupported(value.to_string(), allowed.iter().map(|a| a.to_string()).collect()),
+        detail: String::new(),
+    };
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let volumes: Vec<&str> = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .collect();
+    for (i, name) in volumes.iter().enumerate() {
+        if !api::request::is_dns_label(name) {
+            errors.push(FieldError::invalid(format!("spec.volumes[{i}].name"), name, "must be a DNS-1123 label"));
+        }
+        if volumes[..i].contains(name) {
+            errors.push(FieldError {
+                field: format!("spec.volumes[{i}].name"),
+                kind: FieldErrorKind::Duplicate(name.to_string()),
+                detail: String::new(),
+            });
+        }
+    }
+    let mut names: Vec<String> = Vec::new();
+    for list in ["initContainers", "containers"] {
+        let containers = spec.get(list).and_then(Value::as_array);
+        if list == "containers" && containers.is_none_or(|c| c.is_empty()) {
+            errors.push(FieldError::required("spec.containers", ""));
+        }
+        for (i, c) in containers.into_iter().flatten().enumerate() {
+            let at = format!("spec.{list}[{i}]");
+            match c.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                None => errors.push(FieldError::required(format!("{at}.name"), "")),
+                Some(n) if !api::request::is_dns_label(n) => {
+                    errors.push(FieldError::invalid(format!("{at}.name"), n, "must be a DNS-1123 label"))
                 }
-                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    errors.push(FieldError::required(format!("spec.containers[{i}].image"), ""));
+                Some(n) if names.iter().any(|m| m == n) => errors.push(FieldError {
+                    field: format!("{at}.name"),
+                    kind: FieldErrorKind::Duplicate(n.to_string()),
+                    detail: String::new(),
+                }),
+                Some(n) => names.push(n.to_string()),
+            }
+            if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                errors.push(FieldError::required(format!("{at}.image"), ""));
+            }
+            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                if !(1..=65535).contains(&port) {
+                    errors.push(FieldError::invalid(
+                        format!("{at}.ports[{j}].containerPort"),
+                        port,
+                        "must be between 1 and 65535, inclusive",
+                    ));
+                }
+                if let Some(proto) = p.get("protocol").and_then(Value::as_str)
+                    && !matches!(proto, "TCP" | "UDP" | "SCTP")
+                {
+                    errors.push(not_supported(format!("{at}.ports[{j}].protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                }
+            }
+            for (j, e) in c.get("env").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let name = e.get("name").and_then(Value::as_str).unwrap_or("");
+                if name.is_empty() || name.contains('=') {
+                    errors.push(FieldError::invalid(
+                        format!("{at}.env[{j}].name"),
+                        name,
+                        "must be a non-empty name without '='",
+                    ));
+                }
+            }
+            for (j, m) in c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let name = m.get("name").and_then(Value::as_str).unwrap_or("");
+                if !volumes.contains(&name) {
+                    errors.push(FieldError {
+                        field: format!("{at}.volumeMounts[{j}].name"),
+                        kind: FieldErrorKind::NotFound(name.to_string()),
+                        detail: String::new(),
+                    });
                 }
             }
         }
-        _ => errors.push(FieldError::required("spec.containers", "")),
+    }
+    if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str)
+        && !matches!(policy, "Always" | "OnFailure" | "Never")
+    {
+        errors.push(not_supported("spec.restartPolicy".into(), policy, &["Always", "OnFailure", "Never"]));
     }
     errors
 }

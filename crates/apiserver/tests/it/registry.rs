@@ -455,3 +455,40 @@ async fn bound_pods_are_deleted_gracefully_and_unbound_ones_at_once() -> Result<
     ensure!(matches!(r.get(&s, "bound").await, Err(RegistryError::NotFound { .. })));
     Ok(())
 }
+
+#[tokio::test]
+async fn pod_validation_reports_every_error() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("pods")?;
+    let bad = json!({"metadata": {"name": "p"}, "spec": {
+    "restartPolicy": "Sometimes",
+    "volumes": [{"name": "data"}, {"name": "data"}],
+    "containers": [
+        {"name": "app", "image": "busybox", "ports": [{"containerPort": 70000, "protocol": "HTTP"}],
+         "env": [{"name": ""}], "volumeMounts": [{"name": "missing", "mountPath": "/m"}]},
+        {"name": "app"},
+        {"name": "Bad_Name", "image": "x"}
+    ]}});
+    match r.create(&ns("acme", "default"), bad, false).await {
+        Err(RegistryError::Invalid { errors, .. }) => {
+            let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+            ensure!(
+                fields
+                    == vec![
+                        "spec.volumes[1].name",
+                        "spec.containers[0].ports[0].containerPort",
+                        "spec.containers[0].ports[0].protocol",
+                        "spec.containers[0].env[0].name",
+                        "spec.containers[0].volumeMounts[0].name",
+                        "spec.containers[1].name",
+                        "spec.containers[1].image",
+                        "spec.containers[2].name",
+                        "spec.restartPolicy",
+                    ],
+                "{fields:?}"
+            );
+        }
+        other => bail!("an invalid pod gave {other:?}"),
+    }
+    Ok(())
+}
