@@ -151,6 +151,8 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(k.ok(&["get", "namespaces", "-o", "name"])?.contains(&format!("namespace/{ns}")));
     ensure!(k.ok(&["get", "ns", &ns, "-o", "jsonpath={.status.phase}"])? == "Active");
     ensure!(k.ok(&["api-resources", "-o", "name"])?.contains("configmaps"), "discovery");
+    let explained = k.ok(&["explain", "configmaps"])?;
+    ensure!(explained.contains("KIND:") && explained.contains("ConfigMap"), "kubectl explain: {explained}");
 
     k.ok_with(&["create", "-f", "-"], Some(&configmap("c1", &ns)))?;
     // Validation is the server's (kubectl learns that from OpenAPI and asks for Strict).
