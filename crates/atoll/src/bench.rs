@@ -92,6 +92,16 @@ pub(crate) async fn gather(
     Ok((all, finished))
 }
 
+/// A real etcd on loopback and a store client for it, unless `skip`.
+pub(crate) async fn start_etcd(skip: bool) -> Result<Option<(store::etcd_process::EtcdProcess, Arc<dyn Store>)>> {
+    if skip {
+        return Ok(None);
+    }
+    let process = store::etcd_process::EtcdProcess::start().context("starting etcd (apt-get install etcd-server)")?;
+    let client: Arc<dyn Store> = Arc::new(store::etcd::EtcdStore::connect(&[process.endpoint()]).await?);
+    Ok(Some((process, client)))
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -191,14 +201,7 @@ async fn store_bench(args: StoreBenchArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&base)?;
     let embedded: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&base.join("embedded"))?);
-    let etcd = if args.no_etcd {
-        None
-    } else {
-        let process =
-            store::etcd_process::EtcdProcess::start().context("starting etcd (apt-get install etcd-server)")?;
-        let client: Arc<dyn Store> = Arc::new(store::etcd::EtcdStore::connect(&[process.endpoint()]).await?);
-        Some((process, client))
-    };
+    let etcd = start_etcd(args.no_etcd).await?;
     let value = Bytes::from(vec![b'v'; args.value_size]);
     println!("durable puts, {}-byte values, {} s per cell", args.value_size, args.seconds);
     println!("{:>6} | {:>24} | {:>24} | {:>6}", "conc", "embedded ops/s p50/p99 ms", "etcd ops/s p50/p99 ms", "ratio");

@@ -17,9 +17,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use store::Store;
 
-use crate::bench::{Rate, bench_puts, gather, ms, percentile, summarize};
+use crate::bench::{Rate, bench_puts, gather, ms, percentile, start_etcd, summarize};
 
 #[derive(clap::Args)]
 pub struct ApiBenchArgs {
@@ -166,14 +165,7 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
     let server = start_server()?;
     let tls = tls_config(&server.dir)?;
     let mut admin = connect(&server.addr, &tls).await?;
-    let etcd = if args.no_etcd {
-        None
-    } else {
-        let process =
-            store::etcd_process::EtcdProcess::start().context("starting etcd (apt-get install etcd-server)")?;
-        let client: Arc<dyn Store> = Arc::new(store::etcd::EtcdStore::connect(&[process.endpoint()]).await?);
-        Some((process, client))
-    };
+    let etcd = start_etcd(args.no_etcd).await?;
 
     println!("pod creates over HTTPS (one connection per client), {} s per cell", args.seconds);
     println!(
