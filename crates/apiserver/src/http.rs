@@ -61,25 +61,44 @@ impl From<CertIdentity> for User {
     }
 }
 
-/// Short names and the singular used in discovery.
-fn short_names(resource: &str) -> &'static [&'static str] {
-    match resource {
-        "namespaces" => &["ns"],
-        "pods" => &["po"],
-        "nodes" => &["no"],
-        "configmaps" => &["cm"],
-        "serviceaccounts" => &["sa"],
-        "services" => &["svc"],
-        "events" => &["ev"],
-        "replicasets" => &["rs"],
-        "deployments" => &["deploy"],
-        _ => &[],
+/// How a kind prints as a Table: built-in columns by kind, or a definition's columns.
+struct Printer {
+    kind: String,
+    version: &'static str,
+    columns: Option<Vec<Value>>,
+}
+
+impl Printer {
+    fn table(&self, items: &[Value], meta: Value) -> Value {
+        match &self.columns {
+            Some(columns) => crate::table::custom_table(columns, self.version, items, meta),
+            None => crate::table::table(&self.kind, self.version, items, meta),
+        }
     }
+}
+
+/// Sets the value at a JSON pointer, creating objects on the way.
+fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
+    let mut cur = obj;
+    for seg in pointer.split('/').skip(1) {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let Value::Object(m) = cur else { return };
+        cur = m.entry(seg.to_string()).or_insert(Value::Null);
+    }
+    *cur = value;
+}
+
+fn resource_version(obj: &Value) -> i64 {
+    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
 /// The API: every kind's registry, keyed by (group, resource).
 pub struct Api {
     registries: BTreeMap<(String, String), Arc<Registry>>,
+    /// The custom resources each tenant's definitions serve.
+    crds: Arc<crate::crd::Catalog>,
 }
 
 fn respond(code: StatusCode, body: Value) -> Response<Body> {
@@ -251,44 +270,78 @@ impl hyper::body::Body for ChannelBody {
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn Store>) -> Api {
+    /// The API over `store`: the built-in kinds, and the custom resources of the stored
+    /// definitions (followed from now on).
+    pub async fn start(store: Arc<dyn Store>) -> Result<Api, ServeError> {
         let strategies = crate::kinds::builtin()
             .into_iter()
             .map(|k| Arc::new(k) as Arc<dyn Strategy>)
-            .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>));
-        let registries = strategies
+            .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
+            .chain(std::iter::once(Arc::new(crate::crd::definition_strategy()) as Arc<dyn Strategy>));
+        let registries: BTreeMap<(String, String), Arc<Registry>> = strategies
             .map(|k| {
                 let key = (k.info().group.clone(), k.info().resource.clone());
                 (key, Arc::new(Registry::new(store.clone(), k)))
             })
             .collect();
-        Api { registries }
+        let definitions = registries
+            .get(&(crate::crd::GROUP.to_string(), "customresourcedefinitions".to_string()))
+            .cloned()
+            .ok_or_else(|| ServeError::Setup("the CustomResourceDefinition kind is not registered".into()))?;
+        let crds = crate::crd::Catalog::start(store, definitions)
+            .await
+            .map_err(|e| ServeError::Setup(format!("loading custom resource definitions: {e}")))?;
+        Ok(Api { registries, crds })
     }
 
-    fn group_versions(&self) -> BTreeMap<String, String> {
-        self.registries.values().map(|r| (r.info().group.clone(), r.info().version.clone())).collect()
+    /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
+    /// own and the system tenant's definitions.
+    fn served(&self, tenant: &str) -> Vec<Arc<Registry>> {
+        let mut all: Vec<Arc<Registry>> = self.registries.values().cloned().collect();
+        for served in self.crds.visible(tenant) {
+            all.extend(served.versions.iter().cloned());
+        }
+        all
     }
 
-    /// Discovery and OpenAPI documents, or `None` if `path` is not one.
-    fn discovery(&self, path: &str) -> Option<Value> {
+    /// Each group's versions, preferred first.
+    fn group_versions(served: &[Arc<Registry>]) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in served {
+            let versions = out.entry(r.info().group.clone()).or_default();
+            if !versions.contains(&r.info().version) {
+                versions.push(r.info().version.clone());
+            }
+        }
+        for versions in out.values_mut() {
+            versions.sort_by_key(|v| std::cmp::Reverse(crate::crd::version_priority(v)));
+        }
+        out
+    }
+
+    /// Discovery and OpenAPI documents as `tenant` sees them, or `None` if `path` is not
+    /// one.
+    fn discovery(&self, path: &str, tenant: &str) -> Option<Value> {
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let kinds: Vec<&crate::registry::ResourceInfo> = self.registries.values().map(|r| r.info()).collect();
+        let served = self.served(tenant);
+        let kinds: Vec<&Registry> = served.iter().map(|r| &**r).collect();
         match segs.as_slice() {
             ["openapi", "v3"] => return Some(crate::openapi::root(&kinds)),
             ["openapi", "v3", "api", v] => {
-                let known = kinds.iter().any(|i| i.group.is_empty() && i.version == *v);
+                let known = kinds.iter().any(|r| r.info().group.is_empty() && r.info().version == *v);
                 return known.then(|| crate::openapi::group_version_doc(&kinds, "", v));
             }
             ["openapi", "v3", "apis", g, v] => {
-                let known = kinds.iter().any(|i| i.group == *g && i.version == *v);
+                let known = kinds.iter().any(|r| r.info().group == *g && r.info().version == *v);
                 return known.then(|| crate::openapi::group_version_doc(&kinds, g, v));
             }
             _ => {}
         }
-        let versions = self.group_versions();
-        let group_doc = |g: &str, v: &str| {
-            json!({"name": g, "versions": [{"groupVersion": format!("{g}/{v}"), "version": v}],
-                   "preferredVersion": {"groupVersion": format!("{g}/{v}"), "version": v}})
+        let versions = Self::group_versions(&served);
+        let group_doc = |g: &str, vs: &[String]| {
+            let list: Vec<Value> =
+                vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            json!({"name": g, "versions": list, "preferredVersion": list.first().cloned().unwrap_or(Value::Null)})
         };
         match segs.as_slice() {
             ["api"] => Some(json!({"kind": "APIVersions", "versions": ["v1"],
@@ -301,23 +354,24 @@ impl Api {
                 doc["apiVersion"] = json!("v1");
                 doc
             }),
-            ["api", "v1"] => Some(self.resource_list("", "v1")),
-            ["apis", g, v] if versions.get(*g).is_some_and(|have| have == v) => Some(self.resource_list(g, v)),
+            ["api", "v1"] => Some(Self::resource_list(&served, "", "v1")),
+            ["apis", g, v] if versions.get(*g).is_some_and(|have| have.iter().any(|h| h == v)) => {
+                Some(Self::resource_list(&served, g, v))
+            }
             _ => None,
         }
     }
 
-    fn resource_list(&self, group: &str, version: &str) -> Value {
+    fn resource_list(served: &[Arc<Registry>], group: &str, version: &str) -> Value {
         let mut resources = Vec::new();
-        for r in self.registries.values().map(|r| r.info()).filter(|i| i.group == group && i.version == version) {
+        for r in served.iter().map(|r| r.info()).filter(|i| i.group == group && i.version == version) {
             let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
             let mut doc = json!({
                 "name": r.resource, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
-                "kind": r.kind, "verbs": verbs, "shortNames": short_names(&r.resource),
+                "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
             });
-            // `kubectl get all` lists the kinds in the "all" category.
-            if matches!(r.resource.as_str(), "pods" | "services" | "deployments" | "replicasets") {
-                doc["categories"] = json!(["all"]);
+            if !r.categories.is_empty() {
+                doc["categories"] = json!(r.categories);
             }
             resources.push(doc);
             if r.scale_subresource {
@@ -340,40 +394,45 @@ impl Api {
 
     /// Aggregated discovery (`apidiscovery.k8s.io`) for the core group (`/api`) or the
     /// named groups (`/apis`), built from the same resource lists as legacy discovery.
-    fn aggregated(&self, core: bool, version: &str) -> Value {
+    fn aggregated(&self, core: bool, version: &str, tenant: &str) -> Value {
         let mut items = Vec::new();
-        for (group, v) in self.group_versions().into_iter().filter(|(g, _)| g.is_empty() == core) {
-            let legacy = self.resource_list(&group, &v);
-            let mut resources: Vec<Value> = Vec::new();
-            for r in legacy["resources"].as_array().into_iter().flatten() {
-                let name = r["name"].as_str().unwrap_or("");
-                let kind = json!({"group": r.get("group").cloned().unwrap_or(json!(group)),
+        let served = self.served(tenant);
+        for (group, versions) in Self::group_versions(&served).into_iter().filter(|(g, _)| g.is_empty() == core) {
+            let mut version_docs = Vec::new();
+            for v in versions {
+                let legacy = Self::resource_list(&served, &group, &v);
+                let mut resources: Vec<Value> = Vec::new();
+                for r in legacy["resources"].as_array().into_iter().flatten() {
+                    let name = r["name"].as_str().unwrap_or("");
+                    let kind = json!({"group": r.get("group").cloned().unwrap_or(json!(group)),
                                   "version": r.get("version").cloned().unwrap_or(json!(v)), "kind": r["kind"]});
-                match name.split_once('/') {
-                    Some((parent, sub)) => {
-                        if let Some(p) = resources.iter_mut().find(|p| p["resource"] == parent) {
-                            let subs = p["subresources"].as_array_mut();
-                            let entry = json!({"subresource": sub, "responseKind": kind, "verbs": r["verbs"]});
-                            match subs {
-                                Some(list) => list.push(entry),
-                                None => p["subresources"] = json!([entry]),
+                    match name.split_once('/') {
+                        Some((parent, sub)) => {
+                            if let Some(p) = resources.iter_mut().find(|p| p["resource"] == parent) {
+                                let subs = p["subresources"].as_array_mut();
+                                let entry = json!({"subresource": sub, "responseKind": kind, "verbs": r["verbs"]});
+                                match subs {
+                                    Some(list) => list.push(entry),
+                                    None => p["subresources"] = json!([entry]),
+                                }
                             }
                         }
-                    }
-                    None => {
-                        let mut doc = json!({
-                            "resource": name, "responseKind": kind,
-                            "scope": if r["namespaced"] == json!(true) { "Namespaced" } else { "Cluster" },
-                            "singularResource": r["singularName"], "verbs": r["verbs"], "shortNames": r["shortNames"],
-                        });
-                        if let Some(c) = r.get("categories") {
-                            doc["categories"] = c.clone();
+                        None => {
+                            let mut doc = json!({
+                                "resource": name, "responseKind": kind,
+                                "scope": if r["namespaced"] == json!(true) { "Namespaced" } else { "Cluster" },
+                                "singularResource": r["singularName"], "verbs": r["verbs"], "shortNames": r["shortNames"],
+                            });
+                            if let Some(c) = r.get("categories") {
+                                doc["categories"] = c.clone();
+                            }
+                            resources.push(doc);
                         }
-                        resources.push(doc);
                     }
                 }
+                version_docs.push(json!({"version": v, "resources": resources, "freshness": "Current"}));
             }
-            items.push(json!({"metadata": {"name": group}, "versions": [{"version": v, "resources": resources, "freshness": "Current"}]}));
+            items.push(json!({"metadata": {"name": group}, "versions": version_docs}));
         }
         json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
     }
@@ -415,15 +474,16 @@ impl Api {
         };
         match info {
             RequestInfo::NonResource { tenant, path, .. } => {
-                if let Err(s) = self.resolve_tenant(&tenant, &user, Verb::Get) {
-                    return status(s);
-                }
+                let tenant = match self.resolve_tenant(&tenant, &user, Verb::Get) {
+                    Ok(t) => t.unwrap_or_else(|| api::request::SYSTEM_TENANT.to_string()),
+                    Err(s) => return status(s),
+                };
                 if req.method() != Method::GET {
                     return status(Status::method_not_allowed());
                 }
                 if path == "/openapi/v2" {
-                    let kinds: Vec<&crate::registry::ResourceInfo> =
-                        self.registries.values().map(|r| r.info()).collect();
+                    let served = self.served(&tenant);
+                    let kinds: Vec<&crate::registry::ResourceInfo> = served.iter().map(|r| r.info()).collect();
                     let mut resp = Response::new(Full::new(Bytes::from(crate::openapi_v2::document(&kinds))).boxed());
                     resp.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
@@ -433,7 +493,7 @@ impl Api {
                 }
                 let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
                 if let (Some(version), "/api" | "/apis") = (aggregated_version(accept), path.as_str()) {
-                    let mut resp = respond(StatusCode::OK, self.aggregated(path == "/api", version));
+                    let mut resp = respond(StatusCode::OK, self.aggregated(path == "/api", version, &tenant));
                     let content_type =
                         format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
                     if let Ok(v) = hyper::header::HeaderValue::from_str(&content_type) {
@@ -441,7 +501,7 @@ impl Api {
                     }
                     return resp;
                 }
-                match self.discovery(&path) {
+                match self.discovery(&path, &tenant) {
                     Some(doc) => respond(StatusCode::OK, doc),
                     None => status(not_found()),
                 }
@@ -526,21 +586,38 @@ impl Api {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Status> {
         let name = r.name.clone().unwrap_or_default();
+        let builtin = crate::registry::ScalePaths {
+            spec_replicas: "/spec/replicas".into(),
+            status_replicas: "/status/replicas".into(),
+            label_selector: None,
+        };
+        let paths = registry.strategy().scale_paths().cloned();
+        let custom = paths.is_some();
+        let paths = paths.unwrap_or(builtin);
         let to_scale = |obj: &Value| {
-            let selector = obj
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
-                })
-                .unwrap_or_default();
+            let selector = if custom {
+                paths
+                    .label_selector
+                    .as_deref()
+                    .and_then(|p| obj.pointer(p))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            } else {
+                obj.pointer("/spec/selector/matchLabels")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+                    })
+                    .unwrap_or_default()
+            };
             let meta = &obj["metadata"];
             json!({
                 "kind": "Scale", "apiVersion": "autoscaling/v1",
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
                              "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
-                "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
-                "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+                "spec": {"replicas": obj.pointer(&paths.spec_replicas).cloned().unwrap_or(json!(if custom { 0 } else { 1 }))},
+                "status": {"replicas": obj.pointer(&paths.status_replicas).cloned().unwrap_or(json!(0)), "selector": selector},
             })
         };
         let ok = |v: Value| Ok(respond(StatusCode::OK, v));
@@ -579,7 +656,7 @@ impl Api {
                     let pinned =
                         scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|v| !v.is_empty());
                     let mut updated = current.clone();
-                    updated["spec"]["replicas"] = json!(replicas);
+                    set_pointer(&mut updated, &paths.spec_replicas, json!(replicas));
                     if let Some(rv) = pinned {
                         updated["metadata"]["resourceVersion"] = json!(rv);
                     }
@@ -668,6 +745,14 @@ impl Api {
                 ));
             }
         }
+        if let Some(name) = self.crds.tenant_holds_objects(tenant).await.map_err(|e| e.to_status())? {
+            return Err(Status::conflict(
+                "atoll.io",
+                "tenants",
+                tenant,
+                &format!("the tenant still holds {name}; delete them first"),
+            ));
+        }
         Ok(())
     }
 
@@ -712,15 +797,34 @@ impl Api {
         user: &User,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Status> {
-        let registry = self.registries.get(&(r.group.clone(), r.resource.clone())).ok_or_else(not_found)?;
-        let info = registry.info().clone();
-        if info.version != r.version {
-            return Err(not_found());
-        }
         let mut tenant = self.resolve_tenant(&r.tenant, user, r.verb)?;
         if let Some(t) = &tenant {
             self.check_tenant_exists(t).await?;
         }
+        let (registry, custom) = match self.registries.get(&(r.group.clone(), r.resource.clone())) {
+            Some(builtin) => (builtin.clone(), None),
+            None => {
+                let (served, registry) =
+                    self.crds.lookup(tenant.as_deref(), &r.group, &r.version, &r.resource).ok_or_else(not_found)?;
+                (registry, Some(served))
+            }
+        };
+        let registry = &registry;
+        let info = registry.info().clone();
+        if info.version != r.version {
+            return Err(not_found());
+        }
+        if custom.as_ref().is_some_and(|c| c.terminating) && r.verb == Verb::Create {
+            return Err(Status::failure(
+                405,
+                "MethodNotAllowed",
+                format!(
+                    "create not allowed while custom resource definition {}.{} is terminating",
+                    info.resource, info.group
+                ),
+            ));
+        }
+        let is_definition = info.group == crate::crd::GROUP && info.resource == "customresourcedefinitions";
         if info.group == "atoll.io" && info.resource == "tenants" {
             // Tenants belong to the system tenant, whichever URL names them.
             if !user.is_system_admin() {
@@ -758,8 +862,11 @@ impl Api {
         }
         let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         // Server-side printing, for reads of the main resource.
-        let table = (crate::table::wants_table(&accept) && r.subresource.is_none())
-            .then(|| (info.kind.clone(), crate::table::table_version(&accept)));
+        let table = (crate::table::wants_table(&accept) && r.subresource.is_none()).then(|| Printer {
+            kind: info.kind.clone(),
+            version: crate::table::table_version(&accept),
+            columns: registry.strategy().printer_columns().map(<[Value]>::to_vec),
+        });
         let name = r.name.clone().unwrap_or_default();
         let registry_err = |e: RegistryError| e.to_status();
         let ok = |v: Value| Ok(respond(StatusCode::OK, v));
@@ -767,9 +874,9 @@ impl Api {
             Verb::Get => {
                 let obj = registry.get(&scope, &name).await.map_err(registry_err)?;
                 match &table {
-                    Some((kind, version)) => {
+                    Some(printer) => {
                         let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-                        ok(crate::table::table(kind, version, std::slice::from_ref(&obj), meta))
+                        ok(printer.table(std::slice::from_ref(&obj), meta))
                     }
                     None => ok(obj),
                 }
@@ -777,9 +884,9 @@ impl Api {
             Verb::List => {
                 let list = registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?;
                 match &table {
-                    Some((kind, version)) => {
+                    Some(printer) => {
                         let items = list["items"].as_array().cloned().unwrap_or_default();
-                        ok(crate::table::table(kind, version, &items, list["metadata"].clone()))
+                        ok(printer.table(&items, list["metadata"].clone()))
                     }
                     None => ok(list),
                 }
@@ -823,9 +930,9 @@ impl Api {
                             event = events.recv() => {
                                 let Some(event) = event else { return };
                                 let line = match (&table, &event.encoded) {
-                                    (Some((kind, version)), _) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
+                                    (Some(printer), _) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
                                         let meta = json!({"resourceVersion": event.object["metadata"]["resourceVersion"]});
-                                        let rows = crate::table::table(kind, version, std::slice::from_ref(&*event.object), meta);
+                                        let rows = printer.table(std::slice::from_ref(&*event.object), meta);
                                         watch_line(event.kind, &serde_json::to_vec(&rows).unwrap_or_default())
                                     }
                                     // Shared by every watcher of this change: serialised once.
@@ -855,6 +962,9 @@ impl Api {
                     self.check_namespace(tenant, namespace).await?;
                 }
                 let created = registry.create(&scope, body, dry).await.map_err(registry_err)?;
+                if is_definition {
+                    self.crds.wait_for(resource_version(&created)).await;
+                }
                 Ok(with_warnings(respond(StatusCode::CREATED, created), &warnings))
             }
             Verb::Update => {
@@ -862,7 +972,11 @@ impl Api {
                 let body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
                 let updated = registry.update(&scope, &name, body, r.subresource.as_deref(), dry).await;
-                Ok(with_warnings(respond(StatusCode::OK, updated.map_err(registry_err)?), &warnings))
+                let updated = updated.map_err(registry_err)?;
+                if is_definition {
+                    self.crds.wait_for(resource_version(&updated)).await;
+                }
+                Ok(with_warnings(respond(StatusCode::OK, updated), &warnings))
             }
             Verb::Patch => {
                 let dry = dry_run(&q)?;
@@ -902,7 +1016,12 @@ impl Api {
                     }
                     let warnings = check_fields(registry, &q, &patched)?;
                     match registry.update(&scope, &name, patched, r.subresource.as_deref(), dry).await {
-                        Ok(updated) => return Ok(with_warnings(respond(StatusCode::OK, updated), &warnings)),
+                        Ok(updated) => {
+                            if is_definition {
+                                self.crds.wait_for(resource_version(&updated)).await;
+                            }
+                            return Ok(with_warnings(respond(StatusCode::OK, updated), &warnings));
+                        }
                         Err(RegistryError::Conflict { .. }) if !pinned && attempts < 5 => continue,
                         Err(e) => return Err(e.to_status()),
                     }
@@ -930,7 +1049,11 @@ impl Api {
                         .map(str::to_string),
                     grace_period_seconds: grace,
                 };
-                ok(registry.delete(&scope, &name, &opts).await.map_err(registry_err)?)
+                let deleted = registry.delete(&scope, &name, &opts).await.map_err(registry_err)?;
+                if is_definition {
+                    self.crds.wait_for(resource_version(&deleted)).await;
+                }
+                ok(deleted)
             }
             Verb::DeleteCollection => {
                 let dry = dry_run(&q)?;
@@ -1019,7 +1142,7 @@ impl Server {
         };
         let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
-        let api = Api::new(store);
+        let api = Api::start(store).await?;
         api.ensure_system_namespaces()
             .await
             .map_err(|e| ServeError::Setup(format!("creating the system namespaces: {}", e.message)))?;

@@ -302,6 +302,29 @@ fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool
         status_subresource: status,
         scale_subresource: matches!(kind, "Deployment" | "ReplicaSet"),
         storage: None,
+        short_names: short_names(resource).iter().map(|s| s.to_string()).collect(),
+        // `kubectl get all` lists the kinds in the "all" category.
+        categories: if matches!(resource, "pods" | "services" | "deployments" | "replicasets") {
+            vec!["all".into()]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Discovery's short names of the built-in kinds.
+fn short_names(resource: &str) -> &'static [&'static str] {
+    match resource {
+        "namespaces" => &["ns"],
+        "pods" => &["po"],
+        "nodes" => &["no"],
+        "configmaps" => &["cm"],
+        "serviceaccounts" => &["sa"],
+        "services" => &["svc"],
+        "events" => &["ev"],
+        "replicasets" => &["rs"],
+        "deployments" => &["deploy"],
+        _ => &[],
     }
 }
 

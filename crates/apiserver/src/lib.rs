@@ -4,7 +4,9 @@
 //! [`kinds`]. The HTTP front (TLS, authentication, discovery, OpenAPI, watch encoding)
 //! stacks on these.
 
+pub mod crd;
 pub mod http;
+pub mod jsonpath;
 pub mod kinds;
 pub mod openapi;
 pub mod openapi_v2;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::registry::ResourceInfo;
+use crate::registry::{Registry, ResourceInfo};
 
 /// The schema name of a kind, in Kubernetes' style (`io.k8s.api.core.v1.Pod`).
 fn schema_name(info: &ResourceInfo) -> String {
@@ -79,7 +79,27 @@ fn operation(info: &ResourceInfo, action: &str, verb: &str, list: bool) -> Value
     op
 }
 
-fn kind_schema(info: &ResourceInfo) -> Value {
+fn kind_schema(registry: &Registry) -> Value {
+    let info = registry.info();
+    if let Some(schema) = registry.strategy().openapi_schema() {
+        // A custom resource: its definition's schema, with the fields every object has.
+        let mut doc = schema.clone();
+        if let Some(props) = doc.as_object_mut().map(|m| m.entry("properties").or_insert_with(|| json!({})))
+            && let Some(p) = props.as_object_mut()
+        {
+            p.insert(
+                "apiVersion".into(),
+                json!({"type": "string", "description": "The versioned schema of this representation of an object."}),
+            );
+            p.insert(
+                "kind".into(),
+                json!({"type": "string", "description": "The REST resource this object represents."}),
+            );
+            p.insert("metadata".into(), json!({"type": "object", "description": "Standard object's metadata.", "x-kubernetes-preserve-unknown-fields": true}));
+        }
+        doc["x-kubernetes-group-version-kind"] = json!([gvk(info)]);
+        return doc;
+    }
     json!({
         "description": format!("{} ({}).", info.kind, if info.group.is_empty() { "core/v1".to_string() } else { format!("{}/{}", info.group, info.version) }),
         "type": "object",
@@ -96,11 +116,12 @@ fn kind_schema(info: &ResourceInfo) -> Value {
 }
 
 /// The document for one group-version.
-pub fn group_version_doc(kinds: &[&ResourceInfo], group: &str, version: &str) -> Value {
+pub fn group_version_doc(kinds: &[&Registry], group: &str, version: &str) -> Value {
     let mut paths = BTreeMap::new();
     let mut schemas = BTreeMap::new();
     let base = format!("/{}", gv_path(group, version));
-    for info in kinds.iter().filter(|i| i.group == group && i.version == version) {
+    for registry in kinds.iter().filter(|r| r.info().group == group && r.info().version == version) {
+        let info = registry.info();
         let (collection, item) = if info.namespaced {
             (
                 format!("{base}/namespaces/{{namespace}}/{}", info.resource),
@@ -126,7 +147,7 @@ pub fn group_version_doc(kinds: &[&ResourceInfo], group: &str, version: &str) ->
                        "patch": operation(info, "patch", "patch", false)}),
             );
         }
-        schemas.insert(schema_name(info), kind_schema(info));
+        schemas.insert(schema_name(info), kind_schema(registry));
     }
     json!({
         "openapi": "3.0.0",
@@ -143,8 +164,9 @@ pub fn hash(doc: &Value) -> String {
 }
 
 /// `/openapi/v3`: where each group-version's document is.
-pub fn root(kinds: &[&ResourceInfo]) -> Value {
-    let mut gvs: Vec<(String, String)> = kinds.iter().map(|i| (i.group.clone(), i.version.clone())).collect();
+pub fn root(kinds: &[&Registry]) -> Value {
+    let mut gvs: Vec<(String, String)> =
+        kinds.iter().map(|r| (r.info().group.clone(), r.info().version.clone())).collect();
     gvs.sort();
     gvs.dedup();
     let paths: BTreeMap<String, Value> = gvs

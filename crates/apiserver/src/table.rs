@@ -394,6 +394,60 @@ pub fn table(kind: &str, version: &str, items: &[Value], list_meta: Value) -> Va
     })
 }
 
+/// A Table for a custom resource: the name, then the definition's printer columns (by
+/// default the age), each cell the value at the column's JSONPath.
+pub fn custom_table(declared: &[Value], version: &str, items: &[Value], list_meta: Value) -> Value {
+    let now = now();
+    let age = [json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})];
+    let declared = if declared.is_empty() { &age[..] } else { declared };
+    let columns: Vec<(Value, Option<crate::jsonpath::Path>)> = declared
+        .iter()
+        .map(|c| {
+            let path = c.get("jsonPath").and_then(Value::as_str).and_then(|p| crate::jsonpath::Path::parse(p).ok());
+            let ty = c.get("type").and_then(Value::as_str).unwrap_or("string");
+            let def = json!({"name": c.get("name").cloned().unwrap_or(json!("")),
+                "type": if ty == "date" { "string" } else { ty },
+                "format": c.get("format").cloned().unwrap_or(json!("")),
+                "description": c.get("description").cloned().unwrap_or(json!("")),
+                "priority": c.get("priority").cloned().unwrap_or(json!(0))});
+            (def, path)
+        })
+        .collect();
+    let mut definitions = vec![json!({"name": "Name", "type": "string", "format": "name",
+        "description": "Name must be unique within a namespace.", "priority": 0})];
+    definitions.extend(columns.iter().map(|(d, _)| d.clone()));
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|obj| {
+            let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+            for ((_, path), decl) in columns.iter().zip(declared) {
+                let found = path.as_ref().map(|p| p.select(obj)).unwrap_or_default();
+                let cell = match found.as_slice() {
+                    [] => Value::Null,
+                    [one] if decl.get("type").and_then(Value::as_str) == Some("date") => {
+                        match one.as_str().and_then(parse_rfc3339) {
+                            Some(t) => json!(human_duration(now - t)),
+                            None => (*one).clone(),
+                        }
+                    }
+                    [one] => (*one).clone(),
+                    many => json!(
+                        many.iter()
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                };
+                cells.push(cell);
+            }
+            let partial = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj.get("metadata").cloned().unwrap_or(Value::Null)});
+            json!({"cells": cells, "object": partial})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": version, "metadata": list_meta, "columnDefinitions": definitions, "rows": rows})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,18 @@ pub struct ResourceInfo {
     /// `events.k8s.io/v1` Events), with [`Strategy::stored_to_view`] and
     /// [`Strategy::view_to_stored`] converting; `None`: its own storage.
     pub storage: Option<String>,
+    /// Discovery's short names (`po` for pods) and categories (`all`).
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+}
+
+/// Where a kind's `scale` subresource reads and writes: JSON pointers to the desired and
+/// current replica counts and, optionally, to a label selector in string form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
 }
 
 impl ResourceInfo {
@@ -65,6 +77,10 @@ pub trait Strategy: Send + Sync + 'static {
     /// status).
     fn prepare_for_create(&self, _obj: &mut Value) {}
 
+    /// Called on update with the object about to be stored and the stored one, after
+    /// server-owned metadata is carried over (e.g. defaults, pruning, server-set status).
+    fn prepare_for_update(&self, _new: &mut Value, _old: &Value) {}
+
     /// Field errors of a new object beyond the metadata checks every kind gets.
     fn validate(&self, _obj: &Value) -> Vec<FieldError> {
         Vec::new()
@@ -78,6 +94,11 @@ pub trait Strategy: Send + Sync + 'static {
     /// Fields (besides `metadata.name` and `metadata.namespace`) a field selector may use.
     fn selectable_fields(&self) -> &[&str] {
         &[]
+    }
+
+    /// Whether a field selector may use `field` (besides name and namespace).
+    fn selectable(&self, field: &str) -> bool {
+        self.selectable_fields().contains(&field)
     }
 
     /// The grace period a deletion of `obj` must wait for (someone else, e.g. a node
@@ -95,6 +116,29 @@ pub trait Strategy: Send + Sync + 'static {
     /// The kind's top-level fields besides `apiVersion`, `kind` and `metadata`, for
     /// `fieldValidation`; `None` accepts any.
     fn top_level_fields(&self) -> Option<&[&str]> {
+        None
+    }
+
+    /// Every field of `obj` (outside `metadata`) this kind does not have, as paths; `None`
+    /// leaves it to [`Strategy::top_level_fields`].
+    fn unknown_fields(&self, _obj: &Value) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Where the `scale` subresource points, when it is not the built-in workloads'
+    /// `spec.replicas`, `status.replicas` and `spec.selector`.
+    fn scale_paths(&self) -> Option<&ScalePaths> {
+        None
+    }
+
+    /// Printer columns as a CustomResourceDefinition declares them (`name`, `type`,
+    /// `jsonPath`, ...), for kinds without built-in columns.
+    fn printer_columns(&self) -> Option<&[Value]> {
+        None
+    }
+
+    /// The kind's OpenAPI v3 schema, when it has a real one.
+    fn openapi_schema(&self) -> Option<&Value> {
         None
     }
 }
@@ -306,9 +350,13 @@ impl Registry {
         self.strategy.info()
     }
 
+    pub fn strategy(&self) -> &dyn Strategy {
+        &*self.strategy
+    }
+
     /// Fields of `obj` this kind does not have (top level and `metadata`), as JSON paths.
     pub fn unknown_fields(&self, obj: &Value) -> Vec<String> {
-        let mut unknown = Vec::new();
+        let mut unknown = self.strategy.unknown_fields(obj).unwrap_or_default();
         if let (Some(known), Some(map)) = (self.strategy.top_level_fields(), obj.as_object()) {
             for k in map.keys() {
                 if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") && !known.contains(&k.as_str()) {
@@ -555,8 +603,7 @@ impl Registry {
 
     fn check_fields(&self, selector: &FieldSelector) -> Result<()> {
         for f in selector.fields() {
-            let ok =
-                matches!(f, "metadata.name" | "metadata.namespace") || self.strategy.selectable_fields().contains(&f);
+            let ok = matches!(f, "metadata.name" | "metadata.namespace") || self.strategy.selectable(f);
             if !ok {
                 return Err(RegistryError::BadRequest(format!(
                     "field label not supported: {f} (for {})",
@@ -680,6 +727,7 @@ impl Registry {
             }
             let old = self.decode(&current.value, current.mod_revision)?;
             let mut new = self.merge_update(&old, obj.clone(), subresource)?;
+            self.strategy.prepare_for_update(&mut new, &old);
             let mut errors = self.validate_meta(&object::meta(&new)?);
             errors.extend(self.strategy.validate(&new));
             errors.extend(self.strategy.validate_update(&new, &old));
