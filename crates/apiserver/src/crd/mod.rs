@@ -507,7 +507,7 @@ impl Catalog {
     }
 
     /// Replaces the tables with the stored state; returns its revision.
-    async fn reload(&self) -> Result<i64, RegistryError> {
+    async fn reload(self: &Arc<Self>) -> Result<i64, RegistryError> {
         let all = Scope { tenant: None, namespace: None };
         let list = self.definitions.list(&all, &ListOptions::default()).await?;
         let revision =
@@ -684,7 +684,7 @@ impl Catalog {
     /// Deletes a terminating definition's objects (through their registry, so their own
     /// finalizers are honoured), then drops the definition's finalizer. Retries until
     /// every object is gone.
-    fn clean_up_later(&self, crd: Value) {
+    fn clean_up_later(self: &Arc<Self>, crd: Value) {
         let Some((tenant, name, served)) = self.build(&crd) else { return };
         let definitions = self.definitions.clone();
         let shadowing: Vec<String> = if tenant == api::request::SYSTEM_TENANT {
@@ -698,6 +698,7 @@ impl Catalog {
         } else {
             Vec::new()
         };
+        let tables = Arc::downgrade(self);
         tokio::spawn(async move {
             let Some(registry) = served.versions.first().cloned() else { return };
             let scope =
@@ -732,6 +733,14 @@ impl Catalog {
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            // Stop serving the kind before the definition goes, so that whoever sees the
+            // definition gone also finds the kind gone.
+            if let Some(catalog) = tables.upgrade() {
+                let mut t = catalog.tables.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(defs) = t.tenants.get_mut(&tenant) {
+                    defs.remove(&name);
+                }
             }
             let defs = Scope { tenant: Some(tenant.clone()), namespace: None };
             for _ in 0..10 {

@@ -7,10 +7,10 @@ use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
+    pub(crate) addr: String,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -21,7 +21,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start() -> Result<Server> {
+    pub(crate) fn start() -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -38,13 +38,13 @@ impl Server {
         Ok(Server { child, addr, dir })
     }
 
-    fn kubeconfig(&self) -> PathBuf {
+    pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")
     }
 }
 
 /// The versioned kubectl binaries installed beside the `kubectl` dispatcher.
-fn kubectl_binary(minor: u32) -> Result<PathBuf> {
+pub(crate) fn kubectl_binary(minor: u32) -> Result<PathBuf> {
     let dispatcher = which("kubectl").context("kubectl is not on the PATH; these tests need it")?;
     let real = std::fs::canonicalize(dispatcher)?;
     let bin = real.parent().context("kubectl directory")?.join(format!("kubectl.1.{minor}"));
@@ -56,18 +56,18 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
+pub(crate) struct Kubectl {
+    pub(crate) bin: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
+    pub(crate) cache: tempfile::TempDir,
 }
 
 impl Kubectl {
-    fn new(minor: u32, server: &Server) -> Result<Kubectl> {
+    pub(crate) fn new(minor: u32, server: &Server) -> Result<Kubectl> {
         Ok(Kubectl { bin: kubectl_binary(minor)?, kubeconfig: server.kubeconfig(), cache: tempfile::tempdir()? })
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(self.cache.path()).args(args);
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
@@ -81,11 +81,11 @@ impl Kubectl {
     }
 
     /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn ok(&self, args: &[&str]) -> Result<String> {
         self.ok_with(args, None)
     }
 
-    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    pub(crate) fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
         let out = self.run(args, stdin)?;
         if !out.status.success() {
             bail!(
@@ -99,7 +99,7 @@ impl Kubectl {
     }
 
     /// Runs and expects failure; returns stderr.
-    fn fails(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args, None)?;
         ensure!(!out.status.success(), "{args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
@@ -332,11 +332,11 @@ fn requests_without_a_client_certificate_are_refused() -> Result<()> {
     Ok(())
 }
 
-fn tenant_json(name: &str) -> String {
+pub(crate) fn tenant_json(name: &str) -> String {
     format!("{{\"apiVersion\":\"atoll.io/v1\",\"kind\":\"Tenant\",\"metadata\":{{\"name\":\"{name}\"}}}}")
 }
 
-fn namespace_json(name: &str) -> String {
+pub(crate) fn namespace_json(name: &str) -> String {
     format!("{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{name}\"}}}}")
 }
 
