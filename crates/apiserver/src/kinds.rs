@@ -9,6 +9,8 @@ use crate::registry::{ResourceInfo, Strategy};
 /// validation function.
 pub struct Kind {
     info: ResourceInfo,
+    /// The kind's protobuf message, whose layout gives its every field.
+    message: Option<String>,
     fields: &'static [&'static str],
     validate: fn(&Value) -> Vec<FieldError>,
     clear_status_on_create: bool,
@@ -46,6 +48,12 @@ impl Strategy for Kind {
         let grace = requested.unwrap_or(default).max(0);
         // Zero from a client is a forced deletion: it is not waited for.
         (grace > 0).then_some(grace)
+    }
+    fn unknown_fields(&self, obj: &Value) -> Option<Vec<String>> {
+        let message = self.message.as_deref()?;
+        let mut unknown = Vec::new();
+        crate::proto::shape::unknown_fields(message, obj, "", &mut unknown);
+        Some(unknown)
     }
     fn top_level_fields(&self) -> Option<&[&str]> {
         Some(match self.info.kind.as_str() {
@@ -405,13 +413,26 @@ pub fn views() -> Vec<EventsV1> {
 
 /// Every built-in kind's strategy.
 pub fn builtin() -> Vec<Kind> {
-    let plain =
-        |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: false, defaults: no_defaults };
-    let with_status =
-        |info, fields, validate| Kind { info, fields, validate, clear_status_on_create: true, defaults: no_defaults };
-    vec![
+    let plain = |info, fields, validate| Kind {
+        info,
+        message: None,
+        fields,
+        validate,
+        clear_status_on_create: false,
+        defaults: no_defaults,
+    };
+    let with_status = |info, fields, validate| Kind {
+        info,
+        message: None,
+        fields,
+        validate,
+        clear_status_on_create: true,
+        defaults: no_defaults,
+    };
+    let mut kinds = vec![
         Kind {
             info: kind("", "v1", "Namespace", "namespaces", false, true),
+            message: None,
             fields: &["status.phase"],
             validate: no_rules,
             clear_status_on_create: true,
@@ -450,5 +471,9 @@ pub fn builtin() -> Vec<Kind> {
         with_status(kind("apps", "v1", "ReplicaSet", "replicasets", true, true), &[], no_rules),
         with_status(kind("apps", "v1", "Deployment", "deployments", true, true), &[], no_rules),
         with_status(kind("atoll.io", "v1", "Tenant", "tenants", false, true), &[], validate_tenant),
-    ]
+    ];
+    for k in &mut kinds {
+        k.message = crate::proto::shape::message_of(&k.info.group, &k.info.version, &k.info.kind);
+    }
+    kinds
 }

@@ -147,7 +147,29 @@ pub fn group_version_doc(kinds: &[&Registry], group: &str, version: &str) -> Val
                        "patch": operation(info, "patch", "patch", false)}),
             );
         }
-        schemas.insert(schema_name(info), kind_schema(registry));
+        match crate::proto::shape::message_of(&info.group, &info.version, &info.kind) {
+            // A built-in kind: its every field, from the protobuf layout.
+            Some(message) if registry.strategy().openapi_schema().is_none() => {
+                crate::proto::shape::openapi_schemas(&message, &mut schemas);
+                let name = crate::proto::shape::component_name(&message);
+                if let Some(Value::Object(doc)) = schemas.get_mut(&name) {
+                    doc.insert("x-kubernetes-group-version-kind".into(), json!([gvk(info)]));
+                    if let Some(Value::Object(props)) = doc.get_mut("properties") {
+                        props.insert("apiVersion".into(), json!({"type": "string", "description": "The versioned schema of this representation of an object."}));
+                        props.insert(
+                            "kind".into(),
+                            json!({"type": "string", "description": "The REST resource this object represents."}),
+                        );
+                    }
+                }
+                if name != schema_name(info) {
+                    schemas.insert(schema_name(info), json!({"$ref": format!("#/components/schemas/{name}")}));
+                }
+            }
+            _ => {
+                schemas.insert(schema_name(info), kind_schema(registry));
+            }
+        }
     }
     json!({
         "openapi": "3.0.0",

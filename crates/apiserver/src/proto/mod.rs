@@ -14,6 +14,8 @@ mod schema;
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+pub mod shape;
+
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 const MAGIC: &[u8] = b"k8s\0";
 

@@ -356,8 +356,10 @@ impl Registry {
 
     /// Fields of `obj` this kind does not have (top level and `metadata`), as JSON paths.
     pub fn unknown_fields(&self, obj: &Value) -> Vec<String> {
-        let mut unknown = self.strategy.unknown_fields(obj).unwrap_or_default();
-        if let (Some(known), Some(map)) = (self.strategy.top_level_fields(), obj.as_object()) {
+        let deep = self.strategy.unknown_fields(obj);
+        let top_level = if deep.is_some() { None } else { self.strategy.top_level_fields() };
+        let mut unknown = deep.unwrap_or_default();
+        if let (Some(known), Some(map)) = (top_level, obj.as_object()) {
             for k in map.keys() {
                 if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") && !known.contains(&k.as_str()) {
                     unknown.push(k.clone());

@@ -153,6 +153,22 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(k.ok(&["api-resources", "-o", "name"])?.contains("configmaps"), "discovery");
     let explained = k.ok(&["explain", "configmaps"])?;
     ensure!(explained.contains("KIND:") && explained.contains("ConfigMap"), "kubectl explain: {explained}");
+    if minor >= 30 {
+        // Nested fields, from the kinds' full OpenAPI schemas (1.27/1.28 read v2, which is
+        // not yet that detailed).
+        let nested = k.ok(&["explain", "pods.spec.containers"])?;
+        ensure!(nested.contains("imagePullPolicy") && nested.contains("volumeMounts"), "explain: {nested}");
+    }
+    // Strict validation sees misspelt fields at any depth.
+    let deep_typo = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{{\"name\":\"typo\",\"namespace\":\"{ns}\"}},\"spec\":{{\"containers\":[{{\"name\":\"c\",\"image\":\"i\",\"imagePullPolicyy\":\"Always\"}}]}}}}"
+    );
+    let deep = k.run(&["create", "-f", "-"], Some(&deep_typo))?;
+    let deep_err = String::from_utf8_lossy(&deep.stderr);
+    ensure!(
+        !deep.status.success() && deep_err.contains("unknown field \"spec.containers[0].imagePullPolicyy\""),
+        "strict validation of nested fields: {deep_err}"
+    );
 
     k.ok_with(&["create", "-f", "-"], Some(&configmap("c1", &ns)))?;
     // Validation is the server's (kubectl learns that from OpenAPI and asks for Strict).

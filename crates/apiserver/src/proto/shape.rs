@@ -1,0 +1,209 @@
+//! The built-in kinds' JSON shape, read from the same generated protobuf layout that
+//! decodes protobuf bodies: which fields exist at every depth (so `fieldValidation=Strict`
+//! catches `spec.containers[0].imagePullPolicyy`, not only top-level typos) and the
+//! OpenAPI schemas `kubectl explain` walks.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{Card, Field, Ty, inline, schema_of};
+
+/// The protobuf message of a built-in kind, if the layout has it.
+pub fn message_of(group: &str, version: &str, kind: &str) -> Option<String> {
+    let package = match group {
+        "" => "core".to_string(),
+        g => g.trim_end_matches(".k8s.io").to_string(),
+    };
+    let name = format!("k8s.io.api.{package}.{version}.{kind}");
+    schema_of(&name).is_ok().then_some(name)
+}
+
+/// OpenAPI's name for a message (`io.k8s.api.core.v1.Pod`).
+pub fn component_name(message: &str) -> String {
+    match message.strip_prefix("k8s.io.") {
+        Some(rest) => format!("io.k8s.{rest}"),
+        None => message.to_string(),
+    }
+}
+
+/// A message's JSON fields, with the fields of inlined messages in place of them.
+fn json_fields(message: &str) -> Vec<&'static Field> {
+    let Ok(fields) = schema_of(message) else { return Vec::new() };
+    let mut out = Vec::new();
+    for f in fields {
+        match f.ty {
+            Ty::Msg(inner) if inline(message, f.name) => out.extend(json_fields(inner)),
+            _ => out.push(f),
+        }
+    }
+    out
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
+}
+
+/// Records the paths of fields in `obj` that `message` does not have. Wrong types are left
+/// to validation; only unknown names are reported.
+pub fn unknown_fields(message: &str, obj: &Value, path: &str, out: &mut Vec<String>) {
+    let Value::Object(map) = obj else { return };
+    if schema_of(message).is_err() {
+        return;
+    }
+    let fields = json_fields(message);
+    for (k, v) in map {
+        let at = join(path, k);
+        // The top level's metadata is the registry's to check; ours carries the tenant.
+        if (path.is_empty() && k == "metadata") || (k == "tenant" && message.ends_with(".ObjectMeta")) {
+            continue;
+        }
+        let Some(f) = fields.iter().find(|f| f.name == k) else {
+            // Objects carry their type wherever they are embedded whole.
+            if !(matches!(k.as_str(), "apiVersion" | "kind") && path.is_empty()) {
+                out.push(at);
+            }
+            continue;
+        };
+        let Ty::Msg(inner) = f.ty else { continue };
+        match (f.card, v) {
+            (Card::One, _) => unknown_fields(inner, v, &at, out),
+            (Card::Many, Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    unknown_fields(inner, item, &format!("{at}[{i}]"), out);
+                }
+            }
+            (Card::Map, Value::Object(values)) => {
+                for (key, item) in values {
+                    unknown_fields(inner, item, &format!("{at}.{key}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn leaf_schema(ty: Ty) -> Value {
+    match ty {
+        Ty::Str => json!({"type": "string"}),
+        Ty::Bytes => json!({"type": "string", "format": "byte"}),
+        Ty::I32 => json!({"type": "integer", "format": "int32"}),
+        Ty::I64 => json!({"type": "integer", "format": "int64"}),
+        Ty::Bool => json!({"type": "boolean"}),
+        Ty::Time => json!({"type": "string", "format": "date-time"}),
+        Ty::Quantity => json!({"type": "string", "description": "A quantity, such as 100m or 1Gi."}),
+        Ty::IntOrString => {
+            json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]})
+        }
+        Ty::RawJson => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        Ty::Msg(m) => json!({"$ref": format!("#/components/schemas/{}", component_name(m))}),
+    }
+}
+
+/// The key that identifies the items of a list that merges (as strategic merge patches
+/// and kubectl know them), `""` for a set of scalars; `None`: replaced whole.
+fn merge_key(message: &str, field: &str) -> Option<&'static str> {
+    let owner = message.rsplit('.').next().unwrap_or("");
+    let container = matches!(owner, "Container" | "EphemeralContainer" | "EphemeralContainerCommon");
+    Some(match (owner, field) {
+        ("PodSpec", "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "imagePullSecrets") => "name",
+        ("PodSpec", "resourceClaims") => "name",
+        ("PodSpec", "hostAliases") => "ip",
+        ("PodSpec", "topologySpreadConstraints") => "topologyKey",
+        (_, "env") if container => "name",
+        (_, "ports") if container => "containerPort",
+        (_, "volumeMounts") if container => "mountPath",
+        (_, "volumeDevices") if container => "devicePath",
+        ("ServiceSpec", "ports") => "port",
+        ("NodeStatus", "addresses") => "type",
+        (o, "conditions") if o.ends_with("Status") => "type",
+        ("ObjectMeta", "ownerReferences") => "uid",
+        ("ObjectMeta", "finalizers") => "",
+        _ => return None,
+    })
+}
+
+/// Adds the schema of `message` and of every message it reaches to `out`, keyed by
+/// component name.
+pub fn openapi_schemas(message: &str, out: &mut BTreeMap<String, Value>) {
+    let name = component_name(message);
+    if out.contains_key(&name) || schema_of(message).is_err() {
+        return;
+    }
+    // Reserve the name first: messages can reach themselves.
+    out.insert(name.clone(), Value::Null);
+    let mut properties = serde_json::Map::new();
+    for f in json_fields(message) {
+        let schema = match f.card {
+            Card::One => leaf_schema(f.ty),
+            Card::Many => {
+                let mut list = json!({"type": "array", "items": leaf_schema(f.ty)});
+                match merge_key(message, f.name) {
+                    Some("") => {
+                        list["x-kubernetes-patch-strategy"] = json!("merge");
+                        list["x-kubernetes-list-type"] = json!("set");
+                    }
+                    Some(key) => {
+                        list["x-kubernetes-patch-merge-key"] = json!(key);
+                        list["x-kubernetes-patch-strategy"] = json!("merge");
+                        list["x-kubernetes-list-type"] = json!("map");
+                        list["x-kubernetes-list-map-keys"] = json!([key]);
+                    }
+                    None => {}
+                }
+                list
+            }
+            Card::Map => json!({"type": "object", "additionalProperties": leaf_schema(f.ty)}),
+        };
+        properties.insert(f.name.to_string(), schema);
+        if let Ty::Msg(inner) = f.ty {
+            openapi_schemas(inner, out);
+        }
+    }
+    if message.ends_with(".ObjectMeta") {
+        properties.insert(
+            "tenant".into(),
+            json!({"type": "string", "description": "The tenant the object belongs to; set by the server."}),
+        );
+    }
+    out.insert(name, json!({"type": "object", "properties": properties}));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_found_at_every_depth() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "Always",
+                                     "resources": {"limits": {"cpu": "1"}}, "ports": [{"containerPort": 80, "hostt": 1}]}],
+                     "volumes": [{"name": "v", "configMap": {"name": "x", "bogus": 1}}]},
+            "extra": 1});
+        let mut out = Vec::new();
+        unknown_fields(&message_of("", "v1", "Pod").unwrap(), &pod, "", &mut out);
+        assert_eq!(
+            out,
+            [
+                "extra",
+                "spec.containers[0].imagePullPolicyy",
+                "spec.containers[0].ports[0].hostt",
+                "spec.volumes[0].configMap.bogus"
+            ]
+        );
+    }
+
+    #[test]
+    fn schemas_reach_every_nested_message() {
+        let mut out = BTreeMap::new();
+        openapi_schemas(&message_of("apps", "v1", "Deployment").unwrap(), &mut out);
+        let container = &out["io.k8s.api.core.v1.Container"];
+        assert_eq!(container["properties"]["image"], json!({"type": "string"}));
+        assert_eq!(container["properties"]["env"]["x-kubernetes-patch-merge-key"], json!("name"));
+        let spec = &out["io.k8s.api.core.v1.PodSpec"]["properties"];
+        assert_eq!(spec["containers"]["x-kubernetes-list-map-keys"], json!(["name"]));
+        assert!(spec["nodeSelector"]["additionalProperties"]["type"] == json!("string"));
+        assert!(out["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["tenant"].is_object());
+        assert!(out.values().all(|v| v.is_object()), "every reserved name is filled in");
+    }
+}
