@@ -483,7 +483,7 @@ impl Api {
                 }
                 if path == "/openapi/v2" {
                     let served = self.served(&tenant);
-                    let kinds: Vec<&crate::registry::ResourceInfo> = served.iter().map(|r| r.info()).collect();
+                    let kinds: Vec<&Registry> = served.iter().map(|r| &**r).collect();
                     let mut resp = Response::new(Full::new(Bytes::from(crate::openapi_v2::document(&kinds))).boxed());
                     resp.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,

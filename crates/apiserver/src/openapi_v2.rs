@@ -1,10 +1,15 @@
 //! `/openapi/v2` in the protobuf encoding kubectl 1.27 and 1.28 ask for (the gnostic
 //! `openapi.v2.Document` message). It carries the paths and operations with their
 //! `x-kubernetes-group-version-kind` and query parameters, which is what those kubectl
-//! versions read to learn that the server validates fields itself; it has no schema
-//! definitions yet.
+//! versions read to learn that the server validates fields itself, and the schema
+//! definitions (converted from the v3 documents' components) that their `explain` and
+//! client-side apply walk.
 
-use crate::registry::ResourceInfo;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::registry::{Registry, ResourceInfo};
 
 /// The media type of the protobuf document.
 pub const MEDIA_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
@@ -121,8 +126,97 @@ fn operation(info: &ResourceInfo, action: &str, id: &str) -> Pb {
     })
 }
 
+/// A v3 (JSON) schema as a v2 `Schema` message: references, types, formats, descriptions,
+/// required fields, properties, items, additional properties, `allOf`, and the
+/// `x-kubernetes-*` extensions.
+fn schema(v: &Value) -> Pb {
+    msg(|p| {
+        let Some(map) = v.as_object() else { return };
+        if let Some(r) = map.get("$ref").and_then(Value::as_str) {
+            p.string(1, &r.replace("#/components/schemas/", "#/definitions/"));
+        }
+        for (field, key) in [(2, "format"), (4, "description")] {
+            if let Some(text) = map.get(key).and_then(Value::as_str) {
+                p.string(field, text);
+            }
+        }
+        for r in map.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            p.string(19, r);
+        }
+        match map.get("additionalProperties") {
+            Some(Value::Bool(b)) => {
+                p.message(
+                    21,
+                    msg(|a| {
+                        a.key(2, 0);
+                        a.varint(u64::from(*b));
+                    }),
+                );
+            }
+            Some(inner @ Value::Object(_)) => {
+                p.message(
+                    21,
+                    msg(|a| {
+                        a.message(1, schema(inner));
+                    }),
+                );
+            }
+            _ => {}
+        }
+        if let Some(t) = map.get("type").and_then(Value::as_str) {
+            p.message(
+                22,
+                msg(|ty| {
+                    ty.string(1, t);
+                }),
+            );
+        }
+        if let Some(items) = map.get("items") {
+            p.message(
+                23,
+                msg(|i| {
+                    i.message(1, schema(items));
+                }),
+            );
+        }
+        for inner in map.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+            p.message(24, schema(inner));
+        }
+        if let Some(props) = map.get("properties").and_then(Value::as_object) {
+            p.message(
+                25,
+                msg(|ps| {
+                    for (name, inner) in props {
+                        ps.message(
+                            1,
+                            msg(|n| {
+                                n.string(1, name).message(2, schema(inner));
+                            }),
+                        );
+                    }
+                }),
+            );
+        }
+        for (name, value) in map.iter().filter(|(k, _)| k.starts_with("x-kubernetes-")) {
+            // JSON is YAML, which is how extensions are carried.
+            p.message(31, extension(name, &value.to_string()));
+        }
+    })
+}
+
 /// The encoded document for all registered kinds.
-pub fn document(kinds: &[&ResourceInfo]) -> Vec<u8> {
+pub fn document(registries: &[&Registry]) -> Vec<u8> {
+    let kinds: Vec<&ResourceInfo> = registries.iter().map(|r| r.info()).collect();
+    let mut definitions: BTreeMap<String, Value> = BTreeMap::new();
+    let mut gvs: Vec<(&str, &str)> = kinds.iter().map(|i| (i.group.as_str(), i.version.as_str())).collect();
+    gvs.sort();
+    gvs.dedup();
+    for (g, v) in gvs {
+        let doc = crate::openapi::group_version_doc(registries, g, v);
+        if let Some(Value::Object(schemas)) = doc.pointer("/components/schemas") {
+            definitions.extend(schemas.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
     let mut paths = Pb::default();
     for info in kinds {
         let base = if info.group.is_empty() {
@@ -169,6 +263,19 @@ pub fn document(kinds: &[&ResourceInfo]) -> Vec<u8> {
         }),
     );
     doc.message(8, paths);
+    doc.message(
+        9,
+        msg(|d| {
+            for (name, v) in &definitions {
+                d.message(
+                    1,
+                    msg(|n| {
+                        n.string(1, name).message(2, schema(v));
+                    }),
+                );
+            }
+        }),
+    );
     doc.0
 }
 

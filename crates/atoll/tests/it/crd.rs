@@ -140,10 +140,8 @@ fn custom_resources_work_with(minor: u32) -> Result<()> {
     k.ok_with(&["apply", "-f", "-"], Some(&widget("w4", "w", json!({"size": 5}))))?;
     k.ok_with(&["apply", "-f", "-"], Some(&widget("w4", "w", json!({"size": 6, "color": "blue"}))))?;
     ensure!(k.ok(&["get", "widget", "w4", "-n", "w", "-o", "jsonpath={.spec.size}{.spec.color}"])? == "6blue");
-    if minor >= 30 {
-        let explained = k.ok(&["explain", "widgets.spec"])?;
-        ensure!(explained.contains("size") && explained.contains("color"), "kubectl explain: {explained}");
-    }
+    let explained = k.ok(&["explain", "widgets.spec"])?;
+    ensure!(explained.contains("size") && explained.contains("color"), "kubectl explain: {explained}");
 
     // Deleting the definition deletes its objects, and its resources leave discovery.
     k.ok(&["delete", "crd", "widgets.example.com", "--timeout=20s"])?;

@@ -153,12 +153,9 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(k.ok(&["api-resources", "-o", "name"])?.contains("configmaps"), "discovery");
     let explained = k.ok(&["explain", "configmaps"])?;
     ensure!(explained.contains("KIND:") && explained.contains("ConfigMap"), "kubectl explain: {explained}");
-    if minor >= 30 {
-        // Nested fields, from the kinds' full OpenAPI schemas (1.27/1.28 read v2, which is
-        // not yet that detailed).
-        let nested = k.ok(&["explain", "pods.spec.containers"])?;
-        ensure!(nested.contains("imagePullPolicy") && nested.contains("volumeMounts"), "explain: {nested}");
-    }
+    // Nested fields, from the kinds' full OpenAPI schemas (v3, or v2 for 1.27/1.28).
+    let nested = k.ok(&["explain", "pods.spec.containers"])?;
+    ensure!(nested.contains("imagePullPolicy") && nested.contains("volumeMounts"), "explain: {nested}");
     // Strict validation sees misspelt fields at any depth.
     let deep_typo = format!(
         "{{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{{\"name\":\"typo\",\"namespace\":\"{ns}\"}},\"spec\":{{\"containers\":[{{\"name\":\"c\",\"image\":\"i\",\"imagePullPolicyy\":\"Always\"}}]}}}}"
