@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod kinds;
+pub mod managed;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
