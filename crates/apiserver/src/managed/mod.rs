@@ -13,6 +13,7 @@
 //! old one, for updates), so it costs O(object size) per write.
 
 pub mod fieldset;
+pub mod options;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -255,7 +256,7 @@ pub struct Writer<'a> {
     pub subresource: Option<&'a str>,
     /// The kind has a status subresource, so writes to the main resource never own status.
     pub status_subresource: bool,
-    pub list_type: &'a dyn Fn(&[&str]) -> ListType,
+    pub list_type: &'a (dyn Fn(&[&str]) -> ListType + Sync),
     /// The time recorded in changed entries (RFC 3339).
     pub now: &'a str,
 }
@@ -283,7 +284,9 @@ fn keyed<'v>(items: &'v [Value], lt: &ListType) -> Result<Vec<(String, &'v Value
                             key.insert(k.clone(), v.clone());
                         }
                         _ => {
-                            return Err(format!("associative list with keys has an element that omits key field {k:?}"));
+                            return Err(format!(
+                                "associative list with keys has an element that omits key field {k:?}"
+                            ));
                         }
                     }
                 }
@@ -600,7 +603,9 @@ impl Writer<'_> {
         self.merge(&mut merged, &config, &mut Vec::new()).map_err(ApplyError::Invalid)?;
         let own = entries.iter().position(|e| self.is_own(e, "Apply"));
         // Fields this manager applied before and applies no more go, unless someone else
-        // owns them (or something below them).
+        // owns them or something below them, or the configuration still sets something
+        // below them (a map this manager came to own whole, e.g. through kubectl's
+        // client-side apply migration, stays while the configuration sets some of it).
         if let Some(i) = own {
             let mut dropped = entries[i].set.clone();
             dropped.subtract(&applied);
@@ -612,7 +617,7 @@ impl Writer<'_> {
                     }
                 }
                 for path in dropped.paths() {
-                    if !others.covers(&path) {
+                    if !others.covers(&path) && !applied.covers(&path) {
                         remove_path(&mut merged, &path);
                     }
                 }

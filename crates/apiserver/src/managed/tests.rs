@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::*;
 
-fn writer<'a>(manager: &'a str, list_type: &'a dyn Fn(&[&str]) -> ListType) -> Writer<'a> {
+fn writer<'a>(manager: &'a str, list_type: &'a (dyn Fn(&[&str]) -> ListType + Sync)) -> Writer<'a> {
     Writer {
         manager,
         api_version: "v1",
@@ -284,4 +284,18 @@ fn builtin_list_types_come_from_the_merge_key_table() {
     assert_eq!(builtin_list_type(&["metadata", "finalizers"]), ListType::Set);
     assert_eq!(builtin_list_type(&["spec", "containers", "args"]), ListType::Atomic);
     assert_eq!(builtin_list_type(&[]), ListType::Atomic);
+}
+
+#[test]
+fn a_map_owned_whole_stays_while_the_configuration_sets_part_of_it() {
+    // What kubectl's client-side apply migration leaves: the Apply entry owns `data` itself.
+    let mut live = cm(json!({"k": "1", "gone": "x"}));
+    live["metadata"]["managedFields"] = json!([{
+        "manager": "kubectl", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:data": {".": {}, "f:k": {}, "f:gone": {}}}
+    }]);
+    let obj = writer("kubectl", &lists).apply(Some(&live), &cm(json!({"k": "1"})), false).unwrap();
+    assert_eq!(obj["data"], json!({"k": "1"}));
+    let obj = writer("kubectl", &lists).apply(Some(&live), &json!({"apiVersion": "v1", "kind": "ConfigMap"}), false);
+    assert!(obj.unwrap().get("data").is_none(), "no longer applied at all: the map goes");
 }
