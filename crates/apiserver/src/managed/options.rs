@@ -128,5 +128,12 @@ mod tests {
         assert_eq!(parse_apply_body(b"- a\n- b\n").unwrap_err().code, 400);
         assert_eq!(parse_apply_body(b"a: [\n").unwrap_err().code, 400);
         assert_eq!(parse_apply_body(b"a: 1\n---\nb: 2\n").unwrap_err().code, 400);
+        // Aliases that expand without bound are refused, not expanded.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        assert_eq!(parse_apply_body(bomb.as_bytes()).unwrap_err().code, 400);
     }
 }
