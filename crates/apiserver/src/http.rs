@@ -29,7 +29,7 @@ use store::Store;
 use tokio::sync::mpsc;
 
 use crate::pki::{self, CertIdentity};
-use crate::registry::{DeleteOptions, ListOptions, Registry, RegistryError, Scope, Strategy};
+use crate::registry::{DeleteOptions, ListOptions, Registry, RegistryError, Scope, Strategy, WriteOptions};
 
 /// Largest request body accepted, as in Kubernetes (3 MiB).
 const MAX_BODY: usize = 3 << 20;
@@ -769,6 +769,9 @@ impl Api {
             .map_err(|_| Status::request_entity_too_large("the request body is larger than 3 MiB"))?
             .to_bytes();
         let base = content_type.split(';').next().unwrap_or("").trim();
+        if base == crate::managed::options::APPLY_PATCH {
+            return crate::managed::options::parse_apply_body(&bytes);
+        }
         if base == crate::proto::MEDIA_TYPE {
             return crate::proto::decode_request(&bytes).map_err(|e| {
                 if e.starts_with("no protobuf layout") {
@@ -870,6 +873,12 @@ impl Api {
         let name = r.name.clone().unwrap_or_default();
         let registry_err = |e: RegistryError| e.to_status();
         let ok = |v: Value| Ok(respond(StatusCode::OK, v));
+        let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // Who writes, for metadata.managedFields, and whether this is a forced apply.
+        let writer = |kind: &str, apply: bool| -> Result<(WriteOptions, bool), Status> {
+            let (manager, force) = crate::managed::options::write_manager(&q, user_agent.as_deref(), kind, apply)?;
+            Ok((WriteOptions { dry_run: dry_run(&q)?, field_manager: Some(manager), ..WriteOptions::default() }, force))
+        };
         match r.verb {
             Verb::Get => {
                 let obj = registry.get(&scope, &name).await.map_err(registry_err)?;
@@ -955,23 +964,23 @@ impl Api {
                 if r.subresource.is_some() || r.name.is_some() {
                     return Err(Status::method_not_allowed());
                 }
-                let dry = dry_run(&q)?;
+                let (opts, _) = writer("CreateOptions", false)?;
                 let body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
                 }
-                let created = registry.create(&scope, body, dry).await.map_err(registry_err)?;
+                let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
                 if is_definition {
                     self.crds.wait_for(resource_version(&created)).await;
                 }
                 Ok(with_warnings(respond(StatusCode::CREATED, created), &warnings))
             }
             Verb::Update => {
-                let dry = dry_run(&q)?;
+                let (opts, _) = writer("UpdateOptions", false)?;
                 let body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
-                let updated = registry.update(&scope, &name, body, r.subresource.as_deref(), dry).await;
+                let updated = registry.update_with(&scope, &name, body, r.subresource.as_deref(), &opts).await;
                 let updated = updated.map_err(registry_err)?;
                 if is_definition {
                     self.crds.wait_for(resource_version(&updated)).await;
@@ -979,9 +988,25 @@ impl Api {
                 Ok(with_warnings(respond(StatusCode::OK, updated), &warnings))
             }
             Verb::Patch => {
-                let dry = dry_run(&q)?;
                 let content_type = media_type(&req);
+                let apply = content_type == crate::managed::options::APPLY_PATCH;
+                let (opts, force) = writer("PatchOptions", apply)?;
                 let patch = Self::read_body(req).await?;
+                if apply {
+                    let warnings = check_fields(registry, &q, &patch)?;
+                    // An apply may create the object, in a namespace that must exist.
+                    if let (Some(tenant), Some(namespace), true) =
+                        (&scope.tenant, &scope.namespace, r.subresource.is_none())
+                        && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
+                    {
+                        self.check_namespace(tenant, namespace).await?;
+                    }
+                    let sub = r.subresource.as_deref();
+                    let (obj, created) =
+                        registry.apply(&scope, &name, patch, sub, force, &opts).await.map_err(|e| e.to_status())?;
+                    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                    return Ok(with_warnings(respond(code, obj), &warnings));
+                }
                 // A patch applies to the object as it is; if it changes in between, apply it
                 // again to the new version, unless the patch itself names a version.
                 let pinned = patch.pointer("/metadata/resourceVersion").is_some_and(|v| !v.is_null());
@@ -1015,7 +1040,7 @@ impl Api {
                         patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                     }
                     let warnings = check_fields(registry, &q, &patched)?;
-                    match registry.update(&scope, &name, patched, r.subresource.as_deref(), dry).await {
+                    match registry.update_with(&scope, &name, patched, r.subresource.as_deref(), &opts).await {
                         Ok(updated) => {
                             if is_definition {
                                 self.crds.wait_for(resource_version(&updated)).await;

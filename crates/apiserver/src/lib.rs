@@ -8,6 +8,7 @@ pub mod crd;
 pub mod http;
 pub mod jsonpath;
 pub mod kinds;
+pub mod managed;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;

@@ -131,17 +131,17 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, String> {
 }
 
 /// How a list field merges in a strategic merge patch.
-enum ListStrategy {
+pub(crate) enum ListStrategy {
     /// Elements are objects matched by this key.
     ByKey(&'static str),
     /// A list of scalars merged as a set (e.g. `finalizers`).
     Set,
 }
 
-/// The patch strategy of a list field of the built-in kinds, by its path (the field names
-/// from the object's root, list positions left out). Lists not named here are replaced.
-fn list_strategy(path: &[String], field: &str) -> Option<ListStrategy> {
-    let parent = path.last().map(String::as_str);
+/// The patch strategy of a list field of the built-in kinds, by its name and its parent's
+/// (the field names from the object's root, list positions left out). Lists not named here
+/// are replaced. Server-side apply reads the same table (`managed::builtin_list_type`).
+pub(crate) fn list_strategy(parent: Option<&str>, field: &str) -> Option<ListStrategy> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -231,7 +231,7 @@ fn smp_value(target: &mut Value, patch: &Value, path: &mut Vec<String>) -> Resul
         let result = match (t.get_mut(k), v) {
             (Some(existing @ Value::Object(_)), Value::Object(_)) => smp_value(existing, v, path),
             (Some(Value::Array(existing)), Value::Array(items)) => {
-                let strategy = list_strategy(&path[..path.len() - 1], k);
+                let strategy = list_strategy(path.iter().rev().nth(1).map(String::as_str), k);
                 merge_list(existing, items, strategy, path)
             }
             _ => {

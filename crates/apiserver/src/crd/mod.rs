@@ -462,11 +462,12 @@ impl Strategy for CustomKind {
     fn openapi_schema(&self) -> Option<&Value> {
         Some(&self.schema_json)
     }
-}
-
-impl CustomKind {
-    /// How the list at `path` merges under server-side apply, from the schema.
-    pub fn list_type(&self, path: &[&str]) -> schema::ListType {
+    /// Lists merge as the schema says (`x-kubernetes-list-type`), atomically otherwise;
+    /// metadata's lists as in every kind.
+    fn list_type(&self, path: &[&str]) -> schema::ListType {
+        if path.first() == Some(&"metadata") {
+            return crate::managed::builtin_list_type(path);
+        }
         self.schema.list_type(path)
     }
 }

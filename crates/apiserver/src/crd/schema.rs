@@ -12,16 +12,7 @@ use std::collections::BTreeMap;
 use api::meta::{FieldError, FieldErrorKind};
 use serde_json::Value;
 
-/// How a list merges (server-side apply) and what uniqueness it requires.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListType {
-    /// Replaced as a whole.
-    Atomic,
-    /// Scalars, each at most once.
-    Set,
-    /// Objects identified by the values of these keys.
-    Map(Vec<String>),
-}
+pub use crate::managed::ListType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Type {

@@ -7,6 +7,7 @@
 //! objects of a kind are one key prefix. Objects are stored as JSON without
 //! `metadata.resourceVersion`, which is the key's modification revision when read.
 
+mod apply;
 pub mod cache;
 pub mod object;
 
@@ -141,6 +142,12 @@ pub trait Strategy: Send + Sync + 'static {
     fn openapi_schema(&self) -> Option<&Value> {
         None
     }
+
+    /// How the list at `path` (field names from the root, list positions left out) is
+    /// merged and owned by server-side apply. Built-in kinds: the strategic merge keys.
+    fn list_type(&self, path: &[&str]) -> crate::managed::ListType {
+        crate::managed::builtin_list_type(path)
+    }
 }
 
 /// Fields of `metadata` a client may send.
@@ -232,6 +239,17 @@ pub struct ListOptions {
     /// end; `Some(false)` starts with changes only; `None` does what Kubernetes does
     /// without the parameter (initial state only for an empty or "0" resource version).
     pub send_initial_events: Option<bool>,
+}
+
+/// How a create or update is made.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    /// Who writes, for `metadata.managedFields` (the `fieldManager` parameter, or one
+    /// derived from the User-Agent); `None`: the server itself, which changes no ownership.
+    pub field_manager: Option<String>,
+    /// The object already carries the managed fields of a server-side apply.
+    pub(crate) applied: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -512,7 +530,56 @@ impl Registry {
         errors
     }
 
-    pub async fn create(&self, scope: &Scope, mut obj: Value, dry_run: bool) -> Result<Value> {
+    pub async fn create(&self, scope: &Scope, obj: Value, dry_run: bool) -> Result<Value> {
+        self.create_with(scope, obj, &WriteOptions { dry_run, ..WriteOptions::default() }).await
+    }
+
+    /// The ownership bookkeeping of one write by `manager`.
+    fn writer<'a>(
+        &'a self,
+        manager: &'a str,
+        subresource: Option<&'a str>,
+        api_version: &'a str,
+        now: &'a str,
+        list_type: &'a (dyn Fn(&[&str]) -> crate::managed::ListType + Sync),
+    ) -> crate::managed::Writer<'a> {
+        crate::managed::Writer {
+            manager,
+            api_version,
+            subresource,
+            status_subresource: self.info().status_subresource,
+            list_type,
+            now,
+        }
+    }
+
+    /// Records the write of `new` (over `old`, if any) in its managed fields.
+    fn record(&self, old: Option<&Value>, new: &mut Value, subresource: Option<&str>, opts: &WriteOptions) {
+        if opts.applied {
+            return;
+        }
+        match &opts.field_manager {
+            Some(manager) => {
+                let api_version = self.info().api_version();
+                let now = object::now_rfc3339();
+                let list_type = |p: &[&str]| self.strategy.list_type(p);
+                self.writer(manager, subresource, &api_version, &now, &list_type).record_update(old, new);
+            }
+            // The server's own writes keep the record as it was.
+            None => {
+                let kept = old.and_then(|o| o.pointer("/metadata/managedFields")).cloned();
+                if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    match kept {
+                        Some(v) => meta.insert("managedFields".into(), v),
+                        None => meta.remove("managedFields"),
+                    };
+                }
+            }
+        }
+    }
+
+    pub async fn create_with(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Value> {
+        let dry_run = opts.dry_run;
         self.check_type(&mut obj)?;
         let mut meta = object::meta(&obj)?;
         let tenant =
@@ -548,6 +615,7 @@ impl Registry {
         }
         object::set_meta(&mut obj, &meta)?;
         self.strategy.prepare_for_create(&mut obj);
+        self.record(None, &mut obj, None, opts);
         let mut errors = self.validate_meta(&meta);
         errors.extend(self.strategy.validate(&obj));
         let name = meta.name.clone().unwrap_or_default();
@@ -704,10 +772,23 @@ impl Registry {
         &self,
         scope: &Scope,
         name: &str,
-        mut obj: Value,
+        obj: Value,
         subresource: Option<&str>,
         dry_run: bool,
     ) -> Result<Value> {
+        self.update_with(scope, name, obj, subresource, &WriteOptions { dry_run, ..WriteOptions::default() }).await
+    }
+
+    /// [`Registry::update`] with the writer named, for `metadata.managedFields`.
+    pub async fn update_with(
+        &self,
+        scope: &Scope,
+        name: &str,
+        mut obj: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        let dry_run = opts.dry_run;
         self.check_type(&mut obj)?;
         let new_meta = object::meta(&obj)?;
         if new_meta.name.as_deref().is_some_and(|n| n != name) {
@@ -730,6 +811,7 @@ impl Registry {
             let old = self.decode(&current.value, current.mod_revision)?;
             let mut new = self.merge_update(&old, obj.clone(), subresource)?;
             self.strategy.prepare_for_update(&mut new, &old);
+            self.record(Some(&old), &mut new, subresource, opts);
             let mut errors = self.validate_meta(&object::meta(&new)?);
             errors.extend(self.strategy.validate(&new));
             errors.extend(self.strategy.validate_update(&new, &old));

@@ -140,6 +140,12 @@ fn custom_resources_work_with(minor: u32) -> Result<()> {
     k.ok_with(&["apply", "-f", "-"], Some(&widget("w4", "w", json!({"size": 5}))))?;
     k.ok_with(&["apply", "-f", "-"], Some(&widget("w4", "w", json!({"size": 6, "color": "blue"}))))?;
     ensure!(k.ok(&["get", "widget", "w4", "-n", "w", "-o", "jsonpath={.spec.size}{.spec.color}"])? == "6blue");
+    // Server-side apply merges the definition's list maps by their keys.
+    let ports = |p: Value| widget("w5", "w", json!({"size": 1, "ports": p}));
+    k.ok_with(&["apply", "--server-side", "--field-manager=one", "-f", "-"], Some(&ports(json!([{"port": 80}]))))?;
+    k.ok_with(&["apply", "--server-side", "--field-manager=two", "-f", "-"], Some(&ports(json!([{"port": 443}]))))?;
+    let merged = k.ok(&["get", "widget", "w5", "-n", "w", "-o", "jsonpath={.spec.ports[*].port}"])?;
+    ensure!(merged == "80 443", "list-map items of two managers: {merged}");
     let explained = k.ok(&["explain", "widgets.spec"])?;
     ensure!(explained.contains("size") && explained.contains("color"), "kubectl explain: {explained}");
 

@@ -532,3 +532,160 @@ fn pods_bind_once_and_keep_their_spec() -> Result<()> {
     ensure!(k.fails(&["get", "pod", "p"])?.contains("NotFound"));
     Ok(())
 }
+
+fn cm_manifest(name: &str, ns: &str, data: &[(&str, &str)]) -> String {
+    let data: String = data.iter().map(|(k, v)| format!("  {k}: \"{v}\"\n")).collect();
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n{data}")
+}
+
+/// `kubectl apply --server-side` through `k` (whose server URL `extra` may change): create,
+/// dry run, a conflict reported and forced, removal of a dropped field, and the move from
+/// client-side apply.
+fn server_side_apply_round(k: &Kubectl, extra: &[&str], ns: &str) -> Result<()> {
+    let run = |args: &[&str], stdin: Option<&str>| k.run(&[extra, args].concat(), stdin);
+    let ok = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+        let out = run(args, stdin)?;
+        ensure!(out.status.success(), "{args:?}: {}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        Ok(stdout(&out))
+    };
+    let get =
+        |name: &str, path: &str| ok(&["get", "configmap", name, "-n", ns, "-o", &format!("jsonpath={path}")], None);
+    let ssa = ["apply", "--server-side", "-f", "-"];
+
+    let created = ok(&ssa, Some(&cm_manifest("ssa", ns, &[("a", "1"), ("b", "2")])))?;
+    ensure!(created.contains("configmap/ssa serverside-applied"), "{created}");
+    ensure!(get("ssa", "{.data.a}{.data.b}")? == "12");
+    let owner = get("ssa", "{.metadata.managedFields[0].manager}/{.metadata.managedFields[0].operation}")?;
+    ensure!(owner == "kubectl/Apply", "managed fields after apply: {owner}");
+
+    let dry = ok(&[&ssa[..], &["--dry-run=server"]].concat(), Some(&cm_manifest("ssa", ns, &[("a", "dry")])))?;
+    ensure!(dry.contains("(server dry run)"), "{dry}");
+    ensure!(get("ssa", "{.data.a}{.data.b}")? == "12", "a server-side dry run changes nothing");
+
+    // Someone else changes a: the next apply of a conflicts with them, until forced.
+    ok(&["patch", "configmap", "ssa", "-n", ns, "--type=merge", "-p", r#"{"data":{"a":"other"}}"#], None)?;
+    let patcher = get("ssa", "{.metadata.managedFields[1].manager}/{.metadata.managedFields[1].operation}")?;
+    ensure!(patcher == "kubectl-patch/Update", "the patch is recorded: {patcher}");
+    let config = cm_manifest("ssa", ns, &[("a", "1"), ("b", "2")]);
+    let conflict = run(&ssa, Some(&config))?;
+    let err = String::from_utf8_lossy(&conflict.stderr);
+    ensure!(!conflict.status.success(), "a conflicting apply succeeded");
+    ensure!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\" using v1")
+            && err.contains(": .data.a")
+            && err.contains("--force-conflicts"),
+        "conflict report: {err}"
+    );
+    ensure!(get("ssa", "{.data.a}")? == "other");
+    ok(&[&ssa[..], &["--force-conflicts"]].concat(), Some(&config))?;
+    ensure!(get("ssa", "{.data.a}")? == "1", "forced apply takes a over");
+    // Equal values are shared without conflict.
+    ok(&["patch", "configmap", "ssa", "-n", ns, "--type=merge", "-p", r#"{"data":{"b":"2"}}"#], None)?;
+    ok(&ssa, Some(&config))?;
+
+    // A field dropped from the configuration goes.
+    ok(&ssa, Some(&cm_manifest("ssa", ns, &[("a", "1")])))?;
+    ensure!(get("ssa", "{.data}")? == r#"{"a":"1"}"#, "b removed");
+
+    // From client-side apply to server-side apply on the same object.
+    let csa = cm_manifest("moved", ns, &[("x", "1"), ("y", "2")]);
+    ensure!(ok(&["apply", "-f", "-"], Some(&csa))?.contains("created"));
+    let csa_owner = get("moved", "{.metadata.managedFields[0].manager}")?;
+    ensure!(csa_owner == "kubectl-client-side-apply", "client-side apply's manager: {csa_owner}");
+    ensure!(ok(&ssa, Some(&csa))?.contains("serverside-applied"));
+    ok(&ssa, Some(&cm_manifest("moved", ns, &[("x", "1")])))?;
+    ensure!(get("moved", "{.data}")? == r#"{"x":"1"}"#, "after the move, apply removes what it dropped");
+    Ok(())
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn server_side_apply_works_with(minor: u32) -> Result<()> {
+    let server = Server::start()?;
+    let k = Kubectl::new(minor, &server)?;
+    k.ok_with(&["create", "-f", "-"], Some(&namespace_json("ssa")))?;
+    server_side_apply_round(&k, &[], "ssa")?;
+    // The same in a tenant, through the tenant prefix.
+    k.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    let prefix = format!("https://{}/tenants/acme", server.addr);
+    k.ok_with(&["--server", &prefix, "create", "-f", "-"], Some(&namespace_json("ssa")))?;
+    server_side_apply_round(&k, &["--server", &prefix], "ssa")?;
+    let tenant = k.ok(&["--server", &prefix, "get", "cm", "ssa", "-n", "ssa", "-o", "jsonpath={.metadata.tenant}"])?;
+    ensure!(tenant == "acme", "applied in the tenant: {tenant}");
+    Ok(())
+}
+
+#[test]
+fn kubectl_1_27_applies_server_side() -> Result<()> {
+    server_side_apply_works_with(27)
+}
+
+#[test]
+fn kubectl_1_30_applies_server_side() -> Result<()> {
+    server_side_apply_works_with(30)
+}
+
+#[test]
+fn kubectl_1_33_applies_server_side() -> Result<()> {
+    server_side_apply_works_with(33)
+}
+
+/// Server-side apply over plain HTTP, through the tenant path: YAML bodies, the answers'
+/// codes, the Status of a conflict and of bad options.
+#[test]
+fn apply_patches_over_http_follow_kubernetes() -> Result<()> {
+    let server = Server::start()?;
+    let k = Kubectl::new(33, &server)?;
+    k.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    k.ok_with(
+        &["--server", &format!("https://{}/tenants/acme", server.addr), "create", "-f", "-"],
+        Some(&namespace_json("team")),
+    )?;
+    let path = "/api/v1/tenants/acme/namespaces/team/configmaps/c";
+    let apply = |query: &str, body: &str| {
+        let headers = ["-X", "PATCH", "-H", "Content-Type: application/apply-patch+yaml", "--data-binary", body];
+        curl_admin(&server, &format!("{path}{query}"), &headers)
+    };
+    let code = |head: &str| head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_string();
+    let yaml = "apiVersion: v1\nkind: ConfigMap\ndata:\n  k: v\n";
+    let (head, body) = apply("?fieldManager=curl", yaml)?;
+    ensure!(code(&head) == "201", "apply creates: {head}{body}");
+    let obj: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(obj["metadata"]["tenant"] == "acme" && obj["metadata"]["name"] == "c" && obj["data"]["k"] == "v");
+    ensure!(obj["metadata"]["managedFields"][0]["fieldsV1"] == serde_json::json!({"f:data": {"f:k": {}}}), "{body}");
+    let (head, _) = apply("?fieldManager=curl", yaml)?;
+    ensure!(code(&head) == "200", "apply again: {head}");
+
+    let (head, body) = apply("", yaml)?;
+    ensure!(code(&head) == "422", "no fieldManager: {head}");
+    ensure!(body.contains("PatchOptions.meta.k8s.io \\\"\\\" is invalid: fieldManager: Required value"), "{body}");
+    let merge = ["-X", "PATCH", "-H", "Content-Type: application/merge-patch+json", "-d", r#"{"data":{"k":"m"}}"#];
+    let (head, body) = curl_admin(&server, &format!("{path}?force=true"), &merge)?;
+    ensure!(code(&head) == "422" && body.contains("may not be specified for non-apply patch"), "{head}{body}");
+    let (head, body) = curl_admin(&server, &format!("{path}?fieldManager=merger"), &merge)?;
+    ensure!(code(&head) == "200", "{head}{body}");
+    let (head, body) = apply("?fieldManager=curl", yaml)?;
+    ensure!(code(&head) == "409", "conflict: {head}{body}");
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(status["reason"] == "Conflict", "{body}");
+    let cause = &status["details"]["causes"][0];
+    ensure!(cause["reason"] == "FieldManagerConflict" && cause["field"] == ".data.k", "{body}");
+    ensure!(cause["message"].as_str().is_some_and(|m| m.starts_with("conflict with \"merger\" using v1")), "{body}");
+    let (head, _) = apply("?fieldManager=curl&force=true&dryRun=All", yaml)?;
+    ensure!(code(&head) == "200");
+    ensure!(k.ok(&["get", "--raw", path])?.contains("\"k\":\"m\""), "a dry run changes nothing");
+    let (head, body) = apply("?fieldManager=curl&force=true", yaml)?;
+    ensure!(code(&head) == "200" && body.contains("\"k\":\"v\""), "forced: {head}{body}");
+
+    // Bad bodies and unknown fields.
+    let (head, _) = apply("?fieldManager=curl", "data: [\n")?;
+    ensure!(code(&head) == "400", "malformed YAML: {head}");
+    let (head, body) =
+        apply("?fieldManager=curl&fieldValidation=Strict", "apiVersion: v1\nkind: ConfigMap\ndta: {}\n")?;
+    ensure!(code(&head) == "400" && body.contains("unknown field"), "strict: {head}{body}");
+    let (head, body) = apply("?fieldManager=curl", "apiVersion: v1\nkind: Secret\n")?;
+    ensure!(code(&head) == "400", "another kind: {head}{body}");
+    Ok(())
+}

@@ -55,4 +55,14 @@ for event in w.stream(v1.list_namespaced_config_map, ns, resource_version=start,
     if len(seen) == 3:
         w.stop()
 assert seen == [("MODIFIED", "c1"), ("MODIFIED", "c1"), ("DELETED", "c2")], seen
+# Server-side apply (the client sends the configuration as JSON, which is YAML too), and
+# the field manager derived from the client's User-Agent on ordinary writes.
+body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"a": "1"}}
+applied = v1.patch_namespaced_config_map(
+    "applied", ns, body, field_manager="py-apply", _content_type="application/apply-patch+yaml"
+)
+assert applied.data == {"a": "1"}, applied.data
+assert [(m.manager, m.operation) for m in applied.metadata.managed_fields] == [("py-apply", "Apply")]
+created = v1.read_namespaced_config_map("c0", ns)
+assert created.metadata.managed_fields[0].manager == "OpenAPI-Generator", created.metadata.managed_fields
 print("ok")

@@ -1,0 +1,764 @@
+//! Field ownership (`metadata.managedFields`) and server-side apply, as Kubernetes' API
+//! server does them (structured-merge-diff's rules, over JSON values).
+//!
+//! Every write records who changed which fields: an update by manager M takes the fields it
+//! changed away from every other manager and gives them to M's `Update` entry. An apply by
+//! M merges M's configuration into the object, owns exactly the configuration's fields in
+//! M's `Apply` entry, removes the fields M applied before and no longer applies (unless
+//! someone else owns them), and refuses (409) to change a field another manager owns unless
+//! forced; applying a value equal to the current one co-owns the field without conflict.
+//!
+//! Lists follow the kind's [`ListType`]: associative lists (items keyed by their key
+//! fields), sets of scalars, or atomic values. The work is one walk over the object (and the
+//! old one, for updates), so it costs O(object size) per write.
+
+pub mod fieldset;
+pub mod options;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use api::meta::{Status, StatusCause, StatusDetails};
+use serde_json::{Map, Value};
+
+pub use fieldset::FieldSet;
+
+use crate::registry::RegistryError;
+
+/// How a list field's items are told apart, for ownership and merging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListType {
+    /// The list is one value: replaced whole, owned whole.
+    Atomic,
+    /// A set of scalars; each item is owned on its own.
+    Set,
+    /// Objects identified by these key fields; each item and each of its fields is owned
+    /// on its own.
+    Map(Vec<String>),
+}
+
+/// The list types of the built-in kinds, from the strategic merge patch's table of merge
+/// keys (`path`: the field names from the object's root, list positions left out).
+pub fn builtin_list_type(path: &[&str]) -> ListType {
+    use crate::patch::ListStrategy;
+    let Some((field, parents)) = path.split_last() else { return ListType::Atomic };
+    match crate::patch::list_strategy(parents.last().copied(), field) {
+        Some(ListStrategy::ByKey(key)) => ListType::Map(vec![key.to_string()]),
+        Some(ListStrategy::Set) => ListType::Set,
+        None => ListType::Atomic,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The configuration cannot be applied (malformed lists, managedFields set, ...).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}", conflict_message(.0))]
+    Conflicts(Vec<Conflict>),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// A field the applier would change that another manager owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The manager as Kubernetes prints it: `"kubectl"` or `"m" using v1 at <time>`.
+    pub manager: String,
+    /// The field as Kubernetes prints it: `.data.k`.
+    pub field: String,
+}
+
+fn conflict_message(conflicts: &[Conflict]) -> String {
+    if let [one] = conflicts {
+        return format!("Apply failed with 1 conflict: conflict with {}: {}", one.manager, one.field);
+    }
+    let mut by_manager: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for c in conflicts {
+        by_manager.entry(&c.manager).or_default().push(&c.field);
+    }
+    let mut lines = Vec::new();
+    for (manager, fields) in by_manager {
+        lines.push(format!("conflicts with {manager}:"));
+        lines.extend(fields.iter().map(|f| format!("- {f}")));
+    }
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+}
+
+impl ApplyError {
+    pub fn to_status(&self) -> Status {
+        match self {
+            ApplyError::Invalid(m) => Status::bad_request(m.clone()),
+            ApplyError::Conflicts(conflicts) => {
+                let mut status = Status::failure(409, "Conflict", conflict_message(conflicts));
+                status.details = Some(StatusDetails {
+                    causes: conflicts
+                        .iter()
+                        .map(|c| StatusCause {
+                            reason: "FieldManagerConflict".into(),
+                            message: format!("conflict with {}", c.manager),
+                            field: c.field.clone(),
+                        })
+                        .collect(),
+                    ..StatusDetails::default()
+                });
+                status
+            }
+            ApplyError::Registry(e) => e.to_status(),
+        }
+    }
+}
+
+/// One `managedFields` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    pub api_version: String,
+    pub time: Option<String>,
+    /// Empty for the main resource.
+    pub subresource: String,
+    pub set: FieldSet,
+}
+
+impl Entry {
+    /// How conflict messages name the entry's manager.
+    fn describe(&self) -> String {
+        let mut s = format!("{:?}", self.manager);
+        if !self.subresource.is_empty() {
+            s.push_str(&format!(" with subresource {:?}", self.subresource));
+        }
+        if self.operation == "Update" {
+            s.push_str(&format!(" using {}", self.api_version));
+            if let Some(t) = &self.time {
+                s.push_str(&format!(" at {t}"));
+            }
+        }
+        s
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("apiVersion".into(), Value::String(self.api_version.clone()));
+        m.insert("fieldsType".into(), Value::String("FieldsV1".into()));
+        m.insert("fieldsV1".into(), self.set.to_fields_v1());
+        m.insert("manager".into(), Value::String(self.manager.clone()));
+        m.insert("operation".into(), Value::String(self.operation.clone()));
+        if !self.subresource.is_empty() {
+            m.insert("subresource".into(), Value::String(self.subresource.clone()));
+        }
+        if let Some(t) = &self.time {
+            m.insert("time".into(), Value::String(t.clone()));
+        }
+        Value::Object(m)
+    }
+
+    fn from_json(v: &Value) -> Result<Entry, String> {
+        let m = v.as_object().ok_or("a managedFields entry must be an object")?;
+        let text = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let fields_type = text("fieldsType");
+        if !fields_type.is_empty() && fields_type != "FieldsV1" {
+            return Err(format!("unsupported fieldsType {fields_type:?}"));
+        }
+        let operation = text("operation");
+        if !matches!(operation.as_str(), "" | "Apply" | "Update") {
+            return Err(format!("unsupported operation {operation:?}"));
+        }
+        let set = match m.get("fieldsV1") {
+            None | Some(Value::Null) => FieldSet::default(),
+            Some(f) => FieldSet::from_fields_v1(f)?,
+        };
+        Ok(Entry {
+            manager: text("manager"),
+            operation,
+            api_version: text("apiVersion"),
+            time: m.get("time").and_then(Value::as_str).map(str::to_string),
+            subresource: text("subresource"),
+            set,
+        })
+    }
+}
+
+/// Reads `metadata.managedFields`.
+pub fn decode(v: Option<&Value>) -> Result<Vec<Entry>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items.iter().map(Entry::from_json).collect(),
+        Some(_) => Err("managedFields must be a list".into()),
+    }
+}
+
+/// Writes the entries with a non-empty set into `obj`'s `metadata.managedFields`.
+fn store_entries(obj: &mut Value, entries: &[Entry]) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    let list: Vec<Value> = entries.iter().filter(|e| !e.set.is_empty()).map(Entry::to_json).collect();
+    if list.is_empty() {
+        meta.remove("managedFields");
+    } else {
+        meta.insert("managedFields".into(), Value::Array(list));
+    }
+}
+
+/// Fields nobody owns: the server's metadata and the object's type.
+fn stripped() -> &'static FieldSet {
+    static STRIPPED: OnceLock<FieldSet> = OnceLock::new();
+    STRIPPED.get_or_init(|| {
+        let mut s = FieldSet::default();
+        s.insert(&["f:apiVersion".into()]);
+        s.insert(&["f:kind".into()]);
+        s.insert(&["f:metadata".into()]);
+        for f in [
+            "name",
+            "namespace",
+            "tenant",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
+            s.insert(&["f:metadata".into(), format!("f:{f}")]);
+        }
+        s
+    })
+}
+
+/// What changed between two versions of an object.
+#[derive(Debug, Default, PartialEq)]
+pub struct Diff {
+    pub added: FieldSet,
+    pub modified: FieldSet,
+    pub removed: FieldSet,
+}
+
+impl Diff {
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.modified.is_empty() && self.removed.is_empty()
+    }
+
+    fn strip(&mut self) {
+        for s in [&mut self.added, &mut self.modified, &mut self.removed] {
+            s.subtract(stripped());
+        }
+    }
+}
+
+/// One write's view of ownership: who writes, through which subresource, and the kind's
+/// list types.
+pub struct Writer<'a> {
+    pub manager: &'a str,
+    pub api_version: &'a str,
+    /// `Some("status")` for the status subresource.
+    pub subresource: Option<&'a str>,
+    /// The kind has a status subresource, so writes to the main resource never own status.
+    pub status_subresource: bool,
+    pub list_type: &'a (dyn Fn(&[&str]) -> ListType + Sync),
+    /// The time recorded in changed entries (RFC 3339).
+    pub now: &'a str,
+}
+
+/// `metadata.managedFields` is bookkeeping, not a field anyone owns.
+fn skipped(prefix: &[String], key: &str) -> bool {
+    key == "managedFields" && prefix.len() == 1 && prefix[0] == "f:metadata"
+}
+
+/// A list's items with their path elements; an error if an item has no key or two share
+/// one.
+fn keyed<'v>(items: &'v [Value], lt: &ListType) -> Result<Vec<(String, &'v Value)>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let pe = match lt {
+            ListType::Atomic => return Err("an atomic list has no items of its own".into()),
+            ListType::Set => format!("v:{item}"),
+            ListType::Map(keys) => {
+                let obj = item.as_object().ok_or("an item of an associative list must be an object")?;
+                let mut key = Map::new();
+                for k in keys {
+                    match obj.get(k) {
+                        Some(v) if !v.is_null() => {
+                            key.insert(k.clone(), v.clone());
+                        }
+                        _ => {
+                            return Err(format!(
+                                "associative list with keys has an element that omits key field {k:?}"
+                            ));
+                        }
+                    }
+                }
+                format!("k:{}", Value::Object(key))
+            }
+        };
+        if !seen.insert(pe.clone()) {
+            return Err(format!("duplicate entries for key {}", &pe[2..]));
+        }
+        out.push((pe, item));
+    }
+    Ok(out)
+}
+
+impl Writer<'_> {
+    /// The fields a value sets: its leaves, empty maps, atomic lists, and the items of
+    /// granular lists with their fields. `strict`: a malformed granular list is an error
+    /// (apply); otherwise it counts as atomic (updates must not fail on ownership), and
+    /// non-empty maps count too (an update that creates a map owns it, as in Kubernetes).
+    fn fields<'v>(
+        &self,
+        v: &'v Value,
+        names: &mut Vec<&'v str>,
+        prefix: &mut Vec<String>,
+        out: &mut FieldSet,
+        strict: bool,
+    ) -> Result<(), String> {
+        match v {
+            Value::Object(m) if m.is_empty() => {
+                if !prefix.is_empty() {
+                    out.insert(prefix);
+                }
+            }
+            Value::Object(m) => {
+                if !strict && !prefix.is_empty() {
+                    out.insert(prefix);
+                }
+                self.map_fields(m, names, prefix, out, strict)?
+            }
+            Value::Array(items) => {
+                let lt = (self.list_type)(names);
+                let elements = match (&lt, items.is_empty()) {
+                    (ListType::Atomic, _) | (_, true) => None,
+                    _ => match keyed(items, &lt) {
+                        Ok(e) => Some(e),
+                        Err(e) if strict => return Err(format!("{}: {e}", fieldset::display(prefix))),
+                        Err(_) => None,
+                    },
+                };
+                match elements {
+                    None => out.insert(prefix),
+                    Some(elements) => {
+                        for (pe, item) in elements {
+                            prefix.push(pe);
+                            out.insert(prefix);
+                            if let (ListType::Map(_), Value::Object(m)) = (&lt, item) {
+                                self.map_fields(m, names, prefix, out, strict)?;
+                            }
+                            prefix.pop();
+                        }
+                    }
+                }
+            }
+            _ => {
+                if !prefix.is_empty() {
+                    out.insert(prefix);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn map_fields<'v>(
+        &self,
+        m: &'v Map<String, Value>,
+        names: &mut Vec<&'v str>,
+        prefix: &mut Vec<String>,
+        out: &mut FieldSet,
+        strict: bool,
+    ) -> Result<(), String> {
+        for (k, child) in m {
+            if skipped(prefix, k) {
+                continue;
+            }
+            prefix.push(format!("f:{k}"));
+            names.push(k);
+            let r = self.fields(child, names, prefix, out, strict);
+            names.pop();
+            prefix.pop();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// What changed from `old` to `new` (both whole objects).
+    pub fn diff(&self, old: &Value, new: &Value) -> Diff {
+        let mut d = Diff::default();
+        self.diff_at(Some(old), Some(new), &mut Vec::new(), &mut Vec::new(), &mut d);
+        d.strip();
+        d
+    }
+
+    fn diff_at<'v>(
+        &self,
+        old: Option<&'v Value>,
+        new: Option<&'v Value>,
+        names: &mut Vec<&'v str>,
+        prefix: &mut Vec<String>,
+        d: &mut Diff,
+    ) {
+        match (old, new) {
+            (None, None) => {}
+            (None, Some(n)) => {
+                if !prefix.is_empty() {
+                    d.added.insert(prefix);
+                }
+                let _ = self.fields(n, names, prefix, &mut d.added, false);
+            }
+            (Some(o), None) => {
+                if !prefix.is_empty() {
+                    d.removed.insert(prefix);
+                }
+                let _ = self.fields(o, names, prefix, &mut d.removed, false);
+            }
+            (Some(Value::Object(o)), Some(Value::Object(n))) => {
+                for (k, ov) in o {
+                    if skipped(prefix, k) {
+                        continue;
+                    }
+                    prefix.push(format!("f:{k}"));
+                    names.push(k);
+                    self.diff_at(Some(ov), n.get(k), names, prefix, d);
+                    names.pop();
+                    prefix.pop();
+                }
+                for (k, nv) in n {
+                    if o.contains_key(k) || skipped(prefix, k) {
+                        continue;
+                    }
+                    prefix.push(format!("f:{k}"));
+                    names.push(k);
+                    self.diff_at(None, Some(nv), names, prefix, d);
+                    names.pop();
+                    prefix.pop();
+                }
+            }
+            (Some(Value::Array(o)), Some(Value::Array(n))) if o != n => {
+                let lt = (self.list_type)(names);
+                let granular = match lt {
+                    ListType::Atomic => None,
+                    _ => keyed(o, &lt).ok().zip(keyed(n, &lt).ok()),
+                };
+                let Some((old_items, new_items)) = granular else {
+                    d.modified.insert(prefix);
+                    return;
+                };
+                let new_by_pe: BTreeMap<&str, &Value> = new_items.iter().map(|(pe, v)| (pe.as_str(), *v)).collect();
+                let old_by_pe: BTreeMap<&str, &Value> = old_items.iter().map(|(pe, v)| (pe.as_str(), *v)).collect();
+                for (pe, ov) in &old_items {
+                    prefix.push(pe.clone());
+                    self.diff_item(Some(ov), new_by_pe.get(pe.as_str()).copied(), &lt, names, prefix, d);
+                    prefix.pop();
+                }
+                for (pe, nv) in &new_items {
+                    if !old_by_pe.contains_key(pe.as_str()) {
+                        prefix.push(pe.clone());
+                        self.diff_item(None, Some(nv), &lt, names, prefix, d);
+                        prefix.pop();
+                    }
+                }
+            }
+            (Some(o), Some(n)) => {
+                if o != n {
+                    d.modified.insert(prefix);
+                    if o.is_object() || o.is_array() || n.is_object() || n.is_array() {
+                        let _ = self.fields(o, names, prefix, &mut d.removed, false);
+                        let _ = self.fields(n, names, prefix, &mut d.added, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One item of a granular list (its path element already on `prefix`).
+    fn diff_item<'v>(
+        &self,
+        old: Option<&'v Value>,
+        new: Option<&'v Value>,
+        lt: &ListType,
+        names: &mut Vec<&'v str>,
+        prefix: &mut Vec<String>,
+        d: &mut Diff,
+    ) {
+        match (old, new, lt) {
+            (Some(Value::Object(_)), Some(Value::Object(_)), ListType::Map(_)) => {
+                self.diff_at(old, new, names, prefix, d)
+            }
+            (Some(_), Some(_), _) => {}
+            (None, Some(n), _) => {
+                d.added.insert(prefix);
+                if let (ListType::Map(_), Value::Object(m)) = (lt, n) {
+                    let _ = self.map_fields(m, names, prefix, &mut d.added, false);
+                }
+            }
+            (Some(o), None, _) => {
+                d.removed.insert(prefix);
+                if let (ListType::Map(_), Value::Object(m)) = (lt, o) {
+                    let _ = self.map_fields(m, names, prefix, &mut d.removed, false);
+                }
+            }
+            (None, None, _) => {}
+        }
+    }
+
+    fn is_own(&self, e: &Entry, operation: &str) -> bool {
+        e.manager == self.manager
+            && e.operation == operation
+            && e.subresource == self.subresource.unwrap_or("")
+            && (operation == "Apply" || e.api_version == self.api_version)
+    }
+
+    /// Records a create (`old` = `None`) or an update of `old` into `new`'s
+    /// `metadata.managedFields`. Managed fields the client changed (a non-empty, valid
+    /// list) replace the old ones as the starting point, as Kubernetes allows (kubectl's
+    /// client-side to server-side apply migration relies on it); `[{}]` clears them.
+    pub fn record_update(&self, old: Option<&Value>, new: &mut Value) {
+        let old_mf = old.and_then(|o| o.pointer("/metadata/managedFields"));
+        let new_mf = new.pointer("/metadata/managedFields");
+        let client = match new_mf {
+            Some(v) if Some(v) != old_mf => decode(Some(v)).ok().filter(|e| !e.is_empty()),
+            _ => None,
+        };
+        let empty = Value::Object(Map::new());
+        let diff = self.diff(old.unwrap_or(&empty), new);
+        if diff.is_empty() && client.is_none() {
+            // Nothing changed: the old record stands, times and all.
+            let old_mf = old_mf.cloned();
+            if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                match old_mf {
+                    Some(v) => meta.insert("managedFields".into(), v),
+                    None => meta.remove("managedFields"),
+                };
+            }
+            return;
+        }
+        let mut entries = client.unwrap_or_else(|| decode(old_mf).unwrap_or_default());
+        for e in entries.iter_mut().filter(|e| !self.is_own(e, "Update")) {
+            e.set.subtract(&diff.modified);
+            e.set.subtract(&diff.removed);
+        }
+        let own = match entries.iter().position(|e| self.is_own(e, "Update")) {
+            Some(i) => i,
+            None => {
+                entries.push(self.entry("Update", FieldSet::default()));
+                entries.len() - 1
+            }
+        };
+        let e = &mut entries[own];
+        e.set.union_with(&diff.modified);
+        e.set.union_with(&diff.added);
+        e.set.subtract(&diff.removed);
+        if !diff.is_empty() {
+            e.time = Some(self.now.to_string());
+        }
+        store_entries(new, &entries);
+    }
+
+    fn entry(&self, operation: &str, set: FieldSet) -> Entry {
+        Entry {
+            manager: self.manager.to_string(),
+            operation: operation.to_string(),
+            api_version: self.api_version.to_string(),
+            time: Some(self.now.to_string()),
+            subresource: self.subresource.unwrap_or("").to_string(),
+            set,
+        }
+    }
+
+    /// Applies `config` to `live` (`None`: the object does not exist yet) and returns the
+    /// object to store, managed fields included. `force` takes conflicting fields over.
+    pub fn apply(&self, live: Option<&Value>, config: &Value, force: bool) -> Result<Value, ApplyError> {
+        if !config.is_object() {
+            return Err(ApplyError::Invalid("the apply configuration must be an object".into()));
+        }
+        if config.pointer("/metadata/managedFields").is_some_and(|v| !v.is_null()) {
+            return Err(ApplyError::Invalid("metadata.managedFields must be nil".into()));
+        }
+        let mut config = without_nulls(config);
+        // Only what the write can change counts: the status through the status
+        // subresource, everything else through the main resource.
+        if let Some(m) = config.as_object_mut() {
+            match self.subresource {
+                Some("status") => {
+                    m.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"));
+                    if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+                        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace"));
+                    }
+                }
+                _ if self.status_subresource => {
+                    m.remove("status");
+                }
+                _ => {}
+            }
+        }
+        let mut applied = FieldSet::default();
+        self.fields(&config, &mut Vec::new(), &mut Vec::new(), &mut applied, true).map_err(ApplyError::Invalid)?;
+        applied.subtract(stripped());
+        let mut entries = decode(live.and_then(|l| l.pointer("/metadata/managedFields"))).unwrap_or_default();
+        let mut base = live.cloned().unwrap_or_else(|| Value::Object(Map::new()));
+        if let Some(meta) = base.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+        let mut merged = base.clone();
+        self.merge(&mut merged, &config, &mut Vec::new()).map_err(ApplyError::Invalid)?;
+        let own = entries.iter().position(|e| self.is_own(e, "Apply"));
+        // Fields this manager applied before and applies no more go, unless someone else
+        // owns them or something below them, or the configuration still sets something
+        // below them (a map this manager came to own whole, e.g. through kubectl's
+        // client-side apply migration, stays while the configuration sets some of it).
+        if let Some(i) = own {
+            let mut dropped = entries[i].set.clone();
+            dropped.subtract(&applied);
+            if !dropped.is_empty() {
+                let mut others = FieldSet::default();
+                for (j, e) in entries.iter().enumerate() {
+                    if j != i {
+                        others.union_with(&e.set);
+                    }
+                }
+                for path in dropped.paths() {
+                    if !others.covers(&path) && !applied.covers(&path) {
+                        remove_path(&mut merged, &path);
+                    }
+                }
+            }
+        }
+        let diff = self.diff(&base, &merged);
+        let mut conflicts = Vec::new();
+        for (j, e) in entries.iter().enumerate() {
+            if Some(j) == own {
+                continue;
+            }
+            for path in e.set.intersection(&diff.modified).paths() {
+                conflicts.push(Conflict { manager: e.describe(), field: fieldset::display(&path) });
+            }
+        }
+        if !conflicts.is_empty() && !force {
+            return Err(ApplyError::Conflicts(conflicts));
+        }
+        for (j, e) in entries.iter_mut().enumerate() {
+            if Some(j) != own {
+                e.set.subtract(&diff.modified);
+                e.set.subtract(&diff.removed);
+            }
+        }
+        match own {
+            Some(i) => {
+                let e = &mut entries[i];
+                if e.set != applied || !diff.is_empty() || e.api_version != self.api_version {
+                    e.time = Some(self.now.to_string());
+                }
+                e.set = applied;
+                e.api_version = self.api_version.to_string();
+            }
+            None => entries.push(self.entry("Apply", applied)),
+        }
+        store_entries(&mut merged, &entries);
+        Ok(merged)
+    }
+
+    /// Merges an apply configuration into an object: maps key by key, granular lists item
+    /// by item, everything else replaced.
+    fn merge<'v>(&self, target: &mut Value, config: &'v Value, names: &mut Vec<&'v str>) -> Result<(), String> {
+        match (target, config) {
+            (Value::Object(t), Value::Object(c)) => {
+                for (k, v) in c {
+                    names.push(k);
+                    let r = match t.get_mut(k) {
+                        Some(existing) => self.merge(existing, v, names),
+                        None => {
+                            t.insert(k.clone(), v.clone());
+                            Ok(())
+                        }
+                    };
+                    names.pop();
+                    r?;
+                }
+            }
+            (Value::Array(t), Value::Array(c)) => {
+                let lt = (self.list_type)(names);
+                if lt == ListType::Atomic {
+                    *t = c.clone();
+                    return Ok(());
+                }
+                let items = keyed(c, &lt)?;
+                // Live items that do not match the list type are replaced by the configuration.
+                let existing = match keyed(t, &lt) {
+                    Ok(e) => e.into_iter().map(|(pe, _)| pe).collect::<Vec<_>>(),
+                    Err(_) => {
+                        *t = c.clone();
+                        return Ok(());
+                    }
+                };
+                let mut positions: BTreeMap<String, usize> =
+                    existing.into_iter().enumerate().map(|(i, pe)| (pe, i)).collect();
+                for (pe, item) in items {
+                    match positions.get(&pe) {
+                        Some(&i) => self.merge(&mut t[i], item, names)?,
+                        None => {
+                            positions.insert(pe, t.len());
+                            t.push(item.clone());
+                        }
+                    }
+                }
+            }
+            (t, c) => *t = c.clone(),
+        }
+        Ok(())
+    }
+}
+
+/// The configuration without `null` map values (an apply sets no nulls).
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), without_nulls(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Whether a list item is the one a path element names.
+fn item_matches(item: &Value, pe: &str) -> bool {
+    if let Some(key) = pe.strip_prefix("k:") {
+        match serde_json::from_str::<Value>(key) {
+            Ok(Value::Object(k)) => k.iter().all(|(f, v)| item.get(f) == Some(v)),
+            _ => false,
+        }
+    } else if let Some(v) = pe.strip_prefix("v:") {
+        serde_json::from_str::<Value>(v).is_ok_and(|v| *item == v)
+    } else {
+        false
+    }
+}
+
+/// Removes the field or list item at `path`, if it is there.
+fn remove_path(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = obj;
+    for pe in parents {
+        let next = match cur {
+            Value::Object(m) => pe.strip_prefix("f:").and_then(|f| m.get_mut(f)),
+            Value::Array(items) => match pe.strip_prefix("i:") {
+                Some(i) => i.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+                None => items.iter_mut().find(|item| item_matches(item, pe)),
+            },
+            _ => None,
+        };
+        let Some(next) = next else { return };
+        cur = next;
+    }
+    match cur {
+        Value::Object(m) => {
+            if let Some(f) = last.strip_prefix("f:") {
+                m.remove(f);
+            }
+        }
+        Value::Array(items) => items.retain(|item| !item_matches(item, last)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;
