@@ -916,7 +916,12 @@ impl Api {
                         )],
                     ));
                 }
-                let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+                let timeout = match q.get("timeoutSeconds") {
+                    None => 1800,
+                    Some(t) => t.parse::<u64>().map_err(|_| {
+                        Status::bad_request(format!("invalid value {t:?} for query parameter timeoutSeconds"))
+                    })?,
+                };
                 let mut opts = opts;
                 if let Some(n) = &r.name {
                     // Watching one object is watching with a name selector.
