@@ -60,15 +60,15 @@ pub trait Reconciler: Send + Sync + 'static {
     }
 }
 
-type Mapper<K> = Box<dyn Fn(&Value) -> Vec<K> + Send + Sync>;
+type StopSignal = tokio::sync::watch::Receiver<bool>;
+
+/// Starts one watch's task, feeding the queue until stopped.
+type StartWatch<K> = Box<dyn FnOnce(Arc<WorkQueue<K>>, StopSignal) -> tokio::task::JoinHandle<()> + Send>;
 
 struct Input<K> {
-    watcher: Box<dyn FnOnce(Cache, Mapper<K>, Arc<WorkQueue<K>>, StopSignal) -> tokio::task::JoinHandle<()> + Send>,
+    start: StartWatch<K>,
     cache: Cache,
-    map: Mapper<K>,
 }
-
-type StopSignal = tokio::sync::watch::Receiver<bool>;
 
 pub struct Controller<R: Reconciler> {
     reconciler: Arc<R>,
@@ -100,8 +100,9 @@ impl<R: Reconciler> Controller<R> {
         cache: Cache,
         map: impl Fn(&Value) -> Vec<R::Key> + Send + Sync + 'static,
     ) -> Self {
-        let start = move |cache: Cache, map: Mapper<R::Key>, queue: Arc<WorkQueue<R::Key>>, mut stop: StopSignal| {
-            let mut watcher = watcher;
+        let feed = cache.clone();
+        let start = move |queue: Arc<WorkQueue<R::Key>>, mut stop: StopSignal| {
+            let (mut watcher, cache) = (watcher, feed);
             tokio::spawn(async move {
                 loop {
                     let event = tokio::select! {
@@ -121,7 +122,7 @@ impl<R: Reconciler> Controller<R> {
                 }
             })
         };
-        self.inputs.push(Input { watcher: Box::new(start), cache, map: Box::new(map) });
+        self.inputs.push(Input { start: Box::new(start), cache });
         self
     }
 
@@ -131,8 +132,7 @@ impl<R: Reconciler> Controller<R> {
         let queue: Arc<WorkQueue<R::Key>> = WorkQueue::new(self.backoff);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let caches: Vec<Cache> = self.inputs.iter().map(|i| i.cache.clone()).collect();
-        let watches: Vec<_> =
-            self.inputs.into_iter().map(|i| (i.watcher)(i.cache, i.map, queue.clone(), stop_rx.clone())).collect();
+        let watches: Vec<_> = self.inputs.into_iter().map(|i| (i.start)(queue.clone(), stop_rx.clone())).collect();
         let work = async {
             for cache in &caches {
                 cache.wait_ready().await;

@@ -271,11 +271,14 @@ mod tests {
 
     use super::*;
 
+    /// One scripted watch: refused, or the events it delivers before it ends.
+    type ScriptedWatch = Result<Vec<Result<WatchEvent, client::Error>>, client::Error>;
+
     /// A scripted API: each call takes the next answer and is recorded.
     #[derive(Default, Clone)]
     struct Fake {
         lists: Arc<Mutex<VecDeque<Result<ObjectList, client::Error>>>>,
-        watches: Arc<Mutex<VecDeque<Result<Vec<Result<WatchEvent, client::Error>>, client::Error>>>>,
+        watches: Arc<Mutex<VecDeque<ScriptedWatch>>>,
         calls: Arc<Mutex<Vec<String>>>,
     }
 
