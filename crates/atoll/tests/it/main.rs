@@ -1,4 +1,5 @@
 //! End-to-end tests that drive the real `atoll` binary.
 
+mod controllers;
 mod crash;
 mod server;
