@@ -78,20 +78,27 @@ impl Kubectl {
     }
 }
 
-#[test]
-fn controllers_create_default_service_accounts_and_tenant_namespaces() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut server = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+/// Starts `atoll server` on `listen`; returns it and the address it listens on.
+fn start_server(dir: &Path, listen: &str) -> Result<(Proc, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["server", "--listen", listen, "--data-dir"])
+        .arg(dir)
         .stdout(Stdio::piped())
         .spawn()?;
-    let mut reader = BufReader::new(server.stdout.take().context("stdout")?);
-    let server = Proc(server);
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let server = Proc(child);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let addr = line.trim().strip_prefix("listening on https://").context("no listening line")?.to_string();
+    // Keep draining the server's output so it never writes into a closed pipe.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Ok((server, addr))
+}
+
+#[test]
+fn controllers_create_default_service_accounts_and_tenant_namespaces() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, addr) = start_server(dir.path(), "127.0.0.1:0")?;
     let admin_config = dir.path().join("admin.kubeconfig");
 
     let mut controllers = Proc(
@@ -148,6 +155,14 @@ fn controllers_create_default_service_accounts_and_tenant_namespaces() -> Result
         ensure!(Instant::now() < deadline, "the deleted default ServiceAccount was not made again");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The API server dies and comes back on the same address: the controllers reconnect,
+    // watch again from where they were, and act on what happens next.
+    drop(server);
+    let (server, again) = start_server(dir.path(), &addr)?;
+    ensure!(again == addr, "restarted on {again}, not {addr}");
+    admin.ok(&["create", "namespace", "after-restart"], None)?;
+    admin.eventually(&["get", "serviceaccount", "default", "-n", "after-restart"])?;
 
     // SIGTERM stops the controllers cleanly.
     let pid = controllers.0.id().to_string();
