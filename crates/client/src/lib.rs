@@ -181,6 +181,7 @@ struct Inner {
     server_name: rustls::pki_types::ServerName<'static>,
     /// The shared HTTP/2 connection, replaced when it closes.
     conn: tokio::sync::Mutex<Option<SendRequest>>,
+    connects: std::sync::atomic::AtomicU64,
 }
 
 /// A client of one API server; cheap to clone (clones share the connection).
@@ -229,7 +230,15 @@ impl Client {
         let name = config.tls_server_name.clone().unwrap_or_else(|| config.server.host.clone());
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|_| Error::Tls(format!("{name:?} is not a valid server name")))?;
-        Ok(Client { inner: Arc::new(Inner { config, tls, server_name, conn: tokio::sync::Mutex::new(None) }) })
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                tls,
+                server_name,
+                conn: tokio::sync::Mutex::new(None),
+                connects: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
     }
 
     /// A client for the kubeconfig at `path` (its current context).
@@ -281,8 +290,22 @@ impl Client {
             return Ok(s.clone());
         }
         let s = self.connect().await?;
+        self.inner.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *conn = Some(s.clone());
         Ok(s)
+    }
+
+    /// Drops the shared connection if it has closed, so the next request makes a new one.
+    async fn forget_closed(&self) {
+        let mut conn = self.inner.conn.lock().await;
+        if conn.as_ref().is_some_and(|s| s.is_closed()) {
+            *conn = None;
+        }
+    }
+
+    /// How many connections this client (and its clones) has opened.
+    pub fn connections_opened(&self) -> u64 {
+        self.inner.connects.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn send(
@@ -313,21 +336,27 @@ impl Client {
             let req =
                 builder.body(Full::new(payload)).map_err(|e| Error::Decode(format!("building a request: {e}")))?;
             let mut sender = self.sender().await?;
-            let ready = sender.ready().await;
-            let result = match ready {
-                Ok(()) => sender.send_request(req).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(resp) => return Ok(resp),
-                Err(e) if attempt == 0 && (e.is_canceled() || e.is_closed() || sender.is_closed()) => {
+            // Not ready: the request was never sent, so trying it on a new connection is safe.
+            if let Err(e) = sender.ready().await {
+                self.forget_closed().await;
+                if attempt == 0 {
                     tracing::debug!(error = %e, "API connection lost; reconnecting");
-                    let mut conn = self.inner.conn.lock().await;
-                    if conn.as_ref().is_some_and(|s| s.is_closed()) {
-                        *conn = None;
-                    }
+                    continue;
                 }
-                Err(e) => return Err(e.into()),
+                return Err(e.into());
+            }
+            match sender.send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                // Cancelled: never sent. A read may be repeated whatever happened; a write
+                // that may have reached the server is left to the caller.
+                Err(e) if attempt == 0 && (e.is_canceled() || (method == Method::GET && sender.is_closed())) => {
+                    tracing::debug!(error = %e, "API connection lost; reconnecting");
+                    self.forget_closed().await;
+                }
+                Err(e) => {
+                    self.forget_closed().await;
+                    return Err(e.into());
+                }
             }
         }
         Err(Error::Decode("unreachable: the retry loop ended".into()))
@@ -440,6 +469,9 @@ impl Client {
         let mut options = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1"});
         if let Some(uid) = &params.precondition_uid {
             options["preconditions"]["uid"] = Value::from(uid.as_str());
+        }
+        if let Some(policy) = &params.propagation_policy {
+            options["propagationPolicy"] = Value::from(policy.as_str());
         }
         if let Some(rv) = &params.precondition_resource_version {
             options["preconditions"]["resourceVersion"] = Value::from(rv.as_str());

@@ -93,6 +93,8 @@ pub struct DeleteParams {
     pub grace_period_seconds: Option<i64>,
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
+    /// `Orphan`, `Background` or `Foreground`.
+    pub propagation_policy: Option<String>,
     pub dry_run: bool,
 }
 

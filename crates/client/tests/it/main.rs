@@ -172,6 +172,8 @@ async fn watches_deliver_typed_events_bookmarks_and_gone() -> Result<()> {
         let end = tokio::time::timeout(Duration::from_secs(5), w.next()).await??;
         ensure!(end.is_none(), "the watch should end at its timeout: {end:?}");
     }
+    // Everything so far, 20 concurrent watches included, went over one connection.
+    ensure!(c.connections_opened() == 1, "{} connections", c.connections_opened());
 
     // A revision older than the store keeps is 410 Gone, for a kind nobody watched yet.
     let secrets = Resource::new("", "v1", "secrets", true);
