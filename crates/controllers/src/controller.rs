@@ -133,9 +133,17 @@ impl<R: Reconciler> Controller<R> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let caches: Vec<Cache> = self.inputs.iter().map(|i| i.cache.clone()).collect();
         let watches: Vec<_> = self.inputs.into_iter().map(|i| (i.start)(queue.clone(), stop_rx.clone())).collect();
+        let mut stopped = stop_rx.clone();
         let work = async {
-            for cache in &caches {
-                cache.wait_ready().await;
+            let filled = async {
+                for cache in &caches {
+                    cache.wait_ready().await;
+                }
+            };
+            // Stopped before the first lists arrived (e.g. no API server): no workers at all.
+            tokio::select! {
+                _ = filled => {}
+                _ = stopped.wait_for(|s| *s) => return,
             }
             tracing::info!(controller = name, "caches filled; reconciling");
             let workers: Vec<_> =
@@ -359,6 +367,27 @@ mod tests {
         assert!((3..200).contains(&total), "{total} runs");
         let _ = stop.send(());
         run.await.unwrap();
+    }
+
+    struct Unreachable;
+
+    #[async_trait]
+    impl Source for Unreachable {
+        async fn list(&self, _: Option<String>) -> Result<ObjectList, client::Error> {
+            Err(client::Error::Decode("connection refused".into()))
+        }
+        async fn watch(&self, _: &str) -> Result<Box<dyn crate::watcher::Events>, client::Error> {
+            Err(client::Error::Decode("connection refused".into()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_without_an_api_server_does_not_hang() {
+        let script = Arc::new(Script::default());
+        let c = Controller::new(script.clone())
+            .watches(Watcher::new(Unreachable, "test"), Cache::default(), |_| Vec::<String>::new());
+        let run = c.run(tokio::time::sleep(Duration::from_secs(5)));
+        tokio::time::timeout(Duration::from_secs(6), run).await.expect("run returns after shutdown");
     }
 
     #[tokio::test(start_paused = true)]
