@@ -163,6 +163,14 @@ fn parse_event(line: &[u8]) -> Result<WatchEvent, Error> {
     })
 }
 
+/// A resource as discovery describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiResource {
+    pub resource: Resource,
+    pub kind: String,
+    pub verbs: Vec<String>,
+}
+
 /// One page of a list.
 #[derive(Clone, Debug)]
 pub struct ObjectList {
@@ -477,6 +485,55 @@ impl Client {
             options["preconditions"]["resourceVersion"] = Value::from(rv.as_str());
         }
         self.call(Method::DELETE, &path, Self::json_body(&options)).await
+    }
+
+    /// Deletes every object of `resource` in `scope` that the selectors match; returns the
+    /// server's list of what it deleted (or marked for deletion).
+    pub async fn delete_collection(
+        &self,
+        resource: &Resource,
+        scope: &Scope,
+        params: &ListParams,
+    ) -> Result<Value, Error> {
+        let path = format!("{}{}", Self::object_path(resource, scope, None, None)?, params.query());
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    /// Every resource the server serves (discovery), without subresources: what a
+    /// controller that must reach "every kind" (namespace or tenant deletion) iterates.
+    pub async fn api_resources(&self) -> Result<Vec<ApiResource>, Error> {
+        let mut group_versions = vec![(String::new(), "v1".to_string())];
+        let groups = self.call(Method::GET, "/apis", None).await?;
+        for g in groups["groups"].as_array().into_iter().flatten() {
+            let name = g["name"].as_str().unwrap_or("");
+            let version = g.pointer("/preferredVersion/version").and_then(Value::as_str).unwrap_or("");
+            if !name.is_empty() && !version.is_empty() {
+                group_versions.push((name.to_string(), version.to_string()));
+            }
+        }
+        let mut out = Vec::new();
+        for (group, version) in group_versions {
+            let path = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+            let list = self.call(Method::GET, &path, None).await?;
+            for r in list["resources"].as_array().into_iter().flatten() {
+                let plural = r["name"].as_str().unwrap_or("");
+                if plural.is_empty() || plural.contains('/') {
+                    continue;
+                }
+                out.push(ApiResource {
+                    resource: Resource::new(&group, &version, plural, r["namespaced"] == Value::Bool(true)),
+                    kind: r["kind"].as_str().unwrap_or("").to_string(),
+                    verbs: r["verbs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Starts a watch. A failure before the first event (e.g. 410 for a revision the

@@ -121,6 +121,25 @@ async fn every_verb_against_a_real_server() -> Result<()> {
     let mine = c.list(&cms, &Scope::own(), &ListParams::default()).await?;
     ensure!(mine.items.len() == 5);
 
+    // Discovery: every kind, with its scope.
+    let kinds = c.api_resources().await?;
+    let find = |plural: &str| kinds.iter().find(|k| k.resource.plural == plural);
+    ensure!(find("namespaces").is_some_and(|k| !k.resource.namespaced && k.kind == "Namespace"));
+    ensure!(
+        find("configmaps").is_some_and(|k| k.resource.namespaced && k.verbs.iter().any(|v| v == "deletecollection"))
+    );
+    ensure!(find("deployments").is_some_and(|k| k.resource.group == "apps" && k.resource.version == "v1"));
+    ensure!(find("tenants").is_some_and(|k| k.resource.group == "atoll.io"));
+    ensure!(!kinds.iter().any(|k| k.resource.plural.contains('/')), "no subresources");
+
+    // Delete a collection by selector, in one tenant only.
+    let gone = c
+        .delete_collection(&cms, &web, &ListParams { label_selector: Some("app=y".into()), ..Default::default() })
+        .await?;
+    ensure!(gone["items"].as_array().map(Vec::len) == Some(2), "{gone}");
+    ensure!(c.list(&cms, &web, &ListParams::default()).await?.items.len() == 3);
+    ensure!(c.list(&cms, &Scope::all_tenants(), &ListParams::default()).await?.items.len() == 4);
+
     // Delete with a stale precondition, then for real.
     let pre = DeleteParams { precondition_resource_version: Some("1".into()), ..DeleteParams::default() };
     let err = c.delete(&cms, &web, "c1", &pre).await.unwrap_err();
