@@ -107,6 +107,15 @@ pub struct ServerUrl {
 }
 
 impl ServerUrl {
+    /// `host:port`, with an IPv6 address in brackets.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     pub fn parse(url: &str) -> Result<ServerUrl, KubeconfigError> {
         let bad = |why| KubeconfigError::Server { url: url.to_string(), why };
         let rest = url.strip_prefix("https://").ok_or_else(|| bad("only https:// servers are supported"))?;
@@ -258,6 +267,8 @@ mod tests {
         assert_eq!(p("https://127.0.0.1:6443"), Ok(("127.0.0.1".into(), 6443, "".into())));
         assert_eq!(p("https://h.example/"), Ok(("h.example".into(), 443, "".into())));
         assert_eq!(p("https://[::1]:8443/tenants/acme/"), Ok(("::1".into(), 8443, "/tenants/acme".into())));
+        assert_eq!(ServerUrl::parse("https://[::1]:8443").unwrap().authority(), "[::1]:8443");
+        assert_eq!(ServerUrl::parse("https://h:1").unwrap().authority(), "h:1");
         assert!(p("http://127.0.0.1:80").unwrap_err().contains("only https"));
         assert!(p("https://h:x").unwrap_err().contains("port"));
         assert!(p("https://:1").unwrap_err().contains("no host"));

@@ -260,11 +260,7 @@ impl Client {
 
     async fn connect(&self) -> Result<SendRequest, Error> {
         let server = &self.inner.config.server;
-        let addr = if server.host.contains(':') {
-            format!("[{}]:{}", server.host, server.port)
-        } else {
-            format!("{}:{}", server.host, server.port)
-        };
+        let addr = server.authority();
         let connect_err = |source| Error::Connect { addr: addr.clone(), source };
         let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&addr))
             .await
@@ -323,9 +319,9 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Response<Incoming>, Error> {
         let uri = format!("{}{}", self.inner.config.server.prefix, path);
-        let authority = format!("{}:{}", self.inner.config.server.host, self.inner.config.server.port);
-        // A request on a connection that turned out to be closed is tried once more on a
-        // fresh one; the server never saw it.
+        let authority = self.inner.config.server.authority();
+        // A request the server never saw (the connection had closed) is tried once more on a
+        // fresh connection.
         for attempt in 0..2 {
             let mut builder = Request::builder()
                 .method(method.clone())

@@ -82,6 +82,21 @@ async fn namespaces_get_default_service_accounts_and_tenants_default_namespaces(
     let again = eventually(c, &sa, &Scope::own().in_namespace("web"), "default").await?;
     anyhow::ensure!(again["metadata"]["uid"] != before["metadata"]["uid"], "a new object: {again}");
 
+    // A tenant's default namespace, deleted, is made again.
+    let first = c.get(&Resource::namespaces(), &acme, "default").await?;
+    c.delete(&Resource::namespaces(), &acme, "default", &DeleteParams::default()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.get(&Resource::namespaces(), &acme, "default").await {
+            Ok(ns) if ns["metadata"]["uid"] != first["metadata"]["uid"] => break,
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "acme's default namespace was not made again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // Stopped: changes meanwhile are repaired at the next start (level-triggered).
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), task).await.context("the controllers did not stop")??;
