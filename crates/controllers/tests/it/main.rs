@@ -13,6 +13,7 @@ use store::Store;
 
 struct TestServer {
     client: Client,
+    store: Arc<dyn Store>,
     _stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
@@ -26,7 +27,7 @@ async fn start() -> Result<TestServer> {
     tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    Ok(TestServer { client, _stop: stop, _dir: dir })
+    Ok(TestServer { client, store, _stop: stop, _dir: dir })
 }
 
 /// Runs every controller until the returned sender is dropped or fired.
@@ -114,7 +115,7 @@ async fn namespaces_get_default_service_accounts_and_tenants_default_namespaces(
     Ok(())
 }
 
-async fn next(w: &mut Watcher<ApiSource>) -> Result<Event> {
+async fn next<S: controllers::watcher::Source>(w: &mut Watcher<S>) -> Result<Event> {
     tokio::time::timeout(Duration::from_secs(10), w.next()).await.context("no event in time")
 }
 
@@ -137,5 +138,49 @@ async fn the_watcher_lists_then_follows_a_real_server() -> Result<()> {
     c.delete(&cms, &scope, "c0", &DeleteParams::default()).await?;
     anyhow::ensure!(matches!(next(&mut w).await?, Event::Applied(o) if o["metadata"]["name"] == "late"));
     anyhow::ensure!(matches!(next(&mut w).await?, Event::Deleted(o) if o["metadata"]["name"] == "c0"));
+    Ok(())
+}
+
+/// The API, with each watch held until the test lets it through.
+struct Gated {
+    inner: ApiSource,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl controllers::watcher::Source for Gated {
+    async fn list(&self, token: Option<String>) -> Result<client::ObjectList, client::Error> {
+        self.inner.list(token).await
+    }
+    async fn watch(&self, rv: &str) -> Result<Box<dyn controllers::watcher::Events>, client::Error> {
+        self.gate.acquire().await.expect("the gate stays open").forget();
+        self.inner.watch(rv).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_revision_makes_the_watcher_list_again() -> Result<()> {
+    let s = start().await?;
+    let c = &s.client;
+    let secrets = Resource::new("", "v1", "secrets", true);
+    let scope = Scope::own().in_namespace("default");
+    let secret = |n: &str| json!({"metadata": {"name": n}, "data": {}});
+    c.create(&secrets, &scope, &secret("old")).await?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let source = Gated { inner: ApiSource::new(c.clone(), secrets.clone(), scope.clone()), gate: gate.clone() };
+    let mut w = Watcher::new(source, "secrets");
+    anyhow::ensure!(matches!(next(&mut w).await?, Event::Restarted(items) if items.len() == 1));
+    // While the watcher is between its list and its watch, the store moves on and forgets.
+    c.create(&secrets, &scope, &secret("new")).await?;
+    c.delete(&secrets, &scope, "old", &DeleteParams::default()).await?;
+    s.store.compact(s.store.current_revision().await?).await?;
+    gate.add_permits(2);
+    match next(&mut w).await? {
+        Event::Restarted(items) => {
+            let names: Vec<&str> = items.iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
+            anyhow::ensure!(names == ["new"], "the fresh list: {names:?}");
+        }
+        other => bail!("410 Gone should have led to a new list, not {other:?}"),
+    }
     Ok(())
 }
