@@ -186,7 +186,9 @@ async fn worker<R: Reconciler>(reconciler: Arc<R>, queue: Arc<WorkQueue<R::Key>>
                 let (failures, delay) = queue.fail(&key);
                 match reconciler.error_policy(&key, &error, failures) {
                     OnError::Backoff => {
-                        tracing::warn!(controller = name, %key, %error, failures, retry_in = ?delay, "reconcile failed");
+                        tracing::warn!(
+                            controller = name, %key, %error, failures, retry_in = ?delay, "reconcile failed"
+                        );
                         queue.add_after(key.clone(), delay);
                     }
                     OnError::RequeueAfter(d) => {
