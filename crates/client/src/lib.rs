@@ -183,6 +183,9 @@ pub struct ObjectList {
 
 type SendRequest = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
+/// Longest wait for a TCP connection, and again for its TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Inner {
     config: Config,
     tls: tokio_rustls::TlsConnector,
@@ -262,13 +265,18 @@ impl Client {
         let server = &self.inner.config.server;
         let addr = server.authority();
         let connect_err = |source| Error::Connect { addr: addr.clone(), source };
-        let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&addr))
+        let timed_out = |what: &str| connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string()));
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
             .await
-            .map_err(|_| connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(|_| timed_out("connect timed out"))?
             .map_err(connect_err)?;
         // Small requests and watch events must not wait for Nagle's algorithm.
         tcp.set_nodelay(true).map_err(connect_err)?;
-        let tls = self.inner.tls.connect(self.inner.server_name.clone(), tcp).await.map_err(connect_err)?;
+        // Bounded, since every request waits for the connection being made.
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.inner.tls.connect(self.inner.server_name.clone(), tcp))
+            .await
+            .map_err(|_| timed_out("TLS handshake timed out"))?
+            .map_err(connect_err)?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(Error::Tls("the server did not agree to HTTP/2".into()));
         }
