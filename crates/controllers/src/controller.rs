@@ -153,15 +153,17 @@ impl<R: Reconciler> Controller<R> {
             }
         };
         tokio::pin!(work);
-        tokio::select! {
-            _ = shutdown => {}
-            _ = &mut work => {}
-        }
+        let finished = tokio::select! {
+            _ = shutdown => false,
+            _ = &mut work => true,
+        };
         tracing::info!(controller = name, "stopping");
         let _ = stop_tx.send(true);
         queue.shutdown();
         // Workers finish the reconcile they are in; watches stop at once.
-        work.await;
+        if !finished {
+            work.await;
+        }
         for w in watches {
             let _ = w.await;
         }

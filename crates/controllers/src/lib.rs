@@ -35,10 +35,12 @@ pub async fn run_all(client: client::Client, shutdown: impl Future<Output = ()>)
         tokio::join!(service_accounts, tenants);
     };
     tokio::pin!(all);
-    tokio::select! {
-        _ = shutdown => {}
-        _ = &mut all => {}
-    }
+    let finished = tokio::select! {
+        _ = shutdown => false,
+        _ = &mut all => true,
+    };
     let _ = stop_tx.send(true);
-    all.await;
+    if !finished {
+        all.await;
+    }
 }
