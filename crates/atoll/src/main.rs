@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod bench_api;
+mod controllers;
 mod debug;
 mod server;
 
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the API server over a store.
     Server(server::ServerArgs),
+    /// Run the controllers against an API server.
+    Controllers(controllers::ControllersArgs),
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Controllers(args) => controllers::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,

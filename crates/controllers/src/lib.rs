@@ -1,0 +1,46 @@
+//! The controller runtime and Atoll's controllers.
+//!
+//! The runtime: a [`watcher`] (list, then watch from the list's revision, re-list on
+//! 410 Gone, re-watch on disconnect, back-off on errors), a [`cache`] per watch (replaced
+//! at once on a re-list), a de-duplicating [`queue`] with per-key back-off that never
+//! hands one key to two workers, and the [`controller`] loop around a `Reconciler`.
+//!
+//! Controllers read and write cluster state only through the `client` crate, so
+//! authentication, tenancy and admission apply to them as to everyone else. For now they
+//! run with the administrator's identity (least privilege comes with RBAC).
+
+pub mod cache;
+pub mod controller;
+pub mod queue;
+pub mod serviceaccount;
+pub mod tenant;
+pub mod watcher;
+
+use std::future::Future;
+
+pub use cache::{Cache, ObjectKey};
+pub use controller::{Action, Controller, OnError, Reconciler};
+pub use queue::{Backoff, WorkQueue};
+pub use watcher::{ApiSource, Event, Watcher};
+
+/// Runs every controller over `client` until `shutdown` resolves, then stops them all.
+pub async fn run_all(client: client::Client, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let service_accounts = serviceaccount::controller(client.clone()).run(stopped(stop_rx.clone()));
+    let tenants = tenant::controller(client).run(stopped(stop_rx));
+    let all = async {
+        tokio::join!(service_accounts, tenants);
+    };
+    tokio::pin!(all);
+    let finished = tokio::select! {
+        _ = shutdown => false,
+        _ = &mut all => true,
+    };
+    let _ = stop_tx.send(true);
+    if !finished {
+        all.await;
+    }
+}
