@@ -573,6 +573,12 @@ fn server_side_apply_round(k: &Kubectl, extra: &[&str], ns: &str) -> Result<()> 
     // A field dropped from the configuration goes.
     ok(&ssa, Some(&cm_manifest("ssa", ns, &[("a", "1")])))?;
     ensure!(get("ssa", "{.data}")? == r#"{"a":"1"}"#, "b removed");
+    // kubectl diff --server-side: a dry-run apply compared with the live object.
+    let same = run(&["diff", "--server-side", "-f", "-"], Some(&cm_manifest("ssa", ns, &[("a", "1")])))?;
+    ensure!(same.status.code() == Some(0), "no difference: {}", stdout(&same));
+    let changed = run(&["diff", "--server-side", "-f", "-"], Some(&cm_manifest("ssa", ns, &[("a", "2")])))?;
+    ensure!(changed.status.code() == Some(1) && stdout(&changed).contains("+  a: \"2\""), "{}", stdout(&changed));
+    ensure!(get("ssa", "{.data.a}")? == "1", "diff changes nothing");
 
     // From client-side apply to server-side apply on the same object.
     let csa = cm_manifest("moved", ns, &[("x", "1"), ("y", "2")]);
