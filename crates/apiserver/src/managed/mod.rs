@@ -189,8 +189,50 @@ pub fn decode(v: Option<&Value>) -> Result<Vec<Entry>, String> {
     }
 }
 
+/// At most this many `Update` entries are kept; older ones are merged (Kubernetes' cap, so
+/// that many different writers cannot grow an object without bound).
+const MAX_UPDATE_ENTRIES: usize = 10;
+
+/// The manager the oldest updates are merged into.
+const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// Merges the oldest `Update` entries into one `ancient-changes` entry until at most
+/// [`MAX_UPDATE_ENTRIES`] remain.
+fn cap_updates(entries: &mut Vec<Entry>) {
+    let mut updates: Vec<usize> =
+        (0..entries.len()).filter(|&i| entries[i].operation == "Update" && !entries[i].set.is_empty()).collect();
+    if updates.len() <= MAX_UPDATE_ENTRIES {
+        return;
+    }
+    // Oldest first; RFC 3339 times in UTC sort as strings, and no time is oldest.
+    updates.sort_by(|&a, &b| entries[a].time.cmp(&entries[b].time));
+    let merged: Vec<usize> = updates[..updates.len() - MAX_UPDATE_ENTRIES + 1].to_vec();
+    let mut bucket = Entry {
+        manager: ANCIENT_CHANGES.into(),
+        operation: "Update".into(),
+        api_version: String::new(),
+        time: None,
+        subresource: String::new(),
+        set: FieldSet::default(),
+    };
+    for &i in &merged {
+        // The newest merged entry gives the bucket its version and time.
+        bucket.api_version = entries[i].api_version.clone();
+        bucket.time = entries[i].time.clone();
+        bucket.set.union_with(&entries[i].set);
+    }
+    let mut i = 0;
+    entries.retain(|_| {
+        let keep = !merged.contains(&i);
+        i += 1;
+        keep
+    });
+    entries.push(bucket);
+}
+
 /// Writes the entries with a non-empty set into `obj`'s `metadata.managedFields`.
-fn store_entries(obj: &mut Value, entries: &[Entry]) {
+fn store_entries(obj: &mut Value, entries: &mut Vec<Entry>) {
+    cap_updates(entries);
     let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
     let list: Vec<Value> = entries.iter().filter(|e| !e.set.is_empty()).map(Entry::to_json).collect();
     if list.is_empty() {
@@ -596,7 +638,7 @@ impl Writer<'_> {
         if !diff.is_empty() {
             e.time = Some(self.now.to_string());
         }
-        store_entries(new, &entries);
+        store_entries(new, &mut entries);
     }
 
     fn entry(&self, operation: &str, set: FieldSet) -> Entry {
@@ -698,7 +740,7 @@ impl Writer<'_> {
             }
             None => entries.push(self.entry("Apply", applied)),
         }
-        store_entries(&mut merged, &entries);
+        store_entries(&mut merged, &mut entries);
         Ok(merged)
     }
 
