@@ -625,6 +625,10 @@ impl Api {
             Verb::Get => ok(to_scale(&registry.get(scope, &name).await.map_err(|e| e.to_status())?)),
             Verb::Update | Verb::Patch => {
                 let dry = dry_run(q)?;
+                let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok());
+                let options = if r.verb == Verb::Update { "UpdateOptions" } else { "PatchOptions" };
+                let (manager, _) = crate::managed::options::write_manager(q, user_agent, options, false)?;
+                let opts = WriteOptions { dry_run: dry, field_manager: Some(manager), ..WriteOptions::default() };
                 let content_type = media_type(&req);
                 let body = Self::read_body(req).await?;
                 for _ in 0..5 {
@@ -660,7 +664,7 @@ impl Api {
                     if let Some(rv) = pinned {
                         updated["metadata"]["resourceVersion"] = json!(rv);
                     }
-                    match registry.update(scope, &name, updated, None, dry).await {
+                    match registry.update_with(scope, &name, updated, None, &opts).await {
                         Ok(obj) => return ok(to_scale(&obj)),
                         Err(RegistryError::Conflict { .. }) if pinned.is_none() || r.verb == Verb::Patch => continue,
                         Err(e) => return Err(e.to_status()),

@@ -23,6 +23,47 @@ impl FieldSet {
         self.children.is_empty()
     }
 
+    /// A set holding only the node's own path (for building subtrees).
+    pub(crate) fn member() -> FieldSet {
+        FieldSet { member: true, children: BTreeMap::new() }
+    }
+
+    pub(crate) fn set_member(&mut self, member: bool) {
+        self.member = member;
+    }
+
+    /// Adds `child` under the element `pe` of this node.
+    pub(crate) fn put(&mut self, pe: String, child: FieldSet) {
+        match self.children.get_mut(&pe) {
+            Some(mine) => {
+                mine.member |= child.member;
+                mine.union_with(&child);
+            }
+            None => {
+                self.children.insert(pe, child);
+            }
+        }
+    }
+
+    /// Adds `node` (a subtree with its own membership) at `path`.
+    pub(crate) fn graft(&mut self, path: &[String], node: FieldSet) {
+        let Some((last, parents)) = path.split_last() else {
+            if self.is_empty() {
+                *self = node;
+            } else {
+                self.union_with(&node);
+            }
+            return;
+        };
+        let mut cur = self;
+        for pe in parents {
+            cur = cur.children.entry(pe.clone()).or_default();
+        }
+        if node.member || !node.children.is_empty() {
+            cur.put(last.clone(), node);
+        }
+    }
+
     /// Adds `path` (not the empty path).
     pub fn insert(&mut self, path: &[String]) {
         let mut node = self;

@@ -189,8 +189,50 @@ pub fn decode(v: Option<&Value>) -> Result<Vec<Entry>, String> {
     }
 }
 
+/// At most this many `Update` entries are kept; older ones are merged (Kubernetes' cap, so
+/// that many different writers cannot grow an object without bound).
+const MAX_UPDATE_ENTRIES: usize = 10;
+
+/// The manager the oldest updates are merged into.
+const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// Merges the oldest `Update` entries into one `ancient-changes` entry until at most
+/// [`MAX_UPDATE_ENTRIES`] remain.
+fn cap_updates(entries: &mut Vec<Entry>) {
+    let mut updates: Vec<usize> =
+        (0..entries.len()).filter(|&i| entries[i].operation == "Update" && !entries[i].set.is_empty()).collect();
+    if updates.len() <= MAX_UPDATE_ENTRIES {
+        return;
+    }
+    // Oldest first; RFC 3339 times in UTC sort as strings, and no time is oldest.
+    updates.sort_by(|&a, &b| entries[a].time.cmp(&entries[b].time));
+    let merged: Vec<usize> = updates[..updates.len() - MAX_UPDATE_ENTRIES + 1].to_vec();
+    let mut bucket = Entry {
+        manager: ANCIENT_CHANGES.into(),
+        operation: "Update".into(),
+        api_version: String::new(),
+        time: None,
+        subresource: String::new(),
+        set: FieldSet::default(),
+    };
+    for &i in &merged {
+        // The newest merged entry gives the bucket its version and time.
+        bucket.api_version = entries[i].api_version.clone();
+        bucket.time = entries[i].time.clone();
+        bucket.set.union_with(&entries[i].set);
+    }
+    let mut i = 0;
+    entries.retain(|_| {
+        let keep = !merged.contains(&i);
+        i += 1;
+        keep
+    });
+    entries.push(bucket);
+}
+
 /// Writes the entries with a non-empty set into `obj`'s `metadata.managedFields`.
-fn store_entries(obj: &mut Value, entries: &[Entry]) {
+fn store_entries(obj: &mut Value, entries: &mut Vec<Entry>) {
+    cap_updates(entries);
     let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
     let list: Vec<Value> = entries.iter().filter(|e| !e.set.is_empty()).map(Entry::to_json).collect();
     if list.is_empty() {
@@ -261,9 +303,19 @@ pub struct Writer<'a> {
     pub now: &'a str,
 }
 
-/// `metadata.managedFields` is bookkeeping, not a field anyone owns.
-fn skipped(prefix: &[String], key: &str) -> bool {
-    key == "managedFields" && prefix.len() == 1 && prefix[0] == "f:metadata"
+/// `metadata.managedFields` is bookkeeping, not a field anyone owns (`names`: the field
+/// names down to the map holding `key`).
+fn skipped(names: &[&str], key: &str) -> bool {
+    key == "managedFields" && names == ["metadata"]
+}
+
+/// A path below some value (innermost element first) and what is wrong there.
+type PathError = (Vec<String>, String);
+
+fn located(prefix: &[String], (mut below, e): PathError) -> String {
+    below.reverse();
+    let path: Vec<String> = prefix.iter().cloned().chain(below).collect();
+    format!("{}: {e}", fieldset::display(&path))
 }
 
 /// A list's items with their path elements; an error if an item has no key or two share
@@ -303,28 +355,50 @@ fn keyed<'v>(items: &'v [Value], lt: &ListType) -> Result<Vec<(String, &'v Value
 
 impl Writer<'_> {
     /// The fields a value sets: its leaves, empty maps, atomic lists, and the items of
-    /// granular lists with their fields. `strict`: a malformed granular list is an error
-    /// (apply); otherwise it counts as atomic (updates must not fail on ownership), and
-    /// non-empty maps count too (an update that creates a map owns it, as in Kubernetes).
+    /// granular lists with their fields, added to `out` below `prefix`. `strict`: a
+    /// malformed granular list is an error (apply); otherwise it counts as atomic (updates
+    /// must not fail on ownership), and non-empty maps count too (an update that creates a
+    /// map owns it, as in Kubernetes).
     fn fields<'v>(
         &self,
         v: &'v Value,
         names: &mut Vec<&'v str>,
-        prefix: &mut Vec<String>,
+        prefix: &[String],
         out: &mut FieldSet,
         strict: bool,
     ) -> Result<(), String> {
-        match v {
-            Value::Object(m) if m.is_empty() => {
-                if !prefix.is_empty() {
-                    out.insert(prefix);
-                }
-            }
+        let mut node = self.subtree(v, names, strict).map_err(|e| located(prefix, e))?;
+        if prefix.is_empty() {
+            node.set_member(false);
+        }
+        out.graft(prefix, node);
+        Ok(())
+    }
+
+    /// [`Writer::fields`] of a map's entries (the map itself not counted).
+    fn map_fields<'v>(
+        &self,
+        m: &'v Map<String, Value>,
+        names: &mut Vec<&'v str>,
+        prefix: &[String],
+        out: &mut FieldSet,
+        strict: bool,
+    ) -> Result<(), String> {
+        let node = self.map_subtree(m, names, strict).map_err(|e| located(prefix, e))?;
+        out.graft(prefix, node);
+        Ok(())
+    }
+
+    /// The set of a value's fields, built bottom-up (each node allocated once); its own
+    /// node is a member when the value counts as one field. An error carries the path
+    /// below the value, innermost first.
+    fn subtree<'v>(&self, v: &'v Value, names: &mut Vec<&'v str>, strict: bool) -> Result<FieldSet, PathError> {
+        Ok(match v {
+            Value::Object(m) if m.is_empty() => FieldSet::member(),
             Value::Object(m) => {
-                if !strict && !prefix.is_empty() {
-                    out.insert(prefix);
-                }
-                self.map_fields(m, names, prefix, out, strict)?
+                let mut node = self.map_subtree(m, names, strict)?;
+                node.set_member(!strict);
+                node
             }
             Value::Array(items) => {
                 let lt = (self.list_type)(names);
@@ -332,53 +406,59 @@ impl Writer<'_> {
                     (ListType::Atomic, _) | (_, true) => None,
                     _ => match keyed(items, &lt) {
                         Ok(e) => Some(e),
-                        Err(e) if strict => return Err(format!("{}: {e}", fieldset::display(prefix))),
+                        Err(e) if strict => return Err((Vec::new(), e)),
                         Err(_) => None,
                     },
                 };
                 match elements {
-                    None => out.insert(prefix),
+                    None => FieldSet::member(),
                     Some(elements) => {
+                        let mut node = FieldSet::default();
                         for (pe, item) in elements {
-                            prefix.push(pe);
-                            out.insert(prefix);
-                            if let (ListType::Map(_), Value::Object(m)) = (&lt, item) {
-                                self.map_fields(m, names, prefix, out, strict)?;
-                            }
-                            prefix.pop();
+                            let mut child = match (&lt, item) {
+                                (ListType::Map(_), Value::Object(m)) => {
+                                    self.map_subtree(m, names, strict).map_err(|(mut p, e)| {
+                                        p.push(pe.clone());
+                                        (p, e)
+                                    })?
+                                }
+                                _ => FieldSet::default(),
+                            };
+                            child.set_member(true);
+                            node.put(pe, child);
                         }
+                        node
                     }
                 }
             }
-            _ => {
-                if !prefix.is_empty() {
-                    out.insert(prefix);
-                }
-            }
-        }
-        Ok(())
+            _ => FieldSet::member(),
+        })
     }
 
-    fn map_fields<'v>(
+    fn map_subtree<'v>(
         &self,
         m: &'v Map<String, Value>,
         names: &mut Vec<&'v str>,
-        prefix: &mut Vec<String>,
-        out: &mut FieldSet,
         strict: bool,
-    ) -> Result<(), String> {
+    ) -> Result<FieldSet, PathError> {
+        let mut node = FieldSet::default();
         for (k, child) in m {
-            if skipped(prefix, k) {
+            if skipped(names, k) {
                 continue;
             }
-            prefix.push(format!("f:{k}"));
             names.push(k);
-            let r = self.fields(child, names, prefix, out, strict);
+            let r = self.subtree(child, names, strict);
             names.pop();
-            prefix.pop();
-            r?;
+            let pe = format!("f:{k}");
+            match r {
+                Ok(c) => node.put(pe, c),
+                Err((mut p, e)) => {
+                    p.push(pe);
+                    return Err((p, e));
+                }
+            }
         }
-        Ok(())
+        Ok(node)
     }
 
     /// What changed from `old` to `new` (both whole objects).
@@ -399,21 +479,22 @@ impl Writer<'_> {
     ) {
         match (old, new) {
             (None, None) => {}
+            // A field that appears or disappears counts with everything below it.
             (None, Some(n)) => {
-                if !prefix.is_empty() {
-                    d.added.insert(prefix);
+                if let Ok(mut node) = self.subtree(n, names, false) {
+                    node.set_member(!prefix.is_empty());
+                    d.added.graft(prefix, node);
                 }
-                let _ = self.fields(n, names, prefix, &mut d.added, false);
             }
             (Some(o), None) => {
-                if !prefix.is_empty() {
-                    d.removed.insert(prefix);
+                if let Ok(mut node) = self.subtree(o, names, false) {
+                    node.set_member(!prefix.is_empty());
+                    d.removed.graft(prefix, node);
                 }
-                let _ = self.fields(o, names, prefix, &mut d.removed, false);
             }
             (Some(Value::Object(o)), Some(Value::Object(n))) => {
                 for (k, ov) in o {
-                    if skipped(prefix, k) {
+                    if skipped(names, k) {
                         continue;
                     }
                     prefix.push(format!("f:{k}"));
@@ -423,7 +504,7 @@ impl Writer<'_> {
                     prefix.pop();
                 }
                 for (k, nv) in n {
-                    if o.contains_key(k) || skipped(prefix, k) {
+                    if o.contains_key(k) || skipped(names, k) {
                         continue;
                     }
                     prefix.push(format!("f:{k}"));
@@ -532,6 +613,7 @@ impl Writer<'_> {
             }
             return;
         }
+        let mut diff = diff;
         let mut entries = client.unwrap_or_else(|| decode(old_mf).unwrap_or_default());
         for e in entries.iter_mut().filter(|e| !self.is_own(e, "Update")) {
             e.set.subtract(&diff.modified);
@@ -546,12 +628,17 @@ impl Writer<'_> {
         };
         let e = &mut entries[own];
         e.set.union_with(&diff.modified);
-        e.set.union_with(&diff.added);
+        if e.set.is_empty() {
+            // A create, or a first write: no copy.
+            e.set = std::mem::take(&mut diff.added);
+        } else {
+            e.set.union_with(&diff.added);
+        }
         e.set.subtract(&diff.removed);
         if !diff.is_empty() {
             e.time = Some(self.now.to_string());
         }
-        store_entries(new, &entries);
+        store_entries(new, &mut entries);
     }
 
     fn entry(&self, operation: &str, set: FieldSet) -> Entry {
@@ -592,7 +679,7 @@ impl Writer<'_> {
             }
         }
         let mut applied = FieldSet::default();
-        self.fields(&config, &mut Vec::new(), &mut Vec::new(), &mut applied, true).map_err(ApplyError::Invalid)?;
+        self.fields(&config, &mut Vec::new(), &[], &mut applied, true).map_err(ApplyError::Invalid)?;
         applied.subtract(stripped());
         let mut entries = decode(live.and_then(|l| l.pointer("/metadata/managedFields"))).unwrap_or_default();
         let mut base = live.cloned().unwrap_or_else(|| Value::Object(Map::new()));
@@ -653,7 +740,7 @@ impl Writer<'_> {
             }
             None => entries.push(self.entry("Apply", applied)),
         }
-        store_entries(&mut merged, &entries);
+        store_entries(&mut merged, &mut entries);
         Ok(merged)
     }
 

@@ -299,3 +299,20 @@ fn a_map_owned_whole_stays_while_the_configuration_sets_part_of_it() {
     let obj = writer("kubectl", &lists).apply(Some(&live), &json!({"apiVersion": "v1", "kind": "ConfigMap"}), false);
     assert!(obj.unwrap().get("data").is_none(), "no longer applied at all: the map goes");
 }
+
+#[test]
+fn the_oldest_of_many_updaters_are_merged_into_ancient_changes() {
+    let mut obj = created_by("m00", cm(json!({"k00": "x"})));
+    for i in 1..12 {
+        let old = obj.clone();
+        obj["data"][format!("k{i:02}")] = json!("x");
+        let now = format!("2026-11-23T00:00:{i:02}Z");
+        Writer { now: &now, ..writer(&format!("m{i:02}"), &lists) }.record_update(Some(&old), &mut obj);
+    }
+    let owners = owners(&obj);
+    assert_eq!(owners.len(), 10, "{owners:?}");
+    let ancient = owners.iter().find(|o| o.0 == "ancient-changes").expect("a bucket");
+    // m00 (created the data map), m01 and m02 are the three oldest.
+    assert_eq!(ancient.2, json!({"f:data": {".": {}, "f:k00": {}, "f:k01": {}, "f:k02": {}}}));
+    assert!(owners.iter().any(|o| o.0 == "m11") && !owners.iter().any(|o| o.0 == "m02"));
+}

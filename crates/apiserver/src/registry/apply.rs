@@ -45,6 +45,15 @@ impl Registry {
                 .into());
             }
         }
+        if let (true, Some(ns), Some(Value::String(given))) =
+            (self.info().namespaced, scope.namespace.as_deref(), config.pointer("/metadata/namespace"))
+            && given != ns
+        {
+            return Err(RegistryError::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request".into(),
+            )
+            .into());
+        }
         // A resource version in the configuration is a precondition, as in any patch.
         let pinned = config.pointer("/metadata/resourceVersion").is_some_and(|v| !v.is_null());
         let api_version = self.info().api_version();

@@ -591,6 +591,12 @@ fn server_side_apply_round(k: &Kubectl, extra: &[&str], ns: &str) -> Result<()> 
     // A field dropped from the configuration goes.
     ok(&ssa, Some(&cm_manifest("ssa", ns, &[("a", "1")])))?;
     ensure!(get("ssa", "{.data}")? == r#"{"a":"1"}"#, "b removed");
+    // kubectl diff --server-side: a dry-run apply compared with the live object.
+    let same = run(&["diff", "--server-side", "-f", "-"], Some(&cm_manifest("ssa", ns, &[("a", "1")])))?;
+    ensure!(same.status.code() == Some(0), "no difference: {}", stdout(&same));
+    let changed = run(&["diff", "--server-side", "-f", "-"], Some(&cm_manifest("ssa", ns, &[("a", "2")])))?;
+    ensure!(changed.status.code() == Some(1) && stdout(&changed).contains("+  a: \"2\""), "{}", stdout(&changed));
+    ensure!(get("ssa", "{.data.a}")? == "1", "diff changes nothing");
 
     // From client-side apply to server-side apply on the same object.
     let csa = cm_manifest("moved", ns, &[("x", "1"), ("y", "2")]);
@@ -612,6 +618,28 @@ fn server_side_apply_works_with(minor: u32) -> Result<()> {
     let k = Kubectl::new(minor, &server)?;
     k.ok_with(&["create", "-f", "-"], Some(&namespace_json("ssa")))?;
     server_side_apply_round(&k, &[], "ssa")?;
+    // Associative lists: containers are owned one by one, by name.
+    let deployment = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: ssa\nspec:\n  replicas: 2\n  \
+             selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    \
+             spec:\n      containers:\n      - name: c\n        image: {image}\n"
+        )
+    };
+    k.ok_with(&["apply", "--server-side", "-f", "-"], Some(&deployment("nginx:1")))?;
+    k.ok(&["set", "image", "deployment/web", "-n", "ssa", "c=nginx:2"])?;
+    let err =
+        String::from_utf8_lossy(&k.run(&["apply", "--server-side", "-f", "-"], Some(&deployment("nginx:3")))?.stderr)
+            .into_owned();
+    ensure!(
+        err.contains("conflict with \"kubectl-set\"")
+            && err.contains(".spec.template.spec.containers[name=\"c\"].image"),
+        "container image conflict: {err}"
+    );
+    k.ok_with(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&deployment("nginx:3")))?;
+    let image =
+        k.ok(&["get", "deployment", "web", "-n", "ssa", "-o", "jsonpath={.spec.template.spec.containers[0].image}"])?;
+    ensure!(image == "nginx:3", "forced image: {image}");
     // The same in a tenant, through the tenant prefix.
     k.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
     let prefix = format!("https://{}/tenants/acme", server.addr);
@@ -692,6 +720,8 @@ fn apply_patches_over_http_follow_kubernetes() -> Result<()> {
     ensure!(code(&head) == "400" && body.contains("unknown field"), "strict: {head}{body}");
     let (head, body) = apply("?fieldManager=curl", "apiVersion: v1\nkind: Secret\n")?;
     ensure!(code(&head) == "400", "another kind: {head}{body}");
+    let (head, body) = apply("?fieldManager=curl", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  namespace: other\n")?;
+    ensure!(code(&head) == "400" && body.contains("does not match the namespace"), "{head}{body}");
     Ok(())
 }
 
