@@ -383,6 +383,10 @@ impl Api {
                 resources.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true,
                     "kind": "Binding", "verbs": ["create"]}));
             }
+            if r.kind == "Namespace" && r.group.is_empty() {
+                resources.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false,
+                    "kind": "Namespace", "verbs": ["update"]}));
+            }
             if r.status_subresource {
                 resources.push(json!({"name": format!("{}/status", r.resource), "singularName": "",
                     "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
@@ -721,43 +725,25 @@ impl Api {
         self.registry("atoll.io", "tenants")
     }
 
-    /// A named tenant must exist (as a Tenant object); `system` always does.
-    async fn check_tenant_exists(&self, tenant: &str) -> Result<(), Status> {
+    /// A named tenant must exist (as a Tenant object); `system` always does. Nothing new
+    /// is created in a tenant being deleted (its controller is emptying it).
+    async fn check_tenant_exists(&self, tenant: &str, verb: Verb) -> Result<(), Status> {
         if tenant == api::request::SYSTEM_TENANT {
             return Ok(());
         }
         let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
         match self.tenants()?.get(&system, tenant).await {
+            Ok(t) if verb == Verb::Create && t.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) => {
+                Err(Status::failure(
+                    403,
+                    "Forbidden",
+                    format!("unable to create new content in tenant {tenant} because it is being terminated"),
+                ))
+            }
             Ok(_) => Ok(()),
             Err(RegistryError::NotFound { .. }) => Err(Status::not_found("atoll.io", "tenants", tenant)),
             Err(e) => Err(e.to_status()),
         }
-    }
-
-    /// Refuses to delete a tenant that still holds objects of any kind.
-    async fn check_tenant_empty(&self, tenant: &str) -> Result<(), Status> {
-        let scope = Scope { tenant: Some(tenant.to_string()), namespace: None };
-        for registry in self.registries.values() {
-            let one = ListOptions { limit: Some(1), ..ListOptions::default() };
-            let list = registry.list(&scope, &one).await.map_err(|e| e.to_status())?;
-            if list["items"].as_array().is_some_and(|items| !items.is_empty()) {
-                return Err(Status::conflict(
-                    "atoll.io",
-                    "tenants",
-                    tenant,
-                    &format!("the tenant still holds {}; delete them first", registry.info().resource),
-                ));
-            }
-        }
-        if let Some(name) = self.crds.tenant_holds_objects(tenant).await.map_err(|e| e.to_status())? {
-            return Err(Status::conflict(
-                "atoll.io",
-                "tenants",
-                tenant,
-                &format!("the tenant still holds {name}; delete them first"),
-            ));
-        }
-        Ok(())
     }
 
     async fn read_body(req: Request<Incoming>) -> Result<Value, Status> {
@@ -806,7 +792,7 @@ impl Api {
     ) -> Result<Response<Body>, Status> {
         let mut tenant = self.resolve_tenant(&r.tenant, user, r.verb)?;
         if let Some(t) = &tenant {
-            self.check_tenant_exists(t).await?;
+            self.check_tenant_exists(t, r.verb).await?;
         }
         let (registry, custom) = match self.registries.get(&(r.group.clone(), r.resource.clone())) {
             Some(builtin) => (builtin.clone(), None),
@@ -857,6 +843,7 @@ impl Api {
             Some("status") if info.status_subresource => {}
             Some("scale") if info.scale_subresource => {}
             Some("binding") if info.kind == "Pod" && info.group.is_empty() => {}
+            Some("finalize") if info.kind == "Namespace" && info.group.is_empty() && r.verb == Verb::Update => {}
             Some(_) => return Err(not_found()),
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
@@ -1063,9 +1050,6 @@ impl Api {
             }
             Verb::Delete => {
                 let dry = dry_run(&q)?;
-                if info.group == "atoll.io" && info.resource == "tenants" {
-                    self.check_tenant_empty(&name).await?;
-                }
                 let body = Self::read_body(req).await.unwrap_or(Value::Null);
                 let grace = match q.get("gracePeriodSeconds") {
                     Some(g) => Some(

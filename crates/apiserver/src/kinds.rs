@@ -35,6 +35,50 @@ impl Strategy for Kind {
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
         if self.info.kind == "Pod" { validate_pod_update(new, old) } else { Vec::new() }
     }
+    /// A namespace's `spec.finalizers` change only through `finalize`; a terminating
+    /// namespace stays Terminating.
+    fn prepare_for_update(&self, new: &mut Value, old: &Value, subresource: Option<&str>) {
+        if self.info.kind != "Namespace" || !self.info.group.is_empty() {
+            return;
+        }
+        if subresource != Some("finalize") {
+            let kept = old.pointer("/spec/finalizers").cloned();
+            if let Some(map) = new.as_object_mut() {
+                let spec = map.entry("spec").or_insert_with(|| serde_json::json!({}));
+                if let Some(spec) = spec.as_object_mut() {
+                    match kept {
+                        Some(f) => spec.insert("finalizers".into(), f),
+                        None => spec.remove("finalizers"),
+                    };
+                }
+            }
+        }
+        if new.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+            new["status"]["phase"] = serde_json::json!("Terminating");
+        }
+    }
+    fn subresource_update(&self, subresource: &str, old: &Value, new: &Value) -> Option<Value> {
+        if self.info.kind != "Namespace" || subresource != "finalize" {
+            return None;
+        }
+        let mut out = old.clone();
+        let finalizers = new.pointer("/spec/finalizers").cloned().unwrap_or(serde_json::json!([]));
+        if let Some(map) = out.as_object_mut() {
+            let spec = map.entry("spec").or_insert_with(|| serde_json::json!({}));
+            if let Some(spec) = spec.as_object_mut() {
+                spec.insert("finalizers".into(), finalizers);
+            }
+        }
+        Some(out)
+    }
+    fn holds_deletion(&self, obj: &Value) -> bool {
+        self.info.kind == "Namespace" && self.info.group.is_empty() && namespace_finalizers(obj).is_some()
+    }
+    fn prepare_for_delete(&self, obj: &mut Value) {
+        if self.info.kind == "Namespace" && self.info.group.is_empty() {
+            obj["status"]["phase"] = serde_json::json!("Terminating");
+        }
+    }
     fn selectable_fields(&self) -> &[&str] {
         self.fields
     }
@@ -89,12 +133,39 @@ fn no_rules(_: &Value) -> Vec<FieldError> {
 
 fn no_defaults(_: &mut Value) {}
 
-/// A new namespace is Active (its finalizer and Terminating phase come with the
-/// namespace controller).
+/// The finalizer by which the namespace controller empties a deleted namespace.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+/// The finalizer by which the tenant controller empties a deleted tenant.
+pub const TENANT_FINALIZER: &str = "atoll.io/tenant";
+
+/// A new namespace is Active and carries the namespace controller's finalizer.
 fn namespace_defaults(obj: &mut Value) {
     if let Some(map) = obj.as_object_mut() {
         map.insert("status".into(), serde_json::json!({"phase": "Active"}));
+        let spec = map.entry("spec").or_insert_with(|| serde_json::json!({}));
+        if let Some(spec) = spec.as_object_mut()
+            && spec.get("finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty())
+        {
+            spec.insert("finalizers".into(), serde_json::json!([NAMESPACE_FINALIZER]));
+        }
     }
+}
+
+/// A new tenant carries the tenant controller's finalizer: deleting it deletes everything
+/// it holds first.
+fn tenant_defaults(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        let list = meta.entry("finalizers").or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = list.as_array_mut()
+            && !list.iter().any(|f| f == TENANT_FINALIZER)
+        {
+            list.push(serde_json::json!(TENANT_FINALIZER));
+        }
+    }
+}
+
+fn namespace_finalizers(obj: &Value) -> Option<&Vec<Value>> {
+    obj.pointer("/spec/finalizers").and_then(Value::as_array).filter(|f| !f.is_empty())
 }
 
 /// ConfigMap and Secret keys: alphanumerics, '-', '_' and '.'.
@@ -470,7 +541,14 @@ pub fn builtin() -> Vec<Kind> {
         plain(kind("coordination.k8s.io", "v1", "Lease", "leases", true, false), &[], no_rules),
         with_status(kind("apps", "v1", "ReplicaSet", "replicasets", true, true), &[], no_rules),
         with_status(kind("apps", "v1", "Deployment", "deployments", true, true), &[], no_rules),
-        with_status(kind("atoll.io", "v1", "Tenant", "tenants", false, true), &[], validate_tenant),
+        Kind {
+            info: kind("atoll.io", "v1", "Tenant", "tenants", false, true),
+            message: None,
+            fields: &[],
+            validate: validate_tenant,
+            clear_status_on_create: true,
+            defaults: tenant_defaults,
+        },
     ];
     for k in &mut kinds {
         k.message = crate::proto::shape::message_of(&k.info.group, &k.info.version, &k.info.kind);

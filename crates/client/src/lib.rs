@@ -506,8 +506,19 @@ impl Client {
     /// Every resource the server serves (discovery), without subresources: what a
     /// controller that must reach "every kind" (namespace or tenant deletion) iterates.
     pub async fn api_resources(&self) -> Result<Vec<ApiResource>, Error> {
+        self.api_resources_in(&Tenant::Own).await
+    }
+
+    /// Every resource served in `tenant` (its custom resources differ from another's),
+    /// through the tenant prefix for a named tenant.
+    pub async fn api_resources_in(&self, tenant: &Tenant) -> Result<Vec<ApiResource>, Error> {
+        let prefix = match tenant {
+            Tenant::Named(t) if resource::valid_segment(t) => format!("/tenants/{t}"),
+            Tenant::Named(t) => return Err(Error::InvalidName(t.clone())),
+            _ => String::new(),
+        };
         let mut group_versions = vec![(String::new(), "v1".to_string())];
-        let groups = self.call(Method::GET, "/apis", None).await?;
+        let groups = self.call(Method::GET, &format!("{prefix}/apis"), None).await?;
         for g in groups["groups"].as_array().into_iter().flatten() {
             let name = g["name"].as_str().unwrap_or("");
             let version = g.pointer("/preferredVersion/version").and_then(Value::as_str).unwrap_or("");
@@ -517,7 +528,11 @@ impl Client {
         }
         let mut out = Vec::new();
         for (group, version) in group_versions {
-            let path = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+            let path = if group.is_empty() {
+                format!("{prefix}/api/{version}")
+            } else {
+                format!("{prefix}/apis/{group}/{version}")
+            };
             let list = self.call(Method::GET, &path, None).await?;
             for r in list["resources"].as_array().into_iter().flatten() {
                 let plural = r["name"].as_str().unwrap_or("");

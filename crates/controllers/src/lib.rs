@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod controller;
+pub mod namespace;
 pub mod queue;
 pub mod serviceaccount;
 pub mod tenant;
@@ -30,9 +31,10 @@ pub async fn run_all(client: client::Client, shutdown: impl Future<Output = ()>)
         let _ = rx.wait_for(|s| *s).await;
     };
     let service_accounts = serviceaccount::controller(client.clone()).run(stopped(stop_rx.clone()));
+    let namespaces = namespace::controller(client.clone()).run(stopped(stop_rx.clone()));
     let tenants = tenant::controller(client).run(stopped(stop_rx));
     let all = async {
-        tokio::join!(service_accounts, tenants);
+        tokio::join!(service_accounts, namespaces, tenants);
     };
     tokio::pin!(all);
     let finished = tokio::select! {

@@ -1,12 +1,16 @@
-//! The Tenant controller, create side: a Tenant that exists (and is not being deleted)
-//! has its `default` namespace. (Cascading deletion comes with server support.)
+//! The Tenant controller: a Tenant that exists (and is not being deleted) has its
+//! `default` namespace; a deleted Tenant (held by the `atoll.io/tenant` finalizer) loses
+//! every namespace (which the namespace controller empties) and every cluster-scoped object
+//! of every kind served in it, and then its finalizer, which releases the name.
 //!
 //! Keyed by tenant name. Reads the Tenants (kept in the system tenant) and the `default`
 //! namespaces of all tenants.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use client::{Client, Resource, Scope};
-use serde_json::json;
+use client::{Client, DeleteParams, ListParams, Resource, Scope, Tenant};
+use serde_json::{Value, json};
 
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
@@ -16,6 +20,42 @@ use crate::watcher::{ApiSource, Watcher};
 /// Tenants are objects of this tenant (the server keeps them there whatever the URL says).
 pub const SYSTEM_TENANT: &str = "system";
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// The finalizer this controller owns on Tenants.
+pub const FINALIZER: &str = "atoll.io/tenant";
+/// How soon to look again while a deleted tenant's objects are still going.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// Deletes every namespace and every cluster-scoped object in `tenant`; returns how many
+/// were still there.
+async fn empty_tenant(client: &Client, tenant: &str) -> Result<usize, client::Error> {
+    let tenant_ref = Tenant::Named(tenant.to_string());
+    let mut remaining = 0;
+    for r in client.api_resources_in(&tenant_ref).await? {
+        let never_in_a_tenant = r.resource.group == "atoll.io" && r.resource.plural == "tenants";
+        if r.resource.namespaced || never_in_a_tenant || !r.verbs.iter().any(|v| v == "list") {
+            continue;
+        }
+        let scope = Scope::tenant(tenant);
+        let list = match client.list(&r.resource, &scope, &ListParams::default()).await {
+            Ok(l) => l,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        for obj in &list.items {
+            remaining += 1;
+            if obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            match client.delete(&r.resource, &scope, name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(remaining)
+}
 
 pub struct Tenants {
     client: Client,
@@ -35,7 +75,7 @@ impl Reconciler for Tenants {
     async fn reconcile(&self, tenant: &String) -> Result<Action, client::Error> {
         let Some(t) = self.tenants.get(&ObjectKey::new(SYSTEM_TENANT, None, tenant)) else { return Ok(Action::Done) };
         if terminating(&t) {
-            return Ok(Action::Done);
+            return self.finalize(tenant, &t).await;
         }
         if self.namespaces.get(&ObjectKey::new(tenant, None, DEFAULT_NAMESPACE)).is_some() {
             return Ok(Action::Done);
@@ -48,6 +88,39 @@ impl Reconciler for Tenants {
             }
             // Behind the cache, or the tenant went meanwhile (its path is then 404).
             Err(e) if e.is_already_exists() || e.is_not_found() => Ok(Action::Done),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Tenants {
+    /// Empties a deleted tenant, then lets it go.
+    async fn finalize(&self, tenant: &str, t: &Value) -> Result<Action, client::Error> {
+        let ours = t
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+        if !ours {
+            return Ok(Action::Done);
+        }
+        if empty_tenant(&self.client, tenant).await? > 0 {
+            return Ok(Action::RequeueAfter(RECHECK));
+        }
+        let mut current = match self.client.get(&Resource::tenants(), &Scope::own(), tenant).await {
+            Ok(t) => t,
+            Err(e) if e.is_not_found() => return Ok(Action::Done),
+            Err(e) => return Err(e),
+        };
+        if let Some(list) = current.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
+            list.retain(|f| f != FINALIZER);
+        }
+        match self.client.replace(&Resource::tenants(), &Scope::own(), tenant, &current).await {
+            Ok(_) => {
+                tracing::info!(tenant, "tenant emptied and released");
+                Ok(Action::Done)
+            }
+            Err(e) if e.is_not_found() => Ok(Action::Done),
+            Err(e) if e.is_conflict() => Ok(Action::RequeueAfter(RECHECK)),
             Err(e) => Err(e),
         }
     }

@@ -277,7 +277,7 @@ impl Strategy for DefinitionStrategy {
             }
         }
     }
-    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+    fn prepare_for_update(&self, new: &mut Value, old: &Value, _subresource: Option<&str>) {
         default_definition(new);
         set_definition_status(new, Some(old));
     }
@@ -427,7 +427,7 @@ impl Strategy for CustomKind {
         }
         self.normalise(obj);
     }
-    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value, _subresource: Option<&str>) {
         self.normalise(new);
     }
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
@@ -665,21 +665,6 @@ impl Catalog {
             self.visible(tenant.unwrap_or(api::request::SYSTEM_TENANT)).into_iter().find(|s| s.name == name)?;
         let registry = served.versions.iter().find(|r| r.info().version == version)?.clone();
         Some((served, registry))
-    }
-
-    /// Whether a tenant still holds objects of any custom resource.
-    pub async fn tenant_holds_objects(&self, tenant: &str) -> Result<Option<String>, RegistryError> {
-        let scope = Scope { tenant: Some(tenant.to_string()), namespace: None };
-        let one = ListOptions { limit: Some(1), ..ListOptions::default() };
-        for served in self.visible(tenant) {
-            if let Some(r) = served.versions.first() {
-                let list = r.list(&scope, &one).await?;
-                if list["items"].as_array().is_some_and(|i| !i.is_empty()) {
-                    return Ok(Some(served.name.clone()));
-                }
-            }
-        }
-        Ok(None)
     }
 
     /// Deletes a terminating definition's objects (through their registry, so their own

@@ -79,8 +79,25 @@ pub trait Strategy: Send + Sync + 'static {
     fn prepare_for_create(&self, _obj: &mut Value) {}
 
     /// Called on update with the object about to be stored and the stored one, after
-    /// server-owned metadata is carried over (e.g. defaults, pruning, server-set status).
-    fn prepare_for_update(&self, _new: &mut Value, _old: &Value) {}
+    /// server-owned metadata is carried over (e.g. defaults, pruning, server-set status);
+    /// `subresource` is the one written, if any.
+    fn prepare_for_update(&self, _new: &mut Value, _old: &Value, _subresource: Option<&str>) {}
+
+    /// A subresource of the kind's own besides `status` (e.g. a namespace's `finalize`):
+    /// the object an update of it stores, from the stored one and the client's; `None`:
+    /// no such subresource.
+    fn subresource_update(&self, _subresource: &str, _old: &Value, _new: &Value) -> Option<Value> {
+        None
+    }
+
+    /// Whether something of the kind's own (besides `metadata.finalizers`) keeps a deleted
+    /// object until someone clears it, like a namespace's `spec.finalizers`.
+    fn holds_deletion(&self, _obj: &Value) -> bool {
+        false
+    }
+
+    /// Called when a deletion marks the object as terminating (e.g. a phase).
+    fn prepare_for_delete(&self, _obj: &mut Value) {}
 
     /// Field errors of a new object beyond the metadata checks every kind gets.
     fn validate(&self, _obj: &Value) -> Vec<FieldError> {
@@ -810,7 +827,7 @@ impl Registry {
             }
             let old = self.decode(&current.value, current.mod_revision)?;
             let mut new = self.merge_update(&old, obj.clone(), subresource)?;
-            self.strategy.prepare_for_update(&mut new, &old);
+            self.strategy.prepare_for_update(&mut new, &old, subresource);
             self.record(Some(&old), &mut new, subresource, opts);
             let mut errors = self.validate_meta(&object::meta(&new)?);
             errors.extend(self.strategy.validate(&new));
@@ -824,6 +841,7 @@ impl Registry {
             if new_meta.deletion_timestamp.is_some()
                 && new_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
                 && new_meta.finalizers.as_ref().is_none_or(Vec::is_empty)
+                && !self.strategy.holds_deletion(&new)
             {
                 if dry_run {
                     return Ok(new);
@@ -902,7 +920,12 @@ impl Registry {
                 };
                 return Ok(new);
             }
-            Some(other) => return Err(RegistryError::BadRequest(format!("unsupported subresource {other:?}"))),
+            Some(other) => {
+                return self
+                    .strategy
+                    .subresource_update(other, old, &new)
+                    .ok_or_else(|| RegistryError::BadRequest(format!("unsupported subresource {other:?}")));
+            }
             None => {}
         }
         if has_status {
@@ -972,7 +995,8 @@ impl Registry {
                     ));
             }
             let grace = self.strategy.grace_period(&obj, opts.grace_period_seconds);
-            let finalizers = meta.finalizers.as_ref().is_some_and(|f| !f.is_empty());
+            let finalizers =
+                meta.finalizers.as_ref().is_some_and(|f| !f.is_empty()) || self.strategy.holds_deletion(&obj);
             if finalizers || grace.is_some() {
                 let grace = grace.unwrap_or(0);
                 // Already terminating: only a shorter grace period changes anything.
@@ -987,6 +1011,7 @@ impl Registry {
                 meta.deletion_grace_period_seconds = Some(grace);
                 meta.resource_version = None;
                 object::set_meta(&mut obj, &meta)?;
+                self.strategy.prepare_for_delete(&mut obj);
                 if opts.dry_run {
                     return Ok(obj);
                 }

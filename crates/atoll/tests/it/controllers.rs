@@ -1,155 +1,66 @@
 //! `atoll controllers` as its own process beside `atoll server`, observed with the real
 //! kubectl: default ServiceAccounts in new namespaces of the system tenant and of a new
-//! tenant, a new Tenant's `default` namespace, repair after a deletion, clean SIGTERM.
+//! tenant, a new Tenant's `default` namespace, repair after a deletion, namespaces and
+//! tenants emptied before they go, reconnection after a server restart, clean SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
-/// A child process killed when dropped.
-struct Proc(Child);
+use crate::server::{Kubectl, Server, namespace_json, tenant_json};
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubectl() -> Result<PathBuf> {
-    let dispatcher = std::env::var_os("PATH")
-        .and_then(|p| p.to_str().map(str::to_string))
-        .and_then(|p| p.split(':').map(|d| Path::new(d).join("kubectl")).find(|p| p.is_file()))
-        .context("kubectl is not on the PATH; this test needs it")?;
-    let bin = std::fs::canonicalize(dispatcher)?.parent().context("kubectl's folder")?.join("kubectl.1.33");
-    ensure!(bin.is_file(), "{} is missing; this test needs kubectl 1.33", bin.display());
-    Ok(bin)
-}
-
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
-        let mut child = Command::new(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+/// Waits until `args` fails with NotFound (the object is gone), 20 s at most.
+fn eventually_gone(k: &Kubectl, args: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = k.run(args, None)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && (err.contains("NotFound") || err.contains("not found")) {
+            return Ok(());
         }
-        let out = child.wait_with_output()?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
+        ensure!(Instant::now() < deadline, "{args:?} still there: {}{err}", String::from_utf8_lossy(&out.stdout));
+        std::thread::sleep(Duration::from_millis(100));
     }
-
-    fn ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let (ok, out, err) = self.run(args, stdin)?;
-        ensure!(ok, "kubectl {args:?} failed: {out}{err}");
-        Ok(out)
-    }
-
-    /// Retries `args` until it succeeds (the controllers act asynchronously), 20 s at most.
-    fn eventually(&self, args: &[&str]) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (ok, out, err) = self.run(args, None)?;
-            if ok {
-                return Ok(out);
-            }
-            if Instant::now() > deadline {
-                bail!("kubectl {args:?} kept failing: {err}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// Starts `atoll server` on `listen`; returns it and the address it listens on.
-fn start_server(dir: &Path, listen: &str) -> Result<(Proc, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["server", "--listen", listen, "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
-    let server = Proc(child);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let addr = line.trim().strip_prefix("listening on https://").context("no listening line")?.to_string();
-    // Keep draining the server's output so it never writes into a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    Ok((server, addr))
 }
 
 #[test]
 fn controllers_create_default_service_accounts_and_tenant_namespaces() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (server, addr) = start_server(dir.path(), "127.0.0.1:0")?;
-    let admin_config = dir.path().join("admin.kubeconfig");
-
-    let mut controllers = Proc(
-        Command::new(env!("CARGO_BIN_EXE_atoll"))
-            .args(["controllers", "--kubeconfig"])
-            .arg(&admin_config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?,
-    );
-    let admin = Kubectl { bin: kubectl()?, kubeconfig: admin_config, cache: tempfile::tempdir()? };
+    let mut server = Server::start()?;
+    let mut controllers = server.start_controllers()?;
+    let admin = Kubectl::new(33, &server)?;
 
     // System tenant: the namespaces the server made, and a new one.
     admin.eventually(&["get", "serviceaccount", "default", "-n", "kube-system"])?;
-    admin.ok(&["create", "namespace", "team-a"], None)?;
+    admin.ok(&["create", "namespace", "team-a"])?;
     let sa =
         admin.eventually(&["get", "serviceaccount", "default", "-n", "team-a", "-o", "jsonpath={.metadata.tenant}"])?;
     ensure!(sa == "system", "the account is the system tenant's: {sa}");
 
     // A new tenant gets its default namespace (seen through the tenant prefix).
-    let tenant = r#"{"apiVersion":"atoll.io/v1","kind":"Tenant","metadata":{"name":"acme"}}"#;
-    admin.ok(&["create", "-f", "-"], Some(tenant))?;
-    let acme = format!("https://{addr}/tenants/acme");
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    let acme = format!("https://{}/tenants/acme", server.addr);
     let ns =
         admin.eventually(&["--server", &acme, "get", "namespace", "default", "-o", "jsonpath={.metadata.tenant}"])?;
     ensure!(ns == "acme", "the default namespace is acme's: {ns}");
     admin.eventually(&["--server", &acme, "get", "serviceaccount", "default", "-n", "default"])?;
 
     // A user of the new tenant makes a namespace and finds its default ServiceAccount.
-    let alice_config = dir.path().join("alice.kubeconfig");
-    let issued = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["admin", "kubeconfig", "--tenant", "acme", "--user", "alice", "--data-dir"])
-        .arg(dir.path())
-        .arg("--output")
-        .arg(&alice_config)
-        .status()?;
-    ensure!(issued.success(), "atoll admin kubeconfig failed");
-    let alice = Kubectl { bin: kubectl()?, kubeconfig: alice_config, cache: tempfile::tempdir()? };
-    alice.ok(&["create", "namespace", "web"], None)?;
+    let alice = server.user("acme", "alice", 33)?;
+    alice.ok(&["create", "namespace", "web"])?;
     let theirs =
         alice.eventually(&["get", "serviceaccount", "default", "-n", "web", "-o", "jsonpath={.metadata.tenant}"])?;
     ensure!(theirs == "acme", "{theirs}");
 
     // Deleted: made again, as a new object.
-    let uid = alice.ok(&["get", "serviceaccount", "default", "-n", "web", "-o", "jsonpath={.metadata.uid}"], None)?;
-    alice.ok(&["delete", "serviceaccount", "default", "-n", "web"], None)?;
+    let uid = alice.ok(&["get", "serviceaccount", "default", "-n", "web", "-o", "jsonpath={.metadata.uid}"])?;
+    alice.ok(&["delete", "serviceaccount", "default", "-n", "web"])?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (ok, new_uid, _) =
+        let out =
             alice.run(&["get", "serviceaccount", "default", "-n", "web", "-o", "jsonpath={.metadata.uid}"], None)?;
-        if ok && !new_uid.is_empty() && new_uid != uid {
+        let new_uid = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && !new_uid.is_empty() && new_uid != uid {
             break;
         }
         ensure!(Instant::now() < deadline, "the deleted default ServiceAccount was not made again");
@@ -158,10 +69,8 @@ fn controllers_create_default_service_accounts_and_tenant_namespaces() -> Result
 
     // The API server dies and comes back on the same address: the controllers reconnect,
     // watch again from where they were, and act on what happens next.
-    drop(server);
-    let (server, again) = start_server(dir.path(), &addr)?;
-    ensure!(again == addr, "restarted on {again}, not {addr}");
-    admin.ok(&["create", "namespace", "after-restart"], None)?;
+    server.restart()?;
+    admin.ok(&["create", "namespace", "after-restart"])?;
     admin.eventually(&["get", "serviceaccount", "default", "-n", "after-restart"])?;
 
     // SIGTERM stops the controllers cleanly.
@@ -178,6 +87,55 @@ fn controllers_create_default_service_accounts_and_tenant_namespaces() -> Result
     let mut log = String::new();
     std::io::Read::read_to_string(&mut controllers.0.stderr.take().context("stderr")?, &mut log)?;
     ensure!(status.success(), "the controllers exited with {status}: {log}");
-    drop(server);
+    Ok(())
+}
+
+#[test]
+fn deleted_namespaces_and_tenants_are_emptied_before_they_go() -> Result<()> {
+    let server = Server::start()?;
+    let admin = Kubectl::new(33, &server)?;
+
+    // Without the controllers a deleted namespace waits, Terminating, and takes nothing new.
+    admin.ok(&["create", "namespace", "doomed"])?;
+    admin.ok(&["create", "configmap", "c1", "-n", "doomed", "--from-literal=k=v"])?;
+    admin.ok(&["delete", "namespace", "doomed", "--wait=false"])?;
+    let phase = admin.ok(&["get", "namespace", "doomed", "-o", "jsonpath={.status.phase}{.spec.finalizers}"])?;
+    ensure!(phase == "Terminating[\"kubernetes\"]", "a deleted namespace waits for its controller: {phase}");
+    let refused = admin.fails(&["create", "configmap", "c2", "-n", "doomed"])?;
+    ensure!(refused.contains("being terminated"), "{refused}");
+    ensure!(admin.ok(&["get", "configmap", "c1", "-n", "doomed", "-o", "name"])?.contains("c1"));
+
+    // The controllers empty it, then it goes.
+    let _controllers = server.start_controllers()?;
+    eventually_gone(&admin, &["get", "namespace", "doomed"])?;
+
+    // A tenant with namespaces, objects and a custom resource definition of its own.
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    let alice = server.user("acme", "alice", 33)?;
+    alice.ok_with(&["create", "-f", "-"], Some(&namespace_json("team")))?;
+    alice.ok(&["create", "configmap", "data", "-n", "team", "--from-literal=k=v"])?;
+    let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.acme.example"}, "spec": {"group": "acme.example", "scope": "Namespaced",
+        "names": {"plural": "gizmos", "kind": "Gizmo"}, "versions": [{"name": "v1", "served": true, "storage": true,
+        "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    alice.ok_with(&["create", "-f", "-"], Some(&crd.to_string()))?;
+    let gizmo = serde_json::json!({"apiVersion": "acme.example/v1", "kind": "Gizmo",
+        "metadata": {"name": "g", "namespace": "team"}});
+    alice.ok_with(&["create", "-f", "-"], Some(&gizmo.to_string()))?;
+    alice.eventually(&["get", "serviceaccount", "default", "-n", "team"])?;
+
+    // Deleting the tenant deletes everything in it, then the tenant; the name is free again.
+    admin.ok(&["delete", "tenant", "acme", "--wait=false"])?;
+    let refused = alice.fails(&["create", "configmap", "late", "-n", "team"])?;
+    ensure!(refused.contains("being terminated"), "nothing new in a terminating tenant: {refused}");
+    eventually_gone(&admin, &["get", "tenant", "acme"])?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    let prefix = format!("https://{}/tenants/acme", server.addr);
+    let left = admin.ok(&["--server", &prefix, "get", "configmaps,crds", "-A", "-o", "name"])?;
+    ensure!(left.trim().is_empty(), "a recreated tenant starts empty: {left}");
+    let namespaces = admin.eventually(&["--server", &prefix, "get", "namespaces", "-o", "name"])?;
+    ensure!(!namespaces.contains("team"), "the old tenant's namespaces are gone: {namespaces}");
+    // The system tenant's objects were never touched.
+    ensure!(admin.ok(&["get", "namespace", "default", "-o", "name"])?.contains("default"));
     Ok(())
 }

@@ -20,26 +20,77 @@ impl Drop for Server {
     }
 }
 
+/// A child process killed when dropped.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `atoll server` on `listen` with its data in `dir`; returns it and its address.
+fn spawn_server(dir: &Path, listen: &str) -> Result<(Child, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["server", "--listen", listen, "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let addr = line.trim().strip_prefix("listening on https://").context("no listening line")?.to_string();
+    // Keep draining the server's output so it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Ok((child, addr))
+}
+
 impl Server {
     pub(crate) fn start() -> Result<Server> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let addr = line.trim().strip_prefix("listening on https://").context("no listening line")?.to_string();
-        // Keep draining the server's output so it never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let (child, addr) = spawn_server(dir.path(), "127.0.0.1:0")?;
         Ok(Server { child, addr, dir })
+    }
+
+    /// Stops the server and starts it again on the same address and data.
+    pub(crate) fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = spawn_server(self.dir.path(), &self.addr)?;
+        ensure!(addr == self.addr, "restarted on {addr}, not {}", self.addr);
+        self.child = child;
+        Ok(())
     }
 
     pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// Runs `atoll controllers` against this server with the admin's identity.
+    pub(crate) fn start_controllers(&self) -> Result<Proc> {
+        let child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["controllers", "--kubeconfig"])
+            .arg(self.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(Proc(child))
+    }
+
+    /// kubectl 1.`minor` as user `name` of `tenant` (a certificate from `atoll admin
+    /// kubeconfig`).
+    pub(crate) fn user(&self, tenant: &str, name: &str, minor: u32) -> Result<Kubectl> {
+        let config = self.dir.path().join(format!("{name}@{tenant}.kubeconfig"));
+        let status = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["admin", "kubeconfig", "--tenant", tenant, "--user", name, "--data-dir"])
+            .arg(self.dir.path())
+            .arg("--output")
+            .arg(&config)
+            .status()?;
+        ensure!(status.success(), "atoll admin kubeconfig failed");
+        Ok(Kubectl { bin: kubectl_binary(minor)?, kubeconfig: config, cache: tempfile::tempdir()? })
     }
 }
 
@@ -96,6 +147,22 @@ impl Kubectl {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Retries `args` until it succeeds (controllers act asynchronously), 20 s at most;
+    /// returns stdout.
+    pub(crate) fn eventually(&self, args: &[&str]) -> Result<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = self.run(args, None)?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("kubectl {args:?} kept failing: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Runs and expects failure; returns stderr.
@@ -354,7 +421,7 @@ pub(crate) fn namespace_json(name: &str) -> String {
 }
 
 #[test]
-fn tenants_are_created_isolated_and_deleted_only_when_empty() -> Result<()> {
+fn tenants_are_created_isolated_and_deleted_with_what_they_hold() -> Result<()> {
     let server = Server::start()?;
     let admin = Kubectl::new(33, &server)?;
     // Reserved and unknown tenants.
@@ -405,13 +472,10 @@ fn tenants_are_created_isolated_and_deleted_only_when_empty() -> Result<()> {
     let via_path = admin.ok(&["get", "--raw", "/api/v1/tenants/acme/namespaces/team/configmaps"])?;
     ensure!(via_path.contains("\"tenant\":\"acme\"") && !via_path.contains("admin-only"));
 
-    // A tenant that holds objects cannot be deleted.
-    let refused = admin.fails(&["delete", "tenant", "acme"])?;
-    ensure!(refused.contains("still holds"), "{refused}");
-    let prefix = format!("https://{}/tenants/acme", server.addr);
-    admin.ok(&["--server", &prefix, "delete", "configmap", "shared-name", "-n", "team"])?;
-    admin.ok(&["--server", &prefix, "delete", "namespace", "team"])?;
-    admin.ok(&["delete", "tenant", "acme"])?;
+    // Deleting a tenant deletes what it holds (the controllers empty it first), and only
+    // that: the system tenant's namespace of the same name keeps its objects.
+    let _controllers = server.start_controllers()?;
+    admin.ok(&["delete", "tenant", "acme", "--timeout=30s"])?;
     let gone = alice.fails(&["get", "configmaps", "-n", "team"])?;
     ensure!(!gone.is_empty(), "a deleted tenant's users are refused");
     ensure!(
