@@ -218,7 +218,8 @@ fn validate_secret(obj: &Value) -> Vec<FieldError> {
     errors
 }
 
-fn is_base64(s: &str) -> bool {
+/// Standard base64 with padding, as Kubernetes accepts for `[]byte` fields.
+pub(crate) fn is_base64(s: &str) -> bool {
     let b = s.as_bytes();
     b.len().is_multiple_of(4)
         && b.iter()

@@ -35,17 +35,23 @@ fn holds_our_finalizer(ns: &Value) -> bool {
     ns.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| f.iter().any(|f| f == FINALIZER))
 }
 
-/// Deletes every namespaced object in `tenant`'s namespace `namespace`; returns how many
-/// objects were still there.
-pub(crate) async fn empty_namespace(client: &Client, tenant: &str, namespace: &str) -> Result<usize, client::Error> {
+/// Deletes every object of the kinds served in `tenant` that `wanted` picks, in
+/// `namespace` (namespaced kinds) or in the tenant (cluster-scoped kinds); returns how many
+/// were still there, those already terminating included. Shared by the namespace and
+/// tenant controllers.
+pub(crate) async fn delete_every(
+    client: &Client,
+    tenant: &str,
+    namespace: Option<&str>,
+    wanted: impl Fn(&client::ApiResource) -> bool,
+) -> Result<usize, client::Error> {
     let tenant_ref = Tenant::Named(tenant.to_string());
     let mut remaining = 0;
     for r in client.api_resources_in(&tenant_ref).await? {
-        if !r.resource.namespaced || !r.verbs.iter().any(|v| v == "list") {
+        if r.resource.namespaced != namespace.is_some() || !r.verbs.iter().any(|v| v == "list") || !wanted(&r) {
             continue;
         }
-        // One served version of a kind is enough: they share the objects.
-        let scope = Scope { tenant: tenant_ref.clone(), namespace: Some(namespace.to_string()) };
+        let scope = Scope { tenant: tenant_ref.clone(), namespace: namespace.map(str::to_string) };
         let list = match client.list(&r.resource, &scope, &ListParams::default()).await {
             Ok(l) => l,
             // A kind that went away meanwhile (a deleted custom resource) holds nothing.
@@ -82,7 +88,7 @@ impl Reconciler for Namespaces {
         if !deleting(&ns) || !holds_our_finalizer(&ns) {
             return Ok(Action::Done);
         }
-        if empty_namespace(&self.client, &key.tenant, &key.name).await? > 0 {
+        if delete_every(&self.client, &key.tenant, Some(&key.name), |_| true).await? > 0 {
             return Ok(Action::RequeueAfter(RECHECK));
         }
         // Empty: release our finalizer (the server deletes the namespace once none is left).

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use client::{Client, DeleteParams, ListParams, Resource, Scope, Tenant};
+use client::{Client, Resource, Scope};
 use serde_json::{Value, json};
 
 use crate::cache::{Cache, ObjectKey};
@@ -24,38 +24,6 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const FINALIZER: &str = "atoll.io/tenant";
 /// How soon to look again while a deleted tenant's objects are still going.
 const RECHECK: Duration = Duration::from_millis(250);
-
-/// Deletes every namespace and every cluster-scoped object in `tenant`; returns how many
-/// were still there.
-async fn empty_tenant(client: &Client, tenant: &str) -> Result<usize, client::Error> {
-    let tenant_ref = Tenant::Named(tenant.to_string());
-    let mut remaining = 0;
-    for r in client.api_resources_in(&tenant_ref).await? {
-        let never_in_a_tenant = r.resource.group == "atoll.io" && r.resource.plural == "tenants";
-        if r.resource.namespaced || never_in_a_tenant || !r.verbs.iter().any(|v| v == "list") {
-            continue;
-        }
-        let scope = Scope::tenant(tenant);
-        let list = match client.list(&r.resource, &scope, &ListParams::default()).await {
-            Ok(l) => l,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        for obj in &list.items {
-            remaining += 1;
-            if obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
-                continue;
-            }
-            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-            match client.delete(&r.resource, &scope, name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(remaining)
-}
 
 pub struct Tenants {
     client: Client,
@@ -103,7 +71,10 @@ impl Tenants {
         if !ours {
             return Ok(Action::Done);
         }
-        if empty_tenant(&self.client, tenant).await? > 0 {
+        // Namespaces are cluster-scoped: deleting them hands their contents to the namespace
+        // controller. Tenants themselves live only in the system tenant.
+        let not_tenants = |r: &client::ApiResource| !(r.resource.group == "atoll.io" && r.resource.plural == "tenants");
+        if crate::namespace::delete_every(&self.client, tenant, None, not_tenants).await? > 0 {
             return Ok(Action::RequeueAfter(RECHECK));
         }
         let mut current = match self.client.get(&Resource::tenants(), &Scope::own(), tenant).await {

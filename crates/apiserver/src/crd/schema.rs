@@ -494,7 +494,7 @@ impl Node {
             Some("date-time") => !is_date_time(s),
             Some("date") => !(s.len() == 10 && is_date(s)),
             Some("uuid") => !is_uuid(s),
-            Some("byte") => !is_base64(s),
+            Some("byte") => !crate::kinds::is_base64(s),
             _ => false,
         };
         if bad_format {
@@ -675,14 +675,6 @@ fn is_uuid(s: &str) -> bool {
         && s.bytes()
             .enumerate()
             .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == b'-' } else { c.is_ascii_hexdigit() })
-}
-
-fn is_base64(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len().is_multiple_of(4)
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/' || (*c == b'=' && i + 2 >= b.len()))
 }
 
 #[cfg(test)]
