@@ -9,4 +9,4 @@ data_dir=${ATOLL_DATA_DIR:-/var/lib/atoll}
 listen=${ATOLL_LISTEN:-127.0.0.1:6443}
 mkdir -p "$data_dir"
 echo "starting atoll on $listen with data in $data_dir (Ctrl-C stops it)"
-exec target/release/atoll server --data-dir "$data_dir" --listen "$listen"
+exec target/release/atoll up --data-dir "$data_dir" --listen "$listen"

@@ -20,20 +20,7 @@ pub async fn run(args: ControllersArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
     let client = client::Client::new(config).context("setting up the API client")?;
     tracing::info!(server = ?client.config().server, "running the controllers");
-    controllers::run_all(client, stop_signal()?).await;
+    controllers::run_all(client, crate::stop_signal()?).await;
     tracing::info!("controllers stopped");
     Ok(())
-}
-
-/// SIGINT or SIGTERM, whichever comes first.
-fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
 }

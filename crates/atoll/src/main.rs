@@ -6,6 +6,7 @@ mod bench_api;
 mod controllers;
 mod debug;
 mod server;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole cluster on this machine: API server and controllers in one process.
+    Up(up::UpArgs),
     /// Run the API server over a store.
     Server(server::ServerArgs),
     /// Run the controllers against an API server.
@@ -80,6 +83,19 @@ impl StoreArgs {
     }
 }
 
+/// SIGINT or SIGTERM, whichever comes first: how every long-running role is stopped.
+pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG").unwrap_or_else(|_| "info".into()))
@@ -95,6 +111,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Up(args) => up::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Controllers(args) => controllers::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),

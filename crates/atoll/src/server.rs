@@ -28,22 +28,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let _ = writeln!(out, "kubeconfig: {}", server.kubeconfig.display());
     let _ = out.flush();
     drop(out);
-    server.run(shutdown_signal()).await;
+    server.run(crate::stop_signal()?).await;
     tracing::info!("shut down");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -4,3 +4,4 @@ mod controllers;
 mod crash;
 mod crd;
 mod server;
+mod up;

@@ -1,0 +1,75 @@
+//! `atoll up`: the all-in-one cluster in one process, driven by the real kubectl: the
+//! controllers run beside the server, Ctrl-C stops everything cleanly, and a restart on the
+//! same data directory resumes the cluster.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::server::{Proc, kubectl_binary};
+
+/// Starts `atoll up` on `listen` with data in `dir`; returns it and its address.
+fn up(dir: &Path, listen: &str) -> Result<(Proc, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["up", "--listen", listen, "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let proc = Proc(child);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let addr = line.trim().strip_prefix("listening on https://").context("no listening line")?.to_string();
+    let mut rest = String::new();
+    for _ in 0..4 {
+        reader.read_line(&mut rest)?;
+    }
+    ensure!(rest.contains("export KUBECONFIG="), "atoll up says what to do next: {rest}");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Ok((proc, addr))
+}
+
+fn stop(mut proc: Proc) -> Result<()> {
+    let pid = proc.0.id().to_string();
+    ensure!(Command::new("kill").args(["-INT", &pid]).status()?.success(), "kill -INT failed");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = proc.0.try_wait()? {
+            ensure!(status.success(), "atoll up exited with {status} on Ctrl-C");
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "atoll up did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn atoll_up_runs_a_cluster_that_stops_and_resumes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cluster, addr) = up(dir.path(), "127.0.0.1:0")?;
+    let k = crate::server::Kubectl {
+        bin: kubectl_binary(33)?,
+        kubeconfig: dir.path().join("admin.kubeconfig"),
+        cache: tempfile::tempdir()?,
+    };
+    k.ok(&["create", "namespace", "kept"])?;
+    k.ok(&["create", "namespace", "dropped"])?;
+    // The controllers are there: a default ServiceAccount appears, and a namespace
+    // deletion completes (kubectl waits for it).
+    k.eventually(&["get", "serviceaccount", "default", "-n", "kept"])?;
+    k.ok(&["delete", "namespace", "dropped", "--timeout=30s"])?;
+    stop(cluster)?;
+
+    let (cluster, again) = up(dir.path(), &addr)?;
+    ensure!(again == addr, "restarted on {again}, not {addr}");
+    let namespaces = k.eventually(&["get", "namespaces", "-o", "name"])?;
+    ensure!(
+        namespaces.contains("namespace/kept") && !namespaces.contains("namespace/dropped"),
+        "the cluster resumes from its data: {namespaces}"
+    );
+    stop(cluster)
+}
