@@ -758,6 +758,10 @@ impl Api {
             .await
             .map_err(|_| Status::request_entity_too_large("the request body is larger than 3 MiB"))?
             .to_bytes();
+        // No body at all (a DELETE without options, say): nothing, which each verb judges.
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
         let base = content_type.split(';').next().unwrap_or("").trim();
         if base == crate::managed::options::APPLY_PATCH {
             return crate::managed::options::parse_apply_body(&bytes);
@@ -1050,7 +1054,31 @@ impl Api {
             }
             Verb::Delete => {
                 let dry = dry_run(&q)?;
-                let body = Self::read_body(req).await.unwrap_or(Value::Null);
+                let body = Self::read_body(req).await?;
+                if !body.is_null() && !body.is_object() {
+                    return Err(Status::bad_request("the body of a delete must be DeleteOptions"));
+                }
+                // Dependents are not collected yet (the garbage collector comes with the
+                // workload controllers); the policy is checked so that a typo is an error.
+                let policy = q
+                    .get("propagationPolicy")
+                    .map(String::as_str)
+                    .or(body.get("propagationPolicy").and_then(Value::as_str));
+                if let Some(p) = policy.filter(|p| !matches!(*p, "Orphan" | "Background" | "Foreground")) {
+                    return Err(Status::invalid(
+                        "meta.k8s.io",
+                        "DeleteOptions",
+                        "",
+                        &[api::meta::FieldError {
+                            field: "propagationPolicy".into(),
+                            kind: api::meta::FieldErrorKind::NotSupported(
+                                p.to_string(),
+                                vec!["Foreground".into(), "Background".into(), "Orphan".into()],
+                            ),
+                            detail: String::new(),
+                        }],
+                    ));
+                }
                 let grace = match q.get("gracePeriodSeconds") {
                     Some(g) => Some(
                         g.parse::<i64>()

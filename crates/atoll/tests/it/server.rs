@@ -816,6 +816,8 @@ fn bad_input_gets_a_clear_status_never_a_panic() -> Result<()> {
         ("/api/v1/namespaces/default/widgets".to_string(), vec![], 404),
         ("/apis/no.such.group/v1/things".to_string(), vec![], 404),
         (format!("{cms}/x"), vec!["-X", "POST"], 405),
+        (format!("{cms}/x"), [&json[..], &["-X", "DELETE", "-d", "{bad"]].concat(), 400),
+        (format!("{cms}/x?propagationPolicy=Sideways"), vec!["-X", "DELETE"], 422),
         (
             format!("{cms}/x?fieldManager=m"),
             vec!["-X", "PATCH", "-H", "Content-Type: application/apply-patch+yaml", "-d", "a: [b"],
