@@ -1009,6 +1009,15 @@ impl Api {
                 }
                 // A patch applies to the object as it is; if it changes in between, apply it
                 // again to the new version, unless the patch itself names a version.
+                // Custom resources have no patch strategies to merge by, as in Kubernetes.
+                if info.custom && content_type == "application/strategic-merge-patch+json" {
+                    return Err(Status::failure(
+                        415,
+                        "UnsupportedMediaType",
+                        "the body of the request was in an unknown format - accepted media types include: \
+                         application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    ));
+                }
                 let pinned = patch.pointer("/metadata/resourceVersion").is_some_and(|v| !v.is_null());
                 let mut attempts = 0;
                 loop {

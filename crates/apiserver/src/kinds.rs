@@ -389,6 +389,7 @@ fn kind(group: &str, version: &str, kind: &str, resource: &str, namespaced: bool
         } else {
             Vec::new()
         },
+        custom: false,
     }
 }
 

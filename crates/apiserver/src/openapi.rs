@@ -71,10 +71,16 @@ fn operation(info: &ResourceInfo, action: &str, verb: &str, list: bool) -> Value
     }
     if action == "patch" {
         let body = json!({"schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}});
-        op["requestBody"] = json!({"content": {
+        let mut content = json!({
             "application/json-patch+json": body, "application/merge-patch+json": body,
-            "application/strategic-merge-patch+json": body, "application/apply-patch+yaml": body,
-        }, "required": true});
+            "application/apply-patch+yaml": body,
+        });
+        // kubectl sends strategic merge patches to kinds whose PATCH accepts them; custom
+        // resources do not (they have no patch strategies), as in Kubernetes.
+        if !info.custom {
+            content["application/strategic-merge-patch+json"] = body;
+        }
+        op["requestBody"] = json!({"content": content, "required": true});
     }
     op
 }

@@ -62,6 +62,7 @@ pub fn definition_strategy() -> DefinitionStrategy {
             storage: None,
             short_names: vec!["crd".into(), "crds".into()],
             categories: vec!["api-extensions".into()],
+            custom: false,
         },
     }
 }
@@ -371,6 +372,7 @@ impl CustomKind {
                     storage: Some(format!("{}.{}", s("/names/plural"), s("/group"))),
                     short_names: strings("/names/shortNames"),
                     categories: strings("/names/categories"),
+                    custom: true,
                 },
                 storage_version: storage_version.clone(),
                 schema,

@@ -43,6 +43,8 @@ pub struct ResourceInfo {
     /// Discovery's short names (`po` for pods) and categories (`all`).
     pub short_names: Vec<String>,
     pub categories: Vec<String>,
+    /// A custom resource, served from a CustomResourceDefinition.
+    pub custom: bool,
 }
 
 /// Where a kind's `scale` subresource reads and writes: JSON pointers to the desired and

@@ -1,7 +1,7 @@
 //! CustomResourceDefinitions end to end: the real kubectl defines a kind, uses it through
 //! every feature the definition declares, in several versions, and per tenant.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use crate::server::{Kubectl, Server, namespace_json, tenant_json};
@@ -134,6 +134,54 @@ fn custom_resources_work_with(minor: u32) -> Result<()> {
     // Selectors and watches work as for built-in kinds.
     k.ok(&["label", "widget", "w1", "-n", "w", "tier=gold"])?;
     ensure!(k.ok(&["get", "widgets", "-n", "w", "-l", "tier=gold", "-o", "name"])?.trim() == "widget.example.com/w1");
+    // describe, the output forms, diff, edit, patches and a watch, as for built-in kinds.
+    let described = k.ok(&["describe", "widget", "w1", "-n", "w"])?;
+    ensure!(
+        described.contains("Spec:") && described.contains("Size:") && described.contains("tier=gold"),
+        "{described}"
+    );
+    ensure!(k.ok(&["get", "widget", "w1", "-n", "w", "-o", "yaml"])?.contains("kind: Widget"));
+    ensure!(k.ok(&["get", "widgets", "-n", "w", "-o", "wide"])?.lines().next().unwrap_or("").contains("SIZE"));
+    let changed = widget("w1", "w", json!({"size": 3}));
+    let diff = k.run(&["diff", "-f", "-"], Some(&changed))?;
+    ensure!(diff.status.code() == Some(1), "diff finds the change: {}", String::from_utf8_lossy(&diff.stderr));
+    ensure!(String::from_utf8_lossy(&diff.stdout).contains("size: 3"));
+    let editor = server.dir.path().join(format!("widget-editor-{minor}.sh"));
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/size: 2/size: 7/' \"$1\"\n")?;
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let edit = k.command(&["edit", "widget", "w1", "-n", "w"]).env("EDITOR", &editor).output()?;
+    ensure!(edit.status.success(), "edit: {}", String::from_utf8_lossy(&edit.stderr));
+    k.ok(&["patch", "widget", "w1", "-n", "w", "--type=merge", "-p", "{\"spec\":{\"color\":\"blue\"}}"])?;
+    k.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "-n",
+        "w",
+        "--type=json",
+        "-p",
+        "[{\"op\":\"add\",\"path\":\"/spec/replicas\",\"value\":6}]",
+    ])?;
+    let patched =
+        k.ok(&["get", "widget", "w1", "-n", "w", "-o", "jsonpath={.spec.size}{.spec.color}{.spec.replicas}"])?;
+    ensure!(patched == "7blue6", "edited and patched: {patched}");
+    let strategic =
+        k.fails(&["patch", "widget", "w1", "-n", "w", "--type=strategic", "-p", "{\"spec\":{\"size\":1}}"])?;
+    ensure!(strategic.contains("UnsupportedMediaType") || strategic.contains("not supported"), "{strategic}");
+    let mut watch = k
+        .command(&["get", "widgets", "-n", "w", "-w", "-o", "name", "--request-timeout=20s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().context("watch stdout")?));
+    ensure!(lines.next().context("the watch printed nothing")??.starts_with("widget.example.com/"));
+    k.ok_with(&["create", "-f", "-"], Some(&widget("w6", "w", json!({"size": 1}))))?;
+    let seen = lines.by_ref().take(8).map_while(Result::ok).any(|l| l == "widget.example.com/w6");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    ensure!(seen, "the watch saw the new widget");
+    let via_path = k.ok(&["get", "--raw", "/apis/example.com/v1/tenants/system/namespaces/w/widgets/w1"])?;
+    ensure!(via_path.contains("\"name\":\"w1\""), "the tenant path form: {via_path}");
     // Client-side apply and edits keep working through the definition's schema.
     k.ok_with(&["apply", "-f", "-"], Some(&widget("w4", "w", json!({"size": 5}))))?;
     k.ok_with(&["apply", "-f", "-"], Some(&widget("w4", "w", json!({"size": 6, "color": "blue"}))))?;

@@ -131,6 +131,13 @@ impl Kubectl {
         Ok(child.wait_with_output()?)
     }
 
+    /// The kubectl command with this identity and cache, to run as the caller likes.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(self.cache.path()).args(args);
+        cmd
+    }
+
     /// Runs and expects success; returns stdout.
     pub(crate) fn ok(&self, args: &[&str]) -> Result<String> {
         self.ok_with(args, None)
@@ -311,24 +318,13 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     let editor = server.dir.path().join(format!("editor-{minor}.sh"));
     std::fs::write(&editor, "#!/bin/sh\nsed -i 's/smp/edited/' \"$1\"\n")?;
     std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let edit = Command::new(&k.bin)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(k.cache.path())
-        .args(["edit", "configmap", "applied", "-n", &ns])
-        .env("EDITOR", &editor)
-        .output()?;
+    let edit = k.command(&["edit", "configmap", "applied", "-n", &ns]).env("EDITOR", &editor).output()?;
     ensure!(edit.status.success(), "edit: {}", String::from_utf8_lossy(&edit.stderr));
     ensure!(k.ok(&["get", "configmap", "applied", "-n", &ns, "-o", "jsonpath={.data.s}"])? == "edited");
 
     // A watch sees a later deletion.
-    let mut watch = Command::new(&k.bin)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(k.cache.path())
-        .args(["get", "configmaps", "-n", &ns, "-w", "-o", "name", "--request-timeout=20s"])
+    let mut watch = k
+        .command(&["get", "configmaps", "-n", &ns, "-w", "-o", "name", "--request-timeout=20s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
