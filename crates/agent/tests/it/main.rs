@@ -71,11 +71,12 @@ impl Node {
     }
 
     pub fn runtime(&self) -> OciRuntime {
-        let mut cfg = OciConfig::new(
-            runtime_name(),
-            vec![env!("CARGO_BIN_EXE_atoll-shim").into()],
-            self.dir.path().join("runtime"),
-        );
+        self.runtime_named(&runtime_name())
+    }
+
+    pub fn runtime_named(&self, name: &str) -> OciRuntime {
+        let mut cfg =
+            OciConfig::new(name, vec![env!("CARGO_BIN_EXE_atoll-shim").into()], self.dir.path().join("runtime"));
         cfg.cgroup_parent = self.cgroup_parent.clone();
         OciRuntime::new(cfg, self.os.clone()).unwrap()
     }

@@ -38,6 +38,22 @@ fn a_container_echoes_exits_3_and_its_log_is_in_cri_format() {
 }
 
 #[test]
+fn runc_is_selectable_by_name() {
+    let node = Node::setup();
+    assert!(agent::runtime::oci::find_program(Path::new("runc")).is_some(), "runc is missing: apt-get install runc");
+    let image = node.busybox();
+    let rt = node.runtime_named("runc");
+    rt.run_sandbox(&sandbox("runc")).unwrap();
+    let id = rt.create_container("runc", &container(&node, &image, "main", "echo via runc; exit 7")).unwrap();
+    rt.start_container(&id).unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(7));
+    assert!(std::fs::read_to_string(&status.log_path).unwrap().contains(" stdout F via runc\n"));
+    rt.remove_sandbox("runc").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
 fn stop_honours_the_grace_period_then_kills() {
     let node = Node::setup();
     let image = node.busybox();
