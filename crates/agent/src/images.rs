@@ -238,6 +238,37 @@ fn safe_relative(path: &Path) -> Result<PathBuf, ImageError> {
     Ok(out)
 }
 
+/// `root/rel` as a real folder, creating what is missing, refusing a symlink anywhere on
+/// the way: an earlier entry of the layer (`etc -> /etc`) must not let a whiteout
+/// (`etc/.wh.passwd`) delete or mark anything outside the layer.
+fn real_dir_below(root: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
+    let mut dir = root.to_owned();
+    for c in safe_relative(rel)?.components() {
+        dir.push(c);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(ImageError::UnsafePath(rel.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(io("creating", &dir))?;
+            }
+            Err(e) => return Err(io("reading", &dir)(e)),
+        }
+    }
+    Ok(dir)
+}
+
+/// `dir/rel` if it resolves (symlinks followed) to a file inside `dir`; an archive's
+/// manifest must not make us copy a file of the host into the store.
+fn file_inside(dir: &Path, rel: &str) -> Result<PathBuf, ImageError> {
+    let path = dir.join(safe_relative(Path::new(rel))?);
+    let real = std::fs::canonicalize(&path).map_err(io("resolving", &path))?;
+    let root = std::fs::canonicalize(dir).map_err(io("resolving", dir))?;
+    if !real.starts_with(&root) {
+        return Err(ImageError::UnsafePath(PathBuf::from(rel)));
+    }
+    Ok(real)
+}
+
 /// Open a possibly gzip-compressed tar stream (detected by its magic bytes, not its media
 /// type, because docker archives and some registries label layers loosely).
 fn open_tar(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ImageError> {
@@ -426,8 +457,7 @@ impl ImageStore {
             if let Some(hidden) = file_name.strip_prefix(".wh.") {
                 // Whiteouts become what overlayfs understands: an opaque marker on the
                 // folder, or a 0:0 character device in place of the hidden name.
-                let parent = tmp.path().join(path.parent().unwrap_or(Path::new("")));
-                std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
+                let parent = real_dir_below(tmp.path(), path.parent().unwrap_or(Path::new("")))?;
                 if hidden == ".wh..opq" {
                     self.os.set_opaque(&parent)?;
                 } else {
@@ -568,7 +598,7 @@ impl ImageStore {
         }
         let mut out = Vec::new();
         for e in entries {
-            let file = |rel: &str| safe_relative(Path::new(rel)).map(|p| dir.join(p));
+            let file = |rel: &str| file_inside(dir, rel);
             let (config_digest, config_size) = self.copy_blob_from(&file(&e.config)?, None)?;
             let mut layers = Vec::new();
             for l in &e.layers {
@@ -691,6 +721,45 @@ mod tests {
                 _ => None,
             })
             .unwrap()
+    }
+
+    #[test]
+    fn a_whiteout_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let os = Arc::new(FakeOs::new("", vec![]));
+        let store = ImageStore::open(&dir.path().join("store"), os.clone()).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("passwd"), b"keep").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "etc", &victim).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "etc/.wh.passwd", std::io::empty()).unwrap();
+        let (digest, size) = store.put_blob(&b.into_inner().unwrap()).unwrap();
+        let desc = Descriptor {
+            media_type: MEDIA_OCI_LAYER_TAR.into(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        };
+        assert!(matches!(store.unpack_layer(&desc), Err(ImageError::UnsafePath(_))));
+        assert!(os.calls().is_empty(), "no whiteout was made: {:?}", os.calls());
+        assert_eq!(std::fs::read(victim.join("passwd")).unwrap(), b"keep");
+        assert!(!store.root().join("layers/sha256").join(digest.hex()).exists());
     }
 
     #[test]

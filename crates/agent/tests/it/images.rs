@@ -14,6 +14,7 @@ fn blob_count(node: &Node) -> usize {
 
 fn tar_dir(src: &Path, out: &Path) {
     let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    b.follow_symlinks(false);
     b.append_dir_all(".", src).unwrap();
     b.finish().unwrap();
 }
@@ -87,6 +88,13 @@ fn docker_archives_share_layers_with_oci_images() {
     assert_eq!(imported[0].manifest_digest, image.manifest_digest);
     assert_eq!(blob_count(&node), 3);
     assert_eq!(node.images.layer_dirs(&imported[0]).unwrap(), node.images.layer_dirs(&image).unwrap());
+    // An archive whose manifest points (through a symlink) at a host file is refused.
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("evil.json")).unwrap();
+    let evil = r#"[{"Config":"evil.json","RepoTags":["evil:1"],"Layers":["layer1/layer.tar"]}]"#;
+    std::fs::write(dir.join("manifest.json"), evil).unwrap();
+    let evil_tar = node.dir.path().join("evil.tar");
+    tar_dir(&dir, &evil_tar);
+    assert!(matches!(node.images.import(&evil_tar, None), Err(ImageError::UnsafePath(_))));
     // Garbage is refused with a clear error.
     let junk = node.dir.path().join("junk.tar");
     std::fs::write(&junk, vec![0u8; 1024]).unwrap();
