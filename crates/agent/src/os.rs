@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
+/// How long a detached child may take to print its first line.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum OsError {
     #[error("{what} {path}: {source}")]
@@ -27,7 +30,7 @@ pub enum OsError {
     Sys { what: &'static str, path: PathBuf, source: rustix::io::Errno },
     #[error("running {program}: {source}")]
     Spawn { program: PathBuf, source: std::io::Error },
-    #[error("{program} said nothing before exiting (see {log})")]
+    #[error("{program} said nothing before exiting or in time (see {log})")]
     NoHandshake { program: PathBuf, log: PathBuf },
     #[error("signal {signal:?} to process {pid}: {source}")]
     Signal { pid: u32, signal: Signal, source: rustix::io::Errno },
@@ -244,13 +247,25 @@ impl Os for RealOs {
             .spawn()
             .map_err(|source| OsError::Spawn { program: program.to_owned(), source })?;
         let pid = child.id();
-        let mut line = String::new();
+        // Reading one line is the handshake; the pipe is closed afterwards, which the child
+        // must tolerate (it never writes to stdout again). A child that never answers (a
+        // hung runtime) is killed with its whole process group after the deadline.
+        let (tx, rx) = std::sync::mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
-            // Reading one line is the handshake; the pipe is closed afterwards, which the
-            // child must tolerate (it never writes to stdout again).
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+        }
+        let line = rx.recv_timeout(HANDSHAKE_TIMEOUT);
+        if line.is_err()
+            && let Some(group) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
         self.children.lock().unwrap_or_else(|e| e.into_inner()).push(child);
+        let line = line.unwrap_or_default();
         if line.is_empty() {
             return Err(OsError::NoHandshake { program: program.to_owned(), log: stderr_log.to_owned() });
         }

@@ -127,22 +127,28 @@ fn resource_limits_appear_in_the_containers_cgroup() {
 fn a_new_runtime_object_finds_running_containers_and_their_exit() {
     let node = Node::setup();
     let image = node.busybox();
-    let (id, pid) = {
+    let (id, pid, brief) = {
         let rt = node.runtime();
         rt.run_sandbox(&sandbox("restart")).unwrap();
         let id = rt.create_container("restart", &container(&node, &image, "main", "exec sleep 1000")).unwrap();
         rt.start_container(&id).unwrap();
         let s = rt.container_status(&id).unwrap();
         assert_eq!(s.state, ContainerState::Running);
-        (id, s.pid.unwrap())
+        // This one exits while no runtime object exists.
+        let brief = rt.create_container("restart", &container(&node, &image, "brief", "sleep 0.3; exit 5")).unwrap();
+        rt.start_container(&brief).unwrap();
+        (id, s.pid.unwrap(), brief)
     };
+    std::thread::sleep(Duration::from_millis(800));
     // The agent "restarts": a fresh runtime object over the same folder.
     let rt = node.runtime();
+    let b = rt.container_status(&brief).unwrap();
+    assert_eq!((b.state, b.exit_code), (ContainerState::Exited, Some(5)));
     let s = rt.container_status(&id).unwrap();
     assert_eq!((s.state, s.pid), (ContainerState::Running, Some(pid)));
     assert!(pid_alive(pid));
     assert_eq!(rt.list_sandboxes().unwrap().len(), 1);
-    assert_eq!(rt.list_containers(Some("restart")).unwrap().len(), 1);
+    assert_eq!(rt.list_containers(Some("restart")).unwrap().len(), 2);
     rt.stop_container(&id, Duration::ZERO).unwrap();
     let s = rt.container_status(&id).unwrap();
     assert_eq!((s.state, s.exit_code), (ContainerState::Exited, Some(137)));
