@@ -8,6 +8,7 @@
 //! is (stopping a stopped container, removing a removed one), so a restarted agent can
 //! converge by repeating itself.
 
+pub mod logs;
 pub mod oci;
 
 use std::path::PathBuf;

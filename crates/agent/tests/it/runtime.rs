@@ -1,6 +1,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agent::runtime::logs::{self, LogOptions, Stream};
 use agent::runtime::{ContainerState, Resources, Runtime};
 
 use crate::{Node, container, pid_alive, sandbox, wait_state};
@@ -33,6 +34,8 @@ fn a_container_echoes_exits_3_and_its_log_is_in_cri_format() {
         .collect();
     assert!(records.contains(&("stdout", "F", "hello from echo")), "{log}");
     assert!(records.contains(&("stderr", "F", "oops")), "{log}");
+    let stdout = LogOptions { stream: Some(Stream::Stdout), ..LogOptions::default() };
+    assert_eq!(logs::read(&status.log_path, &stdout).unwrap(), b"hello from echo\n");
     rt.remove_sandbox("echo").unwrap();
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
 }
