@@ -367,7 +367,7 @@ impl ImageStore {
         write_atomic(&path, &serde_json::to_vec_pretty(&index).unwrap_or_default()).map_err(io("writing", &path))
     }
 
-    /// Remove a name; the blobs stay until a garbage collection (not written yet).
+    /// Remove a name; the blobs stay until [`ImageStore::gc`].
     pub fn untag(&self, reference: &Reference) -> Result<bool, ImageError> {
         let name = reference.to_string();
         let _guard = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -400,6 +400,39 @@ impl ImageStore {
             }
         }
         by_digest.into_iter().map(|(d, names)| self.load(&d, names)).collect()
+    }
+
+    /// Delete blobs and unpacked layers that no named image uses, except the layer
+    /// folders in `in_use` (the lower layers of containers that exist: overlayfs forbids
+    /// changing a mounted lower layer). Returns how many blobs and layers went. The caller
+    /// must not import or pull meanwhile: blobs written but not yet tagged look unused.
+    pub fn gc(&self, in_use: &[PathBuf]) -> Result<(usize, usize), ImageError> {
+        let _guard = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for image in self.list()? {
+            live.insert(image.manifest_digest.hex().to_owned());
+            live.insert(image.id.hex().to_owned());
+            for l in &image.manifest.layers {
+                if let Some(d) = Digest::parse(&l.digest) {
+                    live.insert(d.hex().to_owned());
+                }
+            }
+        }
+        let mut counts = (0, 0);
+        for (sub, count) in [("blobs/sha256", &mut counts.0), ("layers/sha256", &mut counts.1)] {
+            let dir = self.root.join(sub);
+            for entry in std::fs::read_dir(&dir).map_err(io("listing", &dir))? {
+                let path = entry.map_err(io("listing", &dir))?.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if live.contains(&name) || in_use.contains(&path) {
+                    continue;
+                }
+                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                removed.map_err(io("removing", &path))?;
+                *count += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// Find an image by name (`busybox`, `busybox:1.36`, full names), by `name@digest`,

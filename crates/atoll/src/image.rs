@@ -39,6 +39,12 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: ImageStoreArgs,
     },
+    /// Remove an image's name (its content goes with the agent's next garbage collection).
+    Rm {
+        reference: String,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
     /// Build a small `busybox` image from a static busybox binary (Debian's
     /// busybox-static) and import it, so pods can run with no network.
     BuildBusybox {
@@ -72,6 +78,13 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                     println!("{name:<50} {id:<20} {size:>10}");
                 }
             }
+            Ok(())
+        }
+        ImageCommand::Rm { reference, store } => {
+            let images = store.open()?;
+            let name = agent::reference::Reference::parse(&reference)?;
+            anyhow::ensure!(images.untag(&name)?, "no image named {name}");
+            println!("untagged {name}");
             Ok(())
         }
         ImageCommand::BuildBusybox { busybox, name, store } => {

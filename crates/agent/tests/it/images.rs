@@ -151,3 +151,21 @@ fn whiteouts_hide_lower_files_in_the_mounted_rootfs() {
     assert_eq!(seen, (true, false, true));
     assert_eq!(bin, vec!["only".to_string()], "the opaque /bin hides busybox's applets");
 }
+
+#[test]
+fn gc_keeps_named_and_in_use_content_only() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let layers = node.images.layer_dirs(&image).unwrap();
+    let (stray, _) = node.images.put_blob(b"nobody points here").unwrap();
+    assert_eq!(node.images.gc(&[]).unwrap(), (1, 0));
+    assert!(!node.images.has_blob(&stray));
+    assert!(layers[0].exists() && node.images.has_blob(&image.manifest_digest));
+    // Untagged, but a container still uses the layer: the folder stays, the blobs go.
+    assert!(node.images.untag(&agent::reference::Reference::parse("busybox").unwrap()).unwrap());
+    assert_eq!(node.images.gc(&layers).unwrap(), (3, 0));
+    assert!(layers[0].exists());
+    assert_eq!(node.images.gc(&[]).unwrap(), (0, 1));
+    assert!(!layers[0].exists());
+    assert!(node.images.list().unwrap().is_empty());
+}

@@ -45,6 +45,10 @@ fn image_build_busybox_import_and_list() {
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].starts_with("NAME"));
     assert!(out.contains("docker.io/library/busybox:latest") && out.contains("docker.io/library/busybox:1.36"));
+    let (ok, out, err) = atoll(&["image", "rm", "busybox:1.36", "--data-dir", data]);
+    assert!(ok && out.trim() == "untagged docker.io/library/busybox:1.36", "{out}{err}");
+    let (ok, _, err) = atoll(&["image", "rm", "busybox:1.36", "--data-dir", data]);
+    assert!(!ok && err.contains("no image named"), "{err}");
     // Bad input: a clear error and a failing exit code, no panic.
     let (ok, _, err) = atoll(&["image", "import", "/etc/hostname", "--data-dir", data]);
     assert!(!ok && err.starts_with("atoll: importing /etc/hostname"), "{err}");
