@@ -184,3 +184,51 @@ fn removal_leaves_no_mount_cgroup_process_or_state_behind() {
     // Removing again is fine.
     rt.remove_sandbox("gone").unwrap();
 }
+
+#[test]
+fn user_env_workdir_and_hostname_reach_the_process() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("proc")).unwrap();
+    let mut spec = container(&node, &image, "main", r#"echo "$(id -u):$(id -g) $PWD $GREETING $(hostname)""#);
+    spec.image.config.user = Some("nobody".into());
+    spec.env = vec![("GREETING".into(), "hi".into())];
+    spec.working_dir = Some("/tmp".into());
+    let id = rt.create_container("proc", &spec).unwrap();
+    rt.start_container(&id).unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(0));
+    assert_eq!(logs::read(&status.log_path, &LogOptions::default()).unwrap(), b"65534:65534 /tmp hi proc\n");
+    rt.remove_sandbox("proc").unwrap();
+}
+
+#[test]
+fn containers_join_the_sandboxes_network_namespace() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let netns = format!("atoll-test-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(args).output().expect("ip (iproute2) is missing");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&["netns", "add", &netns]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ip(&["-n", &netns, "link", "add", "atoll-a", "type", "veth", "peer", "name", "atoll-b"]);
+        let rt = node.runtime();
+        let mut sb = sandbox("net");
+        sb.network = agent::runtime::NetworkMode::Namespace(format!("/run/netns/{netns}").into());
+        rt.run_sandbox(&sb).unwrap();
+        let id = rt.create_container("net", &container(&node, &image, "main", "ls /sys/class/net")).unwrap();
+        rt.start_container(&id).unwrap();
+        let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+        let out = String::from_utf8(logs::read(&status.log_path, &LogOptions::default()).unwrap()).unwrap();
+        rt.remove_sandbox("net").unwrap();
+        out
+    }));
+    ip(&["netns", "delete", &netns]);
+    let out = result.unwrap();
+    let mut names: Vec<&str> = out.split_whitespace().collect();
+    names.sort();
+    assert_eq!(names, vec!["atoll-a", "atoll-b", "lo"]);
+}
