@@ -112,6 +112,9 @@ pub trait Os: Send + Sync + fmt::Debug {
     /// Write through a temporary file and a rename, so readers see all or nothing.
     fn write_file_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), OsError>;
     fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>, OsError>;
+    /// Read `rel` inside a container's root filesystem, resolving every symlink as if
+    /// `root` were `/` (an image's `/etc/passwd -> /etc/shadow` must not reach the host's).
+    fn read_file_in_root(&self, root: &Path, rel: &Path) -> Result<Option<Vec<u8>>, OsError>;
     fn exists(&self, path: &Path) -> bool;
     fn list_dir(&self, path: &Path) -> Result<Vec<String>, OsError>;
 }
@@ -334,6 +337,26 @@ impl Os for RealOs {
         }
     }
 
+    fn read_file_in_root(&self, root: &Path, rel: &Path) -> Result<Option<Vec<u8>>, OsError> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(sys("opening", root))?;
+        let fd = match rustix::fs::openat2(
+            &dir,
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(sys("opening", &root.join(rel))(e)),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes).map_err(io("reading", &root.join(rel)))?;
+        Ok(Some(bytes))
+    }
+
     fn exists(&self, path: &Path) -> bool {
         std::fs::symlink_metadata(path).is_ok()
     }
@@ -552,6 +575,10 @@ impl Os for FakeOs {
         Ok(self.file(path))
     }
 
+    fn read_file_in_root(&self, root: &Path, rel: &Path) -> Result<Option<Vec<u8>>, OsError> {
+        Ok(self.file(&root.join(rel)))
+    }
+
     fn exists(&self, path: &Path) -> bool {
         self.with(|s| s.files.contains_key(path) || s.dirs.contains(path))
     }
@@ -575,6 +602,23 @@ impl Os for FakeOs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_in_root_resolve_symlinks_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"host").unwrap();
+        std::fs::write(root.join("secret"), b"image").unwrap();
+        // Absolute and climbing symlinks both stay inside the root.
+        std::os::unix::fs::symlink("/secret", root.join("etc/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../secret", root.join("etc/up")).unwrap();
+        let os = RealOs::new();
+        for link in ["etc/abs", "etc/up"] {
+            assert_eq!(os.read_file_in_root(&root, Path::new(link)).unwrap().unwrap(), b"image", "{link}");
+        }
+        assert_eq!(os.read_file_in_root(&root, Path::new("etc/none")).unwrap(), None);
+    }
 
     #[test]
     fn mountinfo_lists_deepest_first_and_unescapes() {

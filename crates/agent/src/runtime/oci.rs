@@ -301,7 +301,7 @@ impl OciRuntime {
             Some((n, g)) => (n, Some(g)),
             None => (user, None),
         };
-        let passwd = self.os.read_file(&rootfs.join("etc/passwd"))?.unwrap_or_default();
+        let passwd = self.os.read_file_in_root(rootfs, Path::new("etc/passwd"))?.unwrap_or_default();
         let passwd = String::from_utf8_lossy(&passwd);
         let lookup = |n: &str| -> Option<(u32, u32)> {
             passwd.lines().find_map(|l| {
