@@ -26,8 +26,9 @@ pub enum BusyboxError {
 /// The applets linked into the image; enough for shells, probes and our tests.
 pub const APPLETS: &[&str] = &[
     "sh", "ash", "cat", "chmod", "cp", "date", "dd", "df", "echo", "env", "false", "grep", "head", "hostname", "id",
-    "kill", "ln", "ls", "mkdir", "mount", "mv", "nc", "ping", "printenv", "printf", "ps", "pwd", "rm", "sed", "sleep",
-    "sort", "tail", "tar", "tee", "test", "top", "touch", "true", "uname", "wc", "wget", "whoami", "yes",
+    "kill", "ln", "ls", "mkdir", "mount", "mv", "nc", "ping", "printenv", "printf", "ps", "pwd", "readlink", "rm",
+    "sed", "sleep", "sort", "tail", "tar", "tee", "test", "top", "touch", "true", "uname", "wc", "wget", "whoami",
+    "yes",
 ];
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n";

@@ -32,6 +32,8 @@ pub enum OsError {
     Spawn { program: PathBuf, source: std::io::Error },
     #[error("{program} said nothing before exiting or in time (see {log})")]
     NoHandshake { program: PathBuf, log: PathBuf },
+    #[error("{what} failed: {detail}")]
+    Command { what: &'static str, detail: String },
     #[error("signal {signal:?} to process {pid}: {source}")]
     Signal { pid: u32, signal: Signal, source: rustix::io::Errno },
 }
@@ -86,6 +88,11 @@ pub trait Os: Send + Sync + fmt::Debug {
     fn unmount(&self, target: &Path) -> Result<(), OsError>;
     /// Mount points at or below `prefix`, deepest first (the order to unmount them in).
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError>;
+
+    /// Make a new IPC namespace (and, with `uts`, a UTS namespace whose hostname is set)
+    /// that outlive any process, bind-mounted on the given (new) files, so a pod's
+    /// containers can join them.
+    fn create_namespaces(&self, ipc: &Path, uts: Option<(&Path, &str)>) -> Result<(), OsError>;
 
     /// An overlayfs whiteout (character device 0:0) hiding a lower layer's `path`.
     fn make_whiteout(&self, path: &Path) -> Result<(), OsError>;
@@ -197,6 +204,32 @@ impl Os for RealOs {
         let info = Path::new("/proc/self/mountinfo");
         let text = std::fs::read_to_string(info).map_err(io("reading", info))?;
         Ok(parse_mounts_under(&text, prefix))
+    }
+
+    fn create_namespaces(&self, ipc: &Path, uts: Option<(&Path, &str)>) -> Result<(), OsError> {
+        // util-linux's unshare does the unshare + bind mount of /proc/self/ns/* for us,
+        // and `hostname` runs inside the new UTS namespace.
+        let mut args: Vec<OsString> = Vec::new();
+        let mut arg = |flag: &str, file: &Path| -> Result<(), OsError> {
+            std::fs::File::create(file).map_err(io("creating", file))?;
+            let mut a = OsString::from(flag);
+            a.push(file.as_os_str());
+            args.push(a);
+            Ok(())
+        };
+        arg("--ipc=", ipc)?;
+        match uts {
+            Some((file, hostname)) => {
+                arg("--uts=", file)?;
+                args.extend(["hostname".into(), hostname.into()]);
+            }
+            None => args.push("true".into()),
+        }
+        let out = self.run(Path::new("unshare"), &args)?;
+        if !out.success {
+            return Err(OsError::Command { what: "unshare", detail: out.stderr.trim().to_owned() });
+        }
+        Ok(())
     }
 
     fn make_whiteout(&self, path: &Path) -> Result<(), OsError> {
@@ -392,6 +425,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     MountOverlay { lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf, target: PathBuf },
+    CreateNamespaces { ipc: PathBuf, uts: Option<(PathBuf, String)> },
     Unmount(PathBuf),
     Whiteout(PathBuf),
     Opaque(PathBuf),
@@ -488,6 +522,18 @@ impl Os for FakeOs {
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError> {
         Ok(self.with(|s| s.mounts.iter().filter(|m| m.starts_with(prefix)).cloned().collect()))
+    }
+
+    fn create_namespaces(&self, ipc: &Path, uts: Option<(&Path, &str)>) -> Result<(), OsError> {
+        self.with(|s| {
+            s.calls.push(Call::CreateNamespaces {
+                ipc: ipc.to_owned(),
+                uts: uts.map(|(p, h)| (p.to_owned(), h.to_owned())),
+            });
+            s.mounts.push(ipc.to_owned());
+            s.mounts.extend(uts.map(|(p, _)| p.to_owned()));
+        });
+        Ok(())
     }
 
     fn make_whiteout(&self, path: &Path) -> Result<(), OsError> {

@@ -218,8 +218,14 @@ impl OciRuntime {
             return Err(spec_error(format!("working directory {cwd:?} is not absolute")));
         }
 
+        // IPC and UTS are the pod's (made by run_sandbox), as in Kubernetes; pid and mount
+        // are each container's own.
+        let ns = self.sandbox_dir(&sandbox.id).join("ns");
         let mut namespaces =
-            vec![json!({"type": "pid"}), json!({"type": "mount"}), json!({"type": "ipc"}), json!({"type": "uts"})];
+            vec![json!({"type": "pid"}), json!({"type": "mount"}), json!({"type": "ipc", "path": ns.join("ipc")})];
+        if sandbox.network != NetworkMode::Host {
+            namespaces.push(json!({"type": "uts", "path": ns.join("uts")}));
+        }
         match &sandbox.network {
             NetworkMode::Host => {}
             NetworkMode::Isolated => namespaces.push(json!({"type": "network"})),
@@ -258,7 +264,6 @@ impl OciRuntime {
                 "noNewPrivileges": false,
             },
             "root": {"path": "rootfs", "readonly": false},
-            "hostname": sandbox.hostname,
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
                 {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -400,6 +405,18 @@ impl OciRuntime {
         }
     }
 
+    /// Unmount the pod's namespaces and delete its folder.
+    fn cleanup_sandbox_dir(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.sandbox_dir(id);
+        for m in self.os.mounts_under(&dir)? {
+            self.os.unmount(&m)?;
+        }
+        match self.os.remove_dir_all(&dir) {
+            Err(e) if !e.is_not_found() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     fn remove_cgroup(&self, path: &str) -> Result<(), RuntimeError> {
         for h in self.os.cgroup_hierarchies(&self.config.cgroup_root)? {
             let dir = h.join(path.trim_start_matches('/'));
@@ -467,12 +484,28 @@ impl Runtime for OciRuntime {
         {
             return Err(spec_error(format!("network namespace {} does not exist", p.display())));
         }
-        self.os.create_dir_all(&dir)?;
+        let valid_hostname = !spec.hostname.is_empty()
+            && spec.hostname.len() <= 64
+            && spec.hostname.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid_hostname {
+            return Err(spec_error(format!("hostname {:?} must be lowercase letters, digits, - and .", spec.hostname)));
+        }
         let now = SystemTime::now();
-        self.write_json(
-            &dir.join("sandbox.json"),
-            &SandboxRecord { spec: spec.clone(), created_at_nanos: to_nanos(now) },
-        )?;
+        let result = (|| {
+            self.os.create_dir_all(&dir.join("ns"))?;
+            let uts = dir.join("ns/uts");
+            // A host-network pod keeps the node's hostname, as in Kubernetes.
+            let uts = (spec.network != NetworkMode::Host).then_some((uts.as_path(), spec.hostname.as_str()));
+            self.os.create_namespaces(&dir.join("ns/ipc"), uts)?;
+            self.write_json(
+                &dir.join("sandbox.json"),
+                &SandboxRecord { spec: spec.clone(), created_at_nanos: to_nanos(now) },
+            )
+        })();
+        if let Err(e) = result {
+            let _ = self.cleanup_sandbox_dir(&spec.id);
+            return Err(e);
+        }
         Ok(SandboxStatus { spec: spec.clone(), ready: true, created_at: now })
     }
 
@@ -492,10 +525,7 @@ impl Runtime for OciRuntime {
             self.remove_container(&c.id)?;
         }
         self.remove_cgroup(&self.cgroup_path(id, None))?;
-        match self.os.remove_dir_all(&self.sandbox_dir(id)) {
-            Err(e) if !e.is_not_found() => Err(e.into()),
-            _ => Ok(()),
-        }
+        self.cleanup_sandbox_dir(id)
     }
 
     fn sandbox_status(&self, id: &str) -> Result<SandboxStatus, RuntimeError> {
@@ -748,7 +778,14 @@ mod tests {
         assert_eq!(config["linux"]["cgroupsPath"], format!("/atoll/pod-pod1/{id}"));
         assert_eq!(config["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(config["linux"]["resources"]["cpu"], json!({"shares": 256, "quota": 50000, "period": 100000}));
-        assert!(config["linux"]["namespaces"].as_array().unwrap().contains(&json!({"type": "network"})));
+        let namespaces = config["linux"]["namespaces"].as_array().unwrap();
+        assert!(namespaces.contains(&json!({"type": "network"})));
+        assert!(namespaces.contains(&json!({"type": "ipc", "path": "/data/sandboxes/pod1/ns/ipc"})));
+        assert!(namespaces.contains(&json!({"type": "uts", "path": "/data/sandboxes/pod1/ns/uts"})));
+        assert!(calls.contains(&Call::CreateNamespaces {
+            ipc: "/data/sandboxes/pod1/ns/ipc".into(),
+            uts: Some(("/data/sandboxes/pod1/ns/uts".into(), "web".into())),
+        }));
         let status = rt.container_status(&id).unwrap();
         assert_eq!((status.state, status.pid), (ContainerState::Created, Some(4242)));
     }
@@ -759,7 +796,7 @@ mod tests {
         rt.run_sandbox(&sandbox()).unwrap();
         let err = rt.create_container("pod1", &container()).unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
-        assert!(os.mounts().is_empty());
+        assert_eq!(os.mounts().len(), 2, "only the sandbox's namespaces: {:?}", os.mounts());
         let containers = Path::new("/data/containers");
         assert!(os.dirs().iter().all(|d| d == containers || !d.starts_with(containers)), "{:?}", os.dirs());
         assert!(rt.list_containers(None).unwrap().is_empty());
@@ -770,6 +807,9 @@ mod tests {
         let (_os, rt) = setup("created 1");
         let mut bad = sandbox();
         bad.id = "../etc".into();
+        assert!(matches!(rt.run_sandbox(&bad), Err(RuntimeError::InvalidSpec(_))));
+        let mut bad = sandbox();
+        bad.hostname = "Bad Host".into();
         assert!(matches!(rt.run_sandbox(&bad), Err(RuntimeError::InvalidSpec(_))));
         rt.run_sandbox(&sandbox()).unwrap();
         assert!(matches!(rt.run_sandbox(&sandbox()), Err(RuntimeError::AlreadyExists { .. })));
@@ -791,8 +831,9 @@ mod tests {
         let dir = PathBuf::from("/data/containers").join(&id);
         os.put_file(&dir.join(EXIT_FILE), br#"{"exit_code":0,"signal":null,"finished_at_nanos":1}"#);
         rt.remove_sandbox("pod1").unwrap();
-        assert!(os.mounts().is_empty());
+        assert!(os.mounts().is_empty(), "{:?}", os.mounts());
         let calls = os.calls();
+        assert!(calls.contains(&Call::Unmount("/data/sandboxes/pod1/ns/ipc".into())));
         assert!(calls.contains(&Call::RemoveDir(PathBuf::from("/cg/memory/atoll/pod-pod1"))));
         assert!(calls.contains(&Call::RemoveDir(PathBuf::from(format!("/cg/cpu/atoll/pod-pod1/{id}")))));
         assert!(rt.list_sandboxes().unwrap().is_empty());

@@ -232,3 +232,38 @@ fn containers_join_the_sandboxes_network_namespace() {
     names.sort();
     assert_eq!(names, vec!["atoll-a", "atoll-b", "lo"]);
 }
+
+#[test]
+fn a_pods_containers_share_ipc_and_uts_but_not_pids() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    // All three run at once, so no namespace can be freed and its number reused.
+    let script = "for ns in ipc uts pid; do readlink /proc/self/ns/$ns; done; hostname; sleep 1";
+    let mut ids = Vec::new();
+    for (pod, name) in [("pod-a", "one"), ("pod-a", "two"), ("pod-b", "one")] {
+        if rt.sandbox_status(pod).is_err() {
+            rt.run_sandbox(&sandbox(pod)).unwrap();
+        }
+        let id = rt.create_container(pod, &container(&node, &image, name, script)).unwrap();
+        rt.start_container(&id).unwrap();
+        ids.push(id);
+    }
+    let mut seen = Vec::new();
+    for id in &ids {
+        let status = wait_state(&rt, id, ContainerState::Exited, WAIT);
+        let out = String::from_utf8(logs::read(&status.log_path, &LogOptions::default()).unwrap()).unwrap();
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        seen.push(lines);
+    }
+    let (a1, a2, b1) = (&seen[0], &seen[1], &seen[2]);
+    assert_eq!((&a1[0], &a1[1]), (&a2[0], &a2[1]), "same pod: same IPC and UTS namespaces");
+    assert_ne!(a1[2], a2[2], "each container has its own pid namespace");
+    assert_ne!(a1[0], b1[0], "pods do not share IPC");
+    assert_ne!(a1[1], b1[1], "pods do not share UTS");
+    assert_eq!((a1[3].as_str(), b1[3].as_str()), ("pod-a", "pod-b"));
+    rt.remove_sandbox("pod-a").unwrap();
+    rt.remove_sandbox("pod-b").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
