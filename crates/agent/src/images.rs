@@ -195,7 +195,8 @@ impl BlobWriter {
 pub struct ImageStore {
     root: PathBuf,
     os: Arc<dyn Os>,
-    /// Serialises index.json rewrites within this process (one agent per node).
+    /// Serialises index.json rewrites within this process; [`ImageStore::lock_index`]
+    /// adds a file lock so `atoll image` and the agent can write at once.
     index_lock: Mutex<()>,
 }
 
@@ -303,6 +304,18 @@ impl ImageStore {
         Ok(ImageStore { root: root.to_owned(), os, index_lock: Mutex::new(()) })
     }
 
+    /// Hold both the in-process lock and an exclusive `flock` on `index.lock` (released
+    /// when the returned guard drops).
+    fn lock_index(&self) -> Result<(std::sync::MutexGuard<'_, ()>, File), ImageError> {
+        let guard = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.root.join("index.lock");
+        let file =
+            File::options().create(true).truncate(false).write(true).open(&path).map_err(io("opening", &path))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io("locking", &path)(std::io::Error::from(e)))?;
+        Ok((guard, file))
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -353,7 +366,7 @@ impl ImageStore {
         let bytes = self.read_blob(manifest)?;
         let _: Manifest = serde_json::from_slice(&bytes).map_err(|e| malformed(format!("manifest {manifest}"), e))?;
         let name = reference.to_string();
-        let _guard = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_index()?;
         let mut index = self.read_index()?;
         index.manifests.retain(|d| d.annotations.get(ANNOTATION_REF_NAME) != Some(&name));
         index.manifests.push(Descriptor {
@@ -370,7 +383,7 @@ impl ImageStore {
     /// Remove a name; the blobs stay until [`ImageStore::gc`].
     pub fn untag(&self, reference: &Reference) -> Result<bool, ImageError> {
         let name = reference.to_string();
-        let _guard = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_index()?;
         let mut index = self.read_index()?;
         let before = index.manifests.len();
         index.manifests.retain(|d| d.annotations.get(ANNOTATION_REF_NAME) != Some(&name));
@@ -407,7 +420,7 @@ impl ImageStore {
     /// changing a mounted lower layer). Returns how many blobs and layers went. The caller
     /// must not import or pull meanwhile: blobs written but not yet tagged look unused.
     pub fn gc(&self, in_use: &[PathBuf]) -> Result<(usize, usize), ImageError> {
-        let _guard = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_index()?;
         let mut live: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for image in self.list()? {
             live.insert(image.manifest_digest.hex().to_owned());
@@ -754,6 +767,34 @@ mod tests {
                 _ => None,
             })
             .unwrap()
+    }
+
+    #[test]
+    fn two_stores_on_one_folder_lose_no_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || ImageStore::open(dir.path(), Arc::new(FakeOs::new("", vec![]))).unwrap();
+        let (config, size) = open().put_blob(b"{}").unwrap();
+        let desc = Descriptor {
+            media_type: MEDIA_OCI_CONFIG.into(),
+            digest: config.to_string(),
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        };
+        let manifest = Manifest { schema_version: 2, media_type: None, config: desc, layers: vec![] };
+        let (m, _) = open().put_blob(&serde_json::to_vec(&manifest).unwrap()).unwrap();
+        // Separate store objects share no mutex: only the file lock keeps index.json whole.
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let (store, m) = (open(), m.clone());
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        store.tag(&Reference::parse(&format!("img{t}:v{i}")).unwrap(), &m).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(open().list().unwrap()[0].names.len(), 50);
     }
 
     #[test]
