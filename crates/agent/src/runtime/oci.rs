@@ -622,9 +622,12 @@ impl Runtime for OciRuntime {
         if status.state != ContainerState::Created {
             return Err(RuntimeError::WrongState { id: id.into(), state: status.state, op: "start" });
         }
+        // The time is taken before the start: a quick container may have exited (and its
+        // supervisor written the finish time) before the runtime's start command returns.
+        let started_at = SystemTime::now();
         self.runtime_cmd("start", id, &["start", id])?;
         let dir = self.container_dir(id);
-        self.write_json(&dir.join("started.json"), &StartRecord { started_at_nanos: to_nanos(SystemTime::now()) })
+        self.write_json(&dir.join("started.json"), &StartRecord { started_at_nanos: to_nanos(started_at) })
     }
 
     fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {

@@ -109,8 +109,17 @@ impl Drop for Node {
         for m in self.os.mounts_under(self.dir.path()).unwrap_or_default() {
             let _ = self.os.unmount(&m);
         }
+        // A failed test may leave pod and container folders: remove the tree, deepest first.
+        fn rmdir_tree(dir: &Path) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
         for h in self.os.cgroup_hierarchies(Path::new("/sys/fs/cgroup")).unwrap_or_default() {
-            let _ = std::fs::remove_dir(h.join(&self.cgroup_parent));
+            rmdir_tree(&h.join(&self.cgroup_parent));
         }
     }
 }
