@@ -21,8 +21,26 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# The node agent runs containers with crun (runc selectable) from the local busybox image.
+setup_containers() {
+  apt_install busybox-static crun runc
+  # On hybrid cgroup machines (v1 controllers + cgroup2 at unified/) crun 1.8 refuses to run
+  # while cgroup2 lists any controller; at boot that is hugetlb. Mounting hugetlb's v1
+  # hierarchy moves it off cgroup2 (see PLATFORM.md). Pure cgroup2 machines need nothing.
+  local unified=/sys/fs/cgroup/unified/cgroup.controllers
+  [ -f "$unified" ] || return 0
+  if grep -qw hugetlb "$unified" && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
+    mkdir -p /sys/fs/cgroup/hugetlb
+    mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+  fi
+  if [ -n "$(cat "$unified")" ]; then
+    echo "warning: cgroup2 still lists controllers ($(cat "$unified")); crun will refuse to run, runc works" >&2
+  fi
+}
+
 setup() {
   need_root
+  setup_containers
   # protoc (with the well-known types from libprotobuf-dev) builds the etcd client; etcd-server is the distributed store backend and the
   # peer our benchmarks compare against.
   apt_install ca-certificates curl gcc libc6-dev protobuf-compiler libprotobuf-dev etcd-server

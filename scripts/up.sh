@@ -8,5 +8,7 @@ cargo build --release -p atoll
 data_dir=${ATOLL_DATA_DIR:-/var/lib/atoll}
 listen=${ATOLL_LISTEN:-127.0.0.1:6443}
 mkdir -p "$data_dir"
+# The node's local busybox image, so a first pod runs with no network (same binary, same digest).
+target/release/atoll image build-busybox --data-dir "$data_dir"
 echo "starting atoll on $listen with data in $data_dir (Ctrl-C stops it)"
 exec target/release/atoll up --data-dir "$data_dir" --listen "$listen"

@@ -14,6 +14,8 @@ pub enum BenchCommand {
     Store(StoreBenchArgs),
     /// API benchmark: creates, LIST and watch over HTTPS against a server process.
     Api(crate::bench_api::ApiBenchArgs),
+    /// Container start latency through the OCI runtime (root, crun or runc, busybox-static).
+    Container(crate::bench_container::ContainerBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,6 +47,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Store(args) => store_bench(args).await,
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
+        BenchCommand::Container(args) => tokio::task::spawn_blocking(move || crate::bench_container::run(args)).await?,
     }
 }
 

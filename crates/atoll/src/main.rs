@@ -3,8 +3,10 @@
 mod admin;
 mod bench;
 mod bench_api;
+mod bench_container;
 mod controllers;
 mod debug;
+mod image;
 mod server;
 mod up;
 
@@ -37,6 +39,9 @@ enum Command {
     /// Benchmarks (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The node's image store: import, list, build the local busybox image.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Tools for tests and debugging.
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -97,6 +102,13 @@ pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 }
 
 fn main() -> ExitCode {
+    // `atoll shim ...` is the container supervisor the agent starts (agent::shim): it lives
+    // as long as its container, so it skips the async runtime and logging set-up.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "shim") {
+        let code = agent::shim::main(args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -116,6 +128,7 @@ fn main() -> ExitCode {
             Command::Controllers(args) => controllers::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Image(cmd) => image::run(cmd),
             Command::Debug(cmd) => debug::run(cmd).await,
         }
     });

@@ -3,5 +3,6 @@
 mod controllers;
 mod crash;
 mod crd;
+mod image;
 mod server;
 mod up;

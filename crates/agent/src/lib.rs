@@ -1,0 +1,20 @@
+//! The node agent's machinery: the image store and the runtimes that run pods.
+//!
+//! Contract:
+//! - Only [`os`] (and the [`shim`] supervisor process) make system calls; everything else
+//!   asks [`os::Os`], so the logic is unit-tested against [`os::FakeOs`].
+//! - [`images::ImageStore`] is an OCI image layout on disk: content-addressed blobs,
+//!   each stored once, written only after their digest is checked.
+//! - [`runtime::Runtime`] is the one interface for container and VM runtimes (a sandbox
+//!   per pod, containers in it); [`runtime::oci::OciRuntime`] implements it over crun or
+//!   runc and keeps all its state on disk, so it survives the agent's restart.
+//!
+//! The API sync loop (`atoll agent`) comes with the client crate.
+
+pub mod busybox;
+pub mod images;
+pub mod os;
+pub mod reference;
+pub mod runtime;
+pub mod shim;
+pub mod timefmt;

@@ -1,0 +1,160 @@
+//! The interface between the agent and its runtimes, shaped like the CRI: a pod is a
+//! *sandbox* (its cgroup, its network namespace, for a VM the machine itself) holding
+//! *containers* with their own lifecycle. A container runtime ([`oci::OciRuntime`], over
+//! crun or runc) and a VM runtime (next) both implement [`Runtime`].
+//!
+//! Calls are blocking (they run OCI runtime binaries, wait for grace periods); the async
+//! sync loop calls them from blocking threads. Every call is idempotent where the CRI's
+//! is (stopping a stopped container, removing a removed one), so a restarted agent can
+//! converge by repeating itself.
+
+pub mod logs;
+pub mod oci;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::images::ContainerConfig;
+use crate::os::OsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("container {id:?} is {state:?}, cannot {op}")]
+    WrongState { id: String, state: ContainerState, op: &'static str },
+    #[error(transparent)]
+    Os(#[from] OsError),
+    #[error("{op} of {id:?} failed: {detail}")]
+    Runtime { op: &'static str, id: String, detail: String },
+    #[error("corrupt state file {path}: {detail}")]
+    CorruptState { path: PathBuf, detail: String },
+    #[error("container {id:?} did not exit {after:?} after SIGKILL")]
+    Unkillable { id: String, after: Duration },
+}
+
+/// Where a sandbox's containers find their network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// The node's own network (`hostNetwork: true`).
+    Host,
+    /// A fresh, empty network namespace (loopback only).
+    Isolated,
+    /// A network namespace the network plugin made (`/run/netns/...`).
+    Namespace(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Unique on the node (the pod's UID); letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub tenant: String,
+    pub hostname: String,
+    pub network: NetworkMode,
+}
+
+/// Resource settings in Kubernetes' units, converted by the runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_request_millis: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// The image a container runs, already resolved by the image store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRootfs {
+    /// What the user asked for, for status reports.
+    pub reference: String,
+    /// Unpacked layer folders, bottom layer first.
+    pub layers: Vec<PathBuf>,
+    pub config: ContainerConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The container's name within its pod.
+    pub name: String,
+    pub image: ImageRootfs,
+    /// Replaces the image's entrypoint (and drops its cmd), as Kubernetes' `command`.
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's cmd, as Kubernetes' `args`.
+    pub args: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    /// Numeric uid and gid; `None` takes the image's `User` (default root).
+    pub user: Option<(u32, u32)>,
+    pub resources: Resources,
+    /// Where the CRI-format log goes; `None` puts it in the container's state folder.
+    pub log_path: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    /// The supervisor vanished without recording an exit (killed, machine crash).
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub image: String,
+    pub state: ContainerState,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    /// Why it ended: `Completed`, `Error`, `OOMKilled`-style reasons (Kubernetes' words).
+    pub reason: Option<String>,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    pub log_path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxStatus {
+    pub spec: SandboxSpec,
+    pub ready: bool,
+    pub created_at: SystemTime,
+}
+
+pub trait Runtime: Send + Sync {
+    /// Create and start a sandbox; repeating it for an existing sandbox is an error.
+    fn run_sandbox(&self, spec: &SandboxSpec) -> Result<SandboxStatus, RuntimeError>;
+    /// Stop every container in the sandbox, each with `grace` before SIGKILL.
+    fn stop_sandbox(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Remove the sandbox and its containers; absent is not an error.
+    fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
+    fn sandbox_status(&self, id: &str) -> Result<SandboxStatus, RuntimeError>;
+    fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>, RuntimeError>;
+
+    /// Create a container (not yet running) and return its ID.
+    fn create_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    fn start_container(&self, id: &str) -> Result<(), RuntimeError>;
+    /// SIGTERM, then SIGKILL once `grace` has passed; returns when it has exited.
+    fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Remove a container (killing it if it still runs); absent is not an error.
+    fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
+    fn container_status(&self, id: &str) -> Result<ContainerStatus, RuntimeError>;
+    fn list_containers(&self, sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>, RuntimeError>;
+}
+
+/// Names that become file names and OCI container IDs.
+pub(crate) fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}

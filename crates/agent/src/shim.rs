@@ -1,0 +1,321 @@
+//! The per-container supervisor ("shim"), a small process of its own that outlives the
+//! agent: it becomes a child subreaper, runs `<runtime> create` with pipes as the
+//! container's stdout/stderr, tells the agent the container's pid on its own stdout (one
+//! line: `created <pid>` or `error <text>`), then copies the pipes into a Kubernetes CRI
+//! log file (`<RFC3339Nano> stdout|stderr F|P <text>`), reaps the container when it exits
+//! and writes `exit.json` (atomically) with the exit code and time.
+//!
+//! Because the container (reparented to the shim on `create`) is the shim's child, the
+//! exit code is collected even while the agent is down or restarting; the agent reads it
+//! from `exit.json` whenever it looks. Like conmon in CRI-O, but a few hundred lines in
+//! our own binary (`atoll shim`) instead of a C dependency with a large command line.
+//! The shim is, with [`crate::os::RealOs`], the only code that makes system calls.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::os::write_atomic;
+use crate::timefmt::{rfc3339_nano, to_nanos};
+
+/// Longest log line written as one record; longer lines are split into `P` records.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("usage: shim --runtime PATH --root DIR --id ID --bundle DIR --dir DIR --log FILE ({0})")]
+    Usage(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShimArgs {
+    pub runtime: PathBuf,
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The container's state folder (pid file, exit file).
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ShimArgs {
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut out = Vec::new();
+        for (flag, value) in [
+            ("--runtime", self.runtime.as_os_str()),
+            ("--root", self.root.as_os_str()),
+            ("--id", self.id.as_ref()),
+            ("--bundle", self.bundle.as_os_str()),
+            ("--dir", self.dir.as_os_str()),
+            ("--log", self.log.as_os_str()),
+        ] {
+            out.push(flag.into());
+            out.push(value.to_owned());
+        }
+        out
+    }
+
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<ShimArgs, ShimError> {
+        let mut it = args.into_iter();
+        let (mut runtime, mut root, mut id, mut bundle, mut dir, mut log) = (None, None, None, None, None, None);
+        while let Some(flag) = it.next() {
+            let value = it.next().ok_or_else(|| ShimError::Usage(format!("{flag:?} needs a value")))?;
+            match flag.to_str() {
+                Some("--runtime") => runtime = Some(PathBuf::from(value)),
+                Some("--root") => root = Some(PathBuf::from(value)),
+                Some("--id") => id = Some(value.to_string_lossy().into_owned()),
+                Some("--bundle") => bundle = Some(PathBuf::from(value)),
+                Some("--dir") => dir = Some(PathBuf::from(value)),
+                Some("--log") => log = Some(PathBuf::from(value)),
+                _ => return Err(ShimError::Usage(format!("unknown flag {flag:?}"))),
+            }
+        }
+        let missing = |n: &str| ShimError::Usage(format!("{n} is required"));
+        Ok(ShimArgs {
+            runtime: runtime.ok_or_else(|| missing("--runtime"))?,
+            root: root.ok_or_else(|| missing("--root"))?,
+            id: id.ok_or_else(|| missing("--id"))?,
+            bundle: bundle.ok_or_else(|| missing("--bundle"))?,
+            dir: dir.ok_or_else(|| missing("--dir"))?,
+            log: log.ok_or_else(|| missing("--log"))?,
+        })
+    }
+}
+
+/// What `exit.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// The exit status, or 128 + the signal number when a signal ended it (as shells and
+    /// Kubernetes report it).
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub finished_at_nanos: u64,
+}
+
+pub const EXIT_FILE: &str = "exit.json";
+pub const PID_FILE: &str = "container.pid";
+
+/// Turn one stream into CRI log records. Lines longer than [`MAX_LOG_LINE`] become `P`
+/// (partial) records followed by a final `F`; text after the last newline is flushed as
+/// `F` at end of stream.
+pub fn copy_as_cri_log(stream: &str, input: impl Read, out: &Mutex<Box<dyn Write + Send>>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let mut line: Vec<u8> = Vec::new();
+    let emit = |tag: &str, bytes: &[u8]| {
+        let mut record = format!("{} {stream} {tag} ", rfc3339_nano(SystemTime::now())).into_bytes();
+        record.extend_from_slice(bytes);
+        record.push(b'\n');
+        let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+        // A full disk loses log lines, never the container: keep draining the pipe.
+        let _ = out.write_all(&record).and_then(|()| out.flush());
+    };
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = MAX_LOG_LINE - line.len();
+        let window = &buf[..buf.len().min(room)];
+        match window.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                line.extend_from_slice(&window[..i]);
+                reader.consume(i + 1);
+                emit("F", &line);
+                line.clear();
+            }
+            None => {
+                let n = window.len();
+                line.extend_from_slice(window);
+                reader.consume(n);
+                if line.len() >= MAX_LOG_LINE {
+                    emit("P", &line);
+                    line.clear();
+                }
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit("F", &line);
+    }
+}
+
+/// The shim's main: returns the process exit code. Never panics on bad input.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let args = match ShimArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("atoll shim: {e}");
+            println!("error {e}");
+            return 2;
+        }
+    };
+    match supervise(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("atoll shim {}: {e}", args.id);
+            1
+        }
+    }
+}
+
+fn handshake(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // The agent may be gone already; nothing to do about it then.
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+fn supervise(args: &ShimArgs) -> Result<(), String> {
+    let me = rustix::process::getpid();
+    rustix::process::set_child_subreaper(Some(me)).map_err(|e| format!("becoming a subreaper: {e}"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log)
+        .map_err(|e| format!("opening {}: {e}", args.log.display()))?;
+    let log: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(Box::new(log)));
+    let pid_file = args.dir.join(PID_FILE);
+    let mut create = Command::new(&args.runtime)
+        .arg("--root")
+        .arg(&args.root)
+        .arg("create")
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            let msg = format!("running {}: {e}", args.runtime.display());
+            handshake(&format!("error {msg}"));
+            msg
+        })?;
+    let (Some(stdout), Some(mut stderr)) = (create.stdout.take(), create.stderr.take()) else {
+        return Err("no pipes".into());
+    };
+    let status = create.wait().map_err(|e| format!("waiting for create: {e}"))?;
+    if !status.success() {
+        // The runtime's complaint went to the stderr pipe; nothing else holds its write end.
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let msg = format!("{} create: {status}: {}", args.runtime.display(), text.trim());
+        handshake(&format!("error {}", msg.replace('\n', " ")));
+        return Err(msg);
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+        handshake("error no pid file after create");
+        "no pid file".to_string()
+    })?;
+    handshake(&format!("created {pid}"));
+
+    let threads: Vec<_> = [("stdout", Box::new(stdout) as Box<dyn Read + Send>), ("stderr", Box::new(stderr))]
+        .into_iter()
+        .map(|(name, pipe)| {
+            let log = log.clone();
+            std::thread::spawn(move || copy_as_cri_log(name, pipe, &log))
+        })
+        .collect();
+
+    let record = wait_for(pid);
+    for t in threads {
+        let _ = t.join();
+    }
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    write_atomic(&args.dir.join(EXIT_FILE), &bytes).map_err(|e| format!("writing the exit file: {e}"))
+}
+
+/// Reap children (the runtime's leftovers and the container) until the container is seen.
+fn wait_for(pid: i32) -> ExitRecord {
+    loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some((p, status))) if p.as_raw_nonzero().get() == pid => {
+                let signal = status.terminating_signal();
+                let exit_code = match (status.exit_status(), signal) {
+                    (Some(code), _) => code,
+                    (None, Some(sig)) => 128 + sig,
+                    (None, None) => 255,
+                };
+                return ExitRecord { exit_code, signal, finished_at_nanos: to_nanos(SystemTime::now()) };
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            // No children left: the container was not ours to reap (should not happen
+            // with a subreaper); the code is unknown.
+            Err(_) => {
+                return ExitRecord { exit_code: 255, signal: None, finished_at_nanos: to_nanos(SystemTime::now()) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn cri_records_split_long_lines_and_flush_the_tail() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let out: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(Shared(buf.clone())));
+        let mut input = b"hello\n\nworld\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LOG_LINE + 3));
+        input.extend(b"\ntail");
+        copy_as_cri_log("stderr", &input[..], &out);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let records: Vec<(&str, &str, &str)> = text
+            .lines()
+            .map(|l| {
+                let mut p = l.splitn(4, ' ');
+                let ts = p.next().unwrap();
+                assert!(ts.ends_with('Z') && ts.len() == 30, "{ts}");
+                (p.next().unwrap(), p.next().unwrap(), p.next().unwrap_or(""))
+            })
+            .collect();
+        let long = "x".repeat(MAX_LOG_LINE);
+        assert_eq!(
+            records,
+            vec![
+                ("stderr", "F", "hello"),
+                ("stderr", "F", ""),
+                ("stderr", "F", "world"),
+                ("stderr", "P", long.as_str()),
+                ("stderr", "F", "xxx"),
+                ("stderr", "F", "tail"),
+            ]
+        );
+    }
+
+    #[test]
+    fn args_round_trip_and_bad_args_are_usage_errors() {
+        let a = ShimArgs {
+            runtime: "/usr/bin/crun".into(),
+            root: "/r".into(),
+            id: "c1".into(),
+            bundle: "/b".into(),
+            dir: "/d".into(),
+            log: "/l".into(),
+        };
+        assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
+        assert!(ShimArgs::parse(vec![OsString::from("--id")]).is_err());
+        assert!(ShimArgs::parse(vec![OsString::from("--bogus"), OsString::from("x")]).is_err());
+    }
+}

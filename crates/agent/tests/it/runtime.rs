@@ -1,0 +1,269 @@
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent::runtime::logs::{self, LogOptions, Stream};
+use agent::runtime::{ContainerState, Resources, Runtime};
+
+use crate::{Node, container, pid_alive, sandbox, wait_state};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_container_echoes_exits_3_and_its_log_is_in_cri_format() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("echo")).unwrap();
+    let spec = container(&node, &image, "main", "echo hello from $HOSTNAME; echo oops >&2; exit 3");
+    let id = rt.create_container("echo", &spec).unwrap();
+    assert_eq!(rt.container_status(&id).unwrap().state, ContainerState::Created);
+    rt.start_container(&id).unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(3));
+    assert_eq!(status.reason.as_deref(), Some("Error"));
+    assert!(status.started_at.unwrap() <= status.finished_at.unwrap());
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    let records: Vec<(&str, &str, &str)> = log
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(4, ' ');
+            let (ts, stream, tag, text) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+            assert!(ts.ends_with('Z') && ts.contains('T'), "{l}");
+            (stream, tag, text)
+        })
+        .collect();
+    assert!(records.contains(&("stdout", "F", "hello from echo")), "{log}");
+    assert!(records.contains(&("stderr", "F", "oops")), "{log}");
+    let stdout = LogOptions { stream: Some(Stream::Stdout), ..LogOptions::default() };
+    assert_eq!(logs::read(&status.log_path, &stdout).unwrap(), b"hello from echo\n");
+    rt.remove_sandbox("echo").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn runc_is_selectable_by_name() {
+    let node = Node::setup();
+    assert!(agent::runtime::oci::find_program(Path::new("runc")).is_some(), "runc is missing: apt-get install runc");
+    let image = node.busybox();
+    let rt = node.runtime_named("runc");
+    rt.run_sandbox(&sandbox("runc")).unwrap();
+    let id = rt.create_container("runc", &container(&node, &image, "main", "echo via runc; exit 7")).unwrap();
+    rt.start_container(&id).unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(7));
+    assert!(std::fs::read_to_string(&status.log_path).unwrap().contains(" stdout F via runc\n"));
+    rt.remove_sandbox("runc").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn stop_honours_the_grace_period_then_kills() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("stop")).unwrap();
+    // Exits on SIGTERM: stopped well within the grace period, with its own exit code.
+    let polite = container(&node, &image, "polite", "trap 'exit 0' TERM; sleep 1000 & wait");
+    let polite = rt.create_container("stop", &polite).unwrap();
+    rt.start_container(&polite).unwrap();
+    // Give the shell time to install its trap.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    rt.stop_container(&polite, Duration::from_secs(10)).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    let s = rt.container_status(&polite).unwrap();
+    assert_eq!((s.state, s.exit_code), (ContainerState::Exited, Some(0)));
+
+    // Ignores SIGTERM (a pid 1 without a handler does): SIGKILL after the grace period.
+    let stubborn = container(&node, &image, "stubborn", "exec sleep 1000");
+    let stubborn = rt.create_container("stop", &stubborn).unwrap();
+    rt.start_container(&stubborn).unwrap();
+    let t = Instant::now();
+    rt.stop_container(&stubborn, Duration::from_millis(700)).unwrap();
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(5), "took {took:?}");
+    let s = rt.container_status(&stubborn).unwrap();
+    assert_eq!((s.state, s.exit_code), (ContainerState::Exited, Some(137)));
+    // Stopping again is a no-op.
+    rt.stop_container(&stubborn, Duration::from_secs(1)).unwrap();
+    rt.remove_sandbox("stop").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn resource_limits_appear_in_the_containers_cgroup() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("limits")).unwrap();
+    let mut spec = container(&node, &image, "main", "exec sleep 1000");
+    spec.resources =
+        Resources { cpu_request_millis: Some(500), cpu_limit_millis: Some(250), memory_limit_bytes: Some(64 << 20) };
+    let id = rt.create_container("limits", &spec).unwrap();
+    rt.start_container(&id).unwrap();
+    let path = rt.cgroup_path("limits", Some(&id));
+    let dirs = rt.cgroup_dirs(&path).unwrap();
+    let read = |file: &str| {
+        dirs.iter()
+            .map(|d| d.join(file))
+            .find(|p| p.exists())
+            .map(|p| std::fs::read_to_string(p).unwrap().trim().to_owned())
+            .unwrap_or_else(|| panic!("no {file} under {dirs:?}"))
+    };
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("cpu.max"), "25000 100000");
+    } else {
+        assert_eq!(read("memory.limit_in_bytes"), (64u64 << 20).to_string());
+        assert_eq!(read("cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu.shares"), "512");
+    }
+    // The container's process is in that cgroup.
+    let pid = rt.container_status(&id).unwrap().pid.unwrap();
+    let procs = read("cgroup.procs");
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{pid} not in {procs}");
+    rt.remove_sandbox("limits").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_new_runtime_object_finds_running_containers_and_their_exit() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let (id, pid, brief) = {
+        let rt = node.runtime();
+        rt.run_sandbox(&sandbox("restart")).unwrap();
+        let id = rt.create_container("restart", &container(&node, &image, "main", "exec sleep 1000")).unwrap();
+        rt.start_container(&id).unwrap();
+        let s = rt.container_status(&id).unwrap();
+        assert_eq!(s.state, ContainerState::Running);
+        // This one exits while no runtime object exists.
+        let brief = rt.create_container("restart", &container(&node, &image, "brief", "sleep 0.3; exit 5")).unwrap();
+        rt.start_container(&brief).unwrap();
+        (id, s.pid.unwrap(), brief)
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    // The agent "restarts": a fresh runtime object over the same folder.
+    let rt = node.runtime();
+    let b = rt.container_status(&brief).unwrap();
+    assert_eq!((b.state, b.exit_code), (ContainerState::Exited, Some(5)));
+    let s = rt.container_status(&id).unwrap();
+    assert_eq!((s.state, s.pid), (ContainerState::Running, Some(pid)));
+    assert!(pid_alive(pid));
+    assert_eq!(rt.list_sandboxes().unwrap().len(), 1);
+    assert_eq!(rt.list_containers(Some("restart")).unwrap().len(), 2);
+    rt.stop_container(&id, Duration::ZERO).unwrap();
+    let s = rt.container_status(&id).unwrap();
+    assert_eq!((s.state, s.exit_code), (ContainerState::Exited, Some(137)));
+    rt.remove_sandbox("restart").unwrap();
+}
+
+#[test]
+fn removal_leaves_no_mount_cgroup_process_or_state_behind() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("gone")).unwrap();
+    let a = rt.create_container("gone", &container(&node, &image, "a", "exec sleep 1000")).unwrap();
+    rt.start_container(&a).unwrap();
+    // One created but never started, one running.
+    let b = rt.create_container("gone", &container(&node, &image, "b", "exec sleep 1000")).unwrap();
+    let pids: Vec<u32> = [&a, &b].iter().map(|id| rt.container_status(id).unwrap().pid.unwrap()).collect();
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+    assert!(!node.leftovers().is_empty(), "mounts and cgroups exist while it runs");
+    rt.remove_sandbox("gone").unwrap();
+    node.os.reap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+    assert!(pids.iter().all(|p| !pid_alive(*p)), "container processes survived");
+    let state = node.dir.path().join("runtime");
+    for sub in ["containers", "sandboxes", "runtime"] {
+        let left: Vec<_> = std::fs::read_dir(state.join(sub)).unwrap().collect();
+        assert!(left.is_empty(), "{sub} still holds {left:?}");
+    }
+    assert!(rt.list_containers(None).unwrap().is_empty());
+    // Removing again is fine.
+    rt.remove_sandbox("gone").unwrap();
+}
+
+#[test]
+fn user_env_workdir_and_hostname_reach_the_process() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("proc")).unwrap();
+    let mut spec = container(&node, &image, "main", r#"echo "$(id -u):$(id -g) $PWD $GREETING $(hostname)""#);
+    spec.image.config.user = Some("nobody".into());
+    spec.env = vec![("GREETING".into(), "hi".into())];
+    spec.working_dir = Some("/tmp".into());
+    let id = rt.create_container("proc", &spec).unwrap();
+    rt.start_container(&id).unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(0));
+    assert_eq!(logs::read(&status.log_path, &LogOptions::default()).unwrap(), b"65534:65534 /tmp hi proc\n");
+    rt.remove_sandbox("proc").unwrap();
+}
+
+#[test]
+fn containers_join_the_sandboxes_network_namespace() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let netns = format!("atoll-test-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(args).output().expect("ip (iproute2) is missing");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&["netns", "add", &netns]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ip(&["-n", &netns, "link", "add", "atoll-a", "type", "veth", "peer", "name", "atoll-b"]);
+        let rt = node.runtime();
+        let mut sb = sandbox("net");
+        sb.network = agent::runtime::NetworkMode::Namespace(format!("/run/netns/{netns}").into());
+        rt.run_sandbox(&sb).unwrap();
+        let id = rt.create_container("net", &container(&node, &image, "main", "ls /sys/class/net")).unwrap();
+        rt.start_container(&id).unwrap();
+        let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+        let out = String::from_utf8(logs::read(&status.log_path, &LogOptions::default()).unwrap()).unwrap();
+        rt.remove_sandbox("net").unwrap();
+        out
+    }));
+    ip(&["netns", "delete", &netns]);
+    let out = result.unwrap();
+    let mut names: Vec<&str> = out.split_whitespace().collect();
+    names.sort();
+    assert_eq!(names, vec!["atoll-a", "atoll-b", "lo"]);
+}
+
+#[test]
+fn a_pods_containers_share_ipc_and_uts_but_not_pids() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    // All three run at once, so no namespace can be freed and its number reused.
+    let script = "for ns in ipc uts pid; do readlink /proc/self/ns/$ns; done; hostname; sleep 1";
+    let mut ids = Vec::new();
+    for (pod, name) in [("pod-a", "one"), ("pod-a", "two"), ("pod-b", "one")] {
+        if rt.sandbox_status(pod).is_err() {
+            rt.run_sandbox(&sandbox(pod)).unwrap();
+        }
+        let id = rt.create_container(pod, &container(&node, &image, name, script)).unwrap();
+        rt.start_container(&id).unwrap();
+        ids.push(id);
+    }
+    let mut seen = Vec::new();
+    for id in &ids {
+        let status = wait_state(&rt, id, ContainerState::Exited, WAIT);
+        let out = String::from_utf8(logs::read(&status.log_path, &LogOptions::default()).unwrap()).unwrap();
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        seen.push(lines);
+    }
+    let (a1, a2, b1) = (&seen[0], &seen[1], &seen[2]);
+    assert_eq!((&a1[0], &a1[1]), (&a2[0], &a2[1]), "same pod: same IPC and UTS namespaces");
+    assert_ne!(a1[2], a2[2], "each container has its own pid namespace");
+    assert_ne!(a1[0], b1[0], "pods do not share IPC");
+    assert_ne!(a1[1], b1[1], "pods do not share UTS");
+    assert_eq!((a1[3].as_str(), b1[3].as_str()), ("pod-a", "pod-b"));
+    rt.remove_sandbox("pod-a").unwrap();
+    rt.remove_sandbox("pod-b").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}

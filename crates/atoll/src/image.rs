@@ -1,0 +1,101 @@
+//! `atoll image ...`: the node's image store from the command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent::images::ImageStore;
+use agent::os::RealOs;
+use anyhow::{Context, Result};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ImageStoreArgs {
+    /// The agent's data directory; images live in `DIR/agent/images`.
+    #[arg(long, default_value = "/var/lib/atoll")]
+    pub data_dir: PathBuf,
+}
+
+impl ImageStoreArgs {
+    pub fn open(&self) -> Result<ImageStore> {
+        let root = self.data_dir.join("agent/images");
+        ImageStore::open(&root, Arc::new(RealOs::new()))
+            .with_context(|| format!("opening the image store in {}", root.display()))
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout directory, an OCI archive or a `docker save` tarball
+    /// (optionally gzip-compressed).
+    Import {
+        path: PathBuf,
+        /// Name the imported image (e.g. `busybox:1.36`); needed when the input names none.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+    /// List the images in the store.
+    List {
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+    /// Remove an image's name (its content goes with the agent's next garbage collection).
+    Rm {
+        reference: String,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+    /// Build a small `busybox` image from a static busybox binary (Debian's
+    /// busybox-static) and import it, so pods can run with no network.
+    BuildBusybox {
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        #[arg(long, default_value = "busybox:latest")]
+        name: String,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+}
+
+pub fn run(cmd: ImageCommand) -> Result<()> {
+    match cmd {
+        ImageCommand::Import { path, name, store } => {
+            let images = store
+                .open()?
+                .import(&path, name.as_deref())
+                .with_context(|| format!("importing {}", path.display()))?;
+            for image in images {
+                println!("imported {} {}", image.names.join(","), image.manifest_digest);
+            }
+            Ok(())
+        }
+        ImageCommand::List { store } => {
+            println!("{:<50} {:<20} {:>10}", "NAME", "IMAGE ID", "SIZE");
+            for image in store.open()?.list()? {
+                let id = &image.id.hex()[..12];
+                let size = format!("{:.1}MB", image.size() as f64 / 1e6);
+                for name in &image.names {
+                    println!("{name:<50} {id:<20} {size:>10}");
+                }
+            }
+            Ok(())
+        }
+        ImageCommand::Rm { reference, store } => {
+            let images = store.open()?;
+            let name = agent::reference::Reference::parse(&reference)?;
+            anyhow::ensure!(images.untag(&name)?, "no image named {name}");
+            println!("untagged {name}");
+            Ok(())
+        }
+        ImageCommand::BuildBusybox { busybox, name, store } => {
+            let images = store.open()?;
+            let layout = tempfile::Builder::new().prefix("busybox-").tempdir_in(images.root().join("tmp"))?;
+            agent::busybox::build_layout(&busybox, layout.path(), &name)
+                .with_context(|| format!("building an image from {}", busybox.display()))?;
+            for image in images.import(layout.path(), None)? {
+                println!("imported {} {}", image.names.join(","), image.manifest_digest);
+            }
+            Ok(())
+        }
+    }
+}
