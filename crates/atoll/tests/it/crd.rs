@@ -133,6 +133,8 @@ fn custom_resources_work_with(minor: u32) -> Result<()> {
     ensure!(k.ok(&["get", "all", "-n", "w", "-o", "name"])?.contains("widget.example.com/w1"));
     // Selectors and watches work as for built-in kinds.
     k.ok(&["label", "widget", "w1", "-n", "w", "tier=gold"])?;
+    k.ok(&["annotate", "widget", "w1", "-n", "w", "note=shiny"])?;
+    ensure!(k.ok(&["get", "widget", "w1", "-n", "w", "-o", "jsonpath={.metadata.annotations.note}"])? == "shiny");
     ensure!(k.ok(&["get", "widgets", "-n", "w", "-l", "tier=gold", "-o", "name"])?.trim() == "widget.example.com/w1");
     // describe, the output forms, diff, edit, patches and a watch, as for built-in kinds.
     let described = k.ok(&["describe", "widget", "w1", "-n", "w"])?;

@@ -427,6 +427,15 @@ fn tenants_are_created_isolated_and_deleted_with_what_they_hold() -> Result<()> 
     ensure!(unknown.contains("NotFound"), "a tenant that does not exist: {unknown}");
     admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
     ensure!(admin.ok(&["get", "tenants", "-o", "name"])?.trim() == "tenant.atoll.io/acme");
+    // A Tenant is an object like any other: labels, annotations, patches, describe, YAML.
+    admin.ok(&["label", "tenant", "acme", "tier=gold"])?;
+    admin.ok(&["annotate", "tenant", "acme", "owner=finance"])?;
+    admin.ok(&["patch", "tenant", "acme", "--type=merge", "-p", "{\"metadata\":{\"labels\":{\"region\":\"eu\"}}}"])?;
+    let described = admin.ok(&["describe", "tenant", "acme"])?;
+    ensure!(described.contains("tier=gold") && described.contains("owner: finance"), "{described}");
+    let yaml = admin.ok(&["get", "tenant", "acme", "-o", "yaml"])?;
+    ensure!(yaml.contains("region: eu") && yaml.contains("kind: Tenant"), "{yaml}");
+    ensure!(admin.ok(&["get", "tenants", "-l", "tier=gold", "-o", "name"])?.trim() == "tenant.atoll.io/acme");
 
     // A user of tenant acme, with a certificate from `atoll admin kubeconfig`.
     let alice_config = server.dir.path().join("alice.kubeconfig");
