@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
-use crate::server::{Kubectl, Server, kubectl_binary, namespace_json, tenant_json};
+use crate::server::{Kubectl, Server, kubectl_binary, namespace_json, tenant_admins_json};
 
 fn widgets_crd() -> Value {
     let schema = json!({
@@ -177,8 +177,9 @@ fn kubectl_1_33_uses_custom_resources() -> Result<()> {
 fn tenants_define_their_own_kinds_and_share_the_system_tenants() -> Result<()> {
     let server = Server::start()?;
     let admin = Kubectl::new(33, &server)?;
-    for t in ["acme", "globex"] {
-        admin.ok_with(&["create", "-f", "-"], Some(&tenant_json(t)))?;
+    // Each tenant's user administers it (a binding to the tenant's cluster-admin).
+    for (t, admin_user) in [("acme", "alice"), ("globex", "bob")] {
+        admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json(t, &[admin_user])))?;
     }
     let user = |tenant: &str, name: &str| -> Result<Kubectl> {
         let config = server.dir.path().join(format!("{name}.kubeconfig"));

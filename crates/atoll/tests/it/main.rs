@@ -2,4 +2,5 @@
 
 mod crash;
 mod crd;
+mod rbac;
 mod server;
