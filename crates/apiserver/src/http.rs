@@ -56,7 +56,9 @@ impl User {
 impl From<CertIdentity> for User {
     fn from(id: CertIdentity) -> User {
         let mut groups = id.groups;
-        groups.push("system:authenticated".into());
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
         User { name: id.user, groups, tenant: id.tenant }
     }
 }
@@ -1081,12 +1083,16 @@ impl Api {
                 let patch = Self::read_body(req).await?;
                 if apply {
                     let warnings = check_fields(registry, &q, &patch)?;
-                    // An apply may create the object, in a namespace that must exist.
-                    if let (Some(tenant), Some(namespace), true) =
-                        (&scope.tenant, &scope.namespace, r.subresource.is_none())
+                    // An apply may create the object: then the caller needs `create` too (as in
+                    // Kubernetes), and the namespace must exist.
+                    if r.subresource.is_none()
                         && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
                     {
-                        self.check_namespace(tenant, namespace).await?;
+                        let create = ResourceRequest { verb: Verb::Create, ..r.clone() };
+                        self.authz.authorize(user, scope.tenant.as_deref(), &RequestInfo::Resource(create))?;
+                        if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
+                            self.check_namespace(tenant, namespace).await?;
+                        }
                     }
                     let sub = r.subresource.as_deref();
                     let (obj, created) =

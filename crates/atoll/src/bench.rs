@@ -14,6 +14,8 @@ pub enum BenchCommand {
     Store(StoreBenchArgs),
     /// API benchmark: creates, LIST and watch over HTTPS against a server process.
     Api(crate::bench_api::ApiBenchArgs),
+    /// Authorization benchmark: the RBAC index's per-request cost against a store read.
+    Authz(crate::bench_authz::AuthzBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,6 +47,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Store(args) => store_bench(args).await,
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
+        BenchCommand::Authz(args) => crate::bench_authz::run(args).await,
     }
 }
 

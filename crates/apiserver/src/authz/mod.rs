@@ -137,10 +137,15 @@ impl Authz {
         let p = policies.entry(tenant.clone()).or_default();
         match (kind, deleted) {
             (RbacKind::Role, false) => {
-                p.roles.insert((namespace, name), Arc::new(Rule::list_from(obj)));
+                p.roles.entry(namespace).or_default().insert(name, Arc::new(Rule::list_from(obj)));
             }
             (RbacKind::Role, true) => {
-                p.roles.remove(&(namespace, name));
+                if let Some(m) = p.roles.get_mut(&namespace) {
+                    m.remove(&name);
+                    if m.is_empty() {
+                        p.roles.remove(&namespace);
+                    }
+                }
             }
             (RbacKind::ClusterRole, false) => {
                 let labels = obj
@@ -295,7 +300,14 @@ impl Authz {
             return Ok(());
         }
         let attrs = attributes(info);
-        let allowed = tenant.is_some_and(|t| self.decide(user, t, &attrs).allowed());
+        // Another tenant's policy never applies (see `decide`).
+        let allowed = tenant.is_some_and(|t| {
+            t == user.tenant && {
+                let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+                let who = UserRef { name: &user.name, groups: &user.groups };
+                policies.get(t).is_some_and(|p| p.allows(&who, &attrs))
+            }
+        });
         if allowed {
             return Ok(());
         }
@@ -367,7 +379,7 @@ impl Authz {
                 if cluster {
                     p.cluster_roles.get(role_name).map(|r| r.rules.clone())
                 } else {
-                    p.roles.get(&(namespace.unwrap_or("").to_string(), role_name.to_string())).cloned()
+                    p.roles.get(namespace.unwrap_or("")).and_then(|m| m.get(role_name)).cloned()
                 }
             });
             match rules {
@@ -401,7 +413,7 @@ impl Authz {
         if missing.is_empty() {
             return Ok(());
         }
-        let listed: Vec<String> = missing.iter().map(|r| r.to_json().to_string()).collect();
+        let listed: Vec<String> = missing.iter().map(Rule::describe).collect();
         Err(format!(
             "user {:?} (groups={groups}) is attempting to grant RBAC permissions not currently held:\n{}",
             user.name,

@@ -50,6 +50,25 @@ impl Rule {
         out
     }
 
+    /// Kubernetes' compact form of a rule in messages:
+    /// `{APIGroups:[""], Resources:["secrets"], Verbs:["get"]}`.
+    pub fn describe(&self) -> String {
+        let quoted = |v: &[String]| v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
+        let mut parts = Vec::new();
+        for (label, list) in [
+            ("APIGroups", &self.api_groups),
+            ("Resources", &self.resources),
+            ("ResourceNames", &self.resource_names),
+            ("NonResourceURLs", &self.non_resource_urls),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{label}:[{}]", quoted(list)));
+            }
+        }
+        parts.push(format!("Verbs:[{}]", quoted(&self.verbs)));
+        format!("{{{}}}", parts.join(", "))
+    }
+
     fn has(list: &[String], item: &str) -> bool {
         list.iter().any(|x| x == "*" || x == item)
     }
@@ -211,8 +230,8 @@ pub struct ClusterRole {
 /// One tenant's RBAC objects.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    /// (namespace, name) -> rules.
-    pub roles: HashMap<(String, String), Arc<Vec<Rule>>>,
+    /// namespace -> name -> rules (nested, so a lookup allocates nothing).
+    pub roles: HashMap<String, HashMap<String, Arc<Vec<Rule>>>>,
     pub cluster_roles: HashMap<String, ClusterRole>,
     /// namespace -> binding name -> binding.
     pub role_bindings: HashMap<String, BTreeMap<String, Binding>>,
@@ -237,7 +256,7 @@ impl Policy {
         if role.cluster {
             self.cluster_roles.get(&role.name).map(|r| &r.rules)
         } else {
-            self.roles.get(&(namespace?.to_string(), role.name.clone()))
+            self.roles.get(namespace?)?.get(&role.name)
         }
     }
 
@@ -267,6 +286,21 @@ impl Policy {
                 return;
             }
         }
+    }
+
+    /// The stage's fast path: whether any rule of any binding naming the user allows the
+    /// request (no reason is built).
+    pub fn allows(&self, user: &UserRef, attrs: &Attributes) -> bool {
+        let namespace = match attrs {
+            Attributes::Resource(r) => r.namespace.as_deref(),
+            Attributes::NonResource { .. } => None,
+        };
+        let mut allowed = false;
+        self.visit(user, namespace, |_, _, rules| {
+            allowed = rules.iter().any(|r| r.allows(attrs));
+            allowed
+        });
+        allowed
     }
 
     /// Kubernetes' RBAC decision: allowed if any rule of any binding that names the user
@@ -459,8 +493,8 @@ mod tests {
             "health".into(),
             cr(vec![url_rule(&["get"], &["/healthz", "/logs/*"]), rule(&["get"], &[""], &["pods/status"], &[])]),
         );
-        p.roles.insert(
-            ("team".into(), "cm-editor".into()),
+        p.roles.entry("team".into()).or_default().insert(
+            "cm-editor".into(),
             Arc::new(vec![
                 rule(&["*"], &[""], &["configmaps"], &["settings"]),
                 rule(&["create"], &[""], &["*/scale"], &[]),
@@ -575,6 +609,7 @@ mod tests {
         for (what, user, attrs, want) in cases {
             let got = p.authorize(&user, &attrs);
             assert_eq!(got.allowed(), want, "{what}: {got:?}");
+            assert_eq!(p.allows(&user, &attrs), want, "{what}: the fast path agrees");
         }
         let reason = p.authorize(&alice, &res("get", "", "configmaps", None, Some("team"), Some("settings")));
         assert_eq!(
