@@ -536,3 +536,44 @@ pub fn request_tenant(scope: &TenantScope, user: &User) -> Option<String> {
 pub fn writes(verb: Verb) -> bool {
     !matches!(verb, Verb::Get | Verb::List | Verb::Watch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(labels: &[(&str, &str)], rules: Vec<Rule>, selects: Option<Value>) -> ClusterRole {
+        ClusterRole {
+            rules: Arc::new(rules),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            aggregation: selects.map(|s| vec![s]),
+        }
+    }
+
+    fn get(resource: &str) -> Rule {
+        Rule {
+            verbs: vec!["get".into()],
+            api_groups: vec!["".into()],
+            resources: vec![resource.into()],
+            ..Rule::default()
+        }
+    }
+
+    #[test]
+    fn aggregation_unions_the_selected_roles_of_one_policy() {
+        let label = "rbac.authorization.k8s.io/aggregate-to-view";
+        let mut p = Policy::default();
+        p.cluster_roles
+            .insert("view".into(), role(&[], vec![get("stale")], Some(json!({"matchLabels": {label: "true"}}))));
+        p.cluster_roles.insert("b".into(), role(&[(label, "true")], vec![get("pods"), get("configmaps")], None));
+        p.cluster_roles.insert("a".into(), role(&[(label, "true")], vec![get("configmaps")], None));
+        p.cluster_roles.insert("other".into(), role(&[(label, "false")], vec![get("secrets")], None));
+        // Selected roles by name, rules without duplicates; unselected ones and the
+        // role's own old rules are left out.
+        assert_eq!(aggregated_rules(&p), vec![("view".to_string(), vec![get("configmaps"), get("pods")])]);
+        p.cluster_roles.get_mut("view").unwrap().rules = Arc::new(vec![get("configmaps"), get("pods")]);
+        assert!(aggregated_rules(&p).is_empty(), "an up-to-date role is not rewritten");
+        // A policy holds one tenant: another tenant's labelled roles are simply not in it.
+        let empty = Policy::default();
+        assert!(aggregated_rules(&empty).is_empty());
+    }
+}

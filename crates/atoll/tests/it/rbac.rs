@@ -129,8 +129,36 @@ fn rbac_decides_inside_each_tenant() -> Result<()> {
     let bind = bob.fails(&["create", "rolebinding", "bob-admin", "-n", "team", "--clusterrole=admin", "--user=bob"])?;
     ensure!(bind.contains("not currently held"), "binding a role one does not hold: {bind}");
     bob.ok(&["create", "rolebinding", "carol-reads", "-n", "team", "--role=cm-reader", "--user=carol"])?;
+    // With `escalate` on roles, Bob may grant what he does not hold.
+    ann.ok(&[
+        "create",
+        "role",
+        "escalator",
+        "-n",
+        "team",
+        "--verb=escalate",
+        "--resource=roles.rbac.authorization.k8s.io",
+    ])?;
+    ann.ok(&["create", "rolebinding", "bob-escalates", "-n", "team", "--role=escalator", "--user=bob"])?;
+    bob.ok(&["create", "role", "secrets", "-n", "team", "--verb=get", "--resource=secrets"])?;
     // Ann may `bind` any role, so she may hand out admin without being refused.
     ann.ok(&["create", "rolebinding", "carol-admin", "-n", "team", "--clusterrole=admin", "--user=carol"])?;
+
+    // A server-side apply that creates an object needs `create`, not only `patch`.
+    ann.ok(&["create", "role", "cm-patcher", "-n", "team", "--verb=patch", "--resource=configmaps"])?;
+    ann.ok(&["create", "rolebinding", "bob-patches", "-n", "team", "--role=cm-patcher", "--user=bob"])?;
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "namespace": "team"},
+                    "data": {"k": "v"}});
+    let apply = bob.run(&["apply", "--server-side", "-f", "-"], Some(&cm.to_string()))?;
+    let apply_err = String::from_utf8_lossy(&apply.stderr);
+    ensure!(
+        !apply.status.success() && apply_err.contains("cannot create resource \"configmaps\""),
+        "apply-create without create: {apply_err}"
+    );
+    ann.ok_with(&["apply", "--server-side", "-f", "-"], Some(&cm.to_string()))?;
+    let changed = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "namespace": "team"},
+                         "data": {"k": "changed"}});
+    bob.ok_with(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&changed.to_string()))?;
 
     // A ClusterRoleBinding of globex reaches only globex: gus binds cluster-admin to "bob"
     // in globex, and acme's bob gains nothing.
