@@ -123,8 +123,17 @@ pub fn answer(authz: &Authz, review: Review, user: &User, tenant: &str, body: Va
                     &[FieldError::required("spec.user", "at least one of user or group must be specified")],
                 ));
             }
-            // The subject is judged in the tenant the review was posted to.
-            let subject = User { name, groups, tenant: tenant.to_string() };
+            // The subject belongs to the tenant its `extra` names (as a SelfSubjectReview
+            // reports it), else to the tenant the review was posted to; it is judged by
+            // that tenant's policy, and a subject of another tenant reaches nothing here
+            // unless it is a system administrator.
+            let subject_tenant = spec
+                .pointer(&format!("/extra/{}", TENANT_EXTRA.replace('/', "~1")))
+                .and_then(Value::as_array)
+                .and_then(|v| v.first())
+                .and_then(Value::as_str)
+                .unwrap_or(tenant);
+            let subject = User { name, groups, tenant: subject_tenant.to_string() };
             access_status(authz.decide(&subject, tenant, &review_attributes(review, &spec)?))
         }
         Review::SelfRules => {

@@ -188,6 +188,17 @@ fn rbac_decides_inside_each_tenant() -> Result<()> {
     let out = bob.run(&["create", "-o", "json", "-f", "-"], Some(&sar.to_string()))?;
     ensure!(!out.status.success(), "a user without the right cannot review others");
 
+    // A system administrator reviews a subject in the tenant named by the URL; the
+    // subject's own tenant (`extra`) must be that one.
+    let sar_ann = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "ann", "extra": {"atoll.io/tenant": ["acme"]},
+                 "resourceAttributes": {"verb": "delete", "resource": "namespaces"}}});
+    let acme = format!("https://{}/tenants/acme", server.addr);
+    let in_acme = root.ok_with(&["--server", &acme, "create", "-o", "json", "-f", "-"], Some(&sar_ann.to_string()))?;
+    ensure!(serde_json::from_str::<Value>(&in_acme)?["status"]["allowed"] == json!(true), "{in_acme}");
+    let in_system = root.ok_with(&["create", "-o", "json", "-f", "-"], Some(&sar_ann.to_string()))?;
+    ensure!(serde_json::from_str::<Value>(&in_system)?["status"]["allowed"] == json!(false), "{in_system}");
+
     // Aggregation: a ClusterRole labelled for `view` joins acme's view, and only acme's.
     let extra = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "lease-reader", "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
