@@ -217,6 +217,11 @@ pub async fn ensure_tenant(authz: &Authz, tenant: &str, admins: &[String]) -> Re
             let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
             let is_admins = name == TENANT_ADMINS_BINDING;
             let subjects = obj["subjects"].clone();
+            // What the index already holds needs no store round trip (a restart or a Tenant
+            // update of a cluster with many tenants costs no failed creates).
+            if authz.holds(tenant, kind, &name, is_admins.then_some(&subjects)) {
+                continue;
+            }
             let result = match registry.create(&scope, obj, false).await {
                 Err(RegistryError::AlreadyExists { .. }) if is_admins => {
                     registry

@@ -271,6 +271,26 @@ impl Authz {
         });
     }
 
+    /// Whether the index holds `tenant`'s ClusterRole or ClusterRoleBinding `name` (with
+    /// exactly `subjects`, when given).
+    fn holds(&self, tenant: &str, kind: RbacKind, name: &str, subjects: Option<&Value>) -> bool {
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = policies.get(tenant) else { return false };
+        match kind {
+            RbacKind::ClusterRole => p.cluster_roles.contains_key(name),
+            RbacKind::ClusterRoleBinding => p.cluster_role_bindings.get(name).is_some_and(|b| {
+                let want: Vec<rules::Subject> = subjects
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| rules::Subject::from_json(s, None))
+                    .collect();
+                subjects.is_none() || b.subjects == want
+            }),
+            _ => false,
+        }
+    }
+
     fn policy_decision(&self, tenant: &str, user: &UserRef, attrs: &Attributes) -> Decision {
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
         match policies.get(tenant) {

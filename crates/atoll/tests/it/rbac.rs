@@ -262,3 +262,24 @@ fn kubectl_1_30_auth_answers() -> Result<()> {
 fn kubectl_1_33_auth_answers() -> Result<()> {
     kubectl_auth_answers_with(33)
 }
+
+/// The index is rebuilt from the store: after a restart, bindings still decide, and a
+/// deleted default role comes back.
+#[test]
+fn rbac_survives_a_restart() -> Result<()> {
+    let mut server = Server::start()?;
+    let root = Kubectl::new(33, &server)?;
+    root.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
+    let ann = user_kubectl(&server, "acme", "ann", 33)?;
+    ann.ok_with(&["create", "-f", "-"], Some(&namespace_json("team")))?;
+    ann.ok(&["create", "rolebinding", "bob-views", "-n", "team", "--clusterrole=view", "--user=bob"])?;
+    ann.ok(&["delete", "clusterrole", "edit"])?;
+    server.restart()?;
+    let bob = user_kubectl(&server, "acme", "bob", 33)?;
+    let ann = user_kubectl(&server, "acme", "ann", 33)?;
+    ensure!(can_i(&bob, &["list", "pods", "-n", "team"])?, "bob's binding survives");
+    ensure!(!can_i(&bob, &["list", "pods", "-n", "other"])?);
+    ensure!(can_i(&ann, &["delete", "namespaces"])?, "ann is still acme's administrator");
+    ensure!(ann.ok(&["get", "clusterrole", "edit", "-o", "name"])?.contains("edit"), "the default is back");
+    Ok(())
+}

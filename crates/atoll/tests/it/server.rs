@@ -23,9 +23,14 @@ impl Drop for Server {
 impl Server {
     pub(crate) fn start() -> Result<Server> {
         let dir = tempfile::tempdir()?;
+        let (child, addr) = Server::spawn(dir.path())?;
+        Ok(Server { child, addr, dir })
+    }
+
+    fn spawn(dir: &Path) -> Result<(Child, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::piped())
             .spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
@@ -35,7 +40,18 @@ impl Server {
         let addr = line.trim().strip_prefix("listening on https://").context("no listening line")?.to_string();
         // Keep draining the server's output so it never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        Ok(Server { child, addr, dir })
+        Ok((child, addr))
+    }
+
+    /// Stops the server and starts it again on the same data directory (a new port; the
+    /// admin kubeconfig is rewritten with it).
+    pub(crate) fn restart(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let (child, addr) = Server::spawn(self.dir.path())?;
+        self.child = child;
+        self.addr = addr;
+        Ok(())
     }
 
     pub(crate) fn kubeconfig(&self) -> PathBuf {
