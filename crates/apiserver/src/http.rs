@@ -806,11 +806,15 @@ impl Api {
     /// Refuses to delete a tenant that still holds objects of any kind.
     async fn check_tenant_empty(&self, tenant: &str) -> Result<(), Status> {
         let scope = Scope { tenant: Some(tenant.to_string()), namespace: None };
-        // The tenant's default RBAC objects go with it; they do not count.
+        // The tenant's default RBAC objects go with it; they do not count (only RBAC kinds:
+        // the label on anything else must not hide it).
         let not_defaults = format!("{}!={}", crate::authz::BOOTSTRAP_LABEL, crate::authz::BOOTSTRAP_VALUE);
         let not_defaults = LabelSelector::parse(&not_defaults).map_err(|e| Status::internal(e.to_string()))?;
         for registry in self.registries.values() {
-            let one = ListOptions { limit: Some(1), label_selector: not_defaults.clone(), ..ListOptions::default() };
+            let mut one = ListOptions { limit: Some(1), ..ListOptions::default() };
+            if registry.info().group == crate::authz::kinds::RBAC_GROUP {
+                one.label_selector = not_defaults.clone();
+            }
             let list = registry.list(&scope, &one).await.map_err(|e| e.to_status())?;
             if list["items"].as_array().is_some_and(|items| !items.is_empty()) {
                 return Err(Status::conflict(
