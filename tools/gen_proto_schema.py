@@ -4,7 +4,8 @@ names, types) of the built-in kinds, which kubectl 1.32+ use for request bodies.
 
 The layout is the Kubernetes API's wire format. Regenerate from the `generated.proto`
 files of the Kubernetes `api` and `apimachinery` repositories, laid out as
-PROTO_DIR/{core/v1,apps/v1,coordination/v1}/generated.proto and
+PROTO_DIR/{core/v1,apps/v1,coordination/v1,rbac/v1,authorization/v1,authentication/v1,
+authentication/v1beta1}/generated.proto and
 PROTO_DIR/pkg/{apis/meta/v1,runtime,util/intstr,api/resource}/generated.proto:
 
     python3 tools/gen_proto_schema.py PROTO_DIR > crates/apiserver/src/proto/schema.rs
@@ -18,6 +19,10 @@ ROOTS = [
     "k8s.io.api.core.v1.Secret", "k8s.io.api.core.v1.Service", "k8s.io.api.core.v1.ServiceAccount",
     "k8s.io.api.core.v1.Node", "k8s.io.api.core.v1.Event", "k8s.io.api.apps.v1.Deployment",
     "k8s.io.api.apps.v1.ReplicaSet", "k8s.io.api.coordination.v1.Lease",
+    "k8s.io.api.rbac.v1.Role", "k8s.io.api.rbac.v1.ClusterRole", "k8s.io.api.rbac.v1.RoleBinding",
+    "k8s.io.api.rbac.v1.ClusterRoleBinding", "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
+    "k8s.io.api.authorization.v1.SelfSubjectRulesReview", "k8s.io.api.authorization.v1.SubjectAccessReview",
+    "k8s.io.api.authentication.v1.SelfSubjectReview", "k8s.io.api.authentication.v1beta1.SelfSubjectReview",
 ]
 # Messages the decoder renders specially (JSON strings, numbers or raw JSON).
 SPECIAL = {

@@ -56,7 +56,9 @@ impl User {
 impl From<CertIdentity> for User {
     fn from(id: CertIdentity) -> User {
         let mut groups = id.groups;
-        groups.push("system:authenticated".into());
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
         User { name: id.user, groups, tenant: id.tenant }
     }
 }
@@ -99,6 +101,8 @@ pub struct Api {
     registries: BTreeMap<(String, String), Arc<Registry>>,
     /// The custom resources each tenant's definitions serve.
     crds: Arc<crate::crd::Catalog>,
+    /// Every tenant's RBAC policy, and the authorization stage.
+    authz: Arc<crate::authz::Authz>,
 }
 
 fn respond(code: StatusCode, body: Value) -> Response<Body> {
@@ -277,7 +281,9 @@ impl Api {
             .into_iter()
             .map(|k| Arc::new(k) as Arc<dyn Strategy>)
             .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
-            .chain(std::iter::once(Arc::new(crate::crd::definition_strategy()) as Arc<dyn Strategy>));
+            .chain(std::iter::once(Arc::new(crate::crd::definition_strategy()) as Arc<dyn Strategy>))
+            .chain(crate::authz::kinds::rbac_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
+            .chain(crate::authz::kinds::review_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>));
         let registries: BTreeMap<(String, String), Arc<Registry>> = strategies
             .map(|k| {
                 let key = (k.info().group.clone(), k.info().resource.clone());
@@ -291,7 +297,10 @@ impl Api {
         let crds = crate::crd::Catalog::start(store, definitions)
             .await
             .map_err(|e| ServeError::Setup(format!("loading custom resource definitions: {e}")))?;
-        Ok(Api { registries, crds })
+        let authz = crate::authz::Authz::start(&registries)
+            .await
+            .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
+        Ok(Api { registries, crds, authz })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -364,8 +373,13 @@ impl Api {
 
     fn resource_list(served: &[Arc<Registry>], group: &str, version: &str) -> Value {
         let mut resources = Vec::new();
-        for r in served.iter().map(|r| r.info()).filter(|i| i.group == group && i.version == version) {
-            let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+        for registry in served.iter().filter(|r| r.info().group == group && r.info().version == version) {
+            let r = registry.info();
+            let verbs: &[&str] = if registry.strategy().create_only() {
+                &["create"]
+            } else {
+                &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+            };
             let mut doc = json!({
                 "name": r.resource, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
@@ -476,6 +490,16 @@ impl Api {
                 });
             }
         };
+        // Authorization, in the tenant the request resolves to.
+        let (scope, verb) = match &info {
+            RequestInfo::Resource(r) => (&r.tenant, r.verb),
+            RequestInfo::NonResource { tenant, .. } => (tenant, Verb::Get),
+        };
+        if let Err(s) =
+            self.resolve_tenant(scope, &user, verb).and_then(|t| self.authz.authorize(&user, t.as_deref(), &info))
+        {
+            return status(s);
+        }
         match info {
             RequestInfo::NonResource { tenant, path, .. } => {
                 let tenant = match self.resolve_tenant(&tenant, &user, Verb::Get) {
@@ -685,6 +709,62 @@ impl Api {
         }
     }
 
+    /// What follows a successful write through the API, before it is answered: the
+    /// server's own views catch up with it (a client may use a new definition, role or
+    /// binding at once), and a Tenant gets its default RBAC objects (or loses them).
+    async fn written(
+        &self,
+        info: &crate::registry::ResourceInfo,
+        obj: &Value,
+        dry_run: bool,
+        deleted: bool,
+    ) -> Result<(), Status> {
+        if dry_run {
+            return Ok(());
+        }
+        let revision = resource_version(obj);
+        if info.group == crate::crd::GROUP && info.resource == "customresourcedefinitions" {
+            self.crds.wait_for(revision).await;
+        }
+        if info.group == crate::authz::kinds::RBAC_GROUP
+            && let Some(kind) = crate::authz::kinds::RbacKind::of_resource(&info.resource)
+        {
+            self.authz.wait_for(kind, revision).await;
+        }
+        if info.group == "atoll.io" && info.resource == "tenants" {
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            // A terminating tenant gets nothing new: its defaults go at once (its controller
+            // deletes everything else), and the last write, which drops its finalizer,
+            // must not bring them back.
+            let terminating = obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+            let done = if deleted || terminating {
+                self.authz.forget_tenant(name).await
+            } else {
+                let admins = crate::authz::bootstrap::tenant_admins(obj);
+                crate::authz::bootstrap::ensure_tenant(&self.authz, name, &admins).await
+            };
+            done.map_err(|e| e.to_status())?;
+        }
+        Ok(())
+    }
+
+    /// Every tenant's default RBAC objects (the system tenant's and every stored Tenant's),
+    /// created where missing.
+    pub async fn ensure_rbac_defaults(&self) -> Result<(), Status> {
+        use crate::authz::bootstrap::{ensure_tenant, tenant_admins};
+        ensure_tenant(&self.authz, api::request::SYSTEM_TENANT, &[]).await.map_err(|e| e.to_status())?;
+        let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+        let tenants = self.tenants()?.list(&system, &ListOptions::default()).await.map_err(|e| e.to_status())?;
+        for t in tenants["items"].as_array().into_iter().flatten() {
+            if t.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) {
+                continue;
+            }
+            let name = t.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            ensure_tenant(&self.authz, name, &tenant_admins(t)).await.map_err(|e| e.to_status())?;
+        }
+        Ok(())
+    }
+
     /// The namespaces every cluster has, in the system tenant.
     pub async fn ensure_system_namespaces(&self) -> Result<(), Status> {
         let namespaces = self.registry("", "namespaces")?;
@@ -798,6 +878,15 @@ impl Api {
         if let Some(t) = &tenant {
             self.check_tenant_exists(t, r.verb).await?;
         }
+        if let Some(review) = crate::authz::reviews::Review::of(&r.group, &r.version, &r.resource) {
+            if r.verb != Verb::Create || r.name.is_some() || r.namespace.is_some() || r.subresource.is_some() {
+                return Err(Status::method_not_allowed());
+            }
+            let body = Self::read_body(req).await?;
+            let tenant = tenant.unwrap_or_else(|| user.tenant.clone());
+            let answer = crate::authz::reviews::answer(&self.authz, review, user, &tenant, body)?;
+            return Ok(respond(StatusCode::CREATED, answer));
+        }
         let (registry, custom) = match self.registries.get(&(r.group.clone(), r.resource.clone())) {
             Some(builtin) => (builtin.clone(), None),
             None => {
@@ -821,7 +910,6 @@ impl Api {
                 ),
             ));
         }
-        let is_definition = info.group == crate::crd::GROUP && info.resource == "customresourcedefinitions";
         if info.group == "atoll.io" && info.resource == "tenants" {
             // Tenants belong to the system tenant, whichever URL names them.
             if !user.is_system_admin() {
@@ -869,10 +957,19 @@ impl Api {
         let registry_err = |e: RegistryError| e.to_status();
         let ok = |v: Value| Ok(respond(StatusCode::OK, v));
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // RBAC's escalation prevention, for writes of roles and bindings.
+        let admission = self.authz.admission(user, scope.tenant.as_deref(), &info.group, &info.resource);
         // Who writes, for metadata.managedFields, and whether this is a forced apply.
         let writer = |kind: &str, apply: bool| -> Result<(WriteOptions, bool), Status> {
             let (manager, force) = crate::managed::options::write_manager(&q, user_agent.as_deref(), kind, apply)?;
-            Ok((WriteOptions { dry_run: dry_run(&q)?, field_manager: Some(manager), ..WriteOptions::default() }, force))
+            let dry_run = dry_run(&q)?;
+            let opts = WriteOptions {
+                dry_run,
+                field_manager: Some(manager),
+                admission: admission.clone(),
+                ..Default::default()
+            };
+            Ok((opts, force))
         };
         match r.verb {
             Verb::Get => {
@@ -971,9 +1068,7 @@ impl Api {
                     self.check_namespace(tenant, namespace).await?;
                 }
                 let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
-                if is_definition {
-                    self.crds.wait_for(resource_version(&created)).await;
-                }
+                self.written(&info, &created, opts.dry_run, false).await?;
                 Ok(with_warnings(respond(StatusCode::CREATED, created), &warnings))
             }
             Verb::Update => {
@@ -982,9 +1077,7 @@ impl Api {
                 let warnings = check_fields(registry, &q, &body)?;
                 let updated = registry.update_with(&scope, &name, body, r.subresource.as_deref(), &opts).await;
                 let updated = updated.map_err(registry_err)?;
-                if is_definition {
-                    self.crds.wait_for(resource_version(&updated)).await;
-                }
+                self.written(&info, &updated, opts.dry_run, false).await?;
                 Ok(with_warnings(respond(StatusCode::OK, updated), &warnings))
             }
             Verb::Patch => {
@@ -994,16 +1087,21 @@ impl Api {
                 let patch = Self::read_body(req).await?;
                 if apply {
                     let warnings = check_fields(registry, &q, &patch)?;
-                    // An apply may create the object, in a namespace that must exist.
-                    if let (Some(tenant), Some(namespace), true) =
-                        (&scope.tenant, &scope.namespace, r.subresource.is_none())
+                    // An apply may create the object: then the caller needs `create` too (as in
+                    // Kubernetes), and the namespace must exist.
+                    if r.subresource.is_none()
                         && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
                     {
-                        self.check_namespace(tenant, namespace).await?;
+                        let create = ResourceRequest { verb: Verb::Create, ..r.clone() };
+                        self.authz.authorize(user, scope.tenant.as_deref(), &RequestInfo::Resource(create))?;
+                        if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
+                            self.check_namespace(tenant, namespace).await?;
+                        }
                     }
                     let sub = r.subresource.as_deref();
                     let (obj, created) =
                         registry.apply(&scope, &name, patch, sub, force, &opts).await.map_err(|e| e.to_status())?;
+                    self.written(&info, &obj, opts.dry_run, false).await?;
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
                     return Ok(with_warnings(respond(code, obj), &warnings));
                 }
@@ -1051,9 +1149,7 @@ impl Api {
                     let warnings = check_fields(registry, &q, &patched)?;
                     match registry.update_with(&scope, &name, patched, r.subresource.as_deref(), &opts).await {
                         Ok(updated) => {
-                            if is_definition {
-                                self.crds.wait_for(resource_version(&updated)).await;
-                            }
+                            self.written(&info, &updated, opts.dry_run, false).await?;
                             return Ok(with_warnings(respond(StatusCode::OK, updated), &warnings));
                         }
                         Err(RegistryError::Conflict { .. }) if !pinned && attempts < 5 => continue,
@@ -1105,9 +1201,7 @@ impl Api {
                     grace_period_seconds: grace,
                 };
                 let deleted = registry.delete(&scope, &name, &opts).await.map_err(registry_err)?;
-                if is_definition {
-                    self.crds.wait_for(resource_version(&deleted)).await;
-                }
+                self.written(&info, &deleted, dry, true).await?;
                 ok(deleted)
             }
             Verb::DeleteCollection => {
@@ -1122,7 +1216,10 @@ impl Api {
                         namespace: item["metadata"]["namespace"].as_str().map(str::to_string),
                     };
                     match registry.delete(&item_scope, item_name, &opts).await {
-                        Ok(obj) => deleted.push(obj),
+                        Ok(obj) => {
+                            self.written(&info, &obj, dry, true).await?;
+                            deleted.push(obj);
+                        }
                         Err(RegistryError::NotFound { .. }) => {}
                         Err(e) => return Err(e.to_status()),
                     }
@@ -1201,6 +1298,9 @@ impl Server {
         api.ensure_system_namespaces()
             .await
             .map_err(|e| ServeError::Setup(format!("creating the system namespaces: {}", e.message)))?;
+        api.ensure_rbac_defaults()
+            .await
+            .map_err(|e| ServeError::Setup(format!("creating the default RBAC objects: {}", e.message)))?;
         Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig })
     }
 

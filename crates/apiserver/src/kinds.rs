@@ -329,10 +329,23 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
     if name == api::request::SYSTEM_TENANT || name == api::request::ALL_TENANTS {
         return vec![FieldError::forbidden("metadata.name", format!("{name:?} is a reserved tenant name"))];
     }
+    let mut errors = Vec::new();
     if !api::request::is_dns_label(name) {
-        return vec![FieldError::invalid("metadata.name", name, "a tenant name must be a DNS-1123 label")];
+        errors.push(FieldError::invalid("metadata.name", name, "a tenant name must be a DNS-1123 label"));
     }
-    Vec::new()
+    // `spec.admins`: the users bound to the tenant's cluster-admin role.
+    match obj.pointer("/spec/admins") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(admins)) => {
+            for (i, a) in admins.iter().enumerate() {
+                if a.as_str().is_none_or(str::is_empty) {
+                    errors.push(FieldError::invalid(format!("spec.admins[{i}]"), a, "must be a user name"));
+                }
+            }
+        }
+        Some(other) => errors.push(FieldError::invalid("spec.admins", other, "must be a list of user names")),
+    }
+    errors
 }
 
 /// A pod's spec is fixed once created, except container images, the active deadline,

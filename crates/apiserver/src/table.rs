@@ -104,6 +104,15 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Message", "string", 0, "What happened."),
         ],
         "Lease" => vec![name, col("Holder", "string", 0, "The lease's holder."), age],
+        "Role" | "ClusterRole" => vec![name, col("Created At", "date", 0, "When the role was created.")],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            col("Role", "string", 0, "The role bound: its kind and name."),
+            age,
+            col("Users", "string", 1, "Users bound."),
+            col("Groups", "string", 1, "Groups bound."),
+            col("ServiceAccounts", "string", 1, "Service accounts bound, as namespace/name."),
+        ],
         _ => vec![name, age],
     }
 }
@@ -341,6 +350,31 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
             containers(obj, "/spec/template/spec/containers", "image"),
             selector(obj, "/spec/selector/matchLabels"),
         ],
+        "Role" | "ClusterRole" => vec![name, json!(s(obj, "/metadata/creationTimestamp"))],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = obj
+                    .pointer("/subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|sub| sub.get("kind").and_then(Value::as_str) == Some(kind))
+                    .map(|sub| match kind {
+                        "ServiceAccount" => format!("{}/{}", s(sub, "/namespace"), s(sub, "/name")),
+                        _ => s(sub, "/name"),
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            vec![
+                name,
+                json!(format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name"))),
+                created,
+                subjects("User"),
+                subjects("Group"),
+                subjects("ServiceAccount"),
+            ]
+        }
         "Event" => {
             // Core Events and events.k8s.io/v1 Events name the same fields differently.
             let first = |paths: &[&str]| paths.iter().map(|p| s(obj, p)).find(|v| !v.is_empty()).unwrap_or_default();

@@ -16,6 +16,8 @@ pub enum BenchCommand {
     Api(crate::bench_api::ApiBenchArgs),
     /// Container start latency through the OCI runtime (root, crun or runc, busybox-static).
     Container(crate::bench_container::ContainerBenchArgs),
+    /// Authorization benchmark: the RBAC index's per-request cost against a store read.
+    Authz(crate::bench_authz::AuthzBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +50,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Store(args) => store_bench(args).await,
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
         BenchCommand::Container(args) => tokio::task::spawn_blocking(move || crate::bench_container::run(args)).await?,
+        BenchCommand::Authz(args) => crate::bench_authz::run(args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod bench_api;
+mod bench_authz;
 mod bench_container;
 mod controllers;
 mod debug;

@@ -221,6 +221,15 @@ fn decode_message(name: &str, buf: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
+/// The protobuf package of an API group: `core` for the core group, else the group's
+/// first label (`rbac` for `rbac.authorization.k8s.io`, `apps` for `apps`).
+pub fn package_of(group: &str) -> &str {
+    match group {
+        "" => "core",
+        g => g.split('.').next().unwrap_or(g),
+    }
+}
+
 /// Decodes a protobuf request body into the object's JSON form.
 pub fn decode_request(body: &[u8]) -> Result<Value, String> {
     let rest = body.strip_prefix(MAGIC).ok_or("the body does not start with the Kubernetes protobuf prefix")?;
@@ -243,11 +252,7 @@ pub fn decode_request(body: &[u8]) -> Result<Value, String> {
         }
     }
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
-    let package = match group {
-        "" => "core".to_string(),
-        g => g.trim_end_matches(".k8s.io").to_string(),
-    };
-    let name = format!("k8s.io.api.{package}.{version}.{kind}");
+    let name = format!("k8s.io.api.{}.{version}.{kind}", package_of(group));
     let mut obj = decode_message(&name, raw)?;
     if let Some(m) = obj.as_object_mut() {
         m.insert("apiVersion".into(), json!(api_version));

@@ -105,6 +105,170 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         ],
     ),
     (
+        "k8s.io.api.authentication.v1.ExtraValue",
+        &[
+            F { num: 1, name: "items", card: C::Many, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1.SelfSubjectReview",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "status", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1.SelfSubjectReviewStatus") },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1.SelfSubjectReviewStatus",
+        &[
+            F { num: 1, name: "userInfo", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1.UserInfo") },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1.UserInfo",
+        &[
+            F { num: 1, name: "username", card: C::One, ty: T::Str },
+            F { num: 2, name: "uid", card: C::One, ty: T::Str },
+            F { num: 3, name: "groups", card: C::Many, ty: T::Str },
+            F { num: 4, name: "extra", card: C::Map, ty: T::Msg("k8s.io.api.authentication.v1.ExtraValue") },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1beta1.SelfSubjectReview",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "status", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1beta1.SelfSubjectReviewStatus") },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1beta1.SelfSubjectReviewStatus",
+        &[
+            F { num: 1, name: "userInfo", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1.UserInfo") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.ExtraValue",
+        &[
+            F { num: 1, name: "items", card: C::Many, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.FieldSelectorAttributes",
+        &[
+            F { num: 1, name: "rawSelector", card: C::One, ty: T::Str },
+            F { num: 2, name: "requirements", card: C::Many, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.LabelSelectorAttributes",
+        &[
+            F { num: 1, name: "rawSelector", card: C::One, ty: T::Str },
+            F { num: 2, name: "requirements", card: C::Many, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.NonResourceAttributes",
+        &[
+            F { num: 1, name: "path", card: C::One, ty: T::Str },
+            F { num: 2, name: "verb", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.NonResourceRule",
+        &[
+            F { num: 1, name: "verbs", card: C::Many, ty: T::Str },
+            F { num: 2, name: "nonResourceURLs", card: C::Many, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.ResourceAttributes",
+        &[
+            F { num: 1, name: "namespace", card: C::One, ty: T::Str },
+            F { num: 2, name: "verb", card: C::One, ty: T::Str },
+            F { num: 3, name: "group", card: C::One, ty: T::Str },
+            F { num: 4, name: "version", card: C::One, ty: T::Str },
+            F { num: 5, name: "resource", card: C::One, ty: T::Str },
+            F { num: 6, name: "subresource", card: C::One, ty: T::Str },
+            F { num: 7, name: "name", card: C::One, ty: T::Str },
+            F { num: 8, name: "fieldSelector", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.FieldSelectorAttributes") },
+            F { num: 9, name: "labelSelector", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.LabelSelectorAttributes") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.ResourceRule",
+        &[
+            F { num: 1, name: "verbs", card: C::Many, ty: T::Str },
+            F { num: 2, name: "apiGroups", card: C::Many, ty: T::Str },
+            F { num: 3, name: "resources", card: C::Many, ty: T::Str },
+            F { num: 4, name: "resourceNames", card: C::Many, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "spec", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.SelfSubjectAccessReviewSpec") },
+            F { num: 3, name: "status", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.SubjectAccessReviewStatus") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SelfSubjectAccessReviewSpec",
+        &[
+            F { num: 1, name: "resourceAttributes", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.ResourceAttributes") },
+            F { num: 2, name: "nonResourceAttributes", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.NonResourceAttributes") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SelfSubjectRulesReview",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "spec", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.SelfSubjectRulesReviewSpec") },
+            F { num: 3, name: "status", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.SubjectRulesReviewStatus") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SelfSubjectRulesReviewSpec",
+        &[
+            F { num: 1, name: "namespace", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SubjectAccessReview",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "spec", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.SubjectAccessReviewSpec") },
+            F { num: 3, name: "status", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.SubjectAccessReviewStatus") },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SubjectAccessReviewSpec",
+        &[
+            F { num: 1, name: "resourceAttributes", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.ResourceAttributes") },
+            F { num: 2, name: "nonResourceAttributes", card: C::One, ty: T::Msg("k8s.io.api.authorization.v1.NonResourceAttributes") },
+            F { num: 3, name: "user", card: C::One, ty: T::Str },
+            F { num: 4, name: "groups", card: C::Many, ty: T::Str },
+            F { num: 5, name: "extra", card: C::Map, ty: T::Msg("k8s.io.api.authorization.v1.ExtraValue") },
+            F { num: 6, name: "uid", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SubjectAccessReviewStatus",
+        &[
+            F { num: 1, name: "allowed", card: C::One, ty: T::Bool },
+            F { num: 2, name: "reason", card: C::One, ty: T::Str },
+            F { num: 3, name: "evaluationError", card: C::One, ty: T::Str },
+            F { num: 4, name: "denied", card: C::One, ty: T::Bool },
+        ],
+    ),
+    (
+        "k8s.io.api.authorization.v1.SubjectRulesReviewStatus",
+        &[
+            F { num: 1, name: "resourceRules", card: C::Many, ty: T::Msg("k8s.io.api.authorization.v1.ResourceRule") },
+            F { num: 2, name: "nonResourceRules", card: C::Many, ty: T::Msg("k8s.io.api.authorization.v1.NonResourceRule") },
+            F { num: 3, name: "incomplete", card: C::One, ty: T::Bool },
+            F { num: 4, name: "evaluationError", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
         "k8s.io.api.coordination.v1.Lease",
         &[
             F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
@@ -1753,6 +1917,70 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         ],
     ),
     (
+        "k8s.io.api.rbac.v1.AggregationRule",
+        &[
+            F { num: 1, name: "clusterRoleSelectors", card: C::Many, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelector") },
+        ],
+    ),
+    (
+        "k8s.io.api.rbac.v1.ClusterRole",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "rules", card: C::Many, ty: T::Msg("k8s.io.api.rbac.v1.PolicyRule") },
+            F { num: 3, name: "aggregationRule", card: C::One, ty: T::Msg("k8s.io.api.rbac.v1.AggregationRule") },
+        ],
+    ),
+    (
+        "k8s.io.api.rbac.v1.ClusterRoleBinding",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "subjects", card: C::Many, ty: T::Msg("k8s.io.api.rbac.v1.Subject") },
+            F { num: 3, name: "roleRef", card: C::One, ty: T::Msg("k8s.io.api.rbac.v1.RoleRef") },
+        ],
+    ),
+    (
+        "k8s.io.api.rbac.v1.PolicyRule",
+        &[
+            F { num: 1, name: "verbs", card: C::Many, ty: T::Str },
+            F { num: 2, name: "apiGroups", card: C::Many, ty: T::Str },
+            F { num: 3, name: "resources", card: C::Many, ty: T::Str },
+            F { num: 4, name: "resourceNames", card: C::Many, ty: T::Str },
+            F { num: 5, name: "nonResourceURLs", card: C::Many, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.rbac.v1.Role",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "rules", card: C::Many, ty: T::Msg("k8s.io.api.rbac.v1.PolicyRule") },
+        ],
+    ),
+    (
+        "k8s.io.api.rbac.v1.RoleBinding",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "subjects", card: C::Many, ty: T::Msg("k8s.io.api.rbac.v1.Subject") },
+            F { num: 3, name: "roleRef", card: C::One, ty: T::Msg("k8s.io.api.rbac.v1.RoleRef") },
+        ],
+    ),
+    (
+        "k8s.io.api.rbac.v1.RoleRef",
+        &[
+            F { num: 1, name: "apiGroup", card: C::One, ty: T::Str },
+            F { num: 2, name: "kind", card: C::One, ty: T::Str },
+            F { num: 3, name: "name", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.api.rbac.v1.Subject",
+        &[
+            F { num: 1, name: "kind", card: C::One, ty: T::Str },
+            F { num: 2, name: "apiGroup", card: C::One, ty: T::Str },
+            F { num: 3, name: "name", card: C::One, ty: T::Str },
+            F { num: 4, name: "namespace", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
         "k8s.io.apimachinery.pkg.apis.meta.v1.Condition",
         &[
             F { num: 1, name: "type", card: C::One, ty: T::Str },
@@ -1761,6 +1989,14 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
             F { num: 4, name: "lastTransitionTime", card: C::One, ty: T::Time },
             F { num: 5, name: "reason", card: C::One, ty: T::Str },
             F { num: 6, name: "message", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
+        "k8s.io.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
+        &[
+            F { num: 1, name: "key", card: C::One, ty: T::Str },
+            F { num: 2, name: "operator", card: C::One, ty: T::Str },
+            F { num: 3, name: "values", card: C::Many, ty: T::Str },
         ],
     ),
     (

@@ -11,11 +11,7 @@ use super::{Card, Field, Ty, inline, schema_of};
 
 /// The protobuf message of a built-in kind, if the layout has it.
 pub fn message_of(group: &str, version: &str, kind: &str) -> Option<String> {
-    let package = match group {
-        "" => "core".to_string(),
-        g => g.trim_end_matches(".k8s.io").to_string(),
-    };
-    let name = format!("k8s.io.api.{package}.{version}.{kind}");
+    let name = format!("k8s.io.api.{}.{version}.{kind}", super::package_of(group));
     schema_of(&name).is_ok().then_some(name)
 }
 

@@ -111,6 +111,18 @@ pub trait Strategy: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether names of this namespaced kind may be any path segment (RBAC's
+    /// `system:controller:...`) rather than DNS subdomains.
+    fn path_segment_names(&self) -> bool {
+        false
+    }
+
+    /// Whether the kind is only ever created and answered, never stored (access reviews):
+    /// discovery lists `create` as its only verb.
+    fn create_only(&self) -> bool {
+        false
+    }
+
     /// Fields (besides `metadata.name` and `metadata.namespace`) a field selector may use.
     fn selectable_fields(&self) -> &[&str] {
         &[]
@@ -197,6 +209,9 @@ pub enum RegistryError {
     AlreadyExists { resource: String, group: String, name: String },
     #[error("conflict on {resource} {name:?}: {why}")]
     Conflict { resource: String, group: String, name: String, why: String },
+    /// An admission check refused the write (e.g. RBAC privilege escalation).
+    #[error("{resource} {name:?} is forbidden: {why}")]
+    Forbidden { resource: String, group: String, name: String, why: String },
     #[error("{kind} {name:?} is invalid")]
     Invalid { group: String, kind: String, name: String, errors: Vec<FieldError> },
     #[error("{0}")]
@@ -218,6 +233,10 @@ impl RegistryError {
             RegistryError::AlreadyExists { resource, group, name } => Status::already_exists(group, resource, name),
             RegistryError::Conflict { resource, group, name, why } => Status::conflict(group, resource, name, why),
             RegistryError::Invalid { group, kind, name, errors } => Status::invalid(group, kind, name, errors),
+            RegistryError::Forbidden { resource, group, name, why } => {
+                let qualified = if group.is_empty() { resource.clone() } else { format!("{resource}.{group}") };
+                Status::failure(403, "Forbidden", format!("{qualified} {name:?} is forbidden: {why}"))
+            }
             RegistryError::BadRequest(m) => Status::bad_request(m.clone()),
             RegistryError::Expired(m) => Status::expired(m.clone()),
             RegistryError::Internal(m) => Status::internal(m.clone()),
@@ -269,6 +288,23 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     /// The object already carries the managed fields of a server-side apply.
     pub(crate) applied: bool,
+    /// A last check of the object about to be written, on behalf of the caller (RBAC's
+    /// escalation prevention); `None` for the server's own writes.
+    pub admission: Option<Admission>,
+}
+
+/// A check of the final object of a create or update (after defaults and validation),
+/// refusing it with a reason.
+#[derive(Clone)]
+pub struct Admission(pub Arc<AdmissionCheck>);
+
+/// The check itself: `Err` carries why the write is refused.
+pub type AdmissionCheck = dyn Fn(&Value) -> std::result::Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admission")
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -507,7 +543,10 @@ impl Registry {
     fn validate_meta(&self, meta: &ObjectMeta) -> Vec<FieldError> {
         let mut errors = Vec::new();
         match &meta.name {
-            Some(name) if self.info().namespaced || self.info().resource == "namespaces" => {
+            Some(name)
+                if (self.info().namespaced && !self.strategy.path_segment_names())
+                    || self.info().resource == "namespaces" =>
+            {
                 if !is_dns_subdomain(name) {
                     errors.push(FieldError::invalid(
                         "metadata.name",
@@ -547,6 +586,18 @@ impl Registry {
             }
         }
         errors
+    }
+
+    fn admit(&self, opts: &WriteOptions, name: &str, obj: &Value) -> Result<()> {
+        match &opts.admission {
+            Some(check) => (check.0)(obj).map_err(|why| RegistryError::Forbidden {
+                resource: self.info().resource.clone(),
+                group: self.info().group.clone(),
+                name: name.to_string(),
+                why,
+            }),
+            None => Ok(()),
+        }
     }
 
     pub async fn create(&self, scope: &Scope, obj: Value, dry_run: bool) -> Result<Value> {
@@ -641,6 +692,7 @@ impl Registry {
         if !errors.is_empty() {
             return Err(self.invalid(&name, errors));
         }
+        self.admit(opts, &name, &obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -837,6 +889,7 @@ impl Registry {
             if !errors.is_empty() {
                 return Err(self.invalid(name, errors));
             }
+            self.admit(opts, name, &new)?;
             let new_meta = object::meta(&new)?;
             // A terminating object whose last finalizer is gone is deleted now, unless it is
             // in a grace period that someone else (a node agent) ends.

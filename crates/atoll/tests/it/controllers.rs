@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use crate::server::{Kubectl, Server, namespace_json, tenant_json};
+use crate::server::{Kubectl, Server, namespace_json, tenant_admins_json, tenant_json};
 
 /// Waits until `args` fails with NotFound (the object is gone), 20 s at most.
 fn eventually_gone(k: &Kubectl, args: &[&str]) -> Result<()> {
@@ -38,7 +38,7 @@ fn controllers_create_default_service_accounts_and_tenant_namespaces() -> Result
     ensure!(sa == "system", "the account is the system tenant's: {sa}");
 
     // A new tenant gets its default namespace (seen through the tenant prefix).
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["alice"])))?;
     let acme = format!("https://{}/tenants/acme", server.addr);
     let ns =
         admin.eventually(&["--server", &acme, "get", "namespace", "default", "-o", "jsonpath={.metadata.tenant}"])?;
@@ -110,7 +110,7 @@ fn deleted_namespaces_and_tenants_are_emptied_before_they_go() -> Result<()> {
     eventually_gone(&admin, &["get", "namespace", "doomed"])?;
 
     // A tenant with namespaces, objects and a custom resource definition of its own.
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["alice"])))?;
     let alice = server.user("acme", "alice", 33)?;
     alice.ok_with(&["create", "-f", "-"], Some(&namespace_json("team")))?;
     alice.ok(&["create", "configmap", "data", "-n", "team", "--from-literal=k=v"])?;
@@ -126,11 +126,23 @@ fn deleted_namespaces_and_tenants_are_emptied_before_they_go() -> Result<()> {
 
     // Deleting the tenant deletes everything in it, then the tenant; the name is free again.
     admin.ok(&["delete", "tenant", "acme", "--wait=false"])?;
-    let refused = alice.fails(&["create", "configmap", "late", "-n", "team"])?;
+    // Nothing new goes into a terminating tenant, not even from an administrator (its
+    // users lost their default bindings with the deletion).
+    let prefix = format!("https://{}/tenants/acme", server.addr);
+    let refused = admin.fails(&["--server", &prefix, "create", "configmap", "late", "-n", "team"])?;
     ensure!(refused.contains("being terminated"), "nothing new in a terminating tenant: {refused}");
     eventually_gone(&admin, &["get", "tenant", "acme"])?;
+    // Nothing of it is left anywhere, its role bindings least of all (a tenant of the same
+    // name later must not inherit them).
+    for kind in ["clusterrolebindings", "clusterroles", "rolebindings", "roles"] {
+        let all = admin.ok(&["get", "--raw", &format!("/apis/rbac.authorization.k8s.io/v1/tenants/all/{kind}")])?;
+        ensure!(!all.contains("\"tenant\":\"acme\""), "{kind} of the deleted tenant remain: {all}");
+    }
+    for path in ["/api/v1/tenants/all/namespaces", "/api/v1/tenants/all/configmaps"] {
+        let all = admin.ok(&["get", "--raw", path])?;
+        ensure!(!all.contains("\"tenant\":\"acme\""), "{path} of the deleted tenant remain: {all}");
+    }
     admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
-    let prefix = format!("https://{}/tenants/acme", server.addr);
     let left = admin.ok(&["--server", &prefix, "get", "configmaps,crds", "-A", "-o", "name"])?;
     ensure!(left.trim().is_empty(), "a recreated tenant starts empty: {left}");
     let namespaces = admin.eventually(&["--server", &prefix, "get", "namespaces", "-o", "name"])?;

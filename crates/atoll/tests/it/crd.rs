@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::server::{Kubectl, Server, namespace_json, tenant_json};
+use crate::server::{Kubectl, Server, namespace_json, tenant_admins_json};
 
 fn widgets_crd() -> Value {
     let schema = json!({
@@ -225,8 +225,9 @@ fn kubectl_1_33_uses_custom_resources() -> Result<()> {
 fn tenants_define_their_own_kinds_and_share_the_system_tenants() -> Result<()> {
     let server = Server::start()?;
     let admin = Kubectl::new(33, &server)?;
-    for t in ["acme", "globex"] {
-        admin.ok_with(&["create", "-f", "-"], Some(&tenant_json(t)))?;
+    // Each tenant's user administers it (a binding to the tenant's cluster-admin).
+    for (t, admin_user) in [("acme", "alice"), ("globex", "bob")] {
+        admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json(t, &[admin_user])))?;
     }
     let alice = server.user("acme", "alice", 33)?;
     let bob = server.user("globex", "bob", 33)?;

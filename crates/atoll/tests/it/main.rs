@@ -4,5 +4,6 @@ mod controllers;
 mod crash;
 mod crd;
 mod image;
+mod rbac;
 mod server;
 mod up;

@@ -412,6 +412,13 @@ pub(crate) fn tenant_json(name: &str) -> String {
     format!("{{\"apiVersion\":\"atoll.io/v1\",\"kind\":\"Tenant\",\"metadata\":{{\"name\":\"{name}\"}}}}")
 }
 
+/// A Tenant whose `spec.admins` are bound to its cluster-admin role.
+pub(crate) fn tenant_admins_json(name: &str, admins: &[&str]) -> String {
+    serde_json::json!({"apiVersion": "atoll.io/v1", "kind": "Tenant", "metadata": {"name": name},
+                       "spec": {"admins": admins}})
+    .to_string()
+}
+
 pub(crate) fn namespace_json(name: &str) -> String {
     format!("{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{name}\"}}}}")
 }
@@ -425,7 +432,8 @@ fn tenants_are_created_isolated_and_deleted_with_what_they_hold() -> Result<()> 
     ensure!(String::from_utf8_lossy(&reserved.stderr).contains("reserved"), "tenant \"all\" is reserved");
     let unknown = admin.fails(&["get", "--raw", "/tenants/acme/api/v1/namespaces"])?;
     ensure!(unknown.contains("NotFound"), "a tenant that does not exist: {unknown}");
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    // Alice administers acme (a binding to acme's cluster-admin role).
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["alice"])))?;
     ensure!(admin.ok(&["get", "tenants", "-o", "name"])?.trim() == "tenant.atoll.io/acme");
     // A Tenant is an object like any other: labels, annotations, patches, describe, YAML.
     admin.ok(&["label", "tenant", "acme", "tier=gold"])?;
