@@ -73,3 +73,53 @@ fn atoll_up_runs_a_cluster_that_stops_and_resumes() -> Result<()> {
     );
     stop(cluster)
 }
+
+/// `atoll up` runs this machine's node agent: the Node is Ready, and a pod bound to it
+/// (created with `spec.nodeName`, as no scheduler runs yet) runs to completion in a real
+/// container from the local busybox image.
+#[test]
+fn atoll_up_registers_its_node_and_runs_a_bound_pod() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["image", "build-busybox", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
+    let node = "up-e2e-node";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let cluster = Proc(child);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line.starts_with("listening on https://"), "{line}");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let k = crate::server::Kubectl {
+        bin: kubectl_binary(33)?,
+        kubeconfig: dir.path().join("admin.kubeconfig"),
+        cache: tempfile::tempdir()?,
+    };
+    k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"]).or_else(|_| {
+        // `kubectl wait` on an object that does not exist yet fails at once: retry.
+        k.eventually(&["get", "node", node])?;
+        k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])
+    })?;
+    let pod = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "hello"}},
+            "spec": {{"nodeName": "{node}", "restartPolicy": "Never",
+                      "containers": [{{"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                                      "command": ["sh", "-c", "echo hello from a pod"]}}]}}}}"#
+    );
+    k.ok_with(&["create", "-f", "-"], Some(&pod))?;
+    k.ok(&["wait", "pod/hello", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=60s"])?;
+    let exit =
+        k.ok(&["get", "pod", "hello", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}"])?;
+    ensure!(exit.trim() == "0", "exit code {exit}");
+    let wide = k.ok(&["get", "pods", "-o", "wide"])?;
+    ensure!(wide.contains("Completed") && wide.contains(node), "{wide}");
+    stop(cluster)
+}
