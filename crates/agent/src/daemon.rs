@@ -4,7 +4,7 @@
 //! (`atoll up`: the cluster goes away with the process, and its next start makes them again).
 //!
 //! Folders under the agent's data folder: `images/` (the image store), `runtime/` (the OCI
-//! runtime's state), `logs/` (containers' CRI logs).
+//! runtime's state), `logs/` (containers' CRI logs), `network/` (the bridge network's IPAM).
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -16,7 +16,7 @@ use client::Client;
 use controllers::Cache;
 
 use crate::images::ImageStore;
-use crate::net::{LoopbackOnly, PodNetwork};
+use crate::net::{Bridge, Cidr, LoopbackOnly, PodNetwork};
 use crate::node;
 use crate::os::{Os, RealOs};
 use crate::pods::{self, Node, RestartBackoff};
@@ -39,6 +39,17 @@ pub enum AgentError {
     Register(#[from] node::NodeError),
     #[error("pods: {0}")]
     Pods(#[from] pods::PodError),
+    #[error("pod network: {0}")]
+    Net(#[from] crate::net::NetError),
+}
+
+/// How pods reach the network.
+#[derive(Clone, Debug)]
+pub enum NetworkConfig {
+    /// A namespace of their own with loopback only (no pod IP).
+    LoopbackOnly,
+    /// The node bridge (`atoll0`) and its pod CIDR.
+    Bridge { name: String, cidr: String },
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +65,7 @@ pub struct AgentConfig {
     /// Stop every container when the agent stops (`atoll up`).
     pub stop_pods_on_exit: bool,
     pub backoff: RestartBackoff,
+    pub network: NetworkConfig,
 }
 
 impl AgentConfig {
@@ -66,6 +78,7 @@ impl AgentConfig {
             cgroup_parent: "atoll".into(),
             stop_pods_on_exit: false,
             backoff: RestartBackoff::default(),
+            network: NetworkConfig::Bridge { name: "atoll0".into(), cidr: "10.88.0.0/16".into() },
         }
     }
 }
@@ -78,7 +91,16 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     let mut oci = OciConfig::new(&runtime_path, config.shim.clone(), config.data_dir.join("runtime"));
     oci.cgroup_parent = config.cgroup_parent.clone();
     let runtime = Arc::new(OciRuntime::new(oci, os.clone())?);
-    let network: Arc<dyn PodNetwork> = Arc::new(LoopbackOnly);
+    let network: Arc<dyn PodNetwork> = match &config.network {
+        NetworkConfig::LoopbackOnly => Arc::new(LoopbackOnly),
+        NetworkConfig::Bridge { name, cidr } => {
+            let (os, name, cidr, dir) = (os.clone(), name.clone(), Cidr::parse(cidr)?, config.data_dir.join("network"));
+            tokio::task::spawn_blocking(move || Bridge::new(os, &name, cidr, &dir))
+                .await
+                .map_err(|e| pods::PodError::Join(e.to_string()))??
+                .into_arc()
+        }
+    };
 
     let facts = {
         let os = os.clone();

@@ -149,9 +149,14 @@ impl Reconciler for PodSync {
         }
         let phase = text(&pod, "/status/phase");
         if phase == "Succeeded" || phase == "Failed" {
-            // Terminal: never run again; only other incarnations are cleaned up.
+            // Terminal: never run again. Its containers stay (logs) until the pod goes, its
+            // address is released now; other incarnations are cleaned up.
             let k = key.clone();
-            blocking(move || node.remove_pods_of(&k, Some(&uid), ORPHAN_GRACE)).await?;
+            blocking(move || {
+                node.remove_pods_of(&k, Some(&uid), ORPHAN_GRACE)?;
+                Ok(node.network.teardown(&uid)?)
+            })
+            .await?;
             return Ok(Action::Done);
         }
         let p = pod.clone();

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::daemon::{self, AgentConfig};
+use agent::daemon::{self, AgentConfig, NetworkConfig};
 use agent::pods::RestartBackoff;
 use agent::runtime::Runtime;
 use anyhow::{Context, Result, bail};
@@ -50,7 +50,24 @@ fn config(node: &Node, name: &str, stop_pods_on_exit: bool) -> AgentConfig {
     c.cgroup_parent = node.cgroup_parent.clone();
     c.stop_pods_on_exit = stop_pods_on_exit;
     c.backoff = RestartBackoff { base: Duration::from_millis(300), max: Duration::from_secs(2) };
+    let (bridge, cidr) = test_network();
+    c.network = NetworkConfig::Bridge { name: bridge, cidr };
     c
+}
+
+/// A bridge and pod CIDR of this test process's own (tests run in parallel processes).
+fn test_network() -> (String, String) {
+    let pid = std::process::id();
+    (format!("atb{pid}"), format!("10.{}.{}.0/24", 100 + (pid >> 8) % 100, pid % 256))
+}
+
+/// Removes what the agent leaves on the host by design (bridge, NAT table) and checks
+/// that no pod network namespace or veth is left.
+fn remove_test_network() -> Result<()> {
+    let (bridge, _) = test_network();
+    let _ = std::process::Command::new("ip").args(["link", "del", "dev", &bridge]).status();
+    let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
+    Ok(())
 }
 
 fn start_agent(client: &Client, config: AgentConfig) -> Agent {
@@ -142,6 +159,12 @@ async fn registers_the_node_and_a_failing_pod_ends_failed_with_its_exit_code() -
 
     c.create(&pods(), &default_ns(), &pod("echo", "n1", "Never", "echo hi; exit 3")).await?;
     let p = pod_where(c, "echo", "phase Failed", |p| phase(p) == "Failed").await?;
+    // A finished pod's address goes back to the pool (its containers stay for their logs).
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    until(Duration::from_secs(10), "the finished pod's network to go", || async {
+        Ok((!std::path::Path::new(&format!("/run/netns/atoll-{uid}")).exists()).then_some(()))
+    })
+    .await?;
     let cs = &p["status"]["containerStatuses"][0];
     assert_eq!(cs["state"]["terminated"]["exitCode"], 3, "{p}");
     assert_eq!(cs["state"]["terminated"]["reason"], "Error", "{p}");
@@ -183,9 +206,10 @@ fn cleanup(node: &Node) -> Result<()> {
     let rt = node.runtime();
     for s in rt.list_sandboxes()? {
         rt.remove_sandbox(&s.spec.id)?;
+        let _ = std::process::Command::new("ip").args(["netns", "del", &format!("atoll-{}", s.spec.id)]).status();
     }
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
-    Ok(())
+    remove_test_network()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +229,42 @@ async fn a_running_pod_is_stopped_within_its_grace_period_and_deleted() -> Resul
         p["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
     assert!(ready, "{p}");
 
+    // Pod networking: an address from the node's CIDR, reachable from the host and from
+    // another pod through the bridge; loopback up inside.
+    let (_, cidr) = test_network();
+    let mut web = pod(
+        "web",
+        "n1",
+        "Always",
+        "mkdir -p /www; echo hi-from-web > /www/index.html; exec busybox httpd -f -p 8080 -h /www",
+    );
+    web["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    c.create(&pods(), &default_ns(), &web).await?;
+    let w = pod_where(c, "web", "web Running", |p| phase(p) == "Running").await?;
+    let ip = w["status"]["podIP"].as_str().context("no podIP")?.to_string();
+    let prefix = cidr.rsplit_once('.').unwrap().0;
+    assert!(ip.starts_with(&format!("{prefix}.")), "{ip} not in {cidr}");
+    assert_ne!(Some(ip.as_str()), p["status"]["podIP"].as_str(), "two pods, one address");
+    let body = until(Duration::from_secs(10), "the web pod to answer", || async {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-m", "2", &format!("http://{ip}:8080/")])
+            .output()
+            .await?;
+        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    })
+    .await?;
+    assert_eq!(body.trim(), "hi-from-web");
+    let probe = format!(
+        "busybox ip -o link show lo | grep -q UP && busybox ip -o -4 addr show eth0 | grep -q inet && \
+         wget -q -O- http://{ip}:8080/ | grep -q hi-from-web"
+    );
+    c.create(&pods(), &default_ns(), &pod("probe", "n1", "Never", &probe)).await?;
+    let pr = pod_where(c, "probe", "probe finished", |p| matches!(phase(p), "Succeeded" | "Failed")).await?;
+    assert_eq!(phase(&pr), "Succeeded", "{pr}");
+    for name in ["web", "probe"] {
+        c.delete(&pods(), &default_ns(), name, &DeleteParams::default()).await?;
+    }
+
     let t = Instant::now();
     c.delete(&pods(), &default_ns(), "sleeper", &DeleteParams::default()).await?;
     until(Duration::from_secs(10), "the pod object to go", || async {
@@ -217,8 +277,17 @@ async fn a_running_pod_is_stopped_within_its_grace_period_and_deleted() -> Resul
     .await?;
     // It exits on SIGTERM, so well within its 5 s grace period.
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
-    assert!(node.runtime().list_sandboxes()?.is_empty());
+    until(Duration::from_secs(10), "web and probe to go", || async {
+        Ok(node.runtime().list_sandboxes()?.is_empty().then_some(()))
+    })
+    .await?;
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+    for gone in [&w, &pr] {
+        let uid = gone["metadata"]["uid"].as_str().unwrap();
+        assert!(!std::path::Path::new(&format!("/run/netns/atoll-{uid}")).exists(), "netns of {uid} left");
+    }
+    let ipam = std::fs::read_to_string(node.dir.path().join("network/ipam.json"))?;
+    assert_eq!(ipam.trim(), "{}", "addresses are released");
 
     // One that ignores SIGTERM is killed once the grace period (2 s) ends.
     let mut stubborn = pod("stubborn", "n1", "Always", "exec sleep 1000");
