@@ -27,6 +27,15 @@ pub struct AgentArgs {
     /// restarted agent adopts them).
     #[arg(long)]
     pub stop_pods_on_exit: bool,
+    /// The node bridge pods attach to.
+    #[arg(long, default_value = "atoll0")]
+    pub bridge: String,
+    /// The node's pod CIDR: the bridge takes its first address, pods the rest.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    /// Pods get a network namespace with loopback only (no bridge, no pod IP).
+    #[arg(long)]
+    pub loopback_only: bool,
 }
 
 /// The supervisor command: this very binary's `shim` subcommand.
@@ -40,6 +49,14 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+pub fn network(loopback_only: bool, bridge: &str, cidr: &str) -> agent::daemon::NetworkConfig {
+    if loopback_only {
+        agent::daemon::NetworkConfig::LoopbackOnly
+    } else {
+        agent::daemon::NetworkConfig::Bridge { name: bridge.into(), cidr: cidr.into() }
+    }
+}
+
 pub async fn run(args: AgentArgs) -> Result<()> {
     let config = client::Config::from_kubeconfig(&args.kubeconfig, args.context.as_deref())
         .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
@@ -48,6 +65,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut cfg = agent::daemon::AgentConfig::new(&name, args.data_dir, shim_command()?);
     cfg.runtime = args.runtime;
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
+    cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
     tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
     agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
     tracing::info!("node agent stopped");

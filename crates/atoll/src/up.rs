@@ -27,6 +27,15 @@ pub struct UpArgs {
     /// Run no node agent (API server and controllers only).
     #[arg(long)]
     pub no_agent: bool,
+    /// The node bridge pods attach to.
+    #[arg(long, default_value = "atoll0")]
+    pub bridge: String,
+    /// The node's pod CIDR: the bridge takes its first address, pods the rest.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    /// Pods get a network namespace with loopback only (no bridge, no pod IP).
+    #[arg(long)]
+    pub loopback_only: bool,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -53,6 +62,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let mut cfg =
             agent::daemon::AgentConfig::new(&name, args.store.data_dir.join("agent"), crate::agent::shim_command()?);
         cfg.runtime = args.runtime.clone();
+        cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
         Some(tokio::spawn(agent::daemon::run(client, cfg, when_stopped(stopped))))

@@ -86,8 +86,12 @@ fn atoll_up_registers_its_node_and_runs_a_bound_pod() -> Result<()> {
         .output()?;
     ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
     let node = "up-e2e-node";
+    // A bridge and CIDR of its own: other tests' agents may share the machine.
+    let pid = std::process::id();
+    let (bridge, cidr) = (format!("atu{pid}"), format!("10.{}.{}.0/24", 200 + (pid >> 8) % 50, pid % 256));
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--data-dir"])
+        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])
+        .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -121,5 +125,10 @@ fn atoll_up_registers_its_node_and_runs_a_bound_pod() -> Result<()> {
     ensure!(exit.trim() == "0", "exit code {exit}");
     let wide = k.ok(&["get", "pods", "-o", "wide"])?;
     ensure!(wide.contains("Completed") && wide.contains(node), "{wide}");
-    stop(cluster)
+    let ip = k.ok(&["get", "pod", "hello", "-o", "jsonpath={.status.podIP}"])?;
+    ensure!(ip.starts_with(cidr.rsplit_once('.').unwrap().0), "podIP {ip:?} not in {cidr}");
+    let stopped = stop(cluster);
+    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
+    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
+    stopped
 }
