@@ -1,4 +1,5 @@
-//! The node agent's machinery: the image store and the runtimes that run pods.
+//! The node agent: the image store, the runtimes that run pods, and the sync loop
+//! (`atoll agent`) that converges the node onto the API's pods.
 //!
 //! Contract:
 //! - Only [`os`] (and the [`shim`] supervisor process) make system calls; everything else
