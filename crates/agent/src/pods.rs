@@ -285,8 +285,10 @@ impl Node {
             Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        self.runtime.remove_sandbox(id)?;
+        // The network goes before the sandbox record: a failure in between leaves the
+        // sandbox, so the next pass (or the sweep) finds it and finishes the job.
         self.network.teardown(id)?;
+        self.runtime.remove_sandbox(id)?;
         tracing::info!(sandbox = id, "removed");
         Ok(())
     }

@@ -61,8 +61,16 @@ fn test_network() -> (String, String) {
     (format!("atb{pid}"), format!("10.{}.{}.0/24", 100 + (pid >> 8) % 100, pid % 256))
 }
 
-/// Removes what the agent leaves on the host by design (bridge, NAT table) and checks
-/// that no pod network namespace or veth is left.
+/// Removes the test's bridge and NAT table even when the test fails.
+struct NetGuard;
+
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        let _ = remove_test_network();
+    }
+}
+
+/// Removes what the agent leaves on the host by design (bridge, NAT table).
 fn remove_test_network() -> Result<()> {
     let (bridge, _) = test_network();
     let _ = std::process::Command::new("ip").args(["link", "del", "dev", &bridge]).status();
@@ -125,6 +133,7 @@ fn phase(p: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_the_node_and_a_failing_pod_ends_failed_with_its_exit_code() -> Result<()> {
+    let _net = NetGuard;
     let node = Node::setup();
     node.busybox();
     let cl = cluster().await?;
@@ -214,6 +223,7 @@ fn cleanup(node: &Node) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_pod_is_stopped_within_its_grace_period_and_deleted() -> Result<()> {
+    let _net = NetGuard;
     let node = Node::setup();
     node.busybox();
     let cl = cluster().await?;
@@ -239,6 +249,7 @@ async fn a_running_pod_is_stopped_within_its_grace_period_and_deleted() -> Resul
         "mkdir -p /www; echo hi-from-web > /www/index.html; exec busybox httpd -f -p 8080 -h /www",
     );
     web["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    web["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "64Mi", "cpu": "500m"}});
     c.create(&pods(), &default_ns(), &web).await?;
     let w = pod_where(c, "web", "web Running", |p| phase(p) == "Running").await?;
     let ip = w["status"]["podIP"].as_str().context("no podIP")?.to_string();
@@ -254,11 +265,33 @@ async fn a_running_pod_is_stopped_within_its_grace_period_and_deleted() -> Resul
     })
     .await?;
     assert_eq!(body.trim(), "hi-from-web");
+    // Its limits are its cgroup's (v1 memory hierarchy on these machines, else cgroup2).
+    let cid = w["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().split("://").nth(1).unwrap();
+    let group = format!("{}/pod-{}/{cid}", node.cgroup_parent, w["metadata"]["uid"].as_str().unwrap());
+    let v1 = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{group}/memory.limit_in_bytes"));
+    let limit = match v1 {
+        Ok(v) => v,
+        Err(_) => std::fs::read_to_string(format!("/sys/fs/cgroup/{group}/memory.max"))?,
+    };
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    // Outbound traffic leaving the pod CIDR is masqueraded by our nftables table.
+    let (bridge, _) = test_network();
+    let table = std::process::Command::new("nft").args(["list", "table", "ip", &format!("atoll-{bridge}")]).output()?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("masquerade") && table.contains(&cidr), "{table}");
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim(), "1");
     let probe = format!(
         "busybox ip -o link show lo | grep -q UP && busybox ip -o -4 addr show eth0 | grep -q inet && \
          wget -q -O- http://{ip}:8080/ | grep -q hi-from-web"
     );
-    c.create(&pods(), &default_ns(), &pod("probe", "n1", "Never", &probe)).await?;
+    // command + args, env and workingDir reach the process too.
+    let probe = format!("[ \"$GREETING\" = hello ] && [ \"$(pwd)\" = /etc ] && {probe}");
+    let mut probe_pod = pod("probe", "n1", "Never", "unused");
+    probe_pod["spec"]["containers"][0]["command"] = json!(["sh", "-c"]);
+    probe_pod["spec"]["containers"][0]["args"] = json!([probe]);
+    probe_pod["spec"]["containers"][0]["env"] = json!([{"name": "GREETING", "value": "hello"}]);
+    probe_pod["spec"]["containers"][0]["workingDir"] = json!("/etc");
+    c.create(&pods(), &default_ns(), &probe_pod).await?;
     let pr = pod_where(c, "probe", "probe finished", |p| matches!(phase(p), "Succeeded" | "Failed")).await?;
     assert_eq!(phase(&pr), "Succeeded", "{pr}");
     for name in ["web", "probe"] {
@@ -307,6 +340,7 @@ async fn a_running_pod_is_stopped_within_its_grace_period_and_deleted() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_policy_always_restarts_with_a_growing_count() -> Result<()> {
+    let _net = NetGuard;
     let node = Node::setup();
     node.busybox();
     let cl = cluster().await?;
@@ -337,6 +371,7 @@ async fn restart_policy_always_restarts_with_a_growing_count() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_keeps_containers_and_a_stopping_agent_stops_them() -> Result<()> {
+    let _net = NetGuard;
     let node = Node::setup();
     node.busybox();
     let cl = cluster().await?;
