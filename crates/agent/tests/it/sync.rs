@@ -157,13 +157,16 @@ async fn registers_the_node_and_a_failing_pod_ends_failed_with_its_exit_code() -
     assert!(n["status"]["capacity"]["memory"].as_str().unwrap().ends_with("Ki"), "{n}");
     assert!(n["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap().starts_with("atoll-"), "{n}");
     assert!(n["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap().contains("://"), "{n}");
-    let lease = c
-        .get(
-            &Resource::new("coordination.k8s.io", "v1", "leases", true),
-            &system.clone().in_namespace("kube-node-lease"),
-            "n1",
-        )
-        .await?;
+    let leases = Resource::new("coordination.k8s.io", "v1", "leases", true);
+    let lease_scope = system.clone().in_namespace("kube-node-lease");
+    let lease = until(Duration::from_secs(10), "the node Lease", || async {
+        match c.get(&leases, &lease_scope, "n1").await {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
     assert_eq!(lease["spec"]["holderIdentity"], "n1");
 
     c.create(&pods(), &default_ns(), &pod("echo", "n1", "Never", "echo hi; exit 3")).await?;
