@@ -23,7 +23,7 @@ apt_install() {
 
 # The node agent runs containers with crun (runc selectable) from the local busybox image.
 setup_containers() {
-  apt_install busybox-static crun runc
+  apt_install busybox-static crun runc iproute2 nftables
   # On hybrid cgroup machines (v1 controllers + cgroup2 at unified/) crun 1.8 refuses to run
   # while cgroup2 lists any controller; at boot that is hugetlb. Mounting hugetlb's v1
   # hierarchy moves it off cgroup2 (see PLATFORM.md). Pure cgroup2 machines need nothing.

@@ -1,4 +1,5 @@
-//! The node agent's machinery: the image store and the runtimes that run pods.
+//! The node agent: the image store, the runtimes that run pods, and the sync loop
+//! (`atoll agent`) that converges the node onto the API's pods.
 //!
 //! Contract:
 //! - Only [`os`] (and the [`shim`] supervisor process) make system calls; everything else
@@ -9,11 +10,16 @@
 //!   per pod, containers in it); [`runtime::oci::OciRuntime`] implements it over crun or
 //!   runc and keeps all its state on disk, so it survives the agent's restart.
 //!
-//! The API sync loop (`atoll agent`) comes with the client crate.
+//! - [`daemon`] is `atoll agent`: [`node`] registration and heartbeat, the [`pods`] sync
+//!   loop on the controllers crate's runtime, pod networks behind [`net::PodNetwork`].
 
 pub mod busybox;
+pub mod daemon;
 pub mod images;
+pub mod net;
+pub mod node;
 pub mod os;
+pub mod pods;
 pub mod reference;
 pub mod runtime;
 pub mod shim;

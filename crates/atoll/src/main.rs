@@ -1,6 +1,7 @@
 //! `atoll`: the one binary. Each role of the cluster is a subcommand.
 
 mod admin;
+mod agent;
 mod bench;
 mod bench_api;
 mod bench_authz;
@@ -28,12 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a whole cluster on this machine: API server and controllers in one process.
+    /// Run a whole cluster on this machine: API server, controllers and node agent in one process.
     Up(up::UpArgs),
     /// Run the API server over a store.
     Server(server::ServerArgs),
     /// Run the controllers against an API server.
     Controllers(controllers::ControllersArgs),
+    /// Run the node agent: register this machine as a Node and run the pods bound to it.
+    Agent(agent::AgentArgs),
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -107,7 +110,7 @@ fn main() -> ExitCode {
     // as long as its container, so it skips the async runtime and logging set-up.
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == "shim") {
-        let code = agent::shim::main(args);
+        let code = ::agent::shim::main(args);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     tracing_subscriber::fmt()
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Controllers(args) => controllers::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),

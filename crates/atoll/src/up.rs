@@ -1,6 +1,8 @@
 //! `atoll up`: a whole cluster on this machine in one process: the API server on the
 //! embedded store (or etcd) and the controllers, which reach it over HTTPS like any
-//! client. The scheduler and the node agent join it as they land.
+//! client, and the node agent for this machine (node name = hostname unless told, data in
+//! `<data-dir>/agent`), which stops its containers when `up` stops and makes them again
+//! on the next start. The scheduler joins it as it lands.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,6 +18,24 @@ pub struct UpArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    /// The Node's name (default: this machine's hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// OCI runtime for the node agent: crun, runc or a path.
+    #[arg(long, default_value = "crun")]
+    pub runtime: std::path::PathBuf,
+    /// Run no node agent (API server and controllers only).
+    #[arg(long)]
+    pub no_agent: bool,
+    /// The node bridge pods attach to.
+    #[arg(long, default_value = "atoll0")]
+    pub bridge: String,
+    /// The node's pod CIDR: the bridge takes its first address, pods the rest.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    /// Pods get a network namespace with loopback only (no bridge, no pod IP).
+    #[arg(long)]
+    pub loopback_only: bool,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -34,7 +54,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let server_task = tokio::spawn(server.run(when_stopped(stopped.clone())));
-    let controllers_task = tokio::spawn(controllers::run_all(client, when_stopped(stopped)));
+    let controllers_task = tokio::spawn(controllers::run_all(client.clone(), when_stopped(stopped.clone())));
+    let agent_task = if args.no_agent {
+        None
+    } else {
+        let name = args.node_name.clone().unwrap_or_else(crate::agent::hostname);
+        let mut cfg =
+            agent::daemon::AgentConfig::new(&name, args.store.data_dir.join("agent"), crate::agent::shim_command()?);
+        cfg.runtime = args.runtime.clone();
+        cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
+        // The cluster goes away with this process: its containers too (made again next time).
+        cfg.stop_pods_on_exit = true;
+        Some(tokio::spawn(agent::daemon::run(client, cfg, when_stopped(stopped))))
+    };
 
     let mut out = std::io::stdout().lock();
     // Tests and scripts read the first line to learn the address when listening on port 0.
@@ -44,12 +76,35 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let _ = out.flush();
     drop(out);
 
-    crate::stop_signal()?.await;
-    tracing::info!("stopping");
-    let _ = stop.send(true);
+    let signal = crate::stop_signal()?;
+    let mut agent_failed = None;
+    match agent_task {
+        Some(mut task) => {
+            tokio::select! {
+                _ = signal => {
+                    tracing::info!("stopping");
+                    let _ = stop.send(true);
+                    agent_failed = task.await.ok().and_then(Result::err);
+                }
+                // The agent ends early only by failing: say so and stop everything.
+                result = &mut task => {
+                    let _ = stop.send(true);
+                    agent_failed = result.ok().and_then(Result::err);
+                }
+            }
+        }
+        None => {
+            signal.await;
+            tracing::info!("stopping");
+            let _ = stop.send(true);
+        }
+    }
     // The controllers finish what they are doing while the server still answers them.
     let _ = controllers_task.await;
     let _ = server_task.await;
     tracing::info!("stopped");
-    Ok(())
+    match agent_failed {
+        Some(e) => Err(e).context("the node agent failed"),
+        None => Ok(()),
+    }
 }

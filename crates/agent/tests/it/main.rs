@@ -4,6 +4,7 @@
 
 mod images;
 mod runtime;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

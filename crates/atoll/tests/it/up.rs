@@ -14,7 +14,8 @@ use crate::server::{Proc, kubectl_binary};
 /// Starts `atoll up` on `listen` with data in `dir`; returns it and its address.
 fn up(dir: &Path, listen: &str) -> Result<(Proc, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", listen, "--data-dir"])
+        // The node agent has a test of its own below; this one leaves the host's network be.
+        .args(["up", "--no-agent", "--listen", listen, "--data-dir"])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -72,4 +73,63 @@ fn atoll_up_runs_a_cluster_that_stops_and_resumes() -> Result<()> {
         "the cluster resumes from its data: {namespaces}"
     );
     stop(cluster)
+}
+
+/// `atoll up` runs this machine's node agent: the Node is Ready, and a pod bound to it
+/// (created with `spec.nodeName`, as no scheduler runs yet) runs to completion in a real
+/// container from the local busybox image.
+#[test]
+fn atoll_up_registers_its_node_and_runs_a_bound_pod() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["image", "build-busybox", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
+    let node = "up-e2e-node";
+    // A bridge and CIDR of its own: other tests' agents may share the machine.
+    let pid = std::process::id();
+    let (bridge, cidr) = (format!("atu{pid}"), format!("10.{}.{}.0/24", 200 + (pid >> 8) % 50, pid % 256));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let cluster = Proc(child);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line.starts_with("listening on https://"), "{line}");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let k = crate::server::Kubectl {
+        bin: kubectl_binary(33)?,
+        kubeconfig: dir.path().join("admin.kubeconfig"),
+        cache: tempfile::tempdir()?,
+    };
+    k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"]).or_else(|_| {
+        // `kubectl wait` on an object that does not exist yet fails at once: retry.
+        k.eventually(&["get", "node", node])?;
+        k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])
+    })?;
+    let pod = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "hello"}},
+            "spec": {{"nodeName": "{node}", "restartPolicy": "Never",
+                      "containers": [{{"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                                      "command": ["sh", "-c", "echo hello from a pod"]}}]}}}}"#
+    );
+    k.ok_with(&["create", "-f", "-"], Some(&pod))?;
+    k.ok(&["wait", "pod/hello", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=60s"])?;
+    let exit =
+        k.ok(&["get", "pod", "hello", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}"])?;
+    ensure!(exit.trim() == "0", "exit code {exit}");
+    let wide = k.ok(&["get", "pods", "-o", "wide"])?;
+    ensure!(wide.contains("Completed") && wide.contains(node), "{wide}");
+    let ip = k.ok(&["get", "pod", "hello", "-o", "jsonpath={.status.podIP}"])?;
+    ensure!(ip.starts_with(cidr.rsplit_once('.').unwrap().0), "podIP {ip:?} not in {cidr}");
+    let stopped = stop(cluster);
+    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
+    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
+    stopped
 }

@@ -1,0 +1,174 @@
+//! The node agent as one async task: register the Node, keep its Lease and status fresh,
+//! run the pod sync loop, sweep orphaned sandboxes, and on shutdown either leave the
+//! containers running (a plain agent restart must not disturb them) or stop them all
+//! (`atoll up`: the cluster goes away with the process, and its next start makes them again).
+//!
+//! Folders under the agent's data folder: `images/` (the image store), `runtime/` (the OCI
+//! runtime's state), `logs/` (containers' CRI logs), `network/` (the bridge network's IPAM).
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use client::Client;
+use controllers::Cache;
+
+use crate::images::ImageStore;
+use crate::net::{Bridge, Cidr, LoopbackOnly, PodNetwork};
+use crate::node;
+use crate::os::{Os, RealOs};
+use crate::pods::{self, Node, RestartBackoff};
+use crate::runtime::oci::{OciConfig, OciRuntime, find_program};
+
+/// How often sandboxes without a pod are looked for.
+const SWEEP: Duration = Duration::from_secs(30);
+/// The grace the agent's own shutdown gives containers (`stop_pods_on_exit`).
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("OCI runtime {0:?} not found on PATH")]
+    NoRuntime(PathBuf),
+    #[error("image store: {0}")]
+    Images(#[from] crate::images::ImageError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("registering the node: {0}")]
+    Register(#[from] node::NodeError),
+    #[error("pods: {0}")]
+    Pods(#[from] pods::PodError),
+    #[error("pod network: {0}")]
+    Net(#[from] crate::net::NetError),
+}
+
+/// How pods reach the network.
+#[derive(Clone, Debug)]
+pub enum NetworkConfig {
+    /// A namespace of their own with loopback only (no pod IP).
+    LoopbackOnly,
+    /// The node bridge (`atoll0`) and its pod CIDR.
+    Bridge { name: String, cidr: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// `crun`, `runc` or a path.
+    pub runtime: PathBuf,
+    /// The supervisor command (`<atoll> shim`).
+    pub shim: Vec<OsString>,
+    /// Our cgroup folder under each hierarchy.
+    pub cgroup_parent: String,
+    /// Stop every container when the agent stops (`atoll up`).
+    pub stop_pods_on_exit: bool,
+    pub backoff: RestartBackoff,
+    pub network: NetworkConfig,
+}
+
+impl AgentConfig {
+    pub fn new(node_name: &str, data_dir: PathBuf, shim: Vec<OsString>) -> AgentConfig {
+        AgentConfig {
+            node_name: node_name.into(),
+            data_dir,
+            runtime: "crun".into(),
+            shim,
+            cgroup_parent: "atoll".into(),
+            stop_pods_on_exit: false,
+            backoff: RestartBackoff::default(),
+            network: NetworkConfig::Bridge { name: "atoll0".into(), cidr: "10.88.0.0/16".into() },
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let os: Arc<dyn Os> = Arc::new(RealOs::new());
+    let runtime_path = find_program(&config.runtime).ok_or_else(|| AgentError::NoRuntime(config.runtime.clone()))?;
+    let images = Arc::new(ImageStore::open(&config.data_dir.join("images"), os.clone())?);
+    let mut oci = OciConfig::new(&runtime_path, config.shim.clone(), config.data_dir.join("runtime"));
+    oci.cgroup_parent = config.cgroup_parent.clone();
+    let runtime = Arc::new(OciRuntime::new(oci, os.clone())?);
+    let network: Arc<dyn PodNetwork> = match &config.network {
+        NetworkConfig::LoopbackOnly => Arc::new(LoopbackOnly),
+        NetworkConfig::Bridge { name, cidr } => {
+            let (os, name, cidr, dir) = (os.clone(), name.clone(), Cidr::parse(cidr)?, config.data_dir.join("network"));
+            tokio::task::spawn_blocking(move || Bridge::new(os, &name, cidr, &dir))
+                .await
+                .map_err(|e| pods::PodError::Join(e.to_string()))??
+                .into_arc()
+        }
+    };
+
+    let facts = {
+        let os = os.clone();
+        let path = runtime_path.clone();
+        tokio::task::spawn_blocking(move || node::machine_facts(&*os, &path))
+            .await
+            .map_err(|e| pods::PodError::Join(e.to_string()))?
+    };
+    let since = SystemTime::now();
+    node::register(&client, &config.node_name, &facts, since).await?;
+    node::renew_lease(&client, &config.node_name).await?;
+    tracing::info!(node = %config.node_name, cpus = facts.cpus, ip = %facts.internal_ip, "node registered");
+
+    let node = Arc::new(Node {
+        name: config.node_name.clone(),
+        host_ip: facts.internal_ip.clone(),
+        runtime,
+        runtime_name: runtime_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        images,
+        network,
+        logs_dir: config.data_dir.join("logs"),
+        backoff: config.backoff,
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let heartbeat =
+        tokio::spawn(node::heartbeat(client.clone(), config.node_name.clone(), facts, since, stopped(stop_rx.clone())));
+    let cache = Cache::default();
+    let sync = tokio::spawn(pods::controller(client, node.clone(), cache.clone()).run(stopped(stop_rx.clone())));
+    let sweeper = tokio::spawn(sweep_loop(node.clone(), cache, stopped(stop_rx)));
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = sync.await;
+    let _ = sweeper.await;
+    let _ = heartbeat.await;
+    if config.stop_pods_on_exit {
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || n.stop_all(EXIT_GRACE))
+            .await
+            .map_err(|e| pods::PodError::Join(e.to_string()))??;
+        tracing::info!("stopped every pod's containers");
+    }
+    Ok(())
+}
+
+/// Once the pod cache is filled, and every [`SWEEP`] after, removes sandboxes no pod claims.
+async fn sweep_loop(node: Arc<Node>, cache: Cache, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    tokio::select! {
+        _ = cache.wait_ready() => {}
+        _ = &mut stop => return,
+    }
+    loop {
+        let live = pods::live_uids(&cache);
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || n.sweep(&live, Duration::from_secs(2))).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "removed sandboxes without a pod"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping sandboxes"),
+            Err(e) => tracing::warn!(error = %e, "sweeping sandboxes"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP) => {}
+            _ = &mut stop => return,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Pod networking behind one small trait, so tenant networks can replace it: a network
+//! gives each pod sandbox a namespace to join and, usually, an address.
+//!
+//! - [`LoopbackOnly`]: a fresh network namespace per pod (made by the runtime) with only
+//!   loopback up, and no pod IP.
+//! - [`Bridge`]: the node's pod network: a Linux bridge (`atoll0`) holding the first
+//!   address of the node's pod CIDR; per pod a named network namespace (`atoll-<pod>`)
+//!   and a veth pair (host end on the bridge, `eth0` inside) with an address from an
+//!   on-disk IPAM file, loopback up, default route via the bridge; outbound traffic is
+//!   masqueraded by an nftables table of ours (`ip atoll-<bridge>`) with `ip_forward` on.
+//!   Everything goes through `ip`, `nft` and `sysctl` run by [`Os::run`].
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::os::Os;
+use crate::runtime::NetworkMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("setting up the network of pod {pod}: {detail}")]
+    Setup { pod: String, detail: String },
+    #[error("invalid pod CIDR {0:?} (want an IPv4 a.b.c.d/n with n from 8 to 30)")]
+    Cidr(String),
+    #[error("no free address left in {0}")]
+    Exhausted(String),
+    #[error("{what}: {detail}")]
+    Command { what: String, detail: String },
+    #[error(transparent)]
+    Os(#[from] crate::os::OsError),
+    #[error("corrupt IPAM file {path}: {detail}")]
+    CorruptState { path: PathBuf, detail: String },
+}
+
+/// A pod's place on the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub mode: NetworkMode,
+    /// The pod's IP, reported as `status.podIP`.
+    pub ip: Option<String>,
+}
+
+pub trait PodNetwork: Send + Sync {
+    /// Give pod `id` (its sandbox ID) a network; repeating it returns the same attachment.
+    fn setup(&self, id: &str) -> Result<Attachment, NetError>;
+    /// Release what `setup` made; absent is not an error.
+    fn teardown(&self, id: &str) -> Result<(), NetError>;
+    /// The attachment of a pod set up earlier (after an agent restart), if any.
+    fn attachment(&self, id: &str) -> Option<Attachment>;
+}
+
+/// A network namespace of its own per pod, loopback only.
+#[derive(Debug, Default)]
+pub struct LoopbackOnly;
+
+impl PodNetwork for LoopbackOnly {
+    fn setup(&self, _id: &str) -> Result<Attachment, NetError> {
+        Ok(Attachment { mode: NetworkMode::Isolated, ip: None })
+    }
+    fn teardown(&self, _id: &str) -> Result<(), NetError> {
+        Ok(())
+    }
+    fn attachment(&self, _id: &str) -> Option<Attachment> {
+        Some(Attachment { mode: NetworkMode::Isolated, ip: None })
+    }
+}
+
+/// An IPv4 network: its base address and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, NetError> {
+        let bad = || NetError::Cidr(s.to_string());
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Cidr { base: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+    }
+
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+
+    /// The bridge's (gateway's) address: the first host address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1)
+    }
+
+    /// Pod addresses: every host address after the gateway (not the broadcast).
+    fn pod_addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let base = u32::from(self.base);
+        (2..self.size() - 1).map(move |i| Ipv4Addr::from(base + i))
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// The node bridge network (see the module docs).
+#[derive(Debug)]
+pub struct Bridge {
+    os: Arc<dyn Os>,
+    bridge: String,
+    cidr: Cidr,
+    /// `ipam.json`: pod ID to address, rewritten atomically.
+    ipam: PathBuf,
+    /// One writer of the IPAM file and of the host's links at a time.
+    lock: Mutex<()>,
+}
+
+fn args(a: &[&str]) -> Vec<OsString> {
+    a.iter().map(OsString::from).collect()
+}
+
+impl Bridge {
+    /// Makes (or adopts) the bridge, its address, forwarding and the NAT table.
+    pub fn new(os: Arc<dyn Os>, bridge: &str, cidr: Cidr, state_dir: &Path) -> Result<Bridge, NetError> {
+        os.create_dir_all(state_dir)?;
+        let b = Bridge { os, bridge: bridge.into(), cidr, ipam: state_dir.join("ipam.json"), lock: Mutex::new(()) };
+        b.ensure_host()?;
+        Ok(b)
+    }
+
+    pub fn into_arc(self) -> Arc<dyn PodNetwork> {
+        Arc::new(self)
+    }
+
+    fn ip(&self, a: &[&str]) -> Result<(), NetError> {
+        self.run("ip", a)
+    }
+
+    fn run(&self, program: &str, a: &[&str]) -> Result<(), NetError> {
+        let out = self.os.run(Path::new(program), &args(a))?;
+        if out.success {
+            Ok(())
+        } else {
+            Err(NetError::Command { what: format!("{program} {}", a.join(" ")), detail: out.stderr.trim().to_string() })
+        }
+    }
+
+    /// Like [`Bridge::ip`], for calls whose failure means "already so" (or "already gone").
+    fn ip_quiet(&self, a: &[&str]) {
+        let _ = self.os.run(Path::new("ip"), &args(a));
+    }
+
+    fn ensure_host(&self) -> Result<(), NetError> {
+        let exists = self.os.run(Path::new("ip"), &args(&["link", "show", "dev", &self.bridge]))?.success;
+        if !exists {
+            self.ip(&["link", "add", "name", &self.bridge, "type", "bridge"])?;
+        }
+        let gw = format!("{}/{}", self.cidr.gateway(), self.cidr.prefix);
+        // `replace` is idempotent where `add` fails on a second run.
+        self.ip(&["addr", "replace", &gw, "dev", &self.bridge])?;
+        self.ip(&["link", "set", "dev", &self.bridge, "up"])?;
+        self.run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
+        let table = format!("atoll-{}", self.bridge);
+        let cidr = self.cidr.to_string();
+        // Declaring then deleting the table makes the whole file an atomic replace.
+        let rules = format!(
+            "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n\
+             \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {cidr} ip daddr != {cidr} masquerade\n\t}}\n\
+             \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip saddr {cidr} accept\n\t\tip daddr {cidr} ct state established,related accept\n\t}}\n}}\n"
+        );
+        let file = self.ipam.with_file_name("nat.nft");
+        self.os.write_file_atomic(&file, rules.as_bytes())?;
+        self.run("nft", &["-f", &file.to_string_lossy()])
+    }
+
+    fn netns(id: &str) -> String {
+        format!("atoll-{id}")
+    }
+
+    /// The host end's name: at most 15 bytes (IFNAMSIZ), unique per pod ID.
+    fn host_veth(id: &str) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("va{:012x}", h & 0xffff_ffff_ffff)
+    }
+
+    fn load(&self) -> Result<BTreeMap<String, String>, NetError> {
+        match self.os.read_file(&self.ipam)? {
+            None => Ok(BTreeMap::new()),
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| NetError::CorruptState { path: self.ipam.clone(), detail: e.to_string() }),
+        }
+    }
+
+    fn save(&self, map: &BTreeMap<String, String>) -> Result<(), NetError> {
+        let bytes = serde_json::to_vec_pretty(map).unwrap_or_default();
+        Ok(self.os.write_file_atomic(&self.ipam, &bytes)?)
+    }
+
+    fn allocate(&self, id: &str) -> Result<Ipv4Addr, NetError> {
+        let mut map = self.load()?;
+        if let Some(ip) = map.get(id).and_then(|ip| ip.parse().ok()) {
+            return Ok(ip);
+        }
+        let used: std::collections::HashSet<&str> = map.values().map(String::as_str).collect();
+        let ip = self
+            .cidr
+            .pod_addresses()
+            .find(|a| !used.contains(a.to_string().as_str()))
+            .ok_or_else(|| NetError::Exhausted(self.cidr.to_string()))?;
+        map.insert(id.to_string(), ip.to_string());
+        self.save(&map)?;
+        Ok(ip)
+    }
+
+    fn netns_path(id: &str) -> PathBuf {
+        Path::new("/run/netns").join(Self::netns(id))
+    }
+}
+
+impl PodNetwork for Bridge {
+    fn setup(&self, id: &str) -> Result<Attachment, NetError> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let ip = self.allocate(id)?;
+        let (ns, veth) = (Self::netns(id), Self::host_veth(id));
+        // Start from nothing: a half-made attachment (the agent died midway) is redone.
+        self.ip_quiet(&["link", "del", "dev", &veth]);
+        self.ip_quiet(&["netns", "del", &ns]);
+        let addr = format!("{ip}/{}", self.cidr.prefix);
+        let gw = self.cidr.gateway().to_string();
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &ns],
+            &["link", "add", "name", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+            &["link", "set", "dev", &veth, "master", &self.bridge, "up"],
+            &["-n", &ns, "link", "set", "dev", "lo", "up"],
+            &["-n", &ns, "addr", "add", &addr, "dev", "eth0"],
+            &["-n", &ns, "link", "set", "dev", "eth0", "up"],
+            &["-n", &ns, "route", "add", "default", "via", &gw],
+            &["link", "set", "dev", &veth, "up"],
+        ];
+        for step in steps {
+            self.ip(step).map_err(|e| NetError::Setup { pod: id.to_string(), detail: e.to_string() })?;
+        }
+        Ok(Attachment { mode: NetworkMode::Namespace(Self::netns_path(id)), ip: Some(ip.to_string()) })
+    }
+
+    fn teardown(&self, id: &str) -> Result<(), NetError> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.ip_quiet(&["link", "del", "dev", &Self::host_veth(id)]);
+        self.ip_quiet(&["netns", "del", &Self::netns(id)]);
+        let mut map = self.load()?;
+        if map.remove(id).is_some() {
+            self.save(&map)?;
+        }
+        Ok(())
+    }
+
+    fn attachment(&self, id: &str) -> Option<Attachment> {
+        let ip = self.load().ok()?.get(id).cloned()?;
+        Some(Attachment { mode: NetworkMode::Namespace(Self::netns_path(id)), ip: Some(ip) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::{Call, FakeOs};
+
+    #[test]
+    fn cidrs_parse_and_name_their_addresses() {
+        let c = Cidr::parse("10.88.7.9/16").unwrap();
+        assert_eq!(c.to_string(), "10.88.0.0/16");
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        let small = Cidr::parse("192.168.5.0/30").unwrap();
+        assert_eq!(small.pod_addresses().collect::<Vec<_>>(), vec![Ipv4Addr::new(192, 168, 5, 2)]);
+        for bad in ["10.88.0.0", "10.88.0.0/31", "x/16", "10.88.0.0/x", "::1/64"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_allocated_once_kept_and_released() {
+        let os = Arc::new(FakeOs::new("", vec![]));
+        let cidr = Cidr::parse("10.9.0.0/30").unwrap();
+        let net = Bridge::new(os.clone(), "br-t", cidr, Path::new("/state")).unwrap();
+        let a = net.setup("pod-a").unwrap();
+        assert_eq!(a.ip.as_deref(), Some("10.9.0.2"));
+        assert_eq!(a.mode, NetworkMode::Namespace("/run/netns/atoll-pod-a".into()));
+        // Repeated: the same address; the /30 has no second one.
+        assert_eq!(net.setup("pod-a").unwrap().ip, a.ip);
+        assert!(matches!(net.setup("pod-b"), Err(NetError::Exhausted(_))));
+        assert_eq!(net.attachment("pod-a"), Some(a));
+        net.teardown("pod-a").unwrap();
+        assert_eq!(net.attachment("pod-a"), None);
+        assert_eq!(net.setup("pod-b").unwrap().ip.as_deref(), Some("10.9.0.2"));
+        let runs: Vec<String> = os
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Run(v) => Some(v.join(" ")),
+                _ => None,
+            })
+            .collect();
+        assert!(runs.iter().any(|r| r.contains("nft -f /state/nat.nft")), "{runs:?}");
+        assert!(runs.iter().any(|r| r == "ip -n atoll-pod-a route add default via 10.9.0.1"), "{runs:?}");
+        assert!(runs.iter().any(|r| r == "ip netns del atoll-pod-a"), "{runs:?}");
+        assert!(Bridge::host_veth("a-very-long-pod-uid-0000-1111-2222").len() <= 15);
+    }
+}

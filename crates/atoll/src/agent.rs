@@ -1,0 +1,73 @@
+//! `atoll agent`: the node agent, as a client of the API server. Wiring only; the agent
+//! lives in `agent::daemon`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Kubeconfig to reach the API server with.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Context to use instead of the kubeconfig's current one.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The Node's name (default: this machine's hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The agent's folder: images/, runtime/, logs/.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// OCI runtime: crun, runc or a path.
+    #[arg(long, default_value = "crun")]
+    pub runtime: PathBuf,
+    /// Stop every container when the agent stops (by default they keep running and a
+    /// restarted agent adopts them).
+    #[arg(long)]
+    pub stop_pods_on_exit: bool,
+    /// The node bridge pods attach to.
+    #[arg(long, default_value = "atoll0")]
+    pub bridge: String,
+    /// The node's pod CIDR: the bridge takes its first address, pods the rest.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    /// Pods get a network namespace with loopback only (no bridge, no pod IP).
+    #[arg(long)]
+    pub loopback_only: bool,
+}
+
+/// The supervisor command: this very binary's `shim` subcommand.
+pub fn shim_command() -> Result<Vec<OsString>> {
+    Ok(vec![std::env::current_exe().context("finding our own binary")?.into(), "shim".into()])
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+pub fn network(loopback_only: bool, bridge: &str, cidr: &str) -> agent::daemon::NetworkConfig {
+    if loopback_only {
+        agent::daemon::NetworkConfig::LoopbackOnly
+    } else {
+        agent::daemon::NetworkConfig::Bridge { name: bridge.into(), cidr: cidr.into() }
+    }
+}
+
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let config = client::Config::from_kubeconfig(&args.kubeconfig, args.context.as_deref())
+        .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
+    let client = client::Client::new(config).context("setting up the API client")?;
+    let name = args.node_name.unwrap_or_else(hostname);
+    let mut cfg = agent::daemon::AgentConfig::new(&name, args.data_dir, shim_command()?);
+    cfg.runtime = args.runtime;
+    cfg.stop_pods_on_exit = args.stop_pods_on_exit;
+    cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
+    tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
+    agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
+    tracing::info!("node agent stopped");
+    Ok(())
+}
