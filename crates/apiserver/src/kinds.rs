@@ -260,7 +260,11 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
     if !api::request::is_dns_label(name) {
         return vec![FieldError::invalid("metadata.name", name, "a tenant name must be a DNS-1123 label")];
     }
-    Vec::new()
+    // The scheduler keeps an exclusive tenant's pods off nodes shared with other tenants.
+    match obj.pointer("/spec/exclusiveNodes") {
+        None | Some(Value::Bool(_)) | Some(Value::Null) => Vec::new(),
+        Some(other) => vec![FieldError::invalid("spec.exclusiveNodes", other, "must be a boolean")],
+    }
 }
 
 /// A pod's spec is fixed once created, except container images, the active deadline,

@@ -1,0 +1,207 @@
+//! The cluster as the decision core sees it, kept up to date one change at a time.
+//!
+//! Every node carries running totals of what its pods request, how many pods it holds per
+//! tenant and per owner, so a decision reads a node in O(1) (plus its taints and labels)
+//! and a pod placed or removed costs O(1): nothing is ever recomputed from all pods.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::model::{Node, Pod, PodKey, Resources};
+
+/// A node and the pods placed on it. A node that pods name but whose Node object is not
+/// (or no longer) known keeps their accounting with `node: None` and takes no new pods.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub name: Arc<str>,
+    pub node: Option<Node>,
+    pub requested: Resources,
+    /// CPU and memory as scoring counts them (non-zero defaults for pods that request
+    /// nothing).
+    pub scoring: (i64, i64),
+    pub pods: i64,
+    /// Pods per tenant on this node (few tenants per node, so a short list).
+    pub tenants: Vec<(Arc<str>, u32)>,
+    /// Pods per controlling owner (uid), for spreading.
+    pub owners: HashMap<Arc<str>, u32>,
+}
+
+impl NodeInfo {
+    fn empty(name: Arc<str>) -> NodeInfo {
+        NodeInfo {
+            name,
+            node: None,
+            requested: Resources::default(),
+            scoring: (0, 0),
+            pods: 0,
+            tenants: Vec::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    fn account(&mut self, pod: &Pod, sign: i64) {
+        self.requested.add(&pod.requests, sign);
+        let (cpu, mem) = pod.scoring_requests();
+        self.scoring.0 += sign * cpu;
+        self.scoring.1 += sign * mem;
+        self.pods += sign;
+        let tenant = &pod.key.tenant;
+        match self.tenants.iter().position(|(t, _)| t == tenant) {
+            Some(i) if sign < 0 => {
+                self.tenants[i].1 -= 1;
+                if self.tenants[i].1 == 0 {
+                    self.tenants.swap_remove(i);
+                }
+            }
+            Some(i) => self.tenants[i].1 += 1,
+            None if sign > 0 => self.tenants.push((tenant.clone(), 1)),
+            None => {}
+        }
+        if let Some(owner) = &pod.owner {
+            if sign > 0 {
+                *self.owners.entry(owner.clone()).or_default() += 1;
+            } else if let Some(n) = self.owners.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(owner);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.node.is_none() && self.pods == 0
+    }
+}
+
+/// The scheduler's view of the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub(crate) nodes: Vec<NodeInfo>,
+    index: HashMap<Arc<str>, usize>,
+    /// Nodes with a Node object (the "N" of "0/N nodes are available").
+    pub(crate) known_nodes: usize,
+    /// Where each placed pod is and what it was counted as.
+    placed: HashMap<PodKey, (Arc<str>, Arc<Pod>)>,
+    /// Tenants whose pods must not share nodes with other tenants' pods.
+    pub(crate) exclusive: HashSet<Arc<str>>,
+    /// Where the next decision starts looking, so equal nodes take turns.
+    pub(crate) start: usize,
+    /// This scheduler's name (empty: `default-scheduler`); pods naming another are not ours.
+    name: String,
+}
+
+impl Snapshot {
+    pub fn new() -> Snapshot {
+        Snapshot::default()
+    }
+
+    /// A snapshot for the scheduler called `name` (pods' `spec.schedulerName`).
+    pub fn named(name: &str) -> Snapshot {
+        Snapshot { name: name.to_string(), ..Snapshot::default() }
+    }
+
+    pub fn scheduler_name(&self) -> &str {
+        if self.name.is_empty() { crate::model::DEFAULT_SCHEDULER } else { &self.name }
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.known_nodes
+    }
+
+    /// The names of the nodes with a Node object.
+    pub fn node_names(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().filter(|n| n.node.is_some()).map(|n| &*n.name)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|&i| &self.nodes[i])
+    }
+
+    fn slot(&mut self, name: &Arc<str>) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        self.nodes.push(NodeInfo::empty(name.clone()));
+        self.index.insert(name.clone(), self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    fn drop_if_empty(&mut self, i: usize) {
+        if !self.nodes[i].is_empty() {
+            return;
+        }
+        let gone = self.nodes.swap_remove(i);
+        self.index.remove(&gone.name);
+        if let Some(moved) = self.nodes.get(i) {
+            self.index.insert(moved.name.clone(), i);
+        }
+    }
+
+    /// Adds or replaces a node; returns whether anything placement depends on changed.
+    pub fn upsert_node(&mut self, node: Node) -> bool {
+        let i = self.slot(&node.name.clone());
+        let slot = &mut self.nodes[i].node;
+        if slot.as_ref() == Some(&node) {
+            return false;
+        }
+        if slot.is_none() {
+            self.known_nodes += 1;
+        }
+        *slot = Some(node);
+        true
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(&i) = self.index.get(name) {
+            if self.nodes[i].node.take().is_some() {
+                self.known_nodes -= 1;
+            }
+            self.drop_if_empty(i);
+        }
+    }
+
+    /// Counts `pod` on `node` (bound, or assumed while its binding is in flight); a pod
+    /// placed before is moved.
+    pub fn place(&mut self, pod: Arc<Pod>, node: Arc<str>) {
+        self.unplace(&pod.key);
+        let i = self.slot(&node);
+        self.nodes[i].account(&pod, 1);
+        self.placed.insert(pod.key.clone(), (node, pod));
+    }
+
+    /// Stops counting a pod; returns the node it was on.
+    pub fn unplace(&mut self, key: &PodKey) -> Option<Arc<str>> {
+        let (node, pod) = self.placed.remove(key)?;
+        if let Some(&i) = self.index.get(&node) {
+            self.nodes[i].account(&pod, -1);
+            self.drop_if_empty(i);
+        }
+        Some(node)
+    }
+
+    pub fn placed_on(&self, key: &PodKey) -> Option<&Arc<str>> {
+        self.placed.get(key).map(|(n, _)| n)
+    }
+
+    pub fn placed_pods(&self) -> impl Iterator<Item = &PodKey> {
+        self.placed.keys()
+    }
+
+    /// Sets the exclusive tenants; returns whether the set changed.
+    pub fn set_exclusive(&mut self, tenants: HashSet<Arc<str>>) -> bool {
+        if tenants == self.exclusive {
+            return false;
+        }
+        self.exclusive = tenants;
+        true
+    }
+
+    /// Moves the start of the next search past the nodes this one examined (Kubernetes'
+    /// rotation), or one node on when it looked at them all.
+    pub fn advance(&mut self, examined: usize) {
+        let n = self.nodes.len().max(1);
+        let step = if examined >= n || examined == 0 { 1 } else { examined };
+        self.start = (self.start + step) % n;
+    }
+}
