@@ -14,6 +14,9 @@ pub enum BenchCommand {
     Store(StoreBenchArgs),
     /// API benchmark: creates, LIST and watch over HTTPS against a server process.
     Api(crate::bench_api::ApiBenchArgs),
+    /// Scheduler benchmark: the decision core alone, and the whole loop against an
+    /// in-process API server.
+    Scheduler(crate::bench_sched::SchedulerBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,6 +48,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Store(args) => store_bench(args).await,
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
+        BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
     }
 }
 

@@ -26,7 +26,7 @@ pub async fn run(args: ControllersArgs) -> Result<()> {
 }
 
 /// SIGINT or SIGTERM, whichever comes first.
-fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;

@@ -3,8 +3,10 @@
 mod admin;
 mod bench;
 mod bench_api;
+mod bench_sched;
 mod controllers;
 mod debug;
+mod sched;
 mod server;
 
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Run the controllers against an API server.
     Controllers(controllers::ControllersArgs),
+    /// Run the scheduler against an API server.
+    Scheduler(sched::SchedulerArgs),
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Controllers(args) => controllers::run(args).await,
+            Command::Scheduler(args) => sched::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,

@@ -172,8 +172,10 @@ pub fn schedule(snap: &Snapshot, pod: &Pod) -> Decision {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut why = Vec::new();
     let mut examined = 0;
+    let same_owner = pod.owner.as_ref().and_then(|o| snap.owners.get(o));
     for i in 0..total {
-        let node = &snap.nodes[(snap.start + i) % total];
+        let slot = (snap.start + i) % total;
+        let node = &snap.nodes[slot];
         examined += 1;
         let Some(n) = &node.node else { continue };
         why.clear();
@@ -187,7 +189,7 @@ pub fn schedule(snap: &Snapshot, pod: &Pod) -> Decision {
         feasible.push(Candidate {
             node,
             base: resource_scores(node, pod),
-            same_owner: pod.owner.as_ref().and_then(|o| node.owners.get(o).copied()).unwrap_or(0),
+            same_owner: same_owner.and_then(|m| m.get(&slot).copied()).unwrap_or(0),
             prefer_no_schedule: n.taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !pod.tolerates(t)).count()
                 as u32,
         });

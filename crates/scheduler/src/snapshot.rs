@@ -22,21 +22,11 @@ pub struct NodeInfo {
     pub pods: i64,
     /// Pods per tenant on this node (few tenants per node, so a short list).
     pub tenants: Vec<(Arc<str>, u32)>,
-    /// Pods per controlling owner (uid), for spreading.
-    pub owners: HashMap<Arc<str>, u32>,
 }
 
 impl NodeInfo {
     fn empty(name: Arc<str>) -> NodeInfo {
-        NodeInfo {
-            name,
-            node: None,
-            requested: Resources::default(),
-            scoring: (0, 0),
-            pods: 0,
-            tenants: Vec::new(),
-            owners: HashMap::new(),
-        }
+        NodeInfo { name, node: None, requested: Resources::default(), scoring: (0, 0), pods: 0, tenants: Vec::new() }
     }
 
     fn account(&mut self, pod: &Pod, sign: i64) {
@@ -57,16 +47,6 @@ impl NodeInfo {
             None if sign > 0 => self.tenants.push((tenant.clone(), 1)),
             None => {}
         }
-        if let Some(owner) = &pod.owner {
-            if sign > 0 {
-                *self.owners.entry(owner.clone()).or_default() += 1;
-            } else if let Some(n) = self.owners.get_mut(owner) {
-                *n -= 1;
-                if *n == 0 {
-                    self.owners.remove(owner);
-                }
-            }
-        }
     }
 
     fn is_empty(&self) -> bool {
@@ -77,8 +57,15 @@ impl NodeInfo {
 /// The scheduler's view of the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Nodes by slot. A slot keeps its node while the node exists or holds pods, so slot
+    /// numbers are stable; freed slots are reused.
     pub(crate) nodes: Vec<NodeInfo>,
     index: HashMap<Arc<str>, usize>,
+    free: Vec<usize>,
+    /// Pods per controlling owner (uid) per node slot, for spreading. Kept per owner (not
+    /// per node) so a decision reads one small map that stays in cache instead of probing
+    /// a map in every node it scores.
+    pub(crate) owners: HashMap<Arc<str>, HashMap<usize, u32>>,
     /// Nodes with a Node object (the "N" of "0/N nodes are available").
     pub(crate) known_nodes: usize,
     /// Where each placed pod is and what it was counted as.
@@ -122,19 +109,43 @@ impl Snapshot {
         if let Some(&i) = self.index.get(name) {
             return i;
         }
-        self.nodes.push(NodeInfo::empty(name.clone()));
-        self.index.insert(name.clone(), self.nodes.len() - 1);
-        self.nodes.len() - 1
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i] = NodeInfo::empty(name.clone());
+                i
+            }
+            None => {
+                self.nodes.push(NodeInfo::empty(name.clone()));
+                self.nodes.len() - 1
+            }
+        };
+        self.index.insert(name.clone(), i);
+        i
     }
 
     fn drop_if_empty(&mut self, i: usize) {
         if !self.nodes[i].is_empty() {
             return;
         }
-        let gone = self.nodes.swap_remove(i);
-        self.index.remove(&gone.name);
-        if let Some(moved) = self.nodes.get(i) {
-            self.index.insert(moved.name.clone(), i);
+        let name = std::mem::replace(&mut self.nodes[i].name, Arc::from(""));
+        self.index.remove(&name);
+        self.free.push(i);
+    }
+
+    fn count_owner(&mut self, pod: &Pod, slot: usize, sign: i64) {
+        let Some(owner) = &pod.owner else { return };
+        if sign > 0 {
+            *self.owners.entry(owner.clone()).or_default().entry(slot).or_default() += 1;
+        } else if let Some(per_node) = self.owners.get_mut(owner) {
+            if let Some(n) = per_node.get_mut(&slot) {
+                *n -= 1;
+                if *n == 0 {
+                    per_node.remove(&slot);
+                }
+            }
+            if per_node.is_empty() {
+                self.owners.remove(owner);
+            }
         }
     }
 
@@ -167,6 +178,7 @@ impl Snapshot {
         self.unplace(&pod.key);
         let i = self.slot(&node);
         self.nodes[i].account(&pod, 1);
+        self.count_owner(&pod, i, 1);
         self.placed.insert(pod.key.clone(), (node, pod));
     }
 
@@ -175,6 +187,7 @@ impl Snapshot {
         let (node, pod) = self.placed.remove(key)?;
         if let Some(&i) = self.index.get(&node) {
             self.nodes[i].account(&pod, -1);
+            self.count_owner(&pod, i, -1);
             self.drop_if_empty(i);
         }
         Some(node)

@@ -3,4 +3,5 @@
 mod controllers;
 mod crash;
 mod crd;
+mod scheduler;
 mod server;
