@@ -105,6 +105,7 @@ struct Loop {
     reports: Arc<Semaphore>,
     next_resync: Instant,
     stats: Stats,
+    started: Instant,
 }
 
 #[derive(Default, Debug)]
@@ -146,6 +147,7 @@ pub async fn run(client: Client, cfg: Config, shutdown: impl Future<Output = ()>
         tenants: HashMap::new(),
         synced: [false; 3],
         stats: Stats::default(),
+        started: Instant::now(),
     };
     tokio::pin!(shutdown);
     loop {
@@ -240,13 +242,20 @@ impl Loop {
                 for node in fresh {
                     self.snap.upsert_node(node);
                 }
-                self.synced[0] = true;
+                self.mark_synced(0, "nodes");
                 true
             }
         };
         if changed {
             self.cluster_changed();
         }
+    }
+
+    fn mark_synced(&mut self, i: usize, what: &str) {
+        if !self.synced[i] {
+            tracing::info!(after = ?self.started.elapsed(), "{what} listed");
+        }
+        self.synced[i] = true;
     }
 
     fn on_tenants(&mut self, event: Event) {
@@ -267,7 +276,7 @@ impl Loop {
             }
             Event::Restarted(items) => {
                 self.tenants = items.iter().filter_map(read).collect();
-                self.synced[2] = true;
+                self.mark_synced(2, "tenants");
             }
         }
         let exclusive = self.tenants.iter().filter(|(_, e)| **e).map(|(t, _)| Arc::from(t.as_str())).collect();
@@ -299,7 +308,7 @@ impl Loop {
                 for v in &items {
                     self.on_pod(v);
                 }
-                self.synced[1] = true;
+                self.mark_synced(1, "pods");
                 self.cluster_changed();
             }
         }
