@@ -86,6 +86,10 @@ struct Pending {
     /// The message of the pod's `PodScheduled=False` condition, so an unchanged one is not
     /// written again.
     condition: Option<String>,
+    /// The last `FailedScheduling` event recorded for the pod: name, count, message. A
+    /// repeat of the same message counts up on it (as Kubernetes' event correlator does)
+    /// rather than adding an object per attempt.
+    event: Option<(String, u32, String)>,
 }
 
 struct Loop {
@@ -368,6 +372,7 @@ impl Loop {
                     attempts: 0,
                     last_attempt: Instant::now(),
                     condition,
+                    event: None,
                 };
                 self.pending.insert(key.clone(), p);
                 self.active.push_back(key);
@@ -397,6 +402,7 @@ impl Loop {
             attempts: 1,
             last_attempt: Instant::now(),
             condition: None,
+            event: None,
         };
         self.pending.insert(key.clone(), p);
         self.start_backoff(key);
@@ -463,9 +469,14 @@ impl Loop {
                     p.waiting = Waiting::Unschedulable;
                     let write_condition = p.condition.as_deref() != Some(message.as_str());
                     p.condition = Some(message.clone());
+                    let event = match p.event.take() {
+                        Some((name, count, said)) if said == message => (name, count + 1),
+                        _ => (event_name(&key.name), 1),
+                    };
+                    p.event = Some((event.0.clone(), event.1, message.clone()));
                     tracing::debug!(pod = %key, %message, "unschedulable");
                     self.unschedulable.insert(key);
-                    self.spawn_report(pod, message, write_condition);
+                    self.spawn_report(pod, message, event, write_condition);
                 }
                 Decision::NotOurs(why) => {
                     tracing::debug!(pod = %key, why, "not scheduling");
@@ -493,7 +504,7 @@ impl Loop {
     }
 
     /// Records `FailedScheduling` on the pod and sets its `PodScheduled` condition.
-    fn spawn_report(&self, pod: Arc<Pod>, message: String, write_condition: bool) {
+    fn spawn_report(&self, pod: Arc<Pod>, message: String, (event_name, count): (String, u32), write_condition: bool) {
         let (client, sem) = (self.client.clone(), self.reports.clone());
         let component = self.snap.scheduler_name().to_string();
         tokio::spawn(async move {
@@ -502,10 +513,24 @@ impl Loop {
             let scope = Scope::tenant(&key.tenant).in_namespace(&key.namespace);
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let stamp = rfc3339(now.as_secs());
+            let events = Resource::events();
+            // A repeat counts up on the pod's last event; a new message, or a counted event
+            // that has gone meanwhile (events expire), makes a new one.
+            let counted = count > 1 && {
+                let repeat = Patch::Merge(json!({"count": count, "lastTimestamp": stamp}));
+                match client.patch(&events, &scope, &event_name, &repeat).await {
+                    Ok(_) => true,
+                    Err(e) if e.is_not_found() => false,
+                    Err(e) => {
+                        tracing::warn!(pod = %key, error = %e, "counting FailedScheduling failed");
+                        true
+                    }
+                }
+            };
             let event = json!({
                 "apiVersion": "v1",
                 "kind": "Event",
-                "metadata": {"name": format!("{}.{:x}", key.name, now.as_nanos()), "namespace": &*key.namespace},
+                "metadata": {"name": event_name, "namespace": &*key.namespace},
                 "involvedObject": {
                     "apiVersion": "v1", "kind": "Pod", "name": &*key.name, "namespace": &*key.namespace, "uid": pod.uid,
                 },
@@ -516,9 +541,9 @@ impl Loop {
                 "reportingComponent": component,
                 "firstTimestamp": stamp,
                 "lastTimestamp": stamp,
-                "count": 1,
+                "count": count,
             });
-            if let Err(e) = client.create(&Resource::events(), &scope, &event).await {
+            if !counted && let Err(e) = client.create(&events, &scope, &event).await {
                 tracing::warn!(pod = %key, error = %e, "recording FailedScheduling failed");
             }
             if write_condition {
@@ -538,6 +563,12 @@ impl Loop {
             }
         });
     }
+}
+
+/// A new event's name: the pod's and the time in nanoseconds, as Kubernetes' recorder does.
+fn event_name(pod: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{pod}.{nanos:x}")
 }
 
 /// Seconds since the epoch as RFC 3339 in UTC, as Kubernetes writes timestamps.

@@ -148,6 +148,18 @@ async fn pods_are_placed_by_resources_selectors_and_taints_and_retried_when_a_no
         until("huge's PodScheduled condition", || async { Ok(condition(&c.get(&pods, &ns, "huge").await?)) }).await?;
     ensure!(status == "False" && reason == "Unschedulable" && message == want, "{status} {reason} {message}");
 
+    // A change that does not help (a new label): retried, and the same reason counts up on
+    // the same event instead of adding one per attempt.
+    let label = Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}}));
+    c.patch(&Resource::nodes(), &Scope::own(), "small", &label).await?;
+    let events = until("the event to count a second attempt", || async {
+        let params = ListParams { field_selector: Some("involvedObject.name=huge".into()), ..ListParams::default() };
+        let events = c.list(&Resource::events(), &ns, &params).await?.items;
+        Ok(events.iter().any(|e| e["count"].as_u64() >= Some(2)).then_some(events))
+    })
+    .await?;
+    ensure!(events.len() == 1, "one event for one reason: {events:?}");
+
     // A node that fits arrives: the pod is retried and bound there, and marked scheduled.
     add_node(c, "huge-node", "32", 110, json!({}), json!({})).await?;
     ensure!(node_of(c, &ns, "huge").await? == "huge-node");
