@@ -139,20 +139,29 @@ struct Candidate<'a> {
 fn resource_scores(node: &NodeInfo, pod: &Pod) -> i64 {
     let Some(n) = &node.node else { return 0 };
     let (cpu, mem) = pod.scoring_requests();
-    let after = [(node.scoring.0 + cpu, n.allocatable.cpu), (node.scoring.1 + mem, n.allocatable.memory)];
-    // Least allocated: the free share left after placing the pod, averaged.
-    let least: i64 = after.iter().map(|&(u, a)| if a <= 0 { 0 } else { ((a - u).max(0) * 100) / a }).sum::<i64>() / 2;
+    let after = [
+        (node.scoring.0 + cpu, n.allocatable.cpu, node.per_cent.0),
+        (node.scoring.1 + mem, n.allocatable.memory, node.per_cent.1),
+    ];
+    // Least allocated: the free share (in per cent) left after placing the pod, averaged.
+    // The small epsilon keeps exact shares (e.g. 50%) from rounding down to one less.
+    let free = |(u, a, pc): (i64, i64, f64)| if a <= 0 { 0 } else { ((a - u).max(0) as f64 * pc + 1e-9) as i64 };
+    let least = (free(after[0]) + free(after[1])) / 2;
     // Balanced: CPU and memory used in equal shares score highest (100 minus the standard
     // deviation of the two fractions, which for two values is half their difference).
-    let frac = |(u, a): (i64, i64)| if a <= 0 { 1.0 } else { (u as f64 / a as f64).min(1.0) };
-    let std = (frac(after[0]) - frac(after[1])).abs() / 2.0;
+    let used = |(u, a, pc): (i64, i64, f64)| if a <= 0 { 1.0 } else { (u as f64 * pc / 100.0).min(1.0) };
+    let std = (used(after[0]) - used(after[1])).abs() / 2.0;
     let balanced = ((1.0 - std) * 100.0) as i64;
     least * WEIGHT_LEAST_ALLOCATED + balanced * WEIGHT_BALANCED
 }
 
-/// Scores 0..=100 that favour the lowest count: `(max - count) * 100 / max`.
-fn reverse_normalized(count: u32, max: u32) -> i64 {
-    if max == 0 { 100 } else { i64::from(max - count) * 100 / i64::from(max) }
+/// Scores 0..=100 that favour the lowest count, `(max - count) * 100 / max`, with
+/// `factor = 100 / max` computed once per decision (`None`: every count is 0, all score 100).
+fn reverse_normalized(count: u32, max: u32, factor: Option<f64>) -> i64 {
+    match factor {
+        None => 100,
+        Some(f) => (f64::from(max - count) * f + 1e-9) as i64,
+    }
 }
 
 /// Where `pod` goes in `snap`.
@@ -202,12 +211,14 @@ pub fn schedule(snap: &Snapshot, pod: &Pod) -> Decision {
     }
     let max_owner = feasible.iter().map(|c| c.same_owner).max().unwrap_or(0);
     let max_taints = feasible.iter().map(|c| c.prefer_no_schedule).max().unwrap_or(0);
+    let factor = |max: u32| (max > 0).then(|| 100.0 / f64::from(max));
+    let (owner_factor, taint_factor) = (factor(max_owner), factor(max_taints));
     // The first of the best in search order: the rotating start makes equals take turns.
     let mut best: Option<(i64, &NodeInfo)> = None;
     for c in &feasible {
         let score = c.base
-            + WEIGHT_SPREAD * reverse_normalized(c.same_owner, max_owner)
-            + WEIGHT_TAINTS * reverse_normalized(c.prefer_no_schedule, max_taints);
+            + WEIGHT_SPREAD * reverse_normalized(c.same_owner, max_owner, owner_factor)
+            + WEIGHT_TAINTS * reverse_normalized(c.prefer_no_schedule, max_taints, taint_factor);
         if best.is_none_or(|(s, _)| score > s) {
             best = Some((score, c.node));
         }

@@ -383,3 +383,14 @@ fn large_clusters_score_a_share_of_nodes() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn multiplying_by_a_reciprocal_scores_as_integer_division_does() {
+    for max in 1..=500u32 {
+        let factor = Some(100.0 / f64::from(max));
+        for count in 0..=max {
+            assert_eq!(reverse_normalized(count, max, factor), i64::from(max - count) * 100 / i64::from(max));
+        }
+    }
+    assert_eq!(reverse_normalized(0, 0, None), 100);
+}
