@@ -231,3 +231,74 @@ impl Snapshot {
         self.start = (self.start + step) % n;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(name: &str) -> Node {
+        Node::from_json(&json!({"metadata": {"name": name}, "status": {
+            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
+            "conditions": [{"type": "Ready", "status": "True"}]}}))
+        .unwrap()
+    }
+
+    fn pod(tenant: &str, name: &str, cpu: &str) -> Arc<Pod> {
+        Arc::new(
+            Pod::from_json(&json!({
+                "metadata": {"tenant": tenant, "namespace": "ns", "name": name,
+                    "ownerReferences": [{"uid": "rs", "controller": true}]},
+                "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Node name, requested CPU, pods, tenants, the owner's count there.
+    fn state(s: &Snapshot, name: &str) -> Option<(i64, i64, Vec<String>, u32)> {
+        let i = *s.index.get(name)?;
+        let n = &s.nodes[i];
+        let mut tenants: Vec<String> = n.tenants.iter().map(|(t, c)| format!("{t}={c}")).collect();
+        tenants.sort();
+        let owned = s.owners.get("rs").and_then(|m| m.get(&i)).copied().unwrap_or(0);
+        Some((n.requested.cpu, n.pods, tenants, owned))
+    }
+
+    #[test]
+    fn placing_and_removing_keeps_running_totals() {
+        let mut s = Snapshot::new();
+        assert!(s.upsert_node(node("a")));
+        assert!(!s.upsert_node(node("a")), "an unchanged node is no change");
+        s.upsert_node(node("b"));
+        s.place(pod("t1", "p1", "1"), "a".into());
+        s.place(pod("t2", "p2", "500m"), "a".into());
+        assert_eq!(state(&s, "a"), Some((1500, 2, vec!["t1=1".into(), "t2=1".into()], 2)));
+        // Placing again moves the pod (an assumed pod confirmed on another node).
+        s.place(pod("t1", "p1", "1"), "b".into());
+        assert_eq!(state(&s, "a"), Some((500, 1, vec!["t2=1".into()], 1)));
+        assert_eq!(state(&s, "b"), Some((1000, 1, vec!["t1=1".into()], 1)));
+        // A pod on a node not (yet) known is counted there; the node takes no decisions.
+        s.place(pod("t1", "p3", "2"), "ghost".into());
+        assert_eq!(s.node_count(), 2);
+        assert_eq!(state(&s, "ghost"), Some((2000, 1, vec!["t1=1".into()], 1)));
+        // A removed node keeps its pods' accounting until they go, then its slot is reused.
+        s.remove_node("a");
+        assert_eq!(s.node_count(), 1);
+        assert_eq!(state(&s, "a"), Some((500, 1, vec!["t2=1".into()], 1)));
+        assert_eq!(s.unplace(&pod("t2", "p2", "").key).as_deref(), Some("a"));
+        assert_eq!(state(&s, "a"), None);
+        let slots = s.nodes.len();
+        s.upsert_node(node("c"));
+        assert_eq!(s.nodes.len(), slots, "the freed slot is reused");
+        assert_eq!(state(&s, "c"), Some((0, 0, vec![], 0)));
+        s.unplace(&pod("t1", "p1", "").key);
+        s.unplace(&pod("t1", "p3", "").key);
+        assert!(s.owners.is_empty(), "{:?}", s.owners);
+        assert_eq!(s.unplace(&pod("t1", "p1", "").key), None);
+        let mut names: Vec<&str> = s.node_names().collect();
+        names.sort();
+        assert_eq!(names, ["b", "c"]);
+    }
+}
