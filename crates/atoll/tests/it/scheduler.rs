@@ -23,7 +23,8 @@ impl Drop for Proc {
 fn node_manifest(name: &str, taint: bool) -> String {
     let taints = if taint { "  taints:\n  - key: dedicated\n    value: infra\n    effect: NoSchedule\n" } else { "" };
     format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\nspec:\n{taints}"
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n\
+         spec:\n{taints}"
     )
 }
 
@@ -31,9 +32,13 @@ fn node_manifest(name: &str, taint: bool) -> String {
 /// (the status subresource): `cpu` cores, Ready.
 fn add_node(k: &Kubectl, name: &str, cpu: &str, taint: bool) -> Result<()> {
     k.ok_with(&["create", "-f", "-"], Some(&node_manifest(name, taint)))?;
-    let status = format!(
-        r#"{{"status":{{"capacity":{{"cpu":"{cpu}","memory":"8Gi","pods":"110"}},"allocatable":{{"cpu":"{cpu}","memory":"8Gi","pods":"110"}},"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady"}}]}}}}"#
-    );
+    let resources = serde_json::json!({"cpu": cpu, "memory": "8Gi", "pods": "110"});
+    let status = serde_json::json!({"status": {
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+    }})
+    .to_string();
     k.ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status])?;
     Ok(())
 }
@@ -78,8 +83,10 @@ fn the_scheduler_binds_pods_and_explains_when_nothing_fits() -> Result<()> {
         k.ok(&["get", "pod", "web", "-o", r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].status}"#])?;
     ensure!(scheduled == "True", "{scheduled}");
 
-    let overrides = r#"{"spec":{"containers":[{"name":"huge","image":"busybox","args":["sleep","3600"],"resources":{"requests":{"cpu":"64"}}}]}}"#;
-    k.ok(&["run", "huge", "--image=busybox", "--overrides", overrides])?;
+    let overrides = serde_json::json!({"spec": {"containers": [{"name": "huge", "image": "busybox",
+        "args": ["sleep", "3600"], "resources": {"requests": {"cpu": "64"}}}]}})
+    .to_string();
+    k.ok(&["run", "huge", "--image=busybox", "--overrides", &overrides])?;
     let want = "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: infra}.";
     let described = eventually(&k, &["describe", "pod", "huge"], |d| d.contains("FailedScheduling"))?;
     ensure!(described.contains(want), "kubectl describe pod huge:\n{described}");

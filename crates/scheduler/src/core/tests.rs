@@ -54,6 +54,12 @@ fn with(mut v: Value, patch: Value) -> Value {
     v
 }
 
+/// One node selector term of one expression.
+fn term(key: &str, op: &str, values: &[&str]) -> Value {
+    let expression = json!({"key": key, "operator": op, "values": values});
+    json!([{"matchExpressions": [expression]}])
+}
+
 struct Cluster {
     snap: Snapshot,
 }
@@ -164,7 +170,7 @@ fn selectors_and_affinity() {
                 "nodeSelectorTerms": terms}}}}}),
         )
     };
-    let expr = |key: &str, op: &str, values: &[&str]| json!([{"matchExpressions": [{"key": key, "operator": op, "values": values}]}]);
+    let expr = |key: &str, op: &str, values: &[&str]| term(key, op, values);
     check(
         &[
             ("nodeSelector", &c, selector(json!({"disk": "hdd"}))),
