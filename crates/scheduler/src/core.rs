@@ -92,7 +92,9 @@ fn filter(node: &NodeInfo, pod: &Pod, snap: &Snapshot, out: &mut Vec<String>) {
         return;
     }
     let tenant = &pod.key.tenant;
-    if &**tenant != SYSTEM_TENANT {
+    // Without exclusive tenants there is nothing to check; skipping also spares reading
+    // every node's tenant list (a cache miss per node).
+    if !snap.exclusive.is_empty() && &**tenant != SYSTEM_TENANT {
         let others = node.tenants.iter().map(|(t, _)| t).filter(|t| *t != tenant && &***t != SYSTEM_TENANT);
         let mine_exclusive = snap.exclusive.contains(tenant);
         for other in others {
