@@ -595,6 +595,18 @@ impl Api {
                     return Err(conflict(format!("pod {name} is being deleted, cannot be assigned to a host")));
                 }
                 pod["spec"]["nodeName"] = json!(node);
+                // As in Kubernetes, binding marks the pod scheduled (replacing a scheduler's
+                // earlier `PodScheduled=False`).
+                let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                    "lastTransitionTime": crate::registry::object::now_rfc3339()});
+                let mut conditions: Vec<Value> =
+                    pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+                conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+                conditions.push(scheduled);
+                if !pod.get("status").is_some_and(Value::is_object) {
+                    pod["status"] = json!({});
+                }
+                pod["status"]["conditions"] = Value::Array(conditions);
                 Ok(())
             })
             .await

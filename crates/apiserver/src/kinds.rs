@@ -345,6 +345,11 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
         }
         Some(other) => errors.push(FieldError::invalid("spec.admins", other, "must be a list of user names")),
     }
+    // The scheduler keeps an exclusive tenant's pods off nodes shared with other tenants.
+    match obj.pointer("/spec/exclusiveNodes") {
+        None | Some(Value::Bool(_)) | Some(Value::Null) => {}
+        Some(other) => errors.push(FieldError::invalid("spec.exclusiveNodes", other, "must be a boolean")),
+    }
     errors
 }
 

@@ -18,6 +18,9 @@ pub enum BenchCommand {
     Container(crate::bench_container::ContainerBenchArgs),
     /// Authorization benchmark: the RBAC index's per-request cost against a store read.
     Authz(crate::bench_authz::AuthzBenchArgs),
+    /// Scheduler benchmark: the decision core alone, and the whole loop against an
+    /// in-process API server.
+    Scheduler(crate::bench_sched::SchedulerBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +54,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
         BenchCommand::Container(args) => tokio::task::spawn_blocking(move || crate::bench_container::run(args)).await?,
         BenchCommand::Authz(args) => crate::bench_authz::run(args).await,
+        BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
     }
 }
 

@@ -6,9 +6,11 @@ mod bench;
 mod bench_api;
 mod bench_authz;
 mod bench_container;
+mod bench_sched;
 mod controllers;
 mod debug;
 mod image;
+mod sched;
 mod server;
 mod up;
 
@@ -37,6 +39,8 @@ enum Command {
     Controllers(controllers::ControllersArgs),
     /// Run the node agent: register this machine as a Node and run the pods bound to it.
     Agent(agent::AgentArgs),
+    /// Run the scheduler against an API server.
+    Scheduler(sched::SchedulerArgs),
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Controllers(args) => controllers::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Scheduler(args) => sched::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),

@@ -1,8 +1,8 @@
 //! `atoll up`: a whole cluster on this machine in one process: the API server on the
-//! embedded store (or etcd) and the controllers, which reach it over HTTPS like any
-//! client, and the node agent for this machine (node name = hostname unless told, data in
-//! `<data-dir>/agent`), which stops its containers when `up` stops and makes them again
-//! on the next start. The scheduler joins it as it lands.
+//! embedded store (or etcd); the controllers and the scheduler, which reach it over HTTPS
+//! like any client; and the node agent for this machine (node name = hostname unless
+//! told, data in `<data-dir>/agent`), which stops its containers when `up` stops and makes
+//! them again on the next start.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -55,6 +55,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     let server_task = tokio::spawn(server.run(when_stopped(stopped.clone())));
     let controllers_task = tokio::spawn(controllers::run_all(client.clone(), when_stopped(stopped.clone())));
+    let scheduler_task =
+        tokio::spawn(scheduler::run(client.clone(), scheduler::Config::default(), when_stopped(stopped.clone())));
     let agent_task = if args.no_agent {
         None
     } else {
@@ -99,8 +101,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
             let _ = stop.send(true);
         }
     }
-    // The controllers finish what they are doing while the server still answers them.
+    // The controllers and the scheduler finish what they are doing while the server still
+    // answers them.
     let _ = controllers_task.await;
+    let _ = scheduler_task.await;
     let _ = server_task.await;
     tracing::info!("stopped");
     match agent_failed {

@@ -458,6 +458,33 @@ impl Client {
         self.call(Method::PUT, &path, Self::json_body(obj)).await
     }
 
+    /// Creates (POSTs) to a subresource, e.g. a pod's `binding`.
+    pub async fn create_subresource(
+        &self,
+        resource: &Resource,
+        scope: &Scope,
+        name: &str,
+        subresource: &str,
+        obj: &Value,
+    ) -> Result<Value, Error> {
+        let path = Self::object_path(resource, scope, Some(name), Some(subresource))?;
+        self.call(Method::POST, &path, Self::json_body(obj)).await
+    }
+
+    /// Patches a subresource, e.g. `status`.
+    pub async fn patch_subresource(
+        &self,
+        resource: &Resource,
+        scope: &Scope,
+        name: &str,
+        subresource: &str,
+        patch: &Patch,
+    ) -> Result<Value, Error> {
+        let body = serde_json::to_vec(patch.body()).unwrap_or_default();
+        let path = Self::object_path(resource, scope, Some(name), Some(subresource))?;
+        self.call(Method::PATCH, &path, Some((patch.content_type(), body))).await
+    }
+
     pub async fn patch(&self, resource: &Resource, scope: &Scope, name: &str, patch: &Patch) -> Result<Value, Error> {
         let body = serde_json::to_vec(patch.body()).unwrap_or_default();
         let path = Self::object_path(resource, scope, Some(name), None)?;

@@ -25,6 +25,15 @@ impl Resource {
     pub fn config_maps() -> Resource {
         Resource::new("", "v1", "configmaps", true)
     }
+    pub fn pods() -> Resource {
+        Resource::new("", "v1", "pods", true)
+    }
+    pub fn nodes() -> Resource {
+        Resource::new("", "v1", "nodes", false)
+    }
+    pub fn events() -> Resource {
+        Resource::new("", "v1", "events", true)
+    }
     /// `atoll.io/v1` Tenants: cluster-scoped, kept in the system tenant.
     pub fn tenants() -> Resource {
         Resource::new("atoll.io", "v1", "tenants", false)

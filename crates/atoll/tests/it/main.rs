@@ -5,5 +5,6 @@ mod crash;
 mod crd;
 mod image;
 mod rbac;
+mod scheduler;
 mod server;
 mod up;

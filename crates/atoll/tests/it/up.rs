@@ -128,6 +128,21 @@ fn atoll_up_registers_its_node_and_runs_a_bound_pod() -> Result<()> {
     ensure!(wide.contains("Completed") && wide.contains(node), "{wide}");
     let ip = k.ok(&["get", "pod", "hello", "-o", "jsonpath={.status.podIP}"])?;
     ensure!(ip.starts_with(cidr.rsplit_once('.').unwrap().0), "podIP {ip:?} not in {cidr}");
+    // Without a node named, the scheduler places the pod: `kubectl run` as a user would.
+    k.ok(&[
+        "run",
+        "scheduled",
+        "--image=busybox",
+        "--image-pull-policy=IfNotPresent",
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "echo placed by the scheduler",
+    ])?;
+    k.ok(&["wait", "pod/scheduled", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=60s"])?;
+    let placed = k.ok(&["get", "pod", "scheduled", "-o", "jsonpath={.spec.nodeName}"])?;
+    ensure!(placed == node, "the scheduler placed the pod on {placed:?}, not {node}");
     let stopped = stop(cluster);
     let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
     let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();

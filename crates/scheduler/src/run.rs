@@ -1,0 +1,600 @@
+//! The scheduling loop: watches in, bindings and reports out.
+//!
+//! One task owns the [`Snapshot`] and the queues, so nothing is locked: the watchers (nodes
+//! in the system tenant, pods of every tenant, tenants) and the binding tasks send it
+//! [`Input`]s over one channel. It decides for pending pods in batches between inputs;
+//! every HTTP call (binding, event, status) runs in a task of its own, bounded by a
+//! semaphore, so decisions never wait on a round trip.
+//!
+//! A pod being bound counts as placed on its node ("assumed") from the decision on, so the
+//! next decisions see its requests; the pod's watch event with `spec.nodeName` replaces the
+//! assumption, and a failed binding undoes it.
+//!
+//! A pod that fits nowhere waits in the unschedulable set until the cluster changes in a
+//! way that may let it fit (a node added or changed, a placed pod gone, a tenant's
+//! exclusivity changed), or at the latest `Config::resync`; it is then retried after its
+//! back-off (1 s doubling to 10 s per failed attempt, as kube-scheduler).
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use client::{Client, Patch, Resource, Scope};
+use controllers::watcher::{ApiSource, Event, Watcher};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::core::{Decision, schedule};
+use crate::model::{Node, Pod, PodKey, SYSTEM_TENANT};
+use crate::snapshot::Snapshot;
+
+/// How the loop runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Pods whose `spec.schedulerName` is this (or empty, for `default-scheduler`).
+    pub name: String,
+    /// Binding requests in flight at once.
+    pub bind_concurrency: usize,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Unschedulable pods are retried at least this often, changes or not.
+    pub resync: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            name: crate::model::DEFAULT_SCHEDULER.into(),
+            bind_concurrency: 256,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            resync: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Pods decided per turn before the loop looks at its inputs again.
+const BATCH: usize = 512;
+/// Events and status updates in flight at once.
+const REPORT_CONCURRENCY: usize = 32;
+
+/// What the loop hears.
+enum Input {
+    Nodes(Event),
+    Pods(Event),
+    Tenants(Event),
+    Bound { key: PodKey, result: Result<(), client::Error> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// In the active queue.
+    Active,
+    /// Waiting for its back-off to end.
+    Backoff,
+    /// Fit nowhere; waits for a cluster change.
+    Unschedulable,
+}
+
+struct Pending {
+    pod: Arc<Pod>,
+    waiting: Waiting,
+    attempts: u32,
+    last_attempt: Instant,
+    /// The message of the pod's `PodScheduled=False` condition, so an unchanged one is not
+    /// written again.
+    condition: Option<String>,
+    /// The last `FailedScheduling` event recorded for the pod: name, count, message. A
+    /// repeat of the same message counts up on it (as Kubernetes' event correlator does)
+    /// rather than adding an object per attempt.
+    event: Option<(String, u32, String)>,
+}
+
+struct Loop {
+    cfg: Config,
+    client: Client,
+    tx: mpsc::Sender<Input>,
+    snap: Snapshot,
+    pending: HashMap<PodKey, Pending>,
+    active: VecDeque<PodKey>,
+    backoff: BTreeSet<(Instant, PodKey)>,
+    unschedulable: HashSet<PodKey>,
+    /// Pods decided and being bound (or bound, until the watch says so): their node, the pod.
+    assumed: HashMap<PodKey, (Arc<str>, Arc<Pod>)>,
+    tenants: HashMap<String, bool>,
+    synced: [bool; 3],
+    binds: Arc<Semaphore>,
+    reports: Arc<Semaphore>,
+    next_resync: Instant,
+    stats: Stats,
+    started: Instant,
+}
+
+#[derive(Default, Debug)]
+struct Stats {
+    decided: u64,
+    bound: u64,
+    unschedulable: u64,
+    bind_failures: u64,
+}
+
+/// Runs the scheduler over `client` until `shutdown` resolves.
+pub async fn run(client: Client, cfg: Config, shutdown: impl Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::channel(4096);
+    let watches = [
+        spawn_watch(client.clone(), Resource::nodes(), Scope::tenant(SYSTEM_TENANT), "nodes", tx.clone(), Input::Nodes),
+        spawn_watch(client.clone(), Resource::pods(), Scope::all_tenants(), "pods", tx.clone(), Input::Pods),
+        spawn_watch(
+            client.clone(),
+            Resource::tenants(),
+            Scope::tenant(SYSTEM_TENANT),
+            "tenants",
+            tx.clone(),
+            Input::Tenants,
+        ),
+    ];
+    let mut state = Loop {
+        binds: Arc::new(Semaphore::new(cfg.bind_concurrency.max(1))),
+        reports: Arc::new(Semaphore::new(REPORT_CONCURRENCY)),
+        snap: Snapshot::named(&cfg.name),
+        next_resync: Instant::now() + cfg.resync,
+        cfg,
+        client,
+        tx,
+        pending: HashMap::new(),
+        active: VecDeque::new(),
+        backoff: BTreeSet::new(),
+        unschedulable: HashSet::new(),
+        assumed: HashMap::new(),
+        tenants: HashMap::new(),
+        synced: [false; 3],
+        stats: Stats::default(),
+        started: Instant::now(),
+    };
+    tokio::pin!(shutdown);
+    loop {
+        // Take in everything that has arrived before deciding, so decisions see it.
+        while let Ok(input) = rx.try_recv() {
+            state.handle(input);
+        }
+        let now = Instant::now();
+        state.release_due(now);
+        if now >= state.next_resync {
+            state.next_resync = now + state.cfg.resync;
+            state.cluster_changed();
+        }
+        if state.synced.iter().all(|s| *s) && !state.active.is_empty() {
+            state.decide_some(BATCH);
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let wake = state.backoff.first().map(|(t, _)| *t).unwrap_or(state.next_resync).min(state.next_resync);
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            input = rx.recv() => match input {
+                Some(input) => state.handle(input),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+    for w in watches {
+        w.abort();
+    }
+    tracing::info!(stats = ?state.stats, "scheduler stopped");
+}
+
+fn spawn_watch(
+    client: Client,
+    resource: Resource,
+    scope: Scope,
+    what: &'static str,
+    tx: mpsc::Sender<Input>,
+    wrap: fn(Event) -> Input,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut watcher = Watcher::new(ApiSource::new(client, resource, scope), what);
+        loop {
+            let event = watcher.next().await;
+            if tx.send(wrap(event)).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// The message of a pod's `PodScheduled=False` condition, if it has one.
+fn scheduled_condition(v: &Value) -> Option<String> {
+    v.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled"))
+        .filter(|c| c.get("status").and_then(Value::as_str) == Some("False"))
+        .map(|c| c.get("message").and_then(Value::as_str).unwrap_or("").to_string())
+}
+
+impl Loop {
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Nodes(event) => self.on_nodes(event),
+            Input::Pods(event) => self.on_pods(event),
+            Input::Tenants(event) => self.on_tenants(event),
+            Input::Bound { key, result } => self.on_bound(key, result),
+        }
+    }
+
+    fn on_nodes(&mut self, event: Event) {
+        let changed = match event {
+            Event::Applied(v) => Node::from_json(&v).is_some_and(|n| self.snap.upsert_node(n)),
+            Event::Deleted(v) => {
+                if let Some(name) = v.pointer("/metadata/name").and_then(Value::as_str) {
+                    self.snap.remove_node(name);
+                }
+                false
+            }
+            Event::Restarted(items) => {
+                let fresh: Vec<Node> = items.iter().filter_map(Node::from_json).collect();
+                let names: HashSet<&str> = fresh.iter().map(|n| &*n.name).collect();
+                let gone: Vec<String> =
+                    self.snap.node_names().filter(|n| !names.contains(n)).map(str::to_string).collect();
+                for name in gone {
+                    self.snap.remove_node(&name);
+                }
+                for node in fresh {
+                    self.snap.upsert_node(node);
+                }
+                self.mark_synced(0, "nodes");
+                true
+            }
+        };
+        if changed {
+            self.cluster_changed();
+        }
+    }
+
+    fn mark_synced(&mut self, i: usize, what: &str) {
+        if !self.synced[i] {
+            tracing::info!(after = ?self.started.elapsed(), "{what} listed");
+        }
+        self.synced[i] = true;
+    }
+
+    fn on_tenants(&mut self, event: Event) {
+        let read = |v: &Value| {
+            let name = v.pointer("/metadata/name").and_then(Value::as_str)?.to_string();
+            Some((name, v.pointer("/spec/exclusiveNodes").and_then(Value::as_bool).unwrap_or(false)))
+        };
+        match event {
+            Event::Applied(v) => {
+                if let Some((name, exclusive)) = read(&v) {
+                    self.tenants.insert(name, exclusive);
+                }
+            }
+            Event::Deleted(v) => {
+                if let Some((name, _)) = read(&v) {
+                    self.tenants.remove(&name);
+                }
+            }
+            Event::Restarted(items) => {
+                self.tenants = items.iter().filter_map(read).collect();
+                self.mark_synced(2, "tenants");
+            }
+        }
+        let exclusive = self.tenants.iter().filter(|(_, e)| **e).map(|(t, _)| Arc::from(t.as_str())).collect();
+        if self.snap.set_exclusive(exclusive) {
+            self.cluster_changed();
+        }
+    }
+
+    fn on_pods(&mut self, event: Event) {
+        match event {
+            Event::Applied(v) => self.on_pod(&v),
+            Event::Deleted(v) => {
+                if let Some(pod) = Pod::from_json(&v) {
+                    self.forget(&pod.key);
+                }
+            }
+            Event::Restarted(items) => {
+                let keys: HashSet<PodKey> = items.iter().filter_map(Pod::from_json).map(|p| p.key).collect();
+                let gone: Vec<PodKey> = self
+                    .snap
+                    .placed_pods()
+                    .chain(self.pending.keys())
+                    .filter(|k| !keys.contains(*k) && !self.assumed.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.forget(&key);
+                }
+                for v in &items {
+                    self.on_pod(v);
+                }
+                self.mark_synced(1, "pods");
+                self.cluster_changed();
+            }
+        }
+    }
+
+    /// A pod that is gone: its node has room again.
+    fn forget(&mut self, key: &PodKey) {
+        self.pending.remove(key);
+        self.unschedulable.remove(key);
+        self.assumed.remove(key);
+        if self.snap.unplace(key).is_some() {
+            self.cluster_changed();
+        }
+    }
+
+    fn on_pod(&mut self, v: &Value) {
+        let Some(pod) = Pod::from_json(v) else { return };
+        let key = pod.key.clone();
+        if pod.terminal {
+            // Finished pods no longer hold their node's resources.
+            self.forget(&key);
+            return;
+        }
+        if let Some(node) = pod.node_name.clone() {
+            self.pending.remove(&key);
+            self.unschedulable.remove(&key);
+            self.assumed.remove(&key);
+            self.snap.place(Arc::new(pod), node);
+            return;
+        }
+        if self.assumed.contains_key(&key) {
+            // Our binding is under way; this is an older state of the pod.
+            return;
+        }
+        if pod.deleting || pod.scheduler_name != self.snap.scheduler_name() {
+            self.pending.remove(&key);
+            self.unschedulable.remove(&key);
+            return;
+        }
+        let condition = scheduled_condition(v);
+        match self.pending.get_mut(&key) {
+            Some(p) => {
+                p.condition = condition;
+                // Only a change to the pod itself (not our own status writes) retries it.
+                if *p.pod != pod {
+                    p.pod = Arc::new(pod);
+                    if p.waiting == Waiting::Unschedulable {
+                        self.unschedulable.remove(&key);
+                        self.start_backoff(key);
+                    }
+                }
+            }
+            None => {
+                let p = Pending {
+                    pod: Arc::new(pod),
+                    waiting: Waiting::Active,
+                    attempts: 0,
+                    last_attempt: Instant::now(),
+                    condition,
+                    event: None,
+                };
+                self.pending.insert(key.clone(), p);
+                self.active.push_back(key);
+            }
+        }
+    }
+
+    fn on_bound(&mut self, key: PodKey, result: Result<(), client::Error>) {
+        let Err(e) = result else {
+            self.stats.bound += 1;
+            return;
+        };
+        self.stats.bind_failures += 1;
+        // Confirmed by the watch in the meantime, or deleted: nothing to undo.
+        let Some((_, pod)) = self.assumed.remove(&key) else { return };
+        self.snap.unplace(&key);
+        self.cluster_changed();
+        if e.is_not_found() || e.code() == Some(409) {
+            // Gone, being deleted, or bound by someone else: the watch brings the rest.
+            tracing::debug!(pod = %key, error = %e, "binding refused");
+            return;
+        }
+        tracing::warn!(pod = %key, error = %e, "binding failed; will retry");
+        let p = Pending {
+            pod,
+            waiting: Waiting::Unschedulable,
+            attempts: 1,
+            last_attempt: Instant::now(),
+            condition: None,
+            event: None,
+        };
+        self.pending.insert(key.clone(), p);
+        self.start_backoff(key);
+    }
+
+    fn backoff_of(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        self.cfg.initial_backoff.saturating_mul(factor).min(self.cfg.max_backoff)
+    }
+
+    fn start_backoff(&mut self, key: PodKey) {
+        let Some(p) = self.pending.get(&key) else { return };
+        let at = p.last_attempt + self.backoff_of(p.attempts.max(1));
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.waiting = Waiting::Backoff;
+        }
+        self.backoff.insert((at, key));
+    }
+
+    /// Something changed that may let unschedulable pods fit: retry them after back-off.
+    fn cluster_changed(&mut self) {
+        for key in std::mem::take(&mut self.unschedulable) {
+            self.start_backoff(key);
+        }
+    }
+
+    fn release_due(&mut self, now: Instant) {
+        while let Some((at, _)) = self.backoff.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, key)) = self.backoff.pop_first() else { break };
+            if let Some(p) = self.pending.get_mut(&key)
+                && p.waiting == Waiting::Backoff
+            {
+                p.waiting = Waiting::Active;
+                self.active.push_back(key);
+            }
+        }
+    }
+
+    fn decide_some(&mut self, budget: usize) {
+        for _ in 0..budget {
+            let Some(key) = self.active.pop_front() else { return };
+            let Some(p) = self.pending.get_mut(&key) else { continue };
+            if p.waiting != Waiting::Active {
+                continue;
+            }
+            let pod = p.pod.clone();
+            self.stats.decided += 1;
+            match schedule(&self.snap, &pod) {
+                Decision::Bind { node, examined } => {
+                    self.snap.advance(examined);
+                    self.pending.remove(&key);
+                    self.snap.place(pod.clone(), node.clone());
+                    self.assumed.insert(key.clone(), (node.clone(), pod));
+                    self.spawn_bind(key, node);
+                }
+                Decision::Unschedulable(unfit) => {
+                    self.stats.unschedulable += 1;
+                    let message = unfit.to_string();
+                    p.attempts += 1;
+                    p.last_attempt = Instant::now();
+                    p.waiting = Waiting::Unschedulable;
+                    let write_condition = p.condition.as_deref() != Some(message.as_str());
+                    p.condition = Some(message.clone());
+                    let event = match p.event.take() {
+                        Some((name, count, said)) if said == message => (name, count + 1),
+                        _ => (event_name(&key.name), 1),
+                    };
+                    p.event = Some((event.0.clone(), event.1, message.clone()));
+                    tracing::debug!(pod = %key, %message, "unschedulable");
+                    self.unschedulable.insert(key);
+                    self.spawn_report(pod, message, event, write_condition);
+                }
+                Decision::NotOurs(why) => {
+                    tracing::debug!(pod = %key, why, "not scheduling");
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn spawn_bind(&self, key: PodKey, node: Arc<str>) {
+        let (client, tx, sem) = (self.client.clone(), self.tx.clone(), self.binds.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = sem.acquire_owned().await else { return };
+            let binding = json!({
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": &*key.name, "namespace": &*key.namespace},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": &*node},
+            });
+            let scope = Scope::tenant(&key.tenant).in_namespace(&key.namespace);
+            let result =
+                client.create_subresource(&Resource::pods(), &scope, &key.name, "binding", &binding).await.map(|_| ());
+            let _ = tx.send(Input::Bound { key, result }).await;
+        });
+    }
+
+    /// Records `FailedScheduling` on the pod and sets its `PodScheduled` condition.
+    fn spawn_report(&self, pod: Arc<Pod>, message: String, (event_name, count): (String, u32), write_condition: bool) {
+        let (client, sem) = (self.client.clone(), self.reports.clone());
+        let component = self.snap.scheduler_name().to_string();
+        tokio::spawn(async move {
+            let Ok(_permit) = sem.acquire_owned().await else { return };
+            let key = &pod.key;
+            let scope = Scope::tenant(&key.tenant).in_namespace(&key.namespace);
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let stamp = rfc3339(now.as_secs());
+            let events = Resource::events();
+            // A repeat counts up on the pod's last event; a new message, or a counted event
+            // that has gone meanwhile (events expire), makes a new one.
+            let counted = count > 1 && {
+                let repeat = Patch::Merge(json!({"count": count, "lastTimestamp": stamp}));
+                match client.patch(&events, &scope, &event_name, &repeat).await {
+                    Ok(_) => true,
+                    Err(e) if e.is_not_found() => false,
+                    Err(e) => {
+                        tracing::warn!(pod = %key, error = %e, "counting FailedScheduling failed");
+                        true
+                    }
+                }
+            };
+            let event = json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": event_name, "namespace": &*key.namespace},
+                "involvedObject": {
+                    "apiVersion": "v1", "kind": "Pod", "name": &*key.name, "namespace": &*key.namespace, "uid": pod.uid,
+                },
+                "reason": "FailedScheduling",
+                "message": message,
+                "type": "Warning",
+                "source": {"component": component},
+                "reportingComponent": component,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "count": count,
+            });
+            if !counted && let Err(e) = client.create(&events, &scope, &event).await {
+                tracing::warn!(pod = %key, error = %e, "recording FailedScheduling failed");
+            }
+            if write_condition {
+                let patch = Patch::Strategic(json!({"status": {"conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                    "lastProbeTime": null,
+                    "lastTransitionTime": stamp,
+                }]}}));
+                if let Err(e) = client.patch_subresource(&Resource::pods(), &scope, &key.name, "status", &patch).await
+                    && !e.is_not_found()
+                {
+                    tracing::warn!(pod = %key, error = %e, "setting PodScheduled=False failed");
+                }
+            }
+        });
+    }
+}
+
+/// A new event's name: the pod's and the time in nanoseconds, as Kubernetes' recorder does.
+fn event_name(pod: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{pod}.{nanos:x}")
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC, as Kubernetes writes timestamps.
+pub fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar's 400-year
+    // cycles of 146,097 days, counted from 0000-03-01 so leap days fall at the end).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}
