@@ -1,32 +1,10 @@
-//! RFC 3339 timestamps with nanoseconds (Go's `time.RFC3339Nano` shape, UTC), as the
-//! Kubernetes CRI log format and status times use them; written here rather than pulling
-//! in a calendar crate for one function.
+//! Times as the agent keeps and writes them: RFC 3339 with nanoseconds (Go's
+//! `time.RFC3339Nano` shape, UTC, from `api::time`), as the CRI log format and status
+//! times use them, and nanoseconds since the epoch in its state files.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Days since 1970-01-01 to a (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// `2026-11-24T00:00:54.123456789Z`: always nine fractional digits, which every RFC 3339
-/// parser (Go's included) accepts and which sorts as text.
-pub fn rfc3339_nano(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs() as i64;
-    let (y, mo, day) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, s / 60 % 60, s % 60, d.subsec_nanos())
-}
+pub use api::time::rfc3339_nano;
 
 /// Nanoseconds since the epoch, the form state files keep times in.
 pub fn to_nanos(t: SystemTime) -> u64 {

@@ -3,7 +3,9 @@
 //! - [`meta`]: `ObjectMeta` (with Atoll's `tenant`), list metadata, field errors, `Status`.
 //! - [`request`]: a request's URL and method, parsed once into a [`request::RequestInfo`].
 //! - [`selector`]: label and field selectors.
+//! - [`time`]: timestamps as Kubernetes writes them.
 
 pub mod meta;
 pub mod request;
 pub mod selector;
+pub mod time;

@@ -512,7 +512,7 @@ impl Loop {
             let key = &pod.key;
             let scope = Scope::tenant(&key.tenant).in_namespace(&key.namespace);
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            let stamp = rfc3339(now.as_secs());
+            let stamp = api::time::rfc3339(now.as_secs() as i64);
             let events = Resource::events();
             // A repeat counts up on the pod's last event; a new message, or a counted event
             // that has gone meanwhile (events expire), makes a new one.
@@ -569,32 +569,4 @@ impl Loop {
 fn event_name(pod: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
     format!("{pod}.{nanos:x}")
-}
-
-/// Seconds since the epoch as RFC 3339 in UTC, as Kubernetes writes timestamps.
-pub fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar's 400-year
-    // cycles of 146,097 days, counted from 0000-03-01 so leap days fall at the end).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn timestamps_are_rfc3339() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
-    }
 }
