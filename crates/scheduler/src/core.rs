@@ -49,8 +49,10 @@ pub const REASON_UNSCHEDULABLE: &str = "node(s) were unschedulable";
 pub const REASON_NOT_READY: &str = "node(s) were not ready";
 pub const REASON_AFFINITY: &str = "node(s) didn't match Pod's node affinity/selector";
 pub const REASON_TOO_MANY_PODS: &str = "Too many pods";
-pub const REASON_OTHER_TENANT: &str = "node(s) had pods of another tenant";
-pub const REASON_EXCLUSIVE_TENANT: &str = "node(s) were held by an exclusive tenant";
+/// Why tenant exclusivity kept a pod off a node, worded so that it names no tenant and
+/// does not say whether another tenant's pods are there: the message goes to the pod's
+/// tenant, which must not learn of others.
+pub const REASON_TENANT_ISOLATION: &str = "node(s) didn't satisfy tenant isolation";
 
 /// Score weights, as kube-scheduler's defaults weigh the same plugins.
 const WEIGHT_LEAST_ALLOCATED: i64 = 1;
@@ -99,11 +101,11 @@ fn filter(node: &NodeInfo, pod: &Pod, snap: &Snapshot, out: &mut Vec<String>) {
         let mine_exclusive = snap.exclusive.contains(tenant);
         for other in others {
             if mine_exclusive {
-                out.push(REASON_OTHER_TENANT.into());
+                out.push(REASON_TENANT_ISOLATION.into());
                 return;
             }
             if snap.exclusive.contains(other) {
-                out.push(REASON_EXCLUSIVE_TENANT.into());
+                out.push(REASON_TENANT_ISOLATION.into());
                 return;
             }
         }

@@ -316,7 +316,7 @@ fn tenant_exclusive_nodes() {
             the exclusive tenant may share with itself: bind n1
             both ways at once: bind n2
             the exclusive tenant goes to its own node: bind n1
-            every node has another tenant's pods: 0/2 nodes are available: 2 node(s) had pods of another tenant.
+            every node has another tenant's pods: 0/2 nodes are available: 2 node(s) didn't satisfy tenant isolation.
             system pods share with anyone: bind n1
             a non-exclusive tenant shares: bind n1
         "#]],

@@ -224,10 +224,10 @@ async fn an_exclusive_tenant_never_shares_a_node() -> Result<()> {
     ensure!(node_of(c, &acme, "a2").await? == other);
     // Full on its own node, the exclusive tenant's pod waits rather than share.
     c.create(&pods, &acme, &pod("a3", "3900m", json!({}))).await?;
-    failed_scheduling(c, &acme, "a3", "1 Insufficient cpu, 1 node(s) had pods of another tenant").await?;
+    failed_scheduling(c, &acme, "a3", "1 Insufficient cpu, 1 node(s) didn't satisfy tenant isolation").await?;
     // A non-exclusive tenant's pod that fits only on the exclusive node waits too.
     c.create(&pods, &gamma, &pod("g2", "3", json!({}))).await?;
-    failed_scheduling(c, &gamma, "g2", "1 Insufficient cpu, 1 node(s) were held by an exclusive tenant").await?;
+    failed_scheduling(c, &gamma, "g2", "1 Insufficient cpu, 1 node(s) didn't satisfy tenant isolation").await?;
     // The events are each in their own tenant.
     let params = ListParams { field_selector: Some("involvedObject.name=a3".into()), ..ListParams::default() };
     ensure!(c.list(&Resource::events(), &gamma, &params).await?.items.is_empty());
