@@ -194,14 +194,7 @@ pub fn defaults(tenant: &str, admins: &[String]) -> (Vec<Value>, Vec<Value>) {
 
 /// The administrators a Tenant object names (`spec.admins`).
 pub fn tenant_admins(tenant: &Value) -> Vec<String> {
-    tenant
-        .pointer("/spec/admins")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect()
+    crate::registry::object::strings_at(tenant, "/spec/admins")
 }
 
 /// Creates whatever of `tenant`'s defaults is missing (a default someone changed is left

@@ -109,14 +109,7 @@ pub fn answer(authz: &Authz, review: Review, user: &User, tenant: &str, body: Va
         Review::SelfAccess => access_status(authz.decide(user, tenant, &review_attributes(review, &spec)?)),
         Review::Access => {
             let name = spec.get("user").and_then(Value::as_str).unwrap_or("").to_string();
-            let groups: Vec<String> = spec
-                .get("groups")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect();
+            let groups = crate::registry::object::strings_at(&spec, "/groups");
             if name.is_empty() && groups.is_empty() {
                 return Err(invalid(
                     review,

@@ -329,15 +329,7 @@ impl CustomKind {
             .and_then(|v| v.get("name").and_then(Value::as_str))
             .ok_or("no storage version")?
             .to_string();
-        let strings = |p: &str| -> Vec<String> {
-            spec.pointer(p)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        };
+        let strings = |p: &str| crate::registry::object::strings_at(spec, p);
         let mut kinds = Vec::new();
         for v in versions.iter().filter(|v| v.get("served") == Some(&json!(true))) {
             let version = v.get("name").and_then(Value::as_str).unwrap_or("").to_string();

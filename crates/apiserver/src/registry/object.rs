@@ -69,6 +69,17 @@ pub fn now_rfc3339() -> String {
 
 pub use api::time::rfc3339;
 
+/// The strings of the list at `pointer` in `obj` (non-strings skipped; nothing if absent).
+pub fn strings_at(obj: &Value, pointer: &str) -> Vec<String> {
+    obj.pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
