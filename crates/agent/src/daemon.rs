@@ -41,6 +41,8 @@ pub enum AgentError {
     Pods(#[from] pods::PodError),
     #[error("pod network: {0}")]
     Net(#[from] crate::net::NetError),
+    #[error("the agent's port: {0}")]
+    Serve(#[from] crate::server::ServeError),
 }
 
 /// How pods reach the network.
@@ -66,6 +68,8 @@ pub struct AgentConfig {
     pub stop_pods_on_exit: bool,
     pub backoff: RestartBackoff,
     pub network: NetworkConfig,
+    /// The HTTPS port for logs, exec and attach (none: the node serves no streams).
+    pub serving: Option<crate::server::ServingConfig>,
 }
 
 impl AgentConfig {
@@ -79,6 +83,7 @@ impl AgentConfig {
             stop_pods_on_exit: false,
             backoff: RestartBackoff::default(),
             network: NetworkConfig::Bridge { name: "atoll0".into(), cidr: "10.88.0.0/16".into() },
+            serving: None,
         }
     }
 }
@@ -102,12 +107,29 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         }
     };
 
-    let facts = {
+    let mut facts = {
         let os = os.clone();
         let path = runtime_path.clone();
         tokio::task::spawn_blocking(move || node::machine_facts(&*os, &path))
             .await
             .map_err(|e| pods::PodError::Join(e.to_string()))?
+    };
+    // The port is bound before the Node is written, so the Node names where it listens.
+    let port = match &config.serving {
+        Some(s) => {
+            let server = crate::server::AgentServer::bind(s).await?;
+            let addr = server.local_addr().map_err(|source| crate::server::ServeError::Listen {
+                addr: s.listen,
+                source,
+            })?;
+            facts.agent_port = addr.port();
+            // Bound to one address: that is where the API server must reach the node.
+            if !addr.ip().is_unspecified() {
+                facts.internal_ip = addr.ip().to_string();
+            }
+            Some(server)
+        }
+        None => None,
     };
     let since = SystemTime::now();
     node::register(&client, &config.node_name, &facts, since).await?;
@@ -132,6 +154,10 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     let heartbeat =
         tokio::spawn(node::heartbeat(client.clone(), config.node_name.clone(), facts, since, stopped(stop_rx.clone())));
     let cache = Cache::default();
+    let port_task = port.map(|server| {
+        let ctx = Arc::new(crate::server::AgentContext { runtime: node.runtime.clone(), pods: cache.clone() });
+        tokio::spawn(server.run(ctx, stopped(stop_rx.clone())))
+    });
     let sync = tokio::spawn(pods::controller(client, node.clone(), cache.clone()).run(stopped(stop_rx.clone())));
     let sweeper = tokio::spawn(sweep_loop(node.clone(), cache, stopped(stop_rx)));
 
@@ -140,6 +166,9 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     let _ = sync.await;
     let _ = sweeper.await;
     let _ = heartbeat.await;
+    if let Some(t) = port_task {
+        let _ = t.await;
+    }
     if config.stop_pods_on_exit {
         let n = node.clone();
         tokio::task::spawn_blocking(move || n.stop_all(EXIT_GRACE))

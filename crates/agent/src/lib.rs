@@ -12,6 +12,9 @@
 //!
 //! - [`daemon`] is `atoll agent`: [`node`] registration and heartbeat, the [`pods`] sync
 //!   loop on the controllers crate's runtime, pod networks behind [`net::PodNetwork`].
+//! - [`server`] is the agent's HTTPS port (logs, exec, attach) for the API server only;
+//!   [`stream`] speaks kubectl's WebSocket and SPDY stream protocols, [`sessions`] runs
+//!   what they carry.
 
 pub mod busybox;
 pub mod daemon;
@@ -22,5 +25,8 @@ pub mod os;
 pub mod pods;
 pub mod reference;
 pub mod runtime;
+pub mod server;
+pub mod sessions;
 pub mod shim;
+pub mod stream;
 pub mod timefmt;

@@ -42,6 +42,8 @@ pub struct MachineFacts {
     /// `crun://1.8.1`.
     pub runtime_version: String,
     pub machine_id: String,
+    /// The port the agent serves logs and exec on (0: none), for `daemonEndpoints`.
+    pub agent_port: u16,
 }
 
 fn text(os: &dyn Os, path: &str) -> String {
@@ -93,6 +95,7 @@ pub fn machine_facts(os: &dyn Os, runtime: &Path) -> MachineFacts {
         architecture: crate::images::host_platform().1.to_string(),
         runtime_version: format!("{runtime_name}://{version}"),
         machine_id: text(os, "/etc/machine-id"),
+        agent_port: 0,
     }
 }
 
@@ -163,7 +166,7 @@ pub fn node_status(facts: &MachineFacts, now: SystemTime, since: SystemTime) -> 
             condition("PIDPressure", "False", "AgentHasSufficientPID", "atoll agent has sufficient PIDs"),
             condition("Ready", "True", "AgentReady", "atoll agent is posting ready status"),
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": facts.agent_port}},
     })
 }
 

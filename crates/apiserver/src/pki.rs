@@ -181,6 +181,63 @@ pub fn issue_kubeconfig(
     Ok(kubeconfig(server, &ca_cert, &cert, &key, user, tenant))
 }
 
+/// The identity the API server presents to node agents (mutual TLS on their port).
+pub const APISERVER_CLIENT_USER: &str = "system:apiserver";
+
+fn load_issuer(data_dir: &Path) -> Result<(String, Issuer<'static, KeyPair>), PkiError> {
+    let dir = data_dir.join("pki");
+    let read = |n: &str| fs::read_to_string(dir.join(n)).map_err(|source| PkiError::Io { dir: dir.clone(), source });
+    let ca_cert = read("ca.crt")?;
+    let ca_key = KeyPair::from_pem(&read("ca.key")?)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key)?;
+    Ok((ca_cert, issuer))
+}
+
+/// A certificate and key in PEM, with the CA that signed it.
+pub struct Issued {
+    pub ca_cert: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Issues the client certificate the API server shows node agents (`CN=system:apiserver`,
+/// tenant `system`, no group: it is not an administrator of the API). Made afresh at each
+/// start from the CA in `data_dir`, so it never sits on disk.
+pub fn issue_apiserver_client(data_dir: &Path) -> Result<Issued, PkiError> {
+    let (ca_cert, issuer) = load_issuer(data_dir)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = subject(APISERVER_CLIENT_USER, None, Some(api::request::SYSTEM_TENANT));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Issued { ca_cert, cert: cert.pem(), key: key.serialize_pem() })
+}
+
+/// Issues a serving certificate for a node agent (`CN=system:node:<node>`) valid for
+/// `hosts` (names or addresses), from the CA in `data_dir`.
+pub fn issue_node_serving(data_dir: &Path, node: &str, hosts: &[String]) -> Result<Issued, PkiError> {
+    let (ca_cert, issuer) = load_issuer(data_dir)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = subject(&format!("system:node:{node}"), Some("system:nodes"), None);
+    let mut sans = hosts.to_vec();
+    sans.sort();
+    sans.dedup();
+    for h in &sans {
+        params.subject_alt_names.push(match h.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(h.clone().try_into()?),
+        });
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Issued { ca_cert, cert: cert.pem(), key: key.serialize_pem() })
+}
+
 /// A kubeconfig for one identity; the context's name carries the tenant.
 pub fn kubeconfig(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str, user: &str, tenant: &str) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());

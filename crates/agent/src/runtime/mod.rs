@@ -149,6 +149,11 @@ pub trait Runtime: Send + Sync {
     fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
     fn container_status(&self, id: &str) -> Result<ContainerStatus, RuntimeError>;
     fn list_containers(&self, sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>, RuntimeError>;
+
+    /// The program and arguments that run `command` inside running container `id`, with
+    /// the caller's stdio passed through (`kubectl exec`); the caller spawns it, so that
+    /// it can stream its stdio (and give it a terminal).
+    fn exec_command(&self, id: &str, command: &[String]) -> Result<(PathBuf, Vec<std::ffi::OsString>), RuntimeError>;
 }
 
 /// Names that become file names and OCI container IDs.

@@ -695,6 +695,29 @@ impl Runtime for OciRuntime {
         out.sort_by_key(|c| c.created_at);
         Ok(out)
     }
+
+    fn exec_command(&self, id: &str, command: &[String]) -> Result<(PathBuf, Vec<OsString>), RuntimeError> {
+        let rec = self.container_record(id)?;
+        let status = self.status_of(&rec)?;
+        if status.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState { id: id.into(), state: status.state, op: "exec" });
+        }
+        if command.is_empty() {
+            return Err(spec_error("exec needs a command"));
+        }
+        // No `--tty`: the runtime would want a console socket; the agent hands the process
+        // a terminal of its own as stdio instead. The environment is the container's.
+        let mut args: Vec<OsString> = vec!["--root".into(), self.config.data_dir.join("runtime").into(), "exec".into()];
+        let config: Option<Value> = self.read_json(&self.container_dir(id).join("bundle/config.json"))?;
+        let env = config.as_ref().and_then(|c| c.pointer("/process/env")).and_then(Value::as_array);
+        for e in env.into_iter().flatten().filter_map(Value::as_str) {
+            args.push("--env".into());
+            args.push(e.into());
+        }
+        args.push(id.into());
+        args.extend(command.iter().map(OsString::from));
+        Ok((self.config.runtime.clone(), args))
+    }
 }
 
 /// Read the pid the runtime recorded, for diagnostics.
