@@ -118,10 +118,8 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     let port = match &config.serving {
         Some(s) => {
             let server = crate::server::AgentServer::bind(s).await?;
-            let addr = server.local_addr().map_err(|source| crate::server::ServeError::Listen {
-                addr: s.listen,
-                source,
-            })?;
+            let addr =
+                server.local_addr().map_err(|source| crate::server::ServeError::Listen { addr: s.listen, source })?;
             facts.agent_port = addr.port();
             // Bound to one address: that is where the API server must reach the node.
             if !addr.ip().is_unspecified() {

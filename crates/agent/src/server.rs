@@ -66,9 +66,8 @@ fn tls_config(c: &ServingConfig) -> Result<rustls::ServerConfig, ServeError> {
     use rustls::pki_types::pem::PemObject;
     let tls = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = |pem: &str| {
-        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()
-    };
+    let certs =
+        |pem: &str| rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs(&c.client_ca_pem).map_err(|e| tls(&e))? {
         roots.add(cert).map_err(|e| tls(&e))?;
@@ -341,11 +340,8 @@ async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<
     };
     let (what, uid, container) = (what.to_string(), uid.to_string(), decode(container));
     // Only pods bound to this node: the API server resolved the UID from the pod itself.
-    let bound = ctx
-        .pods
-        .list()
-        .iter()
-        .any(|p| p.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()));
+    let bound =
+        ctx.pods.list().iter().any(|p| p.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()));
     if !bound {
         return status(404, "NotFound", "no such pod on this node");
     }

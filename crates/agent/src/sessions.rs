@@ -167,7 +167,6 @@ fn open_pty() -> Result<(OwnedFd, std::fs::File), SessionError> {
     Ok((controller, terminal))
 }
 
-
 /// Runs `program args` (the runtime's exec) for `session` and reports its exit on the
 /// error channel.
 pub async fn exec(program: PathBuf, args: Vec<std::ffi::OsString>, command: Vec<String>, session: Session) {
@@ -258,7 +257,8 @@ pub async fn exec(program: PathBuf, args: Vec<std::ffi::OsString>, command: Vec<
                 }
                 Input::Resize { width, height } => {
                     if let Some(fd) = &resize_fd {
-                        let size = rustix::termios::Winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+                        let size =
+                            rustix::termios::Winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
                         let _ = rustix::termios::tcsetwinsize(fd, size);
                     }
                 }

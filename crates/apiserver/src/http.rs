@@ -103,6 +103,8 @@ pub struct Api {
     crds: Arc<crate::crd::Catalog>,
     /// Every tenant's RBAC policy, and the authorization stage.
     authz: Arc<crate::authz::Authz>,
+    /// How pods' logs, exec and attach reach node agents (none: those subresources are 503).
+    nodes: Option<Arc<crate::nodeproxy::NodeDialer>>,
 }
 
 fn respond(code: StatusCode, body: Value) -> Response<Body> {
@@ -300,7 +302,7 @@ impl Api {
         let authz = crate::authz::Authz::start(&registries)
             .await
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
-        Ok(Api { registries, crds, authz })
+        Ok(Api { registries, crds, authz, nodes: None })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -396,6 +398,14 @@ impl Api {
             if r.kind == "Pod" && r.group.is_empty() {
                 resources.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true,
                     "kind": "Binding", "verbs": ["create"]}));
+                for (sub, kind, verbs) in [
+                    ("log", "Pod", json!(["get"])),
+                    ("exec", "PodExecOptions", json!(["create", "get"])),
+                    ("attach", "PodAttachOptions", json!(["create", "get"])),
+                ] {
+                    resources.push(json!({"name": format!("pods/{sub}"), "singularName": "", "namespaced": true,
+                        "kind": kind, "verbs": verbs}));
+                }
             }
             if r.kind == "Namespace" && r.group.is_empty() {
                 resources.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false,
@@ -614,6 +624,53 @@ impl Api {
         let mut ok = Status::success();
         ok.code = 201;
         Ok(respond(StatusCode::CREATED, serde_json::to_value(ok).unwrap_or(Value::Null)))
+    }
+
+    /// `pods/{name}/log`, `exec` and `attach`: checked here, carried out by the agent of
+    /// the pod's node (`nodeproxy`).
+    async fn pod_stream(
+        &self,
+        registry: &Registry,
+        scope: &Scope,
+        r: &ResourceRequest,
+        q: &BTreeMap<String, String>,
+        user: &User,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Status> {
+        let sub = r.subresource.as_deref().unwrap_or("");
+        match (sub, r.verb) {
+            ("log", Verb::Get) | ("exec" | "attach", Verb::Create) => {}
+            // A WebSocket exec or attach is a GET, but it starts a process (or joins one)
+            // like the POST does: it needs `create` too, as in Kubernetes 1.30+.
+            ("exec" | "attach", Verb::Get) => {
+                let as_create = RequestInfo::Resource(ResourceRequest { verb: Verb::Create, ..r.clone() });
+                self.authz.authorize(user, scope.tenant.as_deref(), &as_create)?;
+            }
+            _ => return Err(Status::method_not_allowed()),
+        }
+        let name = r.name.clone().unwrap_or_default();
+        let pod = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
+        let container = crate::nodeproxy::pick_container(&pod, q.get("container").map(String::as_str))?;
+        let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+        if node_name.is_empty() {
+            return Err(Status::bad_request(format!("pod {name} does not have a host assigned")));
+        }
+        let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+        let nodes = self.registry("", "nodes")?;
+        let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.to_string()), namespace: None };
+        let node = nodes.get(&system, node_name).await.map_err(|_| {
+            Status::failure(503, "ServiceUnavailable", format!("the node {node_name} of pod {name} is gone"))
+        })?;
+        let (host, port) = crate::nodeproxy::agent_endpoint(&node).ok_or_else(|| {
+            Status::failure(503, "ServiceUnavailable", format!("the node {node_name} serves no logs or exec"))
+        })?;
+        let dialer = self.nodes.as_ref().ok_or_else(|| {
+            Status::failure(503, "ServiceUnavailable", "this API server does not reach node agents".to_string())
+        })?;
+        let agent_op = if sub == "log" { "containerLogs" } else { sub };
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let path = format!("/{agent_op}/{uid}/{container}{query}");
+        crate::nodeproxy::forward(dialer, &host, port, path, req).await
     }
 
     /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.
@@ -946,7 +1003,7 @@ impl Api {
             None => {}
             Some("status") if info.status_subresource => {}
             Some("scale") if info.scale_subresource => {}
-            Some("binding") if info.kind == "Pod" && info.group.is_empty() => {}
+            Some("binding" | "log" | "exec" | "attach") if info.kind == "Pod" && info.group.is_empty() => {}
             Some("finalize") if info.kind == "Namespace" && info.group.is_empty() && r.verb == Verb::Update => {}
             Some(_) => return Err(not_found()),
         }
@@ -957,6 +1014,9 @@ impl Api {
         }
         if r.subresource.as_deref() == Some("binding") {
             return self.bind(registry, &scope, &r, req).await;
+        }
+        if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach")) {
+            return self.pod_stream(registry, &scope, &r, &q, user, req).await;
         }
         let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         // Server-side printing, for reads of the main resource.
@@ -1306,7 +1366,9 @@ impl Server {
         };
         let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
-        let api = Api::start(store).await?;
+        let mut api = Api::start(store).await?;
+        let client_cert = pki::issue_apiserver_client(data_dir)?;
+        api.nodes = Some(Arc::new(crate::nodeproxy::NodeDialer::new(&client_cert).map_err(ServeError::Tls)?));
         api.ensure_system_namespaces()
             .await
             .map_err(|e| ServeError::Setup(format!("creating the system namespaces: {}", e.message)))?;
@@ -1369,7 +1431,8 @@ impl Server {
                     }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                // Upgrades: exec and attach (HTTP/1.1 only; kubectl asks for it on those).
+                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });

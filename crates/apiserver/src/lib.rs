@@ -10,6 +10,7 @@ pub mod http;
 pub mod jsonpath;
 pub mod kinds;
 pub mod managed;
+pub mod nodeproxy;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;

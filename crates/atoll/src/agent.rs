@@ -36,6 +36,39 @@ pub struct AgentArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    /// Where to serve logs, exec and attach to the API server.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub listen: std::net::SocketAddr,
+    /// The port's serving certificate (PEM, from the cluster CA: `atoll admin node-cert`);
+    /// without it the node serves no logs or exec.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The CA the API server's client certificate must chain to (the cluster CA).
+    #[arg(long, requires = "tls_cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The agent's port configuration for a node of the cluster whose CA is in `data_dir`
+/// (`atoll up`): a serving certificate for the listen address, issued afresh.
+pub fn serving_from_data_dir(
+    data_dir: &std::path::Path,
+    node: &str,
+    listen: std::net::SocketAddr,
+) -> Result<agent::server::ServingConfig> {
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), node.to_string()];
+    if !listen.ip().is_unspecified() {
+        hosts.push(listen.ip().to_string());
+    }
+    let issued =
+        apiserver::pki::issue_node_serving(data_dir, node, &hosts).context("issuing the node's certificate")?;
+    Ok(agent::server::ServingConfig {
+        listen,
+        cert_pem: issued.cert,
+        key_pem: issued.key,
+        client_ca_pem: issued.ca_cert,
+    })
 }
 
 /// The supervisor command: this very binary's `shim` subcommand.
@@ -66,6 +99,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cfg.runtime = args.runtime;
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
     cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        let ca = args.client_ca_file.as_ref().context("--client-ca-file is needed with --tls-cert-file")?;
+        cfg.serving = Some(agent::server::ServingConfig {
+            listen: args.listen,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: read(ca)?,
+        });
+    } else {
+        tracing::warn!("no --tls-cert-file: this node serves no logs, exec or attach");
+    }
     tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
     agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
     tracing::info!("node agent stopped");

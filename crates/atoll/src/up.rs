@@ -36,6 +36,9 @@ pub struct UpArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    /// Where the node agent serves logs and exec to the API server (port 0: any free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub agent_listen: SocketAddr,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -67,6 +70,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
+        cfg.serving = Some(crate::agent::serving_from_data_dir(&args.store.data_dir, &name, args.agent_listen)?);
         Some(tokio::spawn(agent::daemon::run(client, cfg, when_stopped(stopped))))
     };
 

@@ -12,7 +12,6 @@
 //! exit code as a cause, which kubectl turns into `command terminated with exit code N`),
 //! then the connection closes.
 
-
 pub mod spdy;
 pub mod ws;
 
@@ -36,7 +35,10 @@ pub enum Input {
     /// The client closed its stdin.
     StdinEnd,
     /// The terminal's new size (columns, rows).
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 /// What the command sends back; `Done` is the last event and ends the session.

@@ -235,7 +235,8 @@ where
                     GOAWAY => break,
                     RST_STREAM if payload.len() >= 4 => {
                         let id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
-                        let is_stdin = reader_ids.lock().unwrap_or_else(|e| e.into_inner()).get(&Kind::Stdin) == Some(&id);
+                        let is_stdin =
+                            reader_ids.lock().unwrap_or_else(|e| e.into_inner()).get(&Kind::Stdin) == Some(&id);
                         if is_stdin && stdin_open {
                             stdin_open = false;
                             let _ = in_tx.send(Input::StdinEnd).await;
@@ -247,7 +248,8 @@ where
                 continue;
             }
             let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) & 0x7fff_ffff;
-            let kind = reader_ids.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, v)| **v == id).map(|(k, _)| *k);
+            let kind =
+                reader_ids.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, v)| **v == id).map(|(k, _)| *k);
             match kind {
                 Some(Kind::Stdin) if stdin_open => {
                     if !payload.is_empty() && in_tx.send(Input::Stdin(Bytes::from(payload))).await.is_err() {
@@ -401,7 +403,18 @@ mod tests {
         }
         assert_eq!(
             frames,
-            ["c2", "c2", "c2", "c2", "d5:0:out", r#"d1:0:{"metadata":{},"status":"Success"}"#, "d1:1:", "d5:1:", "d7:1:", "c7"]
+            [
+                "c2",
+                "c2",
+                "c2",
+                "c2",
+                "d5:0:out",
+                r#"d1:0:{"metadata":{},"status":"Success"}"#,
+                "d1:1:",
+                "d5:1:",
+                "d7:1:",
+                "c7"
+            ]
         );
     }
 }

@@ -7,4 +7,5 @@ mod image;
 mod rbac;
 mod scheduler;
 mod server;
+mod streaming;
 mod up;

@@ -1,0 +1,292 @@
+//! `kubectl logs`, `exec`, `attach` and `cp` on the all-in-one cluster, as a tenant's user,
+//! with kubectl 1.27 (SPDY/3.1), 1.30 and 1.33 (WebSocket v5): the API server authorizes
+//! and proxies to the node agent, which only talks to the API server.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::server::{Kubectl, Proc, kubectl_binary, tenant_admins_json};
+
+const MINORS: [u32; 3] = [27, 30, 33];
+
+struct Cluster {
+    proc: Option<Proc>,
+    dir: tempfile::TempDir,
+    bridge: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = Command::new("kill").args(["-INT", &p.0.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(p.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).status();
+        let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{}", self.bridge)]).status();
+    }
+}
+
+fn kubeconfig_for(dir: &Path, tenant: &str, user: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join(format!("{user}@{tenant}.kubeconfig"));
+    let status = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["admin", "kubeconfig", "--tenant", tenant, "--user", user, "--data-dir"])
+        .arg(dir)
+        .arg("--output")
+        .arg(&path)
+        .status()?;
+    ensure!(status.success(), "atoll admin kubeconfig failed");
+    Ok(path)
+}
+
+fn kubectl(minor: u32, kubeconfig: &Path) -> Result<Kubectl> {
+    Ok(Kubectl { bin: kubectl_binary(minor)?, kubeconfig: kubeconfig.to_path_buf(), cache: tempfile::tempdir()? })
+}
+
+fn start(node: &str) -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["image", "build-busybox", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
+    let pid = std::process::id();
+    let (bridge, cidr) = (format!("ats{pid}"), format!("10.{}.{}.0/24", 150 + (pid >> 8) % 50, pid % 256));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let cluster = Cluster { proc: Some(Proc(child)), dir, bridge };
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line.starts_with("listening on https://"), "{line}");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Ok(cluster)
+}
+
+fn pod(name: &str, script: &str, restart: &str) -> String {
+    serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                                 "command": ["sh", "-c", script]}]}})
+    .to_string()
+}
+
+/// Reads `child`'s stdout lines until `want` says enough (or 20 s pass); returns them with
+/// the time each arrived.
+fn read_lines_until(
+    child: &mut std::process::Child,
+    want: impl Fn(&[String]) -> bool,
+) -> Result<Vec<(Instant, String)>> {
+    let out = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got: Vec<(Instant, String)> = Vec::new();
+    while !want(&got.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => got.push(l),
+            Err(_) => bail!("only got {:?}", got.iter().map(|(_, l)| l).collect::<Vec<_>>()),
+        }
+    }
+    Ok(got)
+}
+
+fn exec_checks(k: &Kubectl, minor: u32, work: &Path) -> Result<()> {
+    // Exit codes and output.
+    let out = k.run(&["exec", "shell", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3"], None)?;
+    ensure!(
+        out.status.code() == Some(3),
+        "1.{minor} exec exit: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(String::from_utf8_lossy(&out.stdout) == "hi\n", "1.{minor}: {:?}", out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("oops") && stderr.contains("command terminated with exit code 3"), "1.{minor}: {stderr}");
+    ensure!(k.ok(&["exec", "shell", "--", "echo", "plain"])? == "plain\n");
+    // Stdin.
+    let echoed = k.ok_with(&["exec", "-i", "shell", "--", "sh", "-c", "cat; echo done"], Some("hello stdin\n"))?;
+    ensure!(echoed == "hello stdin\ndone\n", "1.{minor} exec -i: {echoed:?}");
+    // A terminal: kubectl under script(1), so its own stdin is a terminal too.
+    let inner = format!(
+        "{} --kubeconfig {} --cache-dir {} exec -it shell -- sh -c 'test -t 0 && test -t 1 && echo on-a-tty; exit 4'",
+        k.bin.display(),
+        k.kubeconfig.display(),
+        k.cache.path().display()
+    );
+    let tty = Command::new("script").args(["-qefc", &inner, "/dev/null"]).stdin(Stdio::null()).output()?;
+    let text = String::from_utf8_lossy(&tty.stdout);
+    ensure!(text.contains("on-a-tty"), "1.{minor} exec -it: {text:?} {}", String::from_utf8_lossy(&tty.stderr));
+    ensure!(tty.status.code() == Some(4), "1.{minor} exec -it exit: {:?} {text:?}", tty.status);
+    // cp both ways (tar through exec).
+    let local = work.join(format!("in-{minor}.txt"));
+    let body = format!("copied by kubectl 1.{minor}\n").repeat(5000);
+    std::fs::write(&local, &body)?;
+    let remote = format!("shell:/tmp/cp-{minor}.txt");
+    k.ok(&["cp", local.to_str().context("path")?, &remote])?;
+    ensure!(k.ok(&["exec", "shell", "--", "cat", &format!("/tmp/cp-{minor}.txt")])? == body, "1.{minor} cp in");
+    let back = work.join(format!("back-{minor}.txt"));
+    k.ok(&["cp", &remote, back.to_str().context("path")?])?;
+    ensure!(std::fs::read_to_string(&back)? == body, "1.{minor} cp out");
+    Ok(())
+}
+
+fn log_checks(k: &Kubectl, minor: u32) -> Result<()> {
+    let all = k.ok(&["logs", "logger"])?;
+    ensure!(all.starts_with("line 1\nline 2\nline 3\n"), "1.{minor} logs: {all:?}");
+    ensure!(k.ok(&["logs", "logger", "-c", "main", "--tail=1"])?.lines().count() == 1);
+    ensure!(k.ok(&["logs", "logger", "--since=1h"])?.starts_with("line 1\n"));
+    let stamped = k.ok(&["logs", "logger", "--timestamps", "--tail=1"])?;
+    ensure!(stamped.starts_with("20") && stamped.contains("Z "), "1.{minor} --timestamps: {stamped:?}");
+    ensure!(k.ok(&["logs", "logger", "--limit-bytes=4"])? == "line");
+    let bad = k.fails(&["logs", "logger", "-c", "nope"])?;
+    ensure!(bad.contains("container nope is not valid for pod logger"), "1.{minor}: {bad}");
+    // -f: ticks arrive as they are written, about a second apart.
+    let mut follow =
+        Proc(k.command(&["logs", "-f", "--tail=1", "logger"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    let got = read_lines_until(&mut follow.0, |l| l.iter().filter(|x| x.starts_with("tick")).count() >= 3)?;
+    let ticks: Vec<&(Instant, String)> = got.iter().filter(|(_, l)| l.starts_with("tick")).collect();
+    let gap = ticks[2].0 - ticks[1].0;
+    ensure!(gap > Duration::from_millis(300), "1.{minor} logs -f delivered ticks {gap:?} apart: not streamed");
+    drop(follow);
+    // --previous: the crashed attempt's log.
+    let previous = k.ok(&["logs", "crasher", "--previous"])?;
+    ensure!(previous.contains("crash attempt"), "1.{minor} --previous: {previous:?}");
+    // attach: what the container writes from now on.
+    let mut attach = Proc(k.command(&["attach", "talker"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    read_lines_until(&mut attach.0, |l| l.iter().filter(|x| x.starts_with("talk")).count() >= 2)?;
+    Ok(())
+}
+
+/// Runs `kubectl exec POD -- true` `n` times; the median wall time.
+fn exec_latency(k: &Kubectl, n: usize) -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        k.ok(&["exec", "shell", "--", "true"])?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[n / 2])
+}
+
+#[test]
+fn logs_exec_attach_and_cp_through_the_api_server() -> Result<()> {
+    let node = "streaming-e2e-node";
+    let cluster = start(node)?;
+    let dir = cluster.dir.path();
+    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
+    admin.eventually(&["get", "node", node])?;
+    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("globex", &["gus"])))?;
+    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
+    ann.eventually(&["get", "namespace", "default"])?;
+    ann.eventually(&["get", "serviceaccount", "default"])?;
+
+    let logger = "for i in 1 2 3; do echo line $i; done; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
+    ann.ok_with(&["create", "-f", "-"], Some(&pod("logger", logger, "Always")))?;
+    ann.ok_with(&["create", "-f", "-"], Some(&pod("shell", "sleep 100000", "Always")))?;
+    ann.ok_with(&["create", "-f", "-"], Some(&pod("talker", "while true; do echo talk; sleep 0.3; done", "Always")))?;
+    ann.ok_with(&["create", "-f", "-"], Some(&pod("crasher", "echo crash attempt; sleep 1; exit 1", "Always")))?;
+    for p in ["logger", "shell", "talker"] {
+        ann.ok(&["wait", &format!("pod/{p}"), "--for=condition=Ready", "--timeout=60s"])?;
+    }
+    // Before any restart there is no previous attempt.
+    let none = ann.fails(&["logs", "crasher", "--previous"])?;
+    ensure!(none.contains("previous terminated container"), "{none}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ann.ok(&["get", "pod", "crasher", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])?.trim()
+        == "0"
+    {
+        ensure!(Instant::now() < deadline, "the crasher never restarted");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let work = tempfile::tempdir()?;
+    for minor in MINORS {
+        let k = kubectl(minor, &ann.kubeconfig)?;
+        log_checks(&k, minor)?;
+        exec_checks(&k, minor, work.path())?;
+    }
+
+    // Rights are the API server's: a viewer reads logs but may not exec or attach.
+    ann.ok(&["create", "rolebinding", "vic-views", "--clusterrole=view", "--user=vic"])?;
+    let vic = kubectl(33, &kubeconfig_for(dir, "acme", "vic")?)?;
+    vic.eventually(&["logs", "logger", "--tail=1"])?;
+    for minor in MINORS {
+        let v = kubectl(minor, &vic.kubeconfig)?;
+        let refused = v.fails(&["exec", "shell", "--", "true"])?;
+        ensure!(refused.contains("forbidden") && refused.contains("pods/exec"), "1.{minor} vic: {refused}");
+        let refused = v.fails(&["attach", "talker"])?;
+        ensure!(refused.contains("forbidden"), "1.{minor} vic attach: {refused}");
+    }
+    // Another tenant's user cannot even tell the pod exists.
+    let gus = kubectl(33, &kubeconfig_for(dir, "globex", "gus")?)?;
+    gus.eventually(&["get", "namespace", "default"])?;
+    for args in [&["exec", "shell", "--", "true"][..], &["logs", "logger"][..], &["attach", "talker"][..]] {
+        let refused = gus.fails(args)?;
+        ensure!(refused.contains("pods \"") && refused.contains("not found"), "gus {args:?}: {refused}");
+        ensure!(!refused.contains("acme"), "gus learns of acme: {refused}");
+    }
+    for tenant_url in ["/api/v1/tenants/acme/namespaces/default/pods/logger/log"] {
+        let refused = gus.fails(&["get", "--raw", tenant_url])?;
+        ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "gus raw: {refused}");
+    }
+
+    // The agent's port itself: no client certificate fails the handshake; a CA-signed one
+    // that is not the API server's is refused.
+    let port = admin.ok(&["get", "node", node, "-o", "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}"])?;
+    ensure!(port.parse::<u16>().is_ok_and(|p| p > 0), "port {port:?}");
+    let url = format!("https://127.0.0.1:{port}/containerLogs/x/main");
+    let bare = Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url]).output()?;
+    ensure!(!bare.status.success() || String::from_utf8_lossy(&bare.stdout) == "000", "no cert: {bare:?}");
+    let (cert, key) = (work.path().join("ann.crt"), work.path().join("ann.key"));
+    let text = std::fs::read_to_string(&ann.kubeconfig)?;
+    let field = |name: &str| -> Result<Vec<u8>> {
+        let b64 = text.lines().find_map(|l| l.trim().strip_prefix(name)).context("field")?.trim().to_string();
+        let out = Command::new("base64").arg("-d").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let mut out = out;
+        std::io::Write::write_all(&mut out.stdin.take().context("stdin")?, b64.as_bytes())?;
+        let mut decoded = Vec::new();
+        out.stdout.take().context("stdout")?.read_to_end(&mut decoded)?;
+        out.wait()?;
+        Ok(decoded)
+    };
+    std::fs::write(&cert, field("client-certificate-data:")?)?;
+    std::fs::write(&key, field("client-key-data:")?)?;
+    let as_ann = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg(&url)
+        .output()?;
+    ensure!(String::from_utf8_lossy(&as_ann.stdout) == "403", "a user's cert at the agent: {as_ann:?}");
+
+    // The figure BENCHMARKS.md quotes.
+    for minor in [27, 33] {
+        let median = exec_latency(&kubectl(minor, &ann.kubeconfig)?, 10)?;
+        eprintln!("kubectl 1.{minor} exec -- true: median {median:?} over 10 runs");
+    }
+    drop(cluster);
+    Ok(())
+}
