@@ -295,7 +295,7 @@ enum Protocol {
 }
 
 /// The 101 answer to an upgrade request, and the protocol agreed on.
-fn upgrade(req: &Request<Incoming>) -> Result<(Response<Body>, Protocol), Response<Body>> {
+fn upgrade(req: &Request<Incoming>) -> Result<(Response<Body>, Protocol), Box<Response<Body>>> {
     let h = req.headers();
     let upgrade = h.get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let mut resp = Response::new(Full::new(Bytes::new()).boxed());
@@ -305,14 +305,14 @@ fn upgrade(req: &Request<Incoming>) -> Result<(Response<Body>, Protocol), Respon
     if upgrade == "websocket" {
         let key = h.get("sec-websocket-key").and_then(|v| v.to_str().ok()).unwrap_or("");
         if key.is_empty() {
-            return Err(status(400, "BadRequest", "a websocket upgrade needs Sec-WebSocket-Key"));
+            return Err(Box::new(status(400, "BadRequest", "a websocket upgrade needs Sec-WebSocket-Key")));
         }
         let Some(protocol) = stream::ws::choose_protocol(header_values(h, "sec-websocket-protocol")) else {
-            return Err(status(
+            return Err(Box::new(status(
                 400,
                 "BadRequest",
                 "no supported websocket subprotocol (v5.channel.k8s.io, v4.channel.k8s.io)",
-            ));
+            )));
         };
         headers.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(v) = HeaderValue::from_str(&stream::ws::accept_key(key)) {
@@ -323,13 +323,13 @@ fn upgrade(req: &Request<Incoming>) -> Result<(Response<Body>, Protocol), Respon
     }
     if upgrade.starts_with("spdy/3.1") {
         let Some(protocol) = stream::spdy::choose_protocol(header_values(h, "x-stream-protocol-version")) else {
-            return Err(status(400, "BadRequest", "no supported stream protocol (v4.channel.k8s.io)"));
+            return Err(Box::new(status(400, "BadRequest", "no supported stream protocol (v4.channel.k8s.io)")));
         };
         headers.insert(hyper::header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
         headers.insert("x-stream-protocol-version", HeaderValue::from_static(protocol));
         return Ok((resp, Protocol::Spdy(protocol)));
     }
-    Err(status(400, "BadRequest", "exec and attach need an upgrade to websocket or SPDY/3.1"))
+    Err(Box::new(status(400, "BadRequest", "exec and attach need an upgrade to websocket or SPDY/3.1")))
 }
 
 async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<Body> {
@@ -388,7 +388,7 @@ async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<
             };
             let (resp, protocol) = match upgrade(&req) {
                 Ok(ok) => ok,
-                Err(refused) => return refused,
+                Err(refused) => return *refused,
             };
             let on_upgrade = hyper::upgrade::on(&mut req);
             let runtime = ctx.runtime.clone();

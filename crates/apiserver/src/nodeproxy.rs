@@ -9,6 +9,9 @@
 //! ways without looking at them, as Kubernetes' upgrade-aware proxy does; the stream
 //! protocols live in the agent alone.
 
+// As in `http.rs`: errors are `Status` values on their way to the client.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use api::meta::Status;
