@@ -655,6 +655,7 @@ impl Api {
         if node_name.is_empty() {
             return Err(Status::bad_request(format!("pod {name} does not have a host assigned")));
         }
+        crate::nodeproxy::check_started(&pod, &container)?;
         let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
         let nodes = self.registry("", "nodes")?;
         let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.to_string()), namespace: None };

@@ -144,6 +144,29 @@ pub fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, Status
     }
 }
 
+/// Kubernetes' refusal for a container that has not run yet (nothing to show or enter).
+pub fn check_started(pod: &Value, container: &str) -> Result<(), Status> {
+    let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let statuses = ["/status/containerStatuses", "/status/initContainerStatuses"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten();
+    for s in statuses.filter(|s| s.get("name").and_then(Value::as_str) == Some(container)) {
+        let ran_before = s.pointer("/lastState/terminated").is_some();
+        if let Some(reason) = s.pointer("/state/waiting/reason").and_then(Value::as_str)
+            && !ran_before
+        {
+            return Err(Status::bad_request(format!(
+                "container {container:?} in pod {pod_name:?} is waiting to start: {reason}"
+            )));
+        }
+        return Ok(());
+    }
+    Err(Status::bad_request(format!(
+        "container {container:?} in pod {pod_name:?} is waiting to start: ContainerCreating"
+    )))
+}
+
 /// A response body fed from a channel.
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -234,6 +257,10 @@ mod tests {
         assert_eq!(pick_container(&pod, Some("b")).unwrap(), "b");
         assert_eq!(pick_container(&pod, Some("x")).unwrap_err().message, "container x is not valid for pod p");
         assert!(pick_container(&pod, None).unwrap_err().message.contains("choose one of: [a b]"));
+        let waiting = json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [
+            {"name": "a", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}});
+        assert!(check_started(&waiting, "a").unwrap_err().message.ends_with("is waiting to start: ImagePullBackOff"));
+        assert!(check_started(&pod, "a").unwrap_err().message.ends_with("ContainerCreating"));
         let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}});
         assert_eq!(pick_container(&one, None).unwrap(), "a");
         let node = json!({"status": {"addresses": [{"type": "Hostname", "address": "h"},

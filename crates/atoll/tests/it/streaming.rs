@@ -208,9 +208,30 @@ fn logs_exec_attach_and_cp_through_the_api_server() -> Result<()> {
     ann.ok_with(&["create", "-f", "-"], Some(&pod("shell", "sleep 100000", "Always")))?;
     ann.ok_with(&["create", "-f", "-"], Some(&pod("talker", "while true; do echo talk; sleep 0.3; done", "Always")))?;
     ann.ok_with(&["create", "-f", "-"], Some(&pod("crasher", "echo crash attempt; sleep 1; exit 1", "Always")))?;
-    for p in ["logger", "shell", "talker"] {
+    // stdin for attach: one pod per kubectl (stdinOnce: the first attach's end closes it).
+    for minor in MINORS {
+        let reader = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("reader-{minor}")},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                                     "stdin": true, "stdinOnce": true,
+                                     "command": ["sh", "-c", "while read l; do echo got $l; done; echo stdin closed"]}]}});
+        ann.ok_with(&["create", "-f", "-"], Some(&reader.to_string()))?;
+    }
+    for p in ["logger", "shell", "talker", "reader-27", "reader-30", "reader-33"] {
         ann.ok(&["wait", &format!("pod/{p}"), "--for=condition=Ready", "--timeout=60s"])?;
     }
+    // A container that never ran has no log to show, and says why.
+    let noimage = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "noimage"},
+        "spec": {"containers": [{"name": "main", "image": "no-such-image", "imagePullPolicy": "Never"}]}});
+    ann.ok_with(&["create", "-f", "-"], Some(&noimage.to_string()))?;
+    ann.ok(&[
+        "wait",
+        "pod/noimage",
+        "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImageNeverPull",
+        "--timeout=30s",
+    ])?;
+    let waiting = ann.fails(&["logs", "noimage"])?;
+    ensure!(waiting.contains("is waiting to start: ErrImageNeverPull"), "{waiting}");
     // Before any restart there is no previous attempt.
     let none = ann.fails(&["logs", "crasher", "--previous"])?;
     ensure!(none.contains("previous terminated container"), "{none}");
@@ -227,6 +248,8 @@ fn logs_exec_attach_and_cp_through_the_api_server() -> Result<()> {
         let k = kubectl(minor, &ann.kubeconfig)?;
         log_checks(&k, minor)?;
         exec_checks(&k, minor, work.path())?;
+        let attached = k.ok_with(&["attach", "-i", &format!("reader-{minor}")], Some("hello\n"))?;
+        ensure!(attached.contains("got hello\nstdin closed\n"), "1.{minor} attach -i: {attached:?}");
     }
 
     // kubectl 1.30+ falls back to SPDY when told not to use WebSockets (or when they fail).
