@@ -2,8 +2,9 @@
 //! (`atoll agent`) that converges the node onto the API's pods.
 //!
 //! Contract:
-//! - Only [`os`] (and the [`shim`] supervisor process) make system calls; everything else
-//!   asks [`os::Os`], so the logic is unit-tested against [`os::FakeOs`].
+//! - Only [`os`] (and the [`shim`] supervisor process, and [`sessions`], which streams an
+//!   exec's stdio and opens its terminal) make system calls; everything else asks
+//!   [`os::Os`], so the logic is unit-tested against [`os::FakeOs`].
 //! - [`images::ImageStore`] is an OCI image layout on disk: content-addressed blobs,
 //!   each stored once, written only after their digest is checked.
 //! - [`runtime::Runtime`] is the one interface for container and VM runtimes (a sandbox

@@ -581,6 +581,8 @@ impl Node {
             user,
             resources,
             log_path: Some(log_dir.join(format!("{n}.log"))),
+            stdin: c.get("stdin").and_then(Value::as_bool).unwrap_or(false),
+            stdin_once: c.get("stdinOnce").and_then(Value::as_bool).unwrap_or(false),
         })
     }
 

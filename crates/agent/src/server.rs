@@ -34,6 +34,7 @@ use crate::stream::{self, Streams};
 
 /// The only client identity the port serves.
 pub const APISERVER_CN: &str = "system:apiserver";
+const APISERVER_TENANT: &str = "system";
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -132,13 +133,8 @@ impl AgentServer {
                     }
                     Err(_) => return,
                 };
-                let is_apiserver = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|der| common_name(der))
-                    .is_some_and(|cn| cn == APISERVER_CN);
+                let is_apiserver =
+                    tls.get_ref().1.peer_certificates().and_then(|c| c.first()).is_some_and(|der| is_apiserver(der));
                 let service = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
                     async move {
@@ -161,10 +157,14 @@ impl AgentServer {
     }
 }
 
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
+/// The API server's identity: `CN=system:apiserver` of the system tenant (`OU=system`),
+/// exactly one of each, as the cluster's certificates carry identities.
+fn is_apiserver(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
+    let subject = cert.subject();
+    let cns: Vec<&str> = subject.iter_common_name().filter_map(|a| a.as_str().ok()).collect();
+    let ous: Vec<&str> = subject.iter_organizational_unit().filter_map(|a| a.as_str().ok()).collect();
+    cns == [APISERVER_CN] && ous == [APISERVER_TENANT]
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
@@ -180,6 +180,9 @@ fn session_error(e: &SessionError) -> Response<Body> {
     match e {
         SessionError::NoContainer { .. } | SessionError::NoPrevious { .. } | SessionError::NotRunning { .. } => {
             status(400, "BadRequest", &e.to_string())
+        }
+        SessionError::Runtime(crate::runtime::RuntimeError::WrongState { state, .. }) => {
+            status(400, "BadRequest", &format!("the container is {state:?}, not running"))
         }
         _ => status(500, "InternalError", &e.to_string()),
     }
@@ -421,6 +424,23 @@ async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn der(pem: &str) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+    }
+
+    #[test]
+    fn only_the_apiserver_identity_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = apiserver::pki::bootstrap(dir.path(), &[]).unwrap();
+        let apiserver = apiserver::pki::issue_apiserver_client(dir.path()).unwrap();
+        assert!(is_apiserver(&der(&apiserver.cert)));
+        // The cluster administrator is not the API server.
+        assert!(!is_apiserver(&der(&pki.admin_cert)));
+        let node = apiserver::pki::issue_node_serving(dir.path(), "n1", &["127.0.0.1".into()]).unwrap();
+        assert!(!is_apiserver(&der(&node.cert)));
+    }
 
     #[test]
     fn query_and_time_parsing() {

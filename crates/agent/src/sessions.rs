@@ -289,12 +289,42 @@ pub async fn exec(program: PathBuf, args: Vec<std::ffi::OsString>, command: Vec<
 }
 
 /// Attach: the container's output as it is written from now on, until it stops or the
-/// client leaves. (The container's stdin is not offered: the shim gives containers none.)
+/// client leaves; with `stdin`, the client's input goes to the container's stdin through
+/// its supervisor's socket (containers without `stdin: true` have none: input is dropped).
 pub async fn attach(runtime: Arc<dyn Runtime>, container: ContainerStatus, session: Session) {
-    let Session { streams, input, output } = session;
+    let Session { streams, mut input, output } = session;
     // Start at the log's current end: attach shows what comes, not what was.
     let mut offset = tokio::fs::metadata(&container.log_path).await.map(|m| m.len()).unwrap_or(0);
-    let mut input = input;
+    let socket = if streams.stdin {
+        let (rt, id) = (runtime.clone(), container.id.clone());
+        blocking(move || rt.attach_socket(&id)).await.flatten()
+    } else {
+        None
+    };
+    let mut stdin = match socket {
+        Some(path) => tokio::net::UnixStream::connect(&path).await.ok(),
+        None => None,
+    };
+    let feeder = tokio::spawn(async move {
+        while let Some(i) = input.recv().await {
+            match i {
+                Input::Stdin(b) => {
+                    if let Some(s) = stdin.as_mut()
+                        && s.write_all(&b).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                Input::StdinEnd => {
+                    if let Some(mut s) = stdin.take() {
+                        let _ = s.shutdown().await;
+                    }
+                }
+                // The container has no terminal of ours to resize.
+                Input::Resize { .. } => {}
+            }
+        }
+    });
     loop {
         let alive = running(&runtime, &container.id).await;
         let (chunk, next) = read_from(&container.log_path, offset).await;
@@ -310,6 +340,7 @@ pub async fn attach(runtime: Arc<dyn Runtime>, container: ContainerStatus, sessi
                 _ => continue,
             };
             if output.send(event).await.is_err() {
+                feeder.abort();
                 return;
             }
         }
@@ -318,10 +349,12 @@ pub async fn attach(runtime: Arc<dyn Runtime>, container: ContainerStatus, sessi
         }
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
-            _ = output.closed() => return,
-            // Input is drained (resizes, stdin the container cannot take).
-            _ = input.recv() => {}
+            _ = output.closed() => {
+                feeder.abort();
+                return;
+            }
         }
     }
+    feeder.abort();
     let _ = output.send(Output::Done(stream::success())).await;
 }

@@ -41,7 +41,14 @@ pub struct ShimArgs {
     /// The container's state folder (pid file, exit file).
     pub dir: PathBuf,
     pub log: PathBuf,
+    /// Give the container a stdin pipe, fed by clients of [`ATTACH_SOCKET`] one at a time
+    /// (`kubectl attach -i`); `Some(true)`: closed once the first client leaves
+    /// (`stdinOnce`).
+    pub stdin: Option<bool>,
 }
+
+/// The socket in the container's state folder that feeds its stdin.
+pub const ATTACH_SOCKET: &str = "attach.sock";
 
 impl ShimArgs {
     pub fn to_args(&self) -> Vec<OsString> {
@@ -57,12 +64,17 @@ impl ShimArgs {
             out.push(flag.into());
             out.push(value.to_owned());
         }
+        if let Some(once) = self.stdin {
+            out.push("--stdin".into());
+            out.push(if once { "once" } else { "keep" }.into());
+        }
         out
     }
 
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<ShimArgs, ShimError> {
         let mut it = args.into_iter();
         let (mut runtime, mut root, mut id, mut bundle, mut dir, mut log) = (None, None, None, None, None, None);
+        let mut stdin = None;
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| ShimError::Usage(format!("{flag:?} needs a value")))?;
             match flag.to_str() {
@@ -72,6 +84,13 @@ impl ShimArgs {
                 Some("--bundle") => bundle = Some(PathBuf::from(value)),
                 Some("--dir") => dir = Some(PathBuf::from(value)),
                 Some("--log") => log = Some(PathBuf::from(value)),
+                Some("--stdin") => {
+                    stdin = Some(match value.to_str() {
+                        Some("once") => true,
+                        Some("keep") => false,
+                        _ => return Err(ShimError::Usage(format!("--stdin takes once or keep, not {value:?}"))),
+                    })
+                }
                 _ => return Err(ShimError::Usage(format!("unknown flag {flag:?}"))),
             }
         }
@@ -83,6 +102,7 @@ impl ShimArgs {
             bundle: bundle.ok_or_else(|| missing("--bundle"))?,
             dir: dir.ok_or_else(|| missing("--dir"))?,
             log: log.ok_or_else(|| missing("--log"))?,
+            stdin,
         })
     }
 }
@@ -190,7 +210,7 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(if args.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -202,6 +222,8 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
     let (Some(stdout), Some(mut stderr)) = (create.stdout.take(), create.stderr.take()) else {
         return Err("no pipes".into());
     };
+    // Taken before `wait`, which would close it: the container keeps reading this pipe.
+    let stdin_pipe = create.stdin.take();
     let status = create.wait().map_err(|e| format!("waiting for create: {e}"))?;
     if !status.success() {
         // The runtime's complaint went to the stderr pipe; nothing else holds its write end.
@@ -215,6 +237,15 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
         handshake("error no pid file after create");
         "no pid file".to_string()
     })?;
+    if let (Some(once), Some(pipe)) = (args.stdin, stdin_pipe) {
+        let socket = args.dir.join(ATTACH_SOCKET);
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| {
+            handshake(&format!("error binding {}: {e}", socket.display()));
+            format!("binding {}: {e}", socket.display())
+        })?;
+        std::thread::spawn(move || feed_stdin(listener, pipe, once));
+    }
     handshake(&format!("created {pid}"));
 
     let threads: Vec<_> = [("stdout", Box::new(stdout) as Box<dyn Read + Send>), ("stderr", Box::new(stderr))]
@@ -231,6 +262,21 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
     }
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
     write_atomic(&args.dir.join(EXIT_FILE), &bytes).map_err(|e| format!("writing the exit file: {e}"))
+}
+
+/// Copies each attach client's bytes into the container's stdin, one client at a time;
+/// with `once`, the first client's leaving closes it (the container reads end-of-file).
+fn feed_stdin(listener: std::os::unix::net::UnixListener, mut stdin: std::process::ChildStdin, once: bool) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        if std::io::copy(&mut conn, &mut stdin).is_err() {
+            // The container closed its stdin (or exited): nobody reads any more.
+            return;
+        }
+        if once {
+            return;
+        }
+    }
 }
 
 /// Reap children (the runtime's leftovers and the container) until the container is seen.
@@ -307,6 +353,7 @@ mod tests {
     #[test]
     fn args_round_trip_and_bad_args_are_usage_errors() {
         let a = ShimArgs {
+            stdin: Some(true),
             runtime: "/usr/bin/crun".into(),
             root: "/r".into(),
             id: "c1".into(),

@@ -144,7 +144,8 @@ pub fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, Status
     }
 }
 
-/// Kubernetes' refusal for a container that has not run yet (nothing to show or enter).
+/// Kubernetes' refusal for a container that has not run yet (nothing to show or enter);
+/// one waiting to restart has run (its last attempt's log is there).
 pub fn check_started(pod: &Value, container: &str) -> Result<(), Status> {
     let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let statuses = ["/status/containerStatuses", "/status/initContainerStatuses"]
@@ -152,7 +153,10 @@ pub fn check_started(pod: &Value, container: &str) -> Result<(), Status> {
         .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
         .flatten();
     for s in statuses.filter(|s| s.get("name").and_then(Value::as_str) == Some(container)) {
-        let ran_before = s.pointer("/lastState/terminated").is_some();
+        // A container ID means an attempt exists (a crash-looping one between runs too).
+        let ran_before = s.pointer("/lastState/terminated").is_some()
+            || s.get("containerID").and_then(Value::as_str).is_some_and(|id| !id.is_empty())
+            || s.get("restartCount").and_then(Value::as_u64).is_some_and(|n| n > 0);
         if let Some(reason) = s.pointer("/state/waiting/reason").and_then(Value::as_str)
             && !ran_before
         {
@@ -261,6 +265,12 @@ mod tests {
             {"name": "a", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}});
         assert!(check_started(&waiting, "a").unwrap_err().message.ends_with("is waiting to start: ImagePullBackOff"));
         assert!(check_started(&pod, "a").unwrap_err().message.ends_with("ContainerCreating"));
+        let restarting = json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [
+            {"name": "a", "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        assert!(check_started(&restarting, "a").is_ok());
+        let first_backoff = json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [
+            {"name": "a", "containerID": "crun://x", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        assert!(check_started(&first_backoff, "a").is_ok());
         let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}});
         assert_eq!(pick_container(&one, None).unwrap(), "a");
         let node = json!({"status": {"addresses": [{"type": "Hostname", "address": "h"},

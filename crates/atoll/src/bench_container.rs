@@ -61,6 +61,8 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
                 user: None,
                 resources: Resources { memory_limit_bytes: Some(64 << 20), ..Resources::default() },
                 log_path: None,
+                stdin: false,
+                stdin_once: false,
             };
             let t = Instant::now();
             let id = rt.create_container("bench", &spec)?;

@@ -95,6 +95,12 @@ pub struct ContainerSpec {
     pub resources: Resources,
     /// Where the CRI-format log goes; `None` puts it in the container's state folder.
     pub log_path: Option<PathBuf>,
+    /// Keep a stdin open for `attach` (`stdin: true`), closed after the first attach
+    /// (`stdinOnce`).
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +160,9 @@ pub trait Runtime: Send + Sync {
     /// the caller's stdio passed through (`kubectl exec`); the caller spawns it, so that
     /// it can stream its stdio (and give it a terminal).
     fn exec_command(&self, id: &str, command: &[String]) -> Result<(PathBuf, Vec<std::ffi::OsString>), RuntimeError>;
+
+    /// The Unix socket feeding container `id`'s stdin (`attach -i`), if it has one.
+    fn attach_socket(&self, id: &str) -> Option<PathBuf>;
 }
 
 /// Names that become file names and OCI container IDs.

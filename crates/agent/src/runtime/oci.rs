@@ -586,6 +586,7 @@ impl Runtime for OciRuntime {
                 bundle,
                 dir: dir.clone(),
                 log: log_path,
+                stdin: spec.stdin.then_some(spec.stdin_once),
             };
             let (program, lead) =
                 self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
@@ -696,6 +697,11 @@ impl Runtime for OciRuntime {
         Ok(out)
     }
 
+    fn attach_socket(&self, id: &str) -> Option<PathBuf> {
+        let path = self.container_dir(id).join(crate::shim::ATTACH_SOCKET);
+        self.os.exists(&path).then_some(path)
+    }
+
     fn exec_command(&self, id: &str, command: &[String]) -> Result<(PathBuf, Vec<OsString>), RuntimeError> {
         let rec = self.container_record(id)?;
         let status = self.status_of(&rec)?;
@@ -768,6 +774,8 @@ mod tests {
             command: None,
             args: Some(vec!["x".into()]),
             env: vec![("B".into(), "spec".into())],
+            stdin: false,
+            stdin_once: false,
             working_dir: None,
             user: None,
             resources: Resources {

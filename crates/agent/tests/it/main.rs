@@ -147,6 +147,8 @@ pub fn container(node: &Node, image: &Image, name: &str, script: &str) -> Contai
         user: None,
         resources: Resources::default(),
         log_path: None,
+        stdin: false,
+        stdin_once: false,
     }
 }
 
