@@ -152,23 +152,21 @@ pub fn check_started(pod: &Value, container: &str) -> Result<(), Status> {
         .iter()
         .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
         .flatten();
-    for s in statuses.filter(|s| s.get("name").and_then(Value::as_str) == Some(container)) {
-        // A container ID means an attempt exists (a crash-looping one between runs too).
-        let ran_before = s.pointer("/lastState/terminated").is_some()
-            || s.get("containerID").and_then(Value::as_str).is_some_and(|id| !id.is_empty())
-            || s.get("restartCount").and_then(Value::as_u64).is_some_and(|n| n > 0);
-        if let Some(reason) = s.pointer("/state/waiting/reason").and_then(Value::as_str)
-            && !ran_before
-        {
-            return Err(Status::bad_request(format!(
-                "container {container:?} in pod {pod_name:?} is waiting to start: {reason}"
-            )));
-        }
-        return Ok(());
+    let Some(s) = statuses.into_iter().find(|s| s.get("name").and_then(Value::as_str) == Some(container)) else {
+        return Err(Status::bad_request(format!(
+            "container {container:?} in pod {pod_name:?} is waiting to start: ContainerCreating"
+        )));
+    };
+    // A container ID means an attempt exists (a crash-looping one between runs too).
+    let ran_before = s.pointer("/lastState/terminated").is_some()
+        || s.get("containerID").and_then(Value::as_str).is_some_and(|id| !id.is_empty())
+        || s.get("restartCount").and_then(Value::as_u64).is_some_and(|n| n > 0);
+    match s.pointer("/state/waiting/reason").and_then(Value::as_str) {
+        Some(reason) if !ran_before => Err(Status::bad_request(format!(
+            "container {container:?} in pod {pod_name:?} is waiting to start: {reason}"
+        ))),
+        _ => Ok(()),
     }
-    Err(Status::bad_request(format!(
-        "container {container:?} in pod {pod_name:?} is waiting to start: ContainerCreating"
-    )))
 }
 
 /// A response body fed from a channel.
