@@ -35,6 +35,52 @@ pub fn rfc3339_nano(t: SystemTime) -> String {
     format!("{y:04}-{mo:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, s / 60 % 60, s % 60, d.subsec_nanos())
 }
 
+/// (year, month, day) to days since 1970-01-01; the inverse of [`civil_from_days`].
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if month > 2 { month - 3 } else { month + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses the UTC forms Kubernetes writes (`2006-01-02T15:04:05Z`, with any number of
+/// fractional digits); `None` for anything else, offsets included.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let rest = &s[19..];
+    let (fraction, zone) = match rest.strip_prefix('.') {
+        Some(f) => {
+            let digits = f.bytes().take_while(u8::is_ascii_digit).count();
+            (&f[..digits], &f[digits..])
+        }
+        None => ("", rest),
+    };
+    if !matches!(zone, "Z" | "z") || (rest.starts_with('.') && fraction.is_empty()) {
+        return None;
+    }
+    let nanos: u32 = format!("{:0<9}", &fraction[..fraction.len().min(9)]).parse().ok()?;
+    let days = days_from_civil(i64::from(year), month, day);
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +94,18 @@ mod tests {
         assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
         let t = UNIX_EPOCH + Duration::new(951_827_696, 7);
         assert_eq!(rfc3339_nano(t), "2000-02-29T12:34:56.000000007Z");
+    }
+
+    #[test]
+    fn parses_what_it_writes() {
+        for unix in [0, 951_782_400, 1_795_348_164, 4_102_444_799] {
+            assert_eq!(parse_rfc3339(&rfc3339(unix)), Some(UNIX_EPOCH + Duration::from_secs(unix as u64)));
+        }
+        let t = UNIX_EPOCH + Duration::new(951_827_696, 7);
+        assert_eq!(parse_rfc3339(&rfc3339_nano(t)), Some(t));
+        assert_eq!(parse_rfc3339("2026-11-24T00:00:54.123456Z"), Some(UNIX_EPOCH + Duration::new(1_795_478_454, 123_456_000)));
+        for bad in ["", "2026-11-24", "2026-11-24T00:00:54+01:00", "2026-13-01T00:00:00Z", "2026-11-24T00:00:54.Z"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod controller;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod queue;
 pub mod serviceaccount;
 pub mod tenant;
