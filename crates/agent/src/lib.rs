@@ -23,4 +23,5 @@ pub mod pods;
 pub mod reference;
 pub mod runtime;
 pub mod shim;
+pub mod simulated;
 pub mod timefmt;

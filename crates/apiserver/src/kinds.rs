@@ -133,6 +133,30 @@ fn no_rules(_: &Value) -> Vec<FieldError> {
 
 fn no_defaults(_: &mut Value) {}
 
+/// How long a pod stays on a node that is not ready or unreachable unless it says otherwise
+/// (Kubernetes' DefaultTolerationSeconds admission, with its default).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// A new pod tolerates the not-ready and unreachable NoExecute taints for
+/// [`DEFAULT_TOLERATION_SECONDS`] unless it already has a toleration for them, as
+/// Kubernetes' DefaultTolerationSeconds admission does; the node lifecycle controller
+/// evicts after that.
+fn pod_defaults(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| serde_json::json!([]));
+    let Some(list) = tolerations.as_array_mut() else { return };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let covered = list.iter().any(|t| {
+            let field = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("");
+            (field("key") == key || field("key").is_empty()) && matches!(field("effect"), "NoExecute" | "")
+        });
+        if !covered {
+            list.push(serde_json::json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                                         "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
+        }
+    }
+}
+
 /// The finalizer by which the namespace controller empties a deleted namespace.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 /// The finalizer by which the tenant controller empties a deleted tenant.
@@ -529,18 +553,21 @@ pub fn builtin() -> Vec<Kind> {
             clear_status_on_create: true,
             defaults: namespace_defaults,
         },
-        with_status(
-            kind("", "v1", "Pod", "pods", true, true),
-            &[
-                "spec.nodeName",
-                "spec.restartPolicy",
-                "spec.schedulerName",
-                "spec.serviceAccountName",
-                "status.phase",
-                "status.podIP",
-            ],
-            validate_pod,
-        ),
+        Kind {
+            defaults: pod_defaults,
+            ..with_status(
+                kind("", "v1", "Pod", "pods", true, true),
+                &[
+                    "spec.nodeName",
+                    "spec.restartPolicy",
+                    "spec.schedulerName",
+                    "spec.serviceAccountName",
+                    "status.phase",
+                    "status.podIP",
+                ],
+                validate_pod,
+            )
+        },
         with_status(kind("", "v1", "Node", "nodes", false, true), &["spec.unschedulable"], no_rules),
         plain(kind("", "v1", "ConfigMap", "configmaps", true, false), &[], validate_configmap),
         plain(kind("", "v1", "Secret", "secrets", true, false), &["type"], validate_secret),

@@ -295,10 +295,24 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
                     .unwrap_or("")
                     .to_string()
             };
+            // Roles as kubectl derives them: `node-role.kubernetes.io/<role>` labels and the
+            // older `kubernetes.io/role=<role>`.
+            let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+            let mut roles: Vec<String> = labels
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| match k.strip_prefix("node-role.kubernetes.io/") {
+                    Some(role) if !role.is_empty() => Some(role.to_string()),
+                    _ if k == "kubernetes.io/role" => v.as_str().filter(|r| !r.is_empty()).map(str::to_string),
+                    _ => None,
+                })
+                .collect();
+            roles.sort();
+            roles.dedup();
             vec![
                 name,
                 json!(status),
-                json!("<none>"),
+                or_none(roles.join(",")),
                 created,
                 json!(s(obj, "/status/nodeInfo/kubeletVersion")),
                 or_none(address("InternalIP")),

@@ -21,6 +21,9 @@ pub enum BenchCommand {
     /// Scheduler benchmark: the decision core alone, and the whole loop against an
     /// in-process API server.
     Scheduler(crate::bench_sched::SchedulerBenchArgs),
+    /// Pod startup latency (create -> Running) for pods created at once, on the real local
+    /// node of a cluster it starts (or `--kubeconfig`), or on simulated nodes.
+    Pods(crate::bench_pods::PodsBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +58,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Container(args) => tokio::task::spawn_blocking(move || crate::bench_container::run(args)).await?,
         BenchCommand::Authz(args) => crate::bench_authz::run(args).await,
         BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
+        BenchCommand::Pods(args) => crate::bench_pods::run(args).await,
     }
 }
 

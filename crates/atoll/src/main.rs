@@ -6,6 +6,7 @@ mod bench;
 mod bench_api;
 mod bench_authz;
 mod bench_container;
+mod bench_pods;
 mod bench_sched;
 mod controllers;
 mod debug;

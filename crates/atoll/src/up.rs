@@ -36,6 +36,12 @@ pub struct UpArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    /// Also run this many simulated nodes (`sim-0`, ...; labelled `atoll.io/simulated=true`,
+    /// they run nothing) beside the real one.
+    #[arg(long, default_value_t = 0)]
+    pub simulated_nodes: usize,
+    #[command(flatten)]
+    pub controllers: crate::controllers::ControllerOptions,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -54,7 +60,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let server_task = tokio::spawn(server.run(when_stopped(stopped.clone())));
-    let controllers_task = tokio::spawn(controllers::run_all(client.clone(), when_stopped(stopped.clone())));
+    let controllers_task = tokio::spawn(crate::controllers::run_all(
+        client.clone(),
+        args.controllers.clone(),
+        when_stopped(stopped.clone()),
+    ));
+    let simulated_task = if args.simulated_nodes > 0 {
+        // A connection of their own: thousands of nodes' renewals must not queue behind the
+        // controllers' requests.
+        let config = client::Config::from_kubeconfig(&kubeconfig, None)?;
+        let sims = client::Client::new(config).context("setting up the simulated nodes' API client")?;
+        let cfg = agent::simulated::SimConfig::new(args.simulated_nodes, "sim");
+        Some(tokio::spawn(agent::simulated::run(sims, cfg, when_stopped(stopped.clone()))))
+    } else {
+        None
+    };
     let scheduler_task =
         tokio::spawn(scheduler::run(client.clone(), scheduler::Config::default(), when_stopped(stopped.clone())));
     let agent_task = if args.no_agent {
@@ -105,6 +125,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // answers them.
     let _ = controllers_task.await;
     let _ = scheduler_task.await;
+    if let Some(task) = simulated_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "simulated nodes failed");
+    }
     let _ = server_task.await;
     tracing::info!("stopped");
     match agent_failed {

@@ -16,6 +16,8 @@ pub const SYSTEM_TENANT: &str = "system";
 /// tolerates them may still land there (as DaemonSet pods do).
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+/// The node lifecycle controller's taint for a node whose agent stopped reporting.
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
 /// Scoring counts a pod that requests nothing as this much (Kubernetes' non-zero
 /// defaults), so best-effort pods still spread.
