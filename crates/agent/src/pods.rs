@@ -301,7 +301,9 @@ impl Node {
         let attachment = match self.runtime.sandbox_status(uid) {
             Ok(_) => self.network.attachment(uid),
             Err(RuntimeError::NotFound { .. }) => {
+                let began = std::time::Instant::now();
                 let attachment = self.network.setup(uid)?;
+                let network_ms = began.elapsed().as_millis() as u64;
                 let spec = SandboxSpec {
                     id: uid.to_string(),
                     name: key.name.clone(),
@@ -317,7 +319,8 @@ impl Node {
                     network: attachment.mode.clone(),
                 };
                 self.runtime.run_sandbox(&spec)?;
-                tracing::info!(pod = %key, sandbox = uid, "sandbox started");
+                let total_ms = began.elapsed().as_millis() as u64;
+                tracing::info!(pod = %key, sandbox = uid, network_ms, total_ms, "sandbox started");
                 Some(attachment)
             }
             Err(e) => return Err(e.into()),
@@ -385,9 +388,12 @@ impl Node {
             if let Some(n) = start_attempt {
                 match self.container_spec(pod, c, n) {
                     Ok(spec) => {
+                        let began = std::time::Instant::now();
                         let id = self.runtime.create_container(uid, &spec)?;
+                        let create_ms = began.elapsed().as_millis() as u64;
                         self.runtime.start_container(&id)?;
-                        tracing::info!(pod = %key, container = name, attempt = n, "started");
+                        let total_ms = began.elapsed().as_millis() as u64;
+                        tracing::info!(pod = %key, container = name, attempt = n, create_ms, total_ms, "started");
                         fresh = Some(self.runtime.container_status(&id)?);
                         soon(POLL);
                     }

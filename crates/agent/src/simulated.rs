@@ -240,7 +240,8 @@ impl Fleet {
     /// Brings one watched pod to what a node would report; `None` when it is not ours.
     async fn sync_pod(&self, pod: &Value) {
         let Some(&i) = self.index.get(text(pod, "/spec/nodeName")) else { return };
-        let (name, ns, tenant) = (text(pod, "/metadata/name"), text(pod, "/metadata/namespace"), text(pod, "/metadata/tenant"));
+        let (name, ns, tenant) =
+            (text(pod, "/metadata/name"), text(pod, "/metadata/namespace"), text(pod, "/metadata/tenant"));
         let scope = Scope { tenant: Tenant::Named(tenant.to_string()), namespace: Some(ns.to_string()) };
         if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
             let params = DeleteParams {

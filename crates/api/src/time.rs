@@ -50,8 +50,7 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// fractional digits); `None` for anything else, offsets included.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
@@ -103,7 +102,10 @@ mod tests {
         }
         let t = UNIX_EPOCH + Duration::new(951_827_696, 7);
         assert_eq!(parse_rfc3339(&rfc3339_nano(t)), Some(t));
-        assert_eq!(parse_rfc3339("2026-11-24T00:00:54.123456Z"), Some(UNIX_EPOCH + Duration::new(1_795_478_454, 123_456_000)));
+        assert_eq!(
+            parse_rfc3339("2026-11-24T00:00:54.123456Z"),
+            Some(UNIX_EPOCH + Duration::new(1_795_478_454, 123_456_000))
+        );
         for bad in ["", "2026-11-24", "2026-11-24T00:00:54+01:00", "2026-13-01T00:00:00Z", "2026-11-24T00:00:54.Z"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }

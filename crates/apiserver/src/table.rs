@@ -554,4 +554,20 @@ mod tests {
         assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
         assert!(!wants_table("application/json"));
     }
+
+    #[test]
+    fn node_roles_come_from_labels_as_kubectl_reads_them() {
+        let node = |labels: Value| json!({"metadata": {"name": "n", "labels": labels}});
+        let roles = |labels: Value| cells("Node", &node(labels), 0)[2].clone();
+        assert_eq!(roles(json!({})), json!("<none>"));
+        assert_eq!(
+            roles(json!({"node-role.kubernetes.io/simulated": "", "atoll.io/simulated": "true"})),
+            json!("simulated")
+        );
+        assert_eq!(
+            roles(json!({"node-role.kubernetes.io/worker": "", "node-role.kubernetes.io/control-plane": "",
+                         "kubernetes.io/role": "worker"})),
+            json!("control-plane,worker")
+        );
+    }
 }

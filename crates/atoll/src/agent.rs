@@ -91,7 +91,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let client = client::Client::new(config).context("setting up the API client")?;
     if let Some(count) = args.sim.simulated {
         tracing::info!(count, prefix = %args.sim.name_prefix, "running simulated nodes");
-        agent::simulated::run(client, args.sim.config(count), crate::stop_signal()?).await.context("simulated nodes")?;
+        agent::simulated::run(client, args.sim.config(count), crate::stop_signal()?)
+            .await
+            .context("simulated nodes")?;
         tracing::info!("simulated nodes stopped");
         return Ok(());
     }

@@ -53,15 +53,17 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-INT", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The folder goes with the cluster; its log stays for a look at where the time went.
+        let kept = std::env::temp_dir().join("atoll-bench-pods-up.log");
+        if std::fs::copy(self.log(), &kept).is_ok() {
+            eprintln!("the cluster's log: {}", kept.display());
+        }
     }
 }
 
@@ -143,11 +145,6 @@ pub async fn run(args: PodsBenchArgs) -> Result<()> {
         (None, None) => unreachable!("a cluster was started"),
     };
     let result = measure(&args, &kubeconfig, started.is_some()).await;
-    if let (Err(_), Some(c)) = (&result, &started) {
-        eprintln!("the cluster's log: {}", c.log().display());
-        // Keep the folder for a look at the log.
-        let _ = std::fs::copy(c.log(), std::env::temp_dir().join("atoll-bench-pods-up.log"));
-    }
     drop(started);
     result
 }
@@ -168,8 +165,14 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<(
     }
 
     let ns = format!("bench-pods-{}", std::process::id());
-    client.create(&Resource::namespaces(), &Scope::own(), &json!({"apiVersion": "v1", "kind": "Namespace",
-                                                                "metadata": {"name": ns}})).await?;
+    client
+        .create(
+            &Resource::namespaces(),
+            &Scope::own(),
+            &json!({"apiVersion": "v1", "kind": "Namespace",
+                                                                "metadata": {"name": ns}}),
+        )
+        .await?;
     let scope = Scope::own().in_namespace(&ns);
     let listed = client.list(&Resource::pods(), &scope, &ListParams::default()).await?;
     let params = WatchParams { resource_version: Some(listed.resource_version), ..WatchParams::default() };
@@ -235,7 +238,18 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<(
         ms(total),
     );
 
+    // Clean up and wait for it, so a cluster we started stops with nothing left to stop
+    // (the agent stops its pods in parallel; its own shutdown goes one pod at a time).
     let params = client::DeleteParams::default();
     client.delete(&Resource::namespaces(), &Scope::own(), &ns, &params).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let left = client.list(&Resource::pods(), &scope, &ListParams::default()).await?.items.len();
+        if left == 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{left} pods were still being deleted after {} s", args.timeout);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }

@@ -252,7 +252,8 @@ impl Reconciler for NodeLifecycle {
         let mut current = (*node).clone();
         if let Some(conditions) = &verdict.conditions {
             current["status"]["conditions"] = conditions.clone();
-            current = self.client.replace_subresource(&Resource::nodes(), &scope, &key.name, "status", &current).await?;
+            current =
+                self.client.replace_subresource(&Resource::nodes(), &scope, &key.name, "status", &current).await?;
             tracing::info!(node = %key.name, health = ?verdict.health, "node conditions changed");
         }
         if let Some(taints) = &verdict.taints {
@@ -310,7 +311,10 @@ impl NodeLifecycle {
             if let Some(status) = pod_not_ready(pod, now) {
                 let mut updated = pod.clone();
                 updated["status"] = status;
-                match self.client.replace_subresource(&Resource::pods(), &pod_scope(pod), name, "status", &updated).await
+                match self
+                    .client
+                    .replace_subresource(&Resource::pods(), &pod_scope(pod), name, "status", &updated)
+                    .await
                 {
                     Ok(_) => {}
                     // Changed or gone meanwhile: the next look (below) sees the new pod.

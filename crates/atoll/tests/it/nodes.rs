@@ -76,7 +76,12 @@ fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()>
     }
     let running = until(
         &k,
-        &["get", "pods", "-o", "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.status.podIP}{\"\\n\"}{end}"],
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.status.podIP}{\"\\n\"}{end}",
+        ],
         Duration::from_secs(20),
         |o| o.lines().filter(|l| l.contains(" Running 100.64.")).count() == 4,
     )?;
@@ -88,11 +93,9 @@ fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()>
     ensure!(k.fails(&["get", "pod", "p3"])?.contains("not found"));
     let node_of_p0 = k.ok(&["get", "pod", "p0", "-o", "jsonpath={.spec.nodeName}"])?;
     // The server gave the pod Kubernetes' default tolerations, so it outlives a short outage.
-    let tolerations = k.ok(&["get", "pod", "p0", "-o", "jsonpath={range .spec.tolerations[*]}{.key}={.tolerationSeconds} {end}"])?;
-    ensure!(
-        tolerations == "node.kubernetes.io/not-ready=300 node.kubernetes.io/unreachable=300 ",
-        "{tolerations}"
-    );
+    let tolerations =
+        k.ok(&["get", "pod", "p0", "-o", "jsonpath={range .spec.tolerations[*]}{.key}={.tolerationSeconds} {end}"])?;
+    ensure!(tolerations == "node.kubernetes.io/not-ready=300 node.kubernetes.io/unreachable=300 ", "{tolerations}");
 
     // The agent dies: no more lease renewals.
     let killed = Instant::now();
@@ -101,7 +104,8 @@ fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()>
     until(&k, &["get", "node", "sim-1", "-o", READY], limit, |s| s == "Unknown")?;
     let taken = killed.elapsed();
     ensure!(taken >= Duration::from_secs(GRACE_SECONDS - 1), "marked after {taken:?}, before the grace period");
-    let reason = k.ok(&["get", "node", "sim-1", "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#])?;
+    let reason =
+        k.ok(&["get", "node", "sim-1", "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#])?;
     ensure!(reason == "NodeStatusUnknown", "{reason}");
     let taints = until(
         &k,

@@ -64,7 +64,11 @@ fn a_lease_older_than_the_grace_period_makes_the_node_unknown_and_unreachable() 
     let taints = v.taints.expect("taints change");
     assert_eq!(
         keys(&taints),
-        ["dedicated:NoSchedule", "node.kubernetes.io/unreachable:NoSchedule", "node.kubernetes.io/unreachable:NoExecute"]
+        [
+            "dedicated:NoSchedule",
+            "node.kubernetes.io/unreachable:NoSchedule",
+            "node.kubernetes.io/unreachable:NoExecute"
+        ]
     );
     assert_eq!(taints[2]["timeAdded"], stamp(141));
     assert_eq!(taints[1].get("timeAdded"), None);
@@ -107,7 +111,10 @@ fn an_agent_reporting_not_ready_gets_the_not_ready_taints_instead() {
     let v = judge(&n, Some(at(100)), at(101), GRACE);
     assert_eq!(v.health, Health::NotReady);
     assert_eq!(v.conditions, None);
-    assert_eq!(keys(&v.taints.unwrap()), ["node.kubernetes.io/not-ready:NoSchedule", "node.kubernetes.io/not-ready:NoExecute"]);
+    assert_eq!(
+        keys(&v.taints.unwrap()),
+        ["node.kubernetes.io/not-ready:NoSchedule", "node.kubernetes.io/not-ready:NoExecute"]
+    );
 }
 
 #[test]
@@ -136,7 +143,8 @@ fn tolerations_decide_evictions() {
     let pod = |tolerations: Value| json!({"spec": {"tolerations": tolerations}});
     let now = at(160);
     assert_eq!(eviction_after(&pod(json!([])), &taints, now), Some(Duration::ZERO));
-    let default = json!([{"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]);
+    let default =
+        json!([{"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]);
     assert_eq!(eviction_after(&pod(default), &taints, now), Some(Duration::from_secs(240)));
     let forever = json!([{"operator": "Exists"}]);
     assert_eq!(eviction_after(&pod(forever), &taints, now), None);
