@@ -149,8 +149,8 @@ pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, g
     };
     Verdict {
         health,
-        conditions: (conditions != old_conditions).then(|| Value::Array(conditions)),
-        taints: (taints != old_taints).then(|| Value::Array(taints)),
+        conditions: (conditions != old_conditions).then_some(Value::Array(conditions)),
+        taints: (taints != old_taints).then_some(Value::Array(taints)),
         recheck,
     }
 }
