@@ -50,8 +50,10 @@ pub enum Health {
     Ready,
     /// The agent reports `Ready=False`.
     NotReady,
-    /// `Ready` is `Unknown` or missing: nobody has heard from the agent.
+    /// `Ready` is `Unknown` (or missing past the grace period): nobody has heard from the agent.
     Unreachable,
+    /// A new node whose agent has not posted a status yet, within its first grace period.
+    Unreported,
 }
 
 /// What [`judge`] decided for one node.
@@ -100,6 +102,9 @@ pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, g
     let heard = last_heard(node, lease_renewed);
     let stale_for = heard.map(|h| now.duration_since(h).unwrap_or(Duration::ZERO));
     let stale = stale_for.is_none_or(|age| age > grace);
+    // A fresh node is looked at again when its last sign of life would expire.
+    let recheck =
+        |heard: Option<SystemTime>| heard.map(|h| (h + grace).duration_since(now).unwrap_or(Duration::ZERO) + SLACK);
     let mut conditions = old_conditions.clone();
     if stale {
         let has_ready = conditions.iter().any(|c| text(c, "/type") == "Ready");
@@ -119,12 +124,16 @@ pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, g
     let health = match ready {
         Some("True") => Health::Ready,
         Some("False") => Health::NotReady,
-        _ => Health::Unreachable,
+        Some(_) => Health::Unreachable,
+        // Registered, no status yet, still within its first grace period: nothing to judge.
+        None => {
+            return Verdict { health: Health::Unreported, conditions: None, taints: None, recheck: recheck(heard) };
+        }
     };
 
     let old_taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
     let wanted_key = match health {
-        Health::Ready => None,
+        Health::Ready | Health::Unreported => None,
         Health::NotReady => Some(NOT_READY_TAINT),
         Health::Unreachable => Some(UNREACHABLE_TAINT),
     };
@@ -143,15 +152,11 @@ pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, g
         }
     }
 
-    let recheck = match (stale, heard) {
-        (false, Some(h)) => Some((h + grace).duration_since(now).unwrap_or(Duration::ZERO) + SLACK),
-        _ => None,
-    };
     Verdict {
         health,
         conditions: (conditions != old_conditions).then_some(Value::Array(conditions)),
         taints: (taints != old_taints).then_some(Value::Array(taints)),
-        recheck,
+        recheck: if stale { None } else { recheck(heard) },
     }
 }
 
@@ -262,7 +267,7 @@ impl Reconciler for NodeLifecycle {
             tracing::info!(node = %key.name, health = ?verdict.health, "node taints changed");
         }
         let mut next = verdict.recheck;
-        if verdict.health != Health::Ready {
+        if matches!(verdict.health, Health::NotReady | Health::Unreachable) {
             let taints = verdict.taints.clone().or_else(|| node.pointer("/spec/taints").cloned());
             let taints = taints.and_then(|t| t.as_array().cloned()).unwrap_or_default();
             if let Some(due) = self.pods_on_unhealthy(&key.name, &taints, now).await? {

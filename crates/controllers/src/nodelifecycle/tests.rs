@@ -121,7 +121,16 @@ fn an_agent_reporting_not_ready_gets_the_not_ready_taints_instead() {
 fn a_node_that_never_reported_gets_one_grace_period_from_its_creation() {
     let n = json!({"metadata": {"name": "n1", "creationTimestamp": stamp(0)}, "spec": {}});
     let v = judge(&n, None, at(10), GRACE);
-    assert_eq!((v.conditions.clone(), v.recheck), (None, Some(Duration::from_secs(30) + SLACK)));
+    // Not yet reported: no conditions, no taints (a node just registering is not unreachable).
+    assert_eq!(
+        v,
+        Verdict {
+            health: Health::Unreported,
+            conditions: None,
+            taints: None,
+            recheck: Some(Duration::from_secs(30) + SLACK)
+        }
+    );
     let v = judge(&n, None, at(41), GRACE);
     assert_eq!(ready_of(&v.conditions.unwrap()), ("Unknown", "NodeStatusNeverUpdated"));
     assert_eq!(v.health, Health::Unreachable);
