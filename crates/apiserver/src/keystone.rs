@@ -569,6 +569,9 @@ pub struct Keystone {
     /// The service identity's token and when to renew it.
     service_token: tokio::sync::Mutex<Option<(String, Instant)>>,
     cache: Cache,
+    /// Questions to Keystone under way, by cache key: kubectl sends a burst of requests
+    /// with one new token, and Keystone should be asked once.
+    in_flight: InFlight,
     pub auto_tenants: bool,
 }
 
@@ -582,6 +585,25 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+type InFlight = Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Outcome>>>>;
+
+/// Removes a question from the in-flight map when its last asker is done with it.
+struct Retire<'a> {
+    map: &'a InFlight,
+    key: [u8; 32],
+    cell: Arc<tokio::sync::OnceCell<Outcome>>,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references: the map's and this asker's. More: someone else still waits on it.
+        if map.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) && Arc::strong_count(&self.cell) <= 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
 impl Keystone {
     pub fn new(config: &KeystoneConfig) -> Result<Keystone, KeystoneError> {
         let client = KeystoneClient::new(&config.url, config.ca_file.as_deref())?;
@@ -592,6 +614,7 @@ impl Keystone {
             service,
             service_token: tokio::sync::Mutex::new(None),
             cache: Cache::new(config.cache_ttl, config.cache_entries),
+            in_flight: Mutex::new(HashMap::new()),
             auto_tenants: config.auto_tenants,
         })
     }
@@ -603,12 +626,27 @@ impl Keystone {
         if let Some(outcome) = self.cache.get(&key, Instant::now()) {
             return Some(outcome);
         }
-        let outcome = self.ask(&credential).await;
-        match &outcome {
-            Ok(id) => tracing::debug!(user = %id.user, tenant = %id.tenant, "Keystone authenticated"),
-            Err(e) => tracing::info!(error = %e, "Keystone authentication failed"),
-        }
-        self.cache.put(key, &outcome, Instant::now(), unix_now());
+        // Retired however this ends, a client that hangs up included, so that the map
+        // cannot grow with abandoned questions.
+        let retire = Retire {
+            map: &self.in_flight,
+            key,
+            cell: self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone(),
+        };
+        let outcome = retire
+            .cell
+            .get_or_init(|| async {
+                let outcome = self.ask(&credential).await;
+                match &outcome {
+                    Ok(id) => tracing::debug!(user = %id.user, tenant = %id.tenant, "Keystone authenticated"),
+                    Err(e) => tracing::info!(error = %e, "Keystone authentication failed"),
+                }
+                // Cached before the question is retired, so no later request asks again.
+                self.cache.put(key, &outcome, Instant::now(), unix_now());
+                outcome
+            })
+            .await
+            .clone();
         Some(outcome)
     }
 
@@ -627,7 +665,11 @@ impl Keystone {
         let invalid = || KeystoneError::Refused("the Keystone token is invalid, expired or revoked".into());
         if self.service.is_none() {
             // Keystone lets a token validate itself.
-            return self.client.validate(token, token).await.map_err(|_| invalid())?.ok_or_else(invalid);
+            return match self.client.validate(token, token).await {
+                Ok(Some(info)) => Ok(info),
+                Ok(None) | Err(KeystoneError::Refused(_)) => Err(invalid()),
+                Err(e) => Err(e),
+            };
         }
         for attempt in 0..2 {
             let auth = self.service_token(attempt > 0).await?;
@@ -647,8 +689,7 @@ impl Keystone {
 
     async fn service_token(&self, renew: bool) -> Result<String, KeystoneError> {
         let mut held = self.service_token.lock().await;
-        if !renew && let Some((token, until)) = held.as_ref().filter(|(_, until)| *until > Instant::now()) {
-            let _ = until;
+        if !renew && let Some((token, _)) = held.as_ref().filter(|(_, until)| *until > Instant::now()) {
             return Ok(token.clone());
         }
         let service = self.service.as_ref().ok_or_else(|| KeystoneError::Config("no service identity".into()))?;
@@ -809,6 +850,56 @@ mod tests {
         assert_ne!(pw("ab", "c", "x"), pw("a", "bc", "x"));
         assert_ne!(pw("a", "b", "x"), pw("a", "b", "y"));
         assert_eq!(pw("a", "b", "x"), pw("a", "b", "x"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_keystone_is_503_and_leaves_nothing_behind() {
+        // A port nothing listens on: the connection is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = KeystoneConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            domain: "Default".into(),
+            service_credentials: None,
+            ca_file: None,
+            cache_ttl: Duration::from_secs(30),
+            cache_entries: 16,
+            auto_tenants: false,
+        };
+        let keystone = Keystone::new(&config).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer gAAAAAsomething"));
+        let asks = (0..4).map(|_| keystone.authenticate(&headers));
+        for outcome in futures_join(asks).await {
+            let err = outcome.unwrap().unwrap_err();
+            assert!(matches!(err, KeystoneError::Unavailable(_)), "{err}");
+            assert_eq!(err.to_status().code, 503);
+        }
+        assert!(keystone.cache.is_empty(), "an outage is not cached");
+        assert!(keystone.in_flight.lock().unwrap().is_empty(), "every question is retired");
+        assert!(keystone.authenticate(&HeaderMap::new()).await.is_none(), "no credential, no verdict");
+    }
+
+    /// Runs futures concurrently on the current task (no extra crate for `join_all`).
+    async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for f in futures {
+            set.push(Box::pin(f));
+        }
+        let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (i, f) in set.iter_mut().enumerate() {
+                if out[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => out[i] = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        })
+        .await;
+        out.into_iter().map(|o| o.expect("every future finished")).collect()
     }
 
     #[test]
