@@ -25,6 +25,9 @@ struct Keystone {
     child: Child,
     url: String,
     _dir: tempfile::TempDir,
+    /// How long `db_sync` + `bootstrap` took, and then until the server answered.
+    setup: Duration,
+    serve: Duration,
 }
 
 impl Drop for Keystone {
@@ -113,6 +116,7 @@ impl Keystone {
         )?;
         let port = free_port()?;
         let url = format!("http://127.0.0.1:{port}");
+        let setup_started = Instant::now();
         let (admin_url, public_url) = (format!("{url}/v3/"), format!("{url}/v3/"));
         keystone_manage(
             &config,
@@ -131,6 +135,8 @@ impl Keystone {
                 ],
             ],
         )?;
+        let setup = setup_started.elapsed();
+        let serve_started = Instant::now();
         use std::os::unix::process::CommandExt;
         let log = std::fs::File::create(d.join("keystone.log"))?;
         let child = Command::new("keystone-wsgi-public")
@@ -141,10 +147,11 @@ impl Keystone {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let keystone = Keystone { child, url, _dir: dir };
+        let mut keystone = Keystone { child, url, _dir: dir, setup, serve: Duration::ZERO };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, _, _)) = keystone.call("GET", "/v3", None, None) {
+                keystone.serve = serve_started.elapsed();
                 return Ok(keystone);
             }
             ensure!(Instant::now() < deadline, "Keystone did not answer on {} within 60 s", keystone.url);
@@ -383,8 +390,14 @@ fn keystone_users_work_with_kubectl_in_their_tenant_only() -> Result<()> {
     ensure!(refused.contains("Keystone refused"), "{refused}");
     let (code, body) = curl_basic(&server, "/api/v1/namespaces", "acme/alice", "not-the-password")?;
     ensure!(code == 401 && body.contains("Unauthorized") && !body.contains("not-the-password"), "{code} {body}");
+    let t = Instant::now();
     let (code, body) = curl_basic(&server, "/api/v1/namespaces/ks-33", "acme/alice", "alice-pw")?;
+    let uncached = t.elapsed();
     ensure!(code == 200 && body.contains("\"ks-33\""), "basic credentials are checked with Keystone: {code} {body}");
+    let t = Instant::now();
+    let (code, _) = curl_basic(&server, "/api/v1/namespaces/ks-33", "acme/alice", "alice-pw")?;
+    let cached = t.elapsed();
+    ensure!(code == 200);
     let (code, body) = curl_basic(&server, "/api/v1/namespaces", "globex/alice", "alice-pw")?;
     ensure!(code == 401, "alice has no role in globex: {code} {body}");
     let bare = kubectl(33, bare_kubeconfig(&server)?)?;
@@ -423,8 +436,11 @@ fn keystone_users_work_with_kubectl_in_their_tenant_only() -> Result<()> {
     ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "no rights without a grant: {refused}");
 
     eprintln!(
-        "keystone: started in {keystone_ready:?}; first kubectl scenario {:?}; revoked token refused {revoked_after:?} \
-         after revocation",
+        "keystone: started in {keystone_ready:?} (db_sync + bootstrap {:?}, server up {:?}); first kubectl scenario \
+         {:?}; basic request uncached {uncached:?}, cached {cached:?}; revoked token refused {revoked_after:?} after \
+         revocation",
+        ks.setup,
+        ks.serve,
         first_request.unwrap_or_default()
     );
     Ok(())
@@ -441,4 +457,55 @@ impl Keystone {
         let (body, code) = text.rsplit_once('\n').context("no status from curl")?;
         Ok((code.trim().parse().unwrap_or(0), String::new(), serde_json::from_str(body).unwrap_or(Value::Null)))
     }
+}
+
+/// Why Atoll ships a credential plugin: kubectl 1.27–1.33 ignore a kubeconfig's
+/// `username`/`password` (client-go dropped basic authentication), so a recording server
+/// sees requests without any `Authorization` header.
+#[test]
+fn kubectl_sends_no_basic_credentials_from_a_kubeconfig() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bool>::new()));
+    let recorder = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut authorized = false;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                authorized |= line.to_ascii_lowercase().starts_with("authorization:");
+                line.clear();
+            }
+            recorder.lock().expect("lock").push(authorized);
+            let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Unauthorized","code":401}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: \
+                 close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("basic.kubeconfig");
+    std::fs::write(
+        &config,
+        json!({"apiVersion": "v1", "kind": "Config",
+               "clusters": [{"name": "c", "cluster": {"server": format!("http://127.0.0.1:{port}")}}],
+               "users": [{"name": "u", "user": {"username": "acme/alice", "password": "secret"}}],
+               "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+               "current-context": "x"})
+        .to_string(),
+    )?;
+    for minor in [27, 30, 33] {
+        seen.lock().map_err(|_| anyhow::anyhow!("lock"))?.clear();
+        kubectl(minor, config.clone())?.fails(&["get", "namespaces"])?;
+        let seen = seen.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+        ensure!(!seen.is_empty(), "kubectl 1.{minor} sent nothing");
+        ensure!(seen.iter().all(|a| !a), "kubectl 1.{minor} sent basic credentials: {seen:?}");
+    }
+    Ok(())
 }
