@@ -32,8 +32,9 @@ struct Keystone {
 
 impl Drop for Keystone {
     fn drop(&mut self) {
-        // keystone-wsgi-public leads its own process group; end all of it.
-        let _ = Command::new("kill").arg("-TERM").arg(format!("-{}", self.child.id())).status();
+        // keystone-wsgi-public is one process (wsgiref's server, no workers) leading its own
+        // process group, so killing it ends the group; SIGKILL, so that no handler of its
+        // runs on the way out.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
