@@ -103,6 +103,14 @@ pub struct Api {
     crds: Arc<crate::crd::Catalog>,
     /// Every tenant's RBAC policy, and the authorization stage.
     authz: Arc<crate::authz::Authz>,
+    /// Keystone as an identity provider, when configured (`--keystone-url`).
+    keystone: Option<crate::keystone::Keystone>,
+}
+
+/// What a server may be started with beyond its store, data and address.
+#[derive(Default)]
+pub struct ServerOptions {
+    pub keystone: Option<crate::keystone::KeystoneConfig>,
 }
 
 fn respond(code: StatusCode, body: Value) -> Response<Body> {
@@ -300,7 +308,7 @@ impl Api {
         let authz = crate::authz::Authz::start(&registries)
             .await
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
-        Ok(Api { registries, crds, authz })
+        Ok(Api { registries, crds, authz, keystone: None })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -479,6 +487,13 @@ impl Api {
             "/version" => return respond(StatusCode::OK, Api::version()),
             _ => {}
         }
+        let user = match user {
+            Some(user) => Some(user),
+            None => match self.keystone_user(req.headers()).await {
+                Ok(user) => user,
+                Err(s) => return status(s),
+            },
+        };
         let Some(user) = user else { return status(Status::unauthorized()) };
         let info = match api::request::parse(req.method().as_str(), &path, req.uri().query()) {
             Ok(info) => info,
@@ -539,6 +554,46 @@ impl Api {
                 Err(s) => status(s),
             },
         }
+    }
+
+    /// The Keystone identity of a request the connection's certificate did not identify,
+    /// when Keystone is configured and the request carries a credential for it. The tenant
+    /// (the token's project) must exist as a Tenant; with `--keystone-auto-tenants` a
+    /// missing one is created (with no admins: a cluster administrator names them).
+    async fn keystone_user(&self, headers: &hyper::HeaderMap) -> Result<Option<User>, Status> {
+        let Some(keystone) = &self.keystone else { return Ok(None) };
+        let Some(outcome) = keystone.authenticate(headers).await else { return Ok(None) };
+        let id = outcome.map_err(|e| e.to_status())?;
+        let tenants = self.tenants()?;
+        let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+        match tenants.get(&system, &id.tenant).await {
+            Ok(_) => {}
+            Err(RegistryError::NotFound { .. }) if keystone.auto_tenants => {
+                let tenant = json!({"apiVersion": "atoll.io/v1", "kind": "Tenant",
+                    "metadata": {"name": id.tenant, "annotations": {"atoll.io/created-by": "keystone"}}});
+                match tenants.create(&system, tenant, false).await {
+                    Ok(created) => {
+                        tracing::info!(tenant = %id.tenant, "created the Tenant of a Keystone project");
+                        self.written(tenants.info(), &created, false, false).await?;
+                    }
+                    Err(RegistryError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.to_status()),
+                }
+            }
+            // The caller proved membership of the project, so naming it reveals nothing.
+            Err(RegistryError::NotFound { .. }) => {
+                return Err(Status::failure(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "Keystone project {:?} has no Atoll tenant: a cluster administrator must create the Tenant {:?}",
+                        id.tenant, id.tenant
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.to_status()),
+        }
+        Ok(Some(User { name: id.user, groups: id.groups, tenant: id.tenant }))
     }
 
     /// The tenant a request acts in (`None`: every tenant). Only system administrators
@@ -1292,6 +1347,16 @@ pub struct Server {
 impl Server {
     /// Sets up certificates (first start), binds `listen` and writes the admin kubeconfig.
     pub async fn bind(store: Arc<dyn Store>, data_dir: &Path, listen: SocketAddr) -> Result<Server, ServeError> {
+        Server::bind_with(store, data_dir, listen, ServerOptions::default()).await
+    }
+
+    /// [`Server::bind`] with options.
+    pub async fn bind_with(
+        store: Arc<dyn Store>,
+        data_dir: &Path,
+        listen: SocketAddr,
+        options: ServerOptions,
+    ) -> Result<Server, ServeError> {
         let hosts = vec![listen.ip().to_string()];
         let pki = pki::bootstrap(data_dir, &hosts)?;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -1306,7 +1371,10 @@ impl Server {
         };
         let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
-        let api = Api::start(store).await?;
+        let mut api = Api::start(store).await?;
+        if let Some(config) = &options.keystone {
+            api.keystone = Some(crate::keystone::Keystone::new(config).map_err(|e| ServeError::Setup(e.to_string()))?);
+        }
         api.ensure_system_namespaces()
             .await
             .map_err(|e| ServeError::Setup(format!("creating the system namespaces: {}", e.message)))?;

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod crd;
 pub mod http;
 pub mod jsonpath;
+pub mod keystone;
 pub mod kinds;
 pub mod managed;
 pub mod openapi;

@@ -7,6 +7,10 @@
 //!
 //! Client certificate subjects carry the identity: `CN` is the user name, `O` a group,
 //! `OU` the tenant. A certificate without exactly one `OU` names no tenant and is refused.
+//! Every `O` is a group (as in Kubernetes). Certificates Atoll issues carry their first
+//! group as `O` and any further groups in a non-critical extension ([`GROUPS_OID`], a DER
+//! `SEQUENCE OF UTF8String`), because the certificate library writes one value per
+//! attribute type; the groups of a certificate are the union of both.
 
 use std::fs;
 use std::io::Write;
@@ -67,21 +71,98 @@ fn subject(cn: &str, org: Option<&str>, ou: Option<&str>) -> DistinguishedName {
     dn
 }
 
-/// Issues a client certificate for `user` in `tenant` with one `group`.
+/// The extension holding a client certificate's groups beyond its `O` (an OID under a
+/// private-enterprise arc; only certificates of the cluster's own CA are ever read).
+pub const GROUPS_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 59_999, 1, 1];
+/// How long the cluster's own certificates are valid.
+const FOREVER: (i32, u8, u8) = (2036, 1, 1);
+
+/// Issues a client certificate for `user` in `tenant` with `groups`, valid until
+/// `not_after` (or [`FOREVER`]).
 fn client_cert(
     issuer: &Issuer<'_, KeyPair>,
     user: &str,
-    group: &str,
+    groups: &[String],
     tenant: &str,
+    validity: Option<std::time::Duration>,
 ) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = subject(user, Some(group), Some(tenant));
+    params.distinguished_name = subject(user, groups.first().map(String::as_str), Some(tenant));
+    if groups.len() > 1 {
+        params.custom_extensions.push(rcgen::CustomExtension::from_oid_content(GROUPS_OID, der_strings(&groups[1..])));
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    match validity {
+        Some(ttl) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let (y, m, d) = api::time::civil_from_days((now / 86_400) as i64);
+            let midnight = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+            let since_midnight = std::time::Duration::from_secs(now % 86_400);
+            // A few minutes of slack for clocks that lag the control plane's.
+            params.not_before = midnight + since_midnight.saturating_sub(std::time::Duration::from_secs(300));
+            params.not_after = midnight + since_midnight + ttl;
+        }
+        None => params.not_after = rcgen::date_time_ymd(FOREVER.0, FOREVER.1, FOREVER.2),
+    }
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// DER `SEQUENCE OF UTF8String`.
+fn der_strings(items: &[String]) -> Vec<u8> {
+    fn header(tag: u8, len: usize, out: &mut Vec<u8>) {
+        out.push(tag);
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+    }
+    let mut body = Vec::new();
+    for item in items {
+        header(0x0c, item.len(), &mut body);
+        body.extend_from_slice(item.as_bytes());
+    }
+    let mut out = Vec::new();
+    header(0x30, body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+/// Reads [`der_strings`]' encoding back; `None` for anything else.
+fn parse_der_strings(der: &[u8]) -> Option<Vec<String>> {
+    fn item(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (&t, rest) = input.split_first()?;
+        if t != tag {
+            return None;
+        }
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            (rest[..n].iter().fold(0usize, |acc, b| acc << 8 | *b as usize), &rest[n..])
+        };
+        (rest.len() >= len).then(|| rest.split_at(len))
+    }
+    let (mut body, rest) = item(der, 0x30)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let (value, rest) = item(body, 0x0c)?;
+        out.push(String::from_utf8(value.to_vec()).ok()?);
+        body = rest;
+    }
+    Some(out)
 }
 
 /// Loads the certificates in `data_dir`, creating them on first start. `hosts` are the
@@ -137,7 +218,8 @@ pub fn bootstrap(data_dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let server_cert = server_params.signed_by(&server_key, &issuer)?;
-    let (admin_cert, admin_key) = client_cert(&issuer, ADMIN_USER, ADMIN_GROUP, api::request::SYSTEM_TENANT)?;
+    let (admin_cert, admin_key) =
+        client_cert(&issuer, ADMIN_USER, &[ADMIN_GROUP.to_string()], api::request::SYSTEM_TENANT, None)?;
 
     let pki = Pki {
         ca_cert: ca_cert.pem(),
@@ -157,14 +239,15 @@ pub fn bootstrap(data_dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
     Ok(pki)
 }
 
-/// Issues a client certificate from the CA in `data_dir` and returns a kubeconfig for it.
-/// Runs on the control-plane machine (it reads the CA key).
+/// Issues a client certificate from the CA in `data_dir`, valid for `ttl`, and returns a
+/// kubeconfig for it. Runs on the control-plane machine (it reads the CA key).
 pub fn issue_kubeconfig(
     data_dir: &Path,
     server: &str,
     user: &str,
-    group: &str,
+    groups: &[String],
     tenant: &str,
+    ttl: std::time::Duration,
 ) -> Result<String, PkiError> {
     if !api::request::is_dns_label(tenant) || tenant == api::request::ALL_TENANTS {
         return Err(PkiError::Invalid(format!("{tenant:?} is not a valid tenant name")));
@@ -172,12 +255,25 @@ pub fn issue_kubeconfig(
     if user.is_empty() {
         return Err(PkiError::Invalid("the user name is empty".into()));
     }
+    if groups.iter().any(|g| g.is_empty()) {
+        return Err(PkiError::Invalid("a group name is empty".into()));
+    }
+    // Past the CA's own end the certificate could not be verified anyway.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let ca_end = api::time::days_from_civil(FOREVER.0.into(), FOREVER.1.into(), FOREVER.2.into()) * 86_400;
+    if now.saturating_add(ttl.as_secs()) > ca_end as u64 {
+        return Err(PkiError::Invalid(format!(
+            "a certificate valid for {}s would outlive the cluster CA ({})",
+            ttl.as_secs(),
+            api::time::rfc3339(ca_end)
+        )));
+    }
     let dir = data_dir.join("pki");
     let read = |n: &str| fs::read_to_string(dir.join(n)).map_err(|source| PkiError::Io { dir: dir.clone(), source });
     let ca_cert = read("ca.crt")?;
     let ca_key = KeyPair::from_pem(&read("ca.key")?)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key)?;
-    let (cert, key) = client_cert(&issuer, user, group, tenant)?;
+    let (cert, key) = client_cert(&issuer, user, groups, tenant, Some(ttl))?;
     Ok(kubeconfig(server, &ca_cert, &cert, &key, user, tenant))
 }
 
@@ -235,7 +331,18 @@ pub fn identity_from_cert(der: &[u8]) -> Result<CertIdentity, PkiError> {
     let subject = cert.subject();
     let text = |attr: &x509_parser::x509::AttributeTypeAndValue| attr.as_str().map(str::to_string).ok();
     let cns: Vec<String> = subject.iter_common_name().filter_map(text).collect();
-    let groups: Vec<String> = subject.iter_organization().filter_map(text).collect();
+    let mut groups: Vec<String> = subject.iter_organization().filter_map(text).collect();
+    let groups_oid = x509_parser::der_parser::oid::Oid::from(GROUPS_OID)
+        .map_err(|_| PkiError::Invalid("the groups extension's OID".into()))?;
+    for ext in cert.extensions().iter().filter(|e| e.oid == groups_oid) {
+        let more = parse_der_strings(ext.value)
+            .ok_or_else(|| PkiError::Invalid("the certificate's groups extension is malformed".into()))?;
+        for g in more {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
     let tenants: Vec<String> = subject.iter_organizational_unit().filter_map(text).collect();
     let [user] = cns.as_slice() else {
         return Err(PkiError::Invalid("a client certificate needs exactly one CN (the user)".into()));
@@ -275,6 +382,47 @@ mod tests {
     fn pem_to_der(pem: &str) -> Vec<u8> {
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    }
+
+    #[test]
+    fn issued_certificates_carry_every_group_and_end_after_their_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        bootstrap(dir.path(), &[]).unwrap();
+        let groups: Vec<String> = ["devs", "keystone:member", &"g".repeat(200)].iter().map(|g| g.to_string()).collect();
+        let ttl = std::time::Duration::from_secs(1800);
+        let config = issue_kubeconfig(dir.path(), "https://127.0.0.1:1", "bob", &groups, "acme", ttl).unwrap();
+        assert!(config.contains("current-context: bob@acme"));
+        let cert_b64 = config.lines().find_map(|l| l.trim().strip_prefix("client-certificate-data: ")).unwrap();
+        let pem = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(cert_b64).unwrap()).unwrap();
+        let der = pem_to_der(&pem);
+        let id = identity_from_cert(&der).unwrap();
+        assert_eq!(id, CertIdentity { user: "bob".into(), groups: groups.clone(), tenant: "acme".into() });
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let end = cert.validity().not_after.timestamp();
+        assert!((end - now - 1800).abs() <= 5, "not after {end}, now {now}");
+        assert!(cert.validity().not_before.timestamp() <= now);
+        // No groups: no O at all (the server adds system:authenticated itself).
+        let config = issue_kubeconfig(dir.path(), "https://127.0.0.1:1", "eve", &[], "acme", ttl).unwrap();
+        assert!(config.contains("eve@acme"));
+        let long = std::time::Duration::from_secs(100 * 365 * 86_400);
+        assert!(matches!(issue_kubeconfig(dir.path(), "s", "bob", &[], "acme", long), Err(PkiError::Invalid(_))));
+        assert!(matches!(
+            issue_kubeconfig(dir.path(), "s", "bob", &["".into()], "acme", ttl),
+            Err(PkiError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn group_lists_round_trip_through_der() {
+        let items: Vec<String> = vec!["a".into(), "é".into(), "x".repeat(300)];
+        assert_eq!(parse_der_strings(&der_strings(&items)), Some(items));
+        assert_eq!(parse_der_strings(&der_strings(&[])), Some(vec![]));
+        for bad in
+            [&[][..], &[0x30], &[0x30, 0x05, 0x0c], &[0x31, 0x00], &[0x30, 0x02, 0x04, 0x00], &[0x30, 0x00, 0x00]]
+        {
+            assert_eq!(parse_der_strings(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -157,28 +157,8 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-/// Seconds since the Unix epoch of an RFC 3339 UTC timestamp (`2026-11-22T11:49:24Z`).
-fn parse_rfc3339(ts: &str) -> Option<i64> {
-    let b = ts.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from civil (inverse of the algorithm in registry::object::rfc3339).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if mo > 2 { mo - 3 } else { mo + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + s)
-}
-
 fn age(obj: &Value, field: &str, now: i64) -> Value {
-    match obj.pointer(field).and_then(Value::as_str).and_then(parse_rfc3339) {
+    match obj.pointer(field).and_then(Value::as_str).and_then(api::time::parse_rfc3339) {
         Some(t) => json!(human_duration(now - t)),
         None => json!("<unknown>"),
     }
@@ -473,7 +453,7 @@ pub fn custom_table(declared: &[Value], version: &str, items: &[Value], list_met
                 let cell = match found.as_slice() {
                     [] => Value::Null,
                     [one] if decl.get("type").and_then(Value::as_str) == Some("date") => {
-                        match one.as_str().and_then(parse_rfc3339) {
+                        match one.as_str().and_then(api::time::parse_rfc3339) {
                             Some(t) => json!(human_duration(now - t)),
                             None => (*one).clone(),
                         }
@@ -499,6 +479,7 @@ pub fn custom_table(declared: &[Value], version: &str, items: &[Value], list_met
 #[cfg(test)]
 mod tests {
     use super::*;
+    use api::time::parse_rfc3339;
 
     #[test]
     fn durations_read_like_kubectl() {

@@ -15,9 +15,13 @@ pub enum AdminCommand {
         tenant: String,
         #[arg(long)]
         user: String,
-        /// The group the user belongs to.
-        #[arg(long, default_value = "system:authenticated")]
-        group: String,
+        /// The user's groups, comma-separated (written into the certificate; every
+        /// authenticated user is in `system:authenticated` anyway).
+        #[arg(long, alias = "group", value_delimiter = ',')]
+        groups: Vec<String>,
+        /// How long the certificate is valid: a number with s, m, h or d (30m, 12h, 7d).
+        #[arg(long, default_value = "365d", value_parser = |s: &str| api::time::parse_duration(s))]
+        ttl: std::time::Duration,
         /// Server URL; by default the one in the data directory's admin.kubeconfig.
         #[arg(long)]
         server: Option<String>,
@@ -29,7 +33,7 @@ pub enum AdminCommand {
 
 pub fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::Kubeconfig { data_dir, tenant, user, group, server, output } => {
+        AdminCommand::Kubeconfig { data_dir, tenant, user, groups, ttl, server, output } => {
             let server = match server {
                 Some(s) => s,
                 None => {
@@ -41,7 +45,7 @@ pub fn run(cmd: AdminCommand) -> Result<()> {
                         .context("no server in admin.kubeconfig; pass --server")?
                 }
             };
-            let config = apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &group, &tenant)?;
+            let config = apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &groups, &tenant, ttl)?;
             match output {
                 Some(path) => {
                     use std::io::Write;

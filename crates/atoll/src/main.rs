@@ -11,6 +11,7 @@ mod bench_sched;
 mod controllers;
 mod debug;
 mod image;
+mod keystone;
 mod sched;
 mod server;
 mod up;
@@ -45,6 +46,9 @@ enum Command {
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// kubectl credential plugins (`atoll credential keystone`).
+    #[command(subcommand)]
+    Credential(keystone::CredentialCommand),
     /// Benchmarks (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args).await,
             Command::Scheduler(args) => sched::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
+            Command::Credential(cmd) => keystone::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),
             Command::Debug(cmd) => debug::run(cmd).await,

@@ -18,6 +18,8 @@ pub struct UpArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub keystone: crate::keystone::KeystoneArgs,
     /// The Node's name (default: this machine's hostname).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -46,9 +48,10 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let store = args.store.open().await?;
-    let server = apiserver::http::Server::bind(store, &args.store.data_dir, args.listen)
-        .await
-        .context("starting the API server")?;
+    let server =
+        apiserver::http::Server::bind_with(store, &args.store.data_dir, args.listen, args.keystone.server_options())
+            .await
+            .context("starting the API server")?;
     let addr = server.local_addr()?;
     let kubeconfig = server.kubeconfig.clone();
     let config = client::Config::from_kubeconfig(&kubeconfig, None)

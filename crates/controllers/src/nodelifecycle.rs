@@ -73,7 +73,7 @@ fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
 }
 
 fn time_at(v: &Value, pointer: &str) -> Option<SystemTime> {
-    api::time::parse_rfc3339(text(v, pointer))
+    api::time::parse_rfc3339_instant(text(v, pointer))
 }
 
 fn seconds(t: SystemTime) -> String {

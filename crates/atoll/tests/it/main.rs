@@ -4,6 +4,7 @@ mod controllers;
 mod crash;
 mod crd;
 mod image;
+mod keystone;
 mod nodes;
 mod rbac;
 mod scheduler;
