@@ -50,6 +50,18 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// Kubernetes writes the `Z` forms (with any number of fractional digits); other services'
 /// timestamps (Keystone's token expiry) may carry an offset.
 pub fn parse_rfc3339_instant(s: &str) -> Option<SystemTime> {
+    let (secs, nanos) = parse_parts(s)?;
+    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
+}
+
+/// [`parse_rfc3339_instant`] in whole seconds since the epoch (the fraction dropped; before
+/// the epoch is negative).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    parse_parts(s).map(|(secs, _)| secs)
+}
+
+/// Seconds since the epoch and the nanoseconds of the fraction.
+fn parse_parts(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
         return None;
@@ -85,13 +97,7 @@ pub fn parse_rfc3339_instant(s: &str) -> Option<SystemTime> {
         }
     };
     let days = days_from_civil(year, month as u32, day as u32);
-    let secs = u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second.min(60) - offset).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// [`parse_rfc3339_instant`] in whole seconds since the epoch (the fraction dropped).
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    parse_rfc3339_instant(s).and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs() as i64)
+    Some((days * 86_400 + hour * 3600 + minute * 60 + second.min(60) - offset, nanos))
 }
 
 fn num_of(t: &str) -> Option<i64> {
