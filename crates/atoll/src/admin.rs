@@ -11,13 +11,17 @@ pub enum AdminCommand {
         /// The server's data directory (holds the cluster CA).
         #[arg(long, default_value = "/var/lib/atoll")]
         data_dir: PathBuf,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "component")]
+        tenant: Option<String>,
+        #[arg(long, required_unless_present = "component")]
+        user: Option<String>,
         /// The group the user belongs to.
         #[arg(long, default_value = "system:authenticated")]
         group: String,
+        /// Issue the identity of one of Atoll's components instead of a user's:
+        /// `controllers`, `scheduler` or `node:<node name>` (system tenant, least privilege).
+        #[arg(long, conflicts_with_all = ["tenant", "user"])]
+        component: Option<String>,
         /// Server URL; by default the one in the data directory's admin.kubeconfig.
         #[arg(long)]
         server: Option<String>,
@@ -29,7 +33,7 @@ pub enum AdminCommand {
 
 pub fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::Kubeconfig { data_dir, tenant, user, group, server, output } => {
+        AdminCommand::Kubeconfig { data_dir, tenant, user, group, server, output, component } => {
             let server = match server {
                 Some(s) => s,
                 None => {
@@ -40,6 +44,14 @@ pub fn run(cmd: AdminCommand) -> Result<()> {
                         .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
                         .context("no server in admin.kubeconfig; pass --server")?
                 }
+            };
+            let (tenant, user, group) = match component {
+                Some(c) => {
+                    let (user, group) = apiserver::pki::Component::parse(&c)?.identity();
+                    (api::request::SYSTEM_TENANT.to_string(), user, group)
+                }
+                // clap makes both present without --component.
+                None => (tenant.unwrap_or_default(), user.unwrap_or_default(), group),
             };
             let config = apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &group, &tenant)?;
             match output {
