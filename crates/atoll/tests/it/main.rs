@@ -4,6 +4,7 @@ mod controllers;
 mod crash;
 mod crd;
 mod image;
+mod isolation;
 mod rbac;
 mod scheduler;
 mod server;
