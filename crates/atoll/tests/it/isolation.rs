@@ -38,23 +38,29 @@ const PHANTOM: &str = "zzph";
 
 /// One request and its answer.
 #[derive(Clone, Debug)]
-struct Exchange {
+pub(crate) struct Exchange {
     who: &'static str,
     method: &'static str,
     path: String,
     body: Option<String>,
-    code: u16,
-    answer: String,
+    pub(crate) code: u16,
+    pub(crate) answer: String,
 }
 
 #[derive(Clone)]
-struct Caller {
-    who: &'static str,
+pub(crate) struct Caller {
+    pub(crate) who: &'static str,
     client: client::Client,
 }
 
 impl Caller {
-    async fn send(&self, method: &'static str, path: &str, accept: &str, body: Option<(&str, String)>) -> Exchange {
+    pub(crate) async fn send(
+        &self,
+        method: &'static str,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, String)>,
+    ) -> Exchange {
         let raw = body.as_ref().map(|(t, b)| (*t, b.clone().into_bytes()));
         let (code, answer) = match self.client.raw(method, path, accept, raw).await {
             Ok((code, bytes)) => (code, String::from_utf8_lossy(&bytes).into_owned()),
@@ -64,7 +70,7 @@ impl Caller {
     }
 }
 
-fn caller(who: &'static str, kubeconfig: &std::path::Path) -> Result<Caller> {
+pub(crate) fn caller(who: &'static str, kubeconfig: &std::path::Path) -> Result<Caller> {
     let config = client::Config::from_kubeconfig(kubeconfig, None)?;
     Ok(Caller { who, client: client::Client::new(config)? })
 }

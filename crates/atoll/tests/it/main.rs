@@ -5,6 +5,7 @@ mod crash;
 mod crd;
 mod image;
 mod isolation;
+mod leastpriv;
 mod rbac;
 mod scheduler;
 mod server;

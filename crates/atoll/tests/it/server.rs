@@ -64,6 +64,12 @@ impl Server {
         Ok(())
     }
 
+    /// Stops the server (so that its store can be opened by someone else).
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")
     }
