@@ -685,6 +685,9 @@ async fn documents_and_reviews(c: &Caller, a_kinds: &[Kind]) -> Result<usize> {
     Ok(n)
 }
 
+/// One request of the allowed cases: method, path, body (content type, text), wanted code.
+type Step<'a> = (&'static str, String, Option<(&'a str, String)>, u16);
+
 /// What A's callers may do, they can, through every URL form.
 async fn allowed_cases(ann: &Caller, amy: &Caller, a_kinds: &[Kind]) -> Result<usize> {
     let mut n = 0;
@@ -708,7 +711,7 @@ async fn allowed_cases(ann: &Caller, amy: &Caller, a_kinds: &[Kind]) -> Result<u
             let coll = collection(*form, &cms, Some("a-ns"));
             let obj = format!("{coll}/{name}");
             let json = |v: Value| Some(("application/json", v.to_string()));
-            let steps: Vec<(&'static str, String, Option<(&str, String)>, u16)> = vec![
+            let steps: Vec<Step> = vec![
                 ("POST", coll.clone(), json(cm(&name)), 201),
                 ("GET", obj.clone(), None, 200),
                 ("GET", coll.clone(), None, 200),
