@@ -344,15 +344,20 @@ impl Authz {
         // Another tenant's policy never applies (the tenant was resolved from the caller's
         // identity, and only system administrators and components reach beyond it).
         if tenant == user.tenant {
-            return self.policy_decision(tenant, &UserRef { name: &user.name, groups: &user.groups }, attrs);
+            let own = self.policy_decision(tenant, &UserRef { name: &user.name, groups: &user.groups }, attrs);
+            if own.allowed() {
+                return own;
+            }
         }
+        // As the pipeline decides (`authorize`): node restriction for node agents (a review
+        // cannot name a field selector or read a pod, so it answers only what needs neither).
         if let Some(node) = node::node_of(user) {
             return match node::decide(node, Some(tenant), attrs, None) {
                 node::Decision::Allow => Decision::Allow(format!("node restriction: node {node:?}")),
                 _ => Decision::Deny(String::new()),
             };
         }
-        if self.component_allows(user, attrs) {
+        if tenant != user.tenant && self.component_allows(user, attrs) {
             return Decision::Allow("a system tenant ClusterRoleBinding of a component group".into());
         }
         Decision::Deny(String::new())

@@ -190,6 +190,9 @@ fn node_agents_and_components_reach_only_what_they_need() -> Result<()> {
     ensure!(everywhere.contains("\"p3\"") && !everywhere.contains("\"p2\""), "p1 is deleted, p3 is left: {everywhere}");
     let refused = node.fails(&["get", "--raw", "/api/v1/tenants/acme/namespaces/web/pods/p2"])?;
     ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "{refused}");
+    ensure!(node.ok(&["auth", "can-i", "patch", "nodes/n1"])?.trim() == "yes");
+    let other = node.run(&["auth", "can-i", "patch", "nodes/n2"], None)?;
+    ensure!(String::from_utf8_lossy(&other.stdout).trim() == "no", "{other:?}");
     let refused = node.fails(&["get", "secrets", "-A"])?;
     ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "{refused}");
     Ok(())
