@@ -957,19 +957,18 @@ impl Api {
             Some(_) => return Err(not_found()),
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
-        if let crate::authz::Grant::IfPodOnNode(node) = &grant {
-            // Node restriction: only a pod bound to the node, and the same refusal whether
-            // the pod is elsewhere or nowhere.
-            let name = r.name.as_deref().unwrap_or_default();
-            match registry.get(&scope, name).await {
-                Ok(pod) if crate::authz::node::pod_on_node(&pod, node) => {}
-                _ => {
-                    return Err(crate::authz::forbidden(
-                        &user.name,
-                        &crate::authz::attributes(&RequestInfo::Resource(r)),
-                    ));
-                }
-            }
+        // Node restriction's conditions (a pod bound to the node, a secret its pods use),
+        // refused alike whether the object is elsewhere or nowhere.
+        if grant != crate::authz::Grant::Allowed
+            && !crate::authz::node::condition_holds(
+                &grant,
+                self.registry("", "pods")?,
+                &scope,
+                r.name.as_deref().unwrap_or_default(),
+            )
+            .await
+        {
+            return Err(crate::authz::forbidden(&user.name, &crate::authz::attributes(&RequestInfo::Resource(r))));
         }
         let q = query_map(req.uri().query());
         if r.subresource.as_deref() == Some("scale") {

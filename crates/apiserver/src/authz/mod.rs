@@ -84,6 +84,8 @@ pub enum Grant {
     /// Allowed if the named pod is bound to this node (node restriction): the pipeline
     /// reads it before acting, and refuses as it refuses any other request otherwise.
     IfPodOnNode(String),
+    /// Allowed if a pod bound to this node in the namespace uses the named secret.
+    IfSecretOfPodOnNode(String),
 }
 
 /// The RBAC index of every tenant, and the registries it follows.
@@ -418,6 +420,7 @@ impl Authz {
             return match node::decide(node, tenant, &attrs, field_selector) {
                 node::Decision::Allow => Ok(Grant::Allowed),
                 node::Decision::IfPodOnNode(n) => Ok(Grant::IfPodOnNode(n)),
+                node::Decision::IfSecretOfPodOnNode(n) => Ok(Grant::IfSecretOfPodOnNode(n)),
                 node::Decision::Deny => Err(forbidden(&user.name, &attrs)),
             };
         }

@@ -8,6 +8,8 @@
 //! - list and watch pods only with a field selector `spec.nodeName=<node>`;
 //! - get and delete a pod, and update or patch its `status`, only if the pod is bound to
 //!   it (the pipeline reads the pod before acting: [`Decision::IfPodOnNode`]);
+//! - get a secret that a pod bound to it uses (volumes, env, envFrom, image pull
+//!   secrets), in that pod's tenant and namespace ([`Decision::IfSecretOfPodOnNode`]);
 //! - create events.
 //!
 //! Nothing else, in any tenant: the system tenant's RBAC may grant a node more (discovery,
@@ -17,8 +19,12 @@
 use api::request::SYSTEM_TENANT;
 use serde_json::Value;
 
+use api::selector::FieldSelector;
+
+use super::Grant;
 use super::rules::{Attributes, ResourceAttributes};
 use crate::http::User;
+use crate::registry::{ListOptions, Registry, Scope};
 
 /// The group every node agent's identity carries.
 pub const NODES_GROUP: &str = "system:nodes";
@@ -42,6 +48,8 @@ pub enum Decision {
     Deny,
     /// Allowed if the named pod exists and `spec.nodeName` is this node.
     IfPodOnNode(String),
+    /// Allowed if a pod bound to this node in the request's namespace uses the named secret.
+    IfSecretOfPodOnNode(String),
 }
 
 /// Whether a field selector holds the requirement `spec.nodeName=<node>` (a conjunction
@@ -83,6 +91,9 @@ pub fn decide(node: &str, tenant: Option<&str>, attrs: &Attributes, field_select
             }
             _ => false,
         },
+        ("", "secrets") if verb == "get" && sub.is_none() && name.is_some() && namespace.is_some() => {
+            return Decision::IfSecretOfPodOnNode(node.to_string());
+        }
         ("", "events") | ("events.k8s.io", "events") => verb == "create" && tenant.is_some(),
         _ => false,
     };
@@ -105,6 +116,49 @@ pub fn admit(node: &str, resource: &str, obj: &Value) -> Result<(), String> {
 /// Whether `pod` is bound to `node`.
 pub fn pod_on_node(pod: &Value, node: &str) -> bool {
     pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+}
+
+/// Whether `pod` uses the secret `name`: a volume, an env or envFrom reference of any
+/// container (init and ephemeral ones too), or an image pull secret.
+pub fn pod_uses_secret(pod: &Value, name: &str) -> bool {
+    let is = |v: Option<&Value>| v.and_then(Value::as_str) == Some(name);
+    let list = |v: &Value, field: &str| v.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+    let spec = &pod["spec"];
+    if list(spec, "imagePullSecrets").iter().any(|s| is(s.get("name"))) {
+        return true;
+    }
+    for volume in list(spec, "volumes") {
+        if is(volume.pointer("/secret/secretName")) {
+            return true;
+        }
+        let projected = list(&volume["projected"], "sources");
+        if projected.iter().any(|s| is(s.pointer("/secret/name"))) {
+            return true;
+        }
+    }
+    ["containers", "initContainers", "ephemeralContainers"].iter().flat_map(|f| list(spec, f)).any(|c| {
+        list(&c, "env").iter().any(|e| is(e.pointer("/valueFrom/secretKeyRef/name")))
+            || list(&c, "envFrom").iter().any(|e| is(e.pointer("/secretRef/name")))
+    })
+}
+
+/// Whether a conditional grant of node restriction holds for the object `name` in `scope`:
+/// reads the pod, or this node's pods in the namespace. `pods` is the pods' registry.
+pub async fn condition_holds(grant: &Grant, pods: &Registry, scope: &Scope, name: &str) -> bool {
+    match grant {
+        Grant::Allowed => true,
+        Grant::IfPodOnNode(node) => pods.get(scope, name).await.is_ok_and(|pod| pod_on_node(&pod, node)),
+        Grant::IfSecretOfPodOnNode(node) => {
+            let Ok(field_selector) = FieldSelector::parse(&format!("spec.nodeName={node}")) else { return false };
+            let opts = ListOptions { field_selector, ..ListOptions::default() };
+            let Ok(list) = pods.list(scope, &opts).await else { return false };
+            list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|pod| pod_on_node(pod, node) && pod_uses_secret(pod, name))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +209,9 @@ mod tests {
             (req("update", "", "pods", None, Some("x"), Some("p")), a, None, Deny),
             (req("deletecollection", "", "pods", None, Some("x"), None), a, None, Deny),
             (req("create", "", "pods", Some("binding"), Some("x"), Some("p")), a, None, Deny),
-            (req("get", "", "secrets", None, Some("x"), Some("s")), a, None, Deny),
+            (req("list", "", "secrets", None, Some("x"), None), a, None, Deny),
+            (req("get", "", "secrets", None, Some("x"), Some("s")), a, None, IfSecretOfPodOnNode("n1".into())),
+            (req("update", "", "secrets", None, Some("x"), Some("s")), a, None, Deny),
             (req("list", "", "configmaps", None, None, None), sys, Some("spec.nodeName=n1"), Deny),
             (req("create", "", "events", None, Some("x"), None), a, None, Allow),
             (req("delete", "", "events", None, Some("x"), Some("e")), a, None, Deny),
@@ -171,6 +227,24 @@ mod tests {
             req("patch", "", "pods", Some("status"), Some("x"), Some("p")),
         ] {
             assert!(on(decide("n1", a, &attrs, None)), "{attrs:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_a_pod_uses() {
+        let pod = serde_json::json!({"spec": {
+            "imagePullSecrets": [{"name": "pull"}],
+            "volumes": [{"name": "v", "secret": {"secretName": "vol"}},
+                        {"name": "p", "projected": {"sources": [{"secret": {"name": "proj"}}]}}],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "from"}}]}],
+            "containers": [{"name": "c", "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "key", "key": "k"}}},
+                                                {"name": "F", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]}],
+        }});
+        for used in ["pull", "vol", "proj", "from", "key"] {
+            assert!(pod_uses_secret(&pod, used), "{used}");
+        }
+        for unused in ["cm", "v", "c", ""] {
+            assert!(!pod_uses_secret(&pod, unused), "{unused}");
         }
     }
 

@@ -72,6 +72,10 @@ fn node_agents_and_components_reach_only_what_they_need() -> Result<()> {
         expect(a, "POST", "/api/v1/namespaces/default/pods", Some(pod("p3", Some("n1"))), 201).await?;
         let secret = json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}});
         expect(a, "POST", &format!("{WEB}/secrets"), Some(secret), 201).await?;
+        expect(a, "POST", &format!("{WEB}/secrets"), Some(json!({"metadata": {"name": "t"}})), 201).await?;
+        let mut p4 = pod("p4", Some("n1"));
+        p4["spec"]["volumes"] = json!([{"name": "v", "secret": {"secretName": "s"}}]);
+        expect(a, "POST", &format!("{WEB}/pods"), Some(p4), 201).await?;
         expect(a, "POST", "/api/v1/nodes", Some(json!({"metadata": {"name": "n2"}})), 201).await?;
 
         // Its own Node and Lease, and nobody else's.
@@ -104,7 +108,7 @@ fn node_agents_and_components_reach_only_what_they_need() -> Result<()> {
             .iter()
             .filter_map(|p| p.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string))
             .collect();
-        ensure!(names.len() == 2 && names.contains(&"p1".into()) && names.contains(&"p3".into()), "{names:?}");
+        ensure!(names.len() == 3 && ["p1", "p3", "p4"].iter().all(|p| names.contains(&p.to_string())), "{names:?}");
         let watched = expect(&n1, "GET", &format!("{mine}&watch=1&timeoutSeconds=1"), None, 200).await?;
         ensure!(watched.contains("\"p1\"") && !watched.contains("\"p2\""), "{watched}");
         expect(&n1, "GET", "/api/v1/tenants/all/pods?fieldSelector=spec.nodeName%3Dn2", None, 403).await?;
@@ -129,7 +133,15 @@ fn node_agents_and_components_reach_only_what_they_need() -> Result<()> {
                            "namespace": "web"}, "reason": "Started", "message": "started"});
         expect(&n1, "POST", &format!("{WEB}/events"), Some(event), 201).await?;
         expect(&n1, "DELETE", &format!("{WEB}/events/p1.1"), None, 403).await?;
-        expect(&n1, "GET", &format!("{WEB}/secrets/s"), None, 403).await?;
+        // Only the secrets its pods use, one by one.
+        expect(&n1, "GET", &format!("{WEB}/secrets/s"), None, 200).await?;
+        let unused = expect(&n1, "GET", &format!("{WEB}/secrets/t"), None, 403).await?;
+        let missing = expect(&n1, "GET", &format!("{WEB}/secrets/u"), None, 403).await?;
+        let unused = unused.replace(r#"\"t\""#, r#"\"u\""#).replace(r#""t""#, r#""u""#);
+        ensure!(unused == missing, "{unused} / {missing}");
+        expect(&n2, "GET", &format!("{WEB}/secrets/s"), None, 403).await?;
+        expect(&n1, "GET", "/api/v1/tenants/acme/namespaces/default/secrets/s", None, 403).await?;
+        expect(&n1, "PUT", &format!("{WEB}/secrets/s"), Some(json!({"metadata": {"name": "s"}})), 403).await?;
         expect(&n1, "GET", &format!("{WEB}/secrets"), None, 403).await?;
         expect(&n1, "GET", "/api/v1/namespaces/default/configmaps", None, 403).await?;
         expect(&n1, "GET", "/api/v1/tenants/acme/namespaces", None, 403).await?;
