@@ -510,11 +510,14 @@ impl Api {
             RequestInfo::Resource(r) => (&r.tenant, r.verb),
             RequestInfo::NonResource { tenant, .. } => (tenant, Verb::Get),
         };
-        if let Err(s) =
-            self.resolve_tenant(scope, &user, verb).and_then(|t| self.authz.authorize(&user, t.as_deref(), &info))
+        let fields = query_map(req.uri().query()).remove("fieldSelector");
+        let grant = match self
+            .resolve_tenant(scope, &user, verb)
+            .and_then(|t| self.authz.authorize(&user, t.as_deref(), &info, fields.as_deref()))
         {
-            return status(s);
-        }
+            Ok(grant) => grant,
+            Err(s) => return status(s),
+        };
         match info {
             RequestInfo::NonResource { tenant, path, .. } => {
                 let tenant = match self.resolve_tenant(&tenant, &user, Verb::Get) {
@@ -549,7 +552,7 @@ impl Api {
                     None => status(not_found()),
                 }
             }
-            RequestInfo::Resource(r) => match self.resource(r, &user, req).await {
+            RequestInfo::Resource(r) => match self.resource(r, &user, grant, req).await {
                 Ok(resp) => resp,
                 Err(s) => status(s),
             },
@@ -605,7 +608,7 @@ impl Api {
             TenantScope::Named(t) => Some(t.clone()),
             TenantScope::All => None,
         };
-        if !user.is_system_admin() && tenant.as_deref() != Some(user.tenant.as_str()) {
+        if !crate::authz::reaches_other_tenants(user) && tenant.as_deref() != Some(user.tenant.as_str()) {
             return Err(Status::failure(403, "Forbidden", format!("User {:?} cannot access that tenant", user.name)));
         }
         if tenant.is_none() && !matches!(verb, Verb::List | Verb::Watch) {
@@ -939,6 +942,7 @@ impl Api {
         &self,
         r: ResourceRequest,
         user: &User,
+        grant: crate::authz::Grant,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Status> {
         let mut tenant = self.resolve_tenant(&r.tenant, user, r.verb)?;
@@ -978,8 +982,10 @@ impl Api {
             ));
         }
         if info.group == "atoll.io" && info.resource == "tenants" {
-            // Tenants belong to the system tenant, whichever URL names them.
-            if !user.is_system_admin() {
+            // Tenants belong to the system tenant, whichever URL names them, and only its
+            // RBAC grants access to them.
+            let system = Some(api::request::SYSTEM_TENANT);
+            if self.authz.authorize(user, system, &RequestInfo::Resource(r.clone()), None).is_err() {
                 return Err(Status::forbidden(
                     &user.name,
                     r.verb.as_str(),
@@ -1006,6 +1012,19 @@ impl Api {
             Some(_) => return Err(not_found()),
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
+        // Node restriction's conditions (a pod bound to the node, a secret its pods use),
+        // refused alike whether the object is elsewhere or nowhere.
+        if grant != crate::authz::Grant::Allowed
+            && !crate::authz::node::condition_holds(
+                &grant,
+                self.registry("", "pods")?,
+                &scope,
+                r.name.as_deref().unwrap_or_default(),
+            )
+            .await
+        {
+            return Err(crate::authz::forbidden(&user.name, &crate::authz::attributes(&RequestInfo::Resource(r))));
+        }
         let q = query_map(req.uri().query());
         if r.subresource.as_deref() == Some("scale") {
             return self.scale(registry, &scope, &r, &q, req).await;
@@ -1160,7 +1179,19 @@ impl Api {
                         && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
                     {
                         let create = ResourceRequest { verb: Verb::Create, ..r.clone() };
-                        self.authz.authorize(user, scope.tenant.as_deref(), &RequestInfo::Resource(create))?;
+                        // A create is never granted on condition (node restriction has none).
+                        let grant = self.authz.authorize(
+                            user,
+                            scope.tenant.as_deref(),
+                            &RequestInfo::Resource(create.clone()),
+                            None,
+                        )?;
+                        if grant != crate::authz::Grant::Allowed {
+                            return Err(crate::authz::forbidden(
+                                &user.name,
+                                &crate::authz::attributes(&RequestInfo::Resource(create)),
+                            ));
+                        }
                         if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                             self.check_namespace(tenant, namespace).await?;
                         }
@@ -1342,6 +1373,8 @@ pub struct Server {
     acceptor: tokio_rustls::TlsAcceptor,
     api: Arc<Api>,
     pub kubeconfig: PathBuf,
+    /// The URL clients reach this server at (as written in the kubeconfigs).
+    pub url: String,
 }
 
 impl Server {
@@ -1381,7 +1414,7 @@ impl Server {
         api.ensure_rbac_defaults()
             .await
             .map_err(|e| ServeError::Setup(format!("creating the default RBAC objects: {}", e.message)))?;
-        Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig })
+        Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig, url })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

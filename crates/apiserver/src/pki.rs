@@ -307,6 +307,74 @@ current-context: {context}
     )
 }
 
+/// One of Atoll's own components, each with its own identity in the system tenant (see
+/// `authz::bootstrap` for what each may do, `authz::node` for node agents).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Component {
+    Controllers,
+    Scheduler,
+    /// The node agent of the named node.
+    Node(String),
+}
+
+/// The controllers' user name, which is also their group.
+pub const CONTROLLERS_USER: &str = "system:atoll-controllers";
+/// The scheduler's user name, which is also its group.
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
+
+impl Component {
+    /// Parses `controllers`, `scheduler` or `node:<name>`.
+    pub fn parse(s: &str) -> Result<Component, PkiError> {
+        match s {
+            "controllers" => Ok(Component::Controllers),
+            "scheduler" => Ok(Component::Scheduler),
+            _ => match s.strip_prefix("node:") {
+                // A node name is a DNS subdomain in Kubernetes; a label is what our paths
+                // and the `system:node:` user name need at least.
+                Some(n) if !n.is_empty() && n.split('.').all(api::request::is_dns_label) => {
+                    Ok(Component::Node(n.to_string()))
+                }
+                _ => Err(PkiError::Invalid(format!(
+                    "unknown component {s:?}: expected controllers, scheduler or node:<node name>"
+                ))),
+            },
+        }
+    }
+
+    /// The identity's user name and group.
+    pub fn identity(&self) -> (String, String) {
+        match self {
+            Component::Controllers => (CONTROLLERS_USER.into(), CONTROLLERS_USER.into()),
+            Component::Scheduler => (SCHEDULER_USER.into(), SCHEDULER_USER.into()),
+            Component::Node(n) => {
+                (format!("{}{n}", crate::authz::node::NODE_USER_PREFIX), crate::authz::node::NODES_GROUP.into())
+            }
+        }
+    }
+
+    /// The kubeconfig file `atoll up` writes for it in the data directory.
+    pub fn file_name(&self) -> String {
+        match self {
+            Component::Controllers => "controllers.kubeconfig".into(),
+            Component::Scheduler => "scheduler.kubeconfig".into(),
+            Component::Node(n) => format!("node-{n}.kubeconfig"),
+        }
+    }
+}
+
+/// How long a component's certificate lives: `atoll up` issues a fresh one at every start.
+pub const COMPONENT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Issues a fresh client certificate for `component` from the CA in `data_dir` and writes
+/// its kubeconfig (mode 0600) as `<data-dir>/<component file>`.
+pub fn write_component_kubeconfig(data_dir: &Path, server: &str, component: &Component) -> Result<PathBuf, PkiError> {
+    let (user, group) = component.identity();
+    let text = issue_kubeconfig(data_dir, server, &user, &[group], api::request::SYSTEM_TENANT, COMPONENT_TTL)?;
+    let path = data_dir.join(component.file_name());
+    write_file(&path, &text, true).map_err(|source| PkiError::Io { dir: data_dir.to_path_buf(), source })?;
+    Ok(path)
+}
+
 /// Writes `<data-dir>/admin.kubeconfig` for the server at `server` (an https URL).
 pub fn write_admin_kubeconfig(data_dir: &Path, pki: &Pki, server: &str) -> Result<PathBuf, PkiError> {
     let path = data_dir.join("admin.kubeconfig");
@@ -422,6 +490,30 @@ mod tests {
             [&[][..], &[0x30], &[0x30, 0x05, 0x0c], &[0x31, 0x00], &[0x30, 0x02, 0x04, 0x00], &[0x30, 0x00, 0x00]]
         {
             assert_eq!(parse_der_strings(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn component_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        bootstrap(dir.path(), &[]).unwrap();
+        assert!(Component::parse("node:").is_err());
+        assert!(Component::parse("node:a/b").is_err());
+        assert!(Component::parse("admin").is_err());
+        for (spec, user, group) in [
+            ("controllers", "system:atoll-controllers", "system:atoll-controllers"),
+            ("scheduler", "system:kube-scheduler", "system:kube-scheduler"),
+            ("node:n1.example", "system:node:n1.example", "system:nodes"),
+        ] {
+            let c = Component::parse(spec).unwrap();
+            let path = write_component_kubeconfig(dir.path(), "https://127.0.0.1:1", &c).unwrap();
+            let text = fs::read_to_string(&path).unwrap();
+            let cert = text.lines().find_map(|l| l.trim().strip_prefix("client-certificate-data: ")).unwrap();
+            let pem = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(cert).unwrap()).unwrap();
+            let id = identity_from_cert(&pem_to_der(&pem)).unwrap();
+            assert_eq!(id, CertIdentity { user: user.into(), groups: vec![group.into()], tenant: "system".into() });
+            let mode = fs::metadata(&path).unwrap().permissions();
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
         }
     }
 

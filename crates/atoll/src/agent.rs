@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// Kubeconfig to reach the API server with.
+    /// Kubeconfig to reach the API server with: the node's own identity (`atoll admin
+    /// kubeconfig --component node:<node>`); node restriction keeps it to this node's objects.
     #[arg(long)]
     pub kubeconfig: PathBuf,
     /// Context to use instead of the kubeconfig's current one.

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct ControllersArgs {
-    /// Kubeconfig to reach the API server with (for now the administrator's, e.g.
-    /// `<data-dir>/admin.kubeconfig`; least privilege comes with RBAC).
+    /// Kubeconfig to reach the API server with: the controllers' own identity (`atoll admin
+    /// kubeconfig --component controllers`, or `<data-dir>/controllers.kubeconfig` that `atoll up` writes).
     #[arg(long)]
     pub kubeconfig: PathBuf,
     /// Context to use instead of the kubeconfig's current one.

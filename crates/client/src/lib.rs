@@ -326,6 +326,33 @@ impl Client {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Response<Incoming>, Error> {
+        self.send_accepting(method, path, "application/json", body).await
+    }
+
+    /// One request exactly as given (`path` after the server's prefix, with its query),
+    /// answered with the status code and the whole body whatever they are: for tests and
+    /// tools that look at the API's raw answers.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(u16, Bytes), Error> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| Error::Decode(format!("{method:?} is not an HTTP method")))?;
+        let resp = self.send_accepting(method, path, accept, body).await?;
+        let code = resp.status().as_u16();
+        Ok((code, resp.into_body().collect().await?.to_bytes()))
+    }
+
+    async fn send_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Response<Incoming>, Error> {
         let uri = format!("{}{}", self.inner.config.server.prefix, path);
         let authority = self.inner.config.server.authority();
         // A request the server never saw (the connection had closed) is tried once more on a
@@ -334,7 +361,7 @@ impl Client {
             let mut builder = Request::builder()
                 .method(method.clone())
                 .uri(format!("https://{authority}{uri}"))
-                .header(hyper::header::ACCEPT, "application/json");
+                .header(hyper::header::ACCEPT, accept);
             if let Some(token) = &self.inner.config.token {
                 builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
             }

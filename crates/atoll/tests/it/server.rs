@@ -73,19 +73,39 @@ impl Server {
         Ok(())
     }
 
+    /// Stops the server (so that its store can be opened by someone else).
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")
     }
 
-    /// Runs `atoll controllers` against this server with the admin's identity.
+    /// Runs `atoll controllers` against this server with the controllers' own identity.
     pub(crate) fn start_controllers(&self) -> Result<Proc> {
         let child = Command::new(env!("CARGO_BIN_EXE_atoll"))
             .args(["controllers", "--kubeconfig"])
-            .arg(self.kubeconfig())
+            .arg(self.component_kubeconfig("controllers")?)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
         Ok(Proc(child))
+    }
+
+    /// A kubeconfig for one of Atoll's components (`controllers`, `scheduler`,
+    /// `node:<name>`), from `atoll admin kubeconfig --component`.
+    pub(crate) fn component_kubeconfig(&self, component: &str) -> Result<PathBuf> {
+        let config = self.dir.path().join(format!("{}.kubeconfig", component.replace(':', "-")));
+        let status = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["admin", "kubeconfig", "--component", component, "--data-dir"])
+            .arg(self.dir.path())
+            .arg("--output")
+            .arg(&config)
+            .status()?;
+        ensure!(status.success(), "atoll admin kubeconfig --component {component} failed");
+        Ok(config)
     }
 
     /// kubectl 1.`minor` as user `name` of `tenant` (a certificate from `atoll admin
