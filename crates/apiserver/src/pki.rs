@@ -42,7 +42,7 @@ pub struct Pki {
 pub const ADMIN_USER: &str = "admin";
 pub const ADMIN_GROUP: &str = "system:masters";
 
-fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)
