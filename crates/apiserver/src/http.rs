@@ -1125,6 +1125,12 @@ impl Api {
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         // RBAC's escalation prevention, for writes of roles and bindings.
         let admission = self.authz.admission(user, scope.tenant.as_deref(), &info.group, &info.resource);
+        // Who creates: recorded only by a caller of the object's own tenant (a system
+        // administrator's name means nothing inside another tenant).
+        let creator = (scope.tenant.as_deref() == Some(user.tenant.as_str())).then(|| crate::registry::Creator {
+            name: user.name.clone(),
+            user_uid: self.authn.directory().user(&user.tenant, &user.name).map(|u| u.uid),
+        });
         // Who writes, for metadata.managedFields, and whether this is a forced apply.
         let writer = |kind: &str, apply: bool| -> Result<(WriteOptions, bool), Status> {
             let (manager, force) = crate::managed::options::write_manager(&q, user_agent.as_deref(), kind, apply)?;
@@ -1133,7 +1139,7 @@ impl Api {
                 dry_run,
                 field_manager: Some(manager),
                 admission: admission.clone(),
-                creator: Some(user.name.clone()),
+                creator: creator.clone(),
                 ..Default::default()
             };
             Ok((opts, force))

@@ -9,6 +9,8 @@ use crate::registry::{ResourceInfo, Strategy};
 /// authenticated identity; clients cannot set or change it). The auth-controller gives
 /// that user the namespace's Role.
 pub const CREATOR_ANNOTATION: &str = "atoll.io/creator";
+/// The uid of the User object that created a Namespace, when its creator was one.
+pub const CREATOR_UID_ANNOTATION: &str = "atoll.io/creator-uid";
 
 /// Sets (or with `None` removes) one annotation, dropping an emptied map.
 fn set_annotation(obj: &mut Value, key: &str, value: Option<Value>) {
@@ -71,8 +73,10 @@ impl Strategy for Kind {
             return;
         }
         // The creator is fixed at creation; no update sets, changes or removes it.
-        let creator = old.pointer("/metadata/annotations").and_then(|a| a.get(CREATOR_ANNOTATION)).cloned();
-        set_annotation(new, CREATOR_ANNOTATION, creator);
+        for key in [CREATOR_ANNOTATION, CREATOR_UID_ANNOTATION] {
+            let kept = old.pointer("/metadata/annotations").and_then(|a| a.get(key)).cloned();
+            set_annotation(new, key, kept);
+        }
         if subresource != Some("finalize") {
             let kept = old.pointer("/spec/finalizers").cloned();
             if let Some(map) = new.as_object_mut() {
@@ -106,9 +110,12 @@ impl Strategy for Kind {
     fn holds_deletion(&self, obj: &Value) -> bool {
         self.info.kind == "Namespace" && self.info.group.is_empty() && namespace_finalizers(obj).is_some()
     }
-    fn record_creator(&self, obj: &mut Value, creator: Option<&str>) {
+    fn record_creator(&self, obj: &mut Value, creator: Option<&crate::registry::Creator>) {
         if self.info.kind == "Namespace" && self.info.group.is_empty() {
-            set_annotation(obj, CREATOR_ANNOTATION, creator.map(|c| Value::String(c.to_string())));
+            let name = creator.map(|c| Value::String(c.name.clone()));
+            let uid = creator.and_then(|c| c.user_uid.clone()).map(Value::String);
+            set_annotation(obj, CREATOR_ANNOTATION, name);
+            set_annotation(obj, CREATOR_UID_ANNOTATION, uid);
         }
     }
     fn prepare_for_delete(&self, obj: &mut Value) {

@@ -24,12 +24,18 @@ pub enum AdminCommand {
         /// Write the kubeconfig here (mode 0600) instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Present a signed user token (valid 24 hours) instead of a client certificate.
+        #[arg(long)]
+        token: bool,
     },
 }
 
+/// How long a token from `admin kubeconfig --token` lives.
+const TOKEN_TTL: i64 = 24 * 3600;
+
 pub fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::Kubeconfig { data_dir, tenant, user, group, server, output } => {
+        AdminCommand::Kubeconfig { data_dir, tenant, user, group, server, output, token } => {
             let server = match server {
                 Some(s) => s,
                 None => {
@@ -41,7 +47,11 @@ pub fn run(cmd: AdminCommand) -> Result<()> {
                         .context("no server in admin.kubeconfig; pass --server")?
                 }
             };
-            let config = apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &group, &tenant)?;
+            let config = if token {
+                apiserver::authn::issue_token_kubeconfig(&data_dir, &server, &user, &group, &tenant, TOKEN_TTL)?
+            } else {
+                apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &group, &tenant)?
+            };
             match output {
                 Some(path) => {
                     use std::io::Write;

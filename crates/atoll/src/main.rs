@@ -10,6 +10,7 @@ mod bench_sched;
 mod controllers;
 mod debug;
 mod image;
+mod login;
 mod sched;
 mod server;
 mod up;
@@ -41,6 +42,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the scheduler against an API server.
     Scheduler(sched::SchedulerArgs),
+    /// A kubectl credential plugin: trade a User's password for a short-lived token.
+    Login(login::LoginArgs),
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args).await,
             Command::Scheduler(args) => sched::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
+            Command::Login(args) => login::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),
             Command::Debug(cmd) => debug::run(cmd).await,

@@ -40,6 +40,8 @@ pub enum AuthnError {
     Token(#[from] token::TokenError),
     #[error("loading service accounts and users: {0}")]
     Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How a caller proved who it is.
@@ -257,6 +259,28 @@ impl Authenticator {
         let token = self.key.sign(&claims).map_err(|e| Status::internal(e.to_string()))?;
         Ok((token, now + ttl))
     }
+}
+
+/// A kubeconfig with a user token for `user` of `tenant` in `group`, valid `ttl` seconds,
+/// signed with the key in `data_dir` (`atoll admin kubeconfig --token`, on the control-plane
+/// machine). Such a token names no User object: like a certificate, it is valid until it
+/// expires.
+pub fn issue_token_kubeconfig(
+    data_dir: &Path,
+    server: &str,
+    user: &str,
+    group: &str,
+    tenant: &str,
+    ttl: i64,
+) -> Result<String, AuthnError> {
+    if !api::request::is_dns_label(tenant) || tenant == api::request::ALL_TENANTS || user.is_empty() {
+        return Err(AuthnError::Invalid(format!("{user:?} of {tenant:?} is not a valid user of a valid tenant")));
+    }
+    let ca = std::fs::read_to_string(data_dir.join("pki/ca.crt"))
+        .map_err(|e| AuthnError::Invalid(format!("reading the cluster CA: {e}")))?;
+    let key = TokenKey::load_or_create(data_dir)?;
+    let claims = Claims::user(tenant, user, vec![group.to_string()], None, token::now(), ttl);
+    Ok(pki::token_kubeconfig(server, &ca, &key.sign(&claims)?, user, tenant))
 }
 
 fn too_many(wait: Duration) -> Refused {

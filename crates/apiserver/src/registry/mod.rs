@@ -149,7 +149,7 @@ pub trait Strategy: Send + Sync + 'static {
     fn carry_over(&self, _stored: &Value, _new: &mut Value) {}
     /// Records who created the object (a Namespace's `atoll.io/creator`), replacing anything
     /// the client sent there; `None`: the server itself creates it.
-    fn record_creator(&self, _obj: &mut Value, _creator: Option<&str>) {}
+    fn record_creator(&self, _obj: &mut Value, _creator: Option<&Creator>) {}
 
     /// Turns this kind's form into the stored one.
     fn view_to_stored(&self, _obj: &mut Value) {}
@@ -302,7 +302,16 @@ pub struct WriteOptions {
     pub admission: Option<Admission>,
     /// The authenticated user who writes, for kinds that record their creator
     /// ([`Strategy::record_creator`]); `None` for the server's own writes.
-    pub creator: Option<String>,
+    pub creator: Option<Creator>,
+}
+
+/// Who creates an object, as far as the object records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creator {
+    pub name: String,
+    /// The uid of the User object of that name, when the creator is one: a later User of the
+    /// same name is not the creator.
+    pub user_uid: Option<String>,
 }
 
 /// A check of the final object of a create or update (after defaults and validation),
@@ -706,7 +715,7 @@ impl Registry {
         self.strategy.prepare_for_create(&mut obj);
         self.record(None, &mut obj, None, opts);
         // After the ownership record: the creator is the server's to say, nobody's to own.
-        self.strategy.record_creator(&mut obj, opts.creator.as_deref());
+        self.strategy.record_creator(&mut obj, opts.creator.as_ref());
         let mut errors = self.validate_meta(&meta);
         errors.extend(self.strategy.validate(&obj));
         let name = meta.name.clone().unwrap_or_default();
