@@ -626,8 +626,8 @@ pub const PASSWORD_HASH_FIELD: &str = "passwordHash";
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// `atoll.io/v1` User: a person of a tenant (cluster-scoped within it). `spec.displayName`,
-/// `spec.groups`, and `spec.password`, which is write-only: the stored object holds only
-/// its argon2id hash (made when the object is encoded for the store), and no response,
+/// `spec.groups`, and `spec.password`, which is write-only: it is replaced by its argon2id
+/// hash (in [`PASSWORD_HASH_FIELD`]) before anything else sees the object, and no response,
 /// list, watch, table or apply result carries either.
 pub struct UserKind {
     info: ResourceInfo,
@@ -661,6 +661,37 @@ impl UserKind {
         set_annotation(obj, LAST_APPLIED, scrubbed);
     }
 
+    /// Replaces a (valid) `spec.password` by its hash, keeping `current` when the password
+    /// is the one already set (so re-applying the same object changes nothing) or when none
+    /// is given. An invalid password stays for validation to report (never echoing it).
+    fn take_password(obj: &mut Value, current: Option<&str>) {
+        let password = match obj.pointer("/spec/password") {
+            Some(Value::String(p)) if !p.is_empty() && p.len() <= crate::authn::password::MAX_PASSWORD_BYTES => {
+                Some(p.clone())
+            }
+            None | Some(Value::Null) => None,
+            Some(_) => return,
+        };
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("password");
+        }
+        let hash = match (password, current) {
+            (None, current) => current.map(str::to_string),
+            (Some(p), Some(h)) if crate::authn::password::verify(&p, h) => Some(h.to_string()),
+            (Some(p), _) => match crate::authn::password::hash(&p) {
+                Ok(h) => Some(h),
+                // Never store what could not be hashed: the user then has no password.
+                Err(e) => {
+                    tracing::warn!("hashing a password failed: {e}");
+                    None
+                }
+            },
+        };
+        if let (Some(h), Some(map)) = (hash, obj.as_object_mut()) {
+            map.insert(PASSWORD_HASH_FIELD.into(), Value::String(h));
+        }
+    }
+
     /// A hash is only ever the server's: one sent by a client is dropped.
     fn drop_client_hash(obj: &mut Value) {
         if let Some(map) = obj.as_object_mut() {
@@ -682,10 +713,13 @@ impl Strategy for UserKind {
     fn prepare_for_create(&self, obj: &mut Value) {
         Self::drop_client_hash(obj);
         Self::scrub_last_applied(obj);
+        Self::take_password(obj, None);
     }
-    fn prepare_for_update(&self, new: &mut Value, _old: &Value, _subresource: Option<&str>) {
+    /// `old` is the stored object, hash included: an update without a password keeps it.
+    fn prepare_for_update(&self, new: &mut Value, old: &Value, _subresource: Option<&str>) {
         Self::drop_client_hash(new);
         Self::scrub_last_applied(new);
+        Self::take_password(new, old.get(PASSWORD_HASH_FIELD).and_then(Value::as_str));
     }
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
         validate_user(obj)
@@ -695,30 +729,6 @@ impl Strategy for UserKind {
     }
     fn top_level_fields(&self) -> Option<&[&str]> {
         Some(&["spec"])
-    }
-    /// The password becomes its hash on its way to the store. A password equal to the one
-    /// already set keeps the old hash, so re-applying the same object changes nothing.
-    fn view_to_stored(&self, obj: &mut Value) {
-        let password = obj
-            .get_mut("spec")
-            .and_then(Value::as_object_mut)
-            .and_then(|spec| spec.remove("password"))
-            .and_then(|p| p.as_str().map(str::to_string));
-        let Some(password) = password else { return };
-        let current = obj.get(PASSWORD_HASH_FIELD).and_then(Value::as_str);
-        if current.is_some_and(|h| crate::authn::password::verify(&password, h)) {
-            return;
-        }
-        match crate::authn::password::hash(&password) {
-            Ok(h) => obj[PASSWORD_HASH_FIELD] = Value::String(h),
-            // Never store what could not be hashed; the user simply has no password.
-            Err(e) => {
-                tracing::warn!("hashing a password failed: {e}");
-                if let Some(map) = obj.as_object_mut() {
-                    map.remove(PASSWORD_HASH_FIELD);
-                }
-            }
-        }
     }
     fn redact(&self, obj: &mut Value) {
         Self::drop_client_hash(obj);

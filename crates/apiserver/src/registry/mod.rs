@@ -922,7 +922,13 @@ impl Registry {
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
-            let old = self.decode(&current.value, current.mod_revision)?;
+            // Unredacted: the kind's update rules may need what is stored but never shown
+            // (a User keeps its password hash); `old` itself is never handed out.
+            let old = {
+                let mut o = decode_stored(&current.value, current.mod_revision)?;
+                self.strategy.stored_to_view(&mut o);
+                o
+            };
             let mut new = self.merge_update(&old, obj.clone(), subresource)?;
             self.strategy.prepare_for_update(&mut new, &old, subresource);
             self.record(Some(&old), &mut new, subresource, opts);
@@ -1049,12 +1055,15 @@ impl Registry {
         meta.generate_name = meta.generate_name.or(old_meta.generate_name.clone());
         meta.resource_version = None;
         let spec_changed = {
+            // Compared as clients see them: stored-only fields (a password hash) and
+            // write-only ones (a password) are not part of the spec they observe.
             let strip = |v: &Value| {
                 let mut v = v.clone();
                 if let Some(m) = v.as_object_mut() {
                     m.remove("metadata");
                     m.remove("status");
                 }
+                self.strategy.redact(&mut v);
                 v
             };
             strip(old) != strip(&new)
