@@ -876,14 +876,21 @@ impl Api {
         }
         let revision = resource_version(obj);
         // A deleted account's or user's credentials stop working once the answer is out.
-        match (info.group.as_str(), info.resource.as_str()) {
-            ("", "serviceaccounts") => {
-                self.authn.directory().wait_for(crate::authn::directory::Watched::ServiceAccounts, revision).await
+        let watched = match (info.group.as_str(), info.resource.as_str()) {
+            ("", "serviceaccounts") => Some(crate::authn::directory::Watched::ServiceAccounts),
+            ("atoll.io", "users") => Some(crate::authn::directory::Watched::Users),
+            _ => None,
+        };
+        if let Some(kind) = watched {
+            // A deleted object answers with its last version, older than its deletion:
+            // then wait until the directory has dropped it.
+            let directory = self.authn.directory();
+            let meta = |f: &str| obj.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("");
+            if deleted {
+                directory.wait_gone(kind, meta("tenant"), meta("namespace"), meta("name")).await
+            } else {
+                directory.wait_for(kind, revision).await
             }
-            ("atoll.io", "users") => {
-                self.authn.directory().wait_for(crate::authn::directory::Watched::Users, revision).await
-            }
-            _ => {}
         }
         if info.group == crate::crd::GROUP && info.resource == "customresourcedefinitions" {
             self.crds.wait_for(revision).await;

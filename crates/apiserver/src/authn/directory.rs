@@ -95,6 +95,16 @@ impl Directory {
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
     }
 
+    /// Waits (briefly) until the view no longer holds the ServiceAccount or User named.
+    pub async fn wait_gone(&self, kind: Watched, tenant: &str, namespace: &str, name: &str) {
+        let present = || match kind {
+            Watched::ServiceAccounts => self.account_uid(tenant, namespace, name).is_some(),
+            Watched::Users => self.user(tenant, name).is_some(),
+        };
+        let mut rx = self.applied[kind.index()].subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|_| !present())).await;
+    }
+
     fn apply(maps: &mut Maps, kind: Watched, value: &[u8], deleted: bool) {
         let Ok(obj) = serde_json::from_slice::<Value>(value) else { return };
         // A terminating object (finalizers pending) authenticates no more.

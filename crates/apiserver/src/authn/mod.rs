@@ -16,6 +16,9 @@
 //! The views of ServiceAccounts and Users that tokens and passwords are checked against
 //! are in memory, fed by store watches ([`directory`]): no store read per request.
 
+// Errors here are `Status` values on their way to the client, as in `http.rs`.
+#![allow(clippy::result_large_err)]
+
 pub mod directory;
 pub mod password;
 pub mod token;

@@ -2,8 +2,10 @@
 //!
 //! Parameters: argon2id, 19 MiB of memory, 2 passes, 1 lane, 16-byte random salt, 32-byte
 //! output: OWASP's recommended minimum for argon2id, and the `argon2` crate's defaults.
-//! One verification costs about 20 ms on one core in a release build (`atoll bench
-//! password`, BENCHMARKS.md): cheap for one login, ruinous for guessing.
+//! One verification cost 78 ms (p50) on the shared 2-core development machine
+//! (`atoll bench password`, BENCHMARKS.md), some 300 times a token check: cheap for one
+//! login an hour, ruinous for guessing. It runs on the blocking pool, never on the async
+//! threads.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

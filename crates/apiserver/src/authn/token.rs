@@ -313,7 +313,7 @@ mod tests {
         assert!(matches!(key.verify(&parts.join("."), 1001), Err(TokenError::BadSignature)));
         // And `alg: none` is no way around the signature.
         parts[0] = b64(br#"{"alg":"none"}"#);
-        assert!(matches!(key.verify(&format!("{}.{}.", parts[0], parts[1]), 1001), Err(_)));
+        assert!(key.verify(&format!("{}.{}.", parts[0], parts[1]), 1001).is_err());
     }
 
     #[test]
