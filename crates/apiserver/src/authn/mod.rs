@@ -304,3 +304,58 @@ fn url_tenant(path: &str) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn account(tenant: &str, ns: &str, name: &str, uid: &str) -> Bytes {
+        let obj = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"tenant": tenant, "namespace": ns, "name": name, "uid": uid}});
+        Bytes::from(obj.to_string())
+    }
+
+    fn token(authn: &Authenticator, tenant: &str, uid: &str) -> String {
+        let claims =
+            Claims::service_account(tenant, "apps", "robot", uid, vec![token::API_AUDIENCE.into()], token::now(), 600);
+        authn.key().sign(&claims).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_service_account_token_is_valid_only_in_its_tenant_while_its_account_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let key = Bytes::from("/registry/serviceaccounts/acme/apps/robot");
+        let rev = store.put(key.clone(), account("acme", "apps", "robot", "u1")).await.unwrap();
+        let authn = Authenticator::start(store.clone(), dir.path()).await.unwrap();
+        authn.directory().wait_for(directory::Watched::ServiceAccounts, rev).await;
+
+        let who = authn.bearer(&token(&authn, "acme", "u1")).expect("the account's token");
+        assert_eq!(who.user.name, "system:serviceaccount:apps:robot");
+        assert_eq!(who.user.tenant, "acme");
+        assert_eq!(who.method, Method::ServiceAccountToken);
+        // The same account name in another tenant is another account.
+        assert!(authn.bearer(&token(&authn, "globex", "u1")).is_none(), "wrong tenant");
+        assert!(authn.bearer(&token(&authn, "acme", "u2")).is_none(), "wrong uid");
+
+        let (rev, _) = store.delete(key, None).await.unwrap().unwrap();
+        authn.directory().wait_for(directory::Watched::ServiceAccounts, rev).await;
+        assert!(authn.bearer(&token(&authn, "acme", "u1")).is_none(), "the account is gone");
+    }
+
+    #[tokio::test]
+    async fn presented_but_invalid_credentials_are_refused_not_anonymous() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let authn = Authenticator::start(store, dir.path()).await.unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let none = ConnectionCert::None;
+        assert!(authn.authenticate(&none, None, "/api", ip).await.unwrap().is_none());
+        for header in ["Bearer nonsense", "Bearer eyJ.eyJ.sig", "Basic !!!", "Basic YWNtZS9hbm46cHc=", "Digest x"] {
+            let refused = authn.authenticate(&none, Some(header), "/api", ip).await.unwrap_err();
+            assert_eq!(refused.status.code, 401, "{header}");
+        }
+        assert_eq!(authn.authenticate(&ConnectionCert::Invalid, None, "/api", ip).await.unwrap_err().status.code, 401);
+    }
+}
