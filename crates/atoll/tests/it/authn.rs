@@ -501,3 +501,65 @@ fn admin_kubeconfig_can_carry_a_user_token() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_auth_controller_repairs_from_state_after_a_restart() -> Result<()> {
+    let server = LoggedServer::start()?;
+    let admin = server.admin(33)?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
+    let acme = format!("{}/tenants/acme", server.url());
+    let at = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--server".to_string(), acme.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all
+    };
+    let run = |args: &[&str]| -> Result<bool> {
+        let all = at(args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Ok(admin.run(&refs, None)?.status.success())
+    };
+    let controllers = server.controllers()?;
+    admin.ok_with(
+        &at(&["create", "-f", "-"]).iter().map(String::as_str).collect::<Vec<_>>(),
+        Some(&user_json("ann", None)),
+    )?;
+    eventually("ann is bound", || run(&["get", "clusterrolebinding", "atoll:user:ann"]))?;
+    drop(controllers);
+
+    // While the controller is down: its binding is deleted by hand, a user and a namespace
+    // of that user come.
+    ensure!(run(&["delete", "clusterrolebinding", "atoll:user:ann"])?);
+    admin.ok_with(
+        &at(&["create", "-f", "-"]).iter().map(String::as_str).collect::<Vec<_>>(),
+        Some(&user_json("bob", None)),
+    )?;
+    let token_config = server.dir.path().join("ann-token.kubeconfig");
+    let status = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["admin", "kubeconfig", "--tenant", "acme", "--user", "ann", "--token", "--data-dir"])
+        .arg(server.data())
+        .arg("--output")
+        .arg(&token_config)
+        .status()?;
+    ensure!(status.success());
+    let ann = Kubectl { bin: kubectl_binary(33)?, kubeconfig: token_config, cache: tempfile::tempdir()? };
+    admin.ok(&at(&["create", "clusterrolebinding", "ann-ns", "--clusterrole=cluster-admin", "--user=ann"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())?;
+    ann.ok(&["create", "namespace", "later"])?;
+
+    let _controllers = server.controllers()?;
+    eventually("everything is repaired", || {
+        Ok(run(&["get", "clusterrolebinding", "atoll:user:ann"])?
+            && run(&["get", "clusterrolebinding", "atoll:user:bob"])?
+            && run(&["-n", "later", "get", "rolebinding", "atoll:namespace-owner"])?
+            && run(&["-n", "later", "get", "role", "atoll:namespace-owner"])?)
+    })?;
+    let labels =
+        admin.ok(&at(&["get", "clusterrolebinding", "atoll:user:bob", "-o", "jsonpath={.metadata.labels}"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>())?;
+    ensure!(labels.contains("auth-controller"), "what the controller makes is labelled: {labels}");
+    Ok(())
+}
