@@ -38,6 +38,20 @@ const KUBE_MINOR: &str = "33";
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Where `atoll login` trades a User's password for a token (also under a tenant prefix).
+pub const LOGIN_PATH: &str = "/atoll/login";
+/// How long a login token lives.
+const LOGIN_TTL_SECONDS: i64 = 3600;
+
+/// A path without its `/tenants/{tenant}` prefix.
+fn bare_path(path: &str) -> String {
+    let bare = match path.strip_prefix("/tenants/") {
+        Some(rest) => rest.split_once('/').map_or("/", |(_, p)| p).to_string(),
+        None => path.to_string(),
+    };
+    if bare.starts_with('/') { bare } else { format!("/{bare}") }
+}
+
 /// Who is calling, fixed at authentication.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
@@ -105,6 +119,8 @@ pub struct Api {
     authz: Arc<crate::authz::Authz>,
     /// Keystone as an identity provider, when configured (`--keystone-url`).
     keystone: Option<crate::keystone::Keystone>,
+    /// The authentication chain, and the token key.
+    authn: Arc<crate::authn::Authenticator>,
 }
 
 /// What a server may be started with beyond its store, data and address.
@@ -284,12 +300,13 @@ impl hyper::body::Body for ChannelBody {
 impl Api {
     /// The API over `store`: the built-in kinds, and the custom resources of the stored
     /// definitions (followed from now on).
-    pub async fn start(store: Arc<dyn Store>) -> Result<Api, ServeError> {
+    pub async fn start(store: Arc<dyn Store>, data_dir: &Path) -> Result<Api, ServeError> {
         let strategies = crate::kinds::builtin()
             .into_iter()
             .map(|k| Arc::new(k) as Arc<dyn Strategy>)
             .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(std::iter::once(Arc::new(crate::crd::definition_strategy()) as Arc<dyn Strategy>))
+            .chain(std::iter::once(Arc::new(crate::kinds::UserKind::new()) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::rbac_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::review_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>));
         let registries: BTreeMap<(String, String), Arc<Registry>> = strategies
@@ -302,13 +319,16 @@ impl Api {
             .get(&(crate::crd::GROUP.to_string(), "customresourcedefinitions".to_string()))
             .cloned()
             .ok_or_else(|| ServeError::Setup("the CustomResourceDefinition kind is not registered".into()))?;
+        let authn = crate::authn::Authenticator::start(store.clone(), data_dir)
+            .await
+            .map_err(|e| ServeError::Setup(format!("setting up authentication: {e}")))?;
         let crds = crate::crd::Catalog::start(store, definitions)
             .await
             .map_err(|e| ServeError::Setup(format!("loading custom resource definitions: {e}")))?;
         let authz = crate::authz::Authz::start(&registries)
             .await
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
-        Ok(Api { registries, crds, authz, keystone: None })
+        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -405,6 +425,10 @@ impl Api {
                 resources.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true,
                     "kind": "Binding", "verbs": ["create"]}));
             }
+            if r.kind == "ServiceAccount" && r.group.is_empty() {
+                resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                    "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+            }
             if r.kind == "Namespace" && r.group.is_empty() {
                 resources.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false,
                     "kind": "Namespace", "verbs": ["update"]}));
@@ -469,14 +493,135 @@ impl Api {
                "platform": "linux/amd64"})
     }
 
+    /// Serves one request: authenticates it (`authn`), then [`Api::handle`]s it. Health and
+    /// version answer whatever the credentials, as before authentication.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        cert: &crate::authn::ConnectionCert,
+        peer: std::net::IpAddr,
+    ) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let bare = bare_path(&path);
+        if matches!(bare.as_str(), "/healthz" | "/livez" | "/readyz" | "/version") {
+            return self.handle(req, None).await;
+        }
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match self.authn.authenticate(cert, authorization, &path, peer).await {
+            Err(refused) if refused.not_ours => match self.keystone_user(req.headers()).await {
+                Ok(Some(user)) => self.handle(req, Some(user)).await,
+                Ok(None) => status(refused.status),
+                Err(s) => status(s),
+            },
+            Err(refused) => {
+                let mut resp = status(refused.status);
+                if let Some(wait) = refused.retry_after
+                    && let Ok(v) = hyper::header::HeaderValue::from_str(&wait.as_secs().to_string())
+                {
+                    resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                }
+                resp
+            }
+            Ok(Some(who)) if bare == LOGIN_PATH => match self.login(req, &who) {
+                Ok(resp) => resp,
+                Err(s) => status(s),
+            },
+            Ok(who) => self.handle(req, who.map(|w| w.user)).await,
+        }
+    }
+
+    /// `POST /atoll/login` with a User's basic credentials: a short-lived token for it, as an
+    /// `ExecCredential` (what `atoll login`, a kubectl credential plugin, prints).
+    fn login(&self, req: Request<Incoming>, who: &crate::authn::Authenticated) -> Result<Response<Body>, Status> {
+        if req.method() != Method::POST {
+            return Err(Status::method_not_allowed());
+        }
+        if who.method != crate::authn::Method::Password {
+            return Err(Status::failure(403, "Forbidden", "logging in takes a User's name and password"));
+        }
+        let (token, expires) = self.authn.login_token(&who.user, LOGIN_TTL_SECONDS)?;
+        Ok(respond(
+            StatusCode::CREATED,
+            json!({"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1", "spec": {},
+                   "status": {"token": token, "expirationTimestamp": crate::registry::object::rfc3339(expires)}}),
+        ))
+    }
+
+    /// `POST serviceaccounts/{name}/token` (TokenRequest): a signed token for the account,
+    /// valid while it exists (by uid) and until it expires.
+    async fn token_request(
+        &self,
+        registry: &Registry,
+        scope: &Scope,
+        r: &ResourceRequest,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Status> {
+        use crate::authn::token;
+        if r.verb != Verb::Create {
+            return Err(Status::method_not_allowed());
+        }
+        let name = r.name.clone().unwrap_or_default();
+        let body = Self::read_body(req).await?;
+        let account = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
+        let invalid = |field: &str, value: Value, why: &str| {
+            Status::invalid(
+                "authentication.k8s.io",
+                "TokenRequest",
+                &name,
+                &[api::meta::FieldError::invalid(field, value, why)],
+            )
+        };
+        let ttl = match body.pointer("/spec/expirationSeconds") {
+            None | Some(Value::Null) => token::DEFAULT_TTL_SECONDS,
+            Some(v) => match v.as_i64() {
+                Some(n) if n < token::MIN_TTL_SECONDS => {
+                    return Err(invalid(
+                        "spec.expirationSeconds",
+                        v.clone(),
+                        "may not specify a duration less than 10 minutes",
+                    ));
+                }
+                // Longer requests are cut to the maximum, as Kubernetes does.
+                Some(n) => n.min(token::MAX_TTL_SECONDS),
+                None => return Err(invalid("spec.expirationSeconds", v.clone(), "must be an integer")),
+            },
+        };
+        let audiences: Vec<String> = match body.pointer("/spec/audiences") {
+            None | Some(Value::Null) => vec![token::API_AUDIENCE.to_string()],
+            Some(Value::Array(a)) if a.is_empty() => vec![token::API_AUDIENCE.to_string()],
+            Some(Value::Array(a)) if a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty())) => {
+                a.iter().filter_map(Value::as_str).map(str::to_string).collect()
+            }
+            Some(other) => return Err(invalid("spec.audiences", other.clone(), "must be a list of non-empty strings")),
+        };
+        let meta =
+            |f: &str| account.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("").to_string();
+        let now = token::now();
+        let claims = token::Claims::service_account(
+            &meta("tenant"),
+            &meta("namespace"),
+            &name,
+            &meta("uid"),
+            audiences.clone(),
+            now,
+            ttl,
+        );
+        let signed = self.authn.key().sign(&claims).map_err(|e| Status::internal(e.to_string()))?;
+        let created = crate::registry::object::rfc3339(now);
+        Ok(respond(
+            StatusCode::CREATED,
+            json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                   "metadata": {"name": name, "namespace": meta("namespace"), "creationTimestamp": created},
+                   "spec": {"audiences": audiences, "expirationSeconds": ttl,
+                            "boundObjectRef": body.pointer("/spec/boundObjectRef").cloned().unwrap_or(Value::Null)},
+                   "status": {"token": signed, "expirationTimestamp": crate::registry::object::rfc3339(now + ttl)}}),
+        ))
+    }
+
     /// Serves one request from an authenticated (or not) caller.
     pub async fn handle(&self, req: Request<Incoming>, user: Option<User>) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let bare = match path.strip_prefix("/tenants/") {
-            Some(rest) => rest.split_once('/').map_or("/", |(_, p)| p).to_string(),
-            None => path.clone(),
-        };
-        let bare = if bare.starts_with('/') { bare } else { format!("/{bare}") };
+        let bare = bare_path(&path);
         match bare.as_str() {
             "/healthz" | "/livez" | "/readyz" => {
                 let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
@@ -487,13 +632,6 @@ impl Api {
             "/version" => return respond(StatusCode::OK, Api::version()),
             _ => {}
         }
-        let user = match user {
-            Some(user) => Some(user),
-            None => match self.keystone_user(req.headers()).await {
-                Ok(user) => user,
-                Err(s) => return status(s),
-            },
-        };
         let Some(user) = user else { return status(Status::unauthorized()) };
         let info = match api::request::parse(req.method().as_str(), &path, req.uri().query()) {
             Ok(info) => info,
@@ -793,6 +931,23 @@ impl Api {
             return Ok(());
         }
         let revision = resource_version(obj);
+        // A deleted account's or user's credentials stop working once the answer is out.
+        let watched = match (info.group.as_str(), info.resource.as_str()) {
+            ("", "serviceaccounts") => Some(crate::authn::directory::Watched::ServiceAccounts),
+            ("atoll.io", "users") => Some(crate::authn::directory::Watched::Users),
+            _ => None,
+        };
+        if let Some(kind) = watched {
+            // A deleted object answers with its last version, older than its deletion:
+            // then wait until the directory has dropped it.
+            let directory = self.authn.directory();
+            let meta = |f: &str| obj.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("");
+            if deleted {
+                directory.wait_gone(kind, meta("tenant"), meta("namespace"), meta("name")).await
+            } else {
+                directory.wait_for(kind, revision).await
+            }
+        }
         if info.group == crate::crd::GROUP && info.resource == "customresourcedefinitions" {
             self.crds.wait_for(revision).await;
         }
@@ -1009,6 +1164,7 @@ impl Api {
             Some("scale") if info.scale_subresource => {}
             Some("binding") if info.kind == "Pod" && info.group.is_empty() => {}
             Some("finalize") if info.kind == "Namespace" && info.group.is_empty() && r.verb == Verb::Update => {}
+            Some("token") if info.kind == "ServiceAccount" && info.group.is_empty() => {}
             Some(_) => return Err(not_found()),
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
@@ -1032,6 +1188,9 @@ impl Api {
         if r.subresource.as_deref() == Some("binding") {
             return self.bind(registry, &scope, &r, req).await;
         }
+        if r.subresource.as_deref() == Some("token") {
+            return self.token_request(registry, &scope, &r, req).await;
+        }
         let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         // Server-side printing, for reads of the main resource.
         let table = (crate::table::wants_table(&accept) && r.subresource.is_none()).then(|| Printer {
@@ -1045,6 +1204,12 @@ impl Api {
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         // RBAC's escalation prevention, for writes of roles and bindings.
         let admission = self.authz.admission(user, scope.tenant.as_deref(), &info.group, &info.resource);
+        // Who creates: recorded only by a caller of the object's own tenant (a system
+        // administrator's name means nothing inside another tenant).
+        let creator = (scope.tenant.as_deref() == Some(user.tenant.as_str())).then(|| crate::registry::Creator {
+            name: user.name.clone(),
+            user_uid: self.authn.directory().user(&user.tenant, &user.name).map(|u| u.uid),
+        });
         // Who writes, for metadata.managedFields, and whether this is a forced apply.
         let writer = |kind: &str, apply: bool| -> Result<(WriteOptions, bool), Status> {
             let (manager, force) = crate::managed::options::write_manager(&q, user_agent.as_deref(), kind, apply)?;
@@ -1053,6 +1218,7 @@ impl Api {
                 dry_run,
                 field_manager: Some(manager),
                 admission: admission.clone(),
+                creator: creator.clone(),
                 ..Default::default()
             };
             Ok((opts, force))
@@ -1404,9 +1570,14 @@ impl Server {
         };
         let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
-        let mut api = Api::start(store).await?;
+        let mut api = Api::start(store, data_dir).await?;
         if let Some(config) = &options.keystone {
             api.keystone = Some(crate::keystone::Keystone::new(config).map_err(|e| ServeError::Setup(e.to_string()))?);
+            // Set before the Api is shared: the chain hands unknown credentials to Keystone.
+            match Arc::get_mut(&mut api.authn) {
+                Some(authn) => authn.external = true,
+                None => return Err(ServeError::Setup("the authenticator is already shared".into())),
+            }
         }
         api.ensure_system_namespaces()
             .await
@@ -1449,21 +1620,13 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                // The identity is fixed for the connection, from its verified certificate.
-                let user = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(|der| {
-                    match pki::identity_from_cert(der) {
-                        Ok(id) => Some(User::from(id)),
-                        Err(e) => {
-                            tracing::info!(%peer, error = %e, "refusing a client certificate");
-                            None
-                        }
-                    }
-                });
+                // A certificate is the connection's; every other credential is the request's.
+                let cert = crate::authn::ConnectionCert::of(tls.get_ref().1.peer_certificates(), peer);
                 let service = hyper::service::service_fn(move |req| {
-                    let (api, user) = (api.clone(), user.clone());
+                    let (api, cert) = (api.clone(), cert.clone());
                     async move {
                         // A panic in one request answers 500 instead of ending the server.
-                        let handled = tokio::spawn(async move { api.handle(req, user).await }).await;
+                        let handled = tokio::spawn(async move { api.serve(req, &cert, peer.ip()).await }).await;
                         Ok::<_, Infallible>(
                             handled.unwrap_or_else(|_| status(Status::internal("the request handler failed"))),
                         )

@@ -5,6 +5,37 @@ use serde_json::Value;
 
 use crate::registry::{ResourceInfo, Strategy};
 
+/// The annotation naming the user who created a Namespace (set by the server from the
+/// authenticated identity; clients cannot set or change it). The auth-controller gives
+/// that user the namespace's Role.
+pub const CREATOR_ANNOTATION: &str = "atoll.io/creator";
+/// The uid of the User object that created a Namespace, when its creator was one.
+pub const CREATOR_UID_ANNOTATION: &str = "atoll.io/creator-uid";
+
+/// Sets (or with `None` removes) one annotation, dropping an emptied map.
+fn set_annotation(obj: &mut Value, key: &str, value: Option<Value>) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    match value {
+        Some(v) => {
+            let annotations = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+            if !annotations.is_object() {
+                *annotations = serde_json::json!({});
+            }
+            if let Some(map) = annotations.as_object_mut() {
+                map.insert(key.to_string(), v);
+            }
+        }
+        None => {
+            if let Some(map) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                map.remove(key);
+                if map.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+        }
+    }
+}
+
 /// A kind with no rules of its own beyond shape and selectable fields, plus an optional
 /// validation function.
 pub struct Kind {
@@ -41,6 +72,11 @@ impl Strategy for Kind {
         if self.info.kind != "Namespace" || !self.info.group.is_empty() {
             return;
         }
+        // The creator is fixed at creation; no update sets, changes or removes it.
+        for key in [CREATOR_ANNOTATION, CREATOR_UID_ANNOTATION] {
+            let kept = old.pointer("/metadata/annotations").and_then(|a| a.get(key)).cloned();
+            set_annotation(new, key, kept);
+        }
         if subresource != Some("finalize") {
             let kept = old.pointer("/spec/finalizers").cloned();
             if let Some(map) = new.as_object_mut() {
@@ -73,6 +109,14 @@ impl Strategy for Kind {
     }
     fn holds_deletion(&self, obj: &Value) -> bool {
         self.info.kind == "Namespace" && self.info.group.is_empty() && namespace_finalizers(obj).is_some()
+    }
+    fn record_creator(&self, obj: &mut Value, creator: Option<&crate::registry::Creator>) {
+        if self.info.kind == "Namespace" && self.info.group.is_empty() {
+            let name = creator.map(|c| Value::String(c.name.clone()));
+            let uid = creator.and_then(|c| c.user_uid.clone()).map(Value::String);
+            set_annotation(obj, CREATOR_ANNOTATION, name);
+            set_annotation(obj, CREATOR_UID_ANNOTATION, uid);
+        }
     }
     fn prepare_for_delete(&self, obj: &mut Value) {
         if self.info.kind == "Namespace" && self.info.group.is_empty() {
@@ -601,4 +645,176 @@ pub fn builtin() -> Vec<Kind> {
         k.message = crate::proto::shape::message_of(&k.info.group, &k.info.version, &k.info.kind);
     }
     kinds
+}
+
+/// Where a User's password hash is kept in the stored object: a top-level field that
+/// [`UserKind::redact`] removes from everything the registry hands out.
+pub const PASSWORD_HASH_FIELD: &str = "passwordHash";
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// `atoll.io/v1` User: a person of a tenant (cluster-scoped within it). `spec.displayName`,
+/// `spec.groups`, and `spec.password`, which is write-only: it is replaced by its argon2id
+/// hash (in [`PASSWORD_HASH_FIELD`]) before anything else sees the object, and no response,
+/// list, watch, table or apply result carries either.
+pub struct UserKind {
+    info: ResourceInfo,
+}
+
+impl UserKind {
+    pub fn new() -> UserKind {
+        UserKind { info: kind("atoll.io", "v1", "User", "users", false, false) }
+    }
+
+    /// kubectl's client-side apply copies the whole object, password included, into an
+    /// annotation: the password is taken out of that copy too.
+    fn scrub_last_applied(obj: &mut Value) {
+        let Some(text) = obj.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)).and_then(Value::as_str)
+        else {
+            return;
+        };
+        let scrubbed = match serde_json::from_str::<Value>(text) {
+            Ok(mut copy) => {
+                if let Some(spec) = copy.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("password");
+                }
+                if let Some(map) = copy.as_object_mut() {
+                    map.remove(PASSWORD_HASH_FIELD);
+                }
+                Some(Value::String(copy.to_string()))
+            }
+            // Not JSON: it cannot be checked, so it is not kept.
+            Err(_) => None,
+        };
+        set_annotation(obj, LAST_APPLIED, scrubbed);
+    }
+
+    /// Replaces a (valid) `spec.password` by its hash, keeping `current` when the password
+    /// is the one already set (so re-applying the same object changes nothing) or when none
+    /// is given. An invalid password stays for validation to report (never echoing it).
+    fn take_password(obj: &mut Value, current: Option<&str>) {
+        let password = match obj.pointer("/spec/password") {
+            Some(Value::String(p)) if !p.is_empty() && p.len() <= crate::authn::password::MAX_PASSWORD_BYTES => {
+                Some(p.clone())
+            }
+            None | Some(Value::Null) => None,
+            Some(_) => return,
+        };
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("password");
+        }
+        let hash = match (password, current) {
+            (None, current) => current.map(str::to_string),
+            (Some(p), Some(h)) if crate::authn::password::verify(&p, h) => Some(h.to_string()),
+            (Some(p), _) => match crate::authn::password::hash(&p) {
+                Ok(h) => Some(h),
+                // Never store what could not be hashed: the user then has no password.
+                Err(e) => {
+                    tracing::warn!("hashing a password failed: {e}");
+                    None
+                }
+            },
+        };
+        if let (Some(h), Some(map)) = (hash, obj.as_object_mut()) {
+            map.insert(PASSWORD_HASH_FIELD.into(), Value::String(h));
+        }
+    }
+
+    /// A hash is only ever the server's: one sent by a client is dropped.
+    fn drop_client_hash(obj: &mut Value) {
+        if let Some(map) = obj.as_object_mut() {
+            map.remove(PASSWORD_HASH_FIELD);
+        }
+    }
+}
+
+impl Default for UserKind {
+    fn default() -> Self {
+        UserKind::new()
+    }
+}
+
+impl Strategy for UserKind {
+    fn info(&self) -> &ResourceInfo {
+        &self.info
+    }
+    fn prepare_for_create(&self, obj: &mut Value) {
+        Self::drop_client_hash(obj);
+        Self::scrub_last_applied(obj);
+        Self::take_password(obj, None);
+    }
+    /// `old` is the stored object, hash included: an update without a password keeps it.
+    fn prepare_for_update(&self, new: &mut Value, old: &Value, _subresource: Option<&str>) {
+        Self::drop_client_hash(new);
+        Self::scrub_last_applied(new);
+        Self::take_password(new, old.get(PASSWORD_HASH_FIELD).and_then(Value::as_str));
+    }
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        validate_user(obj)
+    }
+    fn path_segment_names(&self) -> bool {
+        true
+    }
+    fn top_level_fields(&self) -> Option<&[&str]> {
+        Some(&["spec"])
+    }
+    fn redact(&self, obj: &mut Value) {
+        Self::drop_client_hash(obj);
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("password");
+        }
+    }
+    fn carry_over(&self, stored: &Value, new: &mut Value) {
+        if new.get(PASSWORD_HASH_FIELD).is_none()
+            && let Some(h) = stored.get(PASSWORD_HASH_FIELD)
+        {
+            new[PASSWORD_HASH_FIELD] = h.clone();
+        }
+    }
+}
+
+/// A User's name is its user name, so names Kubernetes reserves for the system's own
+/// identities (`system:`...) are refused, as are `system:` groups (which carry privileges).
+fn validate_user(obj: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    if name.starts_with("system:") || name.contains(':') {
+        errors.push(FieldError::invalid("metadata.name", name, "a user name may not contain ':'"));
+    }
+    match obj.get("spec") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(spec)) => {
+            match spec.get("displayName") {
+                None | Some(Value::Null) | Some(Value::String(_)) => {}
+                Some(other) => errors.push(FieldError::invalid("spec.displayName", other, "must be a string")),
+            }
+            match spec.get("groups") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(groups)) => {
+                    for (i, g) in groups.iter().enumerate() {
+                        match g.as_str() {
+                            Some(s) if !s.is_empty() && !s.starts_with("system:") => {}
+                            _ => errors.push(FieldError::invalid(
+                                format!("spec.groups[{i}]"),
+                                g,
+                                "must be a non-empty group name outside the reserved system: groups",
+                            )),
+                        }
+                    }
+                }
+                Some(other) => errors.push(FieldError::invalid("spec.groups", other, "must be a list of groups")),
+            }
+            match spec.get("password") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(p)) if !p.is_empty() && p.len() <= crate::authn::password::MAX_PASSWORD_BYTES => {}
+                // The value itself is never echoed back.
+                Some(_) => errors.push(FieldError::invalid(
+                    "spec.password",
+                    "(hidden)",
+                    "must be a non-empty string of at most 1024 bytes",
+                )),
+            }
+        }
+        Some(_) => errors.push(FieldError::invalid("spec", "(not an object)", "must be an object")),
+    }
+    errors
 }

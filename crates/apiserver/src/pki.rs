@@ -46,7 +46,7 @@ pub struct Pki {
 pub const ADMIN_USER: &str = "admin";
 pub const ADMIN_GROUP: &str = "system:masters";
 
-fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -373,6 +373,50 @@ pub fn write_component_kubeconfig(data_dir: &Path, server: &str, component: &Com
     let path = data_dir.join(component.file_name());
     write_file(&path, &text, true).map_err(|source| PkiError::Io { dir: data_dir.to_path_buf(), source })?;
     Ok(path)
+}
+
+/// A kubeconfig whose user is `user_yaml` (the lines under `user:`, indented four spaces).
+fn kubeconfig_with(server: &str, ca_pem: &str, user_yaml: &str, user: &str, tenant: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let context = format!("{user}@{tenant}");
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: atoll
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {context}
+  user:
+{user_yaml}contexts:
+- name: {context}
+  context:
+    cluster: atoll
+    user: {context}
+current-context: {context}
+",
+        ca = b64(ca_pem),
+    )
+}
+
+/// A kubeconfig that presents a bearer token; the context's name carries the tenant.
+pub fn token_kubeconfig(server: &str, ca_pem: &str, token: &str, user: &str, tenant: &str) -> String {
+    kubeconfig_with(server, ca_pem, &format!("    token: {token}\n"), user, tenant)
+}
+
+/// A kubeconfig whose credentials come from a kubectl credential plugin: `command` with
+/// `args` (`atoll login ...`).
+pub fn exec_kubeconfig(server: &str, ca_pem: &str, command: &str, args: &[String], user: &str, tenant: &str) -> String {
+    let quote = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let mut lines = String::from("    exec:\n      apiVersion: client.authentication.k8s.io/v1\n");
+    lines.push_str(&format!("      command: {}\n      args:\n", quote(command)));
+    for a in args {
+        lines.push_str(&format!("      - {}\n", quote(a)));
+    }
+    lines.push_str("      interactiveMode: IfAvailable\n      provideClusterInfo: false\n");
+    kubeconfig_with(server, ca_pem, &lines, user, tenant)
 }
 
 /// Writes `<data-dir>/admin.kubeconfig` for the server at `server` (an https URL).

@@ -19,9 +19,10 @@ pub enum AdminCommand {
         /// authenticated user is in `system:authenticated` anyway).
         #[arg(long, alias = "group", value_delimiter = ',', conflicts_with = "component")]
         groups: Vec<String>,
-        /// How long the certificate is valid: a number with s, m, h or d (30m, 12h, 7d).
-        #[arg(long, default_value = "365d", value_parser = |s: &str| api::time::parse_duration(s))]
-        ttl: std::time::Duration,
+        /// How long the credential is valid: a number with s, m, h or d (30m, 12h, 7d);
+        /// by default 365d for a certificate, 24h for a token.
+        #[arg(long, value_parser = |s: &str| api::time::parse_duration(s))]
+        ttl: Option<std::time::Duration>,
         /// Issue the identity of one of Atoll's components instead of a user's:
         /// `controllers`, `scheduler` or `node:<node name>` (system tenant, least privilege).
         #[arg(long, conflicts_with_all = ["tenant", "user"])]
@@ -32,12 +33,21 @@ pub enum AdminCommand {
         /// Write the kubeconfig here (mode 0600) instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Present a signed user token (valid 24 hours unless `--ttl`) instead of a client
+        /// certificate.
+        #[arg(long, conflicts_with = "component")]
+        token: bool,
     },
 }
 
+/// How long a token from `admin kubeconfig --token` lives unless `--ttl` says otherwise.
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// How long a certificate from `admin kubeconfig` lives unless `--ttl` says otherwise.
+const CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
 pub fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::Kubeconfig { data_dir, tenant, user, groups, ttl, server, output, component } => {
+        AdminCommand::Kubeconfig { data_dir, tenant, user, groups, ttl, server, output, component, token } => {
             let server = match server {
                 Some(s) => s,
                 None => {
@@ -57,7 +67,12 @@ pub fn run(cmd: AdminCommand) -> Result<()> {
                 // clap makes both present without --component.
                 None => (tenant.unwrap_or_default(), user.unwrap_or_default(), groups),
             };
-            let config = apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &groups, &tenant, ttl)?;
+            let config = if token {
+                let ttl = ttl.unwrap_or(TOKEN_TTL).as_secs().try_into().context("--ttl is too long")?;
+                apiserver::authn::issue_token_kubeconfig(&data_dir, &server, &user, &groups, &tenant, ttl)?
+            } else {
+                apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &groups, &tenant, ttl.unwrap_or(CERT_TTL))?
+            };
             match output {
                 Some(path) => {
                     use std::io::Write;

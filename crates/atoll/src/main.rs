@@ -12,6 +12,7 @@ mod controllers;
 mod debug;
 mod image;
 mod keystone;
+mod login;
 mod sched;
 mod server;
 mod up;
@@ -43,6 +44,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the scheduler against an API server.
     Scheduler(sched::SchedulerArgs),
+    /// A kubectl credential plugin: trade a User's password for a short-lived token.
+    Login(login::LoginArgs),
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
             Command::Scheduler(args) => sched::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
             Command::Credential(cmd) => keystone::run(cmd).await,
+            Command::Login(args) => login::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),
             Command::Debug(cmd) => debug::run(cmd).await,

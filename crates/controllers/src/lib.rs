@@ -9,6 +9,7 @@
 //! authentication, tenancy and admission apply to them as to everyone else. For now they
 //! run with the administrator's identity (least privilege comes with RBAC).
 
+pub mod auth;
 pub mod cache;
 pub mod controller;
 pub mod namespace;
@@ -33,9 +34,10 @@ pub async fn run_all(client: client::Client, shutdown: impl Future<Output = ()>)
     };
     let service_accounts = serviceaccount::controller(client.clone()).run(stopped(stop_rx.clone()));
     let namespaces = namespace::controller(client.clone()).run(stopped(stop_rx.clone()));
+    let auth = auth::controller(client.clone()).run(stopped(stop_rx.clone()));
     let tenants = tenant::controller(client).run(stopped(stop_rx));
     let all = async {
-        tokio::join!(service_accounts, namespaces, tenants);
+        tokio::join!(service_accounts, namespaces, tenants, auth);
     };
     tokio::pin!(all);
     let finished = tokio::select! {

@@ -141,6 +141,15 @@ pub trait Strategy: Send + Sync + 'static {
 
     /// Turns a stored object into this kind's form (for kinds that view another's storage).
     fn stored_to_view(&self, _obj: &mut Value) {}
+    /// Removes what is stored but never handed out (a User's password hash, a password in
+    /// transit): applied to every object the registry returns, read, listed or watched.
+    fn redact(&self, _obj: &mut Value) {}
+    /// Copies stored-only fields (those `redact` removes) from the stored object to the
+    /// next version written over it, unless the new version sets them itself.
+    fn carry_over(&self, _stored: &Value, _new: &mut Value) {}
+    /// Records who created the object (a Namespace's `atoll.io/creator`), replacing anything
+    /// the client sent there; `None`: the server itself creates it.
+    fn record_creator(&self, _obj: &mut Value, _creator: Option<&Creator>) {}
 
     /// Turns this kind's form into the stored one.
     fn view_to_stored(&self, _obj: &mut Value) {}
@@ -291,6 +300,18 @@ pub struct WriteOptions {
     /// A last check of the object about to be written, on behalf of the caller (RBAC's
     /// escalation prevention); `None` for the server's own writes.
     pub admission: Option<Admission>,
+    /// The authenticated user who writes, for kinds that record their creator
+    /// ([`Strategy::record_creator`]); `None` for the server's own writes.
+    pub creator: Option<Creator>,
+}
+
+/// Who creates an object, as far as the object records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creator {
+    pub name: String,
+    /// The uid of the User object of that name, when the creator is one: a later User of the
+    /// same name is not the creator.
+    pub user_uid: Option<String>,
 }
 
 /// A check of the final object of a create or update (after defaults and validation),
@@ -507,6 +528,7 @@ impl Registry {
     fn decode(&self, value: &[u8], revision: i64) -> Result<Value> {
         let mut obj = decode_stored(value, revision)?;
         self.strategy.stored_to_view(&mut obj);
+        self.strategy.redact(&mut obj);
         Ok(obj)
     }
 
@@ -648,7 +670,13 @@ impl Registry {
         }
     }
 
-    pub async fn create_with(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Value> {
+    pub async fn create_with(&self, scope: &Scope, obj: Value, opts: &WriteOptions) -> Result<Value> {
+        let mut created = self.create_unredacted(scope, obj, opts).await?;
+        self.strategy.redact(&mut created);
+        Ok(created)
+    }
+
+    async fn create_unredacted(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Value> {
         let dry_run = opts.dry_run;
         self.check_type(&mut obj)?;
         let mut meta = object::meta(&obj)?;
@@ -686,6 +714,8 @@ impl Registry {
         object::set_meta(&mut obj, &meta)?;
         self.strategy.prepare_for_create(&mut obj);
         self.record(None, &mut obj, None, opts);
+        // After the ownership record: the creator is the server's to say, nobody's to own.
+        self.strategy.record_creator(&mut obj, opts.creator.as_ref());
         let mut errors = self.validate_meta(&meta);
         errors.extend(self.strategy.validate(&obj));
         let name = meta.name.clone().unwrap_or_default();
@@ -855,6 +885,19 @@ impl Registry {
         &self,
         scope: &Scope,
         name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        let mut updated = self.update_unredacted(scope, name, obj, subresource, opts).await?;
+        self.strategy.redact(&mut updated);
+        Ok(updated)
+    }
+
+    async fn update_unredacted(
+        &self,
+        scope: &Scope,
+        name: &str,
         mut obj: Value,
         subresource: Option<&str>,
         opts: &WriteOptions,
@@ -879,10 +922,18 @@ impl Registry {
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
-            let old = self.decode(&current.value, current.mod_revision)?;
+            // Unredacted: the kind's update rules may need what is stored but never shown
+            // (a User keeps its password hash); `old` itself is never handed out.
+            let old = {
+                let mut o = decode_stored(&current.value, current.mod_revision)?;
+                self.strategy.stored_to_view(&mut o);
+                o
+            };
             let mut new = self.merge_update(&old, obj.clone(), subresource)?;
             self.strategy.prepare_for_update(&mut new, &old, subresource);
             self.record(Some(&old), &mut new, subresource, opts);
+            // After the ownership record: stored-only fields are nobody's to own.
+            self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut new);
             let mut errors = self.validate_meta(&object::meta(&new)?);
             errors.extend(self.strategy.validate(&new));
             errors.extend(self.strategy.validate_update(&new, &old));
@@ -947,9 +998,12 @@ impl Registry {
             if !errors.is_empty() {
                 return Err(self.invalid(name, errors));
             }
-            match self.store.update(key.clone(), self.encode(&obj)?, current.mod_revision).await? {
+            let mut stored = obj.clone();
+            self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut stored);
+            match self.store.update(key.clone(), self.encode(&stored)?, current.mod_revision).await? {
                 Ok(revision) => {
                     set_rv(&mut obj, revision);
+                    self.strategy.redact(&mut obj);
                     return Ok(obj);
                 }
                 Err(_) => continue,
@@ -1001,12 +1055,15 @@ impl Registry {
         meta.generate_name = meta.generate_name.or(old_meta.generate_name.clone());
         meta.resource_version = None;
         let spec_changed = {
+            // Compared as clients see them: stored-only fields (a password hash) and
+            // write-only ones (a password) are not part of the spec they observe.
             let strip = |v: &Value| {
                 let mut v = v.clone();
                 if let Some(m) = v.as_object_mut() {
                     m.remove("metadata");
                     m.remove("status");
                 }
+                self.strategy.redact(&mut v);
                 v
             };
             strip(old) != strip(&new)
@@ -1070,7 +1127,9 @@ impl Registry {
                 if opts.dry_run {
                     return Ok(obj);
                 }
-                match self.store.update(key.clone(), self.encode(&obj)?, current.mod_revision).await? {
+                let mut stored = obj.clone();
+                self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut stored);
+                match self.store.update(key.clone(), self.encode(&stored)?, current.mod_revision).await? {
                     Ok(revision) => {
                         set_rv(&mut obj, revision);
                         return Ok(obj);
@@ -1204,7 +1263,10 @@ impl Registry {
     fn translate(&self, shared: &cache::SharedEvent, opts: &ListOptions) -> Result<Option<WatchEvent>> {
         let revision = shared.event.kv.mod_revision;
         let decoded = shared
-            .decoded(&|obj| self.strategy.stored_to_view(obj))
+            .decoded(&|obj| {
+                self.strategy.stored_to_view(obj);
+                self.strategy.redact(obj);
+            })
             .ok_or_else(|| RegistryError::Internal("a stored object is not JSON".into()))?;
         let old_matches = match &decoded.prev {
             Some(o) => self.matches(o, opts)?,
