@@ -17,3 +17,4 @@ pub mod pki;
 pub mod proto;
 pub mod registry;
 pub mod table;
+pub mod workloads;

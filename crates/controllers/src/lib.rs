@@ -11,11 +11,15 @@
 
 pub mod cache;
 pub mod controller;
+pub mod deployment;
+pub mod gc;
 pub mod namespace;
 pub mod queue;
+pub mod replicaset;
 pub mod serviceaccount;
 pub mod tenant;
 pub mod watcher;
+pub mod workload;
 
 use std::future::Future;
 
@@ -32,9 +36,16 @@ pub async fn run_all(client: client::Client, shutdown: impl Future<Output = ()>)
     };
     let service_accounts = serviceaccount::controller(client.clone()).run(stopped(stop_rx.clone()));
     let namespaces = namespace::controller(client.clone()).run(stopped(stop_rx.clone()));
-    let tenants = tenant::controller(client).run(stopped(stop_rx));
+    let tenants = tenant::controller(client.clone()).run(stopped(stop_rx.clone()));
+    let workloads = async {
+        tokio::join!(
+            replicaset::controller(client.clone()).run(stopped(stop_rx.clone())),
+            deployment::controller(client.clone()).run(stopped(stop_rx.clone())),
+            gc::run(client, stopped(stop_rx)),
+        )
+    };
     let all = async {
-        tokio::join!(service_accounts, namespaces, tenants);
+        tokio::join!(service_accounts, namespaces, tenants, workloads);
     };
     tokio::pin!(all);
     let finished = tokio::select! {
