@@ -664,7 +664,7 @@ mod tests {
         let (s1, _) = compute_status(&d2, Some(&stuck), &[old.clone(), stuck.clone()], 0, 1_000);
         assert_eq!(workload::condition(&s1, "Progressing").expect("p")["reason"], "ReplicaSetUpdated");
         d2["status"] = s1;
-        let (s2, _) = compute_status(&d2, Some(&stuck), &[old, stuck], 0, 1_000 + 601);
+        let (s2, _) = compute_status(&d2, Some(&stuck), &[old, stuck.clone()], 0, 1_000 + 601);
         assert_eq!(workload::condition(&s2, "Progressing").expect("p")["reason"], "ProgressDeadlineExceeded");
     }
 }

@@ -539,6 +539,7 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
     }
     let queue: Arc<WorkQueue<NodeId>> = WorkQueue::new(Backoff::default());
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let ready_tx = Arc::new(ready_tx);
     let mut workers = Vec::new();
     for _ in 0..4 {
         let (collector, queue, mut ready) = (collector.clone(), queue.clone(), ready_rx.clone());
@@ -566,6 +567,16 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
         }));
     }
     let mut crd_watches: HashMap<String, WatchSpec> = HashMap::new();
+    // A kind whose first list never comes (refused, say) must not stop all collection:
+    // after a while the workers start anyway (an owner missing from the graph is looked up
+    // through the API before anything is deleted, so this is safe, only slower).
+    {
+        let ready_tx = ready_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            ready_tx.send_replace(true);
+        });
+    }
     tokio::pin!(shutdown);
     loop {
         let input = tokio::select! {
