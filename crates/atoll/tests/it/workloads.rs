@@ -345,3 +345,51 @@ fn interrupt(mut proc: Proc) -> Result<()> {
     }
     Ok(())
 }
+
+/// What the ReplicaSet controller costs: how fast it brings a set to 1,000 pods and back
+/// to none (printed; the pods need no node to exist, so this is the controller and the
+/// API server alone). Not timed beyond the test's own patience.
+#[test]
+fn replicaset_controller_creates_and_deletes_pods_in_bulk() -> Result<()> {
+    let server = Server::start()?;
+    let _controllers = server.start_controllers()?;
+    let admin = Kubectl::new(33, &server)?;
+    let rs = json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "bulk", "namespace": "default"},
+        "spec": {"replicas": 1000, "selector": {"matchLabels": {"app": "bulk"}},
+                 "template": {"metadata": {"labels": {"app": "bulk"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    });
+    let started = Instant::now();
+    admin.ok_with(&["create", "-f", "-"], Some(&rs.to_string()))?;
+    let count =
+        |k: &Kubectl| -> Result<usize> { Ok(k.ok(&["get", "pods", "-n", "default", "-o", "name"])?.lines().count()) };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&admin)? < 1000 {
+        ensure!(Instant::now() < deadline, "1,000 pods not made in 2 minutes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let up = started.elapsed();
+    // Never more than asked for, even while the cache lagged its own writes.
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(count(&admin)? == 1000, "over-created: {}", count(&admin)?);
+    until(&admin, &["get", "rs", "bulk", "-n", "default", "-o", "jsonpath={.status.replicas}"], "status", |o| {
+        o == "1000"
+    })?;
+    let started = Instant::now();
+    admin.ok(&["scale", "rs", "bulk", "--replicas=0", "-n", "default"])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&admin)? > 0 {
+        ensure!(Instant::now() < deadline, "pods not deleted in 2 minutes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let down = started.elapsed();
+    println!(
+        "replicaset controller: 1000 pods created in {:.2} s ({:.0}/s), deleted in {:.2} s ({:.0}/s)",
+        up.as_secs_f64(),
+        1000.0 / up.as_secs_f64(),
+        down.as_secs_f64(),
+        1000.0 / down.as_secs_f64()
+    );
+    Ok(())
+}
