@@ -39,9 +39,36 @@ pub fn deployments() -> Resource {
     Resource::new("apps", "v1", "deployments", true)
 }
 
-/// A template without its `pod-template-hash` label, for comparing.
+/// Drops zero values (null, false, 0, "", empty objects and lists), recursively.
+///
+/// Kubernetes compares templates as typed objects, where an omitted field and its zero
+/// value are the same; objects here are JSON as clients sent them, and a client writing
+/// protobuf (kubectl 1.33 does) sends every zero value (`stdin: false`, `generation: 0`)
+/// that the same client's JSON leaves out (as in the patch of `rollout undo`). Without
+/// this, undoing to such a template would make a new ReplicaSet instead of reusing the old.
+fn prune_zeros(v: &mut Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !*b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                prune_zeros(item);
+            }
+            items.is_empty()
+        }
+        Value::Object(map) => {
+            map.retain(|_, v| !prune_zeros(v));
+            map.is_empty()
+        }
+    }
+}
+
+/// A template as compared: without its `pod-template-hash` label and zero values.
 fn without_hash(template: &Value) -> Value {
     let mut t = template.clone();
+    prune_zeros(&mut t);
     if let Some(labels) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
         labels.remove(HASH_LABEL);
         if labels.is_empty() {
@@ -522,12 +549,12 @@ impl Reconciler for Deployments {
             // Then healthy ones, keeping at least wanted - maxUnavailable available.
             let available: i64 = sets.iter().map(|rs| i64_at(rs, "/status/availableReplicas")).sum();
             let mut healthy_budget = (available - (want - max_unavailable)).max(0);
-            for (i, _) in olds.iter().enumerate() {
+            for spec in new_specs.iter_mut() {
                 if healthy_budget <= 0 {
                     break;
                 }
-                let cut = new_specs[i].min(healthy_budget);
-                new_specs[i] -= cut;
+                let cut = (*spec).min(healthy_budget);
+                *spec -= cut;
                 healthy_budget -= cut;
             }
             for (rs, to) in olds.iter().zip(new_specs) {
@@ -632,6 +659,18 @@ mod tests {
         assert_eq!(rolling_scale_down_budget(10, 2, 13, 3, 0), 2);
         assert_eq!(rolling_scale_down_budget(10, 2, 13, 3, 3), 5);
         assert_eq!(rolling_scale_down_budget(10, 0, 11, 1, 0), 0);
+    }
+
+    #[test]
+    fn templates_compare_as_typed_objects() {
+        let proto = json!({"metadata": {"generation": 0, "labels": {"app": "x"}},
+                           "spec": {"containers": [{"name": "c", "stdin": false, "resources": {}}], "hostIPC": false}});
+        let json = json!({"metadata": {"creationTimestamp": null, "labels": {"app": "x"}},
+                          "spec": {"containers": [{"name": "c", "resources": {}}]}});
+        assert_eq!(without_hash(&proto), without_hash(&json));
+        let other =
+            json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "stdin": true}]}});
+        assert_ne!(without_hash(&proto), without_hash(&other));
     }
 
     #[test]

@@ -222,14 +222,25 @@ impl Reconciler for ReplicaSets {
                     .map(|p| str_at(p, "/metadata/name").to_string())
                     .collect();
                 self.expect(key, Vec::new(), doomed.clone());
-                for name in &doomed {
-                    match self.client.delete(&Resource::pods(), &scope, name, &DeleteParams::default()).await {
-                        Ok(_) => {}
-                        Err(e) if e.is_not_found() => {}
-                        Err(e) => {
-                            failure = Some(("FailedDelete", e.to_string()));
-                            break;
+                // All at once, as requests on the shared connection.
+                let mut tasks = tokio::task::JoinSet::new();
+                for name in doomed {
+                    let (client, scope) = (self.client.clone(), scope.clone());
+                    tasks.spawn(async move {
+                        let params = DeleteParams::default();
+                        match client.delete(&Resource::pods(), &scope, &name, &params).await {
+                            Err(e) if !e.is_not_found() => Err((name, e)),
+                            _ => Ok(()),
                         }
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    if let Ok(Err((name, e))) = r {
+                        // Not deleted: nothing to wait for.
+                        if let Some(exp) = self.expectations.lock().get_mut(key) {
+                            exp.deleted.remove(&name);
+                        }
+                        failure = Some(("FailedDelete", e.to_string()));
                     }
                 }
             }
