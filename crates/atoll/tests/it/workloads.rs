@@ -129,6 +129,19 @@ fn garbage_collector_follows_owner_references_within_a_tenant() -> Result<()> {
         !o.contains("of-g1")
     })?;
 
+    // An owner deleted and made again under its name is another owner: the dependent goes.
+    alice.ok(&["create", "configmap", "phoenix", "-n", "crs"])?;
+    let first = uid(&alice, &["get", "configmap", "phoenix", "-n", "crs"])?;
+    alice.ok(&["delete", "configmap", "phoenix", "-n", "crs", "--cascade=orphan"])?;
+    alice.ok(&["create", "configmap", "phoenix", "-n", "crs"])?;
+    alice.ok_with(
+        &["create", "-f", "-"],
+        Some(&configmap_owned("of-phoenix", "crs", json!([cm_ref("phoenix", &first)]))),
+    )?;
+    until(&alice, &["get", "configmaps", "-n", "crs", "-o", "name"], "owner by uid, not by name", |o| {
+        !o.contains("of-phoenix") && o.contains("configmap/phoenix")
+    })?;
+
     // References into another tenant or namespace reach nothing there.
     let bob = server.user("other", "bob", 33)?;
     bob.eventually(&["create", "namespace", "shared"])?;
