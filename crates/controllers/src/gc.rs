@@ -277,6 +277,11 @@ impl Collector {
                         v.solid += 1;
                         continue;
                     };
+                    // A cluster-scoped dependent cannot have a namespaced owner.
+                    if resource.namespaced && node.namespace.is_none() {
+                        v.absent.push(o.uid.clone());
+                        continue;
+                    }
                     let scope = Self::scope(&id.tenant, node.namespace.as_deref(), &resource);
                     match self.client.get(&resource, &scope, &o.name).await {
                         Ok(owner) if str_at(&owner, "/metadata/uid") == o.uid => {
