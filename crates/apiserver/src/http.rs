@@ -29,7 +29,9 @@ use store::Store;
 use tokio::sync::mpsc;
 
 use crate::pki::{self, CertIdentity};
-use crate::registry::{DeleteOptions, ListOptions, Registry, RegistryError, Scope, Strategy, WriteOptions};
+use crate::registry::{
+    DeleteOptions, ListOptions, Propagation, Registry, RegistryError, Scope, Strategy, WriteOptions,
+};
 
 /// Largest request body accepted, as in Kubernetes (3 MiB).
 const MAX_BODY: usize = 3 << 20;
@@ -1427,8 +1429,8 @@ impl Api {
                 if !body.is_null() && !body.is_object() {
                     return Err(Status::bad_request("the body of a delete must be DeleteOptions"));
                 }
-                // Dependents are not collected yet (the garbage collector comes with the
-                // workload controllers); the policy is checked so that a typo is an error.
+                // The policy becomes a finalizer the garbage collector acts on; `orphanDependents`
+                // is its older spelling.
                 let policy = q
                     .get("propagationPolicy")
                     .map(String::as_str)
@@ -1463,6 +1465,10 @@ impl Api {
                         .and_then(Value::as_str)
                         .map(str::to_string),
                     grace_period_seconds: grace,
+                    propagation: match policy.and_then(Propagation::parse) {
+                        Some(p) => Some(p),
+                        None => orphan_dependents(&q, &body)?,
+                    },
                 };
                 let deleted = registry.delete(&scope, &name, &opts).await.map_err(registry_err)?;
                 self.written(&info, &deleted, dry, true).await?;
@@ -1471,7 +1477,19 @@ impl Api {
             Verb::DeleteCollection => {
                 let dry = dry_run(&q)?;
                 let list = registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?;
-                let opts = DeleteOptions { dry_run: dry, ..DeleteOptions::default() };
+                let body = Self::read_body(req).await?;
+                let policy = q
+                    .get("propagationPolicy")
+                    .map(String::as_str)
+                    .or(body.get("propagationPolicy").and_then(Value::as_str));
+                let propagation = match policy {
+                    Some(p) => Some(
+                        Propagation::parse(p)
+                            .ok_or_else(|| Status::bad_request(format!("unsupported propagationPolicy {p:?}")))?,
+                    ),
+                    None => orphan_dependents(&q, &body)?,
+                };
+                let opts = DeleteOptions { dry_run: dry, propagation, ..DeleteOptions::default() };
                 let mut deleted = Vec::new();
                 for item in list["items"].as_array().into_iter().flatten() {
                     let item_name = item["metadata"]["name"].as_str().unwrap_or("");
@@ -1494,6 +1512,16 @@ impl Api {
             }
         }
     }
+}
+
+/// The deprecated `orphanDependents` (query or body): true orphans, false collects in the
+/// background.
+fn orphan_dependents(q: &BTreeMap<String, String>, body: &Value) -> Result<Option<Propagation>, Status> {
+    let flag = match q.get("orphanDependents") {
+        Some(v) => Some(v.parse::<bool>().map_err(|_| Status::bad_request(format!("invalid orphanDependents {v:?}")))?),
+        None => body.get("orphanDependents").and_then(Value::as_bool),
+    };
+    Ok(flag.map(|o| if o { Propagation::Orphan } else { Propagation::Background }))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -64,11 +64,19 @@ impl Strategy for Kind {
         (self.validate)(obj)
     }
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
-        if self.info.kind == "Pod" { validate_pod_update(new, old) } else { Vec::new() }
+        match (self.info.group.as_str(), self.info.kind.as_str()) {
+            ("", "Pod") => validate_pod_update(new, old),
+            ("apps", "Deployment" | "ReplicaSet") => crate::workloads::validate_update(new, old),
+            _ => Vec::new(),
+        }
     }
     /// A namespace's `spec.finalizers` change only through `finalize`; a terminating
     /// namespace stays Terminating.
     fn prepare_for_update(&self, new: &mut Value, old: &Value, subresource: Option<&str>) {
+        // Workloads are defaulted on every write, as Kubernetes defaults every decoded object.
+        if self.info.group == "apps" {
+            (self.defaults)(new);
+        }
         if self.info.kind != "Namespace" || !self.info.group.is_empty() {
             return;
         }
@@ -295,7 +303,7 @@ pub(crate) fn is_base64(s: &str) -> bool {
             .all(|(i, c)| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/' || (*c == b'=' && i + 2 >= b.len()))
 }
 
-fn validate_pod(obj: &Value) -> Vec<FieldError> {
+pub(crate) fn validate_pod(obj: &Value) -> Vec<FieldError> {
     use api::meta::FieldErrorKind;
     let mut errors = Vec::new();
     let not_supported = |field: String, value: &str, allowed: &[&str]| FieldError {
@@ -630,8 +638,22 @@ pub fn builtin() -> Vec<Kind> {
             no_rules,
         ),
         plain(kind("coordination.k8s.io", "v1", "Lease", "leases", true, false), &[], no_rules),
-        with_status(kind("apps", "v1", "ReplicaSet", "replicasets", true, true), &[], no_rules),
-        with_status(kind("apps", "v1", "Deployment", "deployments", true, true), &[], no_rules),
+        Kind {
+            defaults: crate::workloads::replicaset_defaults,
+            ..with_status(
+                kind("apps", "v1", "ReplicaSet", "replicasets", true, true),
+                &[],
+                crate::workloads::validate_replicaset,
+            )
+        },
+        Kind {
+            defaults: crate::workloads::deployment_defaults,
+            ..with_status(
+                kind("apps", "v1", "Deployment", "deployments", true, true),
+                &[],
+                crate::workloads::validate_deployment,
+            )
+        },
         Kind {
             info: kind("atoll.io", "v1", "Tenant", "tenants", false, true),
             message: None,

@@ -19,3 +19,4 @@ pub mod pki;
 pub mod proto;
 pub mod registry;
 pub mod table;
+pub mod workloads;

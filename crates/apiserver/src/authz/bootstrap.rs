@@ -132,7 +132,15 @@ fn component_roles(discovery_urls: &[&str]) -> Vec<(&'static str, Vec<Value>)> {
     let events = |verbs: &[&str]| vec![rule(verbs, &[""], &["events"]), rule(verbs, &["events.k8s.io"], &["events"])];
     let mut controllers = vec![
         rule(&["get", "list", "watch", "delete", "deletecollection"], &["*"], &["*"]),
-        rule(&["create"], &[""], &["namespaces", "serviceaccounts"]),
+        // The garbage collector edits the ownerReferences and finalizers of any kind; the
+        // node lifecycle, workload and auth controllers write what they own.
+        rule(&["update", "patch"], &["*"], &["*"]),
+        rule(&["create"], &[""], &["namespaces", "serviceaccounts", "pods"]),
+        rule(&["create"], &["apps"], &["replicasets"]),
+        rule(&["create"], &[RBAC_GROUP], &["roles", "rolebindings", "clusterroles", "clusterrolebindings"]),
+        // The auth-controller hands a namespace's creator a Role with every verb there,
+        // which the controllers themselves do not hold.
+        rule(&["escalate", "bind"], &[RBAC_GROUP], &["roles", "clusterroles"]),
         rule(&["update"], &[""], &["namespaces/finalize"]),
         rule(&["update", "patch"], &["atoll.io"], &["tenants"]),
         discovery.clone(),

@@ -335,6 +335,55 @@ pub struct DeleteOptions {
     pub precondition_resource_version: Option<String>,
     /// `gracePeriodSeconds`: `None` lets the kind decide.
     pub grace_period_seconds: Option<i64>,
+    /// `propagationPolicy` (or the older `orphanDependents`); `None` keeps whatever the
+    /// object already asks for (background when nothing).
+    pub propagation: Option<Propagation>,
+}
+
+/// What happens to an object's dependents (objects whose `ownerReferences` name it) when
+/// it is deleted. The garbage collector does the work; the server only records the choice
+/// as a finalizer, as Kubernetes does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// The owner goes at once; the collector deletes the dependents afterwards.
+    Background,
+    /// The owner stays (`foregroundDeletion`) until dependents that block it are gone.
+    Foreground,
+    /// The owner stays (`orphan`) until its dependents no longer name it.
+    Orphan,
+}
+
+/// The finalizer of a deletion in the foreground.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer of a deletion that orphans the dependents.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+impl Propagation {
+    pub fn parse(s: &str) -> Option<Propagation> {
+        Some(match s {
+            "Background" => Propagation::Background,
+            "Foreground" => Propagation::Foreground,
+            "Orphan" => Propagation::Orphan,
+            _ => return None,
+        })
+    }
+
+    /// Makes `finalizers` say this policy; whether they changed.
+    fn apply(self, finalizers: &mut Vec<String>) -> bool {
+        let before = finalizers.clone();
+        let keep = match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        };
+        finalizers.retain(|f| (f != FOREGROUND_FINALIZER && f != ORPHAN_FINALIZER) || Some(f.as_str()) == keep);
+        if let Some(k) = keep
+            && !finalizers.iter().any(|f| f == k)
+        {
+            finalizers.push(k.to_string());
+        }
+        *finalizers != before
+    }
 }
 
 /// One watch event, ready to be written as `{"type": ..., "object": ...}`.
@@ -1107,20 +1156,28 @@ impl Registry {
                     ));
             }
             let grace = self.strategy.grace_period(&obj, opts.grace_period_seconds);
-            let finalizers =
-                meta.finalizers.as_ref().is_some_and(|f| !f.is_empty()) || self.strategy.holds_deletion(&obj);
+            // The propagation policy is kept as a finalizer the garbage collector removes.
+            let mut list = meta.finalizers.clone().unwrap_or_default();
+            let policy_changed = opts.propagation.is_some_and(|p| p.apply(&mut list));
+            let finalizers = !list.is_empty() || self.strategy.holds_deletion(&obj);
             if finalizers || grace.is_some() {
                 let grace = grace.unwrap_or(0);
-                // Already terminating: only a shorter grace period changes anything.
-                if meta.deletion_timestamp.is_some() && meta.deletion_grace_period_seconds.is_some_and(|g| g <= grace) {
+                let shorter = meta.deletion_grace_period_seconds.is_none_or(|g| g > grace);
+                // Already terminating: only a shorter grace period or another policy changes anything.
+                if meta.deletion_timestamp.is_some() && !shorter && !policy_changed {
                     return Ok(obj);
                 }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0);
-                meta.deletion_timestamp = Some(object::rfc3339(now + grace));
-                meta.deletion_grace_period_seconds = Some(grace);
+                if meta.deletion_timestamp.is_none() || shorter {
+                    meta.deletion_timestamp = Some(object::rfc3339(now + grace));
+                    meta.deletion_grace_period_seconds = Some(grace);
+                }
+                if policy_changed {
+                    meta.finalizers = (!list.is_empty()).then_some(list);
+                }
                 meta.resource_version = None;
                 object::set_meta(&mut obj, &meta)?;
                 self.strategy.prepare_for_delete(&mut obj);

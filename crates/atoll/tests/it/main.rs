@@ -13,3 +13,4 @@ mod rbac;
 mod scheduler;
 mod server;
 mod up;
+mod workloads;
