@@ -176,6 +176,11 @@ impl Write for BlobWriter {
 }
 
 impl BlobWriter {
+    /// Drop what was written (a transfer failed midway): nothing reaches `blobs/`.
+    pub fn abort(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+
     /// Move the blob into place; with `expected`, refuse content whose digest differs.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), ImageError> {
         let actual = Digest::from_sha256(&self.hasher.finalize());

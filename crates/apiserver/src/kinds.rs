@@ -164,6 +164,35 @@ fn tenant_defaults(obj: &mut Value) {
     }
 }
 
+/// Kubernetes' container defaulting of `imagePullPolicy`: `Always` for an image without a
+/// tag or tagged `latest` (and not pinned by digest), else `IfNotPresent`. The node agent
+/// acts on the stored value, so every pod says what its node will do.
+fn pod_defaults(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(c) = c.as_object_mut() else { continue };
+            if c.get("imagePullPolicy").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
+                continue;
+            }
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            c.insert("imagePullPolicy".into(), Value::from(default_pull_policy(image)));
+        }
+    }
+}
+
+fn default_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    // A tag is after the last ':' only if no '/' follows it (else it was a registry port).
+    let tag = image.rfind(':').map(|i| &image[i + 1..]).filter(|t| !t.contains('/'));
+    match tag {
+        None | Some("latest") => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
 fn namespace_finalizers(obj: &Value) -> Option<&Vec<Value>> {
     obj.pointer("/spec/finalizers").and_then(Value::as_array).filter(|f| !f.is_empty())
 }
@@ -529,18 +558,21 @@ pub fn builtin() -> Vec<Kind> {
             clear_status_on_create: true,
             defaults: namespace_defaults,
         },
-        with_status(
-            kind("", "v1", "Pod", "pods", true, true),
-            &[
-                "spec.nodeName",
-                "spec.restartPolicy",
-                "spec.schedulerName",
-                "spec.serviceAccountName",
-                "status.phase",
-                "status.podIP",
-            ],
-            validate_pod,
-        ),
+        Kind {
+            defaults: pod_defaults,
+            ..with_status(
+                kind("", "v1", "Pod", "pods", true, true),
+                &[
+                    "spec.nodeName",
+                    "spec.restartPolicy",
+                    "spec.schedulerName",
+                    "spec.serviceAccountName",
+                    "status.phase",
+                    "status.podIP",
+                ],
+                validate_pod,
+            )
+        },
         with_status(kind("", "v1", "Node", "nodes", false, true), &["spec.unschedulable"], no_rules),
         plain(kind("", "v1", "ConfigMap", "configmaps", true, false), &[], validate_configmap),
         plain(kind("", "v1", "Secret", "secrets", true, false), &["type"], validate_secret),
@@ -574,4 +606,29 @@ pub fn builtin() -> Vec<Kind> {
         k.message = crate::proto::shape::message_of(&k.info.group, &k.info.version, &k.info.kind);
     }
     kinds
+}
+
+#[cfg(test)]
+mod pod_default_tests {
+    use super::*;
+
+    #[test]
+    fn image_pull_policy_defaults_like_kubernetes() {
+        let cases = [
+            ("busybox", "Always"),
+            ("busybox:latest", "Always"),
+            ("busybox:1.36", "IfNotPresent"),
+            ("127.0.0.1:5000/app", "Always"),
+            ("127.0.0.1:5000/app:v1", "IfNotPresent"),
+            ("app@sha256:abc", "IfNotPresent"),
+        ];
+        for (image, want) in cases {
+            let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": image}]}});
+            pod_defaults(&mut pod);
+            assert_eq!(pod.pointer("/spec/containers/0/imagePullPolicy").unwrap(), want, "{image}");
+        }
+        let mut pod = serde_json::json!({"spec": {"initContainers": [{"image": "a", "imagePullPolicy": "Never"}]}});
+        pod_defaults(&mut pod);
+        assert_eq!(pod.pointer("/spec/initContainers/0/imagePullPolicy").unwrap(), "Never");
+    }
 }

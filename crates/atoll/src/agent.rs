@@ -36,6 +36,8 @@ pub struct AgentArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    #[command(flatten)]
+    pub registry: crate::image::RegistryArgs,
 }
 
 /// The supervisor command: this very binary's `shim` subcommand.
@@ -66,6 +68,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cfg.runtime = args.runtime;
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
     cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
+    cfg.registry = args.registry.config();
     tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
     agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
     tracing::info!("node agent stopped");

@@ -138,7 +138,7 @@ fn main() -> ExitCode {
             Command::Scheduler(args) => sched::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
-            Command::Image(cmd) => image::run(cmd),
+            Command::Image(cmd) => image::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,
         }
     });

@@ -36,6 +36,8 @@ pub struct UpArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    #[command(flatten)]
+    pub registry: crate::image::RegistryArgs,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -65,6 +67,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             agent::daemon::AgentConfig::new(&name, args.store.data_dir.join("agent"), crate::agent::shim_command()?);
         cfg.runtime = args.runtime.clone();
         cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
+        cfg.registry = args.registry.config();
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
         Some(tokio::spawn(agent::daemon::run(client, cfg, when_stopped(stopped))))
