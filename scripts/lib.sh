@@ -44,6 +44,9 @@ setup() {
   # protoc (with the well-known types from libprotobuf-dev) builds the etcd client; etcd-server is the distributed store backend and the
   # peer our benchmarks compare against.
   apt_install ca-certificates curl gcc libc6-dev protobuf-compiler libprotobuf-dev etcd-server
+  # Image pulls are tested against Debian's registry (distribution 2.8) with htpasswd auth
+  # (bcrypt hashes from apache2-utils) and a TLS certificate openssl makes.
+  apt_install docker-registry apache2-utils openssl
   # The official Python client is one of the API's test clients.
   command -v python3 >/dev/null || apt_install python3
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip

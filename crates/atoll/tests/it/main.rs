@@ -5,6 +5,7 @@ mod crash;
 mod crd;
 mod image;
 mod rbac;
+mod registry;
 mod scheduler;
 mod server;
 mod up;
