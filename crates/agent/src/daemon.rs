@@ -41,6 +41,8 @@ pub enum AgentError {
     Pods(#[from] pods::PodError),
     #[error("registry client: {0}")]
     Pull(#[from] crate::pull::PullError),
+    #[error("image pull records: {0}")]
+    PullRecords(#[from] crate::pod_images::PullRecordError),
     #[error("pod network: {0}")]
     Net(#[from] crate::net::NetError),
 }
@@ -120,7 +122,7 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     tracing::info!(node = %config.node_name, cpus = facts.cpus, ip = %facts.internal_ip, "node registered");
 
     let puller = Arc::new(crate::pull::Puller::new(images.clone(), &config.registry)?);
-    let pulls = crate::pod_images::PodImages::new(puller, client.clone(), &config.node_name, config.registry.clone());
+    let pulls = crate::pod_images::PodImages::new(puller, client.clone(), &config.node_name, config.registry.clone())?;
     let node = Arc::new(Node {
         name: config.node_name.clone(),
         host_ip: facts.internal_ip.clone(),

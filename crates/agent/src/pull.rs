@@ -666,7 +666,16 @@ pub struct PullStats {
     pub blobs_skipped: usize,
 }
 
-type Outcome = Option<Result<Digest, String>>;
+/// A finished pull.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    pub image: Image,
+    pub stats: PullStats,
+    /// Which of the credentials given was accepted (`None`: anonymous).
+    pub credential: Option<usize>,
+}
+
+type Outcome = Option<Result<(Digest, Option<usize>), String>>;
 
 /// Pulls images into one store; shared by every pod sync of the node.
 pub struct Puller {
@@ -703,7 +712,7 @@ impl Puller {
     /// Pulls `reference`, trying each credential in turn (anonymous when there are none),
     /// and names it in the store. A pull of the same reference with the same credentials
     /// already under way is waited for instead of repeated.
-    pub async fn pull(&self, reference: &Reference, credentials: &[Credential]) -> Result<Image, PullError> {
+    pub async fn pull(&self, reference: &Reference, credentials: &[Credential]) -> Result<Pulled, PullError> {
         let mut fingerprint = Sha256::new();
         for c in credentials {
             fingerprint.update(c.username.as_bytes());
@@ -728,15 +737,20 @@ impl Puller {
             Err(mut rx) => {
                 let outcome = rx.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
                 return match outcome {
-                    Some(Ok(digest)) => Ok(self.store.resolve(digest.as_str())?),
+                    Some(Ok((digest, credential))) => Ok(Pulled {
+                        image: self.store.resolve(digest.as_str())?,
+                        stats: PullStats::default(),
+                        credential,
+                    }),
                     Some(Err(e)) => Err(PullError::Shared(e)),
                     None => Err(PullError::Shared("the pull this one waited for was abandoned".into())),
                 };
             }
         };
         let _guard = Inflight { map: &self.inflight, key };
-        let result = self.pull_uncoalesced(reference, credentials).await.map(|(image, _)| image);
-        let _ = tx.send(Some(result.as_ref().map(|i| i.manifest_digest.clone()).map_err(|e| e.to_string())));
+        let result = self.pull_uncoalesced(reference, credentials).await;
+        let outcome = result.as_ref().map(|p| (p.image.manifest_digest.clone(), p.credential));
+        let _ = tx.send(Some(outcome.map_err(|e| e.to_string())));
         result
     }
 
@@ -745,15 +759,17 @@ impl Puller {
         &self,
         reference: &Reference,
         credentials: &[Credential],
-    ) -> Result<(Image, PullStats), PullError> {
+    ) -> Result<Pulled, PullError> {
         if credentials.is_empty() {
-            return self.pull_as(reference, None).await;
+            let (image, stats) = self.pull_as(reference, None).await?;
+            return Ok(Pulled { image, stats, credential: None });
         }
         let mut last = None;
-        for c in credentials {
+        for (i, c) in credentials.iter().enumerate() {
             match self.pull_as(reference, Some(c)).await {
                 Err(e @ PullError::Unauthorized(_)) => last = Some(e),
-                other => return other,
+                Err(e) => return Err(e),
+                Ok((image, stats)) => return Ok(Pulled { image, stats, credential: Some(i) }),
             }
         }
         Err(last.unwrap_or_else(|| PullError::Unauthorized(reference.name())))

@@ -109,7 +109,7 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
             let config = registry.config();
             let puller = agent::pull::Puller::new(Arc::new(store.open()?), &config)?;
             let start = std::time::Instant::now();
-            let (image, stats) = puller
+            let agent::pull::Pulled { image, stats, .. } = puller
                 .pull_uncoalesced(&r, &config.node_credentials(&r))
                 .await
                 .with_context(|| format!("pulling {r}"))?;

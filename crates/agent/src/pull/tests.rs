@@ -213,14 +213,15 @@ async fn bearer_flow_pulls_then_skips_present_blobs() {
     assert!(matches!(p.pull(&r, &[]).await, Err(PullError::Unauthorized(_))));
     // A wrong credential first, the right one next: the right one wins.
     let wrong = Credential { username: "u".into(), password: "nope".into() };
-    let (image, stats) = p.pull_uncoalesced(&r, &[wrong, cred()]).await.unwrap();
+    let Pulled { image, stats, credential } = p.pull_uncoalesced(&r, &[wrong, cred()]).await.unwrap();
+    assert_eq!(credential, Some(1));
     assert_eq!(image.manifest_digest, sha(&img.manifest));
     assert_eq!(
         (stats.blobs_fetched, stats.blobs_skipped, stats.bytes),
         (2, 0, (img.config.len() + img.layer.len()) as u64)
     );
     assert_eq!(p.store().resolve(&r.to_string()).unwrap().manifest_digest, image.manifest_digest);
-    let (_, again) = p.pull_uncoalesced(&r, &[cred()]).await.unwrap();
+    let again = p.pull_uncoalesced(&r, &[cred()]).await.unwrap().stats;
     assert_eq!((again.blobs_fetched, again.blobs_skipped), (0, 2));
     assert_eq!(double.hits(&format!("/v2/test/app/blobs/{}", sha(&img.layer))), 1);
 }
@@ -257,7 +258,7 @@ async fn an_index_resolves_to_the_host_platform() {
     r.insert("/v2/test/app/manifests/multi".into(), (MEDIA_OCI_INDEX.into(), Bytes::from(index)));
     let (addr, _double) = start(Double { routes: r, ..Double::default() }).await;
     let (_dir, p) = puller(&addr);
-    let image = p.pull(&Reference::parse(&format!("{addr}/test/app:multi")).unwrap(), &[]).await.unwrap();
+    let image = p.pull(&Reference::parse(&format!("{addr}/test/app:multi")).unwrap(), &[]).await.unwrap().image;
     assert_eq!(image.manifest_digest, sha(&amd.manifest));
 }
 
@@ -307,7 +308,7 @@ async fn concurrent_pulls_of_one_image_share_one_transfer() {
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let (p, r) = (p.clone(), r.clone());
-            tokio::spawn(async move { p.pull(&r, &[]).await.map(|i| i.manifest_digest) })
+            tokio::spawn(async move { p.pull(&r, &[]).await.map(|i| i.image.manifest_digest) })
         })
         .collect();
     for t in tasks {

@@ -304,6 +304,23 @@ fn cluster_part(dir: &tempfile::TempDir, api: &str, node: &str, image: &str, reg
         ensure!(describe.contains(&want), "describe lacks {want:?}:\n{describe}");
     }
 
+    // The image is on the node now, but only for holders of the credentials that pulled
+    // it: a pod without the secret asks the registry (and is refused), even with
+    // IfNotPresent; with Never it may not use it at all.
+    k_in(&["create", "-f", "-"], &pod("borrow", &format!("{image}:v1"), false))?;
+    let message = wait_reason(&k, "borrow", &["ErrImagePull", "ImagePullBackOff"], Duration::from_secs(60))?;
+    ensure!(message.contains("authorization failed"), "{message}");
+    let never = pod("borrownever", &format!("{image}:v1"), false)
+        .replace(r#""image": ""#, r#""imagePullPolicy": "Never", "image": ""#);
+    k_in(&["create", "-f", "-"], &never)?;
+    wait_reason(&k, "borrownever", &["ErrImageNeverPull"], Duration::from_secs(60))?;
+    // With the secret, a second pod uses the image already there.
+    k_in(&["create", "-f", "-"], &pod("again", &format!("{image}:v1"), true))?;
+    k(&["wait", "pod/again", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=60s"])?;
+    let describe = k(&["describe", "pod", "again"])?;
+    ensure!(!describe.contains("Pulling image"), "no pull was needed:\n{describe}");
+    ensure!(describe.contains("already present on machine"), "{describe}");
+
     // No secret: the registry refuses, the pod waits, the events say why.
     k_in(&["create", "-f", "-"], &pod("nosecret", &format!("{image}:v2"), false))?;
     wait_reason(&k, "nosecret", &["ImagePullBackOff"], Duration::from_secs(60))?;
