@@ -466,12 +466,11 @@ impl ImageStore {
             };
         }
         let r = Reference::parse(input)?;
+        let want = r.to_string();
         let found = match &r.digest {
-            Some(d) => images.into_iter().find(|i| i.manifest_digest == *d),
-            None => {
-                let want = r.to_string();
-                images.into_iter().find(|i| i.names.contains(&want))
-            }
+            // Or by name: a pull by an index's digest names the platform's manifest with it.
+            Some(d) => images.into_iter().find(|i| i.manifest_digest == *d || i.names.contains(&want)),
+            None => images.into_iter().find(|i| i.names.contains(&want)),
         };
         found.ok_or_else(|| ImageError::NotFound(input.to_owned()))
     }

@@ -530,9 +530,7 @@ impl Node {
             Err(e) => {
                 return Err((
                     "ImagePullBackOff".into(),
-                    format!(
-                        "Back-off pulling image {image_name:?}: not in the node's image store ({e}) and registry pulls are not implemented"
-                    ),
+                    format!("Back-off pulling image {image_name:?}: not in the node's image store ({e})"),
                 ));
             }
         };

@@ -255,11 +255,16 @@ async fn an_index_resolves_to_the_host_platform() {
         "manifests": [entry(&arm.manifest, "arm64"), entry(&amd.manifest, host_platform().1)],
     }));
     let mut r = routes(&amd, "unused");
-    r.insert("/v2/test/app/manifests/multi".into(), (MEDIA_OCI_INDEX.into(), Bytes::from(index)));
+    r.insert("/v2/test/app/manifests/multi".into(), (MEDIA_OCI_INDEX.into(), Bytes::from(index.clone())));
+    r.insert(format!("/v2/test/app/manifests/{}", sha(&index)), (MEDIA_OCI_INDEX.into(), Bytes::from(index.clone())));
     let (addr, _double) = start(Double { routes: r, ..Double::default() }).await;
     let (_dir, p) = puller(&addr);
     let image = p.pull(&Reference::parse(&format!("{addr}/test/app:multi")).unwrap(), &[]).await.unwrap().image;
     assert_eq!(image.manifest_digest, sha(&amd.manifest));
+    // By the index's digest: the store finds the platform's image under that name.
+    let by_digest = format!("{addr}/test/app@{}", sha(&index));
+    p.pull(&Reference::parse(&by_digest).unwrap(), &[]).await.unwrap();
+    assert_eq!(p.store().resolve(&by_digest).unwrap().manifest_digest, sha(&amd.manifest));
 }
 
 #[tokio::test]

@@ -213,8 +213,12 @@ fn pods_pull_from_a_real_registry_with_pull_secrets() -> Result<()> {
     let refused = String::from_utf8_lossy(&refused.stderr);
     ensure!(refused.contains("authorization failed"), "{refused}");
     for tag in ["v1", "v2"] {
-        let out = run(&mut atoll(&["image", "push", "busybox", &format!("{image}:{tag}"), "--data-dir", seed_arg])
-            .args(["--registry-ca", ca_arg, "--registry-config", creds_arg]))?;
+        let out = run(atoll(&["image", "push", "busybox", &format!("{image}:{tag}"), "--data-dir", seed_arg]).args([
+            "--registry-ca",
+            ca_arg,
+            "--registry-config",
+            creds_arg,
+        ]))?;
         ensure!(out.starts_with("pushed "), "{out}");
     }
     // Without the test CA, the registry's certificate is not trusted.
@@ -377,14 +381,14 @@ fn throughput(dir: &Path, addr: &str, ca: &str, creds: &str) -> Result<()> {
     let seed_arg = seed.to_str().context("path")?;
     run(atoll(&["image", "import"]).arg(&layout).args(["--data-dir", seed_arg]))?;
     let target = format!("{addr}/team/big:v1");
-    run(&mut atoll(&["image", "push", "big:v1", &target, "--data-dir", seed_arg]).args([
+    run(atoll(&["image", "push", "big:v1", &target, "--data-dir", seed_arg]).args([
         "--registry-ca",
         ca,
         "--registry-config",
         creds,
     ]))?;
     let fresh = work.path().join("fresh");
-    let out = run(&mut atoll(&["image", "pull", &target, "--data-dir", fresh.to_str().context("path")?]).args([
+    let out = run(atoll(&["image", "pull", &target, "--data-dir", fresh.to_str().context("path")?]).args([
         "--registry-ca",
         ca,
         "--registry-config",
