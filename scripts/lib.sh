@@ -47,6 +47,9 @@ setup() {
   # The Keystone tests start Debian's real Keystone on loopback (sqlite, its built-in test
   # server keystone-wsgi-public); nothing of it runs as a system service.
   apt_install python3-keystone
+  # Image pulls are tested against Debian's registry (distribution 2.8) with htpasswd auth
+  # (bcrypt hashes from apache2-utils) and a TLS certificate openssl makes.
+  apt_install docker-registry apache2-utils openssl
   # The official Python client is one of the API's test clients.
   command -v python3 >/dev/null || apt_install python3
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip

@@ -39,6 +39,10 @@ pub enum AgentError {
     Register(#[from] node::NodeError),
     #[error("pods: {0}")]
     Pods(#[from] pods::PodError),
+    #[error("registry client: {0}")]
+    Pull(#[from] crate::pull::PullError),
+    #[error("image pull records: {0}")]
+    PullRecords(#[from] crate::pod_images::PullRecordError),
     #[error("pod network: {0}")]
     Net(#[from] crate::net::NetError),
 }
@@ -66,6 +70,8 @@ pub struct AgentConfig {
     pub stop_pods_on_exit: bool,
     pub backoff: RestartBackoff,
     pub network: NetworkConfig,
+    /// How images are pulled from registries.
+    pub registry: crate::pull::RegistryConfig,
 }
 
 impl AgentConfig {
@@ -79,6 +85,7 @@ impl AgentConfig {
             stop_pods_on_exit: false,
             backoff: RestartBackoff::default(),
             network: NetworkConfig::Bridge { name: "atoll0".into(), cidr: "10.88.0.0/16".into() },
+            registry: crate::pull::RegistryConfig::default(),
         }
     }
 }
@@ -114,6 +121,8 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     node::renew_lease(&client, &config.node_name).await?;
     tracing::info!(node = %config.node_name, cpus = facts.cpus, ip = %facts.internal_ip, "node registered");
 
+    let puller = Arc::new(crate::pull::Puller::new(images.clone(), &config.registry)?);
+    let pulls = crate::pod_images::PodImages::new(puller, client.clone(), &config.node_name, config.registry.clone())?;
     let node = Arc::new(Node {
         name: config.node_name.clone(),
         host_ip: facts.internal_ip.clone(),
@@ -123,6 +132,7 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         network,
         logs_dir: config.data_dir.join("logs"),
         backoff: config.backoff,
+        pulls: Some(Arc::new(pulls)),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

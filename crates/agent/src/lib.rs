@@ -10,6 +10,11 @@
 //!   per pod, containers in it); [`runtime::oci::OciRuntime`] implements it over crun or
 //!   runc and keeps all its state on disk, so it survives the agent's restart.
 //!
+//! - [`pull::Puller`] fetches images from OCI registries into the store (HTTPS unless a
+//!   registry is listed insecure, digests checked before anything is stored);
+//!   [`pod_images::PodImages`] applies `imagePullPolicy`, `imagePullSecrets` and the pull
+//!   back-off for the sync loop, and never lets a pod use an image pulled with credentials
+//!   it does not hold without asking the registry.
 //! - [`daemon`] is `atoll agent`: [`node`] registration and heartbeat, the [`pods`] sync
 //!   loop on the controllers crate's runtime, pod networks behind [`net::PodNetwork`].
 
@@ -19,7 +24,9 @@ pub mod images;
 pub mod net;
 pub mod node;
 pub mod os;
+pub mod pod_images;
 pub mod pods;
+pub mod pull;
 pub mod reference;
 pub mod runtime;
 pub mod shim;

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use crate::images::ImageStore;
 use crate::net::PodNetwork;
 use crate::node::seconds_time;
+use crate::pod_images::PodImages;
 use crate::runtime::{
     ContainerSpec, ContainerState, ContainerStatus, ImageRootfs, Resources, Runtime, RuntimeError, SandboxSpec,
 };
@@ -83,6 +84,9 @@ pub struct Node {
     pub network: Arc<dyn PodNetwork>,
     pub logs_dir: PathBuf,
     pub backoff: RestartBackoff,
+    /// Registry pulls (policy, secrets, back-off, events); without it only images already
+    /// in the store run.
+    pub pulls: Option<Arc<PodImages>>,
 }
 
 pub struct PodSync {
@@ -180,21 +184,7 @@ impl Reconciler for PodSync {
 
 impl PodSync {
     async fn post_event(&self, pod: &Value, reason: &str, message: &str) {
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": format!("{}.", text(pod, "/metadata/name"))},
-            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "name": text(pod, "/metadata/name"),
-                               "namespace": text(pod, "/metadata/namespace"), "uid": text(pod, "/metadata/uid")},
-            "reason": reason, "message": message, "type": "Warning", "count": 1,
-            "source": {"component": "atoll-agent", "host": self.node.name},
-            "firstTimestamp": seconds_time(SystemTime::now()), "lastTimestamp": seconds_time(SystemTime::now()),
-            "eventTime": Value::Null, "reportingComponent": "atoll-agent", "reportingInstance": self.node.name,
-        });
-        let key = ObjectKey::of(pod);
-        let Some(key) = key else { return };
-        if let Err(e) = self.client.create(&Resource::new("", "v1", "events", true), &scope_of(&key), &event).await {
-            tracing::warn!(pod = %key, error = %e, "posting an event");
-        }
+        crate::pod_images::post_event(&self.client, &self.node.name, pod, "Warning", reason, message).await;
     }
 }
 
@@ -398,7 +388,9 @@ impl Node {
                         soon(POLL);
                     }
                     Err((reason, message)) => {
-                        if old_waiting != reason {
+                        // The pull's own events are posted by `PodImages` as it goes.
+                        let pull_reason = matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff");
+                        if old_waiting != reason && !pull_reason {
                             events.push((reason.clone(), message.clone()));
                         }
                         waiting = Some((reason, message));
@@ -522,6 +514,9 @@ impl Node {
     fn container_spec(&self, pod: &Value, c: &Value, n: u32) -> Result<ContainerSpec, (String, String)> {
         let image_name = text(c, "/image");
         let policy = text(c, "/imagePullPolicy");
+        if let Some(pulls) = &self.pulls {
+            pulls.ensure(pod, c).map_err(|w| (w.reason, w.message))?;
+        }
         let resolved = self.images.resolve(image_name).and_then(|img| {
             let layers = self.images.layer_dirs(&img)?;
             Ok(ImageRootfs {
@@ -541,9 +536,7 @@ impl Node {
             Err(e) => {
                 return Err((
                     "ImagePullBackOff".into(),
-                    format!(
-                        "Back-off pulling image {image_name:?}: not in the node's image store ({e}) and registry pulls are not implemented"
-                    ),
+                    format!("Back-off pulling image {image_name:?}: not in the node's image store ({e})"),
                 ));
             }
         };

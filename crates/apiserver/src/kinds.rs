@@ -193,7 +193,7 @@ pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
 /// [`DEFAULT_TOLERATION_SECONDS`] unless it already has a toleration for them, as
 /// Kubernetes' DefaultTolerationSeconds admission does; the node lifecycle controller
 /// evicts after that.
-fn pod_defaults(obj: &mut Value) {
+fn default_tolerations(obj: &mut Value) {
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
     let tolerations = spec.entry("tolerations").or_insert_with(|| serde_json::json!([]));
     let Some(list) = tolerations.as_array_mut() else { return };
@@ -207,6 +207,12 @@ fn pod_defaults(obj: &mut Value) {
                                          "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
         }
     }
+}
+
+/// A new pod's defaults, as Kubernetes' defaulting and default admission set them.
+fn pod_defaults(obj: &mut Value) {
+    default_tolerations(obj);
+    default_image_pull_policies(obj);
 }
 
 /// The finalizer by which the namespace controller empties a deleted namespace.
@@ -237,6 +243,35 @@ fn tenant_defaults(obj: &mut Value) {
         {
             list.push(serde_json::json!(TENANT_FINALIZER));
         }
+    }
+}
+
+/// Kubernetes' container defaulting of `imagePullPolicy`: `Always` for an image without a
+/// tag or tagged `latest` (and not pinned by digest), else `IfNotPresent`. The node agent
+/// acts on the stored value, so every pod says what its node will do.
+fn default_image_pull_policies(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(c) = c.as_object_mut() else { continue };
+            if c.get("imagePullPolicy").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
+                continue;
+            }
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            c.insert("imagePullPolicy".into(), Value::from(default_pull_policy(image)));
+        }
+    }
+}
+
+fn default_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    // A tag is after the last ':' only if no '/' follows it (else it was a registry port).
+    let tag = image.rfind(':').map(|i| &image[i + 1..]).filter(|t| !t.contains('/'));
+    match tag {
+        None | Some("latest") => "Always",
+        Some(_) => "IfNotPresent",
     }
 }
 
@@ -839,4 +874,28 @@ fn validate_user(obj: &Value) -> Vec<FieldError> {
         Some(_) => errors.push(FieldError::invalid("spec", "(not an object)", "must be an object")),
     }
     errors
+}
+#[cfg(test)]
+mod pod_default_tests {
+    use super::*;
+
+    #[test]
+    fn image_pull_policy_defaults_like_kubernetes() {
+        let cases = [
+            ("busybox", "Always"),
+            ("busybox:latest", "Always"),
+            ("busybox:1.36", "IfNotPresent"),
+            ("127.0.0.1:5000/app", "Always"),
+            ("127.0.0.1:5000/app:v1", "IfNotPresent"),
+            ("app@sha256:abc", "IfNotPresent"),
+        ];
+        for (image, want) in cases {
+            let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": image}]}});
+            pod_defaults(&mut pod);
+            assert_eq!(pod.pointer("/spec/containers/0/imagePullPolicy").unwrap(), want, "{image}");
+        }
+        let mut pod = serde_json::json!({"spec": {"initContainers": [{"image": "a", "imagePullPolicy": "Never"}]}});
+        pod_defaults(&mut pod);
+        assert_eq!(pod.pointer("/spec/initContainers/0/imagePullPolicy").unwrap(), "Never");
+    }
 }

@@ -39,6 +39,8 @@ pub struct AgentArgs {
     pub loopback_only: bool,
     #[command(flatten)]
     pub sim: SimArgs,
+    #[command(flatten)]
+    pub registry: crate::image::RegistryArgs,
 }
 
 /// Simulated nodes (scale tests and benchmarks; they run nothing).
@@ -104,6 +106,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cfg.runtime = args.runtime;
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
     cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
+    cfg.registry = args.registry.config();
     tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
     agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
     tracing::info!("node agent stopped");

@@ -148,7 +148,7 @@ fn main() -> ExitCode {
             Command::Credential(cmd) => keystone::run(cmd).await,
             Command::Login(args) => login::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
-            Command::Image(cmd) => image::run(cmd),
+            Command::Image(cmd) => image::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,
         }
     });

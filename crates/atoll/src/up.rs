@@ -46,6 +46,8 @@ pub struct UpArgs {
     pub simulated_nodes: usize,
     #[command(flatten)]
     pub controllers: crate::controllers::ControllerOptions,
+    #[command(flatten)]
+    pub registry: crate::image::RegistryArgs,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -105,6 +107,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         );
         cfg.runtime = args.runtime.clone();
         cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
+        cfg.registry = args.registry.config();
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
         Some(tokio::spawn(agent::daemon::run(agent_client, cfg, when_stopped(stopped))))

@@ -10,6 +10,7 @@ mod keystone;
 mod leastpriv;
 mod nodes;
 mod rbac;
+mod registry;
 mod scheduler;
 mod server;
 mod up;
