@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    /// The VM pods' accelerator: tcg (emulation, works everywhere), kvm, or auto (KVM
+    /// when a probe guest boots under it; some hosts have /dev/kvm whose guests hang).
+    #[arg(long, default_value = "tcg")]
+    pub vm_accel: agent::runtime::vm::Accel,
 }
 
 /// The supervisor command: this very binary's `shim` subcommand.
@@ -66,6 +70,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cfg.runtime = args.runtime;
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
     cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
+    cfg.vm_accel = args.vm_accel;
     tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
     agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
     tracing::info!("node agent stopped");

@@ -36,6 +36,10 @@ pub struct UpArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    /// The VM pods' accelerator: tcg (emulation, works everywhere), kvm, or auto (KVM
+    /// when a probe guest boots under it; some hosts have /dev/kvm whose guests hang).
+    #[arg(long, default_value = "tcg")]
+    pub vm_accel: agent::runtime::vm::Accel,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -65,6 +69,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             agent::daemon::AgentConfig::new(&name, args.store.data_dir.join("agent"), crate::agent::shim_command()?);
         cfg.runtime = args.runtime.clone();
         cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
+        cfg.vm_accel = args.vm_accel;
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
         Some(tokio::spawn(agent::daemon::run(client, cfg, when_stopped(stopped))))

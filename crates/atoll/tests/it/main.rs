@@ -8,3 +8,4 @@ mod rbac;
 mod scheduler;
 mod server;
 mod up;
+mod vm;

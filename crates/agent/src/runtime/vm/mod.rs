@@ -619,6 +619,106 @@ mod tests {
         assert_eq!(tsc_khz("nothing"), None);
     }
 
+    fn spec(disk: bool) -> ContainerSpec {
+        ContainerSpec {
+            name: "vm".into(),
+            image: super::super::ImageRootfs {
+                reference: "busybox-vm".into(),
+                layers: vec![],
+                config: Default::default(),
+            },
+            command: None,
+            args: None,
+            env: vec![],
+            working_dir: None,
+            user: None,
+            resources: Default::default(),
+            log_path: Some("/logs/vm/0.log".into()),
+            vm: Some(VmSpec {
+                kernel: "/img/vm/kernel".into(),
+                initrd: Some("/img/vm/initrd.img".into()),
+                disk: disk.then(|| "/img/vm/disk.img".into()),
+                cmdline: "extra=1".into(),
+                user_data: Some("echo hi".into()),
+                vcpus: 2,
+                memory_mib: 256,
+            }),
+        }
+    }
+
+    fn sandbox(id: &str) -> SandboxSpec {
+        SandboxSpec {
+            id: id.into(),
+            name: "vm".into(),
+            namespace: "default".into(),
+            tenant: "acme".into(),
+            hostname: "vm".into(),
+            network: super::super::NetworkMode::Isolated,
+            runtime_handler: HANDLER.into(),
+        }
+    }
+
+    #[test]
+    fn a_vm_gets_an_overlay_its_user_data_and_a_supervised_qemu() {
+        let os = Arc::new(crate::os::FakeOs::new("created 4242", vec![]));
+        let rt = VmRuntime::new(VmConfig::new("/data".into(), vec!["/bin/atoll".into(), "shim".into()]), os.clone())
+            .unwrap();
+        rt.run_sandbox(&sandbox("pod1")).unwrap();
+        let id = rt.create_container("pod1", &spec(true)).unwrap();
+        assert_eq!(id, "pod1.0");
+        assert_eq!(rt.container_status(&id).unwrap().state, ContainerState::Created);
+        rt.start_container(&id).unwrap();
+        let calls = os.calls();
+        let runs: Vec<&Vec<String>> = calls
+            .iter()
+            .filter_map(|c| match c {
+                crate::os::Call::Run(a) | crate::os::Call::SpawnDetached(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            runs[0].join(" "),
+            "qemu-img create -q -f qcow2 -F raw -b /img/vm/disk.img /data/pod1/disk.qcow2",
+            "the disk is a copy-on-write overlay of the image's"
+        );
+        let shim = runs[1].join(" ");
+        assert!(shim.starts_with("/bin/atoll shim vm --dir /data/pod1/0 --log /logs/vm/0.log"), "{shim}");
+        for part in [
+            "--ready-marker atoll-guest: ready -- qemu-system-x86_64",
+            "-accel tcg,tb-size=64 -smp 2 -m 256M",
+            "-no-reboot",
+            "-qmp unix:/data/pod1/0/qmp,server=on,wait=off",
+            "-kernel /img/vm/kernel",
+            "-initrd /img/vm/initrd.img",
+            "-drive if=virtio,format=qcow2,file=/data/pod1/disk.qcow2",
+            "-fw_cfg name=opt/atoll/user-data,file=/data/pod1/0/user-data",
+        ] {
+            assert!(shim.contains(part), "{part:?} missing from {shim}");
+        }
+        assert!(shim.contains("extra=1"));
+        assert_eq!(os.file(Path::new("/data/pod1/0/user-data")).as_deref(), Some(&b"echo hi"[..]));
+        let status = rt.container_status(&id).unwrap();
+        assert_eq!((status.state, status.ready, status.pid), (ContainerState::Running, Some(false), Some(4242)));
+        os.put_file(&Path::new("/data/pod1/0").join(READY_FILE), b"");
+        assert_eq!(rt.container_status(&id).unwrap().ready, Some(true));
+        // A second attempt shares the overlay (made once) and gets its own folder.
+        let again = rt.create_container("pod1", &spec(true)).unwrap();
+        assert_eq!(again, "pod1.1");
+        assert_eq!(os.calls().iter().filter(|c| matches!(c, crate::os::Call::Run(a) if a[0] == "qemu-img")).count(), 1);
+        assert_eq!(rt.list_containers(Some("pod1")).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn containers_without_a_machine_are_refused() {
+        let os = Arc::new(crate::os::FakeOs::new("created 1", vec![]));
+        let rt = VmRuntime::new(VmConfig::new("/data".into(), vec!["/bin/atoll".into()]), os).unwrap();
+        rt.run_sandbox(&sandbox("pod1")).unwrap();
+        let mut plain = spec(false);
+        plain.vm = None;
+        assert!(matches!(rt.create_container("pod1", &plain), Err(RuntimeError::InvalidSpec(_))));
+        assert!(matches!(rt.container_status("nope"), Err(RuntimeError::NotFound { .. })));
+    }
+
     #[test]
     fn accel_parses() {
         assert_eq!("auto".parse::<Accel>(), Ok(Accel::Auto));
