@@ -103,6 +103,7 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         cfg.qemu = qemu;
         cfg.qemu_img = find_program(std::path::Path::new("qemu-img")).unwrap_or_else(|| "qemu-img".into());
         cfg.accel = config.vm_accel;
+        cfg.cgroup_parent = config.cgroup_parent.clone();
         let os = os.clone();
         // `auto` boots a probe guest: not on the async threads.
         let vm = tokio::task::spawn_blocking(move || VmRuntime::new(cfg, os))

@@ -34,7 +34,7 @@ fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
     Ok((kernel, modules))
 }
 
-/// qemu processes whose command line names `needle`.
+/// qemu processes whose command line names `needle` (with their cgroups).
 fn qemu_processes(needle: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
@@ -45,7 +45,8 @@ fn qemu_processes(needle: &str) -> Result<Vec<String>> {
             continue;
         }
         if cmdline.contains("qemu-system") && cmdline.contains(needle) {
-            out.push(cmdline);
+            let cgroup = std::fs::read_to_string(path.join("cgroup")).unwrap_or_default();
+            out.push(format!("{cmdline}\ncgroup: {cgroup}"));
         }
     }
     Ok(out)
@@ -167,7 +168,10 @@ fn vm_pods_boot_report_and_leave_nothing_behind() -> Result<()> {
         let uid1 = k.ok(&["get", "pod", "vm1", "-o", "jsonpath={.metadata.uid}"])?;
         let overlay = dir.path().join(format!("agent/vm/{uid1}/disk.qcow2"));
         ensure!(overlay.is_file(), "no disk overlay at {}", overlay.display());
-        ensure!(qemu_processes(&uid1)?.len() == 1, "one qemu for vm1");
+        let qemu = qemu_processes(&uid1)?;
+        ensure!(qemu.len() == 1, "one qemu for vm1: {qemu:?}");
+        // qemu lives in the VM's own cgroup, not the agent's.
+        ensure!(qemu[0].contains(&format!("/atoll/pod-{uid1}/vm-0")), "qemu's cgroup: {}", qemu[0]);
 
         // A guest that powers off ends its pod (restartPolicy Never): Succeeded.
         k.ok(&["wait", "pod/vm2", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=120s"])?;

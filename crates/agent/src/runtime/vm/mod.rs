@@ -99,11 +99,23 @@ pub struct VmConfig {
     /// The supervisor command (`<atoll> shim`); `vm ...` is appended.
     pub shim: Vec<OsString>,
     pub accel: Accel,
+    /// Where the cgroup hierarchies are mounted, and our top folder in each (shared with
+    /// the container runtime: a VM's qemu goes to `/<parent>/pod-<sandbox>/vm-<n>`).
+    pub cgroup_root: PathBuf,
+    pub cgroup_parent: String,
 }
 
 impl VmConfig {
     pub fn new(data_dir: PathBuf, shim: Vec<OsString>) -> VmConfig {
-        VmConfig { data_dir, qemu: "qemu-system-x86_64".into(), qemu_img: "qemu-img".into(), shim, accel: Accel::Tcg }
+        VmConfig {
+            data_dir,
+            qemu: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            shim,
+            accel: Accel::Tcg,
+            cgroup_root: "/sys/fs/cgroup".into(),
+            cgroup_parent: "atoll".into(),
+        }
     }
 }
 
@@ -332,6 +344,37 @@ impl VmRuntime {
         args
     }
 
+    /// A VM attempt's cgroup folder (relative to each hierarchy), or its pod's.
+    fn cgroup_path(&self, sandbox: &str, n: Option<&str>) -> PathBuf {
+        let pod = PathBuf::from(&self.config.cgroup_parent).join(format!("pod-{sandbox}"));
+        match n {
+            Some(n) => pod.join(format!("vm-{n}")),
+            None => pod,
+        }
+    }
+
+    /// Moves qemu out of the agent's cgroup into the VM's own, in every hierarchy.
+    fn place_in_cgroup(&self, sandbox: &str, n: &str, pid: u32) -> Result<(), RuntimeError> {
+        for h in self.os.cgroup_hierarchies(&self.config.cgroup_root)? {
+            let dir = h.join(self.cgroup_path(sandbox, Some(n)));
+            self.os.create_dir_all(&dir)?;
+            self.os.write_control_file(&dir.join("cgroup.procs"), pid.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Removes a VM's (or, with `n` = `None`, its pod's) cgroup folders; they are empty
+    /// once qemu has exited.
+    fn remove_cgroup(&self, sandbox: &str, n: Option<&str>) -> Result<(), RuntimeError> {
+        for h in self.os.cgroup_hierarchies(&self.config.cgroup_root)? {
+            match self.os.remove_dir(&h.join(self.cgroup_path(sandbox, n))) {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn shim_record(&self, dir: &Path) -> Result<Option<ShimRecord>, RuntimeError> {
         self.read_json(&dir.join("shim.json"))
     }
@@ -388,6 +431,7 @@ impl Runtime for VmRuntime {
         for n in self.attempts(id)? {
             self.remove_container(&format!("{id}.{n}"))?;
         }
+        self.remove_cgroup(id, None)?;
         // The overlay disk goes with the sandbox folder.
         match self.os.remove_dir_all(&self.sandbox_dir(id)) {
             Ok(()) => Ok(()),
@@ -496,6 +540,11 @@ impl Runtime for VmRuntime {
             }
         };
         self.write_json(&dir.join("shim.json"), &ShimRecord { pid: child.pid, qemu_pid })?;
+        let n = id.rsplit_once('.').map_or("0", |(_, n)| n);
+        if let Err(e) = self.place_in_cgroup(&rec.sandbox_id, n, qemu_pid) {
+            // The VM runs, only without its own cgroup: say so rather than kill it.
+            tracing::warn!(vm = id, error = %e, "placing qemu in its cgroup");
+        }
         self.write_json(&dir.join("started.json"), &StartRecord { started_at_nanos: to_nanos(started_at) })
     }
 
@@ -543,6 +592,9 @@ impl Runtime for VmRuntime {
             Err(e) => return Err(e),
         };
         self.stop_container(id, Duration::ZERO)?;
+        if let Some((sandbox, n)) = id.rsplit_once('.') {
+            self.remove_cgroup(sandbox, Some(n))?;
+        }
         match self.os.remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -702,6 +754,7 @@ mod tests {
         os.put_file(&Path::new("/data/pod1/0").join(READY_FILE), b"");
         assert_eq!(rt.container_status(&id).unwrap().ready, Some(true));
         // A second attempt shares the overlay (made once) and gets its own folder.
+        os.put_file(Path::new("/data/pod1/disk.qcow2"), b"qcow2 (made by qemu-img)");
         let again = rt.create_container("pod1", &spec(true)).unwrap();
         assert_eq!(again, "pod1.1");
         assert_eq!(os.calls().iter().filter(|c| matches!(c, crate::os::Call::Run(a) if a[0] == "qemu-img")).count(), 1);
