@@ -455,7 +455,8 @@ impl Node {
                 None => (latest.cloned(), previous.cloned()),
             };
             let restart_count = current.as_ref().map(attempt).unwrap_or(0);
-            let container_id = |s: &ContainerStatus| format!("{}://{}", self.runtime_name, s.id);
+            let scheme = if vm.is_some() { "qemu" } else { self.runtime_name.as_str() };
+            let container_id = |s: &ContainerStatus| format!("{scheme}://{}", s.id);
             let terminated = |s: &ContainerStatus| {
                 json!({"terminated": {
                     "exitCode": s.exit_code.unwrap_or(-1),

@@ -146,6 +146,8 @@ fn vm_pods_boot_report_and_leave_nothing_behind() -> Result<()> {
         eprintln!("VM pod create -> Running: {boot:?}");
         let row = k.ok(&["get", "pod", "vm1", "--no-headers"])?;
         ensure!(row.contains("1/1") && row.contains("Running"), "kubectl get pod vm1: {row}");
+        let id = k.ok(&["get", "pod", "vm1", "-o", "jsonpath={.status.containerStatuses[0].containerID}"])?;
+        ensure!(id.starts_with("qemu://"), "the VM's containerID: {id:?}");
         let placed = k.ok(&["get", "pod", "vm1", "-o", "jsonpath={.spec.nodeName}"])?;
         ensure!(placed == node, "placed on {placed:?}");
         let overhead = k.ok(&["get", "pod", "vm1", "-o", "jsonpath={.spec.overhead.memory}"])?;
