@@ -289,3 +289,45 @@ impl Runtime for Runtimes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::{FakeOs, Os};
+
+    fn sandbox(id: &str, handler: &str) -> SandboxSpec {
+        SandboxSpec {
+            id: id.into(),
+            name: id.into(),
+            namespace: "default".into(),
+            tenant: "acme".into(),
+            hostname: id.into(),
+            network: NetworkMode::Isolated,
+            runtime_handler: handler.into(),
+        }
+    }
+
+    #[test]
+    fn sandboxes_go_to_their_handlers_runtime_and_calls_follow_the_id() {
+        let os = Arc::new(FakeOs::new("created 7", vec![]));
+        let oci =
+            oci::OciRuntime::new(oci::OciConfig::new("/usr/bin/crun", vec!["/bin/atoll".into()], "/oci"), os.clone())
+                .unwrap();
+        let vm = vm::VmRuntime::new(vm::VmConfig::new("/vm".into(), vec!["/bin/atoll".into()]), os.clone()).unwrap();
+        let rt = Runtimes::new(Arc::new(oci)).with(vm::HANDLER, Arc::new(vm));
+        rt.run_sandbox(&sandbox("c1", "")).unwrap();
+        rt.run_sandbox(&sandbox("v1", vm::HANDLER)).unwrap();
+        assert!(os.exists(std::path::Path::new("/vm/v1/sandbox.json")));
+        assert!(!os.exists(std::path::Path::new("/vm/c1/sandbox.json")));
+        assert!(matches!(rt.run_sandbox(&sandbox("x", "gvisor")), Err(RuntimeError::InvalidSpec(_))));
+        // (The container runtime's own listing is its tests' business: it needs real namespaces.)
+        let ids: Vec<String> = rt.list_sandboxes().unwrap().into_iter().map(|s| s.spec.id).collect();
+        assert!(ids.contains(&"v1".to_string()), "{ids:?}");
+        assert_eq!(rt.sandbox_status("v1").unwrap().spec.runtime_handler, vm::HANDLER);
+        assert!(matches!(rt.sandbox_status("nope"), Err(RuntimeError::NotFound { .. })));
+        // Removing what is not there is done, whichever runtime would have had it.
+        rt.remove_sandbox("nope").unwrap();
+        rt.remove_sandbox("v1").unwrap();
+        assert!(rt.list_containers(Some("v1")).unwrap().is_empty());
+    }
+}
