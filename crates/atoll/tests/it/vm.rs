@@ -3,7 +3,7 @@
 //! Running when the guest prints its ready marker, its console (with the user data's
 //! output) is the pod's CRI log, a guest that powers itself off ends the pod Succeeded, a
 //! pod with both containers and a VM is refused with 422, and deleting pods leaves no qemu
-//! process and no disk overlay behind.
+//! process, disk overlay or cgroup behind.
 //!
 //! Needs qemu-system-x86_64, qemu-img, mke2fs and a guest kernel with its modules:
 //! `scripts/lib.sh` (`setup_vm`) installs them and extracts Debian's cloud kernel to
@@ -187,6 +187,10 @@ fn vm_pods_boot_report_and_leave_nothing_behind() -> Result<()> {
             ensure!(qemu_processes(uid)?.is_empty(), "a qemu of pod {uid} is left: {:?}", qemu_processes(uid)?);
             let folder = dir.path().join(format!("agent/vm/{uid}"));
             ensure!(!folder.exists(), "{} (and its overlay) is left", folder.display());
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")? {
+                let cgroup = hierarchy?.path().join(format!("atoll/pod-{uid}"));
+                ensure!(!cgroup.exists(), "{} is left", cgroup.display());
+            }
         }
         k.fails(&["get", "pod", "vm1"])?;
         Ok(())
