@@ -4,7 +4,8 @@
 //! (`atoll up`: the cluster goes away with the process, and its next start makes them again).
 //!
 //! Folders under the agent's data folder: `images/` (the image store), `runtime/` (the OCI
-//! runtime's state), `logs/` (containers' CRI logs), `network/` (the bridge network's IPAM).
+//! runtime's state), `vm/` (the VM runtime's machines and disk overlays), `logs/`
+//! (containers' and VMs' CRI logs), `network/` (the bridge network's IPAM).
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -20,7 +21,9 @@ use crate::net::{Bridge, Cidr, LoopbackOnly, PodNetwork};
 use crate::node;
 use crate::os::{Os, RealOs};
 use crate::pods::{self, Node, RestartBackoff};
+use crate::runtime::Runtimes;
 use crate::runtime::oci::{OciConfig, OciRuntime, find_program};
+use crate::runtime::vm::{self, Accel, VmConfig, VmRuntime};
 
 /// How often sandboxes without a pod are looked for.
 const SWEEP: Duration = Duration::from_secs(30);
@@ -72,6 +75,8 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     /// How images are pulled from registries.
     pub registry: crate::pull::RegistryConfig,
+    /// The VM runtime's accelerator; VM pods run only where `qemu-system-x86_64` is found.
+    pub vm_accel: Accel,
 }
 
 impl AgentConfig {
@@ -86,6 +91,7 @@ impl AgentConfig {
             backoff: RestartBackoff::default(),
             network: NetworkConfig::Bridge { name: "atoll0".into(), cidr: "10.88.0.0/16".into() },
             registry: crate::pull::RegistryConfig::default(),
+            vm_accel: Accel::Tcg,
         }
     }
 }
@@ -97,7 +103,24 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     let images = Arc::new(ImageStore::open(&config.data_dir.join("images"), os.clone())?);
     let mut oci = OciConfig::new(&runtime_path, config.shim.clone(), config.data_dir.join("runtime"));
     oci.cgroup_parent = config.cgroup_parent.clone();
-    let runtime = Arc::new(OciRuntime::new(oci, os.clone())?);
+    let oci = Arc::new(OciRuntime::new(oci, os.clone())?);
+    let mut runtimes = Runtimes::new(oci);
+    if let Some(qemu) = find_program(std::path::Path::new("qemu-system-x86_64")) {
+        let mut cfg = VmConfig::new(config.data_dir.join("vm"), config.shim.clone());
+        cfg.qemu = qemu;
+        cfg.qemu_img = find_program(std::path::Path::new("qemu-img")).unwrap_or_else(|| "qemu-img".into());
+        cfg.accel = config.vm_accel;
+        cfg.cgroup_parent = config.cgroup_parent.clone();
+        let os = os.clone();
+        // `auto` boots a probe guest: not on the async threads.
+        let vm = tokio::task::spawn_blocking(move || VmRuntime::new(cfg, os))
+            .await
+            .map_err(|e| pods::PodError::Join(e.to_string()))??;
+        runtimes = runtimes.with(vm::HANDLER, Arc::new(vm));
+    } else {
+        tracing::warn!("qemu-system-x86_64 not found: this node runs no VM pods");
+    }
+    let runtime = Arc::new(runtimes);
     let network: Arc<dyn PodNetwork> = match &config.network {
         NetworkConfig::LoopbackOnly => Arc::new(LoopbackOnly),
         NetworkConfig::Bridge { name, cidr } => {

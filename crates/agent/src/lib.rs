@@ -19,6 +19,7 @@
 //!   loop on the controllers crate's runtime, pod networks behind [`net::PodNetwork`].
 
 pub mod busybox;
+pub mod busybox_vm;
 pub mod daemon;
 pub mod images;
 pub mod net;

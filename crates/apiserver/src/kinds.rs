@@ -209,10 +209,67 @@ fn default_tolerations(obj: &mut Value) {
     }
 }
 
-/// A new pod's defaults, as Kubernetes' defaulting and default admission set them.
+/// `spec.virtualMachine`: a pod is either containers or one VM (`api::vm`).
+fn validate_vm(spec: &Value, errors: &mut Vec<FieldError>) {
+    use api::meta::FieldErrorKind;
+    let Some(vm) = spec.get("virtualMachine").filter(|v| !v.is_null()) else { return };
+    let at = "spec.virtualMachine";
+    let Some(vm) = vm.as_object() else {
+        errors.push(FieldError::invalid(at, vm, "must be an object"));
+        return;
+    };
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        if spec.get(list).and_then(Value::as_array).is_some_and(|c| !c.is_empty()) {
+            errors.push(FieldError::forbidden(
+                format!("spec.{list}"),
+                "may not be set together with spec.virtualMachine: a pod is either containers or one virtual machine",
+            ));
+        }
+    }
+    match vm.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        None => errors.push(FieldError::required(format!("{at}.name"), "")),
+        Some(n) if !api::request::is_dns_label(n) => {
+            errors.push(FieldError::invalid(format!("{at}.name"), n, "must be a DNS-1123 label"))
+        }
+        Some(_) => {}
+    }
+    if vm.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+        errors.push(FieldError::required(format!("{at}.image"), ""));
+    }
+    if let Some(p) = vm.get("imagePullPolicy").and_then(Value::as_str)
+        && !matches!(p, "Always" | "IfNotPresent" | "Never")
+    {
+        errors.push(FieldError {
+            field: format!("{at}.imagePullPolicy"),
+            kind: FieldErrorKind::NotSupported(p.into(), vec!["Always".into(), "IfNotPresent".into(), "Never".into()]),
+            detail: String::new(),
+        });
+    }
+    for (field, max) in [("kernelCommandLine", 1024), ("userData", 64 * 1024)] {
+        match vm.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if t.len() > max => errors.push(FieldError::invalid(
+                format!("{at}.{field}"),
+                "<value>",
+                format!("must be at most {max} bytes"),
+            )),
+            Some(Value::String(t)) if field == "kernelCommandLine" && t.contains(['\n', '\0']) => {
+                errors.push(FieldError::invalid(format!("{at}.{field}"), "<value>", "must be one line"))
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => errors.push(FieldError::invalid(format!("{at}.{field}"), other, "must be a string")),
+        }
+    }
+}
+
+/// A new pod's defaults, as Kubernetes' defaulting and default admission set them (a VM
+/// pod's resources and qemu's overhead from `api::vm`).
 fn pod_defaults(obj: &mut Value) {
     default_tolerations(obj);
     default_image_pull_policies(obj);
+    if let Some(spec) = obj.get_mut("spec") {
+        api::vm::apply_defaults(spec);
+    }
 }
 
 /// The finalizer by which the namespace controller empties a deleted namespace.
@@ -366,10 +423,12 @@ pub(crate) fn validate_pod(obj: &Value) -> Vec<FieldError> {
             });
         }
     }
+    validate_vm(spec, &mut errors);
+    let vm = api::vm::is_vm(spec);
     let mut names: Vec<String> = Vec::new();
     for list in ["initContainers", "containers"] {
         let containers = spec.get(list).and_then(Value::as_array);
-        if list == "containers" && containers.is_none_or(|c| c.is_empty()) {
+        if list == "containers" && !vm && containers.is_none_or(|c| c.is_empty()) {
             errors.push(FieldError::required("spec.containers", ""));
         }
         for (i, c) in containers.into_iter().flatten().enumerate() {
@@ -897,5 +956,77 @@ mod pod_default_tests {
         let mut pod = serde_json::json!({"spec": {"initContainers": [{"image": "a", "imagePullPolicy": "Never"}]}});
         pod_defaults(&mut pod);
         assert_eq!(pod.pointer("/spec/initContainers/0/imagePullPolicy").unwrap(), "Never");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields(errors: &[FieldError]) -> Vec<String> {
+        errors.iter().map(|e| e.field.clone()).collect()
+    }
+
+    fn vm_pod(spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vm"}, "spec": spec})
+    }
+
+    #[test]
+    fn a_pod_is_containers_or_one_vm() {
+        let ok = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "busybox-vm", "userData": "echo hi"}}));
+        assert_eq!(fields(&validate_pod(&ok)), Vec::<String>::new());
+        let both = vm_pod(json!({
+            "virtualMachine": {"name": "vm", "image": "busybox-vm"},
+            "containers": [{"name": "c", "image": "busybox"}],
+        }));
+        assert_eq!(fields(&validate_pod(&both)), ["spec.containers"]);
+        let neither = vm_pod(json!({}));
+        assert_eq!(fields(&validate_pod(&neither)), ["spec.containers"]);
+    }
+
+    #[test]
+    fn vm_fields_are_checked_all_at_once() {
+        let bad = vm_pod(json!({"virtualMachine": {
+            "name": "Not_A_Label", "imagePullPolicy": "Sometimes", "kernelCommandLine": "a\nb", "userData": 5,
+        }}));
+        assert_eq!(
+            fields(&validate_pod(&bad)),
+            [
+                "spec.virtualMachine.name",
+                "spec.virtualMachine.image",
+                "spec.virtualMachine.imagePullPolicy",
+                "spec.virtualMachine.kernelCommandLine",
+                "spec.virtualMachine.userData",
+            ]
+        );
+        assert_eq!(fields(&validate_pod(&vm_pod(json!({"virtualMachine": "x"})))), ["spec.virtualMachine"]);
+    }
+
+    #[test]
+    fn vm_pods_get_resources_and_overhead_by_default() {
+        let kinds = builtin();
+        let pods = kinds.iter().find(|k| k.info.kind == "Pod").unwrap();
+        let mut pod = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "busybox-vm"}}));
+        pods.prepare_for_create(&mut pod);
+        assert_eq!(pod["spec"]["overhead"]["memory"], api::vm::OVERHEAD_MEMORY);
+        assert_eq!(pod["spec"]["virtualMachine"]["resources"]["requests"]["memory"], api::vm::DEFAULT_MEMORY);
+    }
+
+    #[test]
+    fn strict_validation_and_openapi_know_the_vm_field() {
+        let message = crate::proto::shape::message_of("", "v1", "Pod").unwrap();
+        let pod = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "i", "userDataa": "x",
+                                                   "resources": {"limitz": {}}}}));
+        let mut unknown = Vec::new();
+        crate::proto::shape::unknown_fields(&message, &pod, "", &mut unknown);
+        assert_eq!(unknown, ["spec.virtualMachine.resources.limitz", "spec.virtualMachine.userDataa"]);
+        let mut schemas = std::collections::BTreeMap::new();
+        crate::proto::shape::openapi_schemas(&message, &mut schemas);
+        let spec = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["virtualMachine"];
+        assert_eq!(spec["$ref"], "#/components/schemas/io.atoll.api.core.v1.VirtualMachine");
+        let vm = &schemas["io.atoll.api.core.v1.VirtualMachine"]["properties"];
+        assert_eq!(vm["userData"]["type"], "string");
     }
 }

@@ -234,7 +234,9 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
     let created = age(obj, "/metadata/creationTimestamp", now);
     match kind {
         "Pod" => {
-            let total = count(obj, "/spec/containers");
+            // A VM pod's machine is its one container.
+            let vm = obj.pointer("/spec/virtualMachine").is_some_and(Value::is_object);
+            let total = count(obj, "/spec/containers") + usize::from(vm);
             let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
             let ready = statuses.into_iter().flatten().filter(|c| c.get("ready") == Some(&json!(true))).count();
             let restarts: i64 = statuses.into_iter().flatten().map(|c| int(c, "/restartCount")).sum();

@@ -41,6 +41,10 @@ pub struct AgentArgs {
     pub sim: SimArgs,
     #[command(flatten)]
     pub registry: crate::image::RegistryArgs,
+    /// The VM pods' accelerator: tcg (emulation, works everywhere), kvm, or auto (KVM
+    /// when a probe guest boots under it; some hosts have /dev/kvm whose guests hang).
+    #[arg(long, default_value = "tcg")]
+    pub vm_accel: agent::runtime::vm::Accel,
 }
 
 /// Simulated nodes (scale tests and benchmarks; they run nothing).
@@ -107,6 +111,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
     cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
     cfg.registry = args.registry.config();
+    cfg.vm_accel = args.vm_accel;
     tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
     agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
     tracing::info!("node agent stopped");

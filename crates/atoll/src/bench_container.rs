@@ -46,6 +46,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
         tenant: "system".into(),
         hostname: "bench".into(),
         network: NetworkMode::Isolated,
+        runtime_handler: String::new(),
     };
     rt.run_sandbox(&sandbox)?;
     let (mut create, mut total) = (Vec::new(), Vec::new());
@@ -61,6 +62,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
                 user: None,
                 resources: Resources { memory_limit_bytes: Some(64 << 20), ..Resources::default() },
                 log_path: None,
+                vm: None,
             };
             let t = Instant::now();
             let id = rt.create_container("bench", &spec)?;

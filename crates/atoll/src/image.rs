@@ -100,6 +100,23 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: ImageStoreArgs,
     },
+    /// Build the `busybox-vm` VM image (a kernel, an initramfs with busybox and our guest
+    /// init, a small data disk) and import it, so VM pods run with no network.
+    BuildBusyboxVm {
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// The guest kernel (e.g. Debian's cloud kernel, which `scripts/lib.sh` extracts).
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The kernel's modules folder (`lib/modules/<version>`); needed when virtio is
+        /// built as modules, as in Debian's kernels.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+        #[arg(long, default_value = "busybox-vm:latest")]
+        name: String,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
 }
 
 pub async fn run(cmd: ImageCommand) -> Result<()> {
@@ -168,6 +185,25 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
             agent::busybox::build_layout(&busybox, layout.path(), &name)
                 .with_context(|| format!("building an image from {}", busybox.display()))?;
             for image in images.import(layout.path(), None)? {
+                println!("imported {} {}", image.names.join(","), image.manifest_digest);
+            }
+            Ok(())
+        }
+        ImageCommand::BuildBusyboxVm { busybox, kernel, modules, name, store } => {
+            let images = store.open()?;
+            let work = tempfile::Builder::new().prefix("busybox-vm-").tempdir_in(images.root().join("tmp"))?;
+            let layout = work.path().join("layout");
+            agent::busybox_vm::build_layout(
+                &RealOs::new(),
+                &busybox,
+                &kernel,
+                modules.as_deref(),
+                work.path(),
+                &layout,
+                &name,
+            )
+            .with_context(|| format!("building a VM image from {}", kernel.display()))?;
+            for image in images.import(&layout, None)? {
                 println!("imported {} {}", image.names.join(","), image.manifest_digest);
             }
             Ok(())

@@ -48,6 +48,10 @@ pub struct UpArgs {
     pub controllers: crate::controllers::ControllerOptions,
     #[command(flatten)]
     pub registry: crate::image::RegistryArgs,
+    /// The VM pods' accelerator: tcg (emulation, works everywhere), kvm, or auto (KVM
+    /// when a probe guest boots under it; some hosts have /dev/kvm whose guests hang).
+    #[arg(long, default_value = "tcg")]
+    pub vm_accel: agent::runtime::vm::Accel,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -108,6 +112,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         cfg.runtime = args.runtime.clone();
         cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
         cfg.registry = args.registry.config();
+        cfg.vm_accel = args.vm_accel;
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
         Some(tokio::spawn(agent::daemon::run(agent_client, cfg, when_stopped(stopped))))

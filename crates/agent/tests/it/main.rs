@@ -133,6 +133,7 @@ pub fn sandbox(id: &str) -> SandboxSpec {
         tenant: "acme".into(),
         hostname: id.into(),
         network: NetworkMode::Isolated,
+        runtime_handler: String::new(),
     }
 }
 
@@ -147,6 +148,7 @@ pub fn container(node: &Node, image: &Image, name: &str, script: &str) -> Contai
         user: None,
         resources: Resources::default(),
         log_path: None,
+        vm: None,
     }
 }
 

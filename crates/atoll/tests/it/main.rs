@@ -14,4 +14,5 @@ mod registry;
 mod scheduler;
 mod server;
 mod up;
+mod vm;
 mod workloads;
