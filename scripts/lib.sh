@@ -38,12 +38,42 @@ setup_containers() {
   fi
 }
 
+# VM pods: qemu (TCG here), qemu-img for disk overlays, mke2fs for the busybox-vm image's
+# disk, and a guest kernel: Debian's cloud kernel, extracted (not installed: it is the
+# guests', not the host's) to /var/cache/atoll/kernel, with stable links `vmlinuz` and
+# `modules` there (see PLATFORM.md "VMs": its virtio drivers are modules).
+setup_vm() {
+  apt_install qemu-system-x86 qemu-utils e2fsprogs
+  local dir=/var/cache/atoll/kernel pkg
+  [ -f "$dir/vmlinuz" ] && [ -d "$dir/modules" ] && return 0
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+  if [ -z "$pkg" ]; then
+    apt-get update -qq
+    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+  fi
+  [ -n "$pkg" ] || die "no Debian cloud kernel package found"
+  echo "extracting the guest kernel $pkg into $dir"
+  mkdir -p "$dir"
+  (cd "$dir" && apt-get download "$pkg" >/dev/null 2>&1) || die "downloading $pkg failed"
+  dpkg-deb -x "$dir/$pkg"_*.deb "$dir/root"
+  rm -f "$dir"/*.deb
+  ln -sfn "$(ls "$dir"/root/boot/vmlinuz-* | head -1)" "$dir/vmlinuz"
+  ln -sfn "$(ls -d "$dir"/root/lib/modules/* | head -1)" "$dir/modules"
+}
+
 setup() {
   need_root
   setup_containers
+  setup_vm
   # protoc (with the well-known types from libprotobuf-dev) builds the etcd client; etcd-server is the distributed store backend and the
   # peer our benchmarks compare against.
   apt_install ca-certificates curl gcc libc6-dev protobuf-compiler libprotobuf-dev etcd-server
+  # The Keystone tests start Debian's real Keystone on loopback (sqlite, its built-in test
+  # server keystone-wsgi-public); nothing of it runs as a system service.
+  apt_install python3-keystone
+  # Image pulls are tested against Debian's registry (distribution 2.8) with htpasswd auth
+  # (bcrypt hashes from apache2-utils) and a TLS certificate openssl makes.
+  apt_install docker-registry apache2-utils openssl
   # The official Python client is one of the API's test clients.
   command -v python3 >/dev/null || apt_install python3
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip

@@ -10,5 +10,8 @@ listen=${ATOLL_LISTEN:-127.0.0.1:6443}
 mkdir -p "$data_dir"
 # The node's local busybox image, so a first pod runs with no network (same binary, same digest).
 target/release/atoll image build-busybox --data-dir "$data_dir"
+# The node's local VM image for VM pods (a kernel, busybox in an initramfs, a small disk).
+target/release/atoll image build-busybox-vm --data-dir "$data_dir" \
+  --kernel /var/cache/atoll/kernel/vmlinuz --modules /var/cache/atoll/kernel/modules
 echo "starting atoll on $listen with data in $data_dir (Ctrl-C stops it)"
 exec target/release/atoll up --data-dir "$data_dir" --listen "$listen"

@@ -22,7 +22,7 @@ ROOTS = [
     "k8s.io.api.rbac.v1.Role", "k8s.io.api.rbac.v1.ClusterRole", "k8s.io.api.rbac.v1.RoleBinding",
     "k8s.io.api.rbac.v1.ClusterRoleBinding", "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
     "k8s.io.api.authorization.v1.SelfSubjectRulesReview", "k8s.io.api.authorization.v1.SubjectAccessReview",
-    "k8s.io.api.authentication.v1.SelfSubjectReview", "k8s.io.api.authentication.v1beta1.SelfSubjectReview",
+    "k8s.io.api.authentication.v1.SelfSubjectReview", "k8s.io.api.authentication.v1.TokenRequest", "k8s.io.api.authentication.v1beta1.SelfSubjectReview",
 ]
 # Messages the decoder renders specially (JSON strings, numbers or raw JSON).
 SPECIAL = {

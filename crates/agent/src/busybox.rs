@@ -35,7 +35,7 @@ const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody
 const GROUP: &str = "root:x:0:\nnobody:x:65534:\n";
 pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+pub(crate) fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(mode);
@@ -77,7 +77,7 @@ fn layer_tar(busybox: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// A 64-bit little-endian ELF executable without an interpreter (`PT_INTERP`), i.e.
 /// statically linked.
-fn is_static_elf64(b: &[u8]) -> bool {
+pub(crate) fn is_static_elf64(b: &[u8]) -> bool {
     let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize);
     let u64_at = |o: usize| b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])) as usize);
     if !b.starts_with(b"\x7fELF\x02\x01") {
@@ -96,16 +96,12 @@ fn sha(bytes: &[u8]) -> Digest {
     Digest::from_sha256(&Sha256::digest(bytes))
 }
 
-fn write(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), BusyboxError> {
+fn write(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
     let path = dir.join(rel);
-    let io = |what| {
-        let path = path.clone();
-        move |source| BusyboxError::Io { what, path, source }
-    };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io("creating"))?;
+        std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&path, bytes).map_err(io("writing"))
+    std::fs::write(&path, bytes)
 }
 
 fn descriptor(media_type: &str, digest: &Digest, size: usize) -> Descriptor {
@@ -132,23 +128,41 @@ pub fn build_layout(busybox: &Path, out: &Path, ref_name: &str) -> Result<Digest
     }
     let io_err = |source| BusyboxError::Io { what: "building the layer of", path: busybox.to_owned(), source };
     let tar = layer_tar(&binary).map_err(io_err)?;
-    let diff_id = sha(&tar);
+    let config = ContainerConfig {
+        env: Some(vec![PATH_ENV.to_owned()]),
+        cmd: Some(vec!["sh".to_owned()]),
+        ..ContainerConfig::default()
+    };
+    write_layout(out, ref_name, &tar, config, "atoll image build-busybox").map_err(|source| BusyboxError::Io {
+        what: "writing the layout of",
+        path: busybox.to_owned(),
+        source,
+    })
+}
+
+/// Write a one-layer OCI image layout for `ref_name` into `out` (created if missing) from
+/// the layer's uncompressed tar. Deterministic: the same tar gives the same digests.
+/// Returns the manifest's digest.
+pub fn write_layout(
+    out: &Path,
+    ref_name: &str,
+    tar: &[u8],
+    config: ContainerConfig,
+    created_by: &str,
+) -> std::io::Result<Digest> {
+    let diff_id = sha(tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar).map_err(io_err)?;
-    let layer = gz.finish().map_err(io_err)?;
+    gz.write_all(tar)?;
+    let layer = gz.finish()?;
     let layer_digest = sha(&layer);
 
     let (os, arch) = host_platform();
     let config = serde_json::json!({
         "architecture": arch,
         "os": os,
-        "config": ContainerConfig {
-            env: Some(vec![PATH_ENV.to_owned()]),
-            cmd: Some(vec!["sh".to_owned()]),
-            ..ContainerConfig::default()
-        },
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
-        "history": [{"created_by": "atoll image build-busybox"}],
+        "history": [{"created_by": created_by}],
     });
     let config = serde_json::to_vec(&config).unwrap_or_default();
     let config_digest = sha(&config);

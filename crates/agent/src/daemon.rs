@@ -4,7 +4,8 @@
 //! (`atoll up`: the cluster goes away with the process, and its next start makes them again).
 //!
 //! Folders under the agent's data folder: `images/` (the image store), `runtime/` (the OCI
-//! runtime's state), `logs/` (containers' CRI logs), `network/` (the bridge network's IPAM).
+//! runtime's state), `vm/` (the VM runtime's machines and disk overlays), `logs/`
+//! (containers' and VMs' CRI logs), `network/` (the bridge network's IPAM).
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -20,7 +21,9 @@ use crate::net::{Bridge, Cidr, LoopbackOnly, PodNetwork};
 use crate::node;
 use crate::os::{Os, RealOs};
 use crate::pods::{self, Node, RestartBackoff};
+use crate::runtime::Runtimes;
 use crate::runtime::oci::{OciConfig, OciRuntime, find_program};
+use crate::runtime::vm::{self, Accel, VmConfig, VmRuntime};
 
 /// How often sandboxes without a pod are looked for.
 const SWEEP: Duration = Duration::from_secs(30);
@@ -39,6 +42,10 @@ pub enum AgentError {
     Register(#[from] node::NodeError),
     #[error("pods: {0}")]
     Pods(#[from] pods::PodError),
+    #[error("registry client: {0}")]
+    Pull(#[from] crate::pull::PullError),
+    #[error("image pull records: {0}")]
+    PullRecords(#[from] crate::pod_images::PullRecordError),
     #[error("pod network: {0}")]
     Net(#[from] crate::net::NetError),
     #[error("the agent's port: {0}")]
@@ -70,6 +77,10 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     /// The HTTPS port for logs, exec and attach (none: the node serves no streams).
     pub serving: Option<crate::server::ServingConfig>,
+    /// How images are pulled from registries.
+    pub registry: crate::pull::RegistryConfig,
+    /// The VM runtime's accelerator; VM pods run only where `qemu-system-x86_64` is found.
+    pub vm_accel: Accel,
 }
 
 impl AgentConfig {
@@ -84,6 +95,8 @@ impl AgentConfig {
             backoff: RestartBackoff::default(),
             network: NetworkConfig::Bridge { name: "atoll0".into(), cidr: "10.88.0.0/16".into() },
             serving: None,
+            registry: crate::pull::RegistryConfig::default(),
+            vm_accel: Accel::Tcg,
         }
     }
 }
@@ -95,7 +108,24 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     let images = Arc::new(ImageStore::open(&config.data_dir.join("images"), os.clone())?);
     let mut oci = OciConfig::new(&runtime_path, config.shim.clone(), config.data_dir.join("runtime"));
     oci.cgroup_parent = config.cgroup_parent.clone();
-    let runtime = Arc::new(OciRuntime::new(oci, os.clone())?);
+    let oci = Arc::new(OciRuntime::new(oci, os.clone())?);
+    let mut runtimes = Runtimes::new(oci);
+    if let Some(qemu) = find_program(std::path::Path::new("qemu-system-x86_64")) {
+        let mut cfg = VmConfig::new(config.data_dir.join("vm"), config.shim.clone());
+        cfg.qemu = qemu;
+        cfg.qemu_img = find_program(std::path::Path::new("qemu-img")).unwrap_or_else(|| "qemu-img".into());
+        cfg.accel = config.vm_accel;
+        cfg.cgroup_parent = config.cgroup_parent.clone();
+        let os = os.clone();
+        // `auto` boots a probe guest: not on the async threads.
+        let vm = tokio::task::spawn_blocking(move || VmRuntime::new(cfg, os))
+            .await
+            .map_err(|e| pods::PodError::Join(e.to_string()))??;
+        runtimes = runtimes.with(vm::HANDLER, Arc::new(vm));
+    } else {
+        tracing::warn!("qemu-system-x86_64 not found: this node runs no VM pods");
+    }
+    let runtime = Arc::new(runtimes);
     let network: Arc<dyn PodNetwork> = match &config.network {
         NetworkConfig::LoopbackOnly => Arc::new(LoopbackOnly),
         NetworkConfig::Bridge { name, cidr } => {
@@ -134,6 +164,8 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     node::renew_lease(&client, &config.node_name).await?;
     tracing::info!(node = %config.node_name, cpus = facts.cpus, ip = %facts.internal_ip, "node registered");
 
+    let puller = Arc::new(crate::pull::Puller::new(images.clone(), &config.registry)?);
+    let pulls = crate::pod_images::PodImages::new(puller, client.clone(), &config.node_name, config.registry.clone())?;
     let node = Arc::new(Node {
         name: config.node_name.clone(),
         host_ip: facts.internal_ip.clone(),
@@ -143,6 +175,7 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         network,
         logs_dir: config.data_dir.join("logs"),
         backoff: config.backoff,
+        pulls: Some(Arc::new(pulls)),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -176,6 +176,11 @@ impl Write for BlobWriter {
 }
 
 impl BlobWriter {
+    /// Drop what was written (a transfer failed midway): nothing reaches `blobs/`.
+    pub fn abort(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+
     /// Move the blob into place; with `expected`, refuse content whose digest differs.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), ImageError> {
         let actual = Digest::from_sha256(&self.hasher.finalize());
@@ -461,12 +466,11 @@ impl ImageStore {
             };
         }
         let r = Reference::parse(input)?;
+        let want = r.to_string();
         let found = match &r.digest {
-            Some(d) => images.into_iter().find(|i| i.manifest_digest == *d),
-            None => {
-                let want = r.to_string();
-                images.into_iter().find(|i| i.names.contains(&want))
-            }
+            // Or by name: a pull by an index's digest names the platform's manifest with it.
+            Some(d) => images.into_iter().find(|i| i.manifest_digest == *d || i.names.contains(&want)),
+            None => images.into_iter().find(|i| i.names.contains(&want)),
         };
         found.ok_or_else(|| ImageError::NotFound(input.to_owned()))
     }

@@ -11,6 +11,11 @@
 //!   per pod, containers in it); [`runtime::oci::OciRuntime`] implements it over crun or
 //!   runc and keeps all its state on disk, so it survives the agent's restart.
 //!
+//! - [`pull::Puller`] fetches images from OCI registries into the store (HTTPS unless a
+//!   registry is listed insecure, digests checked before anything is stored);
+//!   [`pod_images::PodImages`] applies `imagePullPolicy`, `imagePullSecrets` and the pull
+//!   back-off for the sync loop, and never lets a pod use an image pulled with credentials
+//!   it does not hold without asking the registry.
 //! - [`daemon`] is `atoll agent`: [`node`] registration and heartbeat, the [`pods`] sync
 //!   loop on the controllers crate's runtime, pod networks behind [`net::PodNetwork`].
 //! - [`server`] is the agent's HTTPS port (logs, exec, attach) for the API server only;
@@ -18,16 +23,20 @@
 //!   what they carry.
 
 pub mod busybox;
+pub mod busybox_vm;
 pub mod daemon;
 pub mod images;
 pub mod net;
 pub mod node;
 pub mod os;
+pub mod pod_images;
 pub mod pods;
+pub mod pull;
 pub mod reference;
 pub mod runtime;
 pub mod server;
 pub mod sessions;
 pub mod shim;
+pub mod simulated;
 pub mod stream;
 pub mod timefmt;

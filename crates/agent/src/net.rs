@@ -118,7 +118,7 @@ pub struct Bridge {
     cidr: Cidr,
     /// `ipam.json`: pod ID to address, rewritten atomically.
     ipam: PathBuf,
-    /// One writer of the IPAM file and of the host's links at a time.
+    /// One writer of the IPAM file at a time (links and namespaces are named per pod).
     lock: Mutex<()>,
 }
 
@@ -231,8 +231,12 @@ impl Bridge {
 
 impl PodNetwork for Bridge {
     fn setup(&self, id: &str) -> Result<Attachment, NetError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let ip = self.allocate(id)?;
+        // Only the address book is shared; every name below is the pod's own (and one pod
+        // is never set up by two workers at once), so pods' set-ups run side by side.
+        let ip = {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.allocate(id)?
+        };
         let (ns, veth) = (Self::netns(id), Self::host_veth(id));
         // Start from nothing: a half-made attachment (the agent died midway) is redone.
         self.ip_quiet(&["link", "del", "dev", &veth]);
@@ -256,9 +260,9 @@ impl PodNetwork for Bridge {
     }
 
     fn teardown(&self, id: &str) -> Result<(), NetError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.ip_quiet(&["link", "del", "dev", &Self::host_veth(id)]);
         self.ip_quiet(&["netns", "del", &Self::netns(id)]);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut map = self.load()?;
         if map.remove(id).is_some() {
             self.save(&map)?;

@@ -118,6 +118,9 @@ pub trait Os: Send + Sync + fmt::Debug {
     fn remove_dir_all(&self, path: &Path) -> Result<(), OsError>;
     /// Write through a temporary file and a rename, so readers see all or nothing.
     fn write_file_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), OsError>;
+    /// Write a kernel control file in place (`cgroup.procs`, `memory.max`): such files
+    /// cannot be replaced by a rename.
+    fn write_control_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError>;
     fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>, OsError>;
     /// Read `rel` inside a container's root filesystem, resolving every symlink as if
     /// `root` were `/` (an image's `/etc/passwd -> /etc/shadow` must not reach the host's).
@@ -360,6 +363,11 @@ impl Os for RealOs {
 
     fn write_file_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
         write_atomic(path, contents).map_err(io("writing", path))
+    }
+
+    fn write_control_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(io("opening", path))?;
+        f.write_all(contents).map_err(io("writing", path))
     }
 
     fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>, OsError> {
@@ -615,6 +623,10 @@ impl Os for FakeOs {
             s.files.insert(path.to_owned(), contents.to_owned());
         });
         Ok(())
+    }
+
+    fn write_control_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
+        self.write_file_atomic(path, contents)
     }
 
     fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>, OsError> {

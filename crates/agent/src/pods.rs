@@ -26,8 +26,11 @@ use serde_json::{Value, json};
 use crate::images::ImageStore;
 use crate::net::PodNetwork;
 use crate::node::seconds_time;
+use crate::pod_images::PodImages;
+use crate::runtime::vm::{self, VmSpec};
 use crate::runtime::{
-    ContainerSpec, ContainerState, ContainerStatus, ImageRootfs, Resources, Runtime, RuntimeError, SandboxSpec,
+    ContainerSpec, ContainerState, ContainerStatus, ImageRootfs, NetworkMode, Resources, Runtime, RuntimeError,
+    SandboxSpec,
 };
 
 /// How often a live pod's containers are looked at (exits are not events).
@@ -83,6 +86,9 @@ pub struct Node {
     pub network: Arc<dyn PodNetwork>,
     pub logs_dir: PathBuf,
     pub backoff: RestartBackoff,
+    /// Registry pulls (policy, secrets, back-off, events); without it only images already
+    /// in the store run.
+    pub pulls: Option<Arc<PodImages>>,
 }
 
 pub struct PodSync {
@@ -180,21 +186,7 @@ impl Reconciler for PodSync {
 
 impl PodSync {
     async fn post_event(&self, pod: &Value, reason: &str, message: &str) {
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": format!("{}.", text(pod, "/metadata/name"))},
-            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "name": text(pod, "/metadata/name"),
-                               "namespace": text(pod, "/metadata/namespace"), "uid": text(pod, "/metadata/uid")},
-            "reason": reason, "message": message, "type": "Warning", "count": 1,
-            "source": {"component": "atoll-agent", "host": self.node.name},
-            "firstTimestamp": seconds_time(SystemTime::now()), "lastTimestamp": seconds_time(SystemTime::now()),
-            "eventTime": Value::Null, "reportingComponent": "atoll-agent", "reportingInstance": self.node.name,
-        });
-        let key = ObjectKey::of(pod);
-        let Some(key) = key else { return };
-        if let Err(e) = self.client.create(&Resource::new("", "v1", "events", true), &scope_of(&key), &event).await {
-            tracing::warn!(pod = %key, error = %e, "posting an event");
-        }
+        crate::pod_images::post_event(&self.client, &self.node.name, pod, "Warning", reason, message).await;
     }
 }
 
@@ -241,6 +233,35 @@ pub fn memory_bytes(q: &str) -> Option<u64> {
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
     v.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+}
+
+/// The VM runtime's spec from `spec.virtualMachine` and its image's files (the topmost
+/// layer that has a kernel wins). vCPUs and memory come from the VM's resources (limits,
+/// else requests, else the API's defaults).
+fn vm_spec(v: &Value, image: &ImageRootfs) -> Result<VmSpec, String> {
+    let layer = image
+        .layers
+        .iter()
+        .rev()
+        .find(|l| l.join(vm::KERNEL).is_file())
+        .ok_or_else(|| format!("image {:?} is not a VM image: it has no {}", image.reference, vm::KERNEL))?;
+    let file = |rel: &str| Some(layer.join(rel)).filter(|p| p.is_file());
+    let res = |what: &str| {
+        v.pointer(&format!("/resources/limits/{what}"))
+            .or_else(|| v.pointer(&format!("/resources/requests/{what}")))
+            .and_then(Value::as_str)
+    };
+    let cpu = res("cpu").or(Some(api::vm::DEFAULT_CPU)).and_then(cpu_millis).unwrap_or(1000);
+    let memory = res("memory").or(Some(api::vm::DEFAULT_MEMORY)).and_then(memory_bytes).unwrap_or(128 << 20);
+    Ok(VmSpec {
+        kernel: layer.join(vm::KERNEL),
+        initrd: file(vm::INITRD),
+        disk: file(vm::DISK),
+        cmdline: text(v, "/kernelCommandLine").to_string(),
+        user_data: v.get("userData").and_then(Value::as_str).map(str::to_string),
+        vcpus: cpu.div_ceil(1000).max(1) as u32,
+        memory_mib: (memory >> 20).max(16),
+    })
 }
 
 /// How a container of the pod stands, for the phase.
@@ -298,10 +319,20 @@ impl Node {
         let key = ObjectKey::of(pod).unwrap_or_else(|| ObjectKey::new("", None, ""));
         let uid = text(pod, "/metadata/uid");
         self.remove_pods_of(&key, Some(uid), ORPHAN_GRACE)?;
+        // A VM pod's guest has no NIC yet (a tap on the pod network is later work), so it
+        // gets no pod network either: no address is handed out that nothing answers on.
+        let vm = pod.pointer("/spec/virtualMachine").filter(|v| v.is_object());
         let attachment = match self.runtime.sandbox_status(uid) {
+            Ok(_) if vm.is_some() => None,
             Ok(_) => self.network.attachment(uid),
             Err(RuntimeError::NotFound { .. }) => {
-                let attachment = self.network.setup(uid)?;
+                let began = std::time::Instant::now();
+                let attachment = if vm.is_some() {
+                    crate::net::Attachment { mode: NetworkMode::Isolated, ip: None }
+                } else {
+                    self.network.setup(uid)?
+                };
+                let network_ms = began.elapsed().as_millis() as u64;
                 let spec = SandboxSpec {
                     id: uid.to_string(),
                     name: key.name.clone(),
@@ -315,9 +346,11 @@ impl Node {
                         .take(63)
                         .collect(),
                     network: attachment.mode.clone(),
+                    runtime_handler: if vm.is_some() { vm::HANDLER.into() } else { String::new() },
                 };
                 self.runtime.run_sandbox(&spec)?;
-                tracing::info!(pod = %key, sandbox = uid, "sandbox started");
+                let total_ms = began.elapsed().as_millis() as u64;
+                tracing::info!(pod = %key, sandbox = uid, network_ms, total_ms, "sandbox started");
                 Some(attachment)
             }
             Err(e) => return Err(e.into()),
@@ -332,7 +365,12 @@ impl Node {
         let mut events = Vec::new();
         let mut requeue: Option<Duration> = None;
         let mut soon = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
-        let containers = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+        // A VM pod's machine is its one container as far as status goes (kubectl's READY
+        // 1/1, restarts, logs).
+        let containers = match vm {
+            Some(v) => vec![v.clone()],
+            None => pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default(),
+        };
         let all = self.runtime.list_containers(Some(uid))?;
         for c in &containers {
             let name = text(c, "/name");
@@ -357,7 +395,12 @@ impl Node {
                     // Created but never started (the agent stopped in between): start it.
                     self.runtime.start_container(&s.id)?;
                 }
-                Some(s) if s.state == ContainerState::Running => {}
+                Some(s) if s.state == ContainerState::Running => {
+                    if s.ready == Some(false) {
+                        // Booting: look again soon for the guest's ready marker.
+                        soon(Duration::from_millis(250));
+                    }
+                }
                 Some(s) => {
                     let code = s.exit_code.unwrap_or(-1);
                     let again = match policy {
@@ -385,14 +428,19 @@ impl Node {
             if let Some(n) = start_attempt {
                 match self.container_spec(pod, c, n) {
                     Ok(spec) => {
+                        let began = std::time::Instant::now();
                         let id = self.runtime.create_container(uid, &spec)?;
+                        let create_ms = began.elapsed().as_millis() as u64;
                         self.runtime.start_container(&id)?;
-                        tracing::info!(pod = %key, container = name, attempt = n, "started");
+                        let total_ms = began.elapsed().as_millis() as u64;
+                        tracing::info!(pod = %key, container = name, attempt = n, create_ms, total_ms, "started");
                         fresh = Some(self.runtime.container_status(&id)?);
                         soon(POLL);
                     }
                     Err((reason, message)) => {
-                        if old_waiting != reason {
+                        // The pull's own events are posted by `PodImages` as it goes.
+                        let pull_reason = matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff");
+                        if old_waiting != reason && !pull_reason {
                             events.push((reason.clone(), message.clone()));
                         }
                         waiting = Some((reason, message));
@@ -405,7 +453,8 @@ impl Node {
                 None => (latest.cloned(), previous.cloned()),
             };
             let restart_count = current.as_ref().map(attempt).unwrap_or(0);
-            let container_id = |s: &ContainerStatus| format!("{}://{}", self.runtime_name, s.id);
+            let scheme = if vm.is_some() { "qemu" } else { self.runtime_name.as_str() };
+            let container_id = |s: &ContainerStatus| format!("{scheme}://{}", s.id);
             let terminated = |s: &ContainerStatus| {
                 json!({"terminated": {
                     "exitCode": s.exit_code.unwrap_or(-1),
@@ -422,7 +471,8 @@ impl Node {
                 ),
                 (None, Some(s)) if matches!(s.state, ContainerState::Running | ContainerState::Created) => (
                     json!({"running": {"startedAt": seconds_time(s.started_at.unwrap_or(s.created_at))}}),
-                    Standing::Running,
+                    // A VM whose guest has not said it is up keeps the pod Pending.
+                    if s.ready == Some(false) { Standing::NotStarted } else { Standing::Running },
                 ),
                 (None, Some(s)) => {
                     let code = s.exit_code.unwrap_or(-1);
@@ -436,8 +486,10 @@ impl Node {
                 (None, None) => (json!({"waiting": {"reason": "ContainerCreating"}}), Standing::NotStarted),
             };
             let running = standing == Standing::Running;
+            let booting =
+                current.as_ref().is_some_and(|c| c.state == ContainerState::Running && c.ready == Some(false));
             let mut status = json!({
-                "name": name, "image": image, "imageID": "", "ready": running, "started": running,
+                "name": name, "image": image, "imageID": "", "ready": running, "started": running || booting,
                 "restartCount": restart_count, "state": state,
                 "lastState": last.as_ref().filter(|_| current.is_some() && restart_count > 0).map(terminated)
                     .unwrap_or_else(|| json!({})),
@@ -516,6 +568,9 @@ impl Node {
     fn container_spec(&self, pod: &Value, c: &Value, n: u32) -> Result<ContainerSpec, (String, String)> {
         let image_name = text(c, "/image");
         let policy = text(c, "/imagePullPolicy");
+        if let Some(pulls) = &self.pulls {
+            pulls.ensure(pod, c).map_err(|w| (w.reason, w.message))?;
+        }
         let resolved = self.images.resolve(image_name).and_then(|img| {
             let layers = self.images.layer_dirs(&img)?;
             Ok(ImageRootfs {
@@ -535,9 +590,7 @@ impl Node {
             Err(e) => {
                 return Err((
                     "ImagePullBackOff".into(),
-                    format!(
-                        "Back-off pulling image {image_name:?}: not in the node's image store ({e}) and registry pulls are not implemented"
-                    ),
+                    format!("Back-off pulling image {image_name:?}: not in the node's image store ({e})"),
                 ));
             }
         };
@@ -571,6 +624,10 @@ impl Node {
             text(pod, "/metadata/uid")
         );
         let log_dir = self.logs_dir.join(text(pod, "/metadata/tenant")).join(dir).join(text(c, "/name"));
+        let vm = match pod.pointer("/spec/virtualMachine").filter(|v| v.is_object()) {
+            Some(v) => Some(vm_spec(v, &image).map_err(|m| ("InvalidImageName".to_string(), m))?),
+            None => None,
+        };
         Ok(ContainerSpec {
             name: text(c, "/name").to_string(),
             image,
@@ -583,6 +640,7 @@ impl Node {
             log_path: Some(log_dir.join(format!("{n}.log"))),
             stdin: c.get("stdin").and_then(Value::as_bool).unwrap_or(false),
             stdin_once: c.get("stdinOnce").and_then(Value::as_bool).unwrap_or(false),
+            vm,
         })
     }
 

@@ -166,8 +166,27 @@ pub fn copy_as_cri_log(stream: &str, input: impl Read, out: &Mutex<Box<dyn Write
     }
 }
 
-/// The shim's main: returns the process exit code. Never panics on bad input.
+/// The shim's main: returns the process exit code. Never panics on bad input. `shim vm
+/// ...` supervises a qemu process instead of a container ([`supervise_vm`]).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let mut args = args.into_iter().peekable();
+    if args.peek().is_some_and(|a| a == "vm") {
+        args.next();
+        return match VmShimArgs::parse(args) {
+            Ok(a) => match supervise_vm(&a) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("atoll shim vm: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("atoll shim vm: {e}");
+                println!("error {e}");
+                2
+            }
+        };
+    }
     let args = match ShimArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -279,6 +298,128 @@ fn feed_stdin(listener: std::os::unix::net::UnixListener, mut stdin: std::proces
     }
 }
 
+/// `shim vm --dir DIR --log FILE [--ready-marker TEXT] -- QEMU ARGS...`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmShimArgs {
+    /// The VM's state folder: `exit.json` and `ready` are written there.
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    /// A console line containing this text marks the guest ready (`ready` file).
+    pub ready_marker: Option<String>,
+    pub command: Vec<OsString>,
+}
+
+pub const READY_FILE: &str = "ready";
+
+impl VmShimArgs {
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut out: Vec<OsString> =
+            vec!["vm".into(), "--dir".into(), self.dir.clone().into(), "--log".into(), self.log.clone().into()];
+        if let Some(m) = &self.ready_marker {
+            out.extend(["--ready-marker".into(), m.into()]);
+        }
+        out.push("--".into());
+        out.extend(self.command.iter().cloned());
+        out
+    }
+
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<VmShimArgs, ShimError> {
+        let mut it = args.into_iter();
+        let (mut dir, mut log, mut ready_marker) = (None, None, None);
+        while let Some(flag) = it.next() {
+            if flag == "--" {
+                let command: Vec<OsString> = it.collect();
+                if command.is_empty() {
+                    return Err(ShimError::Usage("no command after --".into()));
+                }
+                let missing = |n: &str| ShimError::Usage(format!("{n} is required"));
+                return Ok(VmShimArgs {
+                    dir: dir.ok_or_else(|| missing("--dir"))?,
+                    log: log.ok_or_else(|| missing("--log"))?,
+                    ready_marker,
+                    command,
+                });
+            }
+            let value = it.next().ok_or_else(|| ShimError::Usage(format!("{flag:?} needs a value")))?;
+            match flag.to_str() {
+                Some("--dir") => dir = Some(PathBuf::from(value)),
+                Some("--log") => log = Some(PathBuf::from(value)),
+                Some("--ready-marker") => ready_marker = Some(value.to_string_lossy().into_owned()),
+                _ => return Err(ShimError::Usage(format!("unknown flag {flag:?}"))),
+            }
+        }
+        Err(ShimError::Usage("missing -- and the command".into()))
+    }
+}
+
+/// A log writer that also drops the `ready` file the first time a record carries the
+/// marker (records are written whole, one `write_all` each, so a marker is never split).
+struct MarkerWatch {
+    inner: std::fs::File,
+    marker: Option<String>,
+    ready: PathBuf,
+}
+
+impl Write for MarkerWatch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(m) = &self.marker
+            && buf.windows(m.len()).any(|w| w == m.as_bytes())
+        {
+            let _ = write_atomic(&self.ready, b"");
+            self.marker = None;
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Runs a VM's qemu (its serial console on stdout) as our child: console and qemu's own
+/// complaints go to the CRI log, the first console line with the ready marker drops
+/// `ready`, and qemu's end is recorded in `exit.json`, as for containers.
+pub fn supervise_vm(args: &VmShimArgs) -> Result<(), String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log)
+        .map_err(|e| format!("opening {}: {e}", args.log.display()))?;
+    let marker = MarkerWatch { inner: log, marker: args.ready_marker.clone(), ready: args.dir.join(READY_FILE) };
+    let log: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(Box::new(marker)));
+    let (program, rest) = args.command.split_first().ok_or("no command")?;
+    let mut child = Command::new(program)
+        .args(rest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            let msg = format!("running {}: {e}", program.to_string_lossy());
+            handshake(&format!("error {msg}"));
+            msg
+        })?;
+    let pid = child.id() as i32;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("no pipes".into());
+    };
+    handshake(&format!("created {pid}"));
+    let threads: Vec<_> = [("stdout", Box::new(stdout) as Box<dyn Read + Send>), ("stderr", Box::new(stderr))]
+        .into_iter()
+        .map(|(name, pipe)| {
+            let log = log.clone();
+            std::thread::spawn(move || copy_as_cri_log(name, pipe, &log))
+        })
+        .collect();
+    // `Child` is dropped unwaited on purpose: `wait_for` reaps it by pid.
+    drop(child);
+    let record = wait_for(pid);
+    for t in threads {
+        let _ = t.join();
+    }
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    write_atomic(&args.dir.join(EXIT_FILE), &bytes).map_err(|e| format!("writing the exit file: {e}"))
+}
+
 /// Reap children (the runtime's leftovers and the container) until the container is seen.
 fn wait_for(pid: i32) -> ExitRecord {
     loop {
@@ -348,6 +489,20 @@ mod tests {
                 ("stderr", "F", "tail"),
             ]
         );
+    }
+
+    #[test]
+    fn vm_args_round_trip() {
+        let a = VmShimArgs {
+            dir: "/d".into(),
+            log: "/l".into(),
+            ready_marker: Some("up".into()),
+            command: vec!["qemu".into(), "-m".into(), "128".into()],
+        };
+        let mut args = a.to_args();
+        assert_eq!(args.remove(0), "vm");
+        assert_eq!(VmShimArgs::parse(args).unwrap(), a);
+        assert!(VmShimArgs::parse(vec![OsString::from("--dir"), "/d".into(), "--".into()]).is_err());
     }
 
     #[test]

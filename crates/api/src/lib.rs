@@ -4,8 +4,10 @@
 //! - [`request`]: a request's URL and method, parsed once into a [`request::RequestInfo`].
 //! - [`selector`]: label and field selectors.
 //! - [`time`]: timestamps as Kubernetes writes them.
+//! - [`vm`]: VM pods' `spec.virtualMachine`: defaults and qemu's overhead.
 
 pub mod meta;
 pub mod request;
 pub mod selector;
 pub mod time;
+pub mod vm;

@@ -306,6 +306,45 @@ fn unescape(s: &str) -> String {
     s.replace('\u{0}', "")
 }
 
+/// Whether a structured label selector (`metav1.LabelSelector` as JSON: `matchLabels`,
+/// `matchExpressions`) selects an object with `labels` (a JSON object of strings, or
+/// null). An empty selector selects everything, as in Kubernetes; an unknown operator or
+/// a selector that is not an object selects nothing. Workload controllers and the
+/// validation of their selectors share it.
+pub fn label_selector_selects(selector: &serde_json::Value, labels: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value;
+    if !selector.is_object() {
+        return false;
+    }
+    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    if let Some(m) = selector.get("matchLabels").and_then(Value::as_object)
+        && m.iter().any(|(k, v)| get(k) != v.as_str())
+    {
+        return false;
+    }
+    selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten().all(|e| {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+        let values: Vec<&str> =
+            e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let have = get(key);
+        match e.get("operator").and_then(Value::as_str) {
+            Some("In") => have.is_some_and(|h| values.contains(&h)),
+            Some("NotIn") => have.is_none_or(|h| !values.contains(&h)),
+            Some("Exists") => have.is_some(),
+            Some("DoesNotExist") => have.is_none(),
+            _ => false,
+        }
+    })
+}
+
+/// Whether a structured label selector selects nothing-in-particular (no labels and no
+/// expressions), which workloads may not have.
+pub fn label_selector_is_empty(selector: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    selector.get("matchLabels").and_then(Value::as_object).is_none_or(|m| m.is_empty())
+        && selector.get("matchExpressions").and_then(Value::as_array).is_none_or(|m| m.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,9 @@ use store::Store;
 use tokio::sync::mpsc;
 
 use crate::pki::{self, CertIdentity};
-use crate::registry::{DeleteOptions, ListOptions, Registry, RegistryError, Scope, Strategy, WriteOptions};
+use crate::registry::{
+    DeleteOptions, ListOptions, Propagation, Registry, RegistryError, Scope, Strategy, WriteOptions,
+};
 
 /// Largest request body accepted, as in Kubernetes (3 MiB).
 const MAX_BODY: usize = 3 << 20;
@@ -37,6 +39,20 @@ const MAX_BODY: usize = 3 << 20;
 const KUBE_MINOR: &str = "33";
 
 pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Where `atoll login` trades a User's password for a token (also under a tenant prefix).
+pub const LOGIN_PATH: &str = "/atoll/login";
+/// How long a login token lives.
+const LOGIN_TTL_SECONDS: i64 = 3600;
+
+/// A path without its `/tenants/{tenant}` prefix.
+fn bare_path(path: &str) -> String {
+    let bare = match path.strip_prefix("/tenants/") {
+        Some(rest) => rest.split_once('/').map_or("/", |(_, p)| p).to_string(),
+        None => path.to_string(),
+    };
+    if bare.starts_with('/') { bare } else { format!("/{bare}") }
+}
 
 /// Who is calling, fixed at authentication.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +121,16 @@ pub struct Api {
     authz: Arc<crate::authz::Authz>,
     /// How pods' logs, exec and attach reach node agents (none: those subresources are 503).
     nodes: Option<Arc<crate::nodeproxy::NodeDialer>>,
+    /// Keystone as an identity provider, when configured (`--keystone-url`).
+    keystone: Option<crate::keystone::Keystone>,
+    /// The authentication chain, and the token key.
+    authn: Arc<crate::authn::Authenticator>,
+}
+
+/// What a server may be started with beyond its store, data and address.
+#[derive(Default)]
+pub struct ServerOptions {
+    pub keystone: Option<crate::keystone::KeystoneConfig>,
 }
 
 fn respond(code: StatusCode, body: Value) -> Response<Body> {
@@ -278,12 +304,13 @@ impl hyper::body::Body for ChannelBody {
 impl Api {
     /// The API over `store`: the built-in kinds, and the custom resources of the stored
     /// definitions (followed from now on).
-    pub async fn start(store: Arc<dyn Store>) -> Result<Api, ServeError> {
+    pub async fn start(store: Arc<dyn Store>, data_dir: &Path) -> Result<Api, ServeError> {
         let strategies = crate::kinds::builtin()
             .into_iter()
             .map(|k| Arc::new(k) as Arc<dyn Strategy>)
             .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(std::iter::once(Arc::new(crate::crd::definition_strategy()) as Arc<dyn Strategy>))
+            .chain(std::iter::once(Arc::new(crate::kinds::UserKind::new()) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::rbac_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::review_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>));
         let registries: BTreeMap<(String, String), Arc<Registry>> = strategies
@@ -296,13 +323,16 @@ impl Api {
             .get(&(crate::crd::GROUP.to_string(), "customresourcedefinitions".to_string()))
             .cloned()
             .ok_or_else(|| ServeError::Setup("the CustomResourceDefinition kind is not registered".into()))?;
+        let authn = crate::authn::Authenticator::start(store.clone(), data_dir)
+            .await
+            .map_err(|e| ServeError::Setup(format!("setting up authentication: {e}")))?;
         let crds = crate::crd::Catalog::start(store, definitions)
             .await
             .map_err(|e| ServeError::Setup(format!("loading custom resource definitions: {e}")))?;
         let authz = crate::authz::Authz::start(&registries)
             .await
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
-        Ok(Api { registries, crds, authz, nodes: None })
+        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -407,6 +437,10 @@ impl Api {
                         "kind": kind, "verbs": verbs}));
                 }
             }
+            if r.kind == "ServiceAccount" && r.group.is_empty() {
+                resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                    "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+            }
             if r.kind == "Namespace" && r.group.is_empty() {
                 resources.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false,
                     "kind": "Namespace", "verbs": ["update"]}));
@@ -471,14 +505,135 @@ impl Api {
                "platform": "linux/amd64"})
     }
 
+    /// Serves one request: authenticates it (`authn`), then [`Api::handle`]s it. Health and
+    /// version answer whatever the credentials, as before authentication.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        cert: &crate::authn::ConnectionCert,
+        peer: std::net::IpAddr,
+    ) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let bare = bare_path(&path);
+        if matches!(bare.as_str(), "/healthz" | "/livez" | "/readyz" | "/version") {
+            return self.handle(req, None).await;
+        }
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match self.authn.authenticate(cert, authorization, &path, peer).await {
+            Err(refused) if refused.not_ours => match self.keystone_user(req.headers()).await {
+                Ok(Some(user)) => self.handle(req, Some(user)).await,
+                Ok(None) => status(refused.status),
+                Err(s) => status(s),
+            },
+            Err(refused) => {
+                let mut resp = status(refused.status);
+                if let Some(wait) = refused.retry_after
+                    && let Ok(v) = hyper::header::HeaderValue::from_str(&wait.as_secs().to_string())
+                {
+                    resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                }
+                resp
+            }
+            Ok(Some(who)) if bare == LOGIN_PATH => match self.login(req, &who) {
+                Ok(resp) => resp,
+                Err(s) => status(s),
+            },
+            Ok(who) => self.handle(req, who.map(|w| w.user)).await,
+        }
+    }
+
+    /// `POST /atoll/login` with a User's basic credentials: a short-lived token for it, as an
+    /// `ExecCredential` (what `atoll login`, a kubectl credential plugin, prints).
+    fn login(&self, req: Request<Incoming>, who: &crate::authn::Authenticated) -> Result<Response<Body>, Status> {
+        if req.method() != Method::POST {
+            return Err(Status::method_not_allowed());
+        }
+        if who.method != crate::authn::Method::Password {
+            return Err(Status::failure(403, "Forbidden", "logging in takes a User's name and password"));
+        }
+        let (token, expires) = self.authn.login_token(&who.user, LOGIN_TTL_SECONDS)?;
+        Ok(respond(
+            StatusCode::CREATED,
+            json!({"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1", "spec": {},
+                   "status": {"token": token, "expirationTimestamp": crate::registry::object::rfc3339(expires)}}),
+        ))
+    }
+
+    /// `POST serviceaccounts/{name}/token` (TokenRequest): a signed token for the account,
+    /// valid while it exists (by uid) and until it expires.
+    async fn token_request(
+        &self,
+        registry: &Registry,
+        scope: &Scope,
+        r: &ResourceRequest,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Status> {
+        use crate::authn::token;
+        if r.verb != Verb::Create {
+            return Err(Status::method_not_allowed());
+        }
+        let name = r.name.clone().unwrap_or_default();
+        let body = Self::read_body(req).await?;
+        let account = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
+        let invalid = |field: &str, value: Value, why: &str| {
+            Status::invalid(
+                "authentication.k8s.io",
+                "TokenRequest",
+                &name,
+                &[api::meta::FieldError::invalid(field, value, why)],
+            )
+        };
+        let ttl = match body.pointer("/spec/expirationSeconds") {
+            None | Some(Value::Null) => token::DEFAULT_TTL_SECONDS,
+            Some(v) => match v.as_i64() {
+                Some(n) if n < token::MIN_TTL_SECONDS => {
+                    return Err(invalid(
+                        "spec.expirationSeconds",
+                        v.clone(),
+                        "may not specify a duration less than 10 minutes",
+                    ));
+                }
+                // Longer requests are cut to the maximum, as Kubernetes does.
+                Some(n) => n.min(token::MAX_TTL_SECONDS),
+                None => return Err(invalid("spec.expirationSeconds", v.clone(), "must be an integer")),
+            },
+        };
+        let audiences: Vec<String> = match body.pointer("/spec/audiences") {
+            None | Some(Value::Null) => vec![token::API_AUDIENCE.to_string()],
+            Some(Value::Array(a)) if a.is_empty() => vec![token::API_AUDIENCE.to_string()],
+            Some(Value::Array(a)) if a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty())) => {
+                a.iter().filter_map(Value::as_str).map(str::to_string).collect()
+            }
+            Some(other) => return Err(invalid("spec.audiences", other.clone(), "must be a list of non-empty strings")),
+        };
+        let meta =
+            |f: &str| account.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("").to_string();
+        let now = token::now();
+        let claims = token::Claims::service_account(
+            &meta("tenant"),
+            &meta("namespace"),
+            &name,
+            &meta("uid"),
+            audiences.clone(),
+            now,
+            ttl,
+        );
+        let signed = self.authn.key().sign(&claims).map_err(|e| Status::internal(e.to_string()))?;
+        let created = crate::registry::object::rfc3339(now);
+        Ok(respond(
+            StatusCode::CREATED,
+            json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                   "metadata": {"name": name, "namespace": meta("namespace"), "creationTimestamp": created},
+                   "spec": {"audiences": audiences, "expirationSeconds": ttl,
+                            "boundObjectRef": body.pointer("/spec/boundObjectRef").cloned().unwrap_or(Value::Null)},
+                   "status": {"token": signed, "expirationTimestamp": crate::registry::object::rfc3339(now + ttl)}}),
+        ))
+    }
+
     /// Serves one request from an authenticated (or not) caller.
     pub async fn handle(&self, req: Request<Incoming>, user: Option<User>) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let bare = match path.strip_prefix("/tenants/") {
-            Some(rest) => rest.split_once('/').map_or("/", |(_, p)| p).to_string(),
-            None => path.clone(),
-        };
-        let bare = if bare.starts_with('/') { bare } else { format!("/{bare}") };
+        let bare = bare_path(&path);
         match bare.as_str() {
             "/healthz" | "/livez" | "/readyz" => {
                 let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
@@ -505,11 +660,14 @@ impl Api {
             RequestInfo::Resource(r) => (&r.tenant, r.verb),
             RequestInfo::NonResource { tenant, .. } => (tenant, Verb::Get),
         };
-        if let Err(s) =
-            self.resolve_tenant(scope, &user, verb).and_then(|t| self.authz.authorize(&user, t.as_deref(), &info))
+        let fields = query_map(req.uri().query()).remove("fieldSelector");
+        let grant = match self
+            .resolve_tenant(scope, &user, verb)
+            .and_then(|t| self.authz.authorize(&user, t.as_deref(), &info, fields.as_deref()))
         {
-            return status(s);
-        }
+            Ok(grant) => grant,
+            Err(s) => return status(s),
+        };
         match info {
             RequestInfo::NonResource { tenant, path, .. } => {
                 let tenant = match self.resolve_tenant(&tenant, &user, Verb::Get) {
@@ -544,11 +702,51 @@ impl Api {
                     None => status(not_found()),
                 }
             }
-            RequestInfo::Resource(r) => match self.resource(r, &user, req).await {
+            RequestInfo::Resource(r) => match self.resource(r, &user, grant, req).await {
                 Ok(resp) => resp,
                 Err(s) => status(s),
             },
         }
+    }
+
+    /// The Keystone identity of a request the connection's certificate did not identify,
+    /// when Keystone is configured and the request carries a credential for it. The tenant
+    /// (the token's project) must exist as a Tenant; with `--keystone-auto-tenants` a
+    /// missing one is created (with no admins: a cluster administrator names them).
+    async fn keystone_user(&self, headers: &hyper::HeaderMap) -> Result<Option<User>, Status> {
+        let Some(keystone) = &self.keystone else { return Ok(None) };
+        let Some(outcome) = keystone.authenticate(headers).await else { return Ok(None) };
+        let id = outcome.map_err(|e| e.to_status())?;
+        let tenants = self.tenants()?;
+        let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+        match tenants.get(&system, &id.tenant).await {
+            Ok(_) => {}
+            Err(RegistryError::NotFound { .. }) if keystone.auto_tenants => {
+                let tenant = json!({"apiVersion": "atoll.io/v1", "kind": "Tenant",
+                    "metadata": {"name": id.tenant, "annotations": {"atoll.io/created-by": "keystone"}}});
+                match tenants.create(&system, tenant, false).await {
+                    Ok(created) => {
+                        tracing::info!(tenant = %id.tenant, "created the Tenant of a Keystone project");
+                        self.written(tenants.info(), &created, false, false).await?;
+                    }
+                    Err(RegistryError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.to_status()),
+                }
+            }
+            // The caller proved membership of the project, so naming it reveals nothing.
+            Err(RegistryError::NotFound { .. }) => {
+                return Err(Status::failure(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "Keystone project {:?} has no Atoll tenant: a cluster administrator must create the Tenant {:?}",
+                        id.tenant, id.tenant
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.to_status()),
+        }
+        Ok(Some(User { name: id.user, groups: id.groups, tenant: id.tenant }))
     }
 
     /// The tenant a request acts in (`None`: every tenant). Only system administrators
@@ -560,7 +758,7 @@ impl Api {
             TenantScope::Named(t) => Some(t.clone()),
             TenantScope::All => None,
         };
-        if !user.is_system_admin() && tenant.as_deref() != Some(user.tenant.as_str()) {
+        if !crate::authz::reaches_other_tenants(user) && tenant.as_deref() != Some(user.tenant.as_str()) {
             return Err(Status::failure(403, "Forbidden", format!("User {:?} cannot access that tenant", user.name)));
         }
         if tenant.is_none() && !matches!(verb, Verb::List | Verb::Watch) {
@@ -644,7 +842,12 @@ impl Api {
             // like the POST does: it needs `create` too, as in Kubernetes 1.30+.
             ("exec" | "attach", Verb::Get) => {
                 let as_create = RequestInfo::Resource(ResourceRequest { verb: Verb::Create, ..r.clone() });
-                self.authz.authorize(user, scope.tenant.as_deref(), &as_create)?;
+                // No node-restriction condition grants a stream: only a plain allow counts.
+                if self.authz.authorize(user, scope.tenant.as_deref(), &as_create, None)?
+                    != crate::authz::Grant::Allowed
+                {
+                    return Err(crate::authz::forbidden(&user.name, &crate::authz::attributes(&as_create)));
+                }
             }
             _ => return Err(Status::method_not_allowed()),
         }
@@ -793,6 +996,23 @@ impl Api {
             return Ok(());
         }
         let revision = resource_version(obj);
+        // A deleted account's or user's credentials stop working once the answer is out.
+        let watched = match (info.group.as_str(), info.resource.as_str()) {
+            ("", "serviceaccounts") => Some(crate::authn::directory::Watched::ServiceAccounts),
+            ("atoll.io", "users") => Some(crate::authn::directory::Watched::Users),
+            _ => None,
+        };
+        if let Some(kind) = watched {
+            // A deleted object answers with its last version, older than its deletion:
+            // then wait until the directory has dropped it.
+            let directory = self.authn.directory();
+            let meta = |f: &str| obj.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("");
+            if deleted {
+                directory.wait_gone(kind, meta("tenant"), meta("namespace"), meta("name")).await
+            } else {
+                directory.wait_for(kind, revision).await
+            }
+        }
         if info.group == crate::crd::GROUP && info.resource == "customresourcedefinitions" {
             self.crds.wait_for(revision).await;
         }
@@ -942,6 +1162,7 @@ impl Api {
         &self,
         r: ResourceRequest,
         user: &User,
+        grant: crate::authz::Grant,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Status> {
         let mut tenant = self.resolve_tenant(&r.tenant, user, r.verb)?;
@@ -981,8 +1202,10 @@ impl Api {
             ));
         }
         if info.group == "atoll.io" && info.resource == "tenants" {
-            // Tenants belong to the system tenant, whichever URL names them.
-            if !user.is_system_admin() {
+            // Tenants belong to the system tenant, whichever URL names them, and only its
+            // RBAC grants access to them.
+            let system = Some(api::request::SYSTEM_TENANT);
+            if self.authz.authorize(user, system, &RequestInfo::Resource(r.clone()), None).is_err() {
                 return Err(Status::forbidden(
                     &user.name,
                     r.verb.as_str(),
@@ -1006,9 +1229,23 @@ impl Api {
             Some("scale") if info.scale_subresource => {}
             Some("binding" | "log" | "exec" | "attach") if info.kind == "Pod" && info.group.is_empty() => {}
             Some("finalize") if info.kind == "Namespace" && info.group.is_empty() && r.verb == Verb::Update => {}
+            Some("token") if info.kind == "ServiceAccount" && info.group.is_empty() => {}
             Some(_) => return Err(not_found()),
         }
         let scope = Scope { tenant, namespace: r.namespace.clone() };
+        // Node restriction's conditions (a pod bound to the node, a secret its pods use),
+        // refused alike whether the object is elsewhere or nowhere.
+        if grant != crate::authz::Grant::Allowed
+            && !crate::authz::node::condition_holds(
+                &grant,
+                self.registry("", "pods")?,
+                &scope,
+                r.name.as_deref().unwrap_or_default(),
+            )
+            .await
+        {
+            return Err(crate::authz::forbidden(&user.name, &crate::authz::attributes(&RequestInfo::Resource(r))));
+        }
         let q = query_map(req.uri().query());
         if r.subresource.as_deref() == Some("scale") {
             return self.scale(registry, &scope, &r, &q, req).await;
@@ -1018,6 +1255,9 @@ impl Api {
         }
         if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach")) {
             return self.pod_stream(registry, &scope, &r, &q, user, req).await;
+        }
+        if r.subresource.as_deref() == Some("token") {
+            return self.token_request(registry, &scope, &r, req).await;
         }
         let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         // Server-side printing, for reads of the main resource.
@@ -1032,6 +1272,12 @@ impl Api {
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         // RBAC's escalation prevention, for writes of roles and bindings.
         let admission = self.authz.admission(user, scope.tenant.as_deref(), &info.group, &info.resource);
+        // Who creates: recorded only by a caller of the object's own tenant (a system
+        // administrator's name means nothing inside another tenant).
+        let creator = (scope.tenant.as_deref() == Some(user.tenant.as_str())).then(|| crate::registry::Creator {
+            name: user.name.clone(),
+            user_uid: self.authn.directory().user(&user.tenant, &user.name).map(|u| u.uid),
+        });
         // Who writes, for metadata.managedFields, and whether this is a forced apply.
         let writer = |kind: &str, apply: bool| -> Result<(WriteOptions, bool), Status> {
             let (manager, force) = crate::managed::options::write_manager(&q, user_agent.as_deref(), kind, apply)?;
@@ -1040,6 +1286,7 @@ impl Api {
                 dry_run,
                 field_manager: Some(manager),
                 admission: admission.clone(),
+                creator: creator.clone(),
                 ..Default::default()
             };
             Ok((opts, force))
@@ -1166,7 +1413,19 @@ impl Api {
                         && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
                     {
                         let create = ResourceRequest { verb: Verb::Create, ..r.clone() };
-                        self.authz.authorize(user, scope.tenant.as_deref(), &RequestInfo::Resource(create))?;
+                        // A create is never granted on condition (node restriction has none).
+                        let grant = self.authz.authorize(
+                            user,
+                            scope.tenant.as_deref(),
+                            &RequestInfo::Resource(create.clone()),
+                            None,
+                        )?;
+                        if grant != crate::authz::Grant::Allowed {
+                            return Err(crate::authz::forbidden(
+                                &user.name,
+                                &crate::authz::attributes(&RequestInfo::Resource(create)),
+                            ));
+                        }
                         if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                             self.check_namespace(tenant, namespace).await?;
                         }
@@ -1236,8 +1495,8 @@ impl Api {
                 if !body.is_null() && !body.is_object() {
                     return Err(Status::bad_request("the body of a delete must be DeleteOptions"));
                 }
-                // Dependents are not collected yet (the garbage collector comes with the
-                // workload controllers); the policy is checked so that a typo is an error.
+                // The policy becomes a finalizer the garbage collector acts on; `orphanDependents`
+                // is its older spelling.
                 let policy = q
                     .get("propagationPolicy")
                     .map(String::as_str)
@@ -1272,6 +1531,10 @@ impl Api {
                         .and_then(Value::as_str)
                         .map(str::to_string),
                     grace_period_seconds: grace,
+                    propagation: match policy.and_then(Propagation::parse) {
+                        Some(p) => Some(p),
+                        None => orphan_dependents(&q, &body)?,
+                    },
                 };
                 let deleted = registry.delete(&scope, &name, &opts).await.map_err(registry_err)?;
                 self.written(&info, &deleted, dry, true).await?;
@@ -1280,7 +1543,19 @@ impl Api {
             Verb::DeleteCollection => {
                 let dry = dry_run(&q)?;
                 let list = registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?;
-                let opts = DeleteOptions { dry_run: dry, ..DeleteOptions::default() };
+                let body = Self::read_body(req).await?;
+                let policy = q
+                    .get("propagationPolicy")
+                    .map(String::as_str)
+                    .or(body.get("propagationPolicy").and_then(Value::as_str));
+                let propagation = match policy {
+                    Some(p) => Some(
+                        Propagation::parse(p)
+                            .ok_or_else(|| Status::bad_request(format!("unsupported propagationPolicy {p:?}")))?,
+                    ),
+                    None => orphan_dependents(&q, &body)?,
+                };
+                let opts = DeleteOptions { dry_run: dry, propagation, ..DeleteOptions::default() };
                 let mut deleted = Vec::new();
                 for item in list["items"].as_array().into_iter().flatten() {
                     let item_name = item["metadata"]["name"].as_str().unwrap_or("");
@@ -1303,6 +1578,16 @@ impl Api {
             }
         }
     }
+}
+
+/// The deprecated `orphanDependents` (query or body): true orphans, false collects in the
+/// background.
+fn orphan_dependents(q: &BTreeMap<String, String>, body: &Value) -> Result<Option<Propagation>, Status> {
+    let flag = match q.get("orphanDependents") {
+        Some(v) => Some(v.parse::<bool>().map_err(|_| Status::bad_request(format!("invalid orphanDependents {v:?}")))?),
+        None => body.get("orphanDependents").and_then(Value::as_bool),
+    };
+    Ok(flag.map(|o| if o { Propagation::Orphan } else { Propagation::Background }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1348,11 +1633,23 @@ pub struct Server {
     acceptor: tokio_rustls::TlsAcceptor,
     api: Arc<Api>,
     pub kubeconfig: PathBuf,
+    /// The URL clients reach this server at (as written in the kubeconfigs).
+    pub url: String,
 }
 
 impl Server {
     /// Sets up certificates (first start), binds `listen` and writes the admin kubeconfig.
     pub async fn bind(store: Arc<dyn Store>, data_dir: &Path, listen: SocketAddr) -> Result<Server, ServeError> {
+        Server::bind_with(store, data_dir, listen, ServerOptions::default()).await
+    }
+
+    /// [`Server::bind`] with options.
+    pub async fn bind_with(
+        store: Arc<dyn Store>,
+        data_dir: &Path,
+        listen: SocketAddr,
+        options: ServerOptions,
+    ) -> Result<Server, ServeError> {
         let hosts = vec![listen.ip().to_string()];
         let pki = pki::bootstrap(data_dir, &hosts)?;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -1367,7 +1664,15 @@ impl Server {
         };
         let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
-        let mut api = Api::start(store).await?;
+        let mut api = Api::start(store, data_dir).await?;
+        if let Some(config) = &options.keystone {
+            api.keystone = Some(crate::keystone::Keystone::new(config).map_err(|e| ServeError::Setup(e.to_string()))?);
+            // Set before the Api is shared: the chain hands unknown credentials to Keystone.
+            match Arc::get_mut(&mut api.authn) {
+                Some(authn) => authn.external = true,
+                None => return Err(ServeError::Setup("the authenticator is already shared".into())),
+            }
+        }
         let client_cert = pki::issue_apiserver_client(data_dir)?;
         api.nodes = Some(Arc::new(crate::nodeproxy::NodeDialer::new(&client_cert).map_err(ServeError::Tls)?));
         api.ensure_system_namespaces()
@@ -1376,7 +1681,7 @@ impl Server {
         api.ensure_rbac_defaults()
             .await
             .map_err(|e| ServeError::Setup(format!("creating the default RBAC objects: {}", e.message)))?;
-        Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig })
+        Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig, url })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -1411,21 +1716,13 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                // The identity is fixed for the connection, from its verified certificate.
-                let user = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(|der| {
-                    match pki::identity_from_cert(der) {
-                        Ok(id) => Some(User::from(id)),
-                        Err(e) => {
-                            tracing::info!(%peer, error = %e, "refusing a client certificate");
-                            None
-                        }
-                    }
-                });
+                // A certificate is the connection's; every other credential is the request's.
+                let cert = crate::authn::ConnectionCert::of(tls.get_ref().1.peer_certificates(), peer);
                 let service = hyper::service::service_fn(move |req| {
-                    let (api, user) = (api.clone(), user.clone());
+                    let (api, cert) = (api.clone(), cert.clone());
                     async move {
                         // A panic in one request answers 500 instead of ending the server.
-                        let handled = tokio::spawn(async move { api.handle(req, user).await }).await;
+                        let handled = tokio::spawn(async move { api.serve(req, &cert, peer.ip()).await }).await;
                         Ok::<_, Infallible>(
                             handled.unwrap_or_else(|_| status(Status::internal("the request handler failed"))),
                         )

@@ -5,6 +5,37 @@ use serde_json::Value;
 
 use crate::registry::{ResourceInfo, Strategy};
 
+/// The annotation naming the user who created a Namespace (set by the server from the
+/// authenticated identity; clients cannot set or change it). The auth-controller gives
+/// that user the namespace's Role.
+pub const CREATOR_ANNOTATION: &str = "atoll.io/creator";
+/// The uid of the User object that created a Namespace, when its creator was one.
+pub const CREATOR_UID_ANNOTATION: &str = "atoll.io/creator-uid";
+
+/// Sets (or with `None` removes) one annotation, dropping an emptied map.
+fn set_annotation(obj: &mut Value, key: &str, value: Option<Value>) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    match value {
+        Some(v) => {
+            let annotations = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+            if !annotations.is_object() {
+                *annotations = serde_json::json!({});
+            }
+            if let Some(map) = annotations.as_object_mut() {
+                map.insert(key.to_string(), v);
+            }
+        }
+        None => {
+            if let Some(map) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                map.remove(key);
+                if map.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+        }
+    }
+}
+
 /// A kind with no rules of its own beyond shape and selectable fields, plus an optional
 /// validation function.
 pub struct Kind {
@@ -33,13 +64,26 @@ impl Strategy for Kind {
         (self.validate)(obj)
     }
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
-        if self.info.kind == "Pod" { validate_pod_update(new, old) } else { Vec::new() }
+        match (self.info.group.as_str(), self.info.kind.as_str()) {
+            ("", "Pod") => validate_pod_update(new, old),
+            ("apps", "Deployment" | "ReplicaSet") => crate::workloads::validate_update(new, old),
+            _ => Vec::new(),
+        }
     }
     /// A namespace's `spec.finalizers` change only through `finalize`; a terminating
     /// namespace stays Terminating.
     fn prepare_for_update(&self, new: &mut Value, old: &Value, subresource: Option<&str>) {
+        // Workloads are defaulted on every write, as Kubernetes defaults every decoded object.
+        if self.info.group == "apps" {
+            (self.defaults)(new);
+        }
         if self.info.kind != "Namespace" || !self.info.group.is_empty() {
             return;
+        }
+        // The creator is fixed at creation; no update sets, changes or removes it.
+        for key in [CREATOR_ANNOTATION, CREATOR_UID_ANNOTATION] {
+            let kept = old.pointer("/metadata/annotations").and_then(|a| a.get(key)).cloned();
+            set_annotation(new, key, kept);
         }
         if subresource != Some("finalize") {
             let kept = old.pointer("/spec/finalizers").cloned();
@@ -73,6 +117,14 @@ impl Strategy for Kind {
     }
     fn holds_deletion(&self, obj: &Value) -> bool {
         self.info.kind == "Namespace" && self.info.group.is_empty() && namespace_finalizers(obj).is_some()
+    }
+    fn record_creator(&self, obj: &mut Value, creator: Option<&crate::registry::Creator>) {
+        if self.info.kind == "Namespace" && self.info.group.is_empty() {
+            let name = creator.map(|c| Value::String(c.name.clone()));
+            let uid = creator.and_then(|c| c.user_uid.clone()).map(Value::String);
+            set_annotation(obj, CREATOR_ANNOTATION, name);
+            set_annotation(obj, CREATOR_UID_ANNOTATION, uid);
+        }
     }
     fn prepare_for_delete(&self, obj: &mut Value) {
         if self.info.kind == "Namespace" && self.info.group.is_empty() {
@@ -133,6 +185,93 @@ fn no_rules(_: &Value) -> Vec<FieldError> {
 
 fn no_defaults(_: &mut Value) {}
 
+/// How long a pod stays on a node that is not ready or unreachable unless it says otherwise
+/// (Kubernetes' DefaultTolerationSeconds admission, with its default).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// A new pod tolerates the not-ready and unreachable NoExecute taints for
+/// [`DEFAULT_TOLERATION_SECONDS`] unless it already has a toleration for them, as
+/// Kubernetes' DefaultTolerationSeconds admission does; the node lifecycle controller
+/// evicts after that.
+fn default_tolerations(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| serde_json::json!([]));
+    let Some(list) = tolerations.as_array_mut() else { return };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let covered = list.iter().any(|t| {
+            let field = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("");
+            (field("key") == key || field("key").is_empty()) && matches!(field("effect"), "NoExecute" | "")
+        });
+        if !covered {
+            list.push(serde_json::json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                                         "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
+        }
+    }
+}
+
+/// `spec.virtualMachine`: a pod is either containers or one VM (`api::vm`).
+fn validate_vm(spec: &Value, errors: &mut Vec<FieldError>) {
+    use api::meta::FieldErrorKind;
+    let Some(vm) = spec.get("virtualMachine").filter(|v| !v.is_null()) else { return };
+    let at = "spec.virtualMachine";
+    let Some(vm) = vm.as_object() else {
+        errors.push(FieldError::invalid(at, vm, "must be an object"));
+        return;
+    };
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        if spec.get(list).and_then(Value::as_array).is_some_and(|c| !c.is_empty()) {
+            errors.push(FieldError::forbidden(
+                format!("spec.{list}"),
+                "may not be set together with spec.virtualMachine: a pod is either containers or one virtual machine",
+            ));
+        }
+    }
+    match vm.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        None => errors.push(FieldError::required(format!("{at}.name"), "")),
+        Some(n) if !api::request::is_dns_label(n) => {
+            errors.push(FieldError::invalid(format!("{at}.name"), n, "must be a DNS-1123 label"))
+        }
+        Some(_) => {}
+    }
+    if vm.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+        errors.push(FieldError::required(format!("{at}.image"), ""));
+    }
+    if let Some(p) = vm.get("imagePullPolicy").and_then(Value::as_str)
+        && !matches!(p, "Always" | "IfNotPresent" | "Never")
+    {
+        errors.push(FieldError {
+            field: format!("{at}.imagePullPolicy"),
+            kind: FieldErrorKind::NotSupported(p.into(), vec!["Always".into(), "IfNotPresent".into(), "Never".into()]),
+            detail: String::new(),
+        });
+    }
+    for (field, max) in [("kernelCommandLine", 1024), ("userData", 64 * 1024)] {
+        match vm.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if t.len() > max => errors.push(FieldError::invalid(
+                format!("{at}.{field}"),
+                "<value>",
+                format!("must be at most {max} bytes"),
+            )),
+            Some(Value::String(t)) if field == "kernelCommandLine" && t.contains(['\n', '\0']) => {
+                errors.push(FieldError::invalid(format!("{at}.{field}"), "<value>", "must be one line"))
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => errors.push(FieldError::invalid(format!("{at}.{field}"), other, "must be a string")),
+        }
+    }
+}
+
+/// A new pod's defaults, as Kubernetes' defaulting and default admission set them (a VM
+/// pod's resources and qemu's overhead from `api::vm`).
+fn pod_defaults(obj: &mut Value) {
+    default_tolerations(obj);
+    default_image_pull_policies(obj);
+    if let Some(spec) = obj.get_mut("spec") {
+        api::vm::apply_defaults(spec);
+    }
+}
+
 /// The finalizer by which the namespace controller empties a deleted namespace.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 /// The finalizer by which the tenant controller empties a deleted tenant.
@@ -161,6 +300,35 @@ fn tenant_defaults(obj: &mut Value) {
         {
             list.push(serde_json::json!(TENANT_FINALIZER));
         }
+    }
+}
+
+/// Kubernetes' container defaulting of `imagePullPolicy`: `Always` for an image without a
+/// tag or tagged `latest` (and not pinned by digest), else `IfNotPresent`. The node agent
+/// acts on the stored value, so every pod says what its node will do.
+fn default_image_pull_policies(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(c) = c.as_object_mut() else { continue };
+            if c.get("imagePullPolicy").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
+                continue;
+            }
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            c.insert("imagePullPolicy".into(), Value::from(default_pull_policy(image)));
+        }
+    }
+}
+
+fn default_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    // A tag is after the last ':' only if no '/' follows it (else it was a registry port).
+    let tag = image.rfind(':').map(|i| &image[i + 1..]).filter(|t| !t.contains('/'));
+    match tag {
+        None | Some("latest") => "Always",
+        Some(_) => "IfNotPresent",
     }
 }
 
@@ -227,7 +395,7 @@ pub(crate) fn is_base64(s: &str) -> bool {
             .all(|(i, c)| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/' || (*c == b'=' && i + 2 >= b.len()))
 }
 
-fn validate_pod(obj: &Value) -> Vec<FieldError> {
+pub(crate) fn validate_pod(obj: &Value) -> Vec<FieldError> {
     use api::meta::FieldErrorKind;
     let mut errors = Vec::new();
     let not_supported = |field: String, value: &str, allowed: &[&str]| FieldError {
@@ -255,10 +423,12 @@ fn validate_pod(obj: &Value) -> Vec<FieldError> {
             });
         }
     }
+    validate_vm(spec, &mut errors);
+    let vm = api::vm::is_vm(spec);
     let mut names: Vec<String> = Vec::new();
     for list in ["initContainers", "containers"] {
         let containers = spec.get(list).and_then(Value::as_array);
-        if list == "containers" && containers.is_none_or(|c| c.is_empty()) {
+        if list == "containers" && !vm && containers.is_none_or(|c| c.is_empty()) {
             errors.push(FieldError::required("spec.containers", ""));
         }
         for (i, c) in containers.into_iter().flatten().enumerate() {
@@ -529,18 +699,21 @@ pub fn builtin() -> Vec<Kind> {
             clear_status_on_create: true,
             defaults: namespace_defaults,
         },
-        with_status(
-            kind("", "v1", "Pod", "pods", true, true),
-            &[
-                "spec.nodeName",
-                "spec.restartPolicy",
-                "spec.schedulerName",
-                "spec.serviceAccountName",
-                "status.phase",
-                "status.podIP",
-            ],
-            validate_pod,
-        ),
+        Kind {
+            defaults: pod_defaults,
+            ..with_status(
+                kind("", "v1", "Pod", "pods", true, true),
+                &[
+                    "spec.nodeName",
+                    "spec.restartPolicy",
+                    "spec.schedulerName",
+                    "spec.serviceAccountName",
+                    "status.phase",
+                    "status.podIP",
+                ],
+                validate_pod,
+            )
+        },
         with_status(kind("", "v1", "Node", "nodes", false, true), &["spec.unschedulable"], no_rules),
         plain(kind("", "v1", "ConfigMap", "configmaps", true, false), &[], validate_configmap),
         plain(kind("", "v1", "Secret", "secrets", true, false), &["type"], validate_secret),
@@ -559,8 +732,22 @@ pub fn builtin() -> Vec<Kind> {
             no_rules,
         ),
         plain(kind("coordination.k8s.io", "v1", "Lease", "leases", true, false), &[], no_rules),
-        with_status(kind("apps", "v1", "ReplicaSet", "replicasets", true, true), &[], no_rules),
-        with_status(kind("apps", "v1", "Deployment", "deployments", true, true), &[], no_rules),
+        Kind {
+            defaults: crate::workloads::replicaset_defaults,
+            ..with_status(
+                kind("apps", "v1", "ReplicaSet", "replicasets", true, true),
+                &[],
+                crate::workloads::validate_replicaset,
+            )
+        },
+        Kind {
+            defaults: crate::workloads::deployment_defaults,
+            ..with_status(
+                kind("apps", "v1", "Deployment", "deployments", true, true),
+                &[],
+                crate::workloads::validate_deployment,
+            )
+        },
         Kind {
             info: kind("atoll.io", "v1", "Tenant", "tenants", false, true),
             message: None,
@@ -574,4 +761,272 @@ pub fn builtin() -> Vec<Kind> {
         k.message = crate::proto::shape::message_of(&k.info.group, &k.info.version, &k.info.kind);
     }
     kinds
+}
+
+/// Where a User's password hash is kept in the stored object: a top-level field that
+/// [`UserKind::redact`] removes from everything the registry hands out.
+pub const PASSWORD_HASH_FIELD: &str = "passwordHash";
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// `atoll.io/v1` User: a person of a tenant (cluster-scoped within it). `spec.displayName`,
+/// `spec.groups`, and `spec.password`, which is write-only: it is replaced by its argon2id
+/// hash (in [`PASSWORD_HASH_FIELD`]) before anything else sees the object, and no response,
+/// list, watch, table or apply result carries either.
+pub struct UserKind {
+    info: ResourceInfo,
+}
+
+impl UserKind {
+    pub fn new() -> UserKind {
+        UserKind { info: kind("atoll.io", "v1", "User", "users", false, false) }
+    }
+
+    /// kubectl's client-side apply copies the whole object, password included, into an
+    /// annotation: the password is taken out of that copy too.
+    fn scrub_last_applied(obj: &mut Value) {
+        let Some(text) = obj.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)).and_then(Value::as_str)
+        else {
+            return;
+        };
+        let scrubbed = match serde_json::from_str::<Value>(text) {
+            Ok(mut copy) => {
+                if let Some(spec) = copy.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("password");
+                }
+                if let Some(map) = copy.as_object_mut() {
+                    map.remove(PASSWORD_HASH_FIELD);
+                }
+                Some(Value::String(copy.to_string()))
+            }
+            // Not JSON: it cannot be checked, so it is not kept.
+            Err(_) => None,
+        };
+        set_annotation(obj, LAST_APPLIED, scrubbed);
+    }
+
+    /// Replaces a (valid) `spec.password` by its hash, keeping `current` when the password
+    /// is the one already set (so re-applying the same object changes nothing) or when none
+    /// is given. An invalid password stays for validation to report (never echoing it).
+    fn take_password(obj: &mut Value, current: Option<&str>) {
+        let password = match obj.pointer("/spec/password") {
+            Some(Value::String(p)) if !p.is_empty() && p.len() <= crate::authn::password::MAX_PASSWORD_BYTES => {
+                Some(p.clone())
+            }
+            None | Some(Value::Null) => None,
+            Some(_) => return,
+        };
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("password");
+        }
+        let hash = match (password, current) {
+            (None, current) => current.map(str::to_string),
+            (Some(p), Some(h)) if crate::authn::password::verify(&p, h) => Some(h.to_string()),
+            (Some(p), _) => match crate::authn::password::hash(&p) {
+                Ok(h) => Some(h),
+                // Never store what could not be hashed: the user then has no password.
+                Err(e) => {
+                    tracing::warn!("hashing a password failed: {e}");
+                    None
+                }
+            },
+        };
+        if let (Some(h), Some(map)) = (hash, obj.as_object_mut()) {
+            map.insert(PASSWORD_HASH_FIELD.into(), Value::String(h));
+        }
+    }
+
+    /// A hash is only ever the server's: one sent by a client is dropped.
+    fn drop_client_hash(obj: &mut Value) {
+        if let Some(map) = obj.as_object_mut() {
+            map.remove(PASSWORD_HASH_FIELD);
+        }
+    }
+}
+
+impl Default for UserKind {
+    fn default() -> Self {
+        UserKind::new()
+    }
+}
+
+impl Strategy for UserKind {
+    fn info(&self) -> &ResourceInfo {
+        &self.info
+    }
+    fn prepare_for_create(&self, obj: &mut Value) {
+        Self::drop_client_hash(obj);
+        Self::scrub_last_applied(obj);
+        Self::take_password(obj, None);
+    }
+    /// `old` is the stored object, hash included: an update without a password keeps it.
+    fn prepare_for_update(&self, new: &mut Value, old: &Value, _subresource: Option<&str>) {
+        Self::drop_client_hash(new);
+        Self::scrub_last_applied(new);
+        Self::take_password(new, old.get(PASSWORD_HASH_FIELD).and_then(Value::as_str));
+    }
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        validate_user(obj)
+    }
+    fn path_segment_names(&self) -> bool {
+        true
+    }
+    fn top_level_fields(&self) -> Option<&[&str]> {
+        Some(&["spec"])
+    }
+    fn redact(&self, obj: &mut Value) {
+        Self::drop_client_hash(obj);
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("password");
+        }
+    }
+    fn carry_over(&self, stored: &Value, new: &mut Value) {
+        if new.get(PASSWORD_HASH_FIELD).is_none()
+            && let Some(h) = stored.get(PASSWORD_HASH_FIELD)
+        {
+            new[PASSWORD_HASH_FIELD] = h.clone();
+        }
+    }
+}
+
+/// A User's name is its user name, so names Kubernetes reserves for the system's own
+/// identities (`system:`...) are refused, as are `system:` groups (which carry privileges).
+fn validate_user(obj: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    if name.starts_with("system:") || name.contains(':') {
+        errors.push(FieldError::invalid("metadata.name", name, "a user name may not contain ':'"));
+    }
+    match obj.get("spec") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(spec)) => {
+            match spec.get("displayName") {
+                None | Some(Value::Null) | Some(Value::String(_)) => {}
+                Some(other) => errors.push(FieldError::invalid("spec.displayName", other, "must be a string")),
+            }
+            match spec.get("groups") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(groups)) => {
+                    for (i, g) in groups.iter().enumerate() {
+                        match g.as_str() {
+                            Some(s) if !s.is_empty() && !s.starts_with("system:") => {}
+                            _ => errors.push(FieldError::invalid(
+                                format!("spec.groups[{i}]"),
+                                g,
+                                "must be a non-empty group name outside the reserved system: groups",
+                            )),
+                        }
+                    }
+                }
+                Some(other) => errors.push(FieldError::invalid("spec.groups", other, "must be a list of groups")),
+            }
+            match spec.get("password") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(p)) if !p.is_empty() && p.len() <= crate::authn::password::MAX_PASSWORD_BYTES => {}
+                // The value itself is never echoed back.
+                Some(_) => errors.push(FieldError::invalid(
+                    "spec.password",
+                    "(hidden)",
+                    "must be a non-empty string of at most 1024 bytes",
+                )),
+            }
+        }
+        Some(_) => errors.push(FieldError::invalid("spec", "(not an object)", "must be an object")),
+    }
+    errors
+}
+#[cfg(test)]
+mod pod_default_tests {
+    use super::*;
+
+    #[test]
+    fn image_pull_policy_defaults_like_kubernetes() {
+        let cases = [
+            ("busybox", "Always"),
+            ("busybox:latest", "Always"),
+            ("busybox:1.36", "IfNotPresent"),
+            ("127.0.0.1:5000/app", "Always"),
+            ("127.0.0.1:5000/app:v1", "IfNotPresent"),
+            ("app@sha256:abc", "IfNotPresent"),
+        ];
+        for (image, want) in cases {
+            let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": image}]}});
+            pod_defaults(&mut pod);
+            assert_eq!(pod.pointer("/spec/containers/0/imagePullPolicy").unwrap(), want, "{image}");
+        }
+        let mut pod = serde_json::json!({"spec": {"initContainers": [{"image": "a", "imagePullPolicy": "Never"}]}});
+        pod_defaults(&mut pod);
+        assert_eq!(pod.pointer("/spec/initContainers/0/imagePullPolicy").unwrap(), "Never");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields(errors: &[FieldError]) -> Vec<String> {
+        errors.iter().map(|e| e.field.clone()).collect()
+    }
+
+    fn vm_pod(spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vm"}, "spec": spec})
+    }
+
+    #[test]
+    fn a_pod_is_containers_or_one_vm() {
+        let ok = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "busybox-vm", "userData": "echo hi"}}));
+        assert_eq!(fields(&validate_pod(&ok)), Vec::<String>::new());
+        let both = vm_pod(json!({
+            "virtualMachine": {"name": "vm", "image": "busybox-vm"},
+            "containers": [{"name": "c", "image": "busybox"}],
+        }));
+        assert_eq!(fields(&validate_pod(&both)), ["spec.containers"]);
+        let neither = vm_pod(json!({}));
+        assert_eq!(fields(&validate_pod(&neither)), ["spec.containers"]);
+    }
+
+    #[test]
+    fn vm_fields_are_checked_all_at_once() {
+        let bad = vm_pod(json!({"virtualMachine": {
+            "name": "Not_A_Label", "imagePullPolicy": "Sometimes", "kernelCommandLine": "a\nb", "userData": 5,
+        }}));
+        assert_eq!(
+            fields(&validate_pod(&bad)),
+            [
+                "spec.virtualMachine.name",
+                "spec.virtualMachine.image",
+                "spec.virtualMachine.imagePullPolicy",
+                "spec.virtualMachine.kernelCommandLine",
+                "spec.virtualMachine.userData",
+            ]
+        );
+        assert_eq!(fields(&validate_pod(&vm_pod(json!({"virtualMachine": "x"})))), ["spec.virtualMachine"]);
+    }
+
+    #[test]
+    fn vm_pods_get_resources_and_overhead_by_default() {
+        let kinds = builtin();
+        let pods = kinds.iter().find(|k| k.info.kind == "Pod").unwrap();
+        let mut pod = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "busybox-vm"}}));
+        pods.prepare_for_create(&mut pod);
+        assert_eq!(pod["spec"]["overhead"]["memory"], api::vm::OVERHEAD_MEMORY);
+        assert_eq!(pod["spec"]["virtualMachine"]["resources"]["requests"]["memory"], api::vm::DEFAULT_MEMORY);
+    }
+
+    #[test]
+    fn strict_validation_and_openapi_know_the_vm_field() {
+        let message = crate::proto::shape::message_of("", "v1", "Pod").unwrap();
+        let pod = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "i", "userDataa": "x",
+                                                   "resources": {"limitz": {}}}}));
+        let mut unknown = Vec::new();
+        crate::proto::shape::unknown_fields(&message, &pod, "", &mut unknown);
+        assert_eq!(unknown, ["spec.virtualMachine.resources.limitz", "spec.virtualMachine.userDataa"]);
+        let mut schemas = std::collections::BTreeMap::new();
+        crate::proto::shape::openapi_schemas(&message, &mut schemas);
+        let spec = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["virtualMachine"];
+        assert_eq!(spec["$ref"], "#/components/schemas/io.atoll.api.core.v1.VirtualMachine");
+        let vm = &schemas["io.atoll.api.core.v1.VirtualMachine"]["properties"];
+        assert_eq!(vm["userData"]["type"], "string");
+    }
 }

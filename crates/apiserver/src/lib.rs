@@ -4,10 +4,12 @@
 //! [`kinds`]. The HTTP front (TLS, authentication, discovery, OpenAPI, watch encoding)
 //! stacks on these.
 
+pub mod authn;
 pub mod authz;
 pub mod crd;
 pub mod http;
 pub mod jsonpath;
+pub mod keystone;
 pub mod kinds;
 pub mod managed;
 pub mod nodeproxy;
@@ -18,3 +20,4 @@ pub mod pki;
 pub mod proto;
 pub mod registry;
 pub mod table;
+pub mod workloads;

@@ -157,28 +157,8 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-/// Seconds since the Unix epoch of an RFC 3339 UTC timestamp (`2026-11-22T11:49:24Z`).
-fn parse_rfc3339(ts: &str) -> Option<i64> {
-    let b = ts.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from civil (inverse of the algorithm in registry::object::rfc3339).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if mo > 2 { mo - 3 } else { mo + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + s)
-}
-
 fn age(obj: &Value, field: &str, now: i64) -> Value {
-    match obj.pointer(field).and_then(Value::as_str).and_then(parse_rfc3339) {
+    match obj.pointer(field).and_then(Value::as_str).and_then(api::time::parse_rfc3339) {
         Some(t) => json!(human_duration(now - t)),
         None => json!("<unknown>"),
     }
@@ -254,7 +234,9 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
     let created = age(obj, "/metadata/creationTimestamp", now);
     match kind {
         "Pod" => {
-            let total = count(obj, "/spec/containers");
+            // A VM pod's machine is its one container.
+            let vm = obj.pointer("/spec/virtualMachine").is_some_and(Value::is_object);
+            let total = count(obj, "/spec/containers") + usize::from(vm);
             let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
             let ready = statuses.into_iter().flatten().filter(|c| c.get("ready") == Some(&json!(true))).count();
             let restarts: i64 = statuses.into_iter().flatten().map(|c| int(c, "/restartCount")).sum();
@@ -295,10 +277,24 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
                     .unwrap_or("")
                     .to_string()
             };
+            // Roles as kubectl derives them: `node-role.kubernetes.io/<role>` labels and the
+            // older `kubernetes.io/role=<role>`.
+            let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+            let mut roles: Vec<String> = labels
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| match k.strip_prefix("node-role.kubernetes.io/") {
+                    Some(role) if !role.is_empty() => Some(role.to_string()),
+                    _ if k == "kubernetes.io/role" => v.as_str().filter(|r| !r.is_empty()).map(str::to_string),
+                    _ => None,
+                })
+                .collect();
+            roles.sort();
+            roles.dedup();
             vec![
                 name,
                 json!(status),
-                json!("<none>"),
+                or_none(roles.join(",")),
                 created,
                 json!(s(obj, "/status/nodeInfo/kubeletVersion")),
                 or_none(address("InternalIP")),
@@ -459,7 +455,7 @@ pub fn custom_table(declared: &[Value], version: &str, items: &[Value], list_met
                 let cell = match found.as_slice() {
                     [] => Value::Null,
                     [one] if decl.get("type").and_then(Value::as_str) == Some("date") => {
-                        match one.as_str().and_then(parse_rfc3339) {
+                        match one.as_str().and_then(api::time::parse_rfc3339) {
                             Some(t) => json!(human_duration(now - t)),
                             None => (*one).clone(),
                         }
@@ -485,6 +481,7 @@ pub fn custom_table(declared: &[Value], version: &str, items: &[Value], list_met
 #[cfg(test)]
 mod tests {
     use super::*;
+    use api::time::parse_rfc3339;
 
     #[test]
     fn durations_read_like_kubectl() {
@@ -539,5 +536,21 @@ mod tests {
         );
         assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
         assert!(!wants_table("application/json"));
+    }
+
+    #[test]
+    fn node_roles_come_from_labels_as_kubectl_reads_them() {
+        let node = |labels: Value| json!({"metadata": {"name": "n", "labels": labels}});
+        let roles = |labels: Value| cells("Node", &node(labels), 0)[2].clone();
+        assert_eq!(roles(json!({})), json!("<none>"));
+        assert_eq!(
+            roles(json!({"node-role.kubernetes.io/simulated": "", "atoll.io/simulated": "true"})),
+            json!("simulated")
+        );
+        assert_eq!(
+            roles(json!({"node-role.kubernetes.io/worker": "", "node-role.kubernetes.io/control-plane": "",
+                         "kubernetes.io/role": "worker"})),
+            json!("control-plane,worker")
+        );
     }
 }

@@ -11,19 +11,32 @@ pub enum AdminCommand {
         /// The server's data directory (holds the cluster CA).
         #[arg(long, default_value = "/var/lib/atoll")]
         data_dir: PathBuf,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        user: String,
-        /// The group the user belongs to.
-        #[arg(long, default_value = "system:authenticated")]
-        group: String,
+        #[arg(long, required_unless_present = "component")]
+        tenant: Option<String>,
+        #[arg(long, required_unless_present = "component")]
+        user: Option<String>,
+        /// The user's groups, comma-separated (written into the certificate; every
+        /// authenticated user is in `system:authenticated` anyway).
+        #[arg(long, alias = "group", value_delimiter = ',', conflicts_with = "component")]
+        groups: Vec<String>,
+        /// How long the credential is valid: a number with s, m, h or d (30m, 12h, 7d);
+        /// by default 365d for a certificate, 24h for a token.
+        #[arg(long, value_parser = |s: &str| api::time::parse_duration(s))]
+        ttl: Option<std::time::Duration>,
+        /// Issue the identity of one of Atoll's components instead of a user's:
+        /// `controllers`, `scheduler` or `node:<node name>` (system tenant, least privilege).
+        #[arg(long, conflicts_with_all = ["tenant", "user"])]
+        component: Option<String>,
         /// Server URL; by default the one in the data directory's admin.kubeconfig.
         #[arg(long)]
         server: Option<String>,
         /// Write the kubeconfig here (mode 0600) instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Present a signed user token (valid 24 hours unless `--ttl`) instead of a client
+        /// certificate.
+        #[arg(long, conflicts_with = "component")]
+        token: bool,
     },
     /// Issue a node agent's serving certificate (for `atoll agent --tls-cert-file`) and
     /// copy the cluster CA beside it (for `--client-ca-file`).
@@ -41,6 +54,11 @@ pub enum AdminCommand {
         out_dir: PathBuf,
     },
 }
+
+/// How long a token from `admin kubeconfig --token` lives unless `--ttl` says otherwise.
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// How long a certificate from `admin kubeconfig` lives unless `--ttl` says otherwise.
+const CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 pub fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
@@ -66,7 +84,7 @@ pub fn run(cmd: AdminCommand) -> Result<()> {
             }
             Ok(())
         }
-        AdminCommand::Kubeconfig { data_dir, tenant, user, group, server, output } => {
+        AdminCommand::Kubeconfig { data_dir, tenant, user, groups, ttl, server, output, component, token } => {
             let server = match server {
                 Some(s) => s,
                 None => {
@@ -78,7 +96,20 @@ pub fn run(cmd: AdminCommand) -> Result<()> {
                         .context("no server in admin.kubeconfig; pass --server")?
                 }
             };
-            let config = apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &group, &tenant)?;
+            let (tenant, user, groups) = match component {
+                Some(c) => {
+                    let (user, group) = apiserver::pki::Component::parse(&c)?.identity();
+                    (api::request::SYSTEM_TENANT.to_string(), user, vec![group])
+                }
+                // clap makes both present without --component.
+                None => (tenant.unwrap_or_default(), user.unwrap_or_default(), groups),
+            };
+            let config = if token {
+                let ttl = ttl.unwrap_or(TOKEN_TTL).as_secs().try_into().context("--ttl is too long")?;
+                apiserver::authn::issue_token_kubeconfig(&data_dir, &server, &user, &groups, &tenant, ttl)?
+            } else {
+                apiserver::pki::issue_kubeconfig(&data_dir, &server, &user, &groups, &tenant, ttl.unwrap_or(CERT_TTL))?
+            };
             match output {
                 Some(path) => {
                     use std::io::Write;

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// Kubeconfig to reach the API server with.
+    /// Kubeconfig to reach the API server with: the node's own identity (`atoll admin
+    /// kubeconfig --component node:<node>`); node restriction keeps it to this node's objects.
     #[arg(long)]
     pub kubeconfig: PathBuf,
     /// Context to use instead of the kubeconfig's current one.
@@ -17,9 +18,9 @@ pub struct AgentArgs {
     /// The Node's name (default: this machine's hostname).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// The agent's folder: images/, runtime/, logs/.
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    /// The agent's folder: images/, runtime/, logs/ (not used by simulated nodes).
+    #[arg(long, required_unless_present = "simulated")]
+    pub data_dir: Option<PathBuf>,
     /// OCI runtime: crun, runc or a path.
     #[arg(long, default_value = "crun")]
     pub runtime: PathBuf,
@@ -48,6 +49,40 @@ pub struct AgentArgs {
     /// The CA the API server's client certificate must chain to (the cluster CA).
     #[arg(long, requires = "tls_cert_file")]
     pub client_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    #[command(flatten)]
+    pub registry: crate::image::RegistryArgs,
+    /// The VM pods' accelerator: tcg (emulation, works everywhere), kvm, or auto (KVM
+    /// when a probe guest boots under it; some hosts have /dev/kvm whose guests hang).
+    #[arg(long, default_value = "tcg")]
+    pub vm_accel: agent::runtime::vm::Accel,
+}
+
+/// Simulated nodes (scale tests and benchmarks; they run nothing).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimArgs {
+    /// Run this many simulated nodes in this process instead of a real node agent.
+    #[arg(long, value_name = "N")]
+    pub simulated: Option<usize>,
+    /// Simulated nodes are named `<prefix>-<i>`.
+    #[arg(long, default_value = "sim")]
+    pub name_prefix: String,
+    /// Seconds between a simulated node's Lease renewals.
+    #[arg(long, default_value_t = 10)]
+    pub sim_lease_renew_seconds: u64,
+    /// Seconds between a simulated node's status rewrites.
+    #[arg(long, default_value_t = 60)]
+    pub sim_status_seconds: u64,
+}
+
+impl SimArgs {
+    pub fn config(&self, count: usize) -> agent::simulated::SimConfig {
+        let mut cfg = agent::simulated::SimConfig::new(count, &self.name_prefix);
+        cfg.lease_renew = std::time::Duration::from_secs(self.sim_lease_renew_seconds.max(1));
+        cfg.status_every = std::time::Duration::from_secs(self.sim_status_seconds.max(1));
+        cfg
+    }
 }
 
 /// The agent's port configuration for a node of the cluster whose CA is in `data_dir`
@@ -94,8 +129,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let config = client::Config::from_kubeconfig(&args.kubeconfig, args.context.as_deref())
         .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
     let client = client::Client::new(config).context("setting up the API client")?;
+    if let Some(count) = args.sim.simulated {
+        tracing::info!(count, prefix = %args.sim.name_prefix, "running simulated nodes");
+        agent::simulated::run(client, args.sim.config(count), crate::stop_signal()?)
+            .await
+            .context("simulated nodes")?;
+        tracing::info!("simulated nodes stopped");
+        return Ok(());
+    }
+    let data_dir = args.data_dir.context("--data-dir is required")?;
     let name = args.node_name.unwrap_or_else(hostname);
-    let mut cfg = agent::daemon::AgentConfig::new(&name, args.data_dir, shim_command()?);
+    let mut cfg = agent::daemon::AgentConfig::new(&name, data_dir, shim_command()?);
     cfg.runtime = args.runtime;
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
     cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
@@ -111,6 +155,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     } else {
         tracing::warn!("no --tls-cert-file: this node serves no logs, exec or attach");
     }
+    cfg.registry = args.registry.config();
+    cfg.vm_accel = args.vm_accel;
     tracing::info!(node = %name, server = ?client.config().server, "running the node agent");
     agent::daemon::run(client, cfg, crate::stop_signal()?).await.context("node agent")?;
     tracing::info!("node agent stopped");

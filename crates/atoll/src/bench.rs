@@ -21,6 +21,15 @@ pub enum BenchCommand {
     /// Scheduler benchmark: the decision core alone, and the whole loop against an
     /// in-process API server.
     Scheduler(crate::bench_sched::SchedulerBenchArgs),
+    /// Pod startup latency (create -> Running) for pods created at once, on the real local
+    /// node of a cluster it starts (or `--kubeconfig`), or on simulated nodes.
+    Pods(crate::bench_pods::PodsBenchArgs),
+    /// Authentication's costs: one argon2id password check, against one signed-token check.
+    Password {
+        /// Checks of each kind to time.
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -55,6 +64,10 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Container(args) => tokio::task::spawn_blocking(move || crate::bench_container::run(args)).await?,
         BenchCommand::Authz(args) => crate::bench_authz::run(args).await,
         BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
+        BenchCommand::Pods(args) => crate::bench_pods::run(args).await,
+        BenchCommand::Password { iterations } => {
+            tokio::task::spawn_blocking(move || password_bench(iterations)).await?
+        }
     }
 }
 
@@ -249,5 +262,38 @@ async fn store_bench(args: StoreBenchArgs) -> Result<()> {
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&base);
     }
+    Ok(())
+}
+
+/// Times `iterations` password verifications (argon2id, the server's parameters) and as
+/// many bearer-token verifications (ES256) as the peer: what a login costs against what
+/// every later request costs.
+fn password_bench(iterations: usize) -> Result<()> {
+    use apiserver::authn::{password, token};
+    let iterations = iterations.max(1);
+    let percentiles = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[(v.len() * 99 / 100).min(v.len() - 1)])
+    };
+    let hash = password::hash("correct horse battery staple").map_err(anyhow::Error::msg)?;
+    let mut checks = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = std::time::Instant::now();
+        anyhow::ensure!(password::verify("correct horse battery staple", &hash), "the password does not verify");
+        checks.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let key = token::TokenKey::generate()?;
+    let now = token::now();
+    let signed = key.sign(&token::Claims::user("acme", "ann", Vec::new(), None, now, 3600))?;
+    let mut tokens = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = std::time::Instant::now();
+        key.verify(&signed, now)?;
+        tokens.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let (p50, p99) = percentiles(checks);
+    let (t50, t99) = percentiles(tokens);
+    println!("argon2id password check ({hash_params}): p50 {p50:.2} ms, p99 {p99:.2} ms", hash_params = &hash[..30]);
+    println!("ES256 token check: p50 {t50:.3} ms, p99 {t99:.3} ms ({:.0}x cheaper)", p50 / t50.max(1e-9));
     Ok(())
 }

@@ -124,11 +124,11 @@ pub async fn run(args: AuthzBenchArgs) -> Result<()> {
     println!("per decision, {} iterations each, one thread:", args.iterations);
     for (what, user, info, want) in &cases {
         let t = Some(tenant.as_str());
-        anyhow::ensure!(authz.authorize(user, t, info).is_ok() == *want, "{what}: unexpected decision");
+        anyhow::ensure!(authz.authorize(user, t, info, None).is_ok() == *want, "{what}: unexpected decision");
         let started = Instant::now();
         let mut allowed = 0usize;
         for _ in 0..args.iterations {
-            allowed += usize::from(authz.authorize(user, t, info).is_ok());
+            allowed += usize::from(authz.authorize(user, t, info, None).is_ok());
         }
         println!("  {what}: {:.0} ns ({allowed} allowed)", per_op_ns(started, args.iterations));
     }

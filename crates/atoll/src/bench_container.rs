@@ -46,6 +46,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
         tenant: "system".into(),
         hostname: "bench".into(),
         network: NetworkMode::Isolated,
+        runtime_handler: String::new(),
     };
     rt.run_sandbox(&sandbox)?;
     let (mut create, mut total) = (Vec::new(), Vec::new());
@@ -63,6 +64,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
                 log_path: None,
                 stdin: false,
                 stdin_once: false,
+                vm: None,
             };
             let t = Instant::now();
             let id = rt.create_container("bench", &spec)?;

@@ -1,18 +1,53 @@
-//! `atoll controllers`: the cluster's controllers, as a client of the API server.
+//! `atoll controllers`: the cluster's controllers, as a client of the API server. The one
+//! place controllers are registered (`run_all`), for this subcommand and `atoll up`.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct ControllersArgs {
-    /// Kubeconfig to reach the API server with (for now the administrator's, e.g.
-    /// `<data-dir>/admin.kubeconfig`; least privilege comes with RBAC).
+    /// Kubeconfig to reach the API server with: the controllers' own identity (`atoll admin
+    /// kubeconfig --component controllers`, or `<data-dir>/controllers.kubeconfig` that `atoll up` writes).
     #[arg(long)]
     pub kubeconfig: PathBuf,
     /// Context to use instead of the kubeconfig's current one.
     #[arg(long)]
     pub context: Option<String>,
+    #[command(flatten)]
+    pub options: ControllerOptions,
+}
+
+/// Settings of the controllers, shared with `atoll up`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControllerOptions {
+    /// How long a node may go without renewing its Lease before it is marked Unknown and
+    /// tainted unreachable (seconds, `40` or `40s`).
+    #[arg(long, default_value = "40s", value_parser = parse_seconds)]
+    pub node_monitor_grace_period: Duration,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let digits = s.strip_suffix('s').unwrap_or(s);
+    digits.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?} is not a number of seconds"))
+}
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run_all(client: client::Client, options: ControllerOptions, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let lifecycle = controllers::nodelifecycle::Config { grace: options.node_monitor_grace_period };
+    let nodes = controllers::nodelifecycle::controller(client.clone(), lifecycle).run(stopped(stop_rx.clone()));
+    let rest = controllers::run_all(client, stopped(stop_rx));
+    let stop = async {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(nodes, rest, stop);
 }
 
 pub async fn run(args: ControllersArgs) -> Result<()> {
@@ -20,7 +55,7 @@ pub async fn run(args: ControllersArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
     let client = client::Client::new(config).context("setting up the API client")?;
     tracing::info!(server = ?client.config().server, "running the controllers");
-    controllers::run_all(client, crate::stop_signal()?).await;
+    run_all(client, args.options, crate::stop_signal()?).await;
     tracing::info!("controllers stopped");
     Ok(())
 }

@@ -24,10 +24,32 @@ pub enum DebugCommand {
         #[arg(long, default_value_t = 1 << 20)]
         segment_size: u64,
     },
+    /// Print every key of an embedded store (the server must be stopped), one a line, so
+    /// that tests can check what is really stored, not what the API shows.
+    StoreKeys {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 pub async fn run(cmd: DebugCommand) -> Result<()> {
     match cmd {
+        DebugCommand::StoreKeys { dir } => {
+            let store = EmbeddedStore::open(&dir)?;
+            let req = store::RangeRequest {
+                // Every key the API server writes starts with '/'.
+                start: Bytes::from_static(b"/"),
+                end: store::prefix_end(b"/"),
+                revision: None,
+                limit: None,
+            };
+            let resp = store.range(req).await?;
+            let mut out = std::io::stdout().lock();
+            for kv in resp.kvs {
+                writeln!(out, "{}", String::from_utf8_lossy(&kv.key))?;
+            }
+            Ok(())
+        }
         DebugCommand::StoreWriter { dir, prefix, concurrency, segment_size } => {
             let opts = EmbeddedOptions { segment_size, ..EmbeddedOptions::default() };
             let store = Arc::new(EmbeddedStore::open_with(&dir, opts)?);

@@ -22,8 +22,53 @@ impl ImageStoreArgs {
     }
 }
 
+/// How the node reaches image registries (shared by `atoll agent`, `atoll up` and
+/// `atoll image pull|push`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RegistryArgs {
+    /// A registry (`host:port`) spoken to over plain HTTP; repeatable. None by default.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registry: Vec<String>,
+    /// A PEM file of CA certificates trusted for registries besides the system's; repeatable.
+    #[arg(long = "registry-ca")]
+    pub registry_ca: Vec<PathBuf>,
+    /// The node's registry credentials: a Docker config file (`{"auths": {...}}`).
+    #[arg(long = "registry-config")]
+    pub registry_config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn config(&self) -> agent::pull::RegistryConfig {
+        agent::pull::RegistryConfig {
+            insecure: self.insecure_registry.clone(),
+            ca_files: self.registry_ca.clone(),
+            credentials_file: self.registry_config.clone(),
+        }
+    }
+}
+
 #[derive(clap::Subcommand)]
 pub enum ImageCommand {
+    /// Pull an image from a registry into the store (credentials from --registry-config).
+    Pull {
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+    /// Push an image of the store to a registry under another name (e.g.
+    /// `127.0.0.1:5000/team/busybox:v1`; credentials from --registry-config).
+    Push {
+        /// The image in the store.
+        source: String,
+        /// Where to push it.
+        target: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
     /// Import an OCI image layout directory, an OCI archive or a `docker save` tarball
     /// (optionally gzip-compressed).
     Import {
@@ -55,10 +100,57 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: ImageStoreArgs,
     },
+    /// Build the `busybox-vm` VM image (a kernel, an initramfs with busybox and our guest
+    /// init, a small data disk) and import it, so VM pods run with no network.
+    BuildBusyboxVm {
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// The guest kernel (e.g. Debian's cloud kernel, which `scripts/lib.sh` extracts).
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The kernel's modules folder (`lib/modules/<version>`); needed when virtio is
+        /// built as modules, as in Debian's kernels.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+        #[arg(long, default_value = "busybox-vm:latest")]
+        name: String,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
 }
 
-pub fn run(cmd: ImageCommand) -> Result<()> {
+pub async fn run(cmd: ImageCommand) -> Result<()> {
     match cmd {
+        ImageCommand::Pull { reference, registry, store } => {
+            let r = agent::reference::Reference::parse(&reference)?;
+            let config = registry.config();
+            let puller = agent::pull::Puller::new(Arc::new(store.open()?), &config)?;
+            let start = std::time::Instant::now();
+            let agent::pull::Pulled { image, stats, .. } = puller
+                .pull_uncoalesced(&r, &config.node_credentials(&r))
+                .await
+                .with_context(|| format!("pulling {r}"))?;
+            println!(
+                "pulled {r} {}: {} blobs fetched ({}), {} already present",
+                image.manifest_digest,
+                stats.blobs_fetched,
+                agent::pull::throughput(stats.bytes, start.elapsed()),
+                stats.blobs_skipped
+            );
+            Ok(())
+        }
+        ImageCommand::Push { source, target, registry, store } => {
+            let images = Arc::new(store.open()?);
+            let image = images.resolve(&source).with_context(|| format!("finding {source}"))?;
+            let target = agent::reference::Reference::parse(&target)?;
+            let config = registry.config();
+            let credential = config.node_credentials(&target).into_iter().next();
+            let puller = agent::pull::Puller::new(images, &config)?;
+            let digest =
+                puller.push(&image, &target, credential.as_ref()).await.with_context(|| format!("pushing {target}"))?;
+            println!("pushed {target} {digest}");
+            Ok(())
+        }
         ImageCommand::Import { path, name, store } => {
             let images = store
                 .open()?
@@ -93,6 +185,25 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
             agent::busybox::build_layout(&busybox, layout.path(), &name)
                 .with_context(|| format!("building an image from {}", busybox.display()))?;
             for image in images.import(layout.path(), None)? {
+                println!("imported {} {}", image.names.join(","), image.manifest_digest);
+            }
+            Ok(())
+        }
+        ImageCommand::BuildBusyboxVm { busybox, kernel, modules, name, store } => {
+            let images = store.open()?;
+            let work = tempfile::Builder::new().prefix("busybox-vm-").tempdir_in(images.root().join("tmp"))?;
+            let layout = work.path().join("layout");
+            agent::busybox_vm::build_layout(
+                &RealOs::new(),
+                &busybox,
+                &kernel,
+                modules.as_deref(),
+                work.path(),
+                &layout,
+                &name,
+            )
+            .with_context(|| format!("building a VM image from {}", kernel.display()))?;
+            for image in images.import(&layout, None)? {
                 println!("imported {} {}", image.names.join(","), image.manifest_digest);
             }
             Ok(())

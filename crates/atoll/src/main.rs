@@ -6,10 +6,13 @@ mod bench;
 mod bench_api;
 mod bench_authz;
 mod bench_container;
+mod bench_pods;
 mod bench_sched;
 mod controllers;
 mod debug;
 mod image;
+mod keystone;
+mod login;
 mod sched;
 mod server;
 mod up;
@@ -41,9 +44,14 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the scheduler against an API server.
     Scheduler(sched::SchedulerArgs),
+    /// A kubectl credential plugin: trade a User's password for a short-lived token.
+    Login(login::LoginArgs),
     /// Operator tools (certificates, kubeconfigs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// kubectl credential plugins (`atoll credential keystone`).
+    #[command(subcommand)]
+    Credential(keystone::CredentialCommand),
     /// Benchmarks (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -137,8 +145,10 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args).await,
             Command::Scheduler(args) => sched::run(args).await,
             Command::Admin(cmd) => admin::run(cmd),
+            Command::Credential(cmd) => keystone::run(cmd).await,
+            Command::Login(args) => login::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
-            Command::Image(cmd) => image::run(cmd),
+            Command::Image(cmd) => image::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,
         }
     });

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct SchedulerArgs {
-    /// Kubeconfig to reach the API server with (for now the administrator's, e.g.
-    /// `<data-dir>/admin.kubeconfig`; least privilege comes with RBAC).
+    /// Kubeconfig to reach the API server with: the scheduler's own identity (`atoll admin
+    /// kubeconfig --component scheduler`, or `<data-dir>/scheduler.kubeconfig` that `atoll up` writes).
     #[arg(long)]
     pub kubeconfig: PathBuf,
     /// Context to use instead of the kubeconfig's current one.

@@ -2,7 +2,9 @@
 //! embedded store (or etcd); the controllers and the scheduler, which reach it over HTTPS
 //! like any client; and the node agent for this machine (node name = hostname unless
 //! told, data in `<data-dir>/agent`), which stops its containers when `up` stops and makes
-//! them again on the next start.
+//! them again on the next start. Each component has its own identity (kubeconfigs
+//! `controllers.kubeconfig`, `scheduler.kubeconfig`, `node-<node>.kubeconfig` in the data
+//! directory, issued at every start from its CA).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ pub struct UpArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub keystone: crate::keystone::KeystoneArgs,
     /// The Node's name (default: this machine's hostname).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -39,39 +43,83 @@ pub struct UpArgs {
     /// Where the node agent serves logs and exec to the API server (port 0: any free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub agent_listen: SocketAddr,
+    /// Also run this many simulated nodes (`sim-0`, ...; labelled `atoll.io/simulated=true`,
+    /// they run nothing) beside the real one.
+    #[arg(long, default_value_t = 0)]
+    pub simulated_nodes: usize,
+    #[command(flatten)]
+    pub controllers: crate::controllers::ControllerOptions,
+    #[command(flatten)]
+    pub registry: crate::image::RegistryArgs,
+    /// The VM pods' accelerator: tcg (emulation, works everywhere), kvm, or auto (KVM
+    /// when a probe guest boots under it; some hosts have /dev/kvm whose guests hang).
+    #[arg(long, default_value = "tcg")]
+    pub vm_accel: agent::runtime::vm::Accel,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let store = args.store.open().await?;
-    let server = apiserver::http::Server::bind(store, &args.store.data_dir, args.listen)
-        .await
-        .context("starting the API server")?;
+    let server =
+        apiserver::http::Server::bind_with(store, &args.store.data_dir, args.listen, args.keystone.server_options())
+            .await
+            .context("starting the API server")?;
     let addr = server.local_addr()?;
     let kubeconfig = server.kubeconfig.clone();
-    let config = client::Config::from_kubeconfig(&kubeconfig, None)
-        .with_context(|| format!("loading {}", kubeconfig.display()))?;
-    let client = client::Client::new(config).context("setting up the controllers' API client")?;
+    let node_name = args.node_name.clone().unwrap_or_else(crate::agent::hostname);
+    // Each component reaches the server with its own least-privileged identity, never the
+    // administrator's.
+    let data_dir = &args.store.data_dir;
+    let client_for = |component: apiserver::pki::Component| -> Result<client::Client> {
+        let path = apiserver::pki::write_component_kubeconfig(data_dir, &server.url, &component)
+            .with_context(|| format!("issuing the {component:?} identity"))?;
+        let config =
+            client::Config::from_kubeconfig(&path, None).with_context(|| format!("loading {}", path.display()))?;
+        client::Client::new(config).with_context(|| format!("setting up the {component:?} API client"))
+    };
+    let controllers_client = client_for(apiserver::pki::Component::Controllers)?;
+    let scheduler_client = client_for(apiserver::pki::Component::Scheduler)?;
+    let agent_client = client_for(apiserver::pki::Component::Node(node_name.clone()))?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let when_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let server_task = tokio::spawn(server.run(when_stopped(stopped.clone())));
-    let controllers_task = tokio::spawn(controllers::run_all(client.clone(), when_stopped(stopped.clone())));
+    let controllers_task = tokio::spawn(crate::controllers::run_all(
+        controllers_client,
+        args.controllers.clone(),
+        when_stopped(stopped.clone()),
+    ));
+    let simulated_task = if args.simulated_nodes > 0 {
+        // A connection of their own: thousands of nodes' renewals must not queue behind the
+        // controllers' requests. Simulated nodes are a test tool acting for many nodes at
+        // once, so they use the administrator's identity (node restriction would confine one
+        // identity to one node).
+        let config = client::Config::from_kubeconfig(&kubeconfig, None)?;
+        let sims = client::Client::new(config).context("setting up the simulated nodes' API client")?;
+        let cfg = agent::simulated::SimConfig::new(args.simulated_nodes, "sim");
+        Some(tokio::spawn(agent::simulated::run(sims, cfg, when_stopped(stopped.clone()))))
+    } else {
+        None
+    };
     let scheduler_task =
-        tokio::spawn(scheduler::run(client.clone(), scheduler::Config::default(), when_stopped(stopped.clone())));
+        tokio::spawn(scheduler::run(scheduler_client, scheduler::Config::default(), when_stopped(stopped.clone())));
     let agent_task = if args.no_agent {
         None
     } else {
-        let name = args.node_name.clone().unwrap_or_else(crate::agent::hostname);
-        let mut cfg =
-            agent::daemon::AgentConfig::new(&name, args.store.data_dir.join("agent"), crate::agent::shim_command()?);
+        let mut cfg = agent::daemon::AgentConfig::new(
+            &node_name,
+            args.store.data_dir.join("agent"),
+            crate::agent::shim_command()?,
+        );
         cfg.runtime = args.runtime.clone();
         cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
+        cfg.registry = args.registry.config();
+        cfg.vm_accel = args.vm_accel;
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
-        cfg.serving = Some(crate::agent::serving_from_data_dir(&args.store.data_dir, &name, args.agent_listen)?);
-        Some(tokio::spawn(agent::daemon::run(client, cfg, when_stopped(stopped))))
+        cfg.serving = Some(crate::agent::serving_from_data_dir(&args.store.data_dir, &node_name, args.agent_listen)?);
+        Some(tokio::spawn(agent::daemon::run(agent_client, cfg, when_stopped(stopped))))
     };
 
     let mut out = std::io::stdout().lock();
@@ -109,6 +157,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // answers them.
     let _ = controllers_task.await;
     let _ = scheduler_task.await;
+    if let Some(task) = simulated_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "simulated nodes failed");
+    }
     let _ = server_task.await;
     tracing::info!("stopped");
     match agent_failed {

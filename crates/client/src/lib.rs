@@ -326,6 +326,33 @@ impl Client {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Response<Incoming>, Error> {
+        self.send_accepting(method, path, "application/json", body).await
+    }
+
+    /// One request exactly as given (`path` after the server's prefix, with its query),
+    /// answered with the status code and the whole body whatever they are: for tests and
+    /// tools that look at the API's raw answers.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(u16, Bytes), Error> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| Error::Decode(format!("{method:?} is not an HTTP method")))?;
+        let resp = self.send_accepting(method, path, accept, body).await?;
+        let code = resp.status().as_u16();
+        Ok((code, resp.into_body().collect().await?.to_bytes()))
+    }
+
+    async fn send_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Response<Incoming>, Error> {
         let uri = format!("{}{}", self.inner.config.server.prefix, path);
         let authority = self.inner.config.server.authority();
         // A request the server never saw (the connection had closed) is tried once more on a
@@ -334,7 +361,7 @@ impl Client {
             let mut builder = Request::builder()
                 .method(method.clone())
                 .uri(format!("https://{authority}{uri}"))
-                .header(hyper::header::ACCEPT, "application/json");
+                .header(hyper::header::ACCEPT, accept);
             if let Some(token) = &self.inner.config.token {
                 builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
             }
@@ -372,6 +399,43 @@ impl Client {
             }
         }
         Err(Error::Decode("unreachable: the retry loop ended".into()))
+    }
+
+    /// Trades a User's name (`TENANT/NAME`) and password for a short-lived token at the
+    /// server's login endpoint; returns the `ExecCredential` it answers (for `atoll login`,
+    /// a kubectl credential plugin). The password is sent once, over the verified TLS
+    /// connection, and kept nowhere.
+    pub async fn login(&self, user: &str, password: &str) -> Result<Value, Error> {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let uri =
+            format!("https://{}{}/atoll/login", self.inner.config.server.authority(), self.inner.config.server.prefix);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::AUTHORIZATION, format!("Basic {basic}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Decode(format!("building a request: {e}")))?;
+        let mut sender = self.sender().await?;
+        sender.ready().await?;
+        let resp = sender.send_request(req).await?;
+        let code = resp.status().as_u16();
+        let retry_after =
+            resp.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let json = serde_json::from_slice::<Value>(&bytes);
+        if !(200..300).contains(&code) {
+            let mut status = match json {
+                Ok(v) => Status::from_value(&v, code),
+                Err(_) => Status { code, reason: String::new(), message: String::from_utf8_lossy(&bytes).into() },
+            };
+            if let Some(wait) = retry_after {
+                status.message = format!("{} (retry after {wait} s)", status.message);
+            }
+            return Err(Error::Api(status));
+        }
+        json.map_err(|e| Error::Decode(format!("the answer is not JSON: {e}")))
     }
 
     /// Sends a request and decodes a JSON answer; a failure status becomes `Error::Api`.

@@ -4,7 +4,7 @@
 //! A re-list replaces the whole map under one write lock, so a reader sees the old state
 //! or the new one, never a mix; readers get `Arc`s and never hold the lock.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -50,7 +50,8 @@ impl std::fmt::Display for ObjectKey {
 /// A shared, cheaply cloned view of one watch's objects.
 #[derive(Clone)]
 pub struct Cache {
-    objects: Arc<RwLock<HashMap<ObjectKey, Arc<Value>>>>,
+    // Ordered so one namespace's objects are one range (`list_namespace`).
+    objects: Arc<RwLock<BTreeMap<ObjectKey, Arc<Value>>>>,
     ready: Arc<watch::Sender<bool>>,
 }
 
@@ -67,6 +68,17 @@ impl Cache {
 
     pub fn list(&self) -> Vec<Arc<Value>> {
         self.objects.read().values().cloned().collect()
+    }
+
+    /// The objects of one namespace of one tenant, in O(log n + those objects).
+    pub fn list_namespace(&self, tenant: &str, namespace: &str) -> Vec<Arc<Value>> {
+        let from = ObjectKey::new(tenant, Some(namespace), "");
+        self.objects
+            .read()
+            .range(from..)
+            .take_while(|(k, _)| k.tenant == tenant && k.namespace.as_deref() == Some(namespace))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -106,7 +118,7 @@ impl Cache {
                 Vec::new()
             }
             Event::Restarted(objs) => {
-                let fresh: HashMap<ObjectKey, Arc<Value>> =
+                let fresh: BTreeMap<ObjectKey, Arc<Value>> =
                     objs.iter().filter_map(|o| Some((ObjectKey::of(o)?, Arc::new(o.clone())))).collect();
                 let old = std::mem::replace(&mut *self.objects.write(), fresh);
                 let current = self.objects.read();

@@ -6,16 +6,23 @@
 //! hands one key to two workers, and the [`controller`] loop around a `Reconciler`.
 //!
 //! Controllers read and write cluster state only through the `client` crate, so
-//! authentication, tenancy and admission apply to them as to everyone else. For now they
-//! run with the administrator's identity (least privilege comes with RBAC).
+//! authentication, tenancy and admission apply to them as to everyone else. They run as
+//! `system:atoll-controllers`, whose rights are the system tenant's ClusterRole of that
+//! name (`apiserver::authz::bootstrap`).
 
+pub mod auth;
 pub mod cache;
 pub mod controller;
+pub mod deployment;
+pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod queue;
+pub mod replicaset;
 pub mod serviceaccount;
 pub mod tenant;
 pub mod watcher;
+pub mod workload;
 
 use std::future::Future;
 
@@ -32,9 +39,17 @@ pub async fn run_all(client: client::Client, shutdown: impl Future<Output = ()>)
     };
     let service_accounts = serviceaccount::controller(client.clone()).run(stopped(stop_rx.clone()));
     let namespaces = namespace::controller(client.clone()).run(stopped(stop_rx.clone()));
-    let tenants = tenant::controller(client).run(stopped(stop_rx));
+    let auth = auth::controller(client.clone()).run(stopped(stop_rx.clone()));
+    let tenants = tenant::controller(client.clone()).run(stopped(stop_rx.clone()));
+    let workloads = async {
+        tokio::join!(
+            replicaset::controller(client.clone()).run(stopped(stop_rx.clone())),
+            deployment::controller(client.clone()).run(stopped(stop_rx.clone())),
+            gc::run(client, stopped(stop_rx)),
+        )
+    };
     let all = async {
-        tokio::join!(service_accounts, namespaces, tenants);
+        tokio::join!(service_accounts, namespaces, tenants, auth, workloads);
     };
     tokio::pin!(all);
     let finished = tokio::select! {

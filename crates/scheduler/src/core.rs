@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::model::{NOT_READY_TAINT, Pod, SYSTEM_TENANT, UNSCHEDULABLE_TAINT};
+use crate::model::{NOT_READY_TAINT, Pod, SYSTEM_TENANT, UNREACHABLE_TAINT, UNSCHEDULABLE_TAINT};
 use crate::snapshot::{NodeInfo, Snapshot};
 
 /// What to do with a pod.
@@ -77,7 +77,10 @@ fn filter(node: &NodeInfo, pod: &Pod, snap: &Snapshot, out: &mut Vec<String>) {
         out.push(REASON_UNSCHEDULABLE.into());
         return;
     }
-    if !n.ready && !pod.tolerates_key(NOT_READY_TAINT) {
+    // Once the node lifecycle controller has tainted a node that is not ready, its taints
+    // decide (a pod may tolerate `unreachable`, as in Kubernetes); before that, readiness does.
+    let tainted = n.taints.iter().any(|t| t.key == NOT_READY_TAINT || t.key == UNREACHABLE_TAINT);
+    if !n.ready && !tainted && !pod.tolerates_key(NOT_READY_TAINT) {
         out.push(REASON_NOT_READY.into());
         return;
     }

@@ -16,6 +16,8 @@ pub const SYSTEM_TENANT: &str = "system";
 /// tolerates them may still land there (as DaemonSet pods do).
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+/// The node lifecycle controller's taint for a node whose agent stopped reporting.
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
 /// Scoring counts a pod that requests nothing as this much (Kubernetes' non-zero
 /// defaults), so best-effort pods still spread.
@@ -379,11 +381,16 @@ fn container_requests(c: &Value) -> Resources {
 /// What a pod needs, as Kubernetes counts it: the sum of its containers, or the peak of
 /// its init phase if larger (each init container runs alone beside the restartable
 /// "sidecar" init containers started before it; sidecars also run beside the
-/// containers), plus the pod's overhead.
+/// containers), plus the pod's overhead; a VM pod's machine counts as a container.
 pub fn pod_requests(spec: &Value) -> Resources {
     let mut total = Resources::default();
     for c in spec.get("containers").and_then(Value::as_array).into_iter().flatten() {
         total.add(&container_requests(c), 1);
+    }
+    // A VM pod's machine counts like a container (its resources are the guest's); qemu's
+    // own share is in `overhead`, which the API server sets (`api::vm`).
+    if let Some(vm) = spec.get("virtualMachine").filter(|v| v.is_object()) {
+        total.add(&container_requests(vm), 1);
     }
     let mut sidecars = Resources::default();
     let mut init_peak = Resources::default();

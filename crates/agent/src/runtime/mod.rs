@@ -1,7 +1,9 @@
 //! The interface between the agent and its runtimes, shaped like the CRI: a pod is a
 //! *sandbox* (its cgroup, its network namespace, for a VM the machine itself) holding
 //! *containers* with their own lifecycle. A container runtime ([`oci::OciRuntime`], over
-//! crun or runc) and a VM runtime (next) both implement [`Runtime`].
+//! crun or runc) and a VM runtime ([`vm::VmRuntime`], over qemu) both implement
+//! [`Runtime`]; [`Runtimes`] puts them behind one [`Runtime`], choosing by the sandbox's
+//! `runtime_handler` (as the CRI's RuntimeClass handler does).
 //!
 //! Calls are blocking (they run OCI runtime binaries, wait for grace periods); the async
 //! sync loop calls them from blocking threads. Every call is idempotent where the CRI's
@@ -10,8 +12,10 @@
 
 pub mod logs;
 pub mod oci;
+pub mod vm;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +63,9 @@ pub struct SandboxSpec {
     pub tenant: String,
     pub hostname: String,
     pub network: NetworkMode,
+    /// Which runtime runs the sandbox: `""` the default (containers), [`vm::HANDLER`] a VM.
+    #[serde(default)]
+    pub runtime_handler: String,
 }
 
 /// Resource settings in Kubernetes' units, converted by the runtime.
@@ -101,6 +108,10 @@ pub struct ContainerSpec {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
+    /// Set for a VM pod's machine (the VM runtime's one "container"); container runtimes
+    /// refuse it.
+    #[serde(default)]
+    pub vm: Option<vm::VmSpec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +138,9 @@ pub struct ContainerStatus {
     pub started_at: Option<SystemTime>,
     pub finished_at: Option<SystemTime>,
     pub log_path: PathBuf,
+    /// Whether it is ready, for runtimes that know better than "running" (a VM is ready
+    /// once its guest said so); `None`: ready while running.
+    pub ready: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,4 +185,169 @@ pub(crate) fn valid_id(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// The node's runtimes behind one [`Runtime`]: a sandbox goes to the runtime of its
+/// `runtime_handler`; calls naming an existing sandbox or container go to the runtime that
+/// has it (each keeps its own state, so this holds nothing).
+pub struct Runtimes {
+    default: Arc<dyn Runtime>,
+    handlers: Vec<(String, Arc<dyn Runtime>)>,
+}
+
+impl Runtimes {
+    pub fn new(default: Arc<dyn Runtime>) -> Runtimes {
+        Runtimes { default, handlers: Vec::new() }
+    }
+
+    pub fn with(mut self, handler: &str, runtime: Arc<dyn Runtime>) -> Runtimes {
+        self.handlers.push((handler.into(), runtime));
+        self
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
+        std::iter::once(&self.default).chain(self.handlers.iter().map(|(_, r)| r))
+    }
+
+    fn for_handler(&self, handler: &str) -> Result<&Arc<dyn Runtime>, RuntimeError> {
+        if handler.is_empty() {
+            return Ok(&self.default);
+        }
+        self.handlers
+            .iter()
+            .find(|(h, _)| h == handler)
+            .map(|(_, r)| r)
+            .ok_or_else(|| RuntimeError::InvalidSpec(format!("no runtime handler {handler:?} on this node")))
+    }
+
+    fn with_sandbox(&self, id: &str) -> Result<&Arc<dyn Runtime>, RuntimeError> {
+        for r in self.all() {
+            match r.sandbox_status(id) {
+                Ok(_) => return Ok(r),
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RuntimeError::NotFound { kind: "sandbox", id: id.into() })
+    }
+
+    fn with_container(&self, id: &str) -> Result<&Arc<dyn Runtime>, RuntimeError> {
+        for r in self.all() {
+            match r.container_status(id) {
+                Ok(_) => return Ok(r),
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RuntimeError::NotFound { kind: "container", id: id.into() })
+    }
+}
+
+impl Runtime for Runtimes {
+    fn exec_command(&self, id: &str, command: &[String]) -> Result<(PathBuf, Vec<std::ffi::OsString>), RuntimeError> {
+        self.with_container(id)?.exec_command(id, command)
+    }
+    fn attach_socket(&self, id: &str) -> Option<PathBuf> {
+        self.with_container(id).ok()?.attach_socket(id)
+    }
+    fn run_sandbox(&self, spec: &SandboxSpec) -> Result<SandboxStatus, RuntimeError> {
+        self.for_handler(&spec.runtime_handler)?.run_sandbox(spec)
+    }
+    fn stop_sandbox(&self, id: &str, grace: std::time::Duration) -> Result<(), RuntimeError> {
+        self.with_sandbox(id)?.stop_sandbox(id, grace)
+    }
+    fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.with_sandbox(id) {
+            Ok(r) => r.remove_sandbox(id),
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    fn sandbox_status(&self, id: &str) -> Result<SandboxStatus, RuntimeError> {
+        self.with_sandbox(id)?.sandbox_status(id)
+    }
+    fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>, RuntimeError> {
+        let mut out = Vec::new();
+        for r in self.all() {
+            out.extend(r.list_sandboxes()?);
+        }
+        Ok(out)
+    }
+    fn create_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.with_sandbox(sandbox_id)?.create_container(sandbox_id, spec)
+    }
+    fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.with_container(id)?.start_container(id)
+    }
+    fn stop_container(&self, id: &str, grace: std::time::Duration) -> Result<(), RuntimeError> {
+        self.with_container(id)?.stop_container(id, grace)
+    }
+    fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.with_container(id) {
+            Ok(r) => r.remove_container(id),
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    fn container_status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
+        self.with_container(id)?.container_status(id)
+    }
+    fn list_containers(&self, sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>, RuntimeError> {
+        match sandbox_id {
+            Some(id) => match self.with_sandbox(id) {
+                Ok(r) => r.list_containers(Some(id)),
+                Err(RuntimeError::NotFound { .. }) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            },
+            None => {
+                let mut out = Vec::new();
+                for r in self.all() {
+                    out.extend(r.list_containers(None)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::{FakeOs, Os};
+
+    fn sandbox(id: &str, handler: &str) -> SandboxSpec {
+        SandboxSpec {
+            id: id.into(),
+            name: id.into(),
+            namespace: "default".into(),
+            tenant: "acme".into(),
+            hostname: id.into(),
+            network: NetworkMode::Isolated,
+            runtime_handler: handler.into(),
+        }
+    }
+
+    #[test]
+    fn sandboxes_go_to_their_handlers_runtime_and_calls_follow_the_id() {
+        let os = Arc::new(FakeOs::new("created 7", vec![]));
+        let oci =
+            oci::OciRuntime::new(oci::OciConfig::new("/usr/bin/crun", vec!["/bin/atoll".into()], "/oci"), os.clone())
+                .unwrap();
+        let vm = vm::VmRuntime::new(vm::VmConfig::new("/vm".into(), vec!["/bin/atoll".into()]), os.clone()).unwrap();
+        let rt = Runtimes::new(Arc::new(oci)).with(vm::HANDLER, Arc::new(vm));
+        rt.run_sandbox(&sandbox("c1", "")).unwrap();
+        rt.run_sandbox(&sandbox("v1", vm::HANDLER)).unwrap();
+        assert!(os.exists(std::path::Path::new("/vm/v1/sandbox.json")));
+        assert!(!os.exists(std::path::Path::new("/vm/c1/sandbox.json")));
+        assert!(matches!(rt.run_sandbox(&sandbox("x", "gvisor")), Err(RuntimeError::InvalidSpec(_))));
+        // (The container runtime's own listing is its tests' business: it needs real namespaces.)
+        let ids: Vec<String> = rt.list_sandboxes().unwrap().into_iter().map(|s| s.spec.id).collect();
+        assert!(ids.contains(&"v1".to_string()), "{ids:?}");
+        assert_eq!(rt.sandbox_status("v1").unwrap().spec.runtime_handler, vm::HANDLER);
+        assert!(matches!(rt.sandbox_status("nope"), Err(RuntimeError::NotFound { .. })));
+        // Removing what is not there is done, whichever runtime would have had it.
+        rt.remove_sandbox("nope").unwrap();
+        rt.remove_sandbox("v1").unwrap();
+        assert!(rt.list_containers(Some("v1")).unwrap().is_empty());
+    }
 }

@@ -388,6 +388,7 @@ impl OciRuntime {
             started_at: started.map(|s| from_nanos(s.started_at_nanos)),
             finished_at,
             log_path: rec.log_path.clone(),
+            ready: None,
         })
     }
 
@@ -552,6 +553,9 @@ impl Runtime for OciRuntime {
         }
         if spec.image.layers.is_empty() {
             return Err(spec_error("the image has no layers"));
+        }
+        if spec.vm.is_some() {
+            return Err(spec_error("a VM runs in the VM runtime, not in an OCI container"));
         }
         let id = Self::new_container_id(sandbox_id, &spec.name);
         let dir = self.container_dir(&id);
@@ -754,6 +758,7 @@ mod tests {
             tenant: "acme".into(),
             hostname: "web".into(),
             network: NetworkMode::Isolated,
+            runtime_handler: String::new(),
         }
     }
 
@@ -784,6 +789,7 @@ mod tests {
                 memory_limit_bytes: Some(64 << 20),
             },
             log_path: None,
+            vm: None,
         }
     }
 

@@ -133,6 +133,7 @@ pub fn sandbox(id: &str) -> SandboxSpec {
         tenant: "acme".into(),
         hostname: id.into(),
         network: NetworkMode::Isolated,
+        runtime_handler: String::new(),
     }
 }
 
@@ -149,6 +150,7 @@ pub fn container(node: &Node, image: &Image, name: &str, script: &str) -> Contai
         log_path: None,
         stdin: false,
         stdin_once: false,
+        vm: None,
     }
 }
 

@@ -2,7 +2,8 @@
 //! `cluster-admin`, `admin`, `edit`, `view` (the last three aggregated from the
 //! `system:aggregate-to-*` roles), `system:discovery` and `system:basic-user` bound to
 //! `system:authenticated`, and a binding of `cluster-admin` to the tenant's administrators
-//! (`Tenant.spec.admins`; in the system tenant, the `system:masters` group).
+//! (`Tenant.spec.admins`; in the system tenant, the `system:masters` group). The system
+//! tenant also holds the roles of Atoll's controllers and scheduler ([`component_roles`]).
 //!
 //! The server creates them for the system tenant at start and for a tenant when its
 //! Tenant is written; this module is the one place that knows them, so that the tenant
@@ -115,6 +116,47 @@ fn aggregate_rules(level: &str) -> Vec<Value> {
     }
 }
 
+/// The system tenant's ClusterRoles of the controllers and the scheduler, each bound to
+/// the component's group of the same name; through the component rule (`authz` module
+/// docs) they apply in every tenant. Exactly what each component's code calls:
+/// - controllers: the namespace and tenant controllers find every kind through discovery
+///   in each tenant, and list and delete every object of a namespace or tenant being
+///   deleted (Kubernetes' namespace controller holds the same `*` read and delete); the
+///   tenant controller creates `default` namespaces and drops its finalizer from Tenants;
+///   the namespace controller finalizes namespaces; the service-account controller
+///   creates `default` ServiceAccounts. Events for what they do.
+/// - scheduler: reads nodes, pods and Tenants; binds pods, writes their status
+///   (`PodScheduled`) and `FailedScheduling` events.
+fn component_roles(discovery_urls: &[&str]) -> Vec<(&'static str, Vec<Value>)> {
+    let discovery = json!({"verbs": ["get"], "nonResourceURLs": discovery_urls});
+    let events = |verbs: &[&str]| vec![rule(verbs, &[""], &["events"]), rule(verbs, &["events.k8s.io"], &["events"])];
+    let mut controllers = vec![
+        rule(&["get", "list", "watch", "delete", "deletecollection"], &["*"], &["*"]),
+        // The garbage collector edits the ownerReferences and finalizers of any kind; the
+        // node lifecycle, workload and auth controllers write what they own.
+        rule(&["update", "patch"], &["*"], &["*"]),
+        rule(&["create"], &[""], &["namespaces", "serviceaccounts", "pods"]),
+        rule(&["create"], &["apps"], &["replicasets"]),
+        rule(&["create"], &[RBAC_GROUP], &["roles", "rolebindings", "clusterroles", "clusterrolebindings"]),
+        // The auth-controller hands a namespace's creator a Role with every verb there,
+        // which the controllers themselves do not hold.
+        rule(&["escalate", "bind"], &[RBAC_GROUP], &["roles", "clusterroles"]),
+        rule(&["update"], &[""], &["namespaces/finalize"]),
+        rule(&["update", "patch"], &["atoll.io"], &["tenants"]),
+        discovery.clone(),
+    ];
+    controllers.extend(events(&["create", "patch", "update"]));
+    let mut scheduler = vec![
+        rule(READ, &[""], &["nodes", "pods"]),
+        rule(READ, &["atoll.io"], &["tenants"]),
+        rule(&["create"], &[""], &["pods/binding"]),
+        rule(&["patch", "update"], &[""], &["pods/status"]),
+        discovery,
+    ];
+    scheduler.extend(events(&["create", "patch", "update"]));
+    vec![(crate::pki::CONTROLLERS_USER, controllers), (crate::pki::SCHEDULER_USER, scheduler)]
+}
+
 /// Appends `extra`'s rules to `rules`, without duplicates.
 fn union(mut rules: Vec<Value>, extra: &[Value]) -> Vec<Value> {
     for r in extra {
@@ -177,6 +219,14 @@ pub fn defaults(tenant: &str, admins: &[String]) -> (Vec<Value>, Vec<Value>) {
             None,
         ),
     ];
+    let mut roles = roles;
+    let mut component_bindings = Vec::new();
+    if tenant == api::request::SYSTEM_TENANT {
+        for (name, rules) in component_roles(&discovery_urls) {
+            roles.push(cluster_role(name, &[], rules, None));
+            component_bindings.push(binding(name, name, vec![group(name)]));
+        }
+    }
     let admins: Vec<Value> = if tenant == api::request::SYSTEM_TENANT {
         vec![group(crate::pki::ADMIN_GROUP)]
     } else {
@@ -189,6 +239,7 @@ pub fn defaults(tenant: &str, admins: &[String]) -> (Vec<Value>, Vec<Value>) {
         binding("system:discovery", "system:discovery", vec![group("system:authenticated")]),
         binding("system:basic-user", "system:basic-user", vec![group("system:authenticated")]),
     ];
+    let bindings = bindings.into_iter().chain(component_bindings).collect();
     (roles, bindings)
 }
 

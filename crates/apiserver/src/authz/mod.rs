@@ -14,12 +14,21 @@
 //! - keeps aggregated ClusterRoles (`aggregationRule`) up to date, within their tenant;
 //! - creates every tenant's default roles and bindings ([`bootstrap`]);
 //! - answers the access reviews ([`reviews`]).
+//!
+//! Atoll's own components are system-tenant identities that act in every tenant without
+//! being administrators. Node agents are judged by [`node`] restriction. The controllers
+//! and the scheduler (the [`COMPONENT_GROUPS`]) are judged in another tenant by the system
+//! tenant's ClusterRoleBindings that name one of their component groups, and by nothing
+//! else: no RoleBinding (a namespace of the system tenant is not one of another tenant's),
+//! no binding naming their user or any other group (so `system:authenticated`'s defaults,
+//! say, never reach across tenants).
 
 // Errors here are `Status` values on their way to the client, as in `http.rs`.
 #![allow(clippy::result_large_err)]
 
 pub mod bootstrap;
 pub mod kinds;
+pub mod node;
 pub mod reviews;
 pub mod rules;
 
@@ -47,6 +56,36 @@ pub enum AuthzError {
     Unregistered(&'static str),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// The system tenant's groups whose ClusterRoleBindings apply in every tenant (the
+/// controllers' and the scheduler's identities, `pki::Component`).
+pub const COMPONENT_GROUPS: [&str; 2] = [crate::pki::CONTROLLERS_USER, crate::pki::SCHEDULER_USER];
+
+/// The component groups `user` is in, if it is a system-tenant identity.
+fn component_groups(user: &User) -> Vec<String> {
+    if user.tenant != api::request::SYSTEM_TENANT {
+        return Vec::new();
+    }
+    user.groups.iter().filter(|g| COMPONENT_GROUPS.contains(&g.as_str())).cloned().collect()
+}
+
+/// Whether `user` may address tenants other than its own at all (its requests there are
+/// then judged by [`Authz::authorize`]): system administrators, node agents and the
+/// component identities.
+pub fn reaches_other_tenants(user: &User) -> bool {
+    user.is_system_admin() || node::node_of(user).is_some() || !component_groups(user).is_empty()
+}
+
+/// What the authorization stage grants a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Grant {
+    Allowed,
+    /// Allowed if the named pod is bound to this node (node restriction): the pipeline
+    /// reads it before acting, and refuses as it refuses any other request otherwise.
+    IfPodOnNode(String),
+    /// Allowed if a pod bound to this node in the namespace uses the named secret.
+    IfSecretOfPodOnNode(String),
 }
 
 /// The RBAC index of every tenant, and the registries it follows.
@@ -305,31 +344,88 @@ impl Authz {
             return Decision::Allow("system:masters of the system tenant".into());
         }
         // Another tenant's policy never applies (the tenant was resolved from the caller's
-        // identity, and only system administrators reach beyond it).
-        if tenant != user.tenant {
-            return Decision::Deny(String::new());
+        // identity, and only system administrators and components reach beyond it).
+        if tenant == user.tenant {
+            let own = self.policy_decision(tenant, &UserRef { name: &user.name, groups: &user.groups }, attrs);
+            if own.allowed() {
+                return own;
+            }
         }
-        self.policy_decision(tenant, &UserRef { name: &user.name, groups: &user.groups }, attrs)
+        // As the pipeline decides (`authorize`): node restriction for node agents (a review
+        // cannot name a field selector or read a pod, so it answers only what needs neither).
+        if let Some(node) = node::node_of(user) {
+            return match node::decide(node, Some(tenant), attrs, None) {
+                node::Decision::Allow => Decision::Allow(format!("node restriction: node {node:?}")),
+                _ => Decision::Deny(String::new()),
+            };
+        }
+        if tenant != user.tenant && self.component_allows(user, attrs) {
+            return Decision::Allow("a system tenant ClusterRoleBinding of a component group".into());
+        }
+        Decision::Deny(String::new())
     }
 
-    /// The pipeline's authorization stage: `Ok` if `user` may make the request `info`
-    /// in `tenant` (`None`: every tenant, which only system administrators reach), else a
-    /// 403 worded as Kubernetes words it, naming nothing but the request itself.
-    pub fn authorize(&self, user: &User, tenant: Option<&str>, info: &RequestInfo) -> Result<(), Status> {
+    /// The cross-tenant rule for the controllers and the scheduler: the system tenant's
+    /// ClusterRoleBindings naming one of their component groups (see the module docs).
+    fn component_allows(&self, user: &User, attrs: &Attributes) -> bool {
+        let mut allowed = false;
+        self.visit_component_rules(user, |rules| {
+            allowed = rules.iter().any(|r| r.allows(attrs));
+            allowed
+        });
+        allowed
+    }
+
+    fn visit_component_rules(&self, user: &User, mut f: impl FnMut(&[Rule]) -> bool) {
+        let groups = component_groups(user);
+        if groups.is_empty() {
+            return;
+        }
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        let Some(system) = policies.get(api::request::SYSTEM_TENANT) else { return };
+        // No user name (no User subject can match it) and no namespace (ClusterRoleBindings
+        // only).
+        let who = UserRef { name: "", groups: &groups };
+        system.visit(&who, None, |_, _, rules| f(rules));
+    }
+
+    /// The pipeline's authorization stage: whether `user` may make the request `info` in
+    /// `tenant` (`None`: every tenant, which only system administrators and components
+    /// reach) with the request's `fieldSelector`, else a 403 worded as Kubernetes words
+    /// it, naming nothing but the request itself.
+    pub fn authorize(
+        &self,
+        user: &User,
+        tenant: Option<&str>,
+        info: &RequestInfo,
+        field_selector: Option<&str>,
+    ) -> Result<Grant, Status> {
         if user.is_system_admin() {
-            return Ok(());
+            return Ok(Grant::Allowed);
         }
         let attrs = attributes(info);
-        // Another tenant's policy never applies (see `decide`).
-        let allowed = tenant.is_some_and(|t| {
+        // The caller's own tenant: its whole policy. Another tenant's policy never applies
+        // (see `decide`).
+        let own = tenant.is_some_and(|t| {
             t == user.tenant && {
                 let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
                 let who = UserRef { name: &user.name, groups: &user.groups };
                 policies.get(t).is_some_and(|p| p.allows(&who, &attrs))
             }
         });
-        if allowed {
-            return Ok(());
+        if own {
+            return Ok(Grant::Allowed);
+        }
+        if let Some(node) = node::node_of(user) {
+            return match node::decide(node, tenant, &attrs, field_selector) {
+                node::Decision::Allow => Ok(Grant::Allowed),
+                node::Decision::IfPodOnNode(n) => Ok(Grant::IfPodOnNode(n)),
+                node::Decision::IfSecretOfPodOnNode(n) => Ok(Grant::IfSecretOfPodOnNode(n)),
+                node::Decision::Deny => Err(forbidden(&user.name, &attrs)),
+            };
+        }
+        if tenant != Some(user.tenant.as_str()) && self.component_allows(user, &attrs) {
+            return Ok(Grant::Allowed);
         }
         Err(forbidden(&user.name, &attrs))
     }
@@ -344,15 +440,21 @@ impl Authz {
             ];
         }
         if tenant != user.tenant {
-            return Vec::new();
+            let mut out = Vec::new();
+            self.visit_component_rules(user, |rules| {
+                out.extend(rules.iter().cloned());
+                false
+            });
+            return out;
         }
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
         let user = UserRef { name: &user.name, groups: &user.groups };
         policies.get(tenant).map(|p| p.rules_for(&user, namespace)).unwrap_or_default()
     }
 
-    /// The escalation check for a write of an RBAC object by `user` in `tenant`, or `None`
-    /// for other kinds and for system administrators.
+    /// The check of the object a write leaves: for a node agent, node restriction's (its
+    /// own Node, Lease and pods only); for a write of an RBAC object, the escalation check;
+    /// `None` for other kinds and for system administrators.
     pub fn admission(
         self: &Arc<Self>,
         user: &User,
@@ -360,6 +462,12 @@ impl Authz {
         group: &str,
         resource: &str,
     ) -> Option<Admission> {
+        if let Some(node) = node::node_of(user)
+            && matches!((group, resource), ("", "nodes" | "pods") | ("coordination.k8s.io", "leases"))
+        {
+            let (node, resource) = (node.to_string(), resource.to_string());
+            return Some(Admission(Arc::new(move |obj: &Value| node::admit(&node, &resource, obj))));
+        }
         if group != RBAC_GROUP || user.is_system_admin() {
             return None;
         }

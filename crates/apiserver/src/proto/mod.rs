@@ -10,6 +10,7 @@
 
 #[rustfmt::skip]
 mod schema;
+mod extensions;
 
 use base64::Engine;
 use serde_json::{Map, Value, json};
@@ -104,11 +105,29 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn schema_of(name: &str) -> Result<&'static [Field], String> {
-    schema::MESSAGES
-        .binary_search_by(|(n, _)| n.cmp(&name))
-        .map(|i| schema::MESSAGES[i].1)
-        .map_err(|_| format!("no protobuf layout for {name}"))
+/// A message's fields: the generated layout's plus Atoll's additions (`extensions.rs`).
+#[derive(Clone, Copy)]
+pub(crate) struct Fields {
+    base: &'static [Field],
+    added: &'static [Field],
+}
+
+impl Fields {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'static Field> + use<> {
+        self.base.iter().chain(self.added.iter())
+    }
+}
+
+fn schema_of(name: &str) -> Result<Fields, String> {
+    let added = extensions::ADDED_FIELDS.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, f)| *f);
+    if let Ok(i) = schema::MESSAGES.binary_search_by(|(n, _)| n.cmp(&name)) {
+        return Ok(Fields { base: schema::MESSAGES[i].1, added });
+    }
+    extensions::MESSAGES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| Fields { base: f, added: &[] })
+        .ok_or_else(|| format!("no protobuf layout for {name}"))
 }
 
 /// Reads the small well-known messages into their JSON forms.

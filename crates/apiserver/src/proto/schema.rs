@@ -105,6 +105,15 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         ],
     ),
     (
+        "k8s.io.api.authentication.v1.BoundObjectReference",
+        &[
+            F { num: 1, name: "kind", card: C::One, ty: T::Str },
+            F { num: 2, name: "apiVersion", card: C::One, ty: T::Str },
+            F { num: 3, name: "name", card: C::One, ty: T::Str },
+            F { num: 4, name: "uid", card: C::One, ty: T::Str },
+        ],
+    ),
+    (
         "k8s.io.api.authentication.v1.ExtraValue",
         &[
             F { num: 1, name: "items", card: C::Many, ty: T::Str },
@@ -121,6 +130,29 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         "k8s.io.api.authentication.v1.SelfSubjectReviewStatus",
         &[
             F { num: 1, name: "userInfo", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1.UserInfo") },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1.TokenRequest",
+        &[
+            F { num: 1, name: "metadata", card: C::One, ty: T::Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+            F { num: 2, name: "spec", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1.TokenRequestSpec") },
+            F { num: 3, name: "status", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1.TokenRequestStatus") },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1.TokenRequestSpec",
+        &[
+            F { num: 1, name: "audiences", card: C::Many, ty: T::Str },
+            F { num: 3, name: "boundObjectRef", card: C::One, ty: T::Msg("k8s.io.api.authentication.v1.BoundObjectReference") },
+            F { num: 4, name: "expirationSeconds", card: C::One, ty: T::I64 },
+        ],
+    ),
+    (
+        "k8s.io.api.authentication.v1.TokenRequestStatus",
+        &[
+            F { num: 1, name: "token", card: C::One, ty: T::Str },
+            F { num: 2, name: "expirationTimestamp", card: C::One, ty: T::Time },
         ],
     ),
     (

@@ -27,7 +27,7 @@ pub fn component_name(message: &str) -> String {
 fn json_fields(message: &str) -> Vec<&'static Field> {
     let Ok(fields) = schema_of(message) else { return Vec::new() };
     let mut out = Vec::new();
-    for f in fields {
+    for f in fields.iter() {
         match f.ty {
             Ty::Msg(inner) if inline(message, f.name) => out.extend(json_fields(inner)),
             _ => out.push(f),

@@ -141,6 +141,15 @@ pub trait Strategy: Send + Sync + 'static {
 
     /// Turns a stored object into this kind's form (for kinds that view another's storage).
     fn stored_to_view(&self, _obj: &mut Value) {}
+    /// Removes what is stored but never handed out (a User's password hash, a password in
+    /// transit): applied to every object the registry returns, read, listed or watched.
+    fn redact(&self, _obj: &mut Value) {}
+    /// Copies stored-only fields (those `redact` removes) from the stored object to the
+    /// next version written over it, unless the new version sets them itself.
+    fn carry_over(&self, _stored: &Value, _new: &mut Value) {}
+    /// Records who created the object (a Namespace's `atoll.io/creator`), replacing anything
+    /// the client sent there; `None`: the server itself creates it.
+    fn record_creator(&self, _obj: &mut Value, _creator: Option<&Creator>) {}
 
     /// Turns this kind's form into the stored one.
     fn view_to_stored(&self, _obj: &mut Value) {}
@@ -291,6 +300,18 @@ pub struct WriteOptions {
     /// A last check of the object about to be written, on behalf of the caller (RBAC's
     /// escalation prevention); `None` for the server's own writes.
     pub admission: Option<Admission>,
+    /// The authenticated user who writes, for kinds that record their creator
+    /// ([`Strategy::record_creator`]); `None` for the server's own writes.
+    pub creator: Option<Creator>,
+}
+
+/// Who creates an object, as far as the object records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creator {
+    pub name: String,
+    /// The uid of the User object of that name, when the creator is one: a later User of the
+    /// same name is not the creator.
+    pub user_uid: Option<String>,
 }
 
 /// A check of the final object of a create or update (after defaults and validation),
@@ -314,6 +335,55 @@ pub struct DeleteOptions {
     pub precondition_resource_version: Option<String>,
     /// `gracePeriodSeconds`: `None` lets the kind decide.
     pub grace_period_seconds: Option<i64>,
+    /// `propagationPolicy` (or the older `orphanDependents`); `None` keeps whatever the
+    /// object already asks for (background when nothing).
+    pub propagation: Option<Propagation>,
+}
+
+/// What happens to an object's dependents (objects whose `ownerReferences` name it) when
+/// it is deleted. The garbage collector does the work; the server only records the choice
+/// as a finalizer, as Kubernetes does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// The owner goes at once; the collector deletes the dependents afterwards.
+    Background,
+    /// The owner stays (`foregroundDeletion`) until dependents that block it are gone.
+    Foreground,
+    /// The owner stays (`orphan`) until its dependents no longer name it.
+    Orphan,
+}
+
+/// The finalizer of a deletion in the foreground.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer of a deletion that orphans the dependents.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+impl Propagation {
+    pub fn parse(s: &str) -> Option<Propagation> {
+        Some(match s {
+            "Background" => Propagation::Background,
+            "Foreground" => Propagation::Foreground,
+            "Orphan" => Propagation::Orphan,
+            _ => return None,
+        })
+    }
+
+    /// Makes `finalizers` say this policy; whether they changed.
+    fn apply(self, finalizers: &mut Vec<String>) -> bool {
+        let before = finalizers.clone();
+        let keep = match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        };
+        finalizers.retain(|f| (f != FOREGROUND_FINALIZER && f != ORPHAN_FINALIZER) || Some(f.as_str()) == keep);
+        if let Some(k) = keep
+            && !finalizers.iter().any(|f| f == k)
+        {
+            finalizers.push(k.to_string());
+        }
+        *finalizers != before
+    }
 }
 
 /// One watch event, ready to be written as `{"type": ..., "object": ...}`.
@@ -507,6 +577,7 @@ impl Registry {
     fn decode(&self, value: &[u8], revision: i64) -> Result<Value> {
         let mut obj = decode_stored(value, revision)?;
         self.strategy.stored_to_view(&mut obj);
+        self.strategy.redact(&mut obj);
         Ok(obj)
     }
 
@@ -648,7 +719,13 @@ impl Registry {
         }
     }
 
-    pub async fn create_with(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Value> {
+    pub async fn create_with(&self, scope: &Scope, obj: Value, opts: &WriteOptions) -> Result<Value> {
+        let mut created = self.create_unredacted(scope, obj, opts).await?;
+        self.strategy.redact(&mut created);
+        Ok(created)
+    }
+
+    async fn create_unredacted(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Value> {
         let dry_run = opts.dry_run;
         self.check_type(&mut obj)?;
         let mut meta = object::meta(&obj)?;
@@ -686,6 +763,8 @@ impl Registry {
         object::set_meta(&mut obj, &meta)?;
         self.strategy.prepare_for_create(&mut obj);
         self.record(None, &mut obj, None, opts);
+        // After the ownership record: the creator is the server's to say, nobody's to own.
+        self.strategy.record_creator(&mut obj, opts.creator.as_ref());
         let mut errors = self.validate_meta(&meta);
         errors.extend(self.strategy.validate(&obj));
         let name = meta.name.clone().unwrap_or_default();
@@ -855,6 +934,19 @@ impl Registry {
         &self,
         scope: &Scope,
         name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        let mut updated = self.update_unredacted(scope, name, obj, subresource, opts).await?;
+        self.strategy.redact(&mut updated);
+        Ok(updated)
+    }
+
+    async fn update_unredacted(
+        &self,
+        scope: &Scope,
+        name: &str,
         mut obj: Value,
         subresource: Option<&str>,
         opts: &WriteOptions,
@@ -879,10 +971,18 @@ impl Registry {
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
-            let old = self.decode(&current.value, current.mod_revision)?;
+            // Unredacted: the kind's update rules may need what is stored but never shown
+            // (a User keeps its password hash); `old` itself is never handed out.
+            let old = {
+                let mut o = decode_stored(&current.value, current.mod_revision)?;
+                self.strategy.stored_to_view(&mut o);
+                o
+            };
             let mut new = self.merge_update(&old, obj.clone(), subresource)?;
             self.strategy.prepare_for_update(&mut new, &old, subresource);
             self.record(Some(&old), &mut new, subresource, opts);
+            // After the ownership record: stored-only fields are nobody's to own.
+            self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut new);
             let mut errors = self.validate_meta(&object::meta(&new)?);
             errors.extend(self.strategy.validate(&new));
             errors.extend(self.strategy.validate_update(&new, &old));
@@ -947,9 +1047,12 @@ impl Registry {
             if !errors.is_empty() {
                 return Err(self.invalid(name, errors));
             }
-            match self.store.update(key.clone(), self.encode(&obj)?, current.mod_revision).await? {
+            let mut stored = obj.clone();
+            self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut stored);
+            match self.store.update(key.clone(), self.encode(&stored)?, current.mod_revision).await? {
                 Ok(revision) => {
                     set_rv(&mut obj, revision);
+                    self.strategy.redact(&mut obj);
                     return Ok(obj);
                 }
                 Err(_) => continue,
@@ -1001,12 +1104,15 @@ impl Registry {
         meta.generate_name = meta.generate_name.or(old_meta.generate_name.clone());
         meta.resource_version = None;
         let spec_changed = {
+            // Compared as clients see them: stored-only fields (a password hash) and
+            // write-only ones (a password) are not part of the spec they observe.
             let strip = |v: &Value| {
                 let mut v = v.clone();
                 if let Some(m) = v.as_object_mut() {
                     m.remove("metadata");
                     m.remove("status");
                 }
+                self.strategy.redact(&mut v);
                 v
             };
             strip(old) != strip(&new)
@@ -1050,27 +1156,37 @@ impl Registry {
                     ));
             }
             let grace = self.strategy.grace_period(&obj, opts.grace_period_seconds);
-            let finalizers =
-                meta.finalizers.as_ref().is_some_and(|f| !f.is_empty()) || self.strategy.holds_deletion(&obj);
+            // The propagation policy is kept as a finalizer the garbage collector removes.
+            let mut list = meta.finalizers.clone().unwrap_or_default();
+            let policy_changed = opts.propagation.is_some_and(|p| p.apply(&mut list));
+            let finalizers = !list.is_empty() || self.strategy.holds_deletion(&obj);
             if finalizers || grace.is_some() {
                 let grace = grace.unwrap_or(0);
-                // Already terminating: only a shorter grace period changes anything.
-                if meta.deletion_timestamp.is_some() && meta.deletion_grace_period_seconds.is_some_and(|g| g <= grace) {
+                let shorter = meta.deletion_grace_period_seconds.is_none_or(|g| g > grace);
+                // Already terminating: only a shorter grace period or another policy changes anything.
+                if meta.deletion_timestamp.is_some() && !shorter && !policy_changed {
                     return Ok(obj);
                 }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0);
-                meta.deletion_timestamp = Some(object::rfc3339(now + grace));
-                meta.deletion_grace_period_seconds = Some(grace);
+                if meta.deletion_timestamp.is_none() || shorter {
+                    meta.deletion_timestamp = Some(object::rfc3339(now + grace));
+                    meta.deletion_grace_period_seconds = Some(grace);
+                }
+                if policy_changed {
+                    meta.finalizers = (!list.is_empty()).then_some(list);
+                }
                 meta.resource_version = None;
                 object::set_meta(&mut obj, &meta)?;
                 self.strategy.prepare_for_delete(&mut obj);
                 if opts.dry_run {
                     return Ok(obj);
                 }
-                match self.store.update(key.clone(), self.encode(&obj)?, current.mod_revision).await? {
+                let mut stored = obj.clone();
+                self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut stored);
+                match self.store.update(key.clone(), self.encode(&stored)?, current.mod_revision).await? {
                     Ok(revision) => {
                         set_rv(&mut obj, revision);
                         return Ok(obj);
@@ -1204,7 +1320,10 @@ impl Registry {
     fn translate(&self, shared: &cache::SharedEvent, opts: &ListOptions) -> Result<Option<WatchEvent>> {
         let revision = shared.event.kv.mod_revision;
         let decoded = shared
-            .decoded(&|obj| self.strategy.stored_to_view(obj))
+            .decoded(&|obj| {
+                self.strategy.stored_to_view(obj);
+                self.strategy.redact(obj);
+            })
             .ok_or_else(|| RegistryError::Internal("a stored object is not JSON".into()))?;
         let old_matches = match &decoded.prev {
             Some(o) => self.matches(o, opts)?,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use api::selector::{FieldSelector, LabelSelector};
-use apiserver::registry::{DeleteOptions, ListOptions, Registry, RegistryError, Scope, Strategy};
+use apiserver::registry::{DeleteOptions, ListOptions, Propagation, Registry, RegistryError, Scope, Strategy};
 use serde_json::{Value, json};
 use store::Store;
 use store::embedded::EmbeddedStore;
@@ -199,6 +199,40 @@ async fn finalizers_hold_deletion_until_removed() -> Result<()> {
     current["metadata"]["finalizers"] = json!([]);
     r.update(&s, "f", current, None, false).await?;
     ensure!(matches!(r.get(&s, "f").await, Err(RegistryError::NotFound { .. })), "removing the last finalizer deletes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn propagation_policies_become_finalizers_for_the_garbage_collector() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let s = ns("acme", "default");
+    let finalizers = |o: &Value| o["metadata"]["finalizers"].clone();
+    let delete = |p| DeleteOptions { propagation: Some(p), ..DeleteOptions::default() };
+    // Background: nothing holds the object.
+    r.create(&s, cm("bg", json!({})), false).await?;
+    r.delete(&s, "bg", &delete(Propagation::Background)).await?;
+    ensure!(matches!(r.get(&s, "bg").await, Err(RegistryError::NotFound { .. })));
+    // Foreground: held by `foregroundDeletion`, beside its own finalizers.
+    r.create(&s, json!({"metadata": {"name": "fg", "finalizers": ["example.com/hold"]}}), false).await?;
+    let marked = r.delete(&s, "fg", &delete(Propagation::Foreground)).await?;
+    ensure!(marked["metadata"]["deletionTimestamp"].is_string());
+    ensure!(finalizers(&marked) == json!(["example.com/hold", "foregroundDeletion"]), "{marked}");
+    // Deleted again orphaning: the policy changes, the deletion time stays.
+    let again = r.delete(&s, "fg", &delete(Propagation::Orphan)).await?;
+    ensure!(finalizers(&again) == json!(["example.com/hold", "orphan"]), "{again}");
+    ensure!(again["metadata"]["deletionTimestamp"] == marked["metadata"]["deletionTimestamp"]);
+    // No policy: whatever the object holds stays.
+    let same = r.delete(&s, "fg", &DeleteOptions::default()).await?;
+    ensure!(finalizers(&same) == json!(["example.com/hold", "orphan"]), "{same}");
+    // Orphan on an object with no finalizers holds it until the collector lets go.
+    r.create(&s, cm("or", json!({})), false).await?;
+    let held = r.delete(&s, "or", &delete(Propagation::Orphan)).await?;
+    ensure!(finalizers(&held) == json!(["orphan"]), "{held}");
+    let mut current = r.get(&s, "or").await?;
+    current["metadata"]["finalizers"] = Value::Null;
+    r.update(&s, "or", current, None, false).await?;
+    ensure!(matches!(r.get(&s, "or").await, Err(RegistryError::NotFound { .. })));
     Ok(())
 }
 

@@ -1,11 +1,19 @@
 //! End-to-end tests that drive the real `atoll` binary.
 
+mod authn;
 mod controllers;
 mod crash;
 mod crd;
 mod image;
+mod isolation;
+mod keystone;
+mod leastpriv;
+mod nodes;
 mod rbac;
+mod registry;
 mod scheduler;
 mod server;
 mod streaming;
 mod up;
+mod vm;
+mod workloads;

@@ -67,7 +67,7 @@ fn the_scheduler_binds_pods_and_explains_when_nothing_fits() -> Result<()> {
     let _scheduler = Proc(
         Command::new(env!("CARGO_BIN_EXE_atoll"))
             .args(["scheduler", "--kubeconfig"])
-            .arg(server.kubeconfig())
+            .arg(server.component_kubeconfig("scheduler")?)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?,

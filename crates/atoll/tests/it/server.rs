@@ -11,6 +11,8 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) addr: String,
     pub(crate) dir: tempfile::TempDir,
+    /// The flags it was started with (kept across restarts).
+    extra: Vec<String>,
 }
 
 impl Drop for Server {
@@ -30,11 +32,13 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `atoll server` on `listen` with its data in `dir`; returns it and its address.
-fn spawn_server(dir: &Path, listen: &str) -> Result<(Child, String)> {
+/// Starts `atoll server` on `listen` with its data in `dir` and `extra` flags; returns it
+/// and its address.
+fn spawn_server(dir: &Path, listen: &str, extra: &[String]) -> Result<(Child, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
         .args(["server", "--listen", listen, "--data-dir"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
@@ -49,34 +53,59 @@ fn spawn_server(dir: &Path, listen: &str) -> Result<(Child, String)> {
 
 impl Server {
     pub(crate) fn start() -> Result<Server> {
+        Server::start_with(&[])
+    }
+
+    /// A server started with `extra` command-line flags.
+    pub(crate) fn start_with(extra: &[String]) -> Result<Server> {
         let dir = tempfile::tempdir()?;
-        let (child, addr) = spawn_server(dir.path(), "127.0.0.1:0")?;
-        Ok(Server { child, addr, dir })
+        let (child, addr) = spawn_server(dir.path(), "127.0.0.1:0", extra)?;
+        Ok(Server { child, addr, dir, extra: extra.to_vec() })
     }
 
     /// Stops the server and starts it again on the same address and data.
     pub(crate) fn restart(&mut self) -> Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = spawn_server(self.dir.path(), &self.addr)?;
+        let (child, addr) = spawn_server(self.dir.path(), &self.addr, &self.extra)?;
         ensure!(addr == self.addr, "restarted on {addr}, not {}", self.addr);
         self.child = child;
         Ok(())
+    }
+
+    /// Stops the server (so that its store can be opened by someone else).
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")
     }
 
-    /// Runs `atoll controllers` against this server with the admin's identity.
+    /// Runs `atoll controllers` against this server with the controllers' own identity.
     pub(crate) fn start_controllers(&self) -> Result<Proc> {
         let child = Command::new(env!("CARGO_BIN_EXE_atoll"))
             .args(["controllers", "--kubeconfig"])
-            .arg(self.kubeconfig())
+            .arg(self.component_kubeconfig("controllers")?)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
         Ok(Proc(child))
+    }
+
+    /// A kubeconfig for one of Atoll's components (`controllers`, `scheduler`,
+    /// `node:<name>`), from `atoll admin kubeconfig --component`.
+    pub(crate) fn component_kubeconfig(&self, component: &str) -> Result<PathBuf> {
+        let config = self.dir.path().join(format!("{}.kubeconfig", component.replace(':', "-")));
+        let status = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["admin", "kubeconfig", "--component", component, "--data-dir"])
+            .arg(self.dir.path())
+            .arg("--output")
+            .arg(&config)
+            .status()?;
+        ensure!(status.success(), "atoll admin kubeconfig --component {component} failed");
+        Ok(config)
     }
 
     /// kubectl 1.`minor` as user `name` of `tenant` (a certificate from `atoll admin

@@ -236,6 +236,13 @@ fn taints_readiness_and_ownership() {
         with(node("down", "4", "8Gi", 110), json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})),
         with(node("unknown", "4", "8Gi", 110), json!({"status": {"conditions": []}})),
     ]);
+    // As the node lifecycle controller leaves a node whose agent went silent.
+    let unreachable = Cluster::new(&[with(
+        node("lost", "4", "8Gi", 110),
+        json!({"spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
+                                   {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]},
+               "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
+    )]);
     check(
         &[
             ("untolerated", &taints, pod("p", "", "")),
@@ -253,6 +260,12 @@ fn taints_readiness_and_ownership() {
                 "tolerating unschedulable",
                 &cordoned,
                 tolerate(json!([{"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}])),
+            ),
+            ("unreachable", &unreachable, pod("p", "", "")),
+            (
+                "tolerating unreachable",
+                &unreachable,
+                tolerate(json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists"}])),
             ),
             ("already on a node", &taints, with(pod("p", "", ""), json!({"spec": {"nodeName": "gpu"}}))),
             ("another scheduler", &taints, with(pod("p", "", ""), json!({"spec": {"schedulerName": "other"}}))),
@@ -272,6 +285,8 @@ fn taints_readiness_and_ownership() {
             PreferNoSchedule tolerated: bind a-soft
             unschedulable and not ready: 0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) were not ready.
             tolerating unschedulable: bind cordoned
+            unreachable: 0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }.
+            tolerating unreachable: bind lost
             already on a node: not ours: the pod is already on a node
             another scheduler: not ours: the pod names another scheduler
             being deleted: not ours: the pod is being deleted or has finished

@@ -1,0 +1,421 @@
+//! Simulated ("hollow") nodes for scale tests and benchmarks: N Nodes served by one task
+//! over one client connection, running nothing.
+//!
+//! Each node registers a Node labelled `atoll.io/simulated=true` with the role
+//! `node-role.kubernetes.io/simulated` (kubectl's ROLES column says `simulated`), a
+//! `simulated://` runtime version and addresses from reserved ranges, and renews its Lease
+//! like a real agent: the renewals of all nodes are spread over the interval and sent in
+//! small batches from one timer, each a merge patch (one request, no read). It carries no
+//! taint, so the scheduler treats it like any node (that is what a scale test measures);
+//! the label and role are how people and selectors tell it apart.
+//!
+//! Pods: one watch of every bound pod (all tenants, `spec.nodeName!=`), filtered here by
+//! node name, so N nodes cost one watch, not N. A pod bound to one of ours that is not yet
+//! reported gets a Running status (podIP from 100.64.0.0/10, every container running and
+//! ready, the usual conditions); a pod being deleted is deleted at once with grace 0 (there
+//! is nothing to stop), as a real agent does after stopping it. Writes carry the watched
+//! object's resourceVersion, so a conflict means a newer version is on its way and is
+//! simply dropped: the next event is handled the same way (level-triggered).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use client::{Client, DeleteParams, Patch, Resource, Scope, Tenant};
+use controllers::{ApiSource, Event, Watcher};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::node::{self, LEASE_DURATION_SECONDS, LEASE_NAMESPACE, leases, micro_time, nodes, seconds_time};
+
+pub const SIMULATED_LABEL: &str = "atoll.io/simulated";
+pub const ROLE_LABEL: &str = "node-role.kubernetes.io/simulated";
+/// API calls in flight at once (registration, renewals, pod writes share them).
+const IN_FLIGHT: usize = 64;
+/// How often the renewal timer wakes; each wake renews the nodes whose slot has come.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("registering simulated node {node}: {source}")]
+    Register { node: String, source: client::Error },
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub count: usize,
+    /// Nodes are `<prefix>-<i>`.
+    pub name_prefix: String,
+    /// How often each node renews its Lease.
+    pub lease_renew: Duration,
+    /// How often each node rewrites its status (fresh heartbeat, Ready=True), like the
+    /// kubelet's status report; the Lease is the liveness signal in between.
+    pub status_every: Duration,
+    pub cpu: String,
+    pub memory: String,
+    pub max_pods: u32,
+}
+
+impl SimConfig {
+    pub fn new(count: usize, name_prefix: &str) -> SimConfig {
+        SimConfig {
+            count,
+            name_prefix: name_prefix.into(),
+            lease_renew: node::LEASE_RENEW,
+            status_every: Duration::from_secs(60),
+            cpu: "32".into(),
+            memory: "128Gi".into(),
+            max_pods: node::MAX_PODS,
+        }
+    }
+
+    pub fn name(&self, i: usize) -> String {
+        format!("{}-{i}", self.name_prefix)
+    }
+}
+
+/// Node `i`'s InternalIP: 198.18.0.0/15 (benchmarking range), so it is never routable.
+fn host_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 1)).wrapping_add(i as u32))
+}
+
+/// What every task shares: the names of our nodes and the pod address counter.
+struct Fleet {
+    client: Client,
+    config: SimConfig,
+    index: HashMap<String, usize>,
+    next_ip: AtomicU32,
+    permits: Arc<Semaphore>,
+    since: SystemTime,
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The Node's status: capacity from the config, Ready with a fresh heartbeat.
+pub fn node_status(config: &SimConfig, i: usize, now: SystemTime, since: SystemTime) -> Value {
+    let resources = json!({"cpu": config.cpu, "memory": config.memory, "pods": config.max_pods.to_string()});
+    let condition = |type_: &str, status: &str, reason: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": "simulated node",
+               "lastHeartbeatTime": seconds_time(now), "lastTransitionTime": seconds_time(since)})
+    };
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "addresses": [{"type": "InternalIP", "address": host_ip(i).to_string()},
+                      {"type": "Hostname", "address": config.name(i)}],
+        "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "simulated",
+                     "containerRuntimeVersion": "simulated://0", "kubeletVersion": format!("atoll-{}", env!("CARGO_PKG_VERSION")),
+                     "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+        "conditions": [
+            condition("MemoryPressure", "False", "AgentHasSufficientMemory"),
+            condition("DiskPressure", "False", "AgentHasNoDiskPressure"),
+            condition("PIDPressure", "False", "AgentHasSufficientPID"),
+            condition("Ready", "True", "AgentReady"),
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+    })
+}
+
+/// The status a simulated node reports for a pod, or `None` when the pod's status already
+/// says it runs here ready.
+pub fn running_status(pod: &Value, host_ip: &str, pod_ip: impl FnOnce() -> String, now: SystemTime) -> Option<Value> {
+    let status = pod.get("status");
+    let ready = status
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True"));
+    if text(pod, "/status/phase") == "Running" && ready && text(pod, "/status/hostIP") == host_ip {
+        return None;
+    }
+    let now_s = seconds_time(now);
+    let start = Some(text(pod, "/status/startTime")).filter(|s| !s.is_empty()).map_or(now_s.clone(), str::to_string);
+    let ip = Some(text(pod, "/status/podIP")).filter(|s| !s.is_empty()).map_or_else(pod_ip, str::to_string);
+    let uid = text(pod, "/metadata/uid");
+    let containers: Vec<Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let name = text(c, "/name");
+                    json!({"name": name, "image": text(c, "/image"), "imageID": "",
+                           "containerID": format!("simulated://{uid}-{name}"), "ready": true, "started": true,
+                           "restartCount": 0, "state": {"running": {"startedAt": start}}})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut conditions = vec![];
+    for type_ in ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"] {
+        conditions.push(json!({"type": type_, "status": "True", "lastProbeTime": null, "lastTransitionTime": now_s}));
+    }
+    // PodScheduled is the binding's; keep it as written.
+    let scheduled = status
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| text(c, "/type") == "PodScheduled").cloned())
+        .unwrap_or_else(|| json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_s}));
+    conditions.push(scheduled);
+    Some(json!({
+        "phase": "Running",
+        "conditions": conditions,
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": start,
+        "containerStatuses": containers,
+        "qosClass": Some(text(pod, "/status/qosClass")).filter(|q| !q.is_empty()).unwrap_or("BestEffort"),
+    }))
+}
+
+impl Fleet {
+    fn pod_ip(&self) -> String {
+        let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
+        // 100.64.0.0/10 (shared address space): 4 M addresses before wrapping.
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 1)).wrapping_add(n % (1 << 22))).to_string()
+    }
+
+    async fn register(&self, i: usize) -> Result<(), client::Error> {
+        let name = self.config.name(i);
+        let scope = Scope::tenant("system");
+        let obj = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+            SIMULATED_LABEL: "true", ROLE_LABEL: "",
+        }}});
+        match self.client.create(&nodes(), &scope, &obj).await {
+            Ok(_) => {}
+            // Registered by an earlier run: its status and lease are rewritten below.
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(e),
+        }
+        self.write_status(i).await?;
+        self.renew(i).await
+    }
+
+    /// Rewrites node `i`'s status, retrying on conflicts with other writers (taints).
+    async fn write_status(&self, i: usize) -> Result<(), client::Error> {
+        let name = self.config.name(i);
+        let scope = Scope::tenant("system");
+        let mut attempts = 0;
+        loop {
+            let mut obj = self.client.get(&nodes(), &scope, &name).await?;
+            obj["status"] = node_status(&self.config, i, SystemTime::now(), self.since);
+            match self.client.replace_subresource(&nodes(), &scope, &name, "status", &obj).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() && attempts < 3 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn renew(&self, i: usize) -> Result<(), client::Error> {
+        let name = self.config.name(i);
+        let scope = Scope::tenant("system").in_namespace(LEASE_NAMESPACE);
+        let now = micro_time(SystemTime::now());
+        let patch = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                                    "renewTime": now}});
+        match self.client.patch(&leases(), &scope, &name, &Patch::Merge(patch)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => {
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                   "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
+                                   "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                                            "acquireTime": now, "renewTime": now}});
+                match self.client.create(&leases(), &scope, &lease).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.is_already_exists() => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Brings one watched pod to what a node would report; `None` when it is not ours.
+    async fn sync_pod(&self, pod: &Value) {
+        let Some(&i) = self.index.get(text(pod, "/spec/nodeName")) else { return };
+        let (name, ns, tenant) =
+            (text(pod, "/metadata/name"), text(pod, "/metadata/namespace"), text(pod, "/metadata/tenant"));
+        let scope = Scope { tenant: Tenant::Named(tenant.to_string()), namespace: Some(ns.to_string()) };
+        if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                precondition_uid: Some(text(pod, "/metadata/uid").to_string()),
+                ..DeleteParams::default()
+            };
+            match self.client.delete(&Resource::pods(), &scope, name, &params).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => tracing::warn!(pod = name, namespace = ns, error = %e, "deleting a simulated pod"),
+            }
+            return;
+        }
+        if matches!(text(pod, "/status/phase"), "Succeeded" | "Failed") {
+            return;
+        }
+        let Some(status) = running_status(pod, &host_ip(i).to_string(), || self.pod_ip(), SystemTime::now()) else {
+            return;
+        };
+        let mut updated = pod.clone();
+        updated["status"] = status;
+        match self.client.replace_subresource(&Resource::pods(), &scope, name, "status", &updated).await {
+            Ok(_) => {}
+            // A newer version is on its way through the watch, or the pod went.
+            Err(e) if e.is_conflict() || e.is_not_found() => {}
+            Err(e) => tracing::warn!(pod = name, namespace = ns, error = %e, "reporting a simulated pod"),
+        }
+    }
+}
+
+/// Runs `config.count` simulated nodes until `shutdown` resolves.
+pub async fn run(client: Client, config: SimConfig, shutdown: impl Future<Output = ()>) -> Result<(), SimError> {
+    let index = (0..config.count).map(|i| (config.name(i), i)).collect();
+    let fleet = Arc::new(Fleet {
+        client: client.clone(),
+        config,
+        index,
+        next_ip: AtomicU32::new(0),
+        permits: Arc::new(Semaphore::new(IN_FLIGHT)),
+        since: SystemTime::now(),
+    });
+    tokio::pin!(shutdown);
+
+    // Registration, IN_FLIGHT at a time; the first failure stops it (the API is unusable).
+    let started = std::time::Instant::now();
+    let mut pending = tokio::task::JoinSet::new();
+    for i in 0..fleet.config.count {
+        let f = fleet.clone();
+        let permit = tokio::select! {
+            p = f.permits.clone().acquire_owned() => p,
+            _ = &mut shutdown => return Ok(()),
+        };
+        pending.spawn(async move {
+            let result = f.register(i).await;
+            drop(permit);
+            result.map_err(|source| SimError::Register { node: f.config.name(i), source })
+        });
+        while let Some(done) = pending.try_join_next() {
+            done.unwrap_or(Ok(()))?;
+        }
+    }
+    while let Some(done) = pending.join_next().await {
+        done.unwrap_or(Ok(()))?;
+    }
+    tracing::info!(nodes = fleet.config.count, elapsed = ?started.elapsed(), "simulated nodes registered");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let heartbeats = tokio::spawn(heartbeats(fleet.clone(), stop_rx.clone()));
+    let pods = tokio::spawn(pod_loop(fleet.clone(), stop_rx));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = heartbeats.await;
+    let _ = pods.await;
+    Ok(())
+}
+
+/// Renews every node's Lease once per `lease_renew` and rewrites its status once per
+/// `status_every`, each node at its own slot of the interval so the load is even.
+async fn heartbeats(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let slots = |every: Duration| (every.as_millis() / TICK.as_millis()).max(1) as usize;
+    let (lease_slots, status_slots) = (slots(fleet.config.lease_renew), slots(fleet.config.status_every));
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut k: usize = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        k = k.wrapping_add(1);
+        let (lease_slot, status_slot) = (k % lease_slots, k % status_slots);
+        let due = (0..fleet.config.count).filter(|i| i % lease_slots == lease_slot || i % status_slots == status_slot);
+        for i in due {
+            let Ok(permit) = fleet.permits.clone().acquire_owned().await else { return };
+            let f = fleet.clone();
+            let status = i % status_slots == status_slot;
+            let lease = i % lease_slots == lease_slot;
+            tokio::spawn(async move {
+                if lease && let Err(e) = f.renew(i).await {
+                    tracing::warn!(node = %f.config.name(i), error = %e, "renewing a simulated node's lease");
+                }
+                if status && let Err(e) = f.write_status(i).await {
+                    tracing::warn!(node = %f.config.name(i), error = %e, "writing a simulated node's status");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// One watch of every bound pod; ours are reported running or finished when deleted.
+async fn pod_loop(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let source = ApiSource::new(fleet.client.clone(), Resource::pods(), Scope::all_tenants()).fields("spec.nodeName!=");
+    let mut watcher = Watcher::new(source, "simulated nodes' pods");
+    loop {
+        let event = tokio::select! {
+            event = watcher.next() => event,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let pods = match event {
+            Event::Restarted(all) => all,
+            Event::Applied(pod) => vec![pod],
+            Event::Deleted(_) => continue,
+        };
+        for pod in pods {
+            if !fleet.index.contains_key(text(&pod, "/spec/nodeName")) {
+                continue;
+            }
+            let Ok(permit) = fleet.permits.clone().acquire_owned().await else { return };
+            let f = fleet.clone();
+            tokio::spawn(async move {
+                f.sync_pod(&pod).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_pod_is_reported_running_once() {
+        let pod = json!({"metadata": {"name": "p", "uid": "u1"},
+                         "spec": {"nodeName": "sim-3", "containers": [{"name": "c", "image": "busybox"}]},
+                         "status": {"phase": "Pending", "conditions": [
+                             {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        let now = SystemTime::UNIX_EPOCH;
+        let status = running_status(&pod, "198.18.0.4", || "100.64.0.9".into(), now).expect("reported");
+        assert_eq!(status["phase"], "Running");
+        assert_eq!((status["podIP"].as_str(), status["hostIP"].as_str()), (Some("100.64.0.9"), Some("198.18.0.4")));
+        assert_eq!(status["containerStatuses"][0]["containerID"], "simulated://u1-c");
+        assert!(status["containerStatuses"][0]["state"]["running"].is_object());
+        let types: Vec<&str> = status["conditions"].as_array().unwrap().iter().map(|c| text(c, "/type")).collect();
+        assert_eq!(types, ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]);
+        assert_eq!(status["conditions"][4]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        let mut running = pod.clone();
+        running["status"] = status;
+        assert_eq!(running_status(&running, "198.18.0.4", || unreachable!(), now), None);
+        // Marked not ready by the node lifecycle controller: reported ready again, same address.
+        running["status"]["conditions"][2]["status"] = json!("False");
+        let again = running_status(&running, "198.18.0.4", || unreachable!(), now).expect("reported again");
+        assert_eq!(again["podIP"], "100.64.0.9");
+    }
+
+    #[test]
+    fn addresses_come_from_reserved_ranges() {
+        assert_eq!(host_ip(0), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(host_ip(4999), Ipv4Addr::new(198, 18, 19, 136));
+        let status = node_status(&SimConfig::new(1, "sim"), 0, SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH);
+        assert_eq!(status["allocatable"]["pods"], "110");
+        assert_eq!(status["conditions"][3]["type"], "Ready");
+        assert_eq!(status["nodeInfo"]["containerRuntimeVersion"], "simulated://0");
+    }
+}

@@ -1,0 +1,255 @@
+//! `atoll bench pods`: pod startup latency. Creates N pods at once (busybox `sleep`) and
+//! measures, from watch events, the time from each pod's create call to the watch showing
+//! it Running with every container running (the Kubernetes pod startup SLI, which also
+//! excludes image pulls: the image is in the node's store). Against its own all-in-one
+//! cluster (`atoll up` in a child process, temporary data folder, the real local node,
+//! busybox built first) or an existing one (`--kubeconfig`). `--simulated N` runs the same
+//! on N simulated nodes instead: the control plane's share of the latency (API, scheduler,
+//! status writes) without containers.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use client::{Client, ListParams, Resource, Scope, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+
+use crate::bench::{ms, percentile};
+
+#[derive(clap::Args)]
+pub struct PodsBenchArgs {
+    /// Pods created at once.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// Use this cluster instead of starting one (pods go to the node `--node` names, or
+    /// wherever the scheduler puts them).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Pin the pods to this node (label `kubernetes.io/hostname`); default: the started
+    /// cluster's local node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Run on this many simulated nodes instead of the real node (control-plane cost only).
+    #[arg(long)]
+    simulated: Option<usize>,
+    /// OCI runtime of the started cluster's node.
+    #[arg(long, default_value = "crun")]
+    runtime: PathBuf,
+    /// Seconds to wait for every pod to run.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+/// `atoll up` in a child process; stopped with SIGINT (so it stops its containers) on drop.
+struct Cluster {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The folder goes with the cluster; its log stays for a look at where the time went.
+        let kept = std::env::temp_dir().join("atoll-bench-pods-up.log");
+        if std::fs::copy(self.log(), &kept).is_ok() {
+            eprintln!("the cluster's log: {}", kept.display());
+        }
+    }
+}
+
+fn start_cluster(args: &PodsBenchArgs) -> Result<Cluster> {
+    let dir = tempfile::Builder::new().prefix("atoll-bench-pods-").tempdir()?;
+    let exe = std::env::current_exe()?;
+    let mut up = Command::new(&exe);
+    up.args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    match args.simulated {
+        Some(n) => {
+            up.args(["--no-agent", "--simulated-nodes", &n.to_string()]);
+        }
+        None => {
+            let built = Command::new(&exe)
+                .args(["image", "build-busybox", "--data-dir"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .status()?;
+            ensure!(built.success(), "atoll image build-busybox failed (is busybox-static installed?)");
+            up.arg("--runtime").arg(&args.runtime);
+        }
+    }
+    let log = std::fs::File::create(dir.path().join("up.log"))?;
+    let mut child = up.stdout(Stdio::piped()).stderr(log).spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let cluster = Cluster { child, dir };
+    ensure!(line.starts_with("listening on"), "atoll up did not start; see {}", cluster.log().display());
+    Ok(cluster)
+}
+
+impl Cluster {
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("up.log")
+    }
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Running, and every container says so.
+fn running(pod: &Value) -> bool {
+    text(pod, "/status/phase") == "Running"
+        && pod
+            .pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.pointer("/state/running").is_some()))
+}
+
+fn ready_node(node: &Value) -> bool {
+    node.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True"))
+}
+
+/// Waits until `want` nodes matching `selector` are Ready.
+async fn wait_for_nodes(client: &Client, selector: Option<&str>, want: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let params = ListParams { label_selector: selector.map(str::to_string), ..ListParams::default() };
+        if let Ok(list) = client.list(&Resource::nodes(), &Scope::tenant("system"), &params).await
+            && list.items.iter().filter(|n| ready_node(n)).count() >= want
+        {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{want} ready node(s) never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(args: PodsBenchArgs) -> Result<()> {
+    let started = if args.kubeconfig.is_none() { Some(start_cluster(&args)?) } else { None };
+    let kubeconfig = match (&args.kubeconfig, &started) {
+        (Some(k), _) => k.clone(),
+        (None, Some(c)) => c.dir.path().join("admin.kubeconfig"),
+        (None, None) => unreachable!("a cluster was started"),
+    };
+    let result = measure(&args, &kubeconfig, started.is_some()).await;
+    drop(started);
+    result
+}
+
+async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<()> {
+    let config = client::Config::from_kubeconfig(kubeconfig, None)?;
+    let client = Client::new(config)?;
+    let selector = match (&args.node, args.simulated) {
+        (Some(node), _) => json!({"kubernetes.io/hostname": node}),
+        (None, Some(_)) => json!({"atoll.io/simulated": "true"}),
+        (None, None) if own => json!({"kubernetes.io/hostname": crate::agent::hostname()}),
+        (None, None) => json!({}),
+    };
+    match args.simulated {
+        Some(n) if own => wait_for_nodes(&client, Some("atoll.io/simulated=true"), n).await?,
+        _ if own => wait_for_nodes(&client, None, 1).await?,
+        _ => {}
+    }
+
+    let ns = format!("bench-pods-{}", std::process::id());
+    client
+        .create(
+            &Resource::namespaces(),
+            &Scope::own(),
+            &json!({"apiVersion": "v1", "kind": "Namespace",
+                                                                "metadata": {"name": ns}}),
+        )
+        .await?;
+    let scope = Scope::own().in_namespace(&ns);
+    let listed = client.list(&Resource::pods(), &scope, &ListParams::default()).await?;
+    let params = WatchParams { resource_version: Some(listed.resource_version), ..WatchParams::default() };
+    let mut watch = client.watch(&Resource::pods(), &scope, &params).await?;
+
+    let names: Vec<String> = (0..args.pods).map(|i| format!("p{i}")).collect();
+    let begin = Instant::now();
+    let mut creates = tokio::task::JoinSet::new();
+    for name in &names {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+                         "spec": {"nodeSelector": selector, "terminationGracePeriodSeconds": 1,
+                                  "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "Never",
+                                                  "command": ["sleep", "3600"]}]}});
+        let (client, scope, name) = (client.clone(), scope.clone(), name.clone());
+        creates.spawn(async move {
+            let sent = Instant::now();
+            client.create(&Resource::pods(), &scope, &pod).await.map(|_| (name, sent))
+        });
+    }
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let mut running_at: HashMap<String, Instant> = HashMap::new();
+    let deadline = begin + Duration::from_secs(args.timeout);
+    while running_at.len() < args.pods {
+        let event = tokio::select! {
+            Some(done) = creates.join_next() => {
+                let (name, sent) = done??;
+                sent_at.insert(name, sent);
+                continue;
+            }
+            event = tokio::time::timeout_at(deadline.into(), watch.next()) => event,
+        };
+        let Ok(event) = event else {
+            bail!("only {} of {} pods ran within {} s", running_at.len(), args.pods, args.timeout);
+        };
+        match event? {
+            Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) if running(&pod) => {
+                running_at.entry(text(&pod, "/metadata/name").to_string()).or_insert_with(Instant::now);
+            }
+            Some(WatchEvent::Error(s)) => bail!("the watch failed: {}", s.message),
+            None => bail!("the server ended the watch"),
+            _ => {}
+        }
+    }
+    let total = begin.elapsed();
+    while let Some(done) = creates.join_next().await {
+        let (name, sent) = done??;
+        sent_at.insert(name, sent);
+    }
+    let mut latencies: Vec<Duration> =
+        names.iter().filter_map(|n| Some(running_at.get(n)?.saturating_duration_since(*sent_at.get(n)?))).collect();
+    latencies.sort();
+    let target = match args.simulated {
+        Some(n) => format!("{n} simulated nodes"),
+        None => "the real node".to_string(),
+    };
+    println!(
+        "pod startup, {} pods at once on {target}: create -> Running p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
+         all running after {:.0} ms",
+        args.pods,
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        ms(total),
+    );
+
+    // Clean up and wait for it, so a cluster we started stops with nothing left to stop
+    // (the agent stops its pods in parallel; its own shutdown goes one pod at a time).
+    let params = client::DeleteParams::default();
+    client.delete(&Resource::namespaces(), &Scope::own(), &ns, &params).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let left = client.list(&Resource::pods(), &scope, &ListParams::default()).await?.items.len();
+        if left == 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{left} pods were still being deleted after {} s", args.timeout);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}

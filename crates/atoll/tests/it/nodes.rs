@@ -1,0 +1,137 @@
+//! Simulated nodes and the node lifecycle controller, as separate processes beside `atoll
+//! server` (`atoll agent --simulated`, `atoll controllers`, `atoll scheduler`), observed with
+//! kubectl 1.33: the nodes show with their label and role, pods are scheduled onto them and
+//! reported Running, a deleted pod goes; killing the simulated agent makes its nodes
+//! `Unknown` with the unreachable taints (and their pods not ready) within the grace period,
+//! and restarting it brings them back.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+
+use crate::server::{Kubectl, Proc, Server};
+
+/// The grace period the controllers get here (40 s by default).
+const GRACE_SECONDS: u64 = 4;
+
+fn start(server: &Server, args: &[&str], log: &str) -> Result<Proc> {
+    let log = std::fs::File::create(server.dir.path().join(log))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+fn simulated_agent(server: &Server) -> Result<Proc> {
+    // Leases renewed every second, well inside the test's grace period.
+    start(
+        server,
+        &["agent", "--simulated", "3", "--name-prefix", "sim", "--sim-lease-renew-seconds", "1"],
+        "simulated.log",
+    )
+}
+
+/// Runs `args` until its output satisfies `done` (`limit` at most); returns that output.
+fn until(k: &Kubectl, args: &[&str], limit: Duration, done: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = k.run(args, None)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&text) {
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            bail!("kubectl {args:?} never got there; last output:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const READY: &str = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+
+#[test]
+fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()> {
+    let server = Server::start()?;
+    let k = Kubectl::new(33, &server)?;
+    let grace = format!("{GRACE_SECONDS}s");
+    let _controllers = start(&server, &["controllers", "--node-monitor-grace-period", &grace], "controllers.log")?;
+    let _scheduler = start(&server, &["scheduler"], "scheduler.log")?;
+    let agent = simulated_agent(&server)?;
+
+    let nodes = until(&k, &["get", "nodes", "-l", "atoll.io/simulated=true"], Duration::from_secs(20), |o| {
+        o.lines().filter(|l| l.contains(" Ready ")).count() == 3
+    })?;
+    for name in ["sim-0", "sim-1", "sim-2"] {
+        ensure!(nodes.contains(name), "{nodes}");
+    }
+    ensure!(nodes.contains("simulated"), "the role shows in ROLES: {nodes}");
+
+    for i in 0..4 {
+        k.ok(&["run", &format!("p{i}"), "--image=busybox", "--", "sleep", "3600"])?;
+    }
+    let running = until(
+        &k,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.status.podIP}{\"\\n\"}{end}",
+        ],
+        Duration::from_secs(20),
+        |o| o.lines().filter(|l| l.contains(" Running 100.64.")).count() == 4,
+    )?;
+    ensure!(running.lines().all(|l| l.starts_with("sim-")), "{running}");
+    let ready = k.ok(&["get", "pod", "p0", "-o", READY])?;
+    ensure!(ready == "True", "{ready}");
+    // Deleting a pod finishes it (kubectl waits until it is gone).
+    k.ok(&["delete", "pod", "p3", "--timeout=20s"])?;
+    ensure!(k.fails(&["get", "pod", "p3"])?.contains("not found"));
+    let node_of_p0 = k.ok(&["get", "pod", "p0", "-o", "jsonpath={.spec.nodeName}"])?;
+    // The server gave the pod Kubernetes' default tolerations, so it outlives a short outage.
+    let tolerations =
+        k.ok(&["get", "pod", "p0", "-o", "jsonpath={range .spec.tolerations[*]}{.key}={.tolerationSeconds} {end}"])?;
+    ensure!(tolerations == "node.kubernetes.io/not-ready=300 node.kubernetes.io/unreachable=300 ", "{tolerations}");
+
+    // The agent dies: no more lease renewals.
+    let killed = Instant::now();
+    drop(agent);
+    let limit = Duration::from_secs(GRACE_SECONDS + 10);
+    until(&k, &["get", "node", "sim-1", "-o", READY], limit, |s| s == "Unknown")?;
+    let taken = killed.elapsed();
+    ensure!(taken >= Duration::from_secs(GRACE_SECONDS - 1), "marked after {taken:?}, before the grace period");
+    let reason =
+        k.ok(&["get", "node", "sim-1", "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#])?;
+    ensure!(reason == "NodeStatusUnknown", "{reason}");
+    let taints = until(
+        &k,
+        &["get", "node", "sim-1", "-o", "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}"],
+        limit,
+        |t| t.contains("node.kubernetes.io/unreachable:NoExecute"),
+    )?;
+    ensure!(taints.contains("node.kubernetes.io/unreachable:NoSchedule"), "{taints}");
+    let nodes = k.ok(&["get", "nodes"])?;
+    ensure!(nodes.lines().filter(|l| l.contains("NotReady")).count() == 3, "{nodes}");
+    // Its pods are reported not ready.
+    until(&k, &["get", "pod", "p0", "-o", READY], limit, |s| s == "False")?;
+    // A new pod has nowhere to go now.
+    k.ok(&["run", "late", "--image=busybox", "--", "sleep", "3600"])?;
+    let described = until(&k, &["describe", "pod", "late"], limit, |d| d.contains("FailedScheduling"))?;
+    ensure!(described.contains("node.kubernetes.io/unreachable"), "{described}");
+
+    // The agent is back: Ready again, taints gone, pods ready, the waiting pod placed.
+    let _agent = simulated_agent(&server)?;
+    until(&k, &["get", "node", "sim-1", "-o", READY], Duration::from_secs(20), |s| s == "True")?;
+    until(&k, &["get", "node", "sim-1", "-o", "jsonpath={.spec.taints}"], Duration::from_secs(20), |t| {
+        !t.contains("unreachable")
+    })?;
+    until(&k, &["get", "pod", "p0", "-o", READY], Duration::from_secs(20), |s| s == "True")?;
+    let again = k.ok(&["get", "pod", "p0", "-o", "jsonpath={.spec.nodeName}"])?;
+    ensure!(again == node_of_p0, "the pod stayed where it was: {again} vs {node_of_p0}");
+    until(&k, &["get", "pod", "late", "-o", "jsonpath={.status.phase}"], Duration::from_secs(30), |p| p == "Running")?;
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! Workloads end to end with the real kubectl 1.27, 1.30 and 1.33 as tenant users:
+//! Deployments rolled out on real pods in the all-in-one cluster (`create deployment`,
+//! `scale`, `rollout status|history|undo|restart`, `set image`), and the garbage
+//! collector (background, foreground and orphan deletion, a custom resource owning a
+//! ConfigMap, owner references that name another tenant's or namespace's objects).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+
+use crate::server::{Kubectl, Proc, Server, kubectl_binary, namespace_json, tenant_admins_json};
+
+/// Waits until `check` holds for `args`' output, 60 s at most.
+fn until(k: &Kubectl, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = k.run(args, None)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && check(&text) {
+            return Ok(text);
+        }
+        ensure!(Instant::now() < deadline, "{what}: {args:?} gave {text}{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn items(k: &Kubectl, args: &[&str]) -> Result<Vec<Value>> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let list: Value = serde_json::from_str(&k.ok(&all)?)?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn uid(k: &Kubectl, args: &[&str]) -> Result<String> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "jsonpath={.metadata.uid}"]);
+    let uid = k.ok(&all)?;
+    ensure!(!uid.is_empty(), "no uid for {args:?}");
+    Ok(uid)
+}
+
+fn configmap_owned(name: &str, ns: &str, owners: Value) -> String {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns, "ownerReferences": owners}})
+        .to_string()
+}
+
+fn cm_ref(name: &str, uid: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": uid, "blockOwnerDeletion": true})
+}
+
+/// Deleting a Deployment in the background, in the foreground and orphaning, as a tenant
+/// user with each kubectl; no node runs the pods (they need not run to be collected).
+#[test]
+fn garbage_collector_follows_owner_references_within_a_tenant() -> Result<()> {
+    let server = Server::start()?;
+    let _controllers = server.start_controllers()?;
+    let admin = Kubectl::new(33, &server)?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["alice"])))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("other", &["bob"])))?;
+
+    for (minor, cascade) in [(27, "background"), (30, "foreground"), (33, "orphan")] {
+        let alice = server.user("acme", "alice", minor)?;
+        let ns = format!("gc-{minor}");
+        alice.eventually(&["create", "namespace", &ns])?;
+        alice.ok(&["create", "deployment", "web", "--image=busybox", "-n", &ns, "--", "sleep", "3600"])?;
+        alice.ok(&["scale", "deployment", "web", "--replicas=2", "-n", &ns])?;
+        until(&alice, &["get", "pods", "-n", &ns, "-o", "name"], "two pods", |o| o.lines().count() == 2)?;
+        let rs = items(&alice, &["get", "replicasets", "-n", &ns])?;
+        ensure!(rs.len() == 1, "one ReplicaSet: {rs:?}");
+        let rs_name = rs[0]["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let hash = rs[0]["metadata"]["labels"]["pod-template-hash"].as_str().unwrap_or("");
+        ensure!(rs_name == format!("web-{hash}"), "named <deployment>-<hash>: {rs_name}");
+        let pods = items(&alice, &["get", "pods", "-n", &ns])?;
+        for p in &pods {
+            let name = p["metadata"]["name"].as_str().unwrap_or("");
+            ensure!(name.starts_with(&format!("{rs_name}-")) && name.len() == rs_name.len() + 6, "pod name {name}");
+            ensure!(p["metadata"]["ownerReferences"][0]["name"] == json!(rs_name), "{p}");
+        }
+        alice.ok(&["delete", "deployment", "web", "-n", &ns, &format!("--cascade={cascade}"), "--timeout=60s"])?;
+        if cascade == "orphan" {
+            // The ReplicaSet stays, without an owner, and keeps its pods.
+            let left = until(&alice, &["get", "rs", &rs_name, "-n", &ns, "-o", "json"], "orphaned", |o| {
+                serde_json::from_str::<Value>(o).is_ok_and(|rs| rs["metadata"].get("ownerReferences").is_none())
+            })?;
+            ensure!(!left.contains("deletionTimestamp"), "{left}");
+            std::thread::sleep(Duration::from_secs(2));
+            ensure!(items(&alice, &["get", "pods", "-n", &ns])?.len() == 2, "the orphaned set's pods stay");
+            alice.fails(&["get", "deployment", "web", "-n", &ns])?;
+        } else {
+            until(&alice, &["get", "rs,pods", "-n", &ns, "-o", "name"], "dependents collected", str::is_empty)?;
+        }
+    }
+
+    // A custom resource (the tenant's own kind) owning a ConfigMap.
+    let alice = server.user("acme", "alice", 33)?;
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+    });
+    alice.ok_with(&["create", "-f", "-"], Some(&crd.to_string()))?;
+    alice.ok_with(&["create", "-f", "-"], Some(&namespace_json("crs")))?;
+    let gadget =
+        json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g1", "namespace": "crs"}});
+    let gadget_uid = loop {
+        // The kind is served as soon as its definition is written; retry for discovery caches.
+        if alice.run(&["create", "-f", "-"], Some(&gadget.to_string()))?.status.success() {
+            break uid(&alice, &["get", "gadget", "g1", "-n", "crs"])?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let owned = configmap_owned(
+        "of-g1",
+        "crs",
+        json!([{"apiVersion": "example.com/v1", "kind": "Gadget", "name": "g1", "uid": gadget_uid}]),
+    );
+    alice.ok_with(&["create", "-f", "-"], Some(&owned))?;
+    std::thread::sleep(Duration::from_secs(1));
+    alice.ok(&["get", "configmap", "of-g1", "-n", "crs"])?;
+    alice.ok(&["delete", "gadget", "g1", "-n", "crs"])?;
+    until(&alice, &["get", "configmaps", "-n", "crs", "-o", "name"], "the gadget's ConfigMap goes", |o| {
+        !o.contains("of-g1")
+    })?;
+
+    // An owner deleted and made again under its name is another owner: the dependent goes.
+    alice.ok(&["create", "configmap", "phoenix", "-n", "crs"])?;
+    let first = uid(&alice, &["get", "configmap", "phoenix", "-n", "crs"])?;
+    alice.ok(&["delete", "configmap", "phoenix", "-n", "crs", "--cascade=orphan"])?;
+    alice.ok(&["create", "configmap", "phoenix", "-n", "crs"])?;
+    alice.ok_with(
+        &["create", "-f", "-"],
+        Some(&configmap_owned("of-phoenix", "crs", json!([cm_ref("phoenix", &first)]))),
+    )?;
+    until(&alice, &["get", "configmaps", "-n", "crs", "-o", "name"], "owner by uid, not by name", |o| {
+        !o.contains("of-phoenix") && o.contains("configmap/phoenix")
+    })?;
+
+    // References into another tenant or namespace reach nothing there.
+    let bob = server.user("other", "bob", 33)?;
+    bob.eventually(&["create", "namespace", "shared"])?;
+    bob.ok(&["create", "configmap", "owner", "-n", "shared"])?;
+    let bob_owner = uid(&bob, &["get", "configmap", "owner", "-n", "shared"])?;
+    bob.ok_with(
+        &["create", "-f", "-"],
+        Some(&configmap_owned("bob-dep", "shared", json!([cm_ref("owner", &bob_owner)]))),
+    )?;
+    alice.ok_with(&["create", "-f", "-"], Some(&namespace_json("shared")))?;
+    alice.ok_with(&["create", "-f", "-"], Some(&namespace_json("elsewhere")))?;
+    alice.ok(&["create", "configmap", "anchor", "-n", "shared"])?;
+    alice.ok(&["create", "configmap", "anchor", "-n", "elsewhere"])?;
+    let anchor = uid(&alice, &["get", "configmap", "anchor", "-n", "shared"])?;
+    let anchor_elsewhere = uid(&alice, &["get", "configmap", "anchor", "-n", "elsewhere"])?;
+    // Owned by its own anchor and, by uid, by bob's object in the other tenant.
+    let cross_tenant =
+        configmap_owned("dep", "shared", json!([cm_ref("anchor", &anchor), cm_ref("owner", &bob_owner)]));
+    alice.ok_with(&["create", "-f", "-"], Some(&cross_tenant))?;
+    // Owned by the anchor of its namespace and, by uid, by the one in another namespace.
+    let cross_ns =
+        configmap_owned("dep", "elsewhere", json!([cm_ref("anchor", &anchor_elsewhere), cm_ref("anchor", &anchor)]));
+    alice.ok_with(&["create", "-f", "-"], Some(&cross_ns))?;
+    // The references that resolve to nothing in the dependent's tenant and namespace go.
+    for ns in ["shared", "elsewhere"] {
+        until(&alice, &["get", "configmap", "dep", "-n", ns, "-o", "json"], "dangling reference dropped", |o| {
+            serde_json::from_str::<Value>(o)
+                .is_ok_and(|cm| cm["metadata"]["ownerReferences"].as_array().map(Vec::len) == Some(1))
+        })?;
+    }
+    // Bob deletes his owner in the foreground: his dependent goes first, alice's stays.
+    bob.ok(&["delete", "configmap", "owner", "-n", "shared", "--cascade=foreground", "--timeout=60s"])?;
+    bob.fails(&["get", "configmap", "bob-dep", "-n", "shared"])?;
+    // Alice deletes the anchor in "shared": its dependent there goes, not the one elsewhere.
+    alice.ok(&["delete", "configmap", "anchor", "-n", "shared", "--cascade=foreground", "--timeout=60s"])?;
+    alice.fails(&["get", "configmap", "dep", "-n", "shared"])?;
+    std::thread::sleep(Duration::from_secs(1));
+    alice.ok(&["get", "configmap", "dep", "-n", "elsewhere"])?;
+    alice.ok(&["get", "configmap", "anchor", "-n", "elsewhere"])?;
+    Ok(())
+}
+
+/// `atoll up` with its node agent and its own bridge; returns it and the kubeconfig of
+/// `alice`, an administrator of tenant `acme`.
+fn up_with_node(dir: &Path, node: &str, bridge: &str, cidr: &str) -> Result<Proc> {
+    let built =
+        Command::new(env!("CARGO_BIN_EXE_atoll")).args(["image", "build-busybox", "--data-dir"]).arg(dir).output()?;
+    ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
+    // A second tag for `kubectl set image`.
+    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["image", "build-busybox", "--name", "busybox:v2", "--data-dir"])
+        .arg(dir)
+        .output()?;
+    ensure!(built.status.success(), "atoll image build-busybox v2: {}", String::from_utf8_lossy(&built.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", bridge, "--pod-cidr", cidr])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let cluster = Proc(child);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line.starts_with("listening on https://"), "{line}");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Ok(cluster)
+}
+
+fn images_of_ready_pods(k: &Kubectl, ns: &str, app: &str) -> Result<Vec<String>> {
+    Ok(items(k, &["get", "pods", "-n", ns, "-l", &format!("app={app}")])?
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap_or("").to_string())
+        .collect())
+}
+
+fn roll_out_with(k: &Kubectl, ns: &str, minor: u32) -> Result<()> {
+    let name = format!("web-{minor}");
+    let deploy = format!("deployment/{name}");
+    let status = |k: &Kubectl| k.ok(&["rollout", "status", &deploy, "-n", ns, "--timeout=120s"]);
+    // A command that ends at once on SIGTERM, so old pods go quickly.
+    k.ok(&[
+        "create",
+        "deployment",
+        &name,
+        "--image=busybox",
+        "-n",
+        ns,
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ])?;
+    k.ok(&["scale", &deploy, "--replicas=3", "-n", ns])?;
+    let out = status(k)?;
+    ensure!(out.contains("successfully rolled out"), "{out}");
+    let ready =
+        k.ok(&["get", &deploy, "-n", ns, "-o", "jsonpath={.status.readyReplicas}/{.status.availableReplicas}"])?;
+    ensure!(ready == "3/3", "{ready}");
+    // A new image: a second ReplicaSet takes over.
+    k.ok(&["set", "image", &deploy, "busybox=busybox:v2", "-n", ns])?;
+    let out = status(k)?;
+    ensure!(out.contains("successfully rolled out"), "{out}");
+    let images =
+        until(k, &["get", "pods", "-n", ns, "-l", &format!("app={name}"), "-o", "name"], "old pods gone", |o| {
+            o.lines().count() == 3
+        });
+    images?;
+    ensure!(images_of_ready_pods(k, ns, &name)? == ["busybox:v2"; 3], "{:?}", images_of_ready_pods(k, ns, &name)?);
+    let history = k.ok(&["rollout", "history", &deploy, "-n", ns])?;
+    ensure!(history.contains('1') && history.contains('2'), "{history}");
+    let revision = k.ok(&[
+        "get",
+        &deploy,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ])?;
+    ensure!(revision == "2", "revision {revision}");
+    // Back to the first template (kubectl patches it from the old ReplicaSet).
+    k.ok(&["rollout", "undo", &deploy, "-n", ns])?;
+    let out = status(k)?;
+    ensure!(out.contains("successfully rolled out"), "{out}");
+    until(k, &["get", "pods", "-n", ns, "-l", &format!("app={name}"), "-o", "name"], "undone", |o| {
+        o.lines().count() == 3
+    })?;
+    ensure!(images_of_ready_pods(k, ns, &name)? == ["busybox"; 3], "{:?}", images_of_ready_pods(k, ns, &name)?);
+    let sets = items(k, &["get", "rs", "-n", ns, "-l", &format!("app={name}")])?;
+    ensure!(sets.len() == 2, "undo reuses the first ReplicaSet: {sets:?}");
+    let revision = k.ok(&[
+        "get",
+        &deploy,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ])?;
+    ensure!(revision == "3", "revision after undo {revision}");
+    // A restart: same image, new pods.
+    let before: Vec<String> = items(k, &["get", "pods", "-n", ns, "-l", &format!("app={name}")])?
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    k.ok(&["rollout", "restart", &deploy, "-n", ns])?;
+    let out = status(k)?;
+    ensure!(out.contains("successfully rolled out"), "{out}");
+    let after = until(k, &["get", "pods", "-n", ns, "-l", &format!("app={name}"), "-o", "name"], "restarted", |o| {
+        o.lines().count() == 3 && before.iter().all(|b| !o.contains(b.as_str()))
+    })?;
+    ensure!(after.lines().count() == 3);
+    let restarted = k.ok(&["get", &deploy, "-n", ns, "-o", "jsonpath={.spec.template.metadata.annotations}"])?;
+    ensure!(restarted.contains("kubectl.kubernetes.io/restartedAt"), "{restarted}");
+    // Scale down to one: the others go.
+    k.ok(&["scale", &deploy, "--replicas=1", "-n", ns])?;
+    status(k)?;
+    until(k, &["get", "pods", "-n", ns, "-l", &format!("app={name}"), "-o", "name"], "scaled down", |o| {
+        o.lines().count() == 1
+    })?;
+    // Deleting the Deployment takes its ReplicaSets and pods.
+    k.ok(&["delete", &deploy, "-n", ns, "--timeout=60s"])?;
+    until(k, &["get", "rs,pods", "-n", ns, "-l", &format!("app={name}"), "-o", "name"], "all gone", str::is_empty)?;
+    Ok(())
+}
+
+#[test]
+fn deployments_roll_out_on_real_pods() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = "workloads-e2e-node";
+    let pid = std::process::id();
+    // A bridge and CIDR of its own: other tests' agents may share the machine.
+    let (bridge, cidr) = (format!("atw{pid}"), format!("10.{}.{}.0/24", 150 + (pid >> 8) % 40, pid % 256));
+    let cluster = up_with_node(dir.path(), node, &bridge, &cidr)?;
+    let result = (|| -> Result<()> {
+        let admin = Kubectl {
+            bin: kubectl_binary(33)?,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            cache: tempfile::tempdir()?,
+        };
+        admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["alice"])))?;
+        admin.eventually(&["get", "node", node])?;
+        for minor in [27, 30, 33] {
+            let config = dir.path().join(format!("alice-{minor}.kubeconfig"));
+            let made = Command::new(env!("CARGO_BIN_EXE_atoll"))
+                .args(["admin", "kubeconfig", "--tenant", "acme", "--user", "alice", "--data-dir"])
+                .arg(dir.path())
+                .arg("--output")
+                .arg(&config)
+                .status()?;
+            ensure!(made.success(), "atoll admin kubeconfig failed");
+            let alice = Kubectl { bin: kubectl_binary(minor)?, kubeconfig: config, cache: tempfile::tempdir()? };
+            let ns = format!("apps-{minor}");
+            alice.eventually(&["create", "namespace", &ns])?;
+            roll_out_with(&alice, &ns, minor).with_context(|| format!("kubectl 1.{minor}"))?;
+        }
+        Ok(())
+    })();
+    let stopped = interrupt(cluster);
+    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
+    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
+    result.and(stopped)
+}
+
+/// Ctrl-C, as a user stops `atoll up`: its pods' containers are removed on the way out.
+fn interrupt(mut proc: Proc) -> Result<()> {
+    let pid = proc.0.id().to_string();
+    ensure!(Command::new("kill").args(["-INT", &pid]).status()?.success(), "kill -INT failed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proc.0.try_wait()?.is_none() {
+        ensure!(Instant::now() < deadline, "atoll up did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// What the ReplicaSet controller costs: how fast it brings a set to 1,000 pods and back
+/// to none (printed; the pods need no node to exist, so this is the controller and the
+/// API server alone). Not timed beyond the test's own patience.
+#[test]
+fn replicaset_controller_creates_and_deletes_pods_in_bulk() -> Result<()> {
+    let server = Server::start()?;
+    let _controllers = server.start_controllers()?;
+    let admin = Kubectl::new(33, &server)?;
+    let rs = json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "bulk", "namespace": "default"},
+        "spec": {"replicas": 1000, "selector": {"matchLabels": {"app": "bulk"}},
+                 "template": {"metadata": {"labels": {"app": "bulk"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    });
+    let started = Instant::now();
+    admin.ok_with(&["create", "-f", "-"], Some(&rs.to_string()))?;
+    let count =
+        |k: &Kubectl| -> Result<usize> { Ok(k.ok(&["get", "pods", "-n", "default", "-o", "name"])?.lines().count()) };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&admin)? < 1000 {
+        ensure!(Instant::now() < deadline, "1,000 pods not made in 2 minutes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let up = started.elapsed();
+    // Never more than asked for, even while the cache lagged its own writes.
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(count(&admin)? == 1000, "over-created: {}", count(&admin)?);
+    until(&admin, &["get", "rs", "bulk", "-n", "default", "-o", "jsonpath={.status.replicas}"], "status", |o| {
+        o == "1000"
+    })?;
+    let started = Instant::now();
+    admin.ok(&["scale", "rs", "bulk", "--replicas=0", "-n", "default"])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&admin)? > 0 {
+        ensure!(Instant::now() < deadline, "pods not deleted in 2 minutes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let down = started.elapsed();
+    println!(
+        "replicaset controller: 1000 pods created in {:.2} s ({:.0}/s), deleted in {:.2} s ({:.0}/s)",
+        up.as_secs_f64(),
+        1000.0 / up.as_secs_f64(),
+        down.as_secs_f64(),
+        1000.0 / down.as_secs_f64()
+    );
+    Ok(())
+}

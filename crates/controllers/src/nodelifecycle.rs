@@ -1,0 +1,352 @@
+//! The node lifecycle controller: a node whose agent stops renewing its Lease
+//! (`kube-node-lease/<node>`) for longer than the grace period is marked as Kubernetes marks
+//! it: every condition `Unknown` (reason `NodeStatusUnknown`), the taints
+//! `node.kubernetes.io/unreachable` with effects NoSchedule and NoExecute; a node whose agent
+//! reports `Ready=False` gets the `node.kubernetes.io/not-ready` pair instead. The pods on
+//! an unhealthy node get `Ready=False`, and after the NoExecute taint has stood for a pod's
+//! `tolerationSeconds` (at once without a matching toleration, never with one that has no
+//! limit) the pod is deleted. When the agent reports again (the agent rewrites Ready), the
+//! taints go.
+//!
+//! Keyed by node name. Watches Nodes and Leases of the system tenant; pods are listed (by
+//! `spec.nodeName`, every tenant) only for nodes that are unhealthy, so a healthy cluster
+//! costs no pod cache. [`judge`] is the whole decision, pure and table-tested; the
+//! reconciler only writes what it says and asks to look again when the lease would expire.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use client::{Client, DeleteParams, ListParams, Resource, Scope, Tenant};
+use serde_json::{Value, json};
+
+use crate::cache::{Cache, ObjectKey};
+use crate::controller::{Action, Controller, Reconciler};
+use crate::watcher::{ApiSource, Watcher};
+
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Kubernetes' `--node-monitor-grace-period` default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
+const SYSTEM: &str = "system";
+/// Looked at this long after the lease would expire, so a renewal racing the deadline wins.
+const SLACK: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// How long a node may go without renewing its Lease before it is Unknown.
+    pub grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { grace: DEFAULT_GRACE }
+    }
+}
+
+/// What the node's Ready condition says after the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    /// The agent reports `Ready=False`.
+    NotReady,
+    /// `Ready` is `Unknown` (or missing past the grace period): nobody has heard from the agent.
+    Unreachable,
+    /// A new node whose agent has not posted a status yet, within its first grace period.
+    Unreported,
+}
+
+/// What [`judge`] decided for one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub health: Health,
+    /// The node's new `status.conditions`, when they change.
+    pub conditions: Option<Value>,
+    /// The node's new `spec.taints`, when they change.
+    pub taints: Option<Value>,
+    /// When to look again although nothing changed (the lease's expiry).
+    pub recheck: Option<Duration>,
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn time_at(v: &Value, pointer: &str) -> Option<SystemTime> {
+    api::time::parse_rfc3339_instant(text(v, pointer))
+}
+
+fn seconds(t: SystemTime) -> String {
+    api::time::rfc3339(t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+}
+
+/// The last sign of life: the lease's renewal, the Ready condition's heartbeat, or the
+/// node's creation (a node gets one grace period to report at all).
+fn last_heard(node: &Value, lease_renewed: Option<SystemTime>) -> Option<SystemTime> {
+    let heartbeat = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| text(c, "/type") == "Ready"))
+        .and_then(|c| time_at(c, "/lastHeartbeatTime"));
+    [lease_renewed, heartbeat, time_at(node, "/metadata/creationTimestamp")].into_iter().flatten().max()
+}
+
+fn is_ours(taint: &Value) -> bool {
+    matches!(text(taint, "/key"), UNREACHABLE_TAINT | NOT_READY_TAINT)
+        && matches!(text(taint, "/effect"), "NoSchedule" | "NoExecute")
+}
+
+/// The decision for one node at `now`: pure, so the table in the tests is the spec.
+pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, grace: Duration) -> Verdict {
+    let old_conditions = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let heard = last_heard(node, lease_renewed);
+    let stale_for = heard.map(|h| now.duration_since(h).unwrap_or(Duration::ZERO));
+    let stale = stale_for.is_none_or(|age| age > grace);
+    // A fresh node is looked at again when its last sign of life would expire.
+    let recheck =
+        |heard: Option<SystemTime>| heard.map(|h| (h + grace).duration_since(now).unwrap_or(Duration::ZERO) + SLACK);
+    let mut conditions = old_conditions.clone();
+    if stale {
+        let has_ready = conditions.iter().any(|c| text(c, "/type") == "Ready");
+        for c in conditions.iter_mut().filter(|c| text(c, "/status") != "Unknown") {
+            c["status"] = json!("Unknown");
+            c["reason"] = json!("NodeStatusUnknown");
+            c["message"] = json!("Node agent stopped posting node status.");
+            c["lastTransitionTime"] = json!(seconds(now));
+        }
+        if !has_ready {
+            conditions.push(json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusNeverUpdated",
+                                   "message": "Node agent never posted node status.",
+                                   "lastHeartbeatTime": seconds(now), "lastTransitionTime": seconds(now)}));
+        }
+    }
+    let ready = conditions.iter().find(|c| text(c, "/type") == "Ready").map(|c| text(c, "/status"));
+    let health = match ready {
+        Some("True") => Health::Ready,
+        Some("False") => Health::NotReady,
+        Some(_) => Health::Unreachable,
+        // Registered, no status yet, still within its first grace period: nothing to judge.
+        None => {
+            return Verdict { health: Health::Unreported, conditions: None, taints: None, recheck: recheck(heard) };
+        }
+    };
+
+    let old_taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
+    let wanted_key = match health {
+        Health::Ready | Health::Unreported => None,
+        Health::NotReady => Some(NOT_READY_TAINT),
+        Health::Unreachable => Some(UNREACHABLE_TAINT),
+    };
+    let mut taints: Vec<Value> =
+        old_taints.iter().filter(|t| !is_ours(t) || Some(text(t, "/key")) == wanted_key).cloned().collect();
+    if let Some(key) = wanted_key {
+        for effect in ["NoSchedule", "NoExecute"] {
+            if !taints.iter().any(|t| text(t, "/key") == key && text(t, "/effect") == effect) {
+                // NoExecute taints carry when they were added: evictions count from there.
+                taints.push(if effect == "NoExecute" {
+                    json!({"key": key, "effect": effect, "timeAdded": seconds(now)})
+                } else {
+                    json!({"key": key, "effect": effect})
+                });
+            }
+        }
+    }
+
+    Verdict {
+        health,
+        conditions: (conditions != old_conditions).then_some(Value::Array(conditions)),
+        taints: (taints != old_taints).then_some(Value::Array(taints)),
+        recheck: if stale { None } else { recheck(heard) },
+    }
+}
+
+/// Whether `toleration` tolerates `taint` (Kubernetes' rules: an empty key with `Exists`
+/// matches every key, an empty effect every effect).
+pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
+    let effect = text(toleration, "/effect");
+    if !effect.is_empty() && effect != text(taint, "/effect") {
+        return false;
+    }
+    let key = text(toleration, "/key");
+    if !key.is_empty() && key != text(taint, "/key") {
+        return false;
+    }
+    match text(toleration, "/operator") {
+        "Exists" => true,
+        "" | "Equal" => !key.is_empty() && text(toleration, "/value") == text(taint, "/value"),
+        _ => false,
+    }
+}
+
+/// When a pod on a node with these taints must go: `Some(ZERO)` now, `Some(d)` in `d`,
+/// `None` never (it tolerates every NoExecute taint without a limit).
+pub fn eviction_after(pod: &Value, taints: &[Value], now: SystemTime) -> Option<Duration> {
+    let tolerations = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut due: Option<Duration> = None;
+    for taint in taints.iter().filter(|t| text(t, "/effect") == "NoExecute") {
+        let matching: Vec<&Value> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        if matching.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        // The shortest limit among the matching tolerations wins, as in Kubernetes.
+        let Some(limit) = matching.iter().filter_map(|t| t.get("tolerationSeconds").and_then(Value::as_i64)).min()
+        else {
+            continue;
+        };
+        let added = time_at(taint, "/timeAdded").unwrap_or(now);
+        let at = added + Duration::from_secs(limit.max(0) as u64);
+        let left = at.duration_since(now).unwrap_or(Duration::ZERO);
+        due = Some(due.map_or(left, |d| d.min(left)));
+    }
+    due
+}
+
+/// The pod's status with `Ready=False`, or `None` when it already says so.
+pub fn pod_not_ready(pod: &Value, now: SystemTime) -> Option<Value> {
+    let mut status = pod.get("status").cloned().unwrap_or_else(|| json!({}));
+    let conditions = status.as_object_mut()?.entry("conditions").or_insert_with(|| json!([]));
+    let list = conditions.as_array_mut()?;
+    match list.iter_mut().find(|c| text(c, "/type") == "Ready") {
+        Some(c) if text(c, "/status") == "False" => return None,
+        Some(c) => {
+            c["status"] = json!("False");
+            c["reason"] = json!("NodeNotReady");
+            c["message"] = json!("The pod's node is not ready.");
+            c["lastTransitionTime"] = json!(seconds(now));
+        }
+        None => list.push(json!({"type": "Ready", "status": "False", "reason": "NodeNotReady",
+                                 "message": "The pod's node is not ready.", "lastTransitionTime": seconds(now)})),
+    }
+    Some(status)
+}
+
+fn leases() -> Resource {
+    Resource::new("coordination.k8s.io", "v1", "leases", true)
+}
+
+pub struct NodeLifecycle {
+    client: Client,
+    config: Config,
+    nodes: Cache,
+    leases: Cache,
+}
+
+fn pod_scope(pod: &Value) -> Scope {
+    Scope {
+        tenant: Tenant::Named(text(pod, "/metadata/tenant").to_string()),
+        namespace: Some(text(pod, "/metadata/namespace").to_string()),
+    }
+}
+
+#[async_trait]
+impl Reconciler for NodeLifecycle {
+    type Key = ObjectKey;
+    type Error = client::Error;
+
+    fn name(&self) -> &'static str {
+        "nodelifecycle"
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Action, client::Error> {
+        let Some(node) = self.nodes.get(key) else { return Ok(Action::Done) };
+        let lease = self.leases.get(&ObjectKey::new(SYSTEM, Some(LEASE_NAMESPACE), &key.name));
+        let renewed = lease.as_deref().and_then(|l| time_at(l, "/spec/renewTime"));
+        let now = SystemTime::now();
+        let verdict = judge(&node, renewed, now, self.config.grace);
+        let scope = Scope::tenant(SYSTEM);
+        let mut current = (*node).clone();
+        if let Some(conditions) = &verdict.conditions {
+            current["status"]["conditions"] = conditions.clone();
+            current =
+                self.client.replace_subresource(&Resource::nodes(), &scope, &key.name, "status", &current).await?;
+            tracing::info!(node = %key.name, health = ?verdict.health, "node conditions changed");
+        }
+        if let Some(taints) = &verdict.taints {
+            current["spec"]["taints"] = taints.clone();
+            self.client.replace(&Resource::nodes(), &scope, &key.name, &current).await?;
+            tracing::info!(node = %key.name, health = ?verdict.health, "node taints changed");
+        }
+        let mut next = verdict.recheck;
+        if matches!(verdict.health, Health::NotReady | Health::Unreachable) {
+            let taints = verdict.taints.clone().or_else(|| node.pointer("/spec/taints").cloned());
+            let taints = taints.and_then(|t| t.as_array().cloned()).unwrap_or_default();
+            if let Some(due) = self.pods_on_unhealthy(&key.name, &taints, now).await? {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        Ok(next.map_or(Action::Done, Action::RequeueAfter))
+    }
+}
+
+impl NodeLifecycle {
+    /// Marks the node's pods not ready and evicts those whose time is up; returns when the
+    /// next eviction is due.
+    async fn pods_on_unhealthy(
+        &self,
+        node: &str,
+        taints: &[Value],
+        now: SystemTime,
+    ) -> Result<Option<Duration>, client::Error> {
+        let params = ListParams { field_selector: Some(format!("spec.nodeName={node}")), ..ListParams::default() };
+        let pods = self.client.list(&Resource::pods(), &Scope::all_tenants(), &params).await?;
+        let mut next: Option<Duration> = None;
+        for pod in &pods.items {
+            let name = text(pod, "/metadata/name");
+            if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+                || matches!(text(pod, "/status/phase"), "Succeeded" | "Failed")
+            {
+                continue;
+            }
+            match eviction_after(pod, taints, now) {
+                Some(d) if d.is_zero() => {
+                    let params = DeleteParams {
+                        precondition_uid: Some(text(pod, "/metadata/uid").to_string()),
+                        ..DeleteParams::default()
+                    };
+                    match self.client.delete(&Resource::pods(), &pod_scope(pod), name, &params).await {
+                        Ok(_) => tracing::info!(node, pod = name, "evicted from an unhealthy node"),
+                        Err(e) if e.is_not_found() || e.is_conflict() => {}
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                None => {}
+            }
+            if let Some(status) = pod_not_ready(pod, now) {
+                let mut updated = pod.clone();
+                updated["status"] = status;
+                match self
+                    .client
+                    .replace_subresource(&Resource::pods(), &pod_scope(pod), name, "status", &updated)
+                    .await
+                {
+                    Ok(_) => {}
+                    // Changed or gone meanwhile: the next look (below) sees the new pod.
+                    Err(e) if e.is_conflict() => next = Some(Duration::from_secs(1)),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// The controller, watching the system tenant's Nodes and node Leases.
+pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
+    let (nodes, lease_cache) = (Cache::default(), Cache::default());
+    let reconciler =
+        NodeLifecycle { client: client.clone(), config, nodes: nodes.clone(), leases: lease_cache.clone() };
+    let node_source = ApiSource::new(client.clone(), Resource::nodes(), Scope::tenant(SYSTEM));
+    let lease_source = ApiSource::new(client, leases(), Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE));
+    Controller::new(reconciler)
+        .workers(4)
+        .watches(Watcher::new(node_source, "nodes"), nodes, |n| ObjectKey::of(n).into_iter().collect())
+        .watches(Watcher::new(lease_source, "node leases"), lease_cache, |l| {
+            ObjectKey::of(l).map(|k| ObjectKey::new(&k.tenant, None, &k.name)).into_iter().collect()
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! The ReplicaSet controller: `spec.replicas` pods from the template, in every tenant.
+//!
+//! Keyed by ReplicaSet. A reconcile claims the pods of the set's namespace (adopts orphans
+//! its selector matches, releases owned pods it no longer matches), creates or deletes
+//! pods to reach `spec.replicas`, and writes the status.
+//!
+//! Expectations: the pods a reconcile created or deleted are remembered by name until the
+//! pod cache shows them (created) or shows them gone or terminating (deleted), or five
+//! minutes pass; meanwhile the set is not resized again, so a cache that lags its own
+//! writes never makes it create or delete twice. Creations go in slow-start batches
+//! (1, 2, 4, ...) and stop at the first failure, so a quota or an invalid template costs
+//! one request, not `replicas`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use client::{Client, DeleteParams, Patch, Resource, Scope};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use crate::cache::{Cache, ObjectKey};
+use crate::controller::{Action, Controller, Reconciler};
+use crate::watcher::{ApiSource, Watcher};
+use crate::workload::{self, i64_at, str_at};
+
+/// The most pods one reconcile creates or deletes (Kubernetes' burst).
+const BURST: usize = 500;
+/// How long an expectation waits for the cache before it is given up.
+const EXPECTATION_TTL: Duration = Duration::from_secs(300);
+
+pub fn replicasets() -> Resource {
+    Resource::new("apps", "v1", "replicasets", true)
+}
+
+/// What a reconcile wrote and waits to see in the pod cache.
+struct Expected {
+    created: HashSet<String>,
+    deleted: HashSet<String>,
+    since: Instant,
+}
+
+pub struct ReplicaSets {
+    client: Client,
+    sets: Cache,
+    pods: Cache,
+    expectations: Mutex<HashMap<ObjectKey, Expected>>,
+}
+
+impl ReplicaSets {
+    /// Whether the cache has caught up with what this controller last did for `key`.
+    fn satisfied(&self, key: &ObjectKey) -> bool {
+        let mut all = self.expectations.lock();
+        let Some(e) = all.get_mut(key) else { return true };
+        let ns = key.namespace.as_deref();
+        let pod = |name: &String| self.pods.get(&ObjectKey::new(&key.tenant, ns, name));
+        e.created.retain(|n| pod(n).is_none());
+        e.deleted.retain(|n| pod(n).is_some_and(|p| !workload::deleting(&p)));
+        if (e.created.is_empty() && e.deleted.is_empty()) || e.since.elapsed() > EXPECTATION_TTL {
+            all.remove(key);
+            return true;
+        }
+        false
+    }
+
+    fn expect(&self, key: &ObjectKey, created: Vec<String>, deleted: Vec<String>) {
+        if created.is_empty() && deleted.is_empty() {
+            return;
+        }
+        let mut all = self.expectations.lock();
+        let e = all.entry(key.clone()).or_insert_with(|| Expected {
+            created: HashSet::new(),
+            deleted: HashSet::new(),
+            since: Instant::now(),
+        });
+        e.created.extend(created);
+        e.deleted.extend(deleted);
+        e.since = Instant::now();
+    }
+
+    /// Adopts or releases `pod` for `rs` with an optimistic (resource-versioned) patch.
+    async fn set_owner(&self, scope: &Scope, rs: &Value, pod: &Value, adopt: bool) -> Result<(), client::Error> {
+        let mut refs: Vec<Value> =
+            pod.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+        if adopt {
+            refs.push(workload::owner_ref(rs, "apps/v1", "ReplicaSet"));
+        } else {
+            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(workload::uid(rs)));
+        }
+        let patch = json!({"metadata": {
+            "ownerReferences": if refs.is_empty() { Value::Null } else { Value::Array(refs) },
+            "resourceVersion": str_at(pod, "/metadata/resourceVersion"),
+        }});
+        let name = str_at(pod, "/metadata/name");
+        match self.client.patch(&Resource::pods(), scope, name, &Patch::Merge(patch)).await {
+            Ok(_) => Ok(()),
+            // Changed or gone meanwhile: the watch brings the new state and another pass.
+            Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn new_pod(rs: &Value) -> Value {
+        let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("name");
+            m.remove("namespace");
+            m.insert("generateName".into(), json!(format!("{}-", str_at(rs, "/metadata/name"))));
+            m.insert("ownerReferences".into(), json!([workload::owner_ref(rs, "apps/v1", "ReplicaSet")]));
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec").cloned().unwrap_or(json!({}))})
+    }
+
+    /// Creates `count` pods in slow-start batches (each batch's creates at once, as
+    /// requests on the shared connection); returns the names made and the first error.
+    async fn create_pods(&self, scope: &Scope, rs: &Value, count: usize) -> (Vec<String>, Option<client::Error>) {
+        let pod = Arc::new(Self::new_pod(rs));
+        let mut made = Vec::new();
+        let mut batch = 1;
+        while made.len() < count {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..batch.min(count - made.len()) {
+                let (client, scope, pod) = (self.client.clone(), scope.clone(), pod.clone());
+                tasks.spawn(async move { client.create(&Resource::pods(), &scope, &pod).await });
+            }
+            let mut error = None;
+            while let Some(r) = tasks.join_next().await {
+                match r {
+                    Ok(Ok(p)) => made.push(str_at(&p, "/metadata/name").to_string()),
+                    Ok(Err(e)) => error = Some(e),
+                    Err(_) => {}
+                }
+            }
+            if error.is_some() {
+                return (made, error);
+            }
+            batch *= 2;
+        }
+        (made, None)
+    }
+}
+
+/// The status a set's pods give it (conditions are added by the caller).
+pub fn compute_status(rs: &Value, pods: &[Arc<Value>], now: i64) -> Value {
+    let min_ready = i64_at(rs, "/spec/minReadySeconds");
+    let template_labels = rs.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+    let fully = pods
+        .iter()
+        .filter(|p| {
+            template_labels.is_none_or(|want| {
+                want.iter().all(|(k, v)| p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
+            })
+        })
+        .count();
+    let ready = pods.iter().filter(|p| workload::pod_ready(p)).count();
+    let available = pods.iter().filter(|p| workload::pod_available(p, min_ready, now)).count();
+    json!({
+        "replicas": pods.len(),
+        "fullyLabeledReplicas": fully,
+        "readyReplicas": ready,
+        "availableReplicas": available,
+        "observedGeneration": i64_at(rs, "/metadata/generation"),
+    })
+}
+
+#[async_trait]
+impl Reconciler for ReplicaSets {
+    type Key = ObjectKey;
+    type Error = client::Error;
+
+    fn name(&self) -> &'static str {
+        "replicaset"
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Action, client::Error> {
+        let Some(rs) = self.sets.get(key) else {
+            self.expectations.lock().remove(key);
+            return Ok(Action::Done);
+        };
+        let Some(ns) = key.namespace.as_deref() else { return Ok(Action::Done) };
+        let scope = Scope::tenant(&key.tenant).in_namespace(ns);
+        let rs_uid = workload::uid(&rs).to_string();
+        let rs_deleting = workload::deleting(&rs);
+        // Claim: owned pods that still match, plus orphans that match (adopted).
+        let mut owned: Vec<Arc<Value>> = Vec::new();
+        for pod in self.pods.list_namespace(&key.tenant, ns) {
+            let matches = workload::selects(&rs, &pod);
+            match workload::controller_ref(&pod) {
+                Some(r) if r.get("uid").and_then(Value::as_str) == Some(rs_uid.as_str()) => {
+                    if matches || rs_deleting {
+                        owned.push(pod);
+                    } else {
+                        self.set_owner(&scope, &rs, &pod, false).await?;
+                    }
+                }
+                Some(_) => {}
+                None if matches && !rs_deleting && !workload::deleting(&pod) && workload::pod_active(&pod) => {
+                    self.set_owner(&scope, &rs, &pod, true).await?;
+                    owned.push(pod);
+                }
+                None => {}
+            }
+        }
+        let mut active: Vec<Arc<Value>> = owned.into_iter().filter(|p| workload::pod_active(p)).collect();
+        let want = i64_at(&rs, "/spec/replicas").max(0) as usize;
+        let mut failure: Option<(&str, String)> = None;
+        if !rs_deleting && self.satisfied(key) {
+            if active.len() < want {
+                let (made, error) = self.create_pods(&scope, &rs, (want - active.len()).min(BURST)).await;
+                tracing::debug!(replicaset = %key, created = made.len(), "created pods");
+                self.expect(key, made, Vec::new());
+                if let Some(e) = error {
+                    failure = Some(("FailedCreate", e.to_string()));
+                }
+            } else if active.len() > want {
+                active.sort_by(|a, b| workload::deletion_order(a, b));
+                let doomed: Vec<String> = active
+                    .iter()
+                    .take((active.len() - want).min(BURST))
+                    .map(|p| str_at(p, "/metadata/name").to_string())
+                    .collect();
+                self.expect(key, Vec::new(), doomed.clone());
+                // All at once, as requests on the shared connection.
+                let mut tasks = tokio::task::JoinSet::new();
+                for name in doomed {
+                    let (client, scope) = (self.client.clone(), scope.clone());
+                    tasks.spawn(async move {
+                        let params = DeleteParams::default();
+                        match client.delete(&Resource::pods(), &scope, &name, &params).await {
+                            Err(e) if !e.is_not_found() => Err((name, e)),
+                            _ => Ok(()),
+                        }
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    if let Ok(Err((name, e))) = r {
+                        // Not deleted: nothing to wait for.
+                        if let Some(exp) = self.expectations.lock().get_mut(key) {
+                            exp.deleted.remove(&name);
+                        }
+                        failure = Some(("FailedDelete", e.to_string()));
+                    }
+                }
+            }
+        }
+        // Status, from the pods as the cache has them (the next event updates it again).
+        let now = workload::now_secs();
+        let mut status = compute_status(&rs, &active, now);
+        let mut conditions: Vec<Value> =
+            rs.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        match &failure {
+            Some((reason, message)) => workload::set_condition(
+                &mut conditions,
+                "ReplicaFailure",
+                "True",
+                reason,
+                message,
+                &workload::now_rfc3339(),
+            ),
+            None => conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("ReplicaFailure")),
+        }
+        if !conditions.is_empty() {
+            status["conditions"] = Value::Array(conditions);
+        }
+        let current = rs.get("status").cloned().unwrap_or(json!({}));
+        if current != status {
+            let name = &key.name;
+            let mut body = (*rs).clone();
+            body["status"] = status.clone();
+            match self.client.replace_subresource(&replicasets(), &scope, name, "status", &body).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => {
+                    return Ok(Action::RequeueAfter(Duration::from_millis(50)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Pods ready but not yet available: look again when they become so.
+        let min_ready = i64_at(&rs, "/spec/minReadySeconds");
+        if min_ready > 0 && status["readyReplicas"] != status["availableReplicas"] {
+            return Ok(Action::RequeueAfter(Duration::from_secs(1)));
+        }
+        if let Some((_, message)) = failure {
+            tracing::warn!(replicaset = %key, %message, "could not reach the desired replicas");
+            return Ok(Action::RequeueAfter(Duration::from_secs(5)));
+        }
+        Ok(Action::Done)
+    }
+}
+
+/// Which sets to look at when a pod changes: its controller if that is a ReplicaSet, else
+/// (an orphan) every set of its namespace whose selector matches it.
+fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
+    let Some(key) = ObjectKey::of(pod) else { return Vec::new() };
+    let ns = key.namespace.as_deref().unwrap_or("");
+    match workload::controller_ref(pod) {
+        Some(r) if str_at(r, "/kind") == "ReplicaSet" && str_at(r, "/apiVersion").starts_with("apps/") => {
+            vec![ObjectKey::new(&key.tenant, Some(ns), str_at(r, "/name"))]
+        }
+        Some(_) => Vec::new(),
+        None => sets
+            .list_namespace(&key.tenant, ns)
+            .into_iter()
+            .filter(|rs| workload::selects(rs, pod))
+            .filter_map(|rs| ObjectKey::of(&rs))
+            .collect(),
+    }
+}
+
+/// The controller, watching every tenant's ReplicaSets and pods.
+pub fn controller(client: Client) -> Controller<ReplicaSets> {
+    let (sets, pods) = (Cache::default(), Cache::default());
+    let reconciler =
+        ReplicaSets { client: client.clone(), sets: sets.clone(), pods: pods.clone(), expectations: Mutex::default() };
+    let rs_source = ApiSource::new(client.clone(), replicasets(), Scope::all_tenants());
+    let pod_source = ApiSource::new(client, Resource::pods(), Scope::all_tenants());
+    let index = sets.clone();
+    Controller::new(reconciler)
+        .workers(4)
+        .watches(Watcher::new(rs_source, "replicasets"), sets, |rs| ObjectKey::of(rs).into_iter().collect())
+        .watches(Watcher::new(pod_source, "pods"), pods, move |pod| sets_for_pod(&index, pod))
+}
