@@ -7,6 +7,7 @@
 //! - [`vm`]: VM pods' `spec.virtualMachine`: defaults and qemu's overhead.
 
 pub mod meta;
+pub mod rbac;
 pub mod request;
 pub mod selector;
 pub mod time;

@@ -24,6 +24,11 @@ fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
     json!({"verbs": verbs, "apiGroups": groups, "resources": resources})
 }
 
+/// A rule of the RBAC group limited to the named objects.
+fn named(verbs: &[&str], resources: &[&str], names: &[&str]) -> Value {
+    json!({"verbs": verbs, "apiGroups": [RBAC_GROUP], "resources": resources, "resourceNames": names})
+}
+
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 
@@ -138,9 +143,11 @@ fn component_roles(discovery_urls: &[&str]) -> Vec<(&'static str, Vec<Value>)> {
         rule(&["create"], &[""], &["namespaces", "serviceaccounts", "pods"]),
         rule(&["create"], &["apps"], &["replicasets"]),
         rule(&["create"], &[RBAC_GROUP], &["roles", "rolebindings", "clusterroles", "clusterrolebindings"]),
-        // The auth-controller hands a namespace's creator a Role with every verb there,
-        // which the controllers themselves do not hold.
-        rule(&["escalate", "bind"], &[RBAC_GROUP], &["roles", "clusterroles"]),
+        // The auth-controller hands a namespace's creator a Role with every verb there, and
+        // users the tenant-user ClusterRole: it may write and bind those two roles, by name,
+        // and no other (so it can never bind cluster-admin, say).
+        named(&["escalate", "bind"], &["roles"], &[api::rbac::NAMESPACE_OWNER]),
+        named(&["escalate", "bind"], &["clusterroles"], &[api::rbac::TENANT_USER_ROLE]),
         rule(&["update"], &[""], &["namespaces/finalize"]),
         rule(&["update", "patch"], &["atoll.io"], &["tenants"]),
         discovery.clone(),

@@ -166,12 +166,16 @@ fn node_agents_and_components_reach_only_what_they_need() -> Result<()> {
         let binding = json!({"metadata": {"name": "p0"}, "target": {"kind": "Node", "name": "n2"}});
         expect(&scheduler, "POST", &format!("{WEB}/pods/p0/binding"), Some(binding), 201).await?;
         expect(&scheduler, "DELETE", &format!("{WEB}/pods/p0"), None, 403).await?;
-        // The controllers read and delete everything (tenant and namespace cleanup), make
-        // namespaces and service accounts, and write no other objects.
+        // The controllers read and delete everything (tenant and namespace cleanup), update
+        // and patch everything (the garbage collector edits any object's ownerReferences
+        // and finalizers, as Kubernetes' does), make namespaces, service accounts, pods,
+        // ReplicaSets and the auth-controller's RBAC objects, and create no other objects.
         expect(&controllers, "GET", "/api/v1/tenants/all/secrets", None, 200).await?;
         expect(&controllers, "GET", "/tenants/acme/apis", None, 200).await?;
         expect(&controllers, "POST", &format!("{WEB}/secrets"), Some(json!({"metadata": {"name": "x"}})), 403).await?;
-        expect(&controllers, "PATCH", &format!("{WEB}/secrets/s"), label(), 403).await?;
+        expect(&controllers, "POST", &format!("{WEB}/configmaps"), Some(json!({"metadata": {"name": "x"}})), 403)
+            .await?;
+        expect(&controllers, "PATCH", &format!("{WEB}/secrets/s"), label(), 200).await?;
         expect(&controllers, "POST", &format!("{WEB}/serviceaccounts"), Some(json!({"metadata": {"name": "sa"}})), 201)
             .await?;
         let rb = json!({"metadata": {"name": "x"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",

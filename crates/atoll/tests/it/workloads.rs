@@ -66,7 +66,7 @@ fn garbage_collector_follows_owner_references_within_a_tenant() -> Result<()> {
         let alice = server.user("acme", "alice", minor)?;
         let ns = format!("gc-{minor}");
         alice.eventually(&["create", "namespace", &ns])?;
-        alice.ok(&["create", "deployment", "web", "--image=busybox", "-n", &ns, "--", "sleep", "3600"])?;
+        alice.ok(&["create", "deployment", "web", "--image=busybox:v1", "-n", &ns, "--", "sleep", "3600"])?;
         alice.ok(&["scale", "deployment", "web", "--replicas=2", "-n", &ns])?;
         until(&alice, &["get", "pods", "-n", &ns, "-o", "name"], "two pods", |o| o.lines().count() == 2)?;
         let rs = items(&alice, &["get", "replicasets", "-n", &ns])?;
@@ -187,15 +187,16 @@ fn garbage_collector_follows_owner_references_within_a_tenant() -> Result<()> {
 /// `atoll up` with its node agent and its own bridge; returns it and the kubeconfig of
 /// `alice`, an administrator of tenant `acme`.
 fn up_with_node(dir: &Path, node: &str, bridge: &str, cidr: &str) -> Result<Proc> {
-    let built =
-        Command::new(env!("CARGO_BIN_EXE_atoll")).args(["image", "build-busybox", "--data-dir"]).arg(dir).output()?;
-    ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
-    // A second tag for `kubectl set image`.
-    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["image", "build-busybox", "--name", "busybox:v2", "--data-dir"])
-        .arg(dir)
-        .output()?;
-    ensure!(built.status.success(), "atoll image build-busybox v2: {}", String::from_utf8_lossy(&built.stderr));
+    // Two tags, the second for `kubectl set image`. Tagged, because a pod of an untagged
+    // (latest) image defaults to imagePullPolicy Always, as in Kubernetes, and this
+    // machine reaches no registry.
+    for tag in ["busybox:v1", "busybox:v2"] {
+        let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["image", "build-busybox", "--name", tag, "--data-dir"])
+            .arg(dir)
+            .output()?;
+        ensure!(built.status.success(), "atoll image build-busybox {tag}: {}", String::from_utf8_lossy(&built.stderr));
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
         .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", bridge, "--pod-cidr", cidr])
         .arg("--data-dir")
@@ -229,7 +230,7 @@ fn roll_out_with(k: &Kubectl, ns: &str, minor: u32) -> Result<()> {
         "create",
         "deployment",
         &name,
-        "--image=busybox",
+        "--image=busybox:v1",
         "-n",
         ns,
         "--",
@@ -271,7 +272,7 @@ fn roll_out_with(k: &Kubectl, ns: &str, minor: u32) -> Result<()> {
     until(k, &["get", "pods", "-n", ns, "-l", &format!("app={name}"), "-o", "name"], "undone", |o| {
         o.lines().count() == 3
     })?;
-    ensure!(images_of_ready_pods(k, ns, &name)? == ["busybox"; 3], "{:?}", images_of_ready_pods(k, ns, &name)?);
+    ensure!(images_of_ready_pods(k, ns, &name)? == ["busybox:v1"; 3], "{:?}", images_of_ready_pods(k, ns, &name)?);
     let sets = items(k, &["get", "rs", "-n", ns, "-l", &format!("app={name}")])?;
     ensure!(sets.len() == 2, "undo reuses the first ReplicaSet: {sets:?}");
     let revision = k.ok(&[
