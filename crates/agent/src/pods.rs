@@ -659,11 +659,20 @@ impl Node {
 
     /// Stops every pod's containers (the agent is going away and takes them along); the
     /// next start makes them again.
+    /// Stops every sandbox at once, so the agent's own shutdown takes one grace period,
+    /// not one per pod (a container that ignores SIGTERM, as a shell's PID 1 does, holds
+    /// its full grace); every sandbox is tried, and the first error is reported.
     pub fn stop_all(&self, grace: Duration) -> Result<(), PodError> {
-        for s in self.runtime.list_sandboxes()? {
-            self.remove_sandbox(&s.spec.id, grace)?;
-        }
-        Ok(())
+        let sandboxes = self.runtime.list_sandboxes()?;
+        let results: Vec<Result<(), PodError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                sandboxes.iter().map(|s| scope.spawn(move || self.remove_sandbox(&s.spec.id, grace))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(PodError::Join("stopping a sandbox panicked".into()))))
+                .collect()
+        });
+        results.into_iter().collect()
     }
 
     pub fn log_root(&self) -> &Path {

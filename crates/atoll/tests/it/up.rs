@@ -13,12 +13,14 @@ use crate::server::{Proc, kubectl_binary};
 
 /// Starts `atoll up` on `listen` with data in `dir`; returns it and its address.
 fn up(dir: &Path, listen: &str) -> Result<(Proc, String)> {
+    // Its log, kept for the failure message should it not stop.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("up.log"))?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
         // The node agent has a test of its own below; this one leaves the host's network be.
         .args(["up", "--no-agent", "--listen", listen, "--data-dir"])
         .arg(dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()?;
     let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
     let proc = Proc(child);
@@ -34,7 +36,7 @@ fn up(dir: &Path, listen: &str) -> Result<(Proc, String)> {
     Ok((proc, addr))
 }
 
-fn stop(mut proc: Proc) -> Result<()> {
+fn stop(mut proc: Proc, dir: &Path) -> Result<()> {
     let pid = proc.0.id().to_string();
     ensure!(Command::new("kill").args(["-INT", &pid]).status()?.success(), "kill -INT failed");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -43,7 +45,11 @@ fn stop(mut proc: Proc) -> Result<()> {
             ensure!(status.success(), "atoll up exited with {status} on Ctrl-C");
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "atoll up did not stop on Ctrl-C");
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(dir.join("up.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            anyhow::bail!("atoll up did not stop on Ctrl-C; the end of its log:\n{}", tail.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -63,7 +69,7 @@ fn atoll_up_runs_a_cluster_that_stops_and_resumes() -> Result<()> {
     // deletion completes (kubectl waits for it).
     k.eventually(&["get", "serviceaccount", "default", "-n", "kept"])?;
     k.ok(&["delete", "namespace", "dropped", "--timeout=30s"])?;
-    stop(cluster)?;
+    stop(cluster, dir.path())?;
 
     let (cluster, again) = up(dir.path(), &addr)?;
     ensure!(again == addr, "restarted on {again}, not {addr}");
@@ -72,7 +78,7 @@ fn atoll_up_runs_a_cluster_that_stops_and_resumes() -> Result<()> {
         namespaces.contains("namespace/kept") && !namespaces.contains("namespace/dropped"),
         "the cluster resumes from its data: {namespaces}"
     );
-    stop(cluster)
+    stop(cluster, dir.path())
 }
 
 /// `atoll up` runs this machine's node agent: the Node is Ready, and a pod bound to it
@@ -95,7 +101,7 @@ fn atoll_up_registers_its_node_and_runs_a_bound_pod() -> Result<()> {
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("up.log"))?)
         .spawn()?;
     let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
     let cluster = Proc(child);
@@ -143,7 +149,7 @@ fn atoll_up_registers_its_node_and_runs_a_bound_pod() -> Result<()> {
     k.ok(&["wait", "pod/scheduled", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=60s"])?;
     let placed = k.ok(&["get", "pod", "scheduled", "-o", "jsonpath={.spec.nodeName}"])?;
     ensure!(placed == node, "the scheduler placed the pod on {placed:?}, not {node}");
-    let stopped = stop(cluster);
+    let stopped = stop(cluster, dir.path());
     let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
     let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
     stopped
