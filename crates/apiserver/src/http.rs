@@ -520,11 +520,24 @@ impl Api {
         }
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         match self.authn.authenticate(cert, authorization, &path, peer).await {
-            Err(refused) if refused.not_ours => match self.keystone_user(req.headers()).await {
-                Ok(Some(user)) => self.handle(req, Some(user)).await,
-                Ok(None) => status(refused.status),
-                Err(s) => status(s),
-            },
+            Err(refused) if refused.not_ours => {
+                let verdict = self.keystone_user(req.headers()).await;
+                if let Some(who) = &refused.throttled_as {
+                    // Only a refusal (401) is a failed login; Keystone being down (503) or a
+                    // project without a tenant (403, the password was right) is not.
+                    match &verdict {
+                        Ok(Some(_)) => self.authn.external_verdict(who, peer, true),
+                        Ok(None) => self.authn.external_verdict(who, peer, false),
+                        Err(s) if s.code == 401 => self.authn.external_verdict(who, peer, false),
+                        Err(_) => {}
+                    }
+                }
+                match verdict {
+                    Ok(Some(user)) => self.handle(req, Some(user)).await,
+                    Ok(None) => status(refused.status),
+                    Err(s) => status(s),
+                }
+            }
             Err(refused) => {
                 let mut resp = status(refused.status);
                 if let Some(wait) = refused.retry_after

@@ -73,8 +73,9 @@ impl Strategy for Kind {
     /// A namespace's `spec.finalizers` change only through `finalize`; a terminating
     /// namespace stays Terminating.
     fn prepare_for_update(&self, new: &mut Value, old: &Value, subresource: Option<&str>) {
-        // Workloads are defaulted on every write, as Kubernetes defaults every decoded object.
-        if self.info.group == "apps" {
+        // Workloads are defaulted on every write, as Kubernetes defaults every decoded object;
+        // a Secret's stringData is folded into data on every write, as Kubernetes' decoding does.
+        if self.info.group == "apps" || (self.info.group.is_empty() && self.info.kind == "Secret") {
             (self.defaults)(new);
         }
         if self.info.kind != "Namespace" || !self.info.group.is_empty() {
@@ -372,6 +373,33 @@ fn validate_data_keys(obj: &Value, fields: &[&str]) -> Vec<FieldError> {
 
 fn validate_configmap(obj: &Value) -> Vec<FieldError> {
     validate_data_keys(obj, &["data", "binaryData"])
+}
+
+/// Folds a Secret's `stringData` into `data` (base64), a string key winning over the same
+/// key in `data`, and drops `stringData`: Kubernetes never stores or returns it, it is only a
+/// convenience for writing.
+fn secret_defaults(obj: &mut Value) {
+    use base64::Engine;
+    let Some(map) = obj.as_object_mut() else { return };
+    let Some(strings) = map.remove("stringData") else { return };
+    let Value::Object(strings) = strings else { return };
+    if strings.is_empty() {
+        return;
+    }
+    let data = map.entry("data").or_insert_with(|| Value::Object(Default::default()));
+    if !data.is_object() {
+        *data = Value::Object(Default::default());
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in strings {
+            // A non-string value is kept as it came, so validation still reports it.
+            let v = match v {
+                Value::String(s) => Value::String(base64::engine::general_purpose::STANDARD.encode(s.as_bytes())),
+                other => other,
+            };
+            data.insert(k, v);
+        }
+    }
 }
 
 fn validate_secret(obj: &Value) -> Vec<FieldError> {
@@ -716,7 +744,10 @@ pub fn builtin() -> Vec<Kind> {
         },
         with_status(kind("", "v1", "Node", "nodes", false, true), &["spec.unschedulable"], no_rules),
         plain(kind("", "v1", "ConfigMap", "configmaps", true, false), &[], validate_configmap),
-        plain(kind("", "v1", "Secret", "secrets", true, false), &["type"], validate_secret),
+        Kind {
+            defaults: secret_defaults,
+            ..plain(kind("", "v1", "Secret", "secrets", true, false), &["type"], validate_secret)
+        },
         plain(kind("", "v1", "ServiceAccount", "serviceaccounts", true, false), &[], no_rules),
         with_status(kind("", "v1", "Service", "services", true, true), &["spec.clusterIP", "spec.type"], no_rules),
         plain(
@@ -956,6 +987,39 @@ mod pod_default_tests {
         let mut pod = serde_json::json!({"spec": {"initContainers": [{"image": "a", "imagePullPolicy": "Never"}]}});
         pod_defaults(&mut pod);
         assert_eq!(pod.pointer("/spec/initContainers/0/imagePullPolicy").unwrap(), "Never");
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn secret() -> Kind {
+        builtin().into_iter().find(|k| k.info.kind == "Secret").expect("the Secret kind")
+    }
+
+    #[test]
+    fn string_data_becomes_base64_data_on_create_and_update() {
+        let secret = secret();
+        let mut obj = json!({"metadata": {"name": "s"}, "data": {"a": "eA==", "k": "eA=="},
+                             "stringData": {"k": "v", "s": "hello"}});
+        secret.prepare_for_create(&mut obj);
+        assert_eq!(obj.get("stringData"), None, "stringData is never stored");
+        // stringData wins over data for the same key.
+        assert_eq!(obj["data"], json!({"a": "eA==", "k": "dg==", "s": "aGVsbG8="}));
+        assert!(secret.validate(&obj).is_empty());
+
+        let old = obj.clone();
+        let mut new = json!({"metadata": {"name": "s"}, "stringData": {"k": "w"}});
+        secret.prepare_for_update(&mut new, &old, None);
+        assert_eq!(new, json!({"metadata": {"name": "s"}, "data": {"k": "dw=="}}));
+
+        // Bad keys in stringData are still refused, now under data.
+        let mut bad = json!({"metadata": {"name": "s"}, "stringData": {"no/slash": "v"}});
+        secret.prepare_for_create(&mut bad);
+        assert!(!secret.validate(&bad).is_empty());
     }
 }
 

@@ -94,11 +94,14 @@ pub struct Refused {
     /// The credential is not one of Atoll's own (a bearer token that is no JWT, basic
     /// credentials naming no User): an external identity provider (Keystone) may know it.
     pub not_ours: bool,
+    /// For basic credentials handed to Keystone: the throttle's name for them (`tenant/user`),
+    /// under which the caller records Keystone's verdict ([`Authenticator::external_verdict`]).
+    pub throttled_as: Option<String>,
 }
 
 impl Refused {
     fn unauthorized() -> Refused {
-        Refused { status: Status::unauthorized(), retry_after: None, not_ours: false }
+        Refused { status: Status::unauthorized(), retry_after: None, not_ours: false, throttled_as: None }
     }
 
     fn not_ours() -> Refused {
@@ -234,8 +237,8 @@ impl Authenticator {
         let record = self.directory.user(&tenant, &name);
         if record.is_none() && self.external {
             // Credentials that name no Atoll User go to Keystone (the API server asks it).
-            // They were throttled above like any other.
-            return Err(Refused::not_ours());
+            // They were throttled above like any other, and Keystone's verdict counts as ours would.
+            return Err(Refused { throttled_as: Some(who), ..Refused::not_ours() });
         }
         let hash = record.as_ref().and_then(|r| r.password_hash.clone());
         let secret = secret.to_string();
@@ -260,6 +263,19 @@ impl Authenticator {
                 tracing::info!(%peer, tenant, "a password login failed");
                 Err(Refused::unauthorized())
             }
+        }
+    }
+
+    /// Records an external provider's verdict on basic credentials Atoll handed to it
+    /// (`who` from [`Refused::throttled_as`]): a refusal is a failed login like a wrong
+    /// password of a User, so guessing through Keystone is throttled the same; an acceptance
+    /// clears the failures.
+    pub fn external_verdict(&self, who: &str, peer: IpAddr, accepted: bool) {
+        if accepted {
+            self.throttle.succeeded(who, peer);
+        } else {
+            self.throttle.failed(who, peer, Instant::now());
+            tracing::info!(%peer, who, "an external password login failed");
         }
     }
 
@@ -302,7 +318,7 @@ fn too_many(wait: Duration) -> Refused {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let mut status = Status::failure(429, "TooManyRequests", "too many failed logins; try again later");
     status.details = Some(api::meta::StatusDetails { retry_after_seconds: Some(secs as u32), ..Default::default() });
-    Refused { status, retry_after: Some(Duration::from_secs(secs)), not_ours: false }
+    Refused { status, retry_after: Some(Duration::from_secs(secs)), not_ours: false, throttled_as: None }
 }
 
 /// The tenant a URL names (`/tenants/T/...` or a tenant path), if any.
@@ -369,5 +385,44 @@ mod tests {
             assert_eq!(refused.status.code, 401, "{header}");
         }
         assert_eq!(authn.authenticate(&ConnectionCert::Invalid, None, "/api", ip).await.unwrap_err().status.code, 401);
+    }
+
+    #[tokio::test]
+    async fn keystone_verdicts_on_basic_credentials_are_throttled_like_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let mut authn = Authenticator::start(store, dir.path()).await.unwrap();
+        authn.external = true;
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let none = ConnectionCert::None;
+        // "acme/ann:pw": no such User, so Keystone is asked, under the throttle's name.
+        let header = "Basic YWNtZS9hbm46cHc=";
+        let handed = |r: Result<Option<Authenticated>, Refused>| {
+            let refused = r.unwrap_err();
+            assert!(refused.not_ours && refused.status.code == 401, "{:?}", refused.status);
+            refused.throttled_as.expect("a name to record the verdict under")
+        };
+        let who = handed(authn.authenticate(&none, Some(header), "/api", ip).await);
+        assert_eq!(who, "acme/ann");
+        for _ in 0..password::FREE_FAILURES {
+            authn.external_verdict(&who, ip, false);
+        }
+        // A success clears the failures: as many again are free.
+        authn.external_verdict(&who, ip, true);
+        for _ in 0..password::FREE_FAILURES {
+            handed(authn.authenticate(&none, Some(header), "/api", ip).await);
+            authn.external_verdict(&who, ip, false);
+        }
+        handed(authn.authenticate(&none, Some(header), "/api", ip).await);
+        authn.external_verdict(&who, ip, false);
+        let throttled = authn.authenticate(&none, Some(header), "/api", ip).await.unwrap_err();
+        assert_eq!(throttled.status.code, 429, "Keystone is not asked while throttled");
+        assert!(!throttled.not_ours && throttled.retry_after.is_some());
+        // Per source: another address is not held back.
+        handed(authn.authenticate(&none, Some(header), "/api", other).await);
+        // Bearer tokens for Keystone carry no user name to throttle under.
+        let bearer = authn.authenticate(&none, Some("Bearer gAAAAAx"), "/api", ip).await.unwrap_err();
+        assert!(bearer.not_ours && bearer.throttled_as.is_none());
     }
 }

@@ -63,7 +63,7 @@ struct Entry {
 }
 
 /// Failures allowed before the back-off starts.
-const FREE_FAILURES: u32 = 3;
+pub(crate) const FREE_FAILURES: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Entries idle this long are forgotten (bounds the map under a spray of names).
 const FORGET_AFTER: Duration = Duration::from_secs(900);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::server::{Kubectl, Proc, kubectl_binary, tenant_json};
+use crate::server::{Kubectl, Proc, kubectl_binary, tenant_admins_json, tenant_json};
 
 /// `atoll server` with its log (at debug level) kept in a file, and the controllers.
 struct LoggedServer {
@@ -561,5 +561,71 @@ fn the_auth_controller_repairs_from_state_after_a_restart() -> Result<()> {
             .map(String::as_str)
             .collect::<Vec<_>>())?;
     ensure!(labels.contains("auth-controller"), "what the controller makes is labelled: {labels}");
+    Ok(())
+}
+
+#[test]
+fn a_tenant_admin_lets_a_service_account_make_namespaces() -> Result<()> {
+    let server = LoggedServer::start()?;
+    let _controllers = server.controllers()?;
+    let admin = server.admin(33)?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["alice"])))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_json("globex")))?;
+    // Alice administers acme (the tenant controller binds spec.admins); the cluster admin is
+    // not involved from here on.
+    let config = server.dir.path().join("alice.kubeconfig");
+    let status = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["admin", "kubeconfig", "--tenant", "acme", "--user", "alice", "--data-dir"])
+        .arg(server.data())
+        .arg("--output")
+        .arg(&config)
+        .status()?;
+    ensure!(status.success(), "atoll admin kubeconfig failed");
+    let alice = |minor| -> Result<Kubectl> {
+        Ok(Kubectl { bin: kubectl_binary(minor)?, kubeconfig: config.clone(), cache: tempfile::tempdir()? })
+    };
+    let a = alice(33)?;
+    eventually("alice administers acme", || {
+        Ok(a.run(&["auth", "can-i", "create", "clusterrolebindings"], None)?.stdout.starts_with(b"yes"))
+    })?;
+    a.ok(&["create", "namespace", "ops"])?;
+    a.ok(&["-n", "ops", "create", "serviceaccount", "deployer"])?;
+    // The least that lets the account make namespaces: get and create on them, tenant-wide.
+    a.ok(&["create", "clusterrole", "ns-maker", "--verb=get,create", "--resource=namespaces"])?;
+    a.ok(&["create", "clusterrolebinding", "deployer-ns", "--clusterrole=ns-maker", "--serviceaccount=ops:deployer"])?;
+
+    for minor in [27, 33] {
+        let token = alice(minor)?.ok(&["-n", "ops", "create", "token", "deployer"])?;
+        let sa = server.with_token(token.trim(), &server.url(), minor, "deployer")?;
+        let me = whoami(&sa)?;
+        ensure!(me["status"]["userInfo"]["username"] == "system:serviceaccount:ops:deployer", "1.{minor}: {me}");
+        ensure!(me["status"]["userInfo"]["extra"]["atoll.io/tenant"] == json!(["acme"]), "{me}");
+        ensure!(sa.run(&["auth", "can-i", "create", "namespaces"], None)?.stdout.starts_with(b"yes"));
+        ensure!(sa.run(&["auth", "can-i", "delete", "namespaces"], None)?.stdout.starts_with(b"no"));
+        let list = sa.ok(&["auth", "can-i", "--list"])?;
+        ensure!(list.lines().any(|l| l.starts_with("namespaces ") && l.contains("[get create]")), "{list}");
+
+        // A namespace it creates is its own to work in (the auth-controller binds the creator).
+        let ns = format!("built-{minor}");
+        sa.ok(&["create", "namespace", &ns])?;
+        eventually("the account may work in its namespace", || {
+            Ok(sa.run(&["-n", &ns, "create", "configmap", "c1", "--from-literal=a=b"], None)?.status.success())
+        })?;
+        ensure!(sa.ok(&["-n", &ns, "get", "configmap", "c1", "-o", "jsonpath={.data.a}"])? == "b");
+        // Nowhere else: not in another namespace of its tenant, not in another tenant.
+        let err = sa.fails(&["-n", "ops", "create", "configmap", "c2", "--from-literal=a=b"])?;
+        ensure!(err.contains("forbidden") || err.contains("Forbidden"), "1.{minor}: {err}");
+        let elsewhere =
+            server.with_token(token.trim(), &format!("{}/tenants/globex", server.url()), minor, "deployer-globex")?;
+        for args in [&["get", "namespaces"][..], &["create", "namespace", "stolen"][..]] {
+            let err = elsewhere.fails(args)?;
+            ensure!(err.contains("forbidden") || err.contains("Forbidden"), "1.{minor} {args:?}: {err}");
+        }
+    }
+    ensure!(
+        admin
+            .fails(&["--server", &format!("{}/tenants/globex", server.url()), "get", "ns", "stolen"])?
+            .contains("not found")
+    );
     Ok(())
 }

@@ -401,6 +401,17 @@ fn keystone_users_work_with_kubectl_in_their_tenant_only() -> Result<()> {
     ensure!(code == 200);
     let (code, body) = curl_basic(&server, "/api/v1/namespaces", "globex/alice", "alice-pw")?;
     ensure!(code == 401, "alice has no role in globex: {code} {body}");
+    // Keystone's refusals count in the same throttle as wrong User passwords, per name and
+    // source: after three free failures the next attempt is 429 without asking Keystone,
+    // while alice (another name) is not held back.
+    for i in 0..4 {
+        let (code, body) = curl_basic(&server, "/api/v1/namespaces", "acme/mallory", "guess")?;
+        ensure!(code == 401, "guess {i}: {code} {body}");
+    }
+    let (code, body) = curl_basic(&server, "/api/v1/namespaces", "acme/mallory", "guess")?;
+    ensure!(code == 429 && body.contains("TooManyRequests"), "Keystone guesses are throttled: {code} {body}");
+    let (code, _) = curl_basic(&server, "/api/v1/namespaces/ks-33", "acme/alice", "alice-pw")?;
+    ensure!(code == 200, "the throttle is per user: {code}");
     let bare = kubectl(33, bare_kubeconfig(&server)?)?;
     let refused = bare.fails(&["--token", "gAAAAAnot-a-keystone-token", "get", "namespaces"])?;
     ensure!(refused.contains("Unauthorized") || refused.contains("logged in"), "{refused}");

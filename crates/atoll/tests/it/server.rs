@@ -249,6 +249,17 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     ensure!(scaled == "5", "kubectl scale through the scale subresource: {scaled}");
     let secret = k.ok(&["get", "secret", "s1", "-n", &ns, "-o", "jsonpath={.data.pw}"])?;
     ensure!(secret == "aHVudGVyMg==", "secret data: {secret}");
+    // stringData is folded into base64 data on every write and never stored or returned.
+    let string_secret = |v: &str| {
+        format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{{\"name\":\"s2\",\"namespace\":\"{ns}\"}},\"stringData\":{{\"k\":\"{v}\"}}}}"
+        )
+    };
+    for (value, encoded) in [("v", "dg=="), ("w", "dw==")] {
+        k.ok_with(&["apply", "-f", "-"], Some(&string_secret(value)))?;
+        let got = k.ok(&["get", "secret", "s2", "-n", &ns, "-o", "jsonpath={.data.k}|{.stringData}"])?;
+        ensure!(got == format!("{encoded}|"), "applied stringData {value:?}: {got}");
+    }
     let all = k.ok(&["get", "all", "-n", &ns, "-o", "name"])?;
     ensure!(all.contains("pod/web") && all.contains("deployment.apps/d1"), "get all: {all}");
     ensure!(k.ok(&["get", "namespaces", "-o", "name"])?.contains(&format!("namespace/{ns}")));
