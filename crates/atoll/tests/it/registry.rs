@@ -245,10 +245,14 @@ fn pods_pull_from_a_real_registry_with_pull_secrets() -> Result<()> {
     let api = line.trim().strip_prefix("listening on https://").context("no listening line")?.to_string();
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let result = cluster_part(&dir, &api, node, &image, &addr);
-    drop(cluster);
+    // Stopped as a user stops it, so its agent removes what its pods left (sandboxes and
+    // network namespaces of pods whose pulls failed included); killing it would leak them.
+    let mut cluster = cluster;
+    let stopped = cluster.interrupt(Duration::from_secs(60));
     let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
     let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
     result?;
+    stopped?;
 
     throughput(reg_dir.path(), &addr, ca_arg, creds_arg)
 }

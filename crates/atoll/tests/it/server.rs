@@ -25,6 +25,21 @@ impl Drop for Server {
 /// A child process killed when dropped.
 pub(crate) struct Proc(pub(crate) Child);
 
+impl Proc {
+    /// Ctrl-C, as a user stops `atoll up` (its node agent removes its pods' containers,
+    /// sandboxes and network namespaces on the way out), then waits up to `patience`.
+    pub(crate) fn interrupt(&mut self, patience: std::time::Duration) -> Result<()> {
+        let pid = self.0.id().to_string();
+        ensure!(Command::new("kill").args(["-INT", &pid]).status()?.success(), "kill -INT failed");
+        let deadline = std::time::Instant::now() + patience;
+        while self.0.try_wait()?.is_none() {
+            ensure!(std::time::Instant::now() < deadline, "the process did not stop on Ctrl-C within {patience:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();

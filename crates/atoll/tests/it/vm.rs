@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use crate::server::{Kubectl, Proc, kubectl_binary};
 
@@ -196,16 +196,9 @@ fn vm_pods_boot_report_and_leave_nothing_behind() -> Result<()> {
         Ok(())
     })();
     // Ctrl-C: `atoll up` stops its pods (VMs included) on the way out.
-    let _ = Command::new("kill").args(["-INT", &cluster.0.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut cluster = cluster;
-    while cluster.0.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            bail!("atoll up did not stop on Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let stopped = cluster.interrupt(Duration::from_secs(30));
     let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
     let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    result
+    result.and(stopped)
 }

@@ -342,22 +342,11 @@ fn deployments_roll_out_on_real_pods() -> Result<()> {
         }
         Ok(())
     })();
-    let stopped = interrupt(cluster);
+    let mut cluster = cluster;
+    let stopped = cluster.interrupt(Duration::from_secs(60));
     let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
     let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
     result.and(stopped)
-}
-
-/// Ctrl-C, as a user stops `atoll up`: its pods' containers are removed on the way out.
-fn interrupt(mut proc: Proc) -> Result<()> {
-    let pid = proc.0.id().to_string();
-    ensure!(Command::new("kill").args(["-INT", &pid]).status()?.success(), "kill -INT failed");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while proc.0.try_wait()?.is_none() {
-        ensure!(Instant::now() < deadline, "atoll up did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// What the ReplicaSet controller costs: how fast it brings a set to 1,000 pods and back
