@@ -479,13 +479,23 @@ enum Input {
 /// Runs the collector until `shutdown` resolves.
 pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>) {
     let collector = Arc::new(Collector { client: client.clone(), graph: Arc::default(), kinds: Arc::default() });
-    // The kinds every tenant sees, from discovery (retried until the server answers).
+    tokio::pin!(shutdown);
+    // The kinds every tenant sees, from discovery (retried until the server answers, or
+    // until shutdown).
+    let system = Tenant::Named("system".into());
     let base = loop {
-        match client.api_resources_in(&Tenant::Named("system".into())).await {
+        let found = tokio::select! {
+            _ = &mut shutdown => return,
+            found = client.api_resources_in(&system) => found,
+        };
+        match found {
             Ok(r) => break r,
             Err(e) => {
                 tracing::warn!(error = %e, "garbage collector: discovery failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     };
@@ -582,7 +592,6 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
             ready_tx.send_replace(true);
         });
     }
-    tokio::pin!(shutdown);
     loop {
         let input = tokio::select! {
             _ = &mut shutdown => break,
@@ -671,6 +680,9 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
         }
     }
     queue.shutdown();
+    // Workers may still wait for every first list (a stop right after the start): let them
+    // through to the shut queue, which hands them nothing, instead of waiting out the timer.
+    ready_tx.send_replace(true);
     for (_, (_, task)) in watches {
         task.abort();
     }
