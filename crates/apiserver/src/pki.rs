@@ -337,31 +337,9 @@ pub fn issue_node_serving(data_dir: &Path, node: &str, hosts: &[String]) -> Resu
 /// A kubeconfig for one identity; the context's name carries the tenant.
 pub fn kubeconfig(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str, user: &str, tenant: &str) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let context = format!("{user}@{tenant}");
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: atoll
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: {context}
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: {context}
-  context:
-    cluster: atoll
-    user: {context}
-current-context: {context}
-",
-        ca = b64(ca_pem),
-        cert = b64(cert_pem),
-        key = b64(key_pem),
-    )
+    let credentials =
+        format!("    client-certificate-data: {}\n    client-key-data: {}\n", b64(cert_pem), b64(key_pem));
+    kubeconfig_with(server, ca_pem, &credentials, user, tenant)
 }
 
 /// One of Atoll's own components, each with its own identity in the system tenant (see
