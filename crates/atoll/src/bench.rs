@@ -24,6 +24,9 @@ pub enum BenchCommand {
     /// Pod startup latency (create -> Running) for pods created at once, on the real local
     /// node of a cluster it starts (or `--kubeconfig`), or on simulated nodes.
     Pods(crate::bench_pods::PodsBenchArgs),
+    /// Scale: 5,000 simulated nodes and 150,000 pods (Deployments and bare pods) against the
+    /// control plane in its own process, on the embedded store or etcd.
+    Scale(crate::bench_scale::ScaleBenchArgs),
     /// Authentication's costs: one argon2id password check, against one signed-token check.
     Password {
         /// Checks of each kind to time.
@@ -65,6 +68,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Authz(args) => crate::bench_authz::run(args).await,
         BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
         BenchCommand::Pods(args) => crate::bench_pods::run(args).await,
+        BenchCommand::Scale(args) => crate::bench_scale::run(args).await,
         BenchCommand::Password { iterations } => {
             tokio::task::spawn_blocking(move || password_bench(iterations)).await?
         }

@@ -7,6 +7,7 @@ mod bench_api;
 mod bench_authz;
 mod bench_container;
 mod bench_pods;
+mod bench_scale;
 mod bench_sched;
 mod controllers;
 mod debug;

@@ -51,6 +51,11 @@ impl EtcdProcess {
         self.client_url.clone()
     }
 
+    /// The member's process id while it runs (benchmarks read its memory and CPU in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the member with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
