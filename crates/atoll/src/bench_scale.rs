@@ -387,7 +387,13 @@ async fn measure(
             event = tokio::time::timeout_at(deadline.into(), watch.next()) => event,
         };
         let Ok(event) = event else {
-            bail!("only {running_count} of {} pods ran within {} s ({bound} bound)", args.pods, args.timeout);
+            // What did finish is still worth reporting (a loaded machine may not finish).
+            println!(
+                "TIMED OUT: only {running_count} of {} pods ran within {} s ({bound} bound); figures below are for \
+                 those",
+                args.pods, args.timeout
+            );
+            break;
         };
         let pod = match event? {
             Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
@@ -409,9 +415,14 @@ async fn measure(
         }
     }
     let total = begin.elapsed();
-    while let Some(done) = creators.join_next().await {
-        done??;
+    if creators_done || running_count == args.pods {
+        while let Some(done) = creators.join_next().await {
+            done??;
+        }
+    } else {
+        creators.abort_all();
     }
+    ensure!(bound > 0, "no pod was bound");
     let after = [usage(up.pid()), usage(sims.pid()), etcd.and_then(|e| e.pid()).and_then(usage)];
 
     // Scheduling throughput: overall from the first create call to the last binding seen, and
@@ -421,8 +432,8 @@ async fn measure(
     let (p10, p90) = (bound_order[bound / 10], bound_order[(bound * 9 / 10).min(bound - 1)]);
     let steady = (bound * 8 / 10) as f64 / p90.duration_since(p10).as_secs_f64().max(1e-9);
     println!(
-        "all {} pods running after {:.1} s; scheduling: {overall:.0} pods bound/s overall, {steady:.0}/s between 10% \
-         and 90% bound",
+        "{running_count} of {} pods running after {:.1} s; scheduling: {bound} bound, {overall:.0} pods bound/s \
+         overall, {steady:.0}/s between 10% and 90% bound",
         args.pods,
         total.as_secs_f64()
     );
