@@ -27,6 +27,7 @@ pub mod busybox_vm;
 pub mod daemon;
 pub mod images;
 pub mod net;
+pub mod netlink;
 pub mod node;
 pub mod os;
 pub mod pod_images;

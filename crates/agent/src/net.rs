@@ -8,7 +8,9 @@
 //!   and a veth pair (host end on the bridge, `eth0` inside) with an address from an
 //!   on-disk IPAM file, loopback up, default route via the bridge; outbound traffic is
 //!   masqueraded by an nftables table of ours (`ip atoll-<bridge>`) with `ip_forward` on.
-//!   Everything goes through `ip`, `nft` and `sysctl` run by [`Os::run`].
+//!   The per-node part (bridge, NAT) runs `ip`, `nft` and `sysctl` through [`Os::run`]
+//!   once; the per-pod part is a few netlink requests ([`Os::attach_pod_link`], no child
+//!   processes), since it is on every pod's start-up path.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,7 +18,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::os::Os;
+use crate::netlink::NETNS_DIR;
+use crate::os::{Os, PodLink};
 use crate::runtime::NetworkMode;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +155,6 @@ impl Bridge {
         }
     }
 
-    /// Like [`Bridge::ip`], for calls whose failure means "already so" (or "already gone").
-    fn ip_quiet(&self, a: &[&str]) {
-        let _ = self.os.run(Path::new("ip"), &args(a));
-    }
-
     fn ensure_host(&self) -> Result<(), NetError> {
         let exists = self.os.run(Path::new("ip"), &args(&["link", "show", "dev", &self.bridge]))?.success;
         if !exists {
@@ -225,7 +223,7 @@ impl Bridge {
     }
 
     fn netns_path(id: &str) -> PathBuf {
-        Path::new("/run/netns").join(Self::netns(id))
+        Path::new(NETNS_DIR).join(Self::netns(id))
     }
 }
 
@@ -237,31 +235,23 @@ impl PodNetwork for Bridge {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.allocate(id)?
         };
-        let (ns, veth) = (Self::netns(id), Self::host_veth(id));
+        let link = PodLink {
+            netns: Self::netns_path(id),
+            host_veth: Self::host_veth(id),
+            bridge: self.bridge.clone(),
+            addr: ip,
+            prefix: self.cidr.prefix,
+            gateway: self.cidr.gateway(),
+        };
         // Start from nothing: a half-made attachment (the agent died midway) is redone.
-        self.ip_quiet(&["link", "del", "dev", &veth]);
-        self.ip_quiet(&["netns", "del", &ns]);
-        let addr = format!("{ip}/{}", self.cidr.prefix);
-        let gw = self.cidr.gateway().to_string();
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", &ns],
-            &["link", "add", "name", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns],
-            &["link", "set", "dev", &veth, "master", &self.bridge, "up"],
-            &["-n", &ns, "link", "set", "dev", "lo", "up"],
-            &["-n", &ns, "addr", "add", &addr, "dev", "eth0"],
-            &["-n", &ns, "link", "set", "dev", "eth0", "up"],
-            &["-n", &ns, "route", "add", "default", "via", &gw],
-            &["link", "set", "dev", &veth, "up"],
-        ];
-        for step in steps {
-            self.ip(step).map_err(|e| NetError::Setup { pod: id.to_string(), detail: e.to_string() })?;
-        }
+        let setup_err = |e: crate::os::OsError| NetError::Setup { pod: id.to_string(), detail: e.to_string() };
+        self.os.detach_pod_link(&link.netns, &link.host_veth).map_err(setup_err)?;
+        self.os.attach_pod_link(&link).map_err(setup_err)?;
         Ok(Attachment { mode: NetworkMode::Namespace(Self::netns_path(id)), ip: Some(ip.to_string()) })
     }
 
     fn teardown(&self, id: &str) -> Result<(), NetError> {
-        self.ip_quiet(&["link", "del", "dev", &Self::host_veth(id)]);
-        self.ip_quiet(&["netns", "del", &Self::netns(id)]);
+        self.os.detach_pod_link(&Self::netns_path(id), &Self::host_veth(id))?;
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut map = self.load()?;
         if map.remove(id).is_some() {
@@ -317,8 +307,25 @@ mod tests {
             })
             .collect();
         assert!(runs.iter().any(|r| r.contains("nft -f /state/nat.nft")), "{runs:?}");
-        assert!(runs.iter().any(|r| r == "ip -n atoll-pod-a route add default via 10.9.0.1"), "{runs:?}");
-        assert!(runs.iter().any(|r| r == "ip netns del atoll-pod-a"), "{runs:?}");
+        // Pods are attached without child processes: every `ip` run is the bridge's own.
+        assert!(runs.iter().filter(|r| r.starts_with("ip ")).all(|r| r.contains("br-t")), "{runs:?}");
+        let calls = os.calls();
+        let ns_a = PathBuf::from("/run/netns/atoll-pod-a");
+        let attach = calls.iter().position(|c| {
+            *c == Call::AttachPodLink(PodLink {
+                netns: ns_a.clone(),
+                host_veth: Bridge::host_veth("pod-a"),
+                bridge: "br-t".into(),
+                addr: Ipv4Addr::new(10, 9, 0, 2),
+                prefix: 30,
+                gateway: Ipv4Addr::new(10, 9, 0, 1),
+            })
+        });
+        let detach = Call::DetachPodLink { netns: ns_a, host_veth: Bridge::host_veth("pod-a") };
+        // A set-up first clears leftovers; the teardown removes the link and namespace.
+        let attach = attach.expect("pod-a attached");
+        assert_eq!(calls[attach - 1], detach);
+        assert_eq!(calls.iter().filter(|c| **c == detach).count(), 3, "{calls:?}");
         assert!(Bridge::host_veth("a-very-long-pod-uid-0000-1111-2222").len() <= 15);
     }
 }

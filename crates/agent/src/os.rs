@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
+pub use crate::netlink::PodLink;
+
 /// How long a detached child may take to print its first line.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -98,6 +100,12 @@ pub trait Os: Send + Sync + fmt::Debug {
     fn make_whiteout(&self, path: &Path) -> Result<(), OsError>;
     /// Mark `dir` opaque for overlayfs (lower layers' content under it is hidden).
     fn set_opaque(&self, dir: &Path) -> Result<(), OsError>;
+
+    /// Give a pod its named network namespace and a veth pair on the node bridge
+    /// (addressed, up, default route); see [`crate::netlink::attach`].
+    fn attach_pod_link(&self, link: &PodLink) -> Result<(), OsError>;
+    /// Remove what [`Os::attach_pod_link`] made; absent parts are not an error.
+    fn detach_pod_link(&self, netns: &Path, host_veth: &str) -> Result<(), OsError>;
 
     /// Run a program to completion, capturing its output.
     fn run(&self, program: &Path, args: &[OsString]) -> Result<CommandOutput, OsError>;
@@ -254,6 +262,14 @@ impl Os for RealOs {
     fn set_opaque(&self, dir: &Path) -> Result<(), OsError> {
         rustix::fs::setxattr(dir, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty())
             .map_err(sys("marking opaque", dir))
+    }
+
+    fn attach_pod_link(&self, link: &PodLink) -> Result<(), OsError> {
+        crate::netlink::attach(link)
+    }
+
+    fn detach_pod_link(&self, netns: &Path, host_veth: &str) -> Result<(), OsError> {
+        crate::netlink::detach(netns, host_veth)
     }
 
     fn run(&self, program: &Path, args: &[OsString]) -> Result<CommandOutput, OsError> {
@@ -438,6 +454,8 @@ pub enum Call {
     Whiteout(PathBuf),
     Opaque(PathBuf),
     Run(Vec<String>),
+    AttachPodLink(PodLink),
+    DetachPodLink { netns: PathBuf, host_veth: String },
     SpawnDetached(Vec<String>),
     Signal(u32, Signal),
     CreateDir(PathBuf),
@@ -551,6 +569,16 @@ impl Os for FakeOs {
 
     fn set_opaque(&self, dir: &Path) -> Result<(), OsError> {
         self.with(|s| s.calls.push(Call::Opaque(dir.to_owned())));
+        Ok(())
+    }
+
+    fn attach_pod_link(&self, link: &PodLink) -> Result<(), OsError> {
+        self.with(|s| s.calls.push(Call::AttachPodLink(link.clone())));
+        Ok(())
+    }
+
+    fn detach_pod_link(&self, netns: &Path, host_veth: &str) -> Result<(), OsError> {
+        self.with(|s| s.calls.push(Call::DetachPodLink { netns: netns.into(), host_veth: host_veth.into() }));
         Ok(())
     }
 
