@@ -326,30 +326,20 @@ fn share_netns_dir() -> Result<(), OsError> {
 fn create_netns(path: &Path) -> Result<(Socket, File), OsError> {
     share_netns_dir()?;
     let sys = |what| move |source| OsError::Sys { what, path: path.into(), source };
-    let made = std::thread::scope(|s| {
-        s.spawn(|| -> Result<Socket, OsError> {
-            // The crate's only unsafe call. SAFETY: unshare is unsafe because unsharing the
-            // file table (CLONE_FILES) would let this thread see descriptors others cannot;
-            // only the network namespace is unshared here, for this short-lived thread.
-            #[allow(unsafe_code)]
-            let unshared = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) };
-            unshared.map_err(sys("unsharing a network namespace for"))?;
-            File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .open(path)
-                .map_err(|source| OsError::Io { what: "creating", path: path.into(), source })?;
-            // /proc/self would name the main thread's namespace; this thread's is the new one.
-            if let Err(e) = rustix::mount::mount_bind("/proc/thread-self/ns/net", path) {
-                let _ = std::fs::remove_file(path);
-                return Err(sys("bind-mounting a network namespace on")(e));
-            }
-            Socket::open().map_err(sys("opening a netlink socket in"))
-        })
-        .join()
-        .unwrap_or_else(|_| Err(OsError::Command { what: "creating a network namespace", detail: "panicked".into() }))
+    let made = crate::os::on_unshared_thread(UnshareFlags::NEWNET, || {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(path)
+            .map_err(|source| OsError::Io { what: "creating", path: path.into(), source })?;
+        // /proc/self would name the main thread's namespace; this thread's is the new one.
+        if let Err(e) = rustix::mount::mount_bind("/proc/thread-self/ns/net", path) {
+            let _ = std::fs::remove_file(path);
+            return Err(sys("bind-mounting a network namespace on")(e));
+        }
+        Socket::open().map_err(sys("opening a netlink socket in"))
     })?;
     let ns = File::open(path).map_err(|source| OsError::Io { what: "opening", path: path.into(), source })?;
     Ok((made, ns))

@@ -680,13 +680,18 @@ impl Node {
     }
 }
 
+/// Pods synced at once. A pod's start mostly waits (on crun, the shim's handshake, API
+/// writes), so many more than the node's cores keep it busy; 4 made 100 pods queue for
+/// many seconds behind one another.
+const POD_WORKERS: usize = 16;
+
 /// The controller over this node's pods (every tenant).
 pub fn controller(client: Client, node: Arc<Node>, pods: Cache) -> Controller<PodSync> {
     let source = ApiSource::new(client.clone(), self::pods(), Scope::all_tenants())
         .fields(&format!("spec.nodeName={}", node.name));
     let reconciler = PodSync { client, node, pods: pods.clone() };
     Controller::new(reconciler)
-        .workers(4)
+        .workers(POD_WORKERS)
         .watches(Watcher::new(source, "pods on this node"), pods, |pod| ObjectKey::of(pod).into_iter().collect())
 }
 
