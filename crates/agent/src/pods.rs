@@ -429,11 +429,9 @@ impl Node {
                 match self.container_spec(pod, c, n) {
                     Ok(spec) => {
                         let began = std::time::Instant::now();
-                        let id = self.runtime.create_container(uid, &spec)?;
-                        let create_ms = began.elapsed().as_millis() as u64;
-                        self.runtime.start_container(&id)?;
+                        let id = self.runtime.run_container(uid, &spec)?;
                         let total_ms = began.elapsed().as_millis() as u64;
-                        tracing::info!(pod = %key, container = name, attempt = n, create_ms, total_ms, "started");
+                        tracing::info!(pod = %key, container = name, attempt = n, total_ms, "started");
                         fresh = Some(self.runtime.container_status(&id)?);
                         soon(POLL);
                     }
