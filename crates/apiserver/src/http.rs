@@ -301,6 +301,38 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// An Action's view of its pod: the caller's RBAC in the Action's tenant, and the pod read
+/// there (never in another tenant).
+struct ActionPodAccess<'a> {
+    api: &'a Api,
+    user: &'a User,
+    scope: &'a Scope,
+}
+
+impl crate::actions::PodAccess for ActionPodAccess<'_> {
+    fn may_get_pod(&self, pod: &str) -> Result<(), Status> {
+        let get = RequestInfo::Resource(ResourceRequest {
+            verb: Verb::Get,
+            tenant: TenantScope::Caller,
+            group: String::new(),
+            version: "v1".into(),
+            namespace: self.scope.namespace.clone(),
+            resource: "pods".into(),
+            name: Some(pod.to_string()),
+            subresource: None,
+        });
+        // Only a plain allow counts: node restriction's conditions never cover this.
+        match self.api.authz.authorize(self.user, self.scope.tenant.as_deref(), &get, None)? {
+            crate::authz::Grant::Allowed => Ok(()),
+            _ => Err(crate::authz::forbidden(&self.user.name, &crate::authz::attributes(&get))),
+        }
+    }
+    async fn pod(&self, pod: &str) -> Result<Value, Status> {
+        let pods = self.api.registry("", "pods")?;
+        pods.get(self.scope, pod).await.map_err(|e| e.to_status())
+    }
+}
+
 impl Api {
     /// The API over `store`: the built-in kinds, and the custom resources of the stored
     /// definitions (followed from now on).
@@ -311,6 +343,7 @@ impl Api {
             .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(std::iter::once(Arc::new(crate::crd::definition_strategy()) as Arc<dyn Strategy>))
             .chain(std::iter::once(Arc::new(crate::kinds::UserKind::new()) as Arc<dyn Strategy>))
+            .chain(std::iter::once(Arc::new(crate::actions::ActionKind::new()) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::rbac_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::review_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>));
         let registries: BTreeMap<(String, String), Arc<Registry>> = strategies
@@ -890,6 +923,22 @@ impl Api {
         crate::nodeproxy::forward(dialer, &host, port, path, req).await
     }
 
+    /// Admission of a new Action (`crate::actions`): `get` on its pod, by the caller's own
+    /// RBAC, and the pod's node; other kinds pass untouched.
+    async fn admit_action(
+        &self,
+        info: &crate::registry::ResourceInfo,
+        user: &User,
+        scope: &Scope,
+        obj: &mut Value,
+    ) -> Result<(), Status> {
+        if info.group != crate::actions::GROUP || info.resource != crate::actions::RESOURCE {
+            return Ok(());
+        }
+        let access = ActionPodAccess { api: self, user, scope };
+        crate::actions::admit_create(obj, &access).await
+    }
+
     /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.
     async fn scale(
         &self,
@@ -1252,6 +1301,7 @@ impl Api {
             && !crate::authz::node::condition_holds(
                 &grant,
                 self.registry("", "pods")?,
+                registry,
                 &scope,
                 r.name.as_deref().unwrap_or_default(),
             )
@@ -1395,8 +1445,9 @@ impl Api {
                     return Err(Status::method_not_allowed());
                 }
                 let (opts, _) = writer("CreateOptions", false)?;
-                let body = Self::read_body(req).await?;
+                let mut body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
+                self.admit_action(&info, user, &scope, &mut body).await?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
                 }
@@ -1442,6 +1493,12 @@ impl Api {
                         if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                             self.check_namespace(tenant, namespace).await?;
                         }
+                    }
+                    let mut patch = patch;
+                    if r.subresource.is_none()
+                        && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
+                    {
+                        self.admit_action(&info, user, &scope, &mut patch).await?;
                     }
                     let sub = r.subresource.as_deref();
                     let (obj, created) =

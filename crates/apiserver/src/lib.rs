@@ -4,6 +4,7 @@
 //! [`kinds`]. The HTTP front (TLS, authentication, discovery, OpenAPI, watch encoding)
 //! stacks on these.
 
+pub mod actions;
 pub mod authn;
 pub mod authz;
 pub mod crd;

@@ -86,6 +86,8 @@ pub enum Grant {
     IfPodOnNode(String),
     /// Allowed if a pod bound to this node in the namespace uses the named secret.
     IfSecretOfPodOnNode(String),
+    /// Allowed if the named Action's pod is bound to this node (its `spec.nodeName`).
+    IfActionOnNode(String),
 }
 
 /// The RBAC index of every tenant, and the registries it follows.
@@ -421,6 +423,7 @@ impl Authz {
                 node::Decision::Allow => Ok(Grant::Allowed),
                 node::Decision::IfPodOnNode(n) => Ok(Grant::IfPodOnNode(n)),
                 node::Decision::IfSecretOfPodOnNode(n) => Ok(Grant::IfSecretOfPodOnNode(n)),
+                node::Decision::IfActionOnNode(n) => Ok(Grant::IfActionOnNode(n)),
                 node::Decision::Deny => Err(forbidden(&user.name, &attrs)),
             };
         }
@@ -463,7 +466,10 @@ impl Authz {
         resource: &str,
     ) -> Option<Admission> {
         if let Some(node) = node::node_of(user)
-            && matches!((group, resource), ("", "nodes" | "pods") | ("coordination.k8s.io", "leases"))
+            && matches!(
+                (group, resource),
+                ("", "nodes" | "pods") | ("coordination.k8s.io", "leases") | ("atoll.io", "actions")
+            )
         {
             let (node, resource) = (node.to_string(), resource.to_string());
             return Some(Admission(Arc::new(move |obj: &Value| node::admit(&node, &resource, obj))));

@@ -10,7 +10,11 @@
 //!   it (the pipeline reads the pod before acting: [`Decision::IfPodOnNode`]);
 //! - get a secret that a pod bound to it uses (volumes, env, envFrom, image pull
 //!   secrets), in that pod's tenant and namespace ([`Decision::IfSecretOfPodOnNode`]);
-//! - create events.
+//! - create events;
+//! - list and watch Actions only with a field selector `spec.nodeName=<node>` (the server
+//!   sets an Action's `spec.nodeName` from its pod at creation), and get an Action and
+//!   update or patch its `status` only if it is bound to the node
+//!   ([`Decision::IfActionOnNode`]).
 //!
 //! Nothing else, in any tenant: the system tenant's RBAC may grant a node more (discovery,
 //! the self reviews), but only in the system tenant. A refusal is the same 403 whether the
@@ -50,6 +54,8 @@ pub enum Decision {
     IfPodOnNode(String),
     /// Allowed if a pod bound to this node in the request's namespace uses the named secret.
     IfSecretOfPodOnNode(String),
+    /// Allowed if the named Action exists and its `spec.nodeName` is this node.
+    IfActionOnNode(String),
 }
 
 /// Whether a field selector holds the requirement `spec.nodeName=<node>` (a conjunction
@@ -95,6 +101,13 @@ pub fn decide(node: &str, tenant: Option<&str>, attrs: &Attributes, field_select
             return Decision::IfSecretOfPodOnNode(node.to_string());
         }
         ("", "events") | ("events.k8s.io", "events") => verb == "create" && tenant.is_some(),
+        ("atoll.io", "actions") => match (verb, sub) {
+            ("list" | "watch", None) => selects_node(field_selector, node),
+            ("get", None) | ("update" | "patch", Some("status")) if name.is_some() => {
+                return Decision::IfActionOnNode(node.to_string());
+            }
+            _ => false,
+        },
         _ => false,
     };
     if allowed { Decision::Allow } else { Decision::Deny }
@@ -106,8 +119,8 @@ pub fn admit(node: &str, resource: &str, obj: &Value) -> Result<(), String> {
     let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     match resource {
         "nodes" | "leases" if name != node => Err(format!("node {node:?} may only write its own {resource}")),
-        "pods" if obj.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) => {
-            Err(format!("node {node:?} may only write pods bound to it"))
+        "pods" | "actions" if obj.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) => {
+            Err(format!("node {node:?} may only write {resource} bound to it"))
         }
         _ => Ok(()),
     }
@@ -143,10 +156,15 @@ pub fn pod_uses_secret(pod: &Value, name: &str) -> bool {
 }
 
 /// Whether a conditional grant of node restriction holds for the object `name` in `scope`:
-/// reads the pod, or this node's pods in the namespace. `pods` is the pods' registry.
-pub async fn condition_holds(grant: &Grant, pods: &Registry, scope: &Scope, name: &str) -> bool {
+/// reads the pod, or this node's pods in the namespace, or the Action. `pods` is the pods'
+/// registry, `target` the registry of the request's own kind.
+pub async fn condition_holds(grant: &Grant, pods: &Registry, target: &Registry, scope: &Scope, name: &str) -> bool {
     match grant {
         Grant::Allowed => true,
+        Grant::IfActionOnNode(node) => {
+            let is_actions = target.info().group == "atoll.io" && target.info().resource == "actions";
+            is_actions && target.get(scope, name).await.is_ok_and(|a| pod_on_node(&a, node))
+        }
         Grant::IfPodOnNode(node) => pods.get(scope, name).await.is_ok_and(|pod| pod_on_node(&pod, node)),
         Grant::IfSecretOfPodOnNode(node) => {
             let Ok(field_selector) = FieldSelector::parse(&format!("spec.nodeName={node}")) else { return false };
@@ -215,6 +233,19 @@ mod tests {
             (req("list", "", "configmaps", None, None, None), sys, Some("spec.nodeName=n1"), Deny),
             (req("create", "", "events", None, Some("x"), None), a, None, Allow),
             (req("delete", "", "events", None, Some("x"), Some("e")), a, None, Deny),
+            (req("watch", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n1"), Allow),
+            (req("list", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n2"), Deny),
+            (req("list", "atoll.io", "actions", None, None, None), None, None, Deny),
+            (req("get", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, IfActionOnNode("n1".into())),
+            (
+                req("patch", "atoll.io", "actions", Some("status"), Some("x"), Some("a")),
+                a,
+                None,
+                IfActionOnNode("n1".into()),
+            ),
+            (req("update", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
+            (req("create", "atoll.io", "actions", None, Some("x"), None), a, None, Deny),
+            (req("delete", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
             (Attributes::NonResource { verb: "get".into(), path: "/api".into() }, sys, None, Deny),
         ];
         for (attrs, tenant, fields, want) in cases {
@@ -257,6 +288,8 @@ mod tests {
         assert!(admit("n1", "pods", &named("n1")).is_ok());
         assert!(admit("n1", "pods", &named("n2")).is_err());
         assert!(admit("n1", "events", &named("anything")).is_ok());
+        assert!(admit("n1", "actions", &named("n1")).is_ok());
+        assert!(admit("n1", "actions", &named("n2")).is_err());
     }
 
     #[test]
