@@ -110,6 +110,7 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     oci.cgroup_parent = config.cgroup_parent.clone();
     let oci = Arc::new(OciRuntime::new(oci, os.clone())?);
     let mut runtimes = Runtimes::new(oci);
+    let mut machines = None;
     if let Some(qemu) = find_program(std::path::Path::new("qemu-system-x86_64")) {
         let mut cfg = VmConfig::new(config.data_dir.join("vm"), config.shim.clone());
         cfg.qemu = qemu;
@@ -121,7 +122,9 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         let vm = tokio::task::spawn_blocking(move || VmRuntime::new(cfg, os))
             .await
             .map_err(|e| pods::PodError::Join(e.to_string()))??;
-        runtimes = runtimes.with(vm::HANDLER, Arc::new(vm));
+        let vm = Arc::new(vm);
+        machines = Some(vm.clone());
+        runtimes = runtimes.with(vm::HANDLER, vm);
     } else {
         tracing::warn!("qemu-system-x86_64 not found: this node runs no VM pods");
     }
@@ -176,6 +179,8 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         logs_dir: config.data_dir.join("logs"),
         backoff: config.backoff,
         pulls: Some(Arc::new(pulls)),
+        machines,
+        acting: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -189,12 +194,16 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         let ctx = Arc::new(crate::server::AgentContext { runtime: node.runtime.clone(), pods: cache.clone() });
         tokio::spawn(server.run(ctx, stopped(stop_rx.clone())))
     });
+    let actions = tokio::spawn(
+        crate::actions::controller(client.clone(), node.clone(), cache.clone()).run(stopped(stop_rx.clone())),
+    );
     let sync = tokio::spawn(pods::controller(client, node.clone(), cache.clone()).run(stopped(stop_rx.clone())));
     let sweeper = tokio::spawn(sweep_loop(node.clone(), cache, stopped(stop_rx)));
 
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = sync.await;
+    let _ = actions.await;
     let _ = sweeper.await;
     let _ = heartbeat.await;
     if let Some(t) = port_task {

@@ -22,6 +22,7 @@
 //!   [`stream`] speaks kubectl's WebSocket and SPDY stream protocols, [`sessions`] runs
 //!   what they carry.
 
+pub mod actions;
 pub mod busybox;
 pub mod busybox_vm;
 pub mod daemon;

@@ -89,6 +89,11 @@ pub struct Node {
     /// Registry pulls (policy, secrets, back-off, events); without it only images already
     /// in the store run.
     pub pulls: Option<Arc<PodImages>>,
+    /// The VM runtime itself (also inside `runtime`), for what only VMs do: Actions'
+    /// Reboot, Snapshot and Restore, and the snapshots in a VM pod's status.
+    pub machines: Option<Arc<vm::VmRuntime>>,
+    /// UIDs of pods an Action is working on: their sync passes wait (`crate::actions`).
+    pub acting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct PodSync {
@@ -195,7 +200,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, PodError> + S
 }
 
 /// A container attempt's number, from its log file's name (`3.log`).
-fn attempt(c: &ContainerStatus) -> u32 {
+pub(crate) fn attempt(c: &ContainerStatus) -> u32 {
     c.log_path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
@@ -318,6 +323,11 @@ impl Node {
     fn sync(&self, pod: &Value) -> Result<Outcome, PodError> {
         let key = ObjectKey::of(pod).unwrap_or_else(|| ObjectKey::new("", None, ""));
         let uid = text(pod, "/metadata/uid");
+        if self.acting.lock().unwrap_or_else(|e| e.into_inner()).contains(uid) {
+            // An Action is replacing or pausing its containers: report nothing in between.
+            let status = pod.get("status").cloned().unwrap_or(Value::Null);
+            return Ok(Outcome { status, events: Vec::new(), requeue: Some(POLL) });
+        }
         self.remove_pods_of(&key, Some(uid), ORPHAN_GRACE)?;
         // A VM pod's guest has no NIC yet (a tap on the pod network is later work), so it
         // gets no pod network either: no address is handed out that nothing answers on.
@@ -516,7 +526,20 @@ impl Node {
             soon(POLL);
         }
         let ready = !standings.is_empty() && standings.iter().all(|s| *s == Standing::Running);
-        let status = self.pod_status(pod, phase, ready, statuses, attachment.and_then(|a| a.ip), now);
+        let mut status = self.pod_status(pod, phase, ready, statuses, attachment.and_then(|a| a.ip), now);
+        if let (Some(_), Some(machines)) = (vm, &self.machines) {
+            let snapshots: Vec<Value> = machines
+                .snapshots(uid)
+                .into_iter()
+                .map(|s| {
+                    let at = std::time::UNIX_EPOCH + Duration::from_secs(s.created_unix);
+                    json!({"name": s.name, "creationTime": seconds_time(at)})
+                })
+                .collect();
+            if !snapshots.is_empty() {
+                status["virtualMachine"] = json!({"snapshots": snapshots});
+            }
+        }
         Ok(Outcome { status, events, requeue })
     }
 
@@ -565,7 +588,7 @@ impl Node {
 
     /// The runtime's spec for attempt `n` of container `c`, or the waiting reason and
     /// message when its image is not on the node.
-    fn container_spec(&self, pod: &Value, c: &Value, n: u32) -> Result<ContainerSpec, (String, String)> {
+    pub(crate) fn container_spec(&self, pod: &Value, c: &Value, n: u32) -> Result<ContainerSpec, (String, String)> {
         let image_name = text(c, "/image");
         let policy = text(c, "/imagePullPolicy");
         if let Some(pulls) = &self.pulls {

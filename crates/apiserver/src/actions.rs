@@ -29,6 +29,9 @@
 //! (404, the same answer as for a pod that does not exist). A pod not yet bound to a node
 //! is refused (422): no agent would ever pick the Action up.
 
+// Errors are the Kubernetes Status a request answers with, as in the request pipeline.
+#![allow(clippy::result_large_err)]
+
 use api::meta::{FieldError, FieldErrorKind, Status};
 use serde_json::{Value, json};
 

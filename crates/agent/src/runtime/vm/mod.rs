@@ -25,6 +25,7 @@
 //! containers carry no [`VmSpec`] (the guest agent runs them); Actions (reboot, snapshot,
 //! restore) are QMP commands on the same socket.
 
+pub mod actions;
 pub mod qmp;
 
 use std::ffi::OsString;
