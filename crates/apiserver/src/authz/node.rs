@@ -103,7 +103,7 @@ pub fn decide(node: &str, tenant: Option<&str>, attrs: &Attributes, field_select
         ("", "events") | ("events.k8s.io", "events") => verb == "create" && tenant.is_some(),
         ("atoll.io", "actions") => match (verb, sub) {
             ("list" | "watch", None) => selects_node(field_selector, node),
-            ("get", None) | ("update" | "patch", Some("status")) if name.is_some() => {
+            ("get", None | Some("status")) | ("update" | "patch", Some("status")) if name.is_some() => {
                 return Decision::IfActionOnNode(node.to_string());
             }
             _ => false,

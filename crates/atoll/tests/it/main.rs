@@ -1,5 +1,6 @@
 //! End-to-end tests that drive the real `atoll` binary.
 
+mod actions;
 mod authn;
 mod controllers;
 mod crash;
