@@ -355,9 +355,20 @@ fn actions_reboot_snapshot_restore_vms_and_restart_containers() -> Result<()> {
 
         // Restart of a container pod: its restart count goes up, now.
         k.ok_with(&["create", "-f", "-"], Some(&action("restart", "web", "Restart", None)))?;
-        succeeded(&k, "restart")?;
-        let count = k.ok(&["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])?;
-        ensure!(count == "1", "web's restart count after Restart: {count:?}");
+        let started = Instant::now();
+        let restart_msg = succeeded(&k, "restart")?;
+        // The pod's status follows at the sync loop's next pass (the back-off would hold a
+        // restart by the loop itself for 10 s).
+        let out = k.run(
+            &["wait", "pod/web", "--for=jsonpath={.status.containerStatuses[0].restartCount}=1", "--timeout=8s"],
+            None,
+        )?;
+        ensure!(
+            out.status.success(),
+            "web's restart count after Restart ({restart_msg}): {:?} after {:?}",
+            k.ok(&["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])?,
+            started.elapsed()
+        );
         k.ok(&["wait", "pod/web", "--for=condition=Ready", "--timeout=30s"])?;
 
         // Deleting the pod deletes its snapshots with its overlay; no qemu is left.
