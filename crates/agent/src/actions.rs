@@ -45,6 +45,26 @@ struct Done {
     message: String,
 }
 
+/// What one look at an Action calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Nothing,
+    /// Running, but not claimed by this process: its agent stopped mid-way.
+    FailLeftOver,
+    Run,
+}
+
+/// `ours`: this agent process claimed the Action (it is in flight, or our own write has not
+/// come back through the watch yet).
+fn step(phase: &str, ours: bool) -> Step {
+    match phase {
+        "Succeeded" | "Failed" => Step::Nothing,
+        _ if ours => Step::Nothing,
+        "Running" => Step::FailLeftOver,
+        _ => Step::Run,
+    }
+}
+
 pub struct ActionSync {
     client: Client,
     node: Arc<Node>,
@@ -68,16 +88,14 @@ impl Reconciler for ActionSync {
         let Some(action) = self.actions.get(key) else { return Ok(Next::Done) };
         let uid = text(&action, "/metadata/uid").to_string();
         let ours = self.started.lock().unwrap_or_else(|e| e.into_inner()).contains(&uid);
-        match text(&action, "/status/phase") {
-            "Succeeded" | "Failed" => return Ok(Next::Done),
-            // Ours: in flight, or our own write not seen yet.
-            _ if ours => return Ok(Next::Done),
-            "Running" => {
+        match step(text(&action, "/status/phase"), ours) {
+            Step::Nothing => return Ok(Next::Done),
+            Step::FailLeftOver => {
                 let message = "the node agent stopped while this action ran; it is not run again";
                 self.finish(key, &action, "Failed", message).await?;
                 return Ok(Next::Done);
             }
-            _ => {}
+            Step::Run => {}
         }
         // The pods of this node must be known before "no such pod" means anything.
         self.pods.wait_ready().await;
@@ -246,4 +264,27 @@ pub fn controller(client: Client, node: Arc<Node>, pods: Cache) -> Controller<Ac
     Controller::new(reconciler)
         .workers(2)
         .watches(Watcher::new(source, "actions on this node"), cache, |a| ObjectKey::of(a).into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_action_runs_at_most_once_across_agent_restarts() {
+        let cases = [
+            // A new Action runs; once claimed here, a stale copy of it does not run again.
+            ("", false, Step::Run),
+            ("Pending", false, Step::Run),
+            ("Pending", true, Step::Nothing),
+            ("Running", true, Step::Nothing),
+            // Running when this process never claimed it: a previous agent stopped mid-way.
+            ("Running", false, Step::FailLeftOver),
+            ("Succeeded", false, Step::Nothing),
+            ("Failed", true, Step::Nothing),
+        ];
+        for (phase, ours, want) in cases {
+            assert_eq!(step(phase, ours), want, "{phase:?} ours={ours}");
+        }
+    }
 }
