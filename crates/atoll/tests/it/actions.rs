@@ -160,6 +160,22 @@ fn actions_are_admitted_authorized_and_node_restricted() -> Result<()> {
     let err = refused(&gus, &["create", "-n", "team", "-f", "-", "-v=6"], Some(&action("g1", "vm1", "Reboot", None)))?;
     ensure!(err.contains("404") && err.contains("pods \"vm1\" not found") && !err.contains("acme"), "{err}");
     ensure!(ann.ok(&["get", "actions", "-n", "team", "-o", "name"])?.trim() == "action.atoll.io/c1");
+
+    // Namespace deletion finds the kind through discovery like any other. (The namespace
+    // itself stays Terminating: its pod is bound to n1, which runs no agent here to finish
+    // the pod's graceful deletion.)
+    let _controllers = server.start_controllers()?;
+    ann.ok(&["delete", "namespace", "team", "--wait=false"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ann.run(&["get", "action", "c1", "-n", "team"], None)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && err.contains("not found") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "action c1 outlived its namespace's deletion: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 
