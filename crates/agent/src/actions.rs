@@ -6,7 +6,9 @@
 //! (with `startTime`) over the version the agent saw, so a conflicting write loses and
 //! nothing runs twice within one agent; a `Running` Action that this agent process did not
 //! start was left by an agent that stopped while it ran, and is marked `Failed`, never run
-//! again (the operation may or may not have happened: say so rather than guess).
+//! again (the operation may or may not have happened: say so rather than guess). An
+//! outcome whose status write failed is kept and written on the next look, never by running
+//! the operation again.
 //!
 //! Operations: Reboot, Snapshot and Restore go to the VM runtime
 //! ([`crate::runtime::vm::actions`]); Restart stops every container (VM included) of the pod
@@ -15,7 +17,7 @@
 //! ([`Node::acting`]), so the sync loop neither restarts a container the Action is
 //! replacing nor reports the pod ended in between. Each outcome is an event on the pod.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,6 +74,9 @@ pub struct ActionSync {
     pods: Cache,
     /// UIDs of the Actions this agent process claimed.
     started: Mutex<HashSet<String>>,
+    /// Outcomes (phase, message) not yet written, by Action UID: a failed status write is
+    /// retried with the outcome, never by running the operation again.
+    unreported: Mutex<HashMap<String, (&'static str, String)>>,
 }
 
 #[async_trait]
@@ -88,6 +93,12 @@ impl Reconciler for ActionSync {
         let Some(action) = self.actions.get(key) else { return Ok(Next::Done) };
         let uid = text(&action, "/metadata/uid").to_string();
         let ours = self.started.lock().unwrap_or_else(|e| e.into_inner()).contains(&uid);
+        let unreported = self.unreported.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned();
+        if let Some((phase, message)) = unreported {
+            self.finish(key, &action, phase, &message).await?;
+            self.unreported.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+            return Ok(Next::Done);
+        }
         match step(text(&action, "/status/phase"), ours) {
             Step::Nothing => return Ok(Next::Done),
             Step::FailLeftOver => {
@@ -122,7 +133,9 @@ impl Reconciler for ActionSync {
             let type_ = if phase == "Succeeded" { "Normal" } else { "Warning" };
             crate::pod_images::post_event(&self.client, &self.node.name, &pod, type_, done.reason, &done.message).await;
         }
+        self.unreported.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone(), (phase, done.message.clone()));
         self.finish(key, &claimed, phase, &done.message).await?;
+        self.unreported.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
         Ok(Next::Done)
     }
 }
@@ -260,7 +273,14 @@ pub fn controller(client: Client, node: Arc<Node>, pods: Cache) -> Controller<Ac
     let source =
         ApiSource::new(client.clone(), actions(), Scope::all_tenants()).fields(&format!("spec.nodeName={}", node.name));
     let cache = Cache::default();
-    let reconciler = ActionSync { client, node, actions: cache.clone(), pods, started: Mutex::new(HashSet::new()) };
+    let reconciler = ActionSync {
+        client,
+        node,
+        actions: cache.clone(),
+        pods,
+        started: Mutex::new(HashSet::new()),
+        unreported: Mutex::new(HashMap::new()),
+    };
     Controller::new(reconciler)
         .workers(2)
         .watches(Watcher::new(source, "actions on this node"), cache, |a| ObjectKey::of(a).into_iter().collect())
