@@ -315,6 +315,9 @@ fn actions_reboot_snapshot_restore_vms_and_restart_containers() -> Result<()> {
         // Snapshot in boot 1: the disk has no marker.
         k.ok_with(&["create", "-f", "-"], Some(&action("snap", "vm1", "Snapshot", Some("before"))))?;
         let snap_msg = succeeded(&k, "snap")?;
+        // The pod's status lists it from the sync loop's next pass (once a second).
+        let listed = "--for=jsonpath={.status.virtualMachine.snapshots[0].name}=before";
+        k.run(&["wait", "pod/vm1", listed, "--timeout=10s"], None)?;
         let snapshots = k.ok(&["get", "pod", "vm1", "-o", "jsonpath={.status.virtualMachine.snapshots[*].name}"])?;
         ensure!(snapshots == "before", "the pod's snapshots: {snapshots:?}");
         let created =
