@@ -1447,10 +1447,10 @@ impl Api {
                 let (opts, _) = writer("CreateOptions", false)?;
                 let mut body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
-                self.admit_action(&info, user, &scope, &mut body).await?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
                 }
+                self.admit_action(&info, user, &scope, &mut body).await?;
                 let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
                 self.written(&info, &created, opts.dry_run, false).await?;
                 Ok(with_warnings(respond(StatusCode::CREATED, created), &warnings))
@@ -1496,6 +1496,8 @@ impl Api {
                     }
                     let mut patch = patch;
                     if r.subresource.is_none()
+                        && info.group == crate::actions::GROUP
+                        && info.resource == crate::actions::RESOURCE
                         && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
                     {
                         self.admit_action(&info, user, &scope, &mut patch).await?;

@@ -81,6 +81,11 @@ fn actions_are_admitted_authorized_and_node_restricted() -> Result<()> {
     admin.ok_with(&["create", "-f", "-"], Some(&action("a2", "p2", "Restart", None)))?;
     ensure!(admin.ok(&["get", "action", "a1", "-o", "jsonpath={.spec.nodeName}"])? == "n1");
     ensure!(admin.ok(&["get", "action", "a1", "-o", "jsonpath={.status.phase}"])? == "Pending");
+    // A server-side apply that creates one is admitted the same way.
+    let applied = action("ssa", "p2", "Reboot", None).replace("\"operation\"", "\"nodeName\":\"n1\",\"operation\"");
+    admin.ok_with(&["apply", "--server-side", "-f", "-"], Some(&applied))?;
+    ensure!(admin.ok(&["get", "action", "ssa", "-o", "jsonpath={.spec.nodeName}"])? == "n2");
+    admin.ok(&["delete", "action", "ssa"])?;
     let table = admin.ok(&["get", "actions"])?;
     let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
     ensure!(header == ["NAME", "POD", "OPERATION", "PHASE", "AGE"], "kubectl get actions:\n{table}");
