@@ -78,6 +78,14 @@ impl Strategy for Kind {
         if self.info.group == "apps" || (self.info.group.is_empty() && self.info.kind == "Secret") {
             (self.defaults)(new);
         }
+        // A pod's spec defaults too (not its admission defaults): a replaced pod that omits
+        // them is then compared with its stored spec as Kubernetes compares it.
+        if self.info.group.is_empty()
+            && self.info.kind == "Pod"
+            && let Some(spec) = new.get_mut("spec")
+        {
+            pod_spec_defaults(spec);
+        }
         if self.info.kind != "Namespace" || !self.info.group.is_empty() {
             return;
         }
@@ -267,9 +275,49 @@ fn validate_vm(spec: &Value, errors: &mut Vec<FieldError>) {
 /// pod's resources and qemu's overhead from `api::vm`).
 fn pod_defaults(obj: &mut Value) {
     default_tolerations(obj);
-    default_image_pull_policies(obj);
     if let Some(spec) = obj.get_mut("spec") {
+        pod_spec_defaults(spec);
         api::vm::apply_defaults(spec);
+    }
+}
+
+/// What Kubernetes' defaulting sets on every pod spec, a pod's or a workload's template's
+/// (admission defaults such as tolerations are for pods only): so that `get -o yaml` shows
+/// what the pod will run with, and a template's pods equal it.
+pub(crate) fn pod_spec_defaults(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else { return };
+    let mut set = |key: &str, value: Value| {
+        if spec.get(key).is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
+            spec.insert(key.into(), value);
+        }
+    };
+    set("restartPolicy", Value::from("Always"));
+    set("terminationGracePeriodSeconds", Value::from(30));
+    set("dnsPolicy", Value::from("ClusterFirst"));
+    set("securityContext", serde_json::json!({}));
+    set("schedulerName", Value::from("default-scheduler"));
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(c) = c.as_object_mut() else { continue };
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            let defaults = [
+                ("imagePullPolicy", default_pull_policy(image)),
+                ("terminationMessagePath", "/dev/termination-log"),
+                ("terminationMessagePolicy", "File"),
+            ];
+            for (key, value) in defaults {
+                if c.get(key).and_then(Value::as_str).is_none_or(str::is_empty) {
+                    c.insert(key.into(), Value::from(value));
+                }
+            }
+            for port in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(port) = port.as_object_mut()
+                    && port.get("protocol").and_then(Value::as_str).is_none_or(str::is_empty)
+                {
+                    port.insert("protocol".into(), Value::from("TCP"));
+                }
+            }
+        }
     }
 }
 
@@ -307,20 +355,6 @@ fn tenant_defaults(obj: &mut Value) {
 /// Kubernetes' container defaulting of `imagePullPolicy`: `Always` for an image without a
 /// tag or tagged `latest` (and not pinned by digest), else `IfNotPresent`. The node agent
 /// acts on the stored value, so every pod says what its node will do.
-fn default_image_pull_policies(obj: &mut Value) {
-    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
-            let Some(c) = c.as_object_mut() else { continue };
-            if c.get("imagePullPolicy").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
-                continue;
-            }
-            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            c.insert("imagePullPolicy".into(), Value::from(default_pull_policy(image)));
-        }
-    }
-}
-
 fn default_pull_policy(image: &str) -> &'static str {
     if image.contains('@') {
         return "IfNotPresent";
