@@ -1104,6 +1104,22 @@ impl Api {
         }
     }
 
+    /// Kubernetes' ServiceAccount admission, the part about images: a new pod that names no
+    /// pull secrets takes its service account's (`default` when it names none). A missing
+    /// account adds nothing (Kubernetes refuses the pod; Atoll does not require accounts).
+    async fn service_account_admission(&self, scope: &Scope, pod: &mut Value) -> Result<(), Status> {
+        let named = |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_str).filter(|n| !n.is_empty());
+        let account = named("serviceAccountName").or_else(|| named("serviceAccount")).unwrap_or("default").to_string();
+        match self.registry("", "serviceaccounts")?.get(scope, &account).await {
+            Ok(account) => {
+                crate::kinds::add_service_account_pull_secrets(pod, &account);
+                Ok(())
+            }
+            Err(RegistryError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.to_status()),
+        }
+    }
+
     fn tenants(&self) -> Result<&Arc<Registry>, Status> {
         self.registry("atoll.io", "tenants")
     }
@@ -1399,6 +1415,10 @@ impl Api {
                 let warnings = check_fields(registry, &q, &body)?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
+                }
+                let mut body = body;
+                if info.group.is_empty() && info.resource == "pods" {
+                    self.service_account_admission(&scope, &mut body).await?;
                 }
                 let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
                 self.written(&info, &created, opts.dry_run, false).await?;

@@ -321,6 +321,20 @@ pub(crate) fn pod_spec_defaults(spec: &mut Value) {
     }
 }
 
+/// A new pod without `imagePullSecrets` gets its service account's, as Kubernetes'
+/// ServiceAccount admission does (a pod that names its own keeps just those).
+pub(crate) fn add_service_account_pull_secrets(pod: &mut Value, account: &Value) {
+    let Some(secrets) = account.get("imagePullSecrets").and_then(Value::as_array).filter(|s| !s.is_empty()) else {
+        return;
+    };
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    if spec.get("imagePullSecrets").and_then(Value::as_array).is_some_and(|s| !s.is_empty()) {
+        return;
+    }
+    let names = secrets.iter().filter_map(|s| s.get("name")).map(|n| serde_json::json!({"name": n})).collect();
+    spec.insert("imagePullSecrets".into(), Value::Array(names));
+}
+
 /// The finalizer by which the namespace controller empties a deleted namespace.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 /// The finalizer by which the tenant controller empties a deleted tenant.
@@ -1002,6 +1016,20 @@ fn validate_user(obj: &Value) -> Vec<FieldError> {
 #[cfg(test)]
 mod pod_default_tests {
     use super::*;
+
+    #[test]
+    fn pods_without_pull_secrets_take_their_service_accounts() {
+        let account = serde_json::json!({"imagePullSecrets": [{"name": "a"}, {"name": "b"}]});
+        let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": "x"}]}});
+        add_service_account_pull_secrets(&mut pod, &account);
+        assert_eq!(pod["spec"]["imagePullSecrets"], serde_json::json!([{"name": "a"}, {"name": "b"}]));
+        let mut own = serde_json::json!({"spec": {"imagePullSecrets": [{"name": "mine"}]}});
+        add_service_account_pull_secrets(&mut own, &account);
+        assert_eq!(own["spec"]["imagePullSecrets"], serde_json::json!([{"name": "mine"}]));
+        let mut none = serde_json::json!({"spec": {}});
+        add_service_account_pull_secrets(&mut none, &serde_json::json!({}));
+        assert!(none["spec"].get("imagePullSecrets").is_none());
+    }
 
     #[test]
     fn image_pull_policy_defaults_like_kubernetes() {

@@ -351,6 +351,16 @@ fn cluster_part(dir: &tempfile::TempDir, api: &str, node: &str, image: &str, reg
     ensure!(message.contains("not found"), "{message}");
     let phase = k(&["get", "pod", "wrongdigest", "-o", "jsonpath={.status.phase}"])?;
     ensure!(phase == "Pending", "{phase}");
+
+    // A service account's pull secrets go to the pods that name none (ServiceAccount admission).
+    k(&["create", "serviceaccount", "puller"])?;
+    k(&["patch", "serviceaccount", "puller", "-p", r#"{"imagePullSecrets": [{"name": "regcred"}]}"#])?;
+    let by_account = pod("byaccount", &format!("{image}:v2"), false)
+        .replace(r#""restartPolicy""#, r#""serviceAccountName": "puller", "restartPolicy""#);
+    k_in(&["create", "-f", "-"], &by_account)?;
+    let secrets = k(&["get", "pod", "byaccount", "-o", "jsonpath={.spec.imagePullSecrets[*].name}"])?;
+    ensure!(secrets == "regcred", "the pod got its account's pull secrets: {secrets:?}");
+    k(&["wait", "pod/byaccount", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=90s"])?;
     Ok(())
 }
 
