@@ -497,7 +497,7 @@ impl Node {
             if let Some(s) = &current {
                 status["containerID"] = json!(container_id(s));
                 if let Ok(img) = self.images.resolve(image) {
-                    status["imageID"] = json!(img.id.to_string());
+                    status["imageID"] = json!(img.image_ref());
                 }
             }
             statuses.push(status);

@@ -307,6 +307,9 @@ fn cluster_part(dir: &tempfile::TempDir, api: &str, node: &str, image: &str, reg
     let policy = k(&["get", "pod", "pulled", "-o", "jsonpath={.spec.containers[0].imagePullPolicy}"])?;
     ensure!(policy == "IfNotPresent", "a tagged image defaults to IfNotPresent, got {policy:?}");
     k(&["wait", "pod/pulled", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=90s"])?;
+    // The image is reported by its repository digest, as the kubelet reports containerd's.
+    let image_id = k(&["get", "pod", "pulled", "-o", "jsonpath={.status.containerStatuses[0].imageID}"])?;
+    ensure!(image_id.starts_with(&format!("{image}@sha256:")) && image_id.len() == image.len() + 72, "{image_id}");
     let describe = k(&["describe", "pod", "pulled"])?;
     for want in [format!("Pulling image \"{image}:v1\""), format!("Successfully pulled image \"{image}:v1\" in ")] {
         ensure!(describe.contains(&want), "describe lacks {want:?}:\n{describe}");
