@@ -645,12 +645,20 @@ impl Node {
     }
 
     /// Removes sandboxes whose pod is not among `live` (pod UIDs): their pods went while
-    /// the agent was away.
+    /// the agent was away. Network attachments without a sandbox go too (the agent died
+    /// between the two), so a crash leaks no namespace, veth or address.
     pub fn sweep(&self, live: &[String], grace: Duration) -> Result<usize, PodError> {
         let mut removed = 0;
-        for s in self.runtime.list_sandboxes()? {
+        let sandboxes = self.runtime.list_sandboxes()?;
+        for s in &sandboxes {
             if !live.contains(&s.spec.id) {
                 self.remove_sandbox(&s.spec.id, grace)?;
+                removed += 1;
+            }
+        }
+        for id in self.network.attached() {
+            if !live.contains(&id) && !sandboxes.iter().any(|s| s.spec.id == id) {
+                self.network.teardown(&id)?;
                 removed += 1;
             }
         }
