@@ -200,6 +200,21 @@ fn up_with_node(dir: &Path, node: &str, bridge: &str, cidr: &str) -> Result<Proc
     start_up(dir, &["--node-name", node, "--bridge", bridge, "--pod-cidr", cidr])
 }
 
+/// A bridge name (`<prefix><pid>`) and a /24 of the test's own: other tests' agents may
+/// share the machine.
+fn own_network(prefix: &str, base: u32) -> (String, String) {
+    let pid = std::process::id();
+    (format!("{prefix}{pid}"), format!("10.{}.{}.0/24", base + (pid >> 8) % 40, pid % 256))
+}
+
+/// Stops a cluster as a user does (Ctrl-C), then removes its bridge and NAT table.
+fn stop_with_network(cluster: &mut Proc, bridge: &str) -> Result<()> {
+    let stopped = cluster.interrupt(Duration::from_secs(60));
+    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
+    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
+    stopped
+}
+
 /// `atoll up` on `dir` with `args`, once it listens.
 fn start_up(dir: &Path, args: &[&str]) -> Result<Proc> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
@@ -320,9 +335,7 @@ fn roll_out_with(k: &Kubectl, ns: &str, minor: u32) -> Result<()> {
 fn deployments_roll_out_on_real_pods() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = "workloads-e2e-node";
-    let pid = std::process::id();
-    // A bridge and CIDR of its own: other tests' agents may share the machine.
-    let (bridge, cidr) = (format!("atw{pid}"), format!("10.{}.{}.0/24", 150 + (pid >> 8) % 40, pid % 256));
+    let (bridge, cidr) = own_network("atw", 150);
     let cluster = up_with_node(dir.path(), node, &bridge, &cidr)?;
     let result = (|| -> Result<()> {
         let admin = Kubectl {
@@ -349,10 +362,7 @@ fn deployments_roll_out_on_real_pods() -> Result<()> {
         Ok(())
     })();
     let mut cluster = cluster;
-    let stopped = cluster.interrupt(Duration::from_secs(60));
-    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
-    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    result.and(stopped)
+    result.and(stop_with_network(&mut cluster, &bridge))
 }
 
 /// What the ReplicaSet controller costs: how fast it brings a set to 1,000 pods and back
@@ -441,8 +451,7 @@ fn leftovers(uid: &str, containers: &[String], agent_dir: &Path, bridge: &str) -
 fn a_restarted_agent_removes_what_pods_deleted_in_its_absence_left() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = "crash-e2e-node";
-    let pid = std::process::id();
-    let (bridge, cidr) = (format!("atc{pid}"), format!("10.{}.{}.0/24", 190 + (pid >> 8) % 40, pid % 256));
+    let (bridge, cidr) = own_network("atc", 190);
     let agent_dir = dir.path().join("agent");
     let admin = Kubectl {
         bin: kubectl_binary(33)?,
@@ -520,8 +529,5 @@ fn a_restarted_agent_removes_what_pods_deleted_in_its_absence_left() -> Result<(
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let stopped = cluster.interrupt(Duration::from_secs(60));
-    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
-    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    result.and(stopped)
+    result.and(stop_with_network(&mut cluster, &bridge))
 }
