@@ -256,7 +256,18 @@ impl RegistryError {
                 Status::request_entity_too_large("the object is larger than the store accepts")
             }
             RegistryError::Store(StoreError::FutureRevision { .. }) => {
-                Status::failure(504, "Timeout", "Too large resource version")
+                // The cause is what client-go recognises (it then lists again without a version);
+                // no numbers, which would be raw store revisions.
+                let mut status = Status::failure(504, "Timeout", "Too large resource version");
+                status.details = Some(api::meta::StatusDetails {
+                    causes: vec![api::meta::StatusCause {
+                        reason: "ResourceVersionTooLarge".into(),
+                        message: "Too large resource version".into(),
+                        field: String::new(),
+                    }],
+                    ..Default::default()
+                });
+                status
             }
             RegistryError::Store(e) => Status::internal(e.to_string()),
         }
@@ -391,8 +402,9 @@ impl Propagation {
 pub struct WatchEvent {
     pub kind: &'static str,
     pub object: Arc<Value>,
-    /// `object` already serialised, when it came from the watch cache unchanged.
-    pub encoded: Option<Bytes>,
+    /// `object` already serialised (but for its resource version), when it came from the
+    /// watch cache unchanged.
+    pub encoded: Option<cache::Spliced>,
 }
 
 impl WatchEvent {
@@ -849,6 +861,7 @@ impl Registry {
             }
             None => (Bytes::from(prefix.clone()), None),
         };
+        let mut not_older_than = None;
         if revision.is_none() {
             revision = match (opts.resource_version.as_deref(), opts.resource_version_match.as_deref()) {
                 (Some(rv), Some("Exact")) => Some(parse_rv(rv)?),
@@ -856,7 +869,7 @@ impl Registry {
                     return Err(RegistryError::BadRequest(format!("unsupported resourceVersionMatch {m:?}")));
                 }
                 (Some(rv), _) => {
-                    parse_rv(rv)?;
+                    not_older_than = Some(parse_rv(rv)?);
                     None
                 }
                 _ => None,
@@ -901,6 +914,11 @@ impl Registry {
             start = Bytes::from(after);
         }
         let revision = read_at.unwrap_or(0);
+        if let Some(asked) = not_older_than
+            && asked > revision
+        {
+            return Err(StoreError::FutureRevision { requested: asked, current: revision }.into());
+        }
         let info = self.info();
         let meta = ListMeta {
             resource_version: Some(revision.to_string()),
@@ -1147,13 +1165,11 @@ impl Registry {
             if let Some(rv) = precondition_rv
                 && rv != current.mod_revision
             {
+                // No numbers: they are store revisions, which the API shows only encoded.
                 return Err(self.conflict(
-                        name,
-                        &format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                            current.mod_revision
-                        ),
-                    ));
+                    name,
+                    "Precondition failed: the ResourceVersion in the precondition is not the object's",
+                ));
             }
             let grace = self.strategy.grace_period(&obj, opts.grace_period_seconds);
             // The propagation policy is kept as a finalizer the garbage collector removes.
@@ -1234,9 +1250,17 @@ impl Registry {
             }
             at
         } else {
+            let now = self.store.current_revision().await?;
             match rv {
-                None | Some("0") => self.store.current_revision().await?,
-                Some(rv) => parse_rv(rv)?,
+                None | Some("0") => now,
+                Some(rv) => {
+                    // A version from the future (or one never issued) would wait forever.
+                    let rv = parse_rv(rv)?;
+                    if rv > now {
+                        return Err(StoreError::FutureRevision { requested: rv, current: now }.into());
+                    }
+                    rv
+                }
             }
         };
         // Served from the kind's watch cache when it reaches back far enough, else from a
@@ -1250,7 +1274,7 @@ impl Registry {
                 .await
             {
                 Err(StoreError::Compacted { .. }) => {
-                    return Err(RegistryError::Expired(format!("too old resource version: {after}")));
+                    return Err(RegistryError::Expired("too old resource version".into()));
                 }
                 other => Source::Store(other?),
             },

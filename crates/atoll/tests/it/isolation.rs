@@ -881,3 +881,128 @@ fn tenants_are_isolated_in_every_form_verb_and_kind() -> Result<()> {
     eprintln!("isolation matrix: {requests} requests of A's callers in {took:?}");
     Ok(())
 }
+
+/// A resource version as a number (they are decimal strings, opaque to clients).
+fn rv_of(x: &Exchange) -> Result<u64> {
+    let v: Value = serde_json::from_str(&x.answer).with_context(|| x.answer.clone())?;
+    let rv = v["metadata"]["resourceVersion"].as_str().with_context(|| format!("no resourceVersion: {}", x.answer))?;
+    rv.parse().with_context(|| format!("resourceVersion {rv:?} is not a number"))
+}
+
+/// The count probe (issue 4): the store numbers every write of every tenant with one
+/// counter, so raw resource versions would let A count B's writes. A reads a version, B
+/// writes N times, A writes once: A's two values must tell nothing about N. With the raw
+/// counter they would differ by exactly N + 1.
+#[test]
+fn resource_versions_do_not_count_other_tenants_writes() -> Result<()> {
+    let server = Server::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let admin = caller("admin", &server.kubeconfig())?;
+    rt.block_on(async {
+        for (tenant, admins) in [(A, ["ann"]), (B, ["bnm-bob"])] {
+            let body = tenant_admins_json(tenant, &admins);
+            must(
+                admin
+                    .send("POST", "/apis/atoll.io/v1/tenants", "application/json", Some(("application/json", body)))
+                    .await,
+                &[201],
+            )
+            .await?;
+        }
+        let ns = |n: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}).to_string();
+        let post = |path: String, body: String| {
+            let admin = admin.clone();
+            async move {
+                must(admin.send("POST", &path, "application/json", Some(("application/json", body))).await, &[201])
+                    .await
+            }
+        };
+        post(format!("/tenants/{A}/api/v1/namespaces"), ns("a-ns")).await?;
+        post(format!("/tenants/{B}/api/v1/namespaces"), ns(B_NS)).await?;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let ann = caller("ann", &server.user(A, "ann", 33)?.kubeconfig)?;
+
+    rt.block_on(async {
+        let cms = "/api/v1/namespaces/a-ns/configmaps";
+        let probe = format!("{cms}/probe");
+        let cm = |i: usize| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}, "data": {"i": i.to_string()}}).to_string();
+        let mut last = rv_of(&must(ann.send("POST", cms, "application/json", Some(("application/json", cm(0)))).await, &[201]).await?)?;
+        // B's writes: N of them between two of A's own.
+        let b_writes = |n: usize| {
+            let admin = admin.clone();
+            async move {
+                for i in 0..n {
+                    let path = format!("/tenants/{B}/api/v1/namespaces/{B_NS}/configmaps");
+                    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("bnm-{i}")}}).to_string();
+                    must(admin.send("POST", &path, "application/json", Some(("application/json", body))).await, &[201]).await?;
+                    must(admin.send("DELETE", &format!("{path}/bnm-{i}"), "application/json", None).await, &[200]).await?;
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        };
+        let counts = [0usize, 1, 2, 4, 8, 16, 32, 3];
+        let (mut diffs, mut list_diffs) = (Vec::new(), Vec::new());
+        for (i, &n) in counts.iter().enumerate() {
+            let before = rv_of(&must(ann.send("GET", &probe, "application/json", None).await, &[200]).await?)?;
+            ensure!(before == last, "A's own object keeps its version while only B writes");
+            let listed = rv_of(&must(ann.send("GET", cms, "application/json", None).await, &[200]).await?)?;
+            b_writes(n).await?;
+            let listed_after = rv_of(&must(ann.send("GET", cms, "application/json", None).await, &[200]).await?)?;
+            let body = cm(i + 1);
+            let after = rv_of(&must(ann.send("PUT", &probe, "application/json", Some(("application/json", body))).await, &[200]).await?)?;
+            diffs.push(i128::from(after) - i128::from(before));
+            list_diffs.push(i128::from(listed_after) - i128::from(listed));
+            last = after;
+        }
+        // Random-looking 64-bit values: never within a small distance of each other (the raw
+        // counter gives N + 1 and N, or 2N + 1 with the deletions), and their differences do not
+        // grow with N (a chance ordering of eight has odds 2 in 40,320).
+        for (what, d) in [("write", &diffs), ("list", &list_diffs)] {
+            for (n, d) in counts.iter().zip(d.iter()) {
+                ensure!(d.unsigned_abs() > 1 << 32, "A's {what} versions around {n} writes of B's differ by only {d}");
+            }
+            let mut by_n: Vec<(usize, i128)> = counts.iter().copied().zip(d.iter().copied()).collect();
+            by_n.sort();
+            let rising = by_n.windows(2).all(|w| w[0].1 <= w[1].1);
+            let falling = by_n.windows(2).all(|w| w[0].1 >= w[1].1);
+            ensure!(!rising && !falling, "A's {what} version differences follow N: {by_n:?}");
+        }
+
+        // The versions still work: the current one is a precondition that holds, an old one
+        // conflicts, and a value never issued (a raw store revision, say) conflicts too.
+        let mut stale = serde_json::from_str::<Value>(&cm(99))?;
+        let current = last.to_string();
+        for (rv, code) in [("1", 409), ("12", 409), (diffs.len().to_string().as_str(), 409), (current.as_str(), 200)] {
+            stale["metadata"]["resourceVersion"] = json!(rv);
+            let x = ann.send("PUT", &probe, "application/json", Some(("application/json", stale.to_string()))).await;
+            must(x, &[code]).await?;
+        }
+        let now = rv_of(&must(ann.send("GET", &probe, "application/json", None).await, &[200]).await?)?;
+        // A watch from a version A holds replays A's own later change with the same value
+        // the write answered.
+        let watch = must(ann.send("GET", &format!("{cms}?watch=1&timeoutSeconds=1&resourceVersion={last}"), "application/json", None).await, &[200]).await?;
+        ensure!(watch.answer.contains(&format!("\"resourceVersion\":\"{now}\"")), "{}", watch.answer);
+        ensure!(!watch.answer.contains(NAME_MARK), "{}", watch.answer);
+        // Versions never issued to A are refused as too large, and the refusals carry no
+        // store revision (no number but the one asked about).
+        for path in [
+            format!("{cms}?watch=1&timeoutSeconds=1&resourceVersion=12"),
+            format!("{cms}?resourceVersion=12&resourceVersionMatch=Exact"),
+            format!("{cms}?resourceVersion=12"),
+        ] {
+            let x = ann.send("GET", &path, "application/json", None).await;
+            ensure!(x.code == 504 && x.answer.contains("Too large resource version"), "{path}: {} {}", x.code, x.answer);
+            let numbers: Vec<&str> =
+                x.answer.split(|c: char| !c.is_ascii_digit()).filter(|s| s.len() > 1 && *s != "12" && *s != "504").collect();
+            ensure!(numbers.is_empty(), "{path}: {numbers:?} in {}", x.answer);
+        }
+        let x = ann.send("DELETE", &probe, "application/json", Some(("application/json", json!({"preconditions": {"resourceVersion": "12"}}).to_string()))).await;
+        ensure!(x.code == 409 && !x.answer.contains(&now.to_string()), "{} {}", x.code, x.answer);
+        // The system tenant sees the same object under its own encoding.
+        let admins = rv_of(&must(admin.send("GET", &format!("/tenants/{A}{probe}"), "application/json", None).await, &[200]).await?)?;
+        ensure!(admins != now, "the administrator and A see one encoding");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}
