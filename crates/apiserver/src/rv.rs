@@ -40,6 +40,27 @@ pub enum RvError {
     Malformed { path: String },
     #[error("no randomness for the resource version secret")]
     Random,
+    /// A client sent something that is no resource version at all.
+    #[error("invalid resource version {0:?}")]
+    Invalid(String),
+    #[error("invalid continue token")]
+    InvalidContinue,
+}
+
+impl RvError {
+    /// What a request carrying it is answered.
+    pub fn to_status(&self) -> Status {
+        match self {
+            RvError::Invalid(_) | RvError::InvalidContinue => Status::bad_request(self.to_string()),
+            other => Status::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RvError> for Status {
+    fn from(e: RvError) -> Status {
+        e.to_status()
+    }
 }
 
 /// The cluster's secret, from which every tenant's key is derived.
@@ -138,13 +159,15 @@ impl Codec {
     }
 
     /// The revision behind a value a client sent: `Err` for what is no resource version at
-    /// all (not a decimal number), [`UNKNOWN`] for a number this encoding never issued.
-    pub fn decode(&self, value: &str) -> Result<i64, Status> {
+    /// all (not a decimal number). A number this encoding never issued decodes to a
+    /// revision far beyond the store's (odds of landing below 2^40 are 2^-24 a guess), or to
+    /// [`UNKNOWN`] when past `i64`.
+    pub fn decode(&self, value: &str) -> Result<i64, RvError> {
         let y = value
             .parse::<u64>()
             .ok()
             .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| Status::bad_request(format!("invalid resource version {value:?}")))?;
+            .ok_or_else(|| RvError::Invalid(value.to_string()))?;
         if y == 0 {
             return Ok(0);
         }
@@ -156,7 +179,7 @@ impl Codec {
     }
 
     /// A string the registry understands in place of the client's (empty stays empty).
-    pub fn decode_str(&self, value: &str) -> Result<String, Status> {
+    pub fn decode_str(&self, value: &str) -> Result<String, RvError> {
         if value.is_empty() {
             return Ok(String::new());
         }
@@ -176,10 +199,9 @@ impl Codec {
         }
     }
 
-    pub fn decode_continue(&self, token: &str) -> Result<String, Status> {
-        let bad = || Status::bad_request("invalid continue token");
-        let (rev, rest) = token.split_once('-').ok_or_else(bad)?;
-        let rev = self.decode(rev).map_err(|_| bad())?;
+    pub fn decode_continue(&self, token: &str) -> Result<String, RvError> {
+        let (rev, rest) = token.split_once('-').ok_or(RvError::InvalidContinue)?;
+        let rev = self.decode(rev).map_err(|_| RvError::InvalidContinue)?;
         Ok(format!("{rev}-{rest}"))
     }
 
@@ -215,8 +237,8 @@ impl Codec {
     /// `metadata.resourceVersion` (update, merge and strategic patches, apply),
     /// `preconditions.resourceVersion` (DeleteOptions), and the values of JSON patch
     /// operations on `/metadata/resourceVersion`.
-    pub fn incoming(&self, body: &mut Value) -> Result<(), Status> {
-        let decode_at = |v: Option<&mut Value>| -> Result<(), Status> {
+    pub fn incoming(&self, body: &mut Value) -> Result<(), RvError> {
+        let decode_at = |v: Option<&mut Value>| -> Result<(), RvError> {
             if let Some(Value::String(rv)) = v {
                 *rv = self.decode_str(rv)?;
             }
@@ -341,7 +363,7 @@ mod tests {
     fn rejects_what_is_no_version_and_flags_what_was_never_issued() {
         let c = secret().codec("acme");
         for bad in ["abc", "-5", "+5", "1.5", " 7", "18446744073709551616"] {
-            let e = c.decode(bad).unwrap_err();
+            let e = c.decode(bad).unwrap_err().to_status();
             assert_eq!((e.code, e.reason.as_str()), (400, "BadRequest"), "{bad}");
         }
         // A value never issued (a guess, a raw store revision) decodes far beyond any store
@@ -383,7 +405,7 @@ mod tests {
         c.incoming(&mut ops).unwrap();
         assert_eq!(ops[0]["value"], "5");
         let mut bad = serde_json::json!({"metadata": {"resourceVersion": "x"}});
-        assert_eq!(c.incoming(&mut bad).unwrap_err().code, 400);
+        assert_eq!(c.incoming(&mut bad).unwrap_err().to_status().code, 400);
     }
 
     #[test]
