@@ -741,8 +741,16 @@ impl Api {
         let id = outcome.map_err(|e| e.to_status())?;
         let tenants = self.tenants()?;
         let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
-        match tenants.get(&system, &id.tenant).await {
-            Ok(_) => {}
+        // From the directory's watch-fed view, not the store: this is every Keystone request.
+        let known = if self.authn.directory().tenant(&id.tenant).is_some() {
+            Ok(())
+        } else {
+            // Not in the view: ask the store once more (a Tenant another API server created a
+            // moment ago may not have reached this one's view yet).
+            tenants.get(&system, &id.tenant).await.map(|_| ())
+        };
+        match known {
+            Ok(()) => {}
             Err(RegistryError::NotFound { .. }) if keystone.auto_tenants => {
                 let tenant = json!({"apiVersion": "atoll.io/v1", "kind": "Tenant",
                     "metadata": {"name": id.tenant, "annotations": {"atoll.io/created-by": "keystone"}}});
@@ -1027,6 +1035,7 @@ impl Api {
         let watched = match (info.group.as_str(), info.resource.as_str()) {
             ("", "serviceaccounts") => Some(crate::authn::directory::Watched::ServiceAccounts),
             ("atoll.io", "users") => Some(crate::authn::directory::Watched::Users),
+            ("atoll.io", "tenants") => Some(crate::authn::directory::Watched::Tenants),
             _ => None,
         };
         if let Some(kind) = watched {
@@ -1034,7 +1043,10 @@ impl Api {
             // then wait until the directory has dropped it.
             let directory = self.authn.directory();
             let meta = |f: &str| obj.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("");
-            if deleted {
+            // A Tenant marked for deletion stays (terminating) until its controller is done.
+            let marked = kind == crate::authn::directory::Watched::Tenants
+                && obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+            if deleted && !marked {
                 directory.wait_gone(kind, meta("tenant"), meta("namespace"), meta("name")).await
             } else {
                 directory.wait_for(kind, revision).await
