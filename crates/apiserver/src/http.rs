@@ -678,9 +678,11 @@ impl Api {
             }
         };
         // Authorization, in the tenant the request resolves to.
+        // Discovery and OpenAPI under `/tenants/all` are reads of every tenant's view, like
+        // a list: for those who may reach across tenants (then `kubectl --server .../all` works).
         let (scope, verb) = match &info {
             RequestInfo::Resource(r) => (&r.tenant, r.verb),
-            RequestInfo::NonResource { tenant, .. } => (tenant, Verb::Get),
+            RequestInfo::NonResource { tenant, .. } => (tenant, Verb::List),
         };
         let fields = query_map(req.uri().query()).remove("fieldSelector");
         let grant = match self
@@ -692,7 +694,9 @@ impl Api {
         };
         match info {
             RequestInfo::NonResource { tenant, path, .. } => {
-                let tenant = match self.resolve_tenant(&tenant, &user, Verb::Get) {
+                // The `all` view serves the kinds every tenant has: the built-in ones and the
+                // system tenant's definitions (what `crd::Catalog::lookup` serves there).
+                let tenant = match self.resolve_tenant(&tenant, &user, Verb::List) {
                     Ok(t) => t.unwrap_or_else(|| api::request::SYSTEM_TENANT.to_string()),
                     Err(s) => return status(s),
                 };

@@ -1016,3 +1016,53 @@ fn resource_versions_do_not_count_other_tenants_writes() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// `kubectl --server https://host/tenants/all` (issue 4): discovery works in the `all` view
+/// for those who may reach across tenants (the system tenant's administrators), so kubectl
+/// lists every tenant's objects there; a tenant's callers are refused and learn nothing.
+#[test]
+fn the_all_view_works_in_kubectl_for_administrators_only() -> Result<()> {
+    let server = Server::start()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let admin = caller("admin", &server.kubeconfig())?;
+    rt.block_on(async {
+        for (tenant, admins) in [(A, ["ann"]), (B, ["bnm-bob"])] {
+            let body = tenant_admins_json(tenant, &admins);
+            let x =
+                admin.send("POST", "/apis/atoll.io/v1/tenants", "application/json", Some(("application/json", body)));
+            must(x.await, &[201]).await?;
+        }
+        for (tenant, ns, cm) in [(A, "a-ns", "a-cm"), (B, B_NS, "bnm-cm")] {
+            let ns_body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string();
+            let ns_path = format!("/tenants/{tenant}/api/v1/namespaces");
+            must(admin.send("POST", &ns_path, "application/json", Some(("application/json", ns_body))).await, &[201])
+                .await?;
+            let cm_body =
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm}, "data": {"k": CONTENT_MARK}})
+                    .to_string();
+            let path = format!("/tenants/{tenant}/api/v1/namespaces/{ns}/configmaps");
+            must(admin.send("POST", &path, "application/json", Some(("application/json", cm_body))).await, &[201])
+                .await?;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let all = format!("https://{}/tenants/all", server.addr);
+    for minor in [27, 33] {
+        let k = crate::server::Kubectl::new(minor, &server)?;
+        let listed = k.ok(&["--server", &all, "get", "configmaps", "-A"])?;
+        ensure!(listed.contains("a-cm") && listed.contains("bnm-cm"), "1.{minor}: {listed}");
+        let resources = k.ok(&["--server", &all, "api-resources"])?;
+        ensure!(resources.contains("configmaps") && resources.contains("tenants"), "1.{minor}: {resources}");
+        let yaml = k.ok(&["--server", &all, "get", "configmaps", "-A", "-o", "yaml"])?;
+        ensure!(yaml.contains("tenant: tena") && yaml.contains("tenant: tenb"), "1.{minor}: {yaml}");
+    }
+    let ann = server.user(A, "ann", 33)?;
+    for args in [&["get", "configmaps", "-A"][..], &["api-resources"][..]] {
+        let refused = ann.fails(&[&["--server", all.as_str()][..], args].concat())?;
+        ensure!(
+            refused.contains("orbidden") && !refused.contains(NAME_MARK) && !refused.contains(CONTENT_MARK),
+            "{refused}"
+        );
+    }
+    Ok(())
+}
