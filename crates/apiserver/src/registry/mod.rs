@@ -326,12 +326,12 @@ pub struct Creator {
 }
 
 /// A check of the final object of a create or update (after defaults and validation),
-/// refusing it with a reason.
+/// given the object it replaces (`None` on create), refusing it with a reason.
 #[derive(Clone)]
 pub struct Admission(pub Arc<AdmissionCheck>);
 
 /// The check itself: `Err` carries why the write is refused.
-pub type AdmissionCheck = dyn Fn(&Value) -> std::result::Result<(), String> + Send + Sync;
+pub type AdmissionCheck = dyn Fn(Option<&Value>, &Value) -> std::result::Result<(), String> + Send + Sync;
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -671,9 +671,9 @@ impl Registry {
         errors
     }
 
-    fn admit(&self, opts: &WriteOptions, name: &str, obj: &Value) -> Result<()> {
+    fn admit(&self, opts: &WriteOptions, name: &str, old: Option<&Value>, obj: &Value) -> Result<()> {
         match &opts.admission {
-            Some(check) => (check.0)(obj).map_err(|why| RegistryError::Forbidden {
+            Some(check) => (check.0)(old, obj).map_err(|why| RegistryError::Forbidden {
                 resource: self.info().resource.clone(),
                 group: self.info().group.clone(),
                 name: name.to_string(),
@@ -783,7 +783,7 @@ impl Registry {
         if !errors.is_empty() {
             return Err(self.invalid(&name, errors));
         }
-        self.admit(opts, &name, &obj)?;
+        self.admit(opts, &name, None, &obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -1007,7 +1007,7 @@ impl Registry {
             if !errors.is_empty() {
                 return Err(self.invalid(name, errors));
             }
-            self.admit(opts, name, &new)?;
+            self.admit(opts, name, Some(&old), &new)?;
             let new_meta = object::meta(&new)?;
             // A terminating object whose last finalizer is gone is deleted now, unless it is
             // in a grace period that someone else (a node agent) ends.
