@@ -22,9 +22,10 @@ pub struct SharedEvent {
     decoded: OnceLock<Option<Decoded>>,
 }
 
-/// The objects of a change, with their resource versions set, and the new object's JSON.
+/// The objects of a change, with their resource versions set, and the new object's JSON
+/// (`None` for an object without metadata, which each watcher then serialises itself).
 pub struct Decoded {
-    pub new: Option<(Arc<Value>, Spliced)>,
+    pub new: Option<(Arc<Value>, Option<Spliced>)>,
     pub prev: Option<Arc<Value>>,
 }
 
@@ -98,7 +99,7 @@ impl SharedEvent {
                 let new = match e.kind {
                     store::EventKind::Put => {
                         let obj = decode(&e.kv.value, e.kv.mod_revision)?;
-                        let json = Spliced::of(&obj)?;
+                        let json = Spliced::of(&obj);
                         Some((Arc::new(obj), json))
                     }
                     store::EventKind::Delete => None,

@@ -1364,7 +1364,7 @@ impl Registry {
             (None, _) => None,
             (Some((new, json)), prev) => {
                 let new_matches = self.matches(new, opts)?;
-                let same = |kind| WatchEvent { kind, object: new.clone(), encoded: Some(json.clone()) };
+                let same = |kind| WatchEvent { kind, object: new.clone(), encoded: json.clone() };
                 match (old_matches, new_matches, prev) {
                     (false, true, _) => Some(same("ADDED")),
                     (true, true, _) => Some(same("MODIFIED")),
