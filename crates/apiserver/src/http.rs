@@ -1104,6 +1104,29 @@ impl Api {
         }
     }
 
+    /// Pod sandboxing admission ([`crate::sandbox`]) for a new pod: the runtime class must
+    /// exist, and the tenant's Tenant object may force the VM sandbox. A tenant that cannot
+    /// be read fails the create rather than skip the check.
+    async fn admit_sandbox(&self, group: &str, resource: &str, tenant: &str, pod: &mut Value) -> Result<(), Status> {
+        if !group.is_empty() || resource != "pods" {
+            return Ok(());
+        }
+        let tenant_obj = if tenant == api::request::SYSTEM_TENANT {
+            None
+        } else {
+            let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+            match self.tenants()?.get(&system, tenant).await {
+                Ok(t) => Some(t),
+                Err(RegistryError::NotFound { .. }) => None,
+                Err(e) => return Err(e.to_status()),
+            }
+        };
+        crate::sandbox::admit_pod(tenant_obj.as_ref(), pod).map_err(|why| {
+            let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            Status::failure(403, "Forbidden", format!("pods {name:?} is forbidden: {why}"))
+        })
+    }
+
     fn tenants(&self) -> Result<&Arc<Registry>, Status> {
         self.registry("atoll.io", "tenants")
     }
@@ -1395,10 +1418,11 @@ impl Api {
                     return Err(Status::method_not_allowed());
                 }
                 let (opts, _) = writer("CreateOptions", false)?;
-                let body = Self::read_body(req).await?;
+                let mut body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
+                    self.admit_sandbox(&info.group, &info.resource, tenant, &mut body).await?;
                 }
                 let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
                 self.written(&info, &created, opts.dry_run, false).await?;
@@ -1417,7 +1441,7 @@ impl Api {
                 let content_type = media_type(&req);
                 let apply = content_type == crate::managed::options::APPLY_PATCH;
                 let (opts, force) = writer("PatchOptions", apply)?;
-                let patch = Self::read_body(req).await?;
+                let mut patch = Self::read_body(req).await?;
                 if apply {
                     let warnings = check_fields(registry, &q, &patch)?;
                     // An apply may create the object: then the caller needs `create` too (as in
@@ -1441,6 +1465,7 @@ impl Api {
                         }
                         if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                             self.check_namespace(tenant, namespace).await?;
+                            self.admit_sandbox(&info.group, &info.resource, tenant, &mut patch).await?;
                         }
                     }
                     let sub = r.subresource.as_deref();

@@ -19,5 +19,6 @@ pub mod patch;
 pub mod pki;
 pub mod proto;
 pub mod registry;
+pub mod sandbox;
 pub mod table;
 pub mod workloads;
