@@ -195,10 +195,9 @@ pub fn rootfs_image(os: &dyn Os, layers: &[PathBuf], cache: &Path) -> Result<Pat
         tmp.clone().into(),
         format!("{kib}k").into(),
     ];
-    let out = os.run(Path::new("mke2fs"), &args).map_err(|e| SandboxImageError::Tool {
-        tool: "mke2fs",
-        detail: e.to_string(),
-    })?;
+    let out = os
+        .run(Path::new("mke2fs"), &args)
+        .map_err(|e| SandboxImageError::Tool { tool: "mke2fs", detail: e.to_string() })?;
     if !out.success {
         return Err(SandboxImageError::Tool { tool: "mke2fs", detail: out.stderr.trim().into() });
     }

@@ -323,10 +323,7 @@ fn serve(mut conn: UnixStream, shared: &Shared) {
             }
             let file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
             let log = CriLog { file, partial: [Vec::new(), Vec::new()] };
-            shared
-                .lock()
-                .containers
-                .insert(stream, Container { dir: dir.into(), log, started: false, done: false });
+            shared.lock().containers.insert(stream, Container { dir: dir.into(), log, started: false, done: false });
             if !booted(shared) {
                 return reply(&mut conn, json!({"error": "the guest did not come up"}));
             }

@@ -104,7 +104,8 @@ fn exec_in(args: &[OsString]) -> i32 {
 
 /// `/dev/vportNpM` of the port named [`proto::PORT_NAME`].
 fn find_port() -> Result<PathBuf, GuestError> {
-    for _ in 0..50 {
+    // Probing may lag the module load (TCG on a busy host is slow): up to 10 s.
+    for _ in 0..500 {
         if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
             for e in entries.flatten() {
                 let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
@@ -120,7 +121,8 @@ fn find_port() -> Result<PathBuf, GuestError> {
 }
 
 fn busybox(args: &[&str]) -> Result<(), GuestError> {
-    let out = Command::new(BUSYBOX).args(args).stdin(Stdio::null()).output().map_err(io(format!("busybox {args:?}")))?;
+    let out =
+        Command::new(BUSYBOX).args(args).stdin(Stdio::null()).output().map_err(io(format!("busybox {args:?}")))?;
     if out.status.success() {
         Ok(())
     } else {

@@ -266,12 +266,13 @@ impl SandboxRuntime {
     fn boot(&self, sandbox: &SandboxSpec, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         let dir = self.vm_dir(&sandbox.id);
         self.os.create_dir_all(&dir)?;
-        let disk = crate::sandbox_image::rootfs_image(
-            &*self.os,
-            &spec.image.layers,
-            &self.config.data_dir.join("rootfs"),
-        )
-        .map_err(|e| RuntimeError::Runtime { op: "make the root disk", id: sandbox.id.clone(), detail: e.to_string() })?;
+        let disk =
+            crate::sandbox_image::rootfs_image(&*self.os, &spec.image.layers, &self.config.data_dir.join("rootfs"))
+                .map_err(|e| RuntimeError::Runtime {
+                    op: "make the root disk",
+                    id: sandbox.id.clone(),
+                    detail: e.to_string(),
+                })?;
         let limits = &spec.resources;
         let memory_mib = limits.memory_limit_bytes.map_or(api::vm::SANDBOX_DEFAULT_MEMORY_MIB, |b| (b >> 20).max(16))
             + api::vm::SANDBOX_GUEST_HEADROOM_MIB;
@@ -370,7 +371,10 @@ impl Runtime for SandboxRuntime {
         let dir = self.sandbox_dir(&spec.id);
         self.os.create_dir_all(&dir)?;
         let now = SystemTime::now();
-        self.write_json(&dir.join("sandbox.json"), &SandboxRecord { spec: spec.clone(), created_at_nanos: to_nanos(now) })?;
+        self.write_json(
+            &dir.join("sandbox.json"),
+            &SandboxRecord { spec: spec.clone(), created_at_nanos: to_nanos(now) },
+        )?;
         Ok(SandboxStatus { spec: spec.clone(), ready: true, created_at: now })
     }
 
@@ -489,7 +493,11 @@ impl Runtime for SandboxRuntime {
                 let detail = r["error"].as_str().unwrap_or("no reason").to_string();
                 // As a container that could not start: it ended, with StartError's code.
                 self.os.write_file_atomic(&dir.join(ERROR_FILE), detail.as_bytes())?;
-                let exit = ExitRecord { exit_code: START_ERROR_CODE, signal: None, finished_at_nanos: to_nanos(SystemTime::now()) };
+                let exit = ExitRecord {
+                    exit_code: START_ERROR_CODE,
+                    signal: None,
+                    finished_at_nanos: to_nanos(SystemTime::now()),
+                };
                 self.write_json(&dir.join(EXIT_FILE), &exit)?;
                 Err(RuntimeError::Runtime { op: "start", id: id.into(), detail })
             }
