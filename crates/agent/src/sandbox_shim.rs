@@ -481,7 +481,7 @@ mod tests {
         log.push(0, b"ld");
         log.finish();
         let text = std::fs::read_to_string(&path).unwrap();
-        let records: Vec<String> = text.lines().map(|l| l.splitn(2, ' ').nth(1).unwrap().to_string()).collect();
+        let records: Vec<String> = text.lines().map(|l| l.split_once(' ').unwrap().1.to_string()).collect();
         assert_eq!(records, ["stderr F oops", "stdout F hello", "stdout F world"]);
     }
 
