@@ -4,7 +4,8 @@
 //! status, `kubectl exec` reaches it through the guest agent, and no host process runs the
 //! command (only qemu). An unknown runtime class is refused (403); a tenant with
 //! `spec.podSandbox: vm` gets a plain `kubectl run` sandboxed and cannot ask for another
-//! class, nor turn the field off. Deleting the pods leaves no qemu, disk or cgroup.
+//! class, nor turn the field off. A failing container restarts inside the same VM.
+//! Deleting the pods leaves no qemu, disk or cgroup.
 //!
 //! Needs what `vm.rs` needs (qemu, mke2fs, the guest kernel with its modules) and the
 //! `atoll-guest` binary beside `atoll` (cargo builds it with the package).
@@ -104,6 +105,8 @@ fn sandboxed_pods_run_in_a_microvm_and_leave_nothing_behind() -> Result<()> {
 
         // Output and exit code.
         k.ok_with(&["create", "-f", "-"], Some(&sandboxed("hello", "echo hi from the sandbox; exit 3", "Never")))?;
+        // A container that fails is restarted in the same VM (restartPolicy, back-off).
+        k.ok_with(&["create", "-f", "-"], Some(&sandboxed("again", "echo attempt; exit 1", "Always")))?;
         // A long runner for exec; its create → Running is the sandbox's start time.
         let start = Instant::now();
         k.ok_with(&["create", "-f", "-"], Some(&sandboxed("shell", "echo up; exec sleep 31337", "Always")))?;
@@ -133,6 +136,11 @@ fn sandboxed_pods_run_in_a_microvm_and_leave_nothing_behind() -> Result<()> {
         ensure!(guest_kernel.trim().ends_with("-cloud-amd64"), "the guest's kernel: {guest_kernel:?}");
         ensure!(k.ok(&["exec", "shell", "--", "hostname"])?.trim() == "shell");
         ensure!(k.ok(&["logs", "shell"])? == "up\n");
+
+        k.ok(&["wait", "pod/again", "--for=jsonpath={.status.containerStatuses[0].restartCount}=1", "--timeout=180s"])?;
+        let again_uid = k.ok(&["get", "pod", "again", "-o", "jsonpath={.metadata.uid}"])?;
+        ensure!(qemu_processes(&again_uid)?.len() == 1, "the restart did not reuse the pod's one VM");
+        ensure!(k.ok(&["logs", "again", "--previous"])? == "attempt\n", "logs --previous of a restarted container");
 
         // The container's process is the guest's: on the host there is only qemu.
         ensure!(host_processes("sleep 31337")?.is_empty(), "host processes: {:?}", host_processes("sleep 31337")?);
@@ -193,9 +201,9 @@ fn sandboxed_pods_run_in_a_microvm_and_leave_nothing_behind() -> Result<()> {
 
         // Deletion leaves nothing: no qemu, no sandbox folder (its disk), no cgroup.
         let hello_uid = k.ok(&["get", "pod", "hello", "-o", "jsonpath={.metadata.uid}"])?;
-        k.ok(&["delete", "pod", "shell", "hello", "--timeout=60s"])?;
+        k.ok(&["delete", "pod", "shell", "hello", "again", "--timeout=60s"])?;
         lou.ok(&["delete", "pod", "plain", "--timeout=60s"])?;
-        for uid in [&uid, &hello_uid, &plain_uid] {
+        for uid in [&uid, &hello_uid, &plain_uid, &again_uid] {
             ensure!(qemu_processes(uid)?.is_empty(), "a qemu of pod {uid} is left");
             let folder = dir.path().join(format!("agent/sandbox/{uid}"));
             ensure!(!folder.exists(), "{} is left", folder.display());
