@@ -20,12 +20,14 @@ use anyhow::{Context, Result, ensure};
 use crate::server::{Kubectl, Proc, kubectl_binary, tenant_admins_json};
 use crate::vm::{guest_kernel, qemu_processes};
 
+/// A sandboxed pod of 250m CPU (one vCPU; the node's 2 CPUs fit several, with the
+/// sandbox's 100m overhead each) and 64 MiB (a 128 MiB guest with the headroom).
 fn sandboxed(name: &str, script: &str, restart: &str) -> String {
     serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"runtimeClassName": "vm", "restartPolicy": restart, "terminationGracePeriodSeconds": 2,
                  "containers": [{"name": "main", "image": "busybox", "imagePullPolicy": "Never",
                                  "command": ["sh", "-c", script],
-                                 "resources": {"limits": {"cpu": "1", "memory": "64Mi"}}}]}})
+                                 "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}]}})
     .to_string()
 }
 
