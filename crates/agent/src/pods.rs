@@ -322,12 +322,14 @@ impl Node {
         // A VM pod's guest has no NIC yet (a tap on the pod network is later work), so it
         // gets no pod network either: no address is handed out that nothing answers on.
         let vm = pod.pointer("/spec/virtualMachine").filter(|v| v.is_object());
+        // A VM-sandboxed container pod: its guest has no NIC either (yet).
+        let sandboxed = pod.get("spec").is_some_and(api::vm::is_sandboxed);
         let attachment = match self.runtime.sandbox_status(uid) {
-            Ok(_) if vm.is_some() => None,
+            Ok(_) if vm.is_some() || sandboxed => None,
             Ok(_) => self.network.attachment(uid),
             Err(RuntimeError::NotFound { .. }) => {
                 let began = std::time::Instant::now();
-                let attachment = if vm.is_some() {
+                let attachment = if vm.is_some() || sandboxed {
                     crate::net::Attachment { mode: NetworkMode::Isolated, ip: None }
                 } else {
                     self.network.setup(uid)?
@@ -346,7 +348,11 @@ impl Node {
                         .take(63)
                         .collect(),
                     network: attachment.mode.clone(),
-                    runtime_handler: if vm.is_some() { vm::HANDLER.into() } else { String::new() },
+                    runtime_handler: match (vm.is_some(), sandboxed) {
+                        (true, _) => vm::HANDLER.into(),
+                        (false, true) => vm::sandbox::HANDLER.into(),
+                        _ => String::new(),
+                    },
                 };
                 self.runtime.run_sandbox(&spec)?;
                 let total_ms = began.elapsed().as_millis() as u64;
@@ -453,7 +459,11 @@ impl Node {
                 None => (latest.cloned(), previous.cloned()),
             };
             let restart_count = current.as_ref().map(attempt).unwrap_or(0);
-            let scheme = if vm.is_some() { "qemu" } else { self.runtime_name.as_str() };
+            let scheme = match (vm.is_some(), sandboxed) {
+                (true, _) => "qemu",
+                (false, true) => vm::sandbox::HANDLER,
+                _ => self.runtime_name.as_str(),
+            };
             let container_id = |s: &ContainerStatus| format!("{scheme}://{}", s.id);
             let terminated = |s: &ContainerStatus| {
                 json!({"terminated": {

@@ -1118,6 +1118,29 @@ impl Api {
         }
     }
 
+    /// Pod sandboxing admission ([`crate::sandbox`]) for a new pod: the runtime class must
+    /// exist, and the tenant's Tenant object may force the VM sandbox. A tenant that cannot
+    /// be read fails the create rather than skip the check.
+    async fn admit_sandbox(&self, group: &str, resource: &str, tenant: &str, pod: &mut Value) -> Result<(), Status> {
+        if !group.is_empty() || resource != "pods" {
+            return Ok(());
+        }
+        let tenant_obj = if tenant == api::request::SYSTEM_TENANT {
+            None
+        } else {
+            let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+            match self.tenants()?.get(&system, tenant).await {
+                Ok(t) => Some(t),
+                Err(RegistryError::NotFound { .. }) => None,
+                Err(e) => return Err(e.to_status()),
+            }
+        };
+        crate::sandbox::admit_pod(tenant_obj.as_ref(), pod).map_err(|why| {
+            let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            Status::failure(403, "Forbidden", format!("pods {name:?} is forbidden: {why}"))
+        })
+    }
+
     fn tenants(&self) -> Result<&Arc<Registry>, Status> {
         self.registry("atoll.io", "tenants")
     }
@@ -1425,12 +1448,12 @@ impl Api {
                     return Err(Status::method_not_allowed());
                 }
                 let (opts, _) = writer("CreateOptions", false)?;
-                let body = Self::read_body(req).await?;
+                let mut body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
+                    self.admit_sandbox(&info.group, &info.resource, tenant, &mut body).await?;
                 }
-                let mut body = body;
                 if info.group.is_empty() && info.resource == "pods" {
                     self.service_account_admission(&scope, &mut body).await?;
                 }
@@ -1477,6 +1500,7 @@ impl Api {
                         }
                         if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                             self.check_namespace(tenant, namespace).await?;
+                            self.admit_sandbox(&info.group, &info.resource, tenant, &mut patch).await?;
                         }
                     }
                     let sub = r.subresource.as_deref();

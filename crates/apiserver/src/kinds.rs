@@ -596,6 +596,11 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
         None | Some(Value::Bool(_)) | Some(Value::Null) => {}
         Some(other) => errors.push(FieldError::invalid("spec.exclusiveNodes", other, "must be a boolean")),
     }
+    // Forced VM sandboxing of the tenant's pods.
+    if let Some(why) = crate::sandbox::validate_tenant_field(obj) {
+        let value = obj.pointer("/spec/podSandbox").cloned().unwrap_or_default();
+        errors.push(FieldError::invalid("spec.podSandbox", &value, why));
+    }
     errors
 }
 

@@ -11,6 +11,7 @@ mod leastpriv;
 mod nodes;
 mod rbac;
 mod registry;
+mod sandbox;
 mod scheduler;
 mod server;
 mod streaming;

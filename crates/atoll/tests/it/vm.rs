@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 
 use crate::server::{Kubectl, Proc, kubectl_binary};
 
-fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
     let kernel = std::env::var_os("ATOLL_VM_KERNEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/var/cache/atoll/kernel/vmlinuz".into());
@@ -35,7 +35,7 @@ fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
 }
 
 /// qemu processes whose command line names `needle` (with their cgroups).
-fn qemu_processes(needle: &str) -> Result<Vec<String>> {
+pub(crate) fn qemu_processes(needle: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let path = entry?.path();

@@ -26,6 +26,7 @@
 //! restore) are QMP commands on the same socket.
 
 pub mod qmp;
+pub mod sandbox;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
