@@ -35,6 +35,8 @@ pub mod pods;
 pub mod pull;
 pub mod reference;
 pub mod runtime;
+pub mod sandbox_image;
+pub mod sandbox_shim;
 pub mod server;
 pub mod sessions;
 pub mod shim;

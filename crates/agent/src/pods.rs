@@ -332,12 +332,14 @@ impl Node {
         // A VM pod's guest has no NIC yet (a tap on the pod network is later work), so it
         // gets no pod network either: no address is handed out that nothing answers on.
         let vm = pod.pointer("/spec/virtualMachine").filter(|v| v.is_object());
+        // A VM-sandboxed container pod: its guest has no NIC either (yet).
+        let sandboxed = pod.get("spec").is_some_and(api::vm::is_sandboxed);
         let attachment = match self.runtime.sandbox_status(uid) {
-            Ok(_) if vm.is_some() => None,
+            Ok(_) if vm.is_some() || sandboxed => None,
             Ok(_) => self.network.attachment(uid),
             Err(RuntimeError::NotFound { .. }) => {
                 let began = std::time::Instant::now();
-                let attachment = if vm.is_some() {
+                let attachment = if vm.is_some() || sandboxed {
                     crate::net::Attachment { mode: NetworkMode::Isolated, ip: None }
                 } else {
                     self.network.setup(uid)?
@@ -356,7 +358,11 @@ impl Node {
                         .take(63)
                         .collect(),
                     network: attachment.mode.clone(),
-                    runtime_handler: if vm.is_some() { vm::HANDLER.into() } else { String::new() },
+                    runtime_handler: match (vm.is_some(), sandboxed) {
+                        (true, _) => vm::HANDLER.into(),
+                        (false, true) => vm::sandbox::HANDLER.into(),
+                        _ => String::new(),
+                    },
                 };
                 self.runtime.run_sandbox(&spec)?;
                 let total_ms = began.elapsed().as_millis() as u64;
@@ -463,7 +469,11 @@ impl Node {
                 None => (latest.cloned(), previous.cloned()),
             };
             let restart_count = current.as_ref().map(attempt).unwrap_or(0);
-            let scheme = if vm.is_some() { "qemu" } else { self.runtime_name.as_str() };
+            let scheme = match (vm.is_some(), sandboxed) {
+                (true, _) => "qemu",
+                (false, true) => vm::sandbox::HANDLER,
+                _ => self.runtime_name.as_str(),
+            };
             let container_id = |s: &ContainerStatus| format!("{scheme}://{}", s.id);
             let terminated = |s: &ContainerStatus| {
                 json!({"terminated": {
@@ -507,7 +517,7 @@ impl Node {
             if let Some(s) = &current {
                 status["containerID"] = json!(container_id(s));
                 if let Ok(img) = self.images.resolve(image) {
-                    status["imageID"] = json!(img.id.to_string());
+                    status["imageID"] = json!(img.image_ref());
                 }
             }
             statuses.push(status);
@@ -668,12 +678,20 @@ impl Node {
     }
 
     /// Removes sandboxes whose pod is not among `live` (pod UIDs): their pods went while
-    /// the agent was away.
+    /// the agent was away. Network attachments without a sandbox go too (the agent died
+    /// between the two), so a crash leaks no namespace, veth or address.
     pub fn sweep(&self, live: &[String], grace: Duration) -> Result<usize, PodError> {
         let mut removed = 0;
-        for s in self.runtime.list_sandboxes()? {
+        let sandboxes = self.runtime.list_sandboxes()?;
+        for s in &sandboxes {
             if !live.contains(&s.spec.id) {
                 self.remove_sandbox(&s.spec.id, grace)?;
+                removed += 1;
+            }
+        }
+        for id in self.network.attached() {
+            if !live.contains(&id) && !sandboxes.iter().any(|s| s.spec.id == id) {
+                self.network.teardown(&id)?;
                 removed += 1;
             }
         }

@@ -20,5 +20,7 @@ pub mod patch;
 pub mod pki;
 pub mod proto;
 pub mod registry;
+pub mod rv;
+pub mod sandbox;
 pub mod table;
 pub mod workloads;

@@ -472,14 +472,18 @@ impl Authz {
             )
         {
             let (node, resource) = (node.to_string(), resource.to_string());
-            return Some(Admission(Arc::new(move |obj: &Value| node::admit(&node, &resource, obj))));
+            return Some(Admission(Arc::new(move |old: Option<&Value>, obj: &Value| {
+                node::admit(&node, &resource, old, obj)
+            })));
         }
         if group != RBAC_GROUP || user.is_system_admin() {
             return None;
         }
         let kind = RbacKind::of_resource(resource)?;
         let (authz, user, tenant) = (self.clone(), user.clone(), tenant.unwrap_or_default().to_string());
-        Some(Admission(Arc::new(move |obj: &Value| authz.check_escalation(&user, &tenant, kind, obj))))
+        Some(Admission(Arc::new(move |_: Option<&Value>, obj: &Value| {
+            authz.check_escalation(&user, &tenant, kind, obj)
+        })))
     }
 
     /// Kubernetes' escalation prevention: a role may grant only what its writer holds (in

@@ -12,6 +12,7 @@ mod leastpriv;
 mod nodes;
 mod rbac;
 mod registry;
+mod sandbox;
 mod scheduler;
 mod server;
 mod streaming;

@@ -27,6 +27,7 @@
 
 pub mod actions;
 pub mod qmp;
+pub mod sandbox;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
