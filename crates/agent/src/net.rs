@@ -53,6 +53,11 @@ pub trait PodNetwork: Send + Sync {
     fn teardown(&self, id: &str) -> Result<(), NetError>;
     /// The attachment of a pod set up earlier (after an agent restart), if any.
     fn attachment(&self, id: &str) -> Option<Attachment>;
+    /// Every pod ID with an attachment (set up, or begun), so that the agent's sweep finds
+    /// one whose sandbox was never made (a crash in between) and tears it down.
+    fn attached(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A network namespace of its own per pod, loopback only.
@@ -307,6 +312,12 @@ impl PodNetwork for Bridge {
         let ip = self.update(|map| (map.get(id).cloned(), false)).ok()??;
         Some(Attachment { mode: NetworkMode::Namespace(Self::netns_path(id)), ip: Some(ip) })
     }
+
+    /// The address book is written before anything is made, so it names every pod that
+    /// may have a namespace or veth.
+    fn attached(&self) -> Vec<String> {
+        self.load().map(|m| m.into_keys().collect()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -338,7 +349,9 @@ mod tests {
         assert_eq!(net.setup("pod-a").unwrap().ip, a.ip);
         assert!(matches!(net.setup("pod-b"), Err(NetError::Exhausted(_))));
         assert_eq!(net.attachment("pod-a"), Some(a));
+        assert_eq!(net.attached(), ["pod-a"]);
         net.teardown("pod-a").unwrap();
+        assert!(net.attached().is_empty());
         assert_eq!(net.attachment("pod-a"), None);
         assert_eq!(net.setup("pod-b").unwrap().ip.as_deref(), Some("10.9.0.2"));
         let runs: Vec<String> = os

@@ -180,6 +180,28 @@ pub fn copy_as_cri_log(stream: &str, input: impl Read, out: &Mutex<Box<dyn Write
 /// ...` supervises a qemu process instead of a container ([`supervise_vm`]).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let mut args = args.into_iter().peekable();
+    // VM sandboxes' host end and their exec client (crate::sandbox_shim).
+    if args.peek().is_some_and(|a| a == "sandbox") {
+        args.next();
+        return match crate::sandbox_shim::parse(args) {
+            Ok((dir, command)) => match crate::sandbox_shim::supervise(&dir, &command) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("atoll shim sandbox: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("atoll shim sandbox: {e}");
+                println!("error {e}");
+                2
+            }
+        };
+    }
+    if args.peek().is_some_and(|a| a == "sandbox-exec") {
+        args.next();
+        return crate::sandbox_shim::exec_main(args);
+    }
     if args.peek().is_some_and(|a| a == "vm") {
         args.next();
         return match VmShimArgs::parse(args) {

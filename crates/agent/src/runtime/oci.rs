@@ -623,6 +623,22 @@ impl Runtime for OciRuntime {
         for id in self.os.list_dir(&self.config.data_dir.join("sandboxes"))? {
             match self.sandbox_status(&id) {
                 Ok(s) => out.push(s),
+                // A folder without a record: a `run_sandbox` cut short by a crash, whose
+                // namespace mounts may be in place. Listed (by ID alone, never ready) so that
+                // the sweep removes it once no pod claims it.
+                Err(RuntimeError::NotFound { .. }) if valid_id(&id) => out.push(SandboxStatus {
+                    spec: SandboxSpec {
+                        id,
+                        name: String::new(),
+                        namespace: String::new(),
+                        tenant: String::new(),
+                        hostname: String::new(),
+                        network: NetworkMode::Isolated,
+                        runtime_handler: String::new(),
+                    },
+                    ready: false,
+                    created_at: SystemTime::UNIX_EPOCH,
+                }),
                 Err(RuntimeError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -913,5 +929,18 @@ mod tests {
         assert!(calls.contains(&Call::RemoveDir(PathBuf::from("/cg/memory/atoll/pod-pod1"))));
         assert!(calls.contains(&Call::RemoveDir(PathBuf::from(format!("/cg/cpu/atoll/pod-pod1/{id}")))));
         assert!(rt.list_sandboxes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_sandbox_cut_short_by_a_crash_is_listed_and_removable() {
+        let (os, rt) = setup("created 7");
+        // The namespaces were mounted, the record never written.
+        os.create_dir_all(Path::new("/data/sandboxes/pod2")).unwrap();
+        os.put_file(Path::new("/data/sandboxes/pod2/ns/ipc"), b"");
+        let listed = rt.list_sandboxes().unwrap();
+        assert_eq!(listed.iter().map(|s| (s.spec.id.as_str(), s.ready)).collect::<Vec<_>>(), [("pod2", false)]);
+        assert!(matches!(rt.sandbox_status("pod2"), Err(RuntimeError::NotFound { .. })));
+        rt.remove_sandbox("pod2").unwrap();
+        assert!(os.calls().contains(&Call::RemoveDirAll(PathBuf::from("/data/sandboxes/pod2"))), "{:?}", os.calls());
     }
 }
