@@ -86,7 +86,7 @@ const POWEROFF: &str = "#!/bin/sh\necho 'atoll-guest: powering off'\nsync\numoun
 
 /// A cpio archive in the "newc" format the kernel unpacks as an initramfs.
 #[derive(Default)]
-struct Cpio {
+pub(crate) struct Cpio {
     out: Vec<u8>,
     ino: u32,
 }
@@ -98,7 +98,7 @@ impl Cpio {
         }
     }
 
-    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+    pub(crate) fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
         self.ino += 1;
         let fields = [
             self.ino,
@@ -126,15 +126,15 @@ impl Cpio {
         self.pad();
     }
 
-    fn dir(&mut self, name: &str) {
+    pub(crate) fn dir(&mut self, name: &str) {
         self.entry(name, 0o040755, (0, 0), &[]);
     }
 
-    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+    pub(crate) fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
         self.entry(name, 0o100000 | mode, (0, 0), data);
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         self.out
     }
@@ -145,7 +145,7 @@ fn read(path: &Path) -> Result<Vec<u8>, VmImageError> {
 }
 
 /// Finds `<name>.ko` below `dir` (a kernel's `lib/modules/<version>`).
-fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
+pub(crate) fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
     let file = format!("{name}.ko");
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

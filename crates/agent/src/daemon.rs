@@ -23,6 +23,7 @@ use crate::os::{Os, RealOs};
 use crate::pods::{self, Node, RestartBackoff};
 use crate::runtime::Runtimes;
 use crate::runtime::oci::{OciConfig, OciRuntime, find_program};
+use crate::runtime::vm::sandbox::{SandboxConfig, SandboxRuntime};
 use crate::runtime::vm::{self, Accel, VmConfig, VmRuntime};
 
 /// How often sandboxes without a pod are looked for.
@@ -81,6 +82,81 @@ pub struct AgentConfig {
     pub registry: crate::pull::RegistryConfig,
     /// The VM runtime's accelerator; VM pods run only where `qemu-system-x86_64` is found.
     pub vm_accel: Accel,
+    /// What VM-sandboxed container pods boot; they run only where all of it is found.
+    pub sandbox: SandboxAssets,
+}
+
+/// The guest of VM-sandboxed pods: a kernel with its modules, a static busybox and our
+/// guest agent, made into an initramfs when the agent starts.
+#[derive(Clone, Debug)]
+pub struct SandboxAssets {
+    pub kernel: PathBuf,
+    pub modules: PathBuf,
+    pub busybox: PathBuf,
+    /// `atoll-guest`; by default beside our own binary.
+    pub guest: Option<PathBuf>,
+}
+
+impl Default for SandboxAssets {
+    fn default() -> Self {
+        let var = |name: &str, default: &str| std::env::var_os(name).map_or_else(|| default.into(), PathBuf::from);
+        SandboxAssets {
+            kernel: var("ATOLL_VM_KERNEL", "/var/cache/atoll/kernel/vmlinuz"),
+            modules: var("ATOLL_VM_MODULES", "/var/cache/atoll/kernel/modules"),
+            busybox: "/bin/busybox".into(),
+            guest: std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("atoll-guest"))),
+        }
+    }
+}
+
+/// The sandbox runtime, if this node has what it needs (its absence is logged, not fatal).
+fn sandbox_runtime(
+    config: &AgentConfig,
+    qemu: &std::path::Path,
+    accel: &'static str,
+    os: Arc<dyn Os>,
+) -> Option<SandboxRuntime> {
+    let assets = &config.sandbox;
+    let guest = assets.guest.as_ref().filter(|g| g.is_file());
+    let (Some(guest), true, true) = (guest, assets.kernel.is_file(), assets.modules.is_dir()) else {
+        tracing::warn!(?assets, "no guest kernel, modules or atoll-guest: this node runs no VM-sandboxed pods");
+        return None;
+    };
+    let dir = config.data_dir.join("sandbox");
+    let initrd = dir.join("guest.cpio");
+    let began = std::time::Instant::now();
+    let made = crate::sandbox_image::guest_initramfs(&*os, guest, &assets.busybox, &assets.modules, &dir.join("work"))
+        .and_then(|bytes| {
+            crate::os::write_atomic(&initrd, &bytes).map_err(|source| crate::sandbox_image::SandboxImageError::Io {
+                what: "writing",
+                path: initrd.clone(),
+                source,
+            })
+        });
+    if let Err(e) = made {
+        tracing::warn!(error = %e, "building the sandbox guest: this node runs no VM-sandboxed pods");
+        return None;
+    }
+    tracing::info!(ms = began.elapsed().as_millis() as u64, "sandbox guest initramfs built");
+    let tsc_khz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| vm::tsc_khz(&c));
+    let cfg = SandboxConfig {
+        data_dir: dir,
+        qemu: qemu.to_owned(),
+        shim: config.shim.clone(),
+        kernel: assets.kernel.clone(),
+        initrd,
+        accel,
+        tsc_khz,
+        cgroup_root: "/sys/fs/cgroup".into(),
+        cgroup_parent: config.cgroup_parent.clone(),
+    };
+    match SandboxRuntime::new(cfg, os) {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::warn!(error = %e, "the sandbox runtime");
+            None
+        }
+    }
 }
 
 impl AgentConfig {
@@ -97,6 +173,7 @@ impl AgentConfig {
             serving: None,
             registry: crate::pull::RegistryConfig::default(),
             vm_accel: Accel::Tcg,
+            sandbox: SandboxAssets::default(),
         }
     }
 }
@@ -110,18 +187,30 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     oci.cgroup_parent = config.cgroup_parent.clone();
     let oci = Arc::new(OciRuntime::new(oci, os.clone())?);
     let mut runtimes = Runtimes::new(oci);
+    let mut machines = None;
     if let Some(qemu) = find_program(std::path::Path::new("qemu-system-x86_64")) {
         let mut cfg = VmConfig::new(config.data_dir.join("vm"), config.shim.clone());
-        cfg.qemu = qemu;
+        cfg.qemu = qemu.clone();
+        let cfg_qemu = qemu;
         cfg.qemu_img = find_program(std::path::Path::new("qemu-img")).unwrap_or_else(|| "qemu-img".into());
         cfg.accel = config.vm_accel;
         cfg.cgroup_parent = config.cgroup_parent.clone();
-        let os = os.clone();
+        let vm_os = os.clone();
         // `auto` boots a probe guest: not on the async threads.
-        let vm = tokio::task::spawn_blocking(move || VmRuntime::new(cfg, os))
+        let vm = tokio::task::spawn_blocking(move || VmRuntime::new(cfg, vm_os))
             .await
             .map_err(|e| pods::PodError::Join(e.to_string()))??;
-        runtimes = runtimes.with(vm::HANDLER, Arc::new(vm));
+        let accel = vm.accel();
+        let vm = Arc::new(vm);
+        machines = Some(vm.clone());
+        runtimes = runtimes.with(vm::HANDLER, vm);
+        let (config, os, qemu) = (config.clone(), os.clone(), cfg_qemu);
+        let sandboxes = tokio::task::spawn_blocking(move || sandbox_runtime(&config, &qemu, accel, os))
+            .await
+            .map_err(|e| pods::PodError::Join(e.to_string()))?;
+        if let Some(sandboxes) = sandboxes {
+            runtimes = runtimes.with(vm::sandbox::HANDLER, Arc::new(sandboxes));
+        }
     } else {
         tracing::warn!("qemu-system-x86_64 not found: this node runs no VM pods");
     }
@@ -176,6 +265,8 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         logs_dir: config.data_dir.join("logs"),
         backoff: config.backoff,
         pulls: Some(Arc::new(pulls)),
+        machines,
+        acting: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -189,12 +280,16 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         let ctx = Arc::new(crate::server::AgentContext { runtime: node.runtime.clone(), pods: cache.clone() });
         tokio::spawn(server.run(ctx, stopped(stop_rx.clone())))
     });
+    let actions = tokio::spawn(
+        crate::actions::controller(client.clone(), node.clone(), cache.clone()).run(stopped(stop_rx.clone())),
+    );
     let sync = tokio::spawn(pods::controller(client, node.clone(), cache.clone()).run(stopped(stop_rx.clone())));
     let sweeper = tokio::spawn(sweep_loop(node.clone(), cache, stopped(stop_rx)));
 
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = sync.await;
+    let _ = actions.await;
     let _ = sweeper.await;
     let _ = heartbeat.await;
     if let Some(t) = port_task {

@@ -147,6 +147,21 @@ pub struct Image {
 }
 
 impl Image {
+    /// What a pod's `status.containerStatuses[].imageID` says, as the kubelet reports
+    /// containerd's: the repository digest (`registry/repo@sha256:...`) of an image pulled
+    /// from a registry, else (a local image) its ID, the config's digest.
+    pub fn image_ref(&self) -> String {
+        let mut by_digest: Vec<String> = self
+            .names
+            .iter()
+            .filter_map(|n| Reference::parse(n).ok())
+            .filter(|r| r.digest.is_some())
+            .map(|r| Reference { tag: None, ..r }.to_string())
+            .collect();
+        by_digest.sort();
+        by_digest.into_iter().next().unwrap_or_else(|| self.id.to_string())
+    }
+
     /// Bytes of the (possibly compressed) layers, as `crictl images` reports size.
     pub fn size(&self) -> u64 {
         self.manifest.layers.iter().map(|l| l.size).sum::<u64>() + self.manifest.config.size
@@ -732,6 +747,26 @@ mod tests {
         } else {
             bytes
         }
+    }
+
+    #[test]
+    fn image_ref_is_a_repository_digest_or_the_image_id() {
+        let hex = |c: char| c.to_string().repeat(64);
+        let mut image = Image {
+            names: vec!["docker.io/library/busybox:latest".into()],
+            manifest_digest: Digest::parse(&format!("sha256:{}", hex('a'))).unwrap(),
+            manifest: serde_json::from_value(serde_json::json!({"schemaVersion": 2,
+                "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": format!("sha256:{}", hex('c')), "size": 1},
+                "layers": []}))
+            .unwrap(),
+            id: Digest::parse(&format!("sha256:{}", hex('c'))).unwrap(),
+            config: serde_json::from_value(serde_json::json!({"architecture": "amd64", "os": "linux"})).unwrap(),
+        };
+        // A local image (built or imported, never pulled): its ID.
+        assert_eq!(image.image_ref(), format!("sha256:{}", hex('c')));
+        // Pulled: the repository digest, without the tag.
+        image.names.push(format!("127.0.0.1:5000/team/app:v1@sha256:{}", hex('b')));
+        assert_eq!(image.image_ref(), format!("127.0.0.1:5000/team/app@sha256:{}", hex('b')));
     }
 
     #[test]

@@ -22,11 +22,13 @@
 //!   [`stream`] speaks kubectl's WebSocket and SPDY stream protocols, [`sessions`] runs
 //!   what they carry.
 
+pub mod actions;
 pub mod busybox;
 pub mod busybox_vm;
 pub mod daemon;
 pub mod images;
 pub mod net;
+pub mod netlink;
 pub mod node;
 pub mod os;
 pub mod pod_images;
@@ -34,6 +36,8 @@ pub mod pods;
 pub mod pull;
 pub mod reference;
 pub mod runtime;
+pub mod sandbox_image;
+pub mod sandbox_shim;
 pub mod server;
 pub mod sessions;
 pub mod shim;

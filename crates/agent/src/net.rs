@@ -8,7 +8,9 @@
 //!   and a veth pair (host end on the bridge, `eth0` inside) with an address from an
 //!   on-disk IPAM file, loopback up, default route via the bridge; outbound traffic is
 //!   masqueraded by an nftables table of ours (`ip atoll-<bridge>`) with `ip_forward` on.
-//!   Everything goes through `ip`, `nft` and `sysctl` run by [`Os::run`].
+//!   The per-node part (bridge, NAT) runs `ip`, `nft` and `sysctl` through [`Os::run`]
+//!   once; the per-pod part is a few netlink requests ([`Os::attach_pod_link`], no child
+//!   processes), since it is on every pod's start-up path.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,7 +18,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::os::Os;
+use crate::netlink::NETNS_DIR;
+use crate::os::{Os, PodLink};
 use crate::runtime::NetworkMode;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,11 @@ pub trait PodNetwork: Send + Sync {
     fn teardown(&self, id: &str) -> Result<(), NetError>;
     /// The attachment of a pod set up earlier (after an agent restart), if any.
     fn attachment(&self, id: &str) -> Option<Attachment>;
+    /// Every pod ID with an attachment (set up, or begun), so that the agent's sweep finds
+    /// one whose sandbox was never made (a crash in between) and tears it down.
+    fn attached(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A network namespace of its own per pod, loopback only.
@@ -118,8 +126,18 @@ pub struct Bridge {
     cidr: Cidr,
     /// `ipam.json`: pod ID to address, rewritten atomically.
     ipam: PathBuf,
-    /// One writer of the IPAM file at a time (links and namespaces are named per pod).
-    lock: Mutex<()>,
+    /// The address book (links and namespaces are named per pod, so it is all that pods'
+    /// set-ups share), loaded from `ipam` on first use.
+    book: Mutex<Book>,
+    /// Held while the file is written; the generation it holds was written last.
+    written: Mutex<u64>,
+}
+
+/// The address book in memory, and how many changes it has had.
+#[derive(Debug, Default)]
+struct Book {
+    map: Option<BTreeMap<String, String>>,
+    generation: u64,
 }
 
 fn args(a: &[&str]) -> Vec<OsString> {
@@ -130,7 +148,14 @@ impl Bridge {
     /// Makes (or adopts) the bridge, its address, forwarding and the NAT table.
     pub fn new(os: Arc<dyn Os>, bridge: &str, cidr: Cidr, state_dir: &Path) -> Result<Bridge, NetError> {
         os.create_dir_all(state_dir)?;
-        let b = Bridge { os, bridge: bridge.into(), cidr, ipam: state_dir.join("ipam.json"), lock: Mutex::new(()) };
+        let b = Bridge {
+            os,
+            bridge: bridge.into(),
+            cidr,
+            ipam: state_dir.join("ipam.json"),
+            book: Mutex::new(Book::default()),
+            written: Mutex::new(0),
+        };
         b.ensure_host()?;
         Ok(b)
     }
@@ -150,11 +175,6 @@ impl Bridge {
         } else {
             Err(NetError::Command { what: format!("{program} {}", a.join(" ")), detail: out.stderr.trim().to_string() })
         }
-    }
-
-    /// Like [`Bridge::ip`], for calls whose failure means "already so" (or "already gone").
-    fn ip_quiet(&self, a: &[&str]) {
-        let _ = self.os.run(Path::new("ip"), &args(a));
     }
 
     fn ensure_host(&self) -> Result<(), NetError> {
@@ -203,29 +223,63 @@ impl Bridge {
         }
     }
 
-    fn save(&self, map: &BTreeMap<String, String>) -> Result<(), NetError> {
-        let bytes = serde_json::to_vec_pretty(map).unwrap_or_default();
-        Ok(self.os.write_file_atomic(&self.ipam, &bytes)?)
+    /// Look at or change the address book with `f` (which says whether it changed
+    /// anything); returns once the file holds the book as `f` left it.
+    fn update<T>(&self, f: impl FnOnce(&mut BTreeMap<String, String>) -> (T, bool)) -> Result<T, NetError> {
+        let (out, generation) = {
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            if book.map.is_none() {
+                book.map = Some(self.load()?);
+            }
+            let (out, changed) = f(book.map.as_mut().unwrap_or_else(|| unreachable!("loaded above")));
+            if changed {
+                book.generation += 1;
+            }
+            (out, book.generation)
+        };
+        // Also when unchanged: an earlier write that failed is retried before anyone acts
+        // on an address the file does not hold yet.
+        self.persist(generation)?;
+        Ok(out)
+    }
+
+    /// Write the book once it holds generation `generation`. Writes (each a synced file
+    /// and a rename, ~20 ms on a busy disk) go one at a time, but each writes the whole
+    /// book as it is then, so set-ups waiting meanwhile are all covered by the next one
+    /// (group commit) instead of queueing one sync each behind a lock.
+    fn persist(&self, generation: u64) -> Result<(), NetError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= generation {
+            return Ok(());
+        }
+        let (bytes, now) = {
+            let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            (serde_json::to_vec_pretty(&book.map.clone().unwrap_or_default()).unwrap_or_default(), book.generation)
+        };
+        self.os.write_file_atomic(&self.ipam, &bytes)?;
+        *written = now;
+        Ok(())
     }
 
     fn allocate(&self, id: &str) -> Result<Ipv4Addr, NetError> {
-        let mut map = self.load()?;
-        if let Some(ip) = map.get(id).and_then(|ip| ip.parse().ok()) {
-            return Ok(ip);
-        }
-        let used: std::collections::HashSet<&str> = map.values().map(String::as_str).collect();
-        let ip = self
-            .cidr
-            .pod_addresses()
-            .find(|a| !used.contains(a.to_string().as_str()))
-            .ok_or_else(|| NetError::Exhausted(self.cidr.to_string()))?;
-        map.insert(id.to_string(), ip.to_string());
-        self.save(&map)?;
-        Ok(ip)
+        let cidr = self.cidr;
+        self.update(|map| {
+            if let Some(ip) = map.get(id).and_then(|ip| ip.parse().ok()) {
+                return (Ok(ip), false);
+            }
+            let used: std::collections::HashSet<&str> = map.values().map(String::as_str).collect();
+            match cidr.pod_addresses().find(|a| !used.contains(a.to_string().as_str())) {
+                Some(ip) => {
+                    map.insert(id.to_string(), ip.to_string());
+                    (Ok(ip), true)
+                }
+                None => (Err(NetError::Exhausted(cidr.to_string())), false),
+            }
+        })?
     }
 
     fn netns_path(id: &str) -> PathBuf {
-        Path::new("/run/netns").join(Self::netns(id))
+        Path::new(NETNS_DIR).join(Self::netns(id))
     }
 }
 
@@ -233,46 +287,36 @@ impl PodNetwork for Bridge {
     fn setup(&self, id: &str) -> Result<Attachment, NetError> {
         // Only the address book is shared; every name below is the pod's own (and one pod
         // is never set up by two workers at once), so pods' set-ups run side by side.
-        let ip = {
-            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.allocate(id)?
+        let ip = self.allocate(id)?;
+        let link = PodLink {
+            netns: Self::netns_path(id),
+            host_veth: Self::host_veth(id),
+            bridge: self.bridge.clone(),
+            addr: ip,
+            prefix: self.cidr.prefix,
+            gateway: self.cidr.gateway(),
         };
-        let (ns, veth) = (Self::netns(id), Self::host_veth(id));
         // Start from nothing: a half-made attachment (the agent died midway) is redone.
-        self.ip_quiet(&["link", "del", "dev", &veth]);
-        self.ip_quiet(&["netns", "del", &ns]);
-        let addr = format!("{ip}/{}", self.cidr.prefix);
-        let gw = self.cidr.gateway().to_string();
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", &ns],
-            &["link", "add", "name", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns],
-            &["link", "set", "dev", &veth, "master", &self.bridge, "up"],
-            &["-n", &ns, "link", "set", "dev", "lo", "up"],
-            &["-n", &ns, "addr", "add", &addr, "dev", "eth0"],
-            &["-n", &ns, "link", "set", "dev", "eth0", "up"],
-            &["-n", &ns, "route", "add", "default", "via", &gw],
-            &["link", "set", "dev", &veth, "up"],
-        ];
-        for step in steps {
-            self.ip(step).map_err(|e| NetError::Setup { pod: id.to_string(), detail: e.to_string() })?;
-        }
+        let setup_err = |e: crate::os::OsError| NetError::Setup { pod: id.to_string(), detail: e.to_string() };
+        self.os.detach_pod_link(&link.netns, &link.host_veth).map_err(setup_err)?;
+        self.os.attach_pod_link(&link).map_err(setup_err)?;
         Ok(Attachment { mode: NetworkMode::Namespace(Self::netns_path(id)), ip: Some(ip.to_string()) })
     }
 
     fn teardown(&self, id: &str) -> Result<(), NetError> {
-        self.ip_quiet(&["link", "del", "dev", &Self::host_veth(id)]);
-        self.ip_quiet(&["netns", "del", &Self::netns(id)]);
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut map = self.load()?;
-        if map.remove(id).is_some() {
-            self.save(&map)?;
-        }
-        Ok(())
+        self.os.detach_pod_link(&Self::netns_path(id), &Self::host_veth(id))?;
+        self.update(|map| ((), map.remove(id).is_some()))
     }
 
     fn attachment(&self, id: &str) -> Option<Attachment> {
-        let ip = self.load().ok()?.get(id).cloned()?;
+        let ip = self.update(|map| (map.get(id).cloned(), false)).ok()??;
         Some(Attachment { mode: NetworkMode::Namespace(Self::netns_path(id)), ip: Some(ip) })
+    }
+
+    /// The address book is written before anything is made, so it names every pod that
+    /// may have a namespace or veth.
+    fn attached(&self) -> Vec<String> {
+        self.load().map(|m| m.into_keys().collect()).unwrap_or_default()
     }
 }
 
@@ -305,7 +349,9 @@ mod tests {
         assert_eq!(net.setup("pod-a").unwrap().ip, a.ip);
         assert!(matches!(net.setup("pod-b"), Err(NetError::Exhausted(_))));
         assert_eq!(net.attachment("pod-a"), Some(a));
+        assert_eq!(net.attached(), ["pod-a"]);
         net.teardown("pod-a").unwrap();
+        assert!(net.attached().is_empty());
         assert_eq!(net.attachment("pod-a"), None);
         assert_eq!(net.setup("pod-b").unwrap().ip.as_deref(), Some("10.9.0.2"));
         let runs: Vec<String> = os
@@ -317,8 +363,53 @@ mod tests {
             })
             .collect();
         assert!(runs.iter().any(|r| r.contains("nft -f /state/nat.nft")), "{runs:?}");
-        assert!(runs.iter().any(|r| r == "ip -n atoll-pod-a route add default via 10.9.0.1"), "{runs:?}");
-        assert!(runs.iter().any(|r| r == "ip netns del atoll-pod-a"), "{runs:?}");
+        // Pods are attached without child processes: every `ip` run is the bridge's own.
+        assert!(runs.iter().filter(|r| r.starts_with("ip ")).all(|r| r.contains("br-t")), "{runs:?}");
+        let calls = os.calls();
+        let ns_a = PathBuf::from("/run/netns/atoll-pod-a");
+        let attach = calls.iter().position(|c| {
+            *c == Call::AttachPodLink(PodLink {
+                netns: ns_a.clone(),
+                host_veth: Bridge::host_veth("pod-a"),
+                bridge: "br-t".into(),
+                addr: Ipv4Addr::new(10, 9, 0, 2),
+                prefix: 30,
+                gateway: Ipv4Addr::new(10, 9, 0, 1),
+            })
+        });
+        let detach = Call::DetachPodLink { netns: ns_a, host_veth: Bridge::host_veth("pod-a") };
+        // A set-up first clears leftovers; the teardown removes the link and namespace.
+        let attach = attach.expect("pod-a attached");
+        assert_eq!(calls[attach - 1], detach);
+        assert_eq!(calls.iter().filter(|c| **c == detach).count(), 3, "{calls:?}");
         assert!(Bridge::host_veth("a-very-long-pod-uid-0000-1111-2222").len() <= 15);
+    }
+
+    #[test]
+    fn concurrent_set_ups_get_distinct_addresses_and_the_file_holds_them_all() {
+        let os = Arc::new(FakeOs::new("", vec![]));
+        let net =
+            Arc::new(Bridge::new(os.clone(), "br-t", Cidr::parse("10.9.0.0/24").unwrap(), Path::new("/s")).unwrap());
+        let ips: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let net = net.clone();
+                    s.spawn(move || net.setup(&format!("p{i}")).unwrap().ip.unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let distinct: std::collections::BTreeSet<&String> = ips.iter().collect();
+        assert_eq!(distinct.len(), 16);
+        let file: BTreeMap<String, String> =
+            serde_json::from_slice(&os.file(Path::new("/s/ipam.json")).unwrap()).unwrap();
+        assert_eq!(file.len(), 16);
+        // A new agent (a restart) reads them back.
+        let again = Bridge::new(os.clone(), "br-t", Cidr::parse("10.9.0.0/24").unwrap(), Path::new("/s")).unwrap();
+        assert_eq!(again.attachment("p3").and_then(|a| a.ip), Some(ips[3].clone()));
+        for i in 0..16 {
+            net.teardown(&format!("p{i}")).unwrap();
+        }
+        assert_eq!(os.file(Path::new("/s/ipam.json")).unwrap(), b"{}");
     }
 }

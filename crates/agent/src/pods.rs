@@ -89,6 +89,11 @@ pub struct Node {
     /// Registry pulls (policy, secrets, back-off, events); without it only images already
     /// in the store run.
     pub pulls: Option<Arc<PodImages>>,
+    /// The VM runtime itself (also inside `runtime`), for what only VMs do: Actions'
+    /// Reboot, Snapshot and Restore, and the snapshots in a VM pod's status.
+    pub machines: Option<Arc<vm::VmRuntime>>,
+    /// UIDs of pods an Action is working on: their sync passes wait (`crate::actions`).
+    pub acting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct PodSync {
@@ -195,7 +200,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, PodError> + S
 }
 
 /// A container attempt's number, from its log file's name (`3.log`).
-fn attempt(c: &ContainerStatus) -> u32 {
+pub(crate) fn attempt(c: &ContainerStatus) -> u32 {
     c.log_path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
@@ -318,16 +323,23 @@ impl Node {
     fn sync(&self, pod: &Value) -> Result<Outcome, PodError> {
         let key = ObjectKey::of(pod).unwrap_or_else(|| ObjectKey::new("", None, ""));
         let uid = text(pod, "/metadata/uid");
+        if self.acting.lock().unwrap_or_else(|e| e.into_inner()).contains(uid) {
+            // An Action is replacing or pausing its containers: report nothing in between.
+            let status = pod.get("status").cloned().unwrap_or(Value::Null);
+            return Ok(Outcome { status, events: Vec::new(), requeue: Some(POLL) });
+        }
         self.remove_pods_of(&key, Some(uid), ORPHAN_GRACE)?;
         // A VM pod's guest has no NIC yet (a tap on the pod network is later work), so it
         // gets no pod network either: no address is handed out that nothing answers on.
         let vm = pod.pointer("/spec/virtualMachine").filter(|v| v.is_object());
+        // A VM-sandboxed container pod: its guest has no NIC either (yet).
+        let sandboxed = pod.get("spec").is_some_and(api::vm::is_sandboxed);
         let attachment = match self.runtime.sandbox_status(uid) {
-            Ok(_) if vm.is_some() => None,
+            Ok(_) if vm.is_some() || sandboxed => None,
             Ok(_) => self.network.attachment(uid),
             Err(RuntimeError::NotFound { .. }) => {
                 let began = std::time::Instant::now();
-                let attachment = if vm.is_some() {
+                let attachment = if vm.is_some() || sandboxed {
                     crate::net::Attachment { mode: NetworkMode::Isolated, ip: None }
                 } else {
                     self.network.setup(uid)?
@@ -346,7 +358,11 @@ impl Node {
                         .take(63)
                         .collect(),
                     network: attachment.mode.clone(),
-                    runtime_handler: if vm.is_some() { vm::HANDLER.into() } else { String::new() },
+                    runtime_handler: match (vm.is_some(), sandboxed) {
+                        (true, _) => vm::HANDLER.into(),
+                        (false, true) => vm::sandbox::HANDLER.into(),
+                        _ => String::new(),
+                    },
                 };
                 self.runtime.run_sandbox(&spec)?;
                 let total_ms = began.elapsed().as_millis() as u64;
@@ -429,11 +445,9 @@ impl Node {
                 match self.container_spec(pod, c, n) {
                     Ok(spec) => {
                         let began = std::time::Instant::now();
-                        let id = self.runtime.create_container(uid, &spec)?;
-                        let create_ms = began.elapsed().as_millis() as u64;
-                        self.runtime.start_container(&id)?;
+                        let id = self.runtime.run_container(uid, &spec)?;
                         let total_ms = began.elapsed().as_millis() as u64;
-                        tracing::info!(pod = %key, container = name, attempt = n, create_ms, total_ms, "started");
+                        tracing::info!(pod = %key, container = name, attempt = n, total_ms, "started");
                         fresh = Some(self.runtime.container_status(&id)?);
                         soon(POLL);
                     }
@@ -453,7 +467,11 @@ impl Node {
                 None => (latest.cloned(), previous.cloned()),
             };
             let restart_count = current.as_ref().map(attempt).unwrap_or(0);
-            let scheme = if vm.is_some() { "qemu" } else { self.runtime_name.as_str() };
+            let scheme = match (vm.is_some(), sandboxed) {
+                (true, _) => "qemu",
+                (false, true) => vm::sandbox::HANDLER,
+                _ => self.runtime_name.as_str(),
+            };
             let container_id = |s: &ContainerStatus| format!("{scheme}://{}", s.id);
             let terminated = |s: &ContainerStatus| {
                 json!({"terminated": {
@@ -497,7 +515,7 @@ impl Node {
             if let Some(s) = &current {
                 status["containerID"] = json!(container_id(s));
                 if let Ok(img) = self.images.resolve(image) {
-                    status["imageID"] = json!(img.id.to_string());
+                    status["imageID"] = json!(img.image_ref());
                 }
             }
             statuses.push(status);
@@ -516,7 +534,20 @@ impl Node {
             soon(POLL);
         }
         let ready = !standings.is_empty() && standings.iter().all(|s| *s == Standing::Running);
-        let status = self.pod_status(pod, phase, ready, statuses, attachment.and_then(|a| a.ip), now);
+        let mut status = self.pod_status(pod, phase, ready, statuses, attachment.and_then(|a| a.ip), now);
+        if let (Some(_), Some(machines)) = (vm, &self.machines) {
+            let snapshots: Vec<Value> = machines
+                .snapshots(uid)
+                .into_iter()
+                .map(|s| {
+                    let at = std::time::UNIX_EPOCH + Duration::from_secs(s.created_unix);
+                    json!({"name": s.name, "creationTime": seconds_time(at)})
+                })
+                .collect();
+            if !snapshots.is_empty() {
+                status["virtualMachine"] = json!({"snapshots": snapshots});
+            }
+        }
         Ok(Outcome { status, events, requeue })
     }
 
@@ -565,7 +596,7 @@ impl Node {
 
     /// The runtime's spec for attempt `n` of container `c`, or the waiting reason and
     /// message when its image is not on the node.
-    fn container_spec(&self, pod: &Value, c: &Value, n: u32) -> Result<ContainerSpec, (String, String)> {
+    pub(crate) fn container_spec(&self, pod: &Value, c: &Value, n: u32) -> Result<ContainerSpec, (String, String)> {
         let image_name = text(c, "/image");
         let policy = text(c, "/imagePullPolicy");
         if let Some(pulls) = &self.pulls {
@@ -645,12 +676,20 @@ impl Node {
     }
 
     /// Removes sandboxes whose pod is not among `live` (pod UIDs): their pods went while
-    /// the agent was away.
+    /// the agent was away. Network attachments without a sandbox go too (the agent died
+    /// between the two), so a crash leaks no namespace, veth or address.
     pub fn sweep(&self, live: &[String], grace: Duration) -> Result<usize, PodError> {
         let mut removed = 0;
-        for s in self.runtime.list_sandboxes()? {
+        let sandboxes = self.runtime.list_sandboxes()?;
+        for s in &sandboxes {
             if !live.contains(&s.spec.id) {
                 self.remove_sandbox(&s.spec.id, grace)?;
+                removed += 1;
+            }
+        }
+        for id in self.network.attached() {
+            if !live.contains(&id) && !sandboxes.iter().any(|s| s.spec.id == id) {
+                self.network.teardown(&id)?;
                 removed += 1;
             }
         }
@@ -680,13 +719,18 @@ impl Node {
     }
 }
 
+/// Pods synced at once. A pod's start mostly waits (on crun, the shim's handshake, API
+/// writes), so many more than the node's cores keep it busy; 4 made 100 pods queue for
+/// many seconds behind one another.
+const POD_WORKERS: usize = 16;
+
 /// The controller over this node's pods (every tenant).
 pub fn controller(client: Client, node: Arc<Node>, pods: Cache) -> Controller<PodSync> {
     let source = ApiSource::new(client.clone(), self::pods(), Scope::all_tenants())
         .fields(&format!("spec.nodeName={}", node.name));
     let reconciler = PodSync { client, node, pods: pods.clone() };
     Controller::new(reconciler)
-        .workers(4)
+        .workers(POD_WORKERS)
         .watches(Watcher::new(source, "pods on this node"), pods, |pod| ObjectKey::of(pod).into_iter().collect())
 }
 

@@ -788,6 +788,9 @@ impl Puller {
         };
         let (bytes, media_type, digest) = self.manifest(&mut s, reference, &wanted, reference.digest.as_ref()).await?;
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| malformed("manifest", e))?;
+        // The digest the name resolved to (an index's, for a multi-platform image): the
+        // repository digest by which the pulled image is reported (`imageID`).
+        let resolved = digest.clone();
         let (bytes, digest) = if is_index(&media_type, &doc) {
             let index: Index = serde_json::from_value(doc).map_err(|e| malformed("image index", e))?;
             let child = pick_platform(&index)?;
@@ -806,6 +809,11 @@ impl Puller {
             return Err(PullError::DigestMismatch { what: "the manifest".into(), expected: digest, actual: stored });
         }
         self.store.tag(reference, &digest)?;
+        // Named by repository digest too, as containerd's CRI names what it pulls.
+        let by_digest = Reference { tag: None, digest: Some(resolved), ..reference.clone() };
+        if by_digest != *reference {
+            self.store.tag(&by_digest, &digest)?;
+        }
         Ok((self.store.resolve(digest.as_str())?, stats))
     }
 

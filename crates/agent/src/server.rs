@@ -188,41 +188,8 @@ fn session_error(e: &SessionError) -> Response<Body> {
     }
 }
 
-/// `%XX` and `+` decoding of a query component.
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
-        .collect()
+    api::request::query_pairs(req.uri().query().unwrap_or("")).collect()
 }
 
 fn flag(q: &[(String, String)], key: &str) -> bool {
@@ -341,7 +308,7 @@ async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<
     let [what, uid, container] = parts.as_slice() else {
         return status(404, "NotFound", "the node agent serves no such path");
     };
-    let (what, uid, container) = (what.to_string(), uid.to_string(), decode(container));
+    let (what, uid, container) = (what.to_string(), uid.to_string(), api::request::decode_query_component(container));
     // Only pods bound to this node: the API server resolved the UID from the pod itself.
     let bound =
         ctx.pods.list().iter().any(|p| p.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()));
@@ -444,8 +411,6 @@ mod tests {
 
     #[test]
     fn query_and_time_parsing() {
-        assert_eq!(decode("sh%20-c+x%3D1"), "sh -c x=1");
-        assert_eq!(decode("100%"), "100%");
         assert_eq!(normalize_time("2026-01-01T00:00:00Z").as_deref(), Some("2026-01-01T00:00:00.000000000Z"));
         assert_eq!(normalize_time("2026-01-01T00:00:00.5Z").as_deref(), Some("2026-01-01T00:00:00.500000000Z"));
         assert_eq!(normalize_time("yesterday"), None);

@@ -1,5 +1,5 @@
 //! The per-container supervisor ("shim"), a small process of its own that outlives the
-//! agent: it becomes a child subreaper, runs `<runtime> create` with pipes as the
+//! agent: it becomes a child subreaper, runs `<runtime> create` (or `run --detach`) with pipes as the
 //! container's stdout/stderr, tells the agent the container's pid on its own stdout (one
 //! line: `created <pid>` or `error <text>`), then copies the pipes into a Kubernetes CRI
 //! log file (`<RFC3339Nano> stdout|stderr F|P <text>`), reaps the container when it exits
@@ -45,6 +45,9 @@ pub struct ShimArgs {
     /// (`kubectl attach -i`); `Some(true)`: closed once the first client leaves
     /// (`stdinOnce`).
     pub stdin: Option<bool>,
+    /// Start the container at once (`<runtime> run --detach` instead of `create`), for a
+    /// caller that would start it right away anyway: one runtime process fewer.
+    pub start: bool,
 }
 
 /// The socket in the container's state folder that feeds its stdin.
@@ -68,6 +71,10 @@ impl ShimArgs {
             out.push("--stdin".into());
             out.push(if once { "once" } else { "keep" }.into());
         }
+        if self.start {
+            out.push("--start".into());
+            out.push("now".into());
+        }
         out
     }
 
@@ -75,6 +82,7 @@ impl ShimArgs {
         let mut it = args.into_iter();
         let (mut runtime, mut root, mut id, mut bundle, mut dir, mut log) = (None, None, None, None, None, None);
         let mut stdin = None;
+        let mut start = false;
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| ShimError::Usage(format!("{flag:?} needs a value")))?;
             match flag.to_str() {
@@ -91,7 +99,8 @@ impl ShimArgs {
                         _ => return Err(ShimError::Usage(format!("--stdin takes once or keep, not {value:?}"))),
                     })
                 }
-                _ => return Err(ShimError::Usage(format!("unknown flag {flag:?}"))),
+                Some("--start") if value == "now" => start = true,
+                _ => return Err(ShimError::Usage(format!("unknown flag {flag:?} {value:?}"))),
             }
         }
         let missing = |n: &str| ShimError::Usage(format!("{n} is required"));
@@ -103,6 +112,7 @@ impl ShimArgs {
             dir: dir.ok_or_else(|| missing("--dir"))?,
             log: log.ok_or_else(|| missing("--log"))?,
             stdin,
+            start,
         })
     }
 }
@@ -170,6 +180,28 @@ pub fn copy_as_cri_log(stream: &str, input: impl Read, out: &Mutex<Box<dyn Write
 /// ...` supervises a qemu process instead of a container ([`supervise_vm`]).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let mut args = args.into_iter().peekable();
+    // VM sandboxes' host end and their exec client (crate::sandbox_shim).
+    if args.peek().is_some_and(|a| a == "sandbox") {
+        args.next();
+        return match crate::sandbox_shim::parse(args) {
+            Ok((dir, command)) => match crate::sandbox_shim::supervise(&dir, &command) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("atoll shim sandbox: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("atoll shim sandbox: {e}");
+                println!("error {e}");
+                2
+            }
+        };
+    }
+    if args.peek().is_some_and(|a| a == "sandbox-exec") {
+        args.next();
+        return crate::sandbox_shim::exec_main(args);
+    }
     if args.peek().is_some_and(|a| a == "vm") {
         args.next();
         return match VmShimArgs::parse(args) {
@@ -220,10 +252,14 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
         .map_err(|e| format!("opening {}: {e}", args.log.display()))?;
     let log: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(Box::new(log)));
     let pid_file = args.dir.join(PID_FILE);
-    let mut create = Command::new(&args.runtime)
-        .arg("--root")
-        .arg(&args.root)
-        .arg("create")
+    let mut create = Command::new(&args.runtime);
+    create.arg("--root").arg(&args.root);
+    if args.start {
+        create.args(["run", "--detach"]);
+    } else {
+        create.arg("create");
+    }
+    let mut create = create
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
@@ -248,7 +284,8 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
         // The runtime's complaint went to the stderr pipe; nothing else holds its write end.
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text);
-        let msg = format!("{} create: {status}: {}", args.runtime.display(), text.trim());
+        let op = if args.start { "run" } else { "create" };
+        let msg = format!("{} {op}: {status}: {}", args.runtime.display(), text.trim());
         handshake(&format!("error {}", msg.replace('\n', " ")));
         return Err(msg);
     }
@@ -515,8 +552,12 @@ mod tests {
             bundle: "/b".into(),
             dir: "/d".into(),
             log: "/l".into(),
+            start: false,
         };
         assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
+        let started = ShimArgs { start: true, ..a.clone() };
+        assert_eq!(ShimArgs::parse(started.to_args()).unwrap(), started);
+        assert!(ShimArgs::parse(vec![OsString::from("--start"), OsString::from("later")]).is_err());
         assert!(ShimArgs::parse(vec![OsString::from("--id")]).is_err());
         assert!(ShimArgs::parse(vec![OsString::from("--bogus"), OsString::from("x")]).is_err());
     }

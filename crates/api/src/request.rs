@@ -266,9 +266,53 @@ impl fmt::Display for RequestInfo {
     }
 }
 
+/// Percent-decodes one component of a URL query (`+` is a space; a `%` not followed by two
+/// hex digits stays as it is; invalid UTF-8 is replaced).
+pub fn decode_query_component(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A URL query's `key=value` pairs, decoded, in order (a key may repeat, as exec's
+/// `command` does); a pair without `=` has an empty value.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (decode_query_component(k), decode_query_component(v))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_components_decode() {
+        assert_eq!(decode_query_component("sh%20-c+x%3D1"), "sh -c x=1");
+        assert_eq!(decode_query_component("100%"), "100%");
+        assert_eq!(decode_query_component("%zz%4"), "%zz%4");
+        let pairs: Vec<_> = query_pairs("command=sh&command=-c&&tty&a=b%26c").collect();
+        let want = [("command", "sh"), ("command", "-c"), ("tty", ""), ("a", "b&c")];
+        assert_eq!(pairs, want.map(|(k, v)| (k.to_string(), v.to_string())));
+    }
 
     /// Every URL form, with the request info it must give (or the error).
     #[test]

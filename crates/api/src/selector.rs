@@ -312,11 +312,15 @@ fn unescape(s: &str) -> String {
 /// a selector that is not an object selects nothing. Workload controllers and the
 /// validation of their selectors share it.
 pub fn label_selector_selects(selector: &serde_json::Value, labels: Option<&serde_json::Value>) -> bool {
+    label_selector_selects_with(selector, |k| labels.and_then(|l| l.get(k)).and_then(serde_json::Value::as_str))
+}
+
+/// [`label_selector_selects`] over labels held in any form: `get` gives a label's value.
+pub fn label_selector_selects_with<'a>(selector: &serde_json::Value, get: impl Fn(&str) -> Option<&'a str>) -> bool {
     use serde_json::Value;
     if !selector.is_object() {
         return false;
     }
-    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
     if let Some(m) = selector.get("matchLabels").and_then(Value::as_object)
         && m.iter().any(|(k, v)| get(k) != v.as_str())
     {

@@ -34,6 +34,28 @@ pub const OVERHEAD_CPU: &str = "100m";
 /// The TCG translation cache qemu is given (MiB); part of [`OVERHEAD_MEMORY`].
 pub const TCG_CACHE_MIB: u32 = 64;
 
+/// The RuntimeClass of VM-sandboxed container pods: an ordinary container pod with
+/// `runtimeClassName: vm` runs inside a microVM (a built-in class; no other exists).
+pub const RUNTIME_CLASS: &str = "vm";
+/// A sandbox's guest memory when its container names no memory limit (MiB).
+pub const SANDBOX_DEFAULT_MEMORY_MIB: u64 = 128;
+/// Guest memory beyond the containers' (MiB): the guest kernel, the initramfs and the
+/// guest agent, and the tmpfs upper layers of the containers' roots.
+pub const SANDBOX_GUEST_HEADROOM_MIB: u64 = 64;
+/// The sandbox's TCG translation cache (MiB): smaller than a VM pod's, the guest runs one
+/// small userland (16 boots as fast as 32 here, and saves 16 MiB per sandbox).
+pub const SANDBOX_TCG_CACHE_MIB: u32 = 16;
+/// What a sandboxed pod costs beyond its containers' requests (the RuntimeClass overhead
+/// admission adds to `spec.overhead`): the guest headroom plus qemu's own memory.
+/// Measured: BENCHMARKS.md ("VM-sandboxed container pods").
+pub const SANDBOX_OVERHEAD_MEMORY: &str = "160Mi";
+pub const SANDBOX_OVERHEAD_CPU: &str = "100m";
+
+/// Whether a pod asks for the VM sandbox (a container pod of runtime class `vm`).
+pub fn is_sandboxed(spec: &Value) -> bool {
+    !is_vm(spec) && spec.get("runtimeClassName").and_then(Value::as_str) == Some(RUNTIME_CLASS)
+}
+
 /// Whether a pod spec describes a VM.
 pub fn is_vm(spec: &Value) -> bool {
     spec.get("virtualMachine").is_some_and(|v| !v.is_null())

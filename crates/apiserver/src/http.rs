@@ -125,6 +125,8 @@ pub struct Api {
     keystone: Option<crate::keystone::Keystone>,
     /// The authentication chain, and the token key.
     authn: Arc<crate::authn::Authenticator>,
+    /// Whence each tenant's encoding of resource versions (`rv.rs`).
+    rv: crate::rv::RvSecret,
 }
 
 /// What a server may be started with beyond its store, data and address.
@@ -149,43 +151,13 @@ fn not_found() -> Status {
     Status::failure(404, "NotFound", "the server could not find the requested resource")
 }
 
-/// Percent-decodes a query component ('+' is a space).
-fn decode_component(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode_component(k), decode_component(v))
-        })
-        .collect()
+    api::request::query_pairs(query.unwrap_or("")).collect()
 }
 
-fn list_options(q: &BTreeMap<String, String>) -> Result<ListOptions, Status> {
+/// The list options of a query, its resource version and continue token decoded from the
+/// caller's encoding.
+fn list_options(q: &BTreeMap<String, String>, codec: &crate::rv::Codec) -> Result<ListOptions, Status> {
     let label_selector = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
         .map_err(|e| Status::bad_request(e.to_string()))?;
     let field_selector = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))
@@ -198,8 +170,12 @@ fn list_options(q: &BTreeMap<String, String>) -> Result<ListOptions, Status> {
         label_selector,
         field_selector,
         limit,
-        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
-        resource_version: q.get("resourceVersion").filter(|c| !c.is_empty()).cloned(),
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).map(|c| codec.decode_continue(c)).transpose()?,
+        resource_version: q
+            .get("resourceVersion")
+            .filter(|c| !c.is_empty())
+            .map(|c| codec.decode_str(c))
+            .transpose()?,
         resource_version_match: q.get("resourceVersionMatch").filter(|c| !c.is_empty()).cloned(),
         send_initial_events: match q.get("sendInitialEvents").map(String::as_str) {
             None | Some("") => None,
@@ -301,6 +277,38 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// An Action's view of its pod: the caller's RBAC in the Action's tenant, and the pod read
+/// there (never in another tenant).
+struct ActionPodAccess<'a> {
+    api: &'a Api,
+    user: &'a User,
+    scope: &'a Scope,
+}
+
+impl crate::actions::PodAccess for ActionPodAccess<'_> {
+    fn may_get_pod(&self, pod: &str) -> Result<(), Status> {
+        let get = RequestInfo::Resource(ResourceRequest {
+            verb: Verb::Get,
+            tenant: TenantScope::Caller,
+            group: String::new(),
+            version: "v1".into(),
+            namespace: self.scope.namespace.clone(),
+            resource: "pods".into(),
+            name: Some(pod.to_string()),
+            subresource: None,
+        });
+        // Only a plain allow counts: node restriction's conditions never cover this.
+        match self.api.authz.authorize(self.user, self.scope.tenant.as_deref(), &get, None)? {
+            crate::authz::Grant::Allowed => Ok(()),
+            _ => Err(crate::authz::forbidden(&self.user.name, &crate::authz::attributes(&get))),
+        }
+    }
+    async fn pod(&self, pod: &str) -> Result<Value, Status> {
+        let pods = self.api.registry("", "pods")?;
+        pods.get(self.scope, pod).await.map_err(|e| e.to_status())
+    }
+}
+
 impl Api {
     /// The API over `store`: the built-in kinds, and the custom resources of the stored
     /// definitions (followed from now on).
@@ -311,6 +319,7 @@ impl Api {
             .chain(crate::kinds::views().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(std::iter::once(Arc::new(crate::crd::definition_strategy()) as Arc<dyn Strategy>))
             .chain(std::iter::once(Arc::new(crate::kinds::UserKind::new()) as Arc<dyn Strategy>))
+            .chain(std::iter::once(Arc::new(crate::actions::ActionKind::new()) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::rbac_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>))
             .chain(crate::authz::kinds::review_strategies().into_iter().map(|k| Arc::new(k) as Arc<dyn Strategy>));
         let registries: BTreeMap<(String, String), Arc<Registry>> = strategies
@@ -332,7 +341,8 @@ impl Api {
         let authz = crate::authz::Authz::start(&registries)
             .await
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
-        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None })
+        let rv = crate::rv::RvSecret::load_or_create(data_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
+        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None, rv })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -669,9 +679,11 @@ impl Api {
             }
         };
         // Authorization, in the tenant the request resolves to.
+        // Discovery and OpenAPI under `/tenants/all` are reads of every tenant's view, like
+        // a list: for those who may reach across tenants (then `kubectl --server .../all` works).
         let (scope, verb) = match &info {
             RequestInfo::Resource(r) => (&r.tenant, r.verb),
-            RequestInfo::NonResource { tenant, .. } => (tenant, Verb::Get),
+            RequestInfo::NonResource { tenant, .. } => (tenant, Verb::List),
         };
         let fields = query_map(req.uri().query()).remove("fieldSelector");
         let grant = match self
@@ -683,7 +695,9 @@ impl Api {
         };
         match info {
             RequestInfo::NonResource { tenant, path, .. } => {
-                let tenant = match self.resolve_tenant(&tenant, &user, Verb::Get) {
+                // The `all` view serves the kinds every tenant has: the built-in ones and the
+                // system tenant's definitions (what `crd::Catalog::lookup` serves there).
+                let tenant = match self.resolve_tenant(&tenant, &user, Verb::List) {
                     Ok(t) => t.unwrap_or_else(|| api::request::SYSTEM_TENANT.to_string()),
                     Err(s) => return status(s),
                 };
@@ -732,8 +746,16 @@ impl Api {
         let id = outcome.map_err(|e| e.to_status())?;
         let tenants = self.tenants()?;
         let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
-        match tenants.get(&system, &id.tenant).await {
-            Ok(_) => {}
+        // From the directory's watch-fed view, not the store: this is every Keystone request.
+        let known = if self.authn.directory().tenant(&id.tenant).is_some() {
+            Ok(())
+        } else {
+            // Not in the view: ask the store once more (a Tenant another API server created a
+            // moment ago may not have reached this one's view yet).
+            tenants.get(&system, &id.tenant).await.map(|_| ())
+        };
+        match known {
+            Ok(()) => {}
             Err(RegistryError::NotFound { .. }) if keystone.auto_tenants => {
                 let tenant = json!({"apiVersion": "atoll.io/v1", "kind": "Tenant",
                     "metadata": {"name": id.tenant, "annotations": {"atoll.io/created-by": "keystone"}}});
@@ -890,6 +912,22 @@ impl Api {
         crate::nodeproxy::forward(dialer, &host, port, path, req).await
     }
 
+    /// Admission of a new Action (`crate::actions`): `get` on its pod, by the caller's own
+    /// RBAC, and the pod's node; other kinds pass untouched.
+    async fn admit_action(
+        &self,
+        info: &crate::registry::ResourceInfo,
+        user: &User,
+        scope: &Scope,
+        obj: &mut Value,
+    ) -> Result<(), Status> {
+        if info.group != crate::actions::GROUP || info.resource != crate::actions::RESOURCE {
+            return Ok(());
+        }
+        let access = ActionPodAccess { api: self, user, scope };
+        crate::actions::admit_create(obj, &access).await
+    }
+
     /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.
     async fn scale(
         &self,
@@ -898,6 +936,7 @@ impl Api {
         r: &ResourceRequest,
         q: &BTreeMap<String, String>,
         req: Request<Incoming>,
+        codec: &crate::rv::Codec,
     ) -> Result<Response<Body>, Status> {
         let name = r.name.clone().unwrap_or_default();
         let builtin = crate::registry::ScalePaths {
@@ -934,7 +973,10 @@ impl Api {
                 "status": {"replicas": obj.pointer(&paths.status_replicas).cloned().unwrap_or(json!(0)), "selector": selector},
             })
         };
-        let ok = |v: Value| Ok(respond(StatusCode::OK, v));
+        let ok = |mut v: Value| {
+            codec.outgoing(&mut v);
+            Ok(respond(StatusCode::OK, v))
+        };
         match r.verb {
             Verb::Get => ok(to_scale(&registry.get(scope, &name).await.map_err(|e| e.to_status())?)),
             Verb::Update | Verb::Patch => {
@@ -944,7 +986,8 @@ impl Api {
                 let (manager, _) = crate::managed::options::write_manager(q, user_agent, options, false)?;
                 let opts = WriteOptions { dry_run: dry, field_manager: Some(manager), ..WriteOptions::default() };
                 let content_type = media_type(&req);
-                let body = Self::read_body(req).await?;
+                let mut body = Self::read_body(req).await?;
+                codec.incoming(&mut body)?;
                 for _ in 0..5 {
                     let current = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
                     let mut scale = to_scale(&current);
@@ -1013,6 +1056,7 @@ impl Api {
         let watched = match (info.group.as_str(), info.resource.as_str()) {
             ("", "serviceaccounts") => Some(crate::authn::directory::Watched::ServiceAccounts),
             ("atoll.io", "users") => Some(crate::authn::directory::Watched::Users),
+            ("atoll.io", "tenants") => Some(crate::authn::directory::Watched::Tenants),
             _ => None,
         };
         if let Some(kind) = watched {
@@ -1020,7 +1064,10 @@ impl Api {
             // then wait until the directory has dropped it.
             let directory = self.authn.directory();
             let meta = |f: &str| obj.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("");
-            if deleted {
+            // A Tenant marked for deletion stays (terminating) until its controller is done.
+            let marked = kind == crate::authn::directory::Watched::Tenants
+                && obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+            if deleted && !marked {
                 directory.wait_gone(kind, meta("tenant"), meta("namespace"), meta("name")).await
             } else {
                 directory.wait_for(kind, revision).await
@@ -1104,6 +1151,45 @@ impl Api {
         }
     }
 
+    /// Kubernetes' ServiceAccount admission, the part about images: a new pod that names no
+    /// pull secrets takes its service account's (`default` when it names none). A missing
+    /// account adds nothing (Kubernetes refuses the pod; Atoll does not require accounts).
+    async fn service_account_admission(&self, scope: &Scope, pod: &mut Value) -> Result<(), Status> {
+        let named = |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_str).filter(|n| !n.is_empty());
+        let account = named("serviceAccountName").or_else(|| named("serviceAccount")).unwrap_or("default").to_string();
+        match self.registry("", "serviceaccounts")?.get(scope, &account).await {
+            Ok(account) => {
+                crate::kinds::add_service_account_pull_secrets(pod, &account);
+                Ok(())
+            }
+            Err(RegistryError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.to_status()),
+        }
+    }
+
+    /// Pod sandboxing admission ([`crate::sandbox`]) for a new pod: the runtime class must
+    /// exist, and the tenant's Tenant object may force the VM sandbox. A tenant that cannot
+    /// be read fails the create rather than skip the check.
+    async fn admit_sandbox(&self, group: &str, resource: &str, tenant: &str, pod: &mut Value) -> Result<(), Status> {
+        if !group.is_empty() || resource != "pods" {
+            return Ok(());
+        }
+        let tenant_obj = if tenant == api::request::SYSTEM_TENANT {
+            None
+        } else {
+            let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.into()), namespace: None };
+            match self.tenants()?.get(&system, tenant).await {
+                Ok(t) => Some(t),
+                Err(RegistryError::NotFound { .. }) => None,
+                Err(e) => return Err(e.to_status()),
+            }
+        };
+        crate::sandbox::admit_pod(tenant_obj.as_ref(), pod).map_err(|why| {
+            let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            Status::failure(403, "Forbidden", format!("pods {name:?} is forbidden: {why}"))
+        })
+    }
+
     fn tenants(&self) -> Result<&Arc<Registry>, Status> {
         self.registry("atoll.io", "tenants")
     }
@@ -1182,6 +1268,9 @@ impl Api {
         if let Some(t) = &tenant {
             self.check_tenant_exists(t, r.verb).await?;
         }
+        // Every resource version in and out is in the caller's tenant's encoding: no store
+        // revision leaves the server (`rv.rs`).
+        let codec = self.rv.codec(&user.tenant);
         if let Some(review) = crate::authz::reviews::Review::of(&r.group, &r.version, &r.resource) {
             if r.verb != Verb::Create || r.name.is_some() || r.namespace.is_some() || r.subresource.is_some() {
                 return Err(Status::method_not_allowed());
@@ -1252,6 +1341,7 @@ impl Api {
             && !crate::authz::node::condition_holds(
                 &grant,
                 self.registry("", "pods")?,
+                registry,
                 &scope,
                 r.name.as_deref().unwrap_or_default(),
             )
@@ -1261,7 +1351,7 @@ impl Api {
         }
         let q = query_map(req.uri().query());
         if r.subresource.as_deref() == Some("scale") {
-            return self.scale(registry, &scope, &r, &q, req).await;
+            return self.scale(registry, &scope, &r, &q, req, &codec).await;
         }
         if r.subresource.as_deref() == Some("binding") {
             return self.bind(registry, &scope, &r, req).await;
@@ -1281,7 +1371,11 @@ impl Api {
         });
         let name = r.name.clone().unwrap_or_default();
         let registry_err = |e: RegistryError| e.to_status();
-        let ok = |v: Value| Ok(respond(StatusCode::OK, v));
+        let out = |code: StatusCode, mut v: Value| {
+            codec.outgoing(&mut v);
+            respond(code, v)
+        };
+        let ok = |v: Value| Ok(out(StatusCode::OK, v));
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         // RBAC's escalation prevention, for writes of roles and bindings.
         let admission = self.authz.admission(user, scope.tenant.as_deref(), &info.group, &info.resource);
@@ -1316,7 +1410,7 @@ impl Api {
                 }
             }
             Verb::List => {
-                let list = registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?;
+                let list = registry.list(&scope, &list_options(&q, &codec)?).await.map_err(registry_err)?;
                 match &table {
                     Some(printer) => {
                         let items = list["items"].as_array().cloned().unwrap_or_default();
@@ -1326,7 +1420,7 @@ impl Api {
                 }
             }
             Verb::Watch => {
-                let opts = list_options(&q)?;
+                let opts = list_options(&q, &codec)?;
                 let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
                 if opts.send_initial_events == Some(true)
                     && (!bookmarks || opts.resource_version_match.as_deref() != Some("NotOlderThan"))
@@ -1368,15 +1462,24 @@ impl Api {
                             _ = &mut deadline => return,
                             event = events.recv() => {
                                 let Some(event) = event else { return };
+                                let encoded = |mut v: Value| {
+                                    codec.outgoing(&mut v);
+                                    serde_json::to_vec(&v).unwrap_or_default()
+                                };
                                 let line = match (&table, &event.encoded) {
                                     (Some(printer), _) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
                                         let meta = json!({"resourceVersion": event.object["metadata"]["resourceVersion"]});
                                         let rows = printer.table(std::slice::from_ref(&*event.object), meta);
-                                        watch_line(event.kind, &serde_json::to_vec(&rows).unwrap_or_default())
+                                        watch_line(event.kind, &encoded(rows))
                                     }
-                                    // Shared by every watcher of this change: serialised once.
-                                    (_, Some(encoded)) => watch_line(event.kind, encoded),
-                                    _ => watch_line(event.kind, &serde_json::to_vec(&*event.object).unwrap_or_default()),
+                                    // Shared by every watcher of this change: serialised once, the
+                                    // version written in this caller's encoding.
+                                    (_, Some(spliced)) => {
+                                        let raw = event.object["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                                        let rv = raw.parse::<i64>().map(|r| codec.encode(r)).unwrap_or_default();
+                                        watch_line(event.kind, &spliced.with(&rv))
+                                    }
+                                    _ => watch_line(event.kind, &encoded(Value::clone(&event.object))),
                                 };
                                 if tx.send(Bytes::from(line)).await.is_err() {
                                     return;
@@ -1395,29 +1498,36 @@ impl Api {
                     return Err(Status::method_not_allowed());
                 }
                 let (opts, _) = writer("CreateOptions", false)?;
-                let body = Self::read_body(req).await?;
+                let mut body = Self::read_body(req).await?;
                 let warnings = check_fields(registry, &q, &body)?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
+                    self.admit_sandbox(&info.group, &info.resource, tenant, &mut body).await?;
                 }
+                if info.group.is_empty() && info.resource == "pods" {
+                    self.service_account_admission(&scope, &mut body).await?;
+                }
+                self.admit_action(&info, user, &scope, &mut body).await?;
                 let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
                 self.written(&info, &created, opts.dry_run, false).await?;
-                Ok(with_warnings(respond(StatusCode::CREATED, created), &warnings))
+                Ok(with_warnings(out(StatusCode::CREATED, created), &warnings))
             }
             Verb::Update => {
                 let (opts, _) = writer("UpdateOptions", false)?;
-                let body = Self::read_body(req).await?;
+                let mut body = Self::read_body(req).await?;
+                codec.incoming(&mut body)?;
                 let warnings = check_fields(registry, &q, &body)?;
                 let updated = registry.update_with(&scope, &name, body, r.subresource.as_deref(), &opts).await;
                 let updated = updated.map_err(registry_err)?;
                 self.written(&info, &updated, opts.dry_run, false).await?;
-                Ok(with_warnings(respond(StatusCode::OK, updated), &warnings))
+                Ok(with_warnings(out(StatusCode::OK, updated), &warnings))
             }
             Verb::Patch => {
                 let content_type = media_type(&req);
                 let apply = content_type == crate::managed::options::APPLY_PATCH;
                 let (opts, force) = writer("PatchOptions", apply)?;
-                let patch = Self::read_body(req).await?;
+                let mut patch = Self::read_body(req).await?;
+                codec.incoming(&mut patch)?;
                 if apply {
                     let warnings = check_fields(registry, &q, &patch)?;
                     // An apply may create the object: then the caller needs `create` too (as in
@@ -1441,14 +1551,23 @@ impl Api {
                         }
                         if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                             self.check_namespace(tenant, namespace).await?;
+                            self.admit_sandbox(&info.group, &info.resource, tenant, &mut patch).await?;
                         }
+                    }
+                    let mut patch = patch;
+                    if r.subresource.is_none()
+                        && info.group == crate::actions::GROUP
+                        && info.resource == crate::actions::RESOURCE
+                        && let Err(RegistryError::NotFound { .. }) = registry.get(&scope, &name).await
+                    {
+                        self.admit_action(&info, user, &scope, &mut patch).await?;
                     }
                     let sub = r.subresource.as_deref();
                     let (obj, created) =
                         registry.apply(&scope, &name, patch, sub, force, &opts).await.map_err(|e| e.to_status())?;
                     self.written(&info, &obj, opts.dry_run, false).await?;
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-                    return Ok(with_warnings(respond(code, obj), &warnings));
+                    return Ok(with_warnings(out(code, obj), &warnings));
                 }
                 // A patch applies to the object as it is; if it changes in between, apply it
                 // again to the new version, unless the patch itself names a version.
@@ -1495,7 +1614,7 @@ impl Api {
                     match registry.update_with(&scope, &name, patched, r.subresource.as_deref(), &opts).await {
                         Ok(updated) => {
                             self.written(&info, &updated, opts.dry_run, false).await?;
-                            return Ok(with_warnings(respond(StatusCode::OK, updated), &warnings));
+                            return Ok(with_warnings(out(StatusCode::OK, updated), &warnings));
                         }
                         Err(RegistryError::Conflict { .. }) if !pinned && attempts < 5 => continue,
                         Err(e) => return Err(e.to_status()),
@@ -1504,7 +1623,8 @@ impl Api {
             }
             Verb::Delete => {
                 let dry = dry_run(&q)?;
-                let body = Self::read_body(req).await?;
+                let mut body = Self::read_body(req).await?;
+                codec.incoming(&mut body)?;
                 if !body.is_null() && !body.is_object() {
                     return Err(Status::bad_request("the body of a delete must be DeleteOptions"));
                 }
@@ -1555,7 +1675,7 @@ impl Api {
             }
             Verb::DeleteCollection => {
                 let dry = dry_run(&q)?;
-                let list = registry.list(&scope, &list_options(&q)?).await.map_err(registry_err)?;
+                let list = registry.list(&scope, &list_options(&q, &codec)?).await.map_err(registry_err)?;
                 let body = Self::read_body(req).await?;
                 let policy = q
                     .get("propagationPolicy")

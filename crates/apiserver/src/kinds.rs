@@ -78,6 +78,14 @@ impl Strategy for Kind {
         if self.info.group == "apps" || (self.info.group.is_empty() && self.info.kind == "Secret") {
             (self.defaults)(new);
         }
+        // A pod's spec defaults too (not its admission defaults): a replaced pod that omits
+        // them is then compared with its stored spec as Kubernetes compares it.
+        if self.info.group.is_empty()
+            && self.info.kind == "Pod"
+            && let Some(spec) = new.get_mut("spec")
+        {
+            pod_spec_defaults(spec);
+        }
         if self.info.kind != "Namespace" || !self.info.group.is_empty() {
             return;
         }
@@ -267,10 +275,64 @@ fn validate_vm(spec: &Value, errors: &mut Vec<FieldError>) {
 /// pod's resources and qemu's overhead from `api::vm`).
 fn pod_defaults(obj: &mut Value) {
     default_tolerations(obj);
-    default_image_pull_policies(obj);
     if let Some(spec) = obj.get_mut("spec") {
+        pod_spec_defaults(spec);
         api::vm::apply_defaults(spec);
     }
+}
+
+/// What Kubernetes' defaulting sets on every pod spec, a pod's or a workload's template's
+/// (admission defaults such as tolerations are for pods only): so that `get -o yaml` shows
+/// what the pod will run with, and a template's pods equal it.
+pub(crate) fn pod_spec_defaults(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else { return };
+    let mut set = |key: &str, value: Value| {
+        if spec.get(key).is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
+            spec.insert(key.into(), value);
+        }
+    };
+    set("restartPolicy", Value::from("Always"));
+    set("terminationGracePeriodSeconds", Value::from(30));
+    set("dnsPolicy", Value::from("ClusterFirst"));
+    set("securityContext", serde_json::json!({}));
+    set("schedulerName", Value::from("default-scheduler"));
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(c) = c.as_object_mut() else { continue };
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            let defaults = [
+                ("imagePullPolicy", default_pull_policy(image)),
+                ("terminationMessagePath", "/dev/termination-log"),
+                ("terminationMessagePolicy", "File"),
+            ];
+            for (key, value) in defaults {
+                if c.get(key).and_then(Value::as_str).is_none_or(str::is_empty) {
+                    c.insert(key.into(), Value::from(value));
+                }
+            }
+            for port in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(port) = port.as_object_mut()
+                    && port.get("protocol").and_then(Value::as_str).is_none_or(str::is_empty)
+                {
+                    port.insert("protocol".into(), Value::from("TCP"));
+                }
+            }
+        }
+    }
+}
+
+/// A new pod without `imagePullSecrets` gets its service account's, as Kubernetes'
+/// ServiceAccount admission does (a pod that names its own keeps just those).
+pub(crate) fn add_service_account_pull_secrets(pod: &mut Value, account: &Value) {
+    let Some(secrets) = account.get("imagePullSecrets").and_then(Value::as_array).filter(|s| !s.is_empty()) else {
+        return;
+    };
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    if spec.get("imagePullSecrets").and_then(Value::as_array).is_some_and(|s| !s.is_empty()) {
+        return;
+    }
+    let names = secrets.iter().filter_map(|s| s.get("name")).map(|n| serde_json::json!({"name": n})).collect();
+    spec.insert("imagePullSecrets".into(), Value::Array(names));
 }
 
 /// The finalizer by which the namespace controller empties a deleted namespace.
@@ -307,20 +369,6 @@ fn tenant_defaults(obj: &mut Value) {
 /// Kubernetes' container defaulting of `imagePullPolicy`: `Always` for an image without a
 /// tag or tagged `latest` (and not pinned by digest), else `IfNotPresent`. The node agent
 /// acts on the stored value, so every pod says what its node will do.
-fn default_image_pull_policies(obj: &mut Value) {
-    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
-            let Some(c) = c.as_object_mut() else { continue };
-            if c.get("imagePullPolicy").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
-                continue;
-            }
-            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            c.insert("imagePullPolicy".into(), Value::from(default_pull_policy(image)));
-        }
-    }
-}
-
 fn default_pull_policy(image: &str) -> &'static str {
     if image.contains('@') {
         return "IfNotPresent";
@@ -547,6 +595,11 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
     match obj.pointer("/spec/exclusiveNodes") {
         None | Some(Value::Bool(_)) | Some(Value::Null) => {}
         Some(other) => errors.push(FieldError::invalid("spec.exclusiveNodes", other, "must be a boolean")),
+    }
+    // Forced VM sandboxing of the tenant's pods.
+    if let Some(why) = crate::sandbox::validate_tenant_field(obj) {
+        let value = obj.pointer("/spec/podSandbox").cloned().unwrap_or_default();
+        errors.push(FieldError::invalid("spec.podSandbox", &value, why));
     }
     errors
 }
@@ -968,6 +1021,20 @@ fn validate_user(obj: &Value) -> Vec<FieldError> {
 #[cfg(test)]
 mod pod_default_tests {
     use super::*;
+
+    #[test]
+    fn pods_without_pull_secrets_take_their_service_accounts() {
+        let account = serde_json::json!({"imagePullSecrets": [{"name": "a"}, {"name": "b"}]});
+        let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": "x"}]}});
+        add_service_account_pull_secrets(&mut pod, &account);
+        assert_eq!(pod["spec"]["imagePullSecrets"], serde_json::json!([{"name": "a"}, {"name": "b"}]));
+        let mut own = serde_json::json!({"spec": {"imagePullSecrets": [{"name": "mine"}]}});
+        add_service_account_pull_secrets(&mut own, &account);
+        assert_eq!(own["spec"]["imagePullSecrets"], serde_json::json!([{"name": "mine"}]));
+        let mut none = serde_json::json!({"spec": {}});
+        add_service_account_pull_secrets(&mut none, &serde_json::json!({}));
+        assert!(none["spec"].get("imagePullSecrets").is_none());
+    }
 
     #[test]
     fn image_pull_policy_defaults_like_kubernetes() {

@@ -4,6 +4,7 @@
 //! [`kinds`]. The HTTP front (TLS, authentication, discovery, OpenAPI, watch encoding)
 //! stacks on these.
 
+pub mod actions;
 pub mod authn;
 pub mod authz;
 pub mod crd;
@@ -19,5 +20,7 @@ pub mod patch;
 pub mod pki;
 pub mod proto;
 pub mod registry;
+pub mod rv;
+pub mod sandbox;
 pub mod table;
 pub mod workloads;

@@ -27,6 +27,15 @@ fn set_default(obj: &mut Value, pointer: &str, value: Value) {
 
 pub fn replicaset_defaults(obj: &mut Value) {
     set_default(obj, "/spec/replicas", json!(1));
+    template_defaults(obj);
+}
+
+/// The template's pod spec is defaulted as a pod's is, as Kubernetes does, so that a
+/// workload shows what its pods will run with.
+fn template_defaults(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        crate::kinds::pod_spec_defaults(spec);
+    }
 }
 
 pub fn deployment_defaults(obj: &mut Value) {
@@ -38,6 +47,7 @@ pub fn deployment_defaults(obj: &mut Value) {
     }
     set_default(obj, "/spec/revisionHistoryLimit", json!(10));
     set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
+    template_defaults(obj);
 }
 
 /// Selector, replicas and template, shared by both kinds.
@@ -226,6 +236,27 @@ mod tests {
         );
         assert!(r["spec"]["strategy"].get("rollingUpdate").is_none());
         assert!(validate_deployment(&r).is_empty());
+        // The template's pod spec carries Kubernetes' pod defaults (not a pod's admission
+        // defaults such as tolerations), in both kinds.
+        let mut rs = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "c", "image": "busybox:1.36", "ports": [{"containerPort": 80}]},
+            {"name": "d", "image": "busybox", "imagePullPolicy": "Never"}]}}}});
+        replicaset_defaults(&mut rs);
+        for t in [&d["spec"]["template"]["spec"], &rs["spec"]["template"]["spec"]] {
+            assert_eq!(t["restartPolicy"], "Always");
+            assert_eq!(t["dnsPolicy"], "ClusterFirst");
+            assert_eq!(t["schedulerName"], "default-scheduler");
+            assert_eq!(t["terminationGracePeriodSeconds"], 30);
+            assert_eq!(t["securityContext"], json!({}));
+            assert_eq!(t["containers"][0]["terminationMessagePath"], "/dev/termination-log");
+            assert_eq!(t["containers"][0]["terminationMessagePolicy"], "File");
+            assert!(t.get("tolerations").is_none());
+        }
+        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        let rs = &rs["spec"]["template"]["spec"]["containers"];
+        assert_eq!(rs[0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(rs[0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(rs[1]["imagePullPolicy"], "Never");
     }
 
     #[test]

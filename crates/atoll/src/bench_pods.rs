@@ -41,6 +41,9 @@ pub struct PodsBenchArgs {
     /// Seconds to wait for every pod to run.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// The pods' runtimeClassName (`vm`: each pod in its own microVM sandbox).
+    #[arg(long)]
+    runtime_class: Option<String>,
 }
 
 /// `atoll up` in a child process; stopped with SIGINT (so it stops its containers) on drop.
@@ -182,10 +185,13 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<(
     let begin = Instant::now();
     let mut creates = tokio::task::JoinSet::new();
     for name in &names {
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
                          "spec": {"nodeSelector": selector, "terminationGracePeriodSeconds": 1,
                                   "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "Never",
                                                   "command": ["sleep", "3600"]}]}});
+        if let Some(class) = &args.runtime_class {
+            pod["spec"]["runtimeClassName"] = json!(class);
+        }
         let (client, scope, name) = (client.clone(), scope.clone(), name.clone());
         creates.spawn(async move {
             let sent = Instant::now();

@@ -326,7 +326,7 @@ impl Client {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Response<Incoming>, Error> {
-        self.send_accepting(method, path, "application/json", body).await
+        self.send_accepting(method, path, "application/json", body, None).await
     }
 
     /// One request exactly as given (`path` after the server's prefix, with its query),
@@ -341,17 +341,20 @@ impl Client {
     ) -> Result<(u16, Bytes), Error> {
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| Error::Decode(format!("{method:?} is not an HTTP method")))?;
-        let resp = self.send_accepting(method, path, accept, body).await?;
+        let resp = self.send_accepting(method, path, accept, body, None).await?;
         let code = resp.status().as_u16();
         Ok((code, resp.into_body().collect().await?.to_bytes()))
     }
 
+    /// Every request goes out here. `authorization`: the header to send instead of the
+    /// configuration's bearer token (a login's Basic credentials).
     async fn send_accepting(
         &self,
         method: Method,
         path: &str,
         accept: &str,
         body: Option<(&str, Vec<u8>)>,
+        authorization: Option<&str>,
     ) -> Result<Response<Incoming>, Error> {
         let uri = format!("{}{}", self.inner.config.server.prefix, path);
         let authority = self.inner.config.server.authority();
@@ -362,8 +365,12 @@ impl Client {
                 .method(method.clone())
                 .uri(format!("https://{authority}{uri}"))
                 .header(hyper::header::ACCEPT, accept);
-            if let Some(token) = &self.inner.config.token {
-                builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            match (authorization, &self.inner.config.token) {
+                (Some(given), _) => builder = builder.header(hyper::header::AUTHORIZATION, given),
+                (None, Some(token)) => {
+                    builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+                }
+                (None, None) => {}
             }
             let payload = match &body {
                 Some((content_type, bytes)) => {
@@ -408,53 +415,54 @@ impl Client {
     pub async fn login(&self, user: &str, password: &str) -> Result<Value, Error> {
         use base64::Engine;
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let uri =
-            format!("https://{}{}/atoll/login", self.inner.config.server.authority(), self.inner.config.server.prefix);
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(hyper::header::ACCEPT, "application/json")
-            .header(hyper::header::AUTHORIZATION, format!("Basic {basic}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| Error::Decode(format!("building a request: {e}")))?;
-        let mut sender = self.sender().await?;
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        let code = resp.status().as_u16();
+        let basic = format!("Basic {basic}");
+        let resp = self.send_accepting(Method::POST, "/atoll/login", "application/json", None, Some(&basic)).await?;
         let retry_after =
             resp.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let json = serde_json::from_slice::<Value>(&bytes);
-        if !(200..300).contains(&code) {
-            let mut status = match json {
-                Ok(v) => Status::from_value(&v, code),
-                Err(_) => Status { code, reason: String::new(), message: String::from_utf8_lossy(&bytes).into() },
-            };
-            if let Some(wait) = retry_after {
+        Self::json_answer(resp).await.map_err(|e| match (e, retry_after) {
+            (Error::Api(mut status), Some(wait)) => {
                 status.message = format!("{} (retry after {wait} s)", status.message);
+                Error::Api(status)
             }
-            return Err(Error::Api(status));
-        }
-        json.map_err(|e| Error::Decode(format!("the answer is not JSON: {e}")))
+            (e, _) => e,
+        })
     }
 
     /// Sends a request and decodes a JSON answer; a failure status becomes `Error::Api`.
     async fn call(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Value, Error> {
-        let resp = self.send(method, path, body).await?;
+        Self::json_answer(self.send(method, path, body).await?).await
+    }
+
+    /// A request on one object (or, without a name, on the collection) or its subresource.
+    async fn call_on(
+        &self,
+        method: Method,
+        at: (&Resource, &Scope, Option<&str>, Option<&str>),
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Value, Error> {
+        let (resource, scope, name, subresource) = at;
+        self.call(method, &Self::object_path(resource, scope, name, subresource)?, body).await
+    }
+
+    /// A JSON answer, or the `Status` of a failure (its body's, else its first bytes).
+    async fn json_answer(resp: Response<Incoming>) -> Result<Value, Error> {
         let code = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let json = serde_json::from_slice::<Value>(&bytes);
         if !(200..300).contains(&code) {
-            return Err(Error::Api(match json {
-                Ok(v) => Status::from_value(&v, code),
-                Err(_) => Status {
-                    code,
-                    reason: String::new(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                },
-            }));
+            return Err(Error::Api(Self::failure(code, &bytes)));
         }
-        json.map_err(|e| Error::Decode(format!("the answer is not JSON: {e}")))
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| Error::Decode(format!("the answer is not JSON: {e}")))
+    }
+
+    fn failure(code: u16, bytes: &[u8]) -> Status {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => Status::from_value(&v, code),
+            Err(_) => Status {
+                code,
+                reason: String::new(),
+                message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+            },
+        }
     }
 
     fn object_path(
@@ -480,8 +488,12 @@ impl Client {
         Some(("application/json", serde_json::to_vec(obj).unwrap_or_default()))
     }
 
+    fn patch_body(patch: &Patch) -> Option<(&'static str, Vec<u8>)> {
+        Some((patch.content_type(), serde_json::to_vec(patch.body()).unwrap_or_default()))
+    }
+
     pub async fn get(&self, resource: &Resource, scope: &Scope, name: &str) -> Result<Value, Error> {
-        self.call(Method::GET, &Self::object_path(resource, scope, Some(name), None)?, None).await
+        self.call_on(Method::GET, (resource, scope, Some(name), None), None).await
     }
 
     pub async fn list(&self, resource: &Resource, scope: &Scope, params: &ListParams) -> Result<ObjectList, Error> {
@@ -501,12 +513,12 @@ impl Client {
     }
 
     pub async fn create(&self, resource: &Resource, scope: &Scope, obj: &Value) -> Result<Value, Error> {
-        self.call(Method::POST, &Self::object_path(resource, scope, None, None)?, Self::json_body(obj)).await
+        self.call_on(Method::POST, (resource, scope, None, None), Self::json_body(obj)).await
     }
 
     /// Replaces an object (optimistic concurrency on its `metadata.resourceVersion`).
     pub async fn replace(&self, resource: &Resource, scope: &Scope, name: &str, obj: &Value) -> Result<Value, Error> {
-        self.call(Method::PUT, &Self::object_path(resource, scope, Some(name), None)?, Self::json_body(obj)).await
+        self.call_on(Method::PUT, (resource, scope, Some(name), None), Self::json_body(obj)).await
     }
 
     /// Replaces a subresource, e.g. `status`.
@@ -518,8 +530,7 @@ impl Client {
         subresource: &str,
         obj: &Value,
     ) -> Result<Value, Error> {
-        let path = Self::object_path(resource, scope, Some(name), Some(subresource))?;
-        self.call(Method::PUT, &path, Self::json_body(obj)).await
+        self.call_on(Method::PUT, (resource, scope, Some(name), Some(subresource)), Self::json_body(obj)).await
     }
 
     /// Creates (POSTs) to a subresource, e.g. a pod's `binding`.
@@ -531,8 +542,7 @@ impl Client {
         subresource: &str,
         obj: &Value,
     ) -> Result<Value, Error> {
-        let path = Self::object_path(resource, scope, Some(name), Some(subresource))?;
-        self.call(Method::POST, &path, Self::json_body(obj)).await
+        self.call_on(Method::POST, (resource, scope, Some(name), Some(subresource)), Self::json_body(obj)).await
     }
 
     /// Patches a subresource, e.g. `status`.
@@ -544,15 +554,11 @@ impl Client {
         subresource: &str,
         patch: &Patch,
     ) -> Result<Value, Error> {
-        let body = serde_json::to_vec(patch.body()).unwrap_or_default();
-        let path = Self::object_path(resource, scope, Some(name), Some(subresource))?;
-        self.call(Method::PATCH, &path, Some((patch.content_type(), body))).await
+        self.call_on(Method::PATCH, (resource, scope, Some(name), Some(subresource)), Self::patch_body(patch)).await
     }
 
     pub async fn patch(&self, resource: &Resource, scope: &Scope, name: &str, patch: &Patch) -> Result<Value, Error> {
-        let body = serde_json::to_vec(patch.body()).unwrap_or_default();
-        let path = Self::object_path(resource, scope, Some(name), None)?;
-        self.call(Method::PATCH, &path, Some((patch.content_type(), body))).await
+        self.call_on(Method::PATCH, (resource, scope, Some(name), None), Self::patch_body(patch)).await
     }
 
     /// Deletes an object; returns the object as deleted, or as marked for deletion while
@@ -654,8 +660,7 @@ impl Client {
         let code = resp.status().as_u16();
         if !(200..300).contains(&code) {
             let bytes = resp.into_body().collect().await?.to_bytes();
-            let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-            return Err(Error::Api(Status::from_value(&v, code)));
+            return Err(Error::Api(Self::failure(code, &bytes)));
         }
         Ok(WatchStream { body: resp.into_body(), buf: BytesMut::new(), done: false })
     }

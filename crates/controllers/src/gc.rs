@@ -308,41 +308,27 @@ impl Collector {
 
     /// Removes the owner references with `uids` from an object (optimistically).
     async fn drop_refs(&self, id: &NodeId, node: &Node, uids: &[String]) -> Result<(), GcError> {
-        let scope = Self::scope(&id.tenant, node.namespace.as_deref(), &node.resource);
-        let current = match self.client.get(&node.resource, &scope, &node.name).await {
-            Ok(o) => o,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        if str_at(&current, "/metadata/uid") != id.uid {
-            return Ok(());
-        }
-        let refs: Vec<Value> = current
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|r| !uids.iter().any(|u| r.get("uid").and_then(Value::as_str) == Some(u)))
-            .cloned()
-            .collect();
-        let patch = json!({"metadata": {
-            "ownerReferences": if refs.is_empty() { Value::Null } else { Value::Array(refs) },
-            "resourceVersion": str_at(&current, "/metadata/resourceVersion"),
-        }});
-        self.patch(&node.resource, &scope, &node.name, patch).await
-    }
-
-    async fn patch(&self, resource: &Resource, scope: &Scope, name: &str, patch: Value) -> Result<(), GcError> {
-        match self.client.patch(resource, scope, name, &Patch::Merge(patch)).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) if e.is_conflict() => Err(GcError::Conflict(name.into())),
-            Err(e) => Err(e.into()),
-        }
+        self.filter_list(id, node, "ownerReferences", |r| {
+            !uids.iter().any(|u| r.get("uid").and_then(Value::as_str) == Some(u))
+        })
+        .await
     }
 
     /// Removes one of our finalizers from a deleting owner (the server deletes it when none is left).
     async fn drop_finalizer(&self, id: &NodeId, node: &Node, finalizer: &str) -> Result<(), GcError> {
+        self.filter_list(id, node, "finalizers", |f| f.as_str() != Some(finalizer)).await
+    }
+
+    /// Keeps only the entries of the list `metadata.<field>` that `keep` accepts, by a merge
+    /// patch conditional on the object's uid and resourceVersion (an object gone or
+    /// replaced is left alone; a conflict is retried by the caller).
+    async fn filter_list(
+        &self,
+        id: &NodeId,
+        node: &Node,
+        field: &str,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<(), GcError> {
         let scope = Self::scope(&id.tenant, node.namespace.as_deref(), &node.resource);
         let current = match self.client.get(&node.resource, &scope, &node.name).await {
             Ok(o) => o,
@@ -352,19 +338,24 @@ impl Collector {
         if str_at(&current, "/metadata/uid") != id.uid {
             return Ok(());
         }
-        let left: Vec<Value> = current
-            .pointer("/metadata/finalizers")
+        let kept: Vec<Value> = current
+            .pointer(&format!("/metadata/{field}"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter(|f| f.as_str() != Some(finalizer))
+            .filter(|v| keep(v))
             .cloned()
             .collect();
         let patch = json!({"metadata": {
-            "finalizers": if left.is_empty() { Value::Null } else { Value::Array(left) },
+            field: if kept.is_empty() { Value::Null } else { Value::Array(kept) },
             "resourceVersion": str_at(&current, "/metadata/resourceVersion"),
         }});
-        self.patch(&node.resource, &scope, &node.name, patch).await
+        match self.client.patch(&node.resource, &scope, &node.name, &Patch::Merge(patch)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) if e.is_conflict() => Err(GcError::Conflict(node.name.clone())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn delete(&self, id: &NodeId, node: &Node, foreground: bool) -> Result<(), GcError> {

@@ -221,6 +221,9 @@ async fn bearer_flow_pulls_then_skips_present_blobs() {
         (2, 0, (img.config.len() + img.layer.len()) as u64)
     );
     assert_eq!(p.store().resolve(&r.to_string()).unwrap().manifest_digest, image.manifest_digest);
+    // Reported as the kubelet reports containerd's images: by repository digest.
+    let repo_digest = format!("{addr}/test/app@{}", sha(&img.manifest));
+    assert_eq!(p.store().resolve(&r.to_string()).unwrap().image_ref(), repo_digest);
     let again = p.pull_uncoalesced(&r, &[cred()]).await.unwrap().stats;
     assert_eq!((again.blobs_fetched, again.blobs_skipped), (0, 2));
     assert_eq!(double.hits(&format!("/v2/test/app/blobs/{}", sha(&img.layer))), 1);
@@ -261,6 +264,8 @@ async fn an_index_resolves_to_the_host_platform() {
     let (_dir, p) = puller(&addr);
     let image = p.pull(&Reference::parse(&format!("{addr}/test/app:multi")).unwrap(), &[]).await.unwrap().image;
     assert_eq!(image.manifest_digest, sha(&amd.manifest));
+    // A multi-platform image's repository digest is its index's (what the tag named).
+    assert_eq!(image.image_ref(), format!("{addr}/test/app@{}", sha(&index)));
     // By the index's digest: the store finds the platform's image under that name.
     let by_digest = format!("{addr}/test/app@{}", sha(&index));
     p.pull(&Reference::parse(&by_digest).unwrap(), &[]).await.unwrap();

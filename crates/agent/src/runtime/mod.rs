@@ -163,6 +163,13 @@ pub trait Runtime: Send + Sync {
     /// Create a container (not yet running) and return its ID.
     fn create_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     fn start_container(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Create and start a container in one go (what a pod's sync does); a runtime that can
+    /// save a step doing both at once overrides it.
+    fn run_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let id = self.create_container(sandbox_id, spec)?;
+        self.start_container(&id)?;
+        Ok(id)
+    }
     /// SIGTERM, then SIGKILL once `grace` has passed; returns when it has exited.
     fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
     /// Remove a container (killing it if it still runs); absent is not an error.
@@ -278,6 +285,9 @@ impl Runtime for Runtimes {
     }
     fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
         self.with_container(id)?.start_container(id)
+    }
+    fn run_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.with_sandbox(sandbox_id)?.run_container(sandbox_id, spec)
     }
     fn stop_container(&self, id: &str, grace: std::time::Duration) -> Result<(), RuntimeError> {
         self.with_container(id)?.stop_container(id, grace)

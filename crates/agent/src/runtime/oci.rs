@@ -430,6 +430,90 @@ impl OciRuntime {
     }
 
     /// Every cgroup folder (one per hierarchy) for a path, for tests and diagnostics.
+    /// Create container `spec` in `sandbox_id`; with `start`, the runtime starts it at
+    /// once (`run --detach`: one runtime process instead of `create` and then `start`).
+    fn make_container(&self, sandbox_id: &str, spec: &ContainerSpec, start: bool) -> Result<String, RuntimeError> {
+        let sandbox = self.sandbox_record(sandbox_id)?.spec;
+        if !valid_id(&spec.name) {
+            return Err(spec_error(format!("container name {:?} must be letters, digits, - _ .", spec.name)));
+        }
+        if spec.image.layers.is_empty() {
+            return Err(spec_error("the image has no layers"));
+        }
+        if spec.vm.is_some() {
+            return Err(spec_error("a VM runs in the VM runtime, not in an OCI container"));
+        }
+        let id = Self::new_container_id(sandbox_id, &spec.name);
+        let dir = self.container_dir(&id);
+        let result = (|| {
+            let bundle = dir.join("bundle");
+            let rootfs = bundle.join("rootfs");
+            for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+                self.os.create_dir_all(d)?;
+            }
+            let log_path = spec.log_path.clone().unwrap_or_else(|| dir.join("container.log"));
+            let record = ContainerRecord {
+                id: id.clone(),
+                sandbox_id: sandbox_id.to_owned(),
+                spec: spec.clone(),
+                created_at_nanos: to_nanos(SystemTime::now()),
+                log_path: log_path.clone(),
+            };
+            self.write_json(&dir.join("container.json"), &record)?;
+            // overlayfs lists the topmost lower layer first.
+            let lower: Vec<PathBuf> = spec.image.layers.iter().rev().cloned().collect();
+            self.os.mount_overlay(&lower, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+            let user = self.resolve_user(spec, &rootfs)?;
+            let config = self.oci_spec(&sandbox, &id, spec, user)?;
+            self.write_json(&bundle.join("config.json"), &config)?;
+            if let Some(parent) = log_path.parent() {
+                self.os.create_dir_all(parent)?;
+            }
+            let shim_args = ShimArgs {
+                runtime: find_program(&self.config.runtime).unwrap_or_else(|| self.config.runtime.clone()),
+                root: self.config.data_dir.join("runtime"),
+                id: id.clone(),
+                bundle,
+                dir: dir.clone(),
+                log: log_path,
+                stdin: spec.stdin.then_some(spec.stdin_once),
+                start,
+            };
+            if start {
+                // Taken before the start, as `start_container` does; the record also tells
+                // `status_of` the container is past `Created` once the shim has answered.
+                let started_at = to_nanos(SystemTime::now());
+                self.write_json(&dir.join("started.json"), &StartRecord { started_at_nanos: started_at })?;
+            }
+            let (program, lead) =
+                self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
+            let mut args: Vec<OsString> = lead.to_vec();
+            args.extend(shim_args.to_args());
+            let child = self.os.spawn_detached(Path::new(program), &args, &dir.join("shim.log"))?;
+            let container_pid = match child.first_line.strip_prefix("created ").map(str::parse::<u32>) {
+                Some(Ok(pid)) => pid,
+                _ => {
+                    return Err(RuntimeError::Runtime {
+                        op: "create",
+                        id: id.clone(),
+                        detail: child.first_line.trim_start_matches("error ").to_owned(),
+                    });
+                }
+            };
+            self.write_json(&dir.join("shim.json"), &ShimRecord { pid: child.pid, container_pid })
+        })();
+        match result {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                let _ = self.runtime_cmd("delete", &id, &["delete", "--force", &id]);
+                if let Err(cleanup) = self.cleanup_container(&id, sandbox_id) {
+                    tracing::warn!(container = %id, error = %cleanup, "cleaning up after a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub fn cgroup_dirs(&self, path: &str) -> Result<Vec<PathBuf>, OsError> {
         Ok(self
             .os
@@ -539,6 +623,22 @@ impl Runtime for OciRuntime {
         for id in self.os.list_dir(&self.config.data_dir.join("sandboxes"))? {
             match self.sandbox_status(&id) {
                 Ok(s) => out.push(s),
+                // A folder without a record: a `run_sandbox` cut short by a crash, whose
+                // namespace mounts may be in place. Listed (by ID alone, never ready) so that
+                // the sweep removes it once no pod claims it.
+                Err(RuntimeError::NotFound { .. }) if valid_id(&id) => out.push(SandboxStatus {
+                    spec: SandboxSpec {
+                        id,
+                        name: String::new(),
+                        namespace: String::new(),
+                        tenant: String::new(),
+                        hostname: String::new(),
+                        network: NetworkMode::Isolated,
+                        runtime_handler: String::new(),
+                    },
+                    ready: false,
+                    created_at: SystemTime::UNIX_EPOCH,
+                }),
                 Err(RuntimeError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -547,78 +647,11 @@ impl Runtime for OciRuntime {
     }
 
     fn create_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let sandbox = self.sandbox_record(sandbox_id)?.spec;
-        if !valid_id(&spec.name) {
-            return Err(spec_error(format!("container name {:?} must be letters, digits, - _ .", spec.name)));
-        }
-        if spec.image.layers.is_empty() {
-            return Err(spec_error("the image has no layers"));
-        }
-        if spec.vm.is_some() {
-            return Err(spec_error("a VM runs in the VM runtime, not in an OCI container"));
-        }
-        let id = Self::new_container_id(sandbox_id, &spec.name);
-        let dir = self.container_dir(&id);
-        let result = (|| {
-            let bundle = dir.join("bundle");
-            let rootfs = bundle.join("rootfs");
-            for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
-                self.os.create_dir_all(d)?;
-            }
-            let log_path = spec.log_path.clone().unwrap_or_else(|| dir.join("container.log"));
-            let record = ContainerRecord {
-                id: id.clone(),
-                sandbox_id: sandbox_id.to_owned(),
-                spec: spec.clone(),
-                created_at_nanos: to_nanos(SystemTime::now()),
-                log_path: log_path.clone(),
-            };
-            self.write_json(&dir.join("container.json"), &record)?;
-            // overlayfs lists the topmost lower layer first.
-            let lower: Vec<PathBuf> = spec.image.layers.iter().rev().cloned().collect();
-            self.os.mount_overlay(&lower, &dir.join("upper"), &dir.join("work"), &rootfs)?;
-            let user = self.resolve_user(spec, &rootfs)?;
-            let config = self.oci_spec(&sandbox, &id, spec, user)?;
-            self.write_json(&bundle.join("config.json"), &config)?;
-            if let Some(parent) = log_path.parent() {
-                self.os.create_dir_all(parent)?;
-            }
-            let shim_args = ShimArgs {
-                runtime: find_program(&self.config.runtime).unwrap_or_else(|| self.config.runtime.clone()),
-                root: self.config.data_dir.join("runtime"),
-                id: id.clone(),
-                bundle,
-                dir: dir.clone(),
-                log: log_path,
-                stdin: spec.stdin.then_some(spec.stdin_once),
-            };
-            let (program, lead) =
-                self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
-            let mut args: Vec<OsString> = lead.to_vec();
-            args.extend(shim_args.to_args());
-            let child = self.os.spawn_detached(Path::new(program), &args, &dir.join("shim.log"))?;
-            let container_pid = match child.first_line.strip_prefix("created ").map(str::parse::<u32>) {
-                Some(Ok(pid)) => pid,
-                _ => {
-                    return Err(RuntimeError::Runtime {
-                        op: "create",
-                        id: id.clone(),
-                        detail: child.first_line.trim_start_matches("error ").to_owned(),
-                    });
-                }
-            };
-            self.write_json(&dir.join("shim.json"), &ShimRecord { pid: child.pid, container_pid })
-        })();
-        match result {
-            Ok(()) => Ok(id),
-            Err(e) => {
-                let _ = self.runtime_cmd("delete", &id, &["delete", "--force", &id]);
-                if let Err(cleanup) = self.cleanup_container(&id, sandbox_id) {
-                    tracing::warn!(container = %id, error = %cleanup, "cleaning up after a failed create");
-                }
-                Err(e)
-            }
-        }
+        self.make_container(sandbox_id, spec, false)
+    }
+
+    fn run_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.make_container(sandbox_id, spec, true)
     }
 
     fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
@@ -831,10 +864,29 @@ mod tests {
     }
 
     #[test]
+    fn run_starts_through_the_shim_without_a_separate_start() {
+        let (os, rt) = setup("created 4242");
+        rt.run_sandbox(&sandbox()).unwrap();
+        let id = rt.run_container("pod1", &container()).unwrap();
+        let calls = os.calls();
+        let shim =
+            calls.iter().find_map(|c| if let Call::SpawnDetached(a) = c { Some(a.clone()) } else { None }).unwrap();
+        assert!(shim.ends_with(&["--start".to_string(), "now".to_string()]), "{shim:?}");
+        // No `crun start` process: the shim's `run --detach` started it.
+        assert!(!calls.iter().any(|c| matches!(c, Call::Run(a) if a.iter().any(|x| x == "start"))), "{calls:?}");
+        let status = rt.container_status(&id).unwrap();
+        assert_eq!((status.state, status.pid), (ContainerState::Running, Some(4242)));
+        assert!(status.started_at.is_some());
+        assert!(matches!(rt.start_container(&id), Err(RuntimeError::WrongState { .. })));
+    }
+
+    #[test]
     fn a_failed_create_leaves_nothing_behind() {
         let (os, rt) = setup("error crun: no such file");
         rt.run_sandbox(&sandbox()).unwrap();
         let err = rt.create_container("pod1", &container()).unwrap_err();
+        assert!(err.to_string().contains("no such file"), "{err}");
+        let err = rt.run_container("pod1", &container()).unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
         assert_eq!(os.mounts().len(), 2, "only the sandbox's namespaces: {:?}", os.mounts());
         let containers = Path::new("/data/containers");
@@ -877,5 +929,18 @@ mod tests {
         assert!(calls.contains(&Call::RemoveDir(PathBuf::from("/cg/memory/atoll/pod-pod1"))));
         assert!(calls.contains(&Call::RemoveDir(PathBuf::from(format!("/cg/cpu/atoll/pod-pod1/{id}")))));
         assert!(rt.list_sandboxes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_sandbox_cut_short_by_a_crash_is_listed_and_removable() {
+        let (os, rt) = setup("created 7");
+        // The namespaces were mounted, the record never written.
+        os.create_dir_all(Path::new("/data/sandboxes/pod2")).unwrap();
+        os.put_file(Path::new("/data/sandboxes/pod2/ns/ipc"), b"");
+        let listed = rt.list_sandboxes().unwrap();
+        assert_eq!(listed.iter().map(|s| (s.spec.id.as_str(), s.ready)).collect::<Vec<_>>(), [("pod2", false)]);
+        assert!(matches!(rt.sandbox_status("pod2"), Err(RuntimeError::NotFound { .. })));
+        rt.remove_sandbox("pod2").unwrap();
+        assert!(os.calls().contains(&Call::RemoveDirAll(PathBuf::from("/data/sandboxes/pod2"))), "{:?}", os.calls());
     }
 }

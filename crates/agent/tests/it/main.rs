@@ -3,6 +3,7 @@
 //! Debian's busybox-static. A missing piece fails the test with what to install.
 
 mod images;
+mod netlink;
 mod runtime;
 mod sync;
 

@@ -1,4 +1,5 @@
-//! The authenticators' view of ServiceAccounts and Users in every tenant: loaded by one
+//! The authenticators' view of ServiceAccounts and Users in every tenant, and of the
+//! Tenants themselves (a Keystone project must have one): loaded by one
 //! read of each kind's key prefix, then followed through a store watch (re-read when the
 //! watch ends), so checking a token or a password costs no store round trip.
 //!
@@ -26,15 +27,18 @@ pub struct UserRecord {
 pub enum Watched {
     ServiceAccounts,
     Users,
+    Tenants,
 }
 
 impl Watched {
-    const ALL: [Watched; 2] = [Watched::ServiceAccounts, Watched::Users];
+    const ALL: [Watched; 3] = [Watched::ServiceAccounts, Watched::Users, Watched::Tenants];
 
     fn prefix(self) -> &'static str {
         match self {
             Watched::ServiceAccounts => "/registry/serviceaccounts/",
             Watched::Users => "/registry/users.atoll.io/",
+            // Tenants belong to the system tenant: `/registry/tenants.atoll.io/system/{name}`.
+            Watched::Tenants => "/registry/tenants.atoll.io/",
         }
     }
 
@@ -49,13 +53,15 @@ struct Maps {
     accounts: HashMap<(String, String, String), String>,
     /// (tenant, name) → the user.
     users: HashMap<(String, String), UserRecord>,
+    /// Tenant name → whether it is terminating.
+    tenants: HashMap<String, bool>,
 }
 
 pub struct Directory {
     store: Arc<dyn Store>,
     maps: RwLock<Maps>,
     /// Per kind: the store revision the view reflects.
-    applied: [tokio::sync::watch::Sender<i64>; 2],
+    applied: [tokio::sync::watch::Sender<i64>; 3],
 }
 
 fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -88,6 +94,12 @@ impl Directory {
         maps.users.get(&(tenant.to_string(), name.to_string())).cloned()
     }
 
+    /// Whether the Tenant `name` exists: `Some(terminating)`.
+    pub fn tenant(&self, name: &str) -> Option<bool> {
+        let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
+        maps.tenants.get(name).copied()
+    }
+
     /// Waits (briefly) until the view reflects `kind` at `revision`: a deleted account's
     /// tokens are refused as soon as its deletion is answered.
     pub async fn wait_for(&self, kind: Watched, revision: i64) {
@@ -95,11 +107,13 @@ impl Directory {
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
     }
 
-    /// Waits (briefly) until the view no longer holds the ServiceAccount or User named.
+    /// Waits (briefly) until the view no longer holds the ServiceAccount, User or Tenant
+    /// named.
     pub async fn wait_gone(&self, kind: Watched, tenant: &str, namespace: &str, name: &str) {
         let present = || match kind {
             Watched::ServiceAccounts => self.account_uid(tenant, namespace, name).is_some(),
             Watched::Users => self.user(tenant, name).is_some(),
+            Watched::Tenants => self.tenant(name).is_some(),
         };
         let mut rx = self.applied[kind.index()].subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|_| !present())).await;
@@ -107,10 +121,18 @@ impl Directory {
 
     fn apply(maps: &mut Maps, kind: Watched, value: &[u8], deleted: bool) {
         let Ok(obj) = serde_json::from_slice::<Value>(value) else { return };
-        // A terminating object (finalizers pending) authenticates no more.
-        let deleted = deleted || obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        let terminating = obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        // A terminating account or user (finalizers pending) authenticates no more.
+        let deleted = deleted || (terminating && kind != Watched::Tenants);
         let (tenant, name) = (meta(&obj, "tenant").to_string(), meta(&obj, "name").to_string());
         match kind {
+            Watched::Tenants => {
+                if deleted {
+                    maps.tenants.remove(&name);
+                } else {
+                    maps.tenants.insert(name, terminating);
+                }
+            }
             Watched::ServiceAccounts => {
                 let key = (tenant, meta(&obj, "namespace").to_string(), name);
                 if deleted {
@@ -149,6 +171,9 @@ impl Directory {
             (Watched::Users, [t, n]) => {
                 maps.users.remove(&(t.clone(), n.clone()));
             }
+            (Watched::Tenants, [_, n]) => {
+                maps.tenants.remove(n);
+            }
             _ => {}
         }
     }
@@ -164,6 +189,7 @@ impl Directory {
             match kind {
                 Watched::ServiceAccounts => maps.accounts.clear(),
                 Watched::Users => maps.users.clear(),
+                Watched::Tenants => maps.tenants.clear(),
             }
             for kv in &resp.kvs {
                 Self::apply(&mut maps, kind, &kv.value, false);

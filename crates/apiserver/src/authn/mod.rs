@@ -373,6 +373,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_directory_follows_tenants_terminating_ones_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let tenant = |name: &str, terminating: bool| {
+            let mut meta = serde_json::json!({"tenant": "system", "name": name, "uid": "t1"});
+            if terminating {
+                meta["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+            }
+            Bytes::from(
+                serde_json::json!({"apiVersion": "atoll.io/v1", "kind": "Tenant", "metadata": meta}).to_string(),
+            )
+        };
+        let key = |name: &str| Bytes::from(format!("/registry/tenants.atoll.io/system/{name}"));
+        store.put(key("acme"), tenant("acme", false)).await.unwrap();
+        let authn = Authenticator::start(store.clone(), dir.path()).await.unwrap();
+        let d = authn.directory();
+        assert_eq!(d.tenant("acme"), Some(false), "loaded at start");
+        assert_eq!(d.tenant("globex"), None);
+        let rev = store.put(key("globex"), tenant("globex", false)).await.unwrap();
+        d.wait_for(directory::Watched::Tenants, rev).await;
+        assert_eq!(d.tenant("globex"), Some(false), "followed");
+        let rev = store.put(key("globex"), tenant("globex", true)).await.unwrap();
+        d.wait_for(directory::Watched::Tenants, rev).await;
+        assert_eq!(d.tenant("globex"), Some(true), "terminating, still there");
+        let (rev, _) = store.delete(key("globex"), None).await.unwrap().unwrap();
+        d.wait_for(directory::Watched::Tenants, rev).await;
+        assert_eq!(d.tenant("globex"), None, "gone");
+    }
+
+    #[tokio::test]
     async fn presented_but_invalid_credentials_are_refused_not_anonymous() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap());

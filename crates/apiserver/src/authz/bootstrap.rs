@@ -98,6 +98,7 @@ fn aggregate_rules(level: &str) -> Vec<Value> {
                 ],
             ),
             rule(READ, &["events.k8s.io"], &["events"]),
+            rule(READ, &["atoll.io"], &["actions", "actions/status"]),
         ],
         "edit" => vec![
             rule(
@@ -107,6 +108,8 @@ fn aggregate_rules(level: &str) -> Vec<Value> {
             ),
             rule(READ, &[""], &["secrets"]),
             rule(WRITE, &["apps"], &["deployments", "deployments/scale", "replicasets", "replicasets/scale"]),
+            // Acting on pods (admission also wants `get` on the pod itself).
+            rule(WRITE, &["atoll.io"], &["actions"]),
             rule(
                 &["get", "list", "watch", "create", "delete", "deletecollection", "patch", "update"],
                 &["coordination.k8s.io"],

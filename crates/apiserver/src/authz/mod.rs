@@ -86,6 +86,8 @@ pub enum Grant {
     IfPodOnNode(String),
     /// Allowed if a pod bound to this node in the namespace uses the named secret.
     IfSecretOfPodOnNode(String),
+    /// Allowed if the named Action's pod is bound to this node (its `spec.nodeName`).
+    IfActionOnNode(String),
 }
 
 /// The RBAC index of every tenant, and the registries it follows.
@@ -421,6 +423,7 @@ impl Authz {
                 node::Decision::Allow => Ok(Grant::Allowed),
                 node::Decision::IfPodOnNode(n) => Ok(Grant::IfPodOnNode(n)),
                 node::Decision::IfSecretOfPodOnNode(n) => Ok(Grant::IfSecretOfPodOnNode(n)),
+                node::Decision::IfActionOnNode(n) => Ok(Grant::IfActionOnNode(n)),
                 node::Decision::Deny => Err(forbidden(&user.name, &attrs)),
             };
         }
@@ -463,17 +466,24 @@ impl Authz {
         resource: &str,
     ) -> Option<Admission> {
         if let Some(node) = node::node_of(user)
-            && matches!((group, resource), ("", "nodes" | "pods") | ("coordination.k8s.io", "leases"))
+            && matches!(
+                (group, resource),
+                ("", "nodes" | "pods") | ("coordination.k8s.io", "leases") | ("atoll.io", "actions")
+            )
         {
             let (node, resource) = (node.to_string(), resource.to_string());
-            return Some(Admission(Arc::new(move |obj: &Value| node::admit(&node, &resource, obj))));
+            return Some(Admission(Arc::new(move |old: Option<&Value>, obj: &Value| {
+                node::admit(&node, &resource, old, obj)
+            })));
         }
         if group != RBAC_GROUP || user.is_system_admin() {
             return None;
         }
         let kind = RbacKind::of_resource(resource)?;
         let (authz, user, tenant) = (self.clone(), user.clone(), tenant.unwrap_or_default().to_string());
-        Some(Admission(Arc::new(move |obj: &Value| authz.check_escalation(&user, &tenant, kind, obj))))
+        Some(Admission(Arc::new(move |_: Option<&Value>, obj: &Value| {
+            authz.check_escalation(&user, &tenant, kind, obj)
+        })))
     }
 
     /// Kubernetes' escalation prevention: a role may grant only what its writer holds (in

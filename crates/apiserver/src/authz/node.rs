@@ -10,7 +10,19 @@
 //!   it (the pipeline reads the pod before acting: [`Decision::IfPodOnNode`]);
 //! - get a secret that a pod bound to it uses (volumes, env, envFrom, image pull
 //!   secrets), in that pod's tenant and namespace ([`Decision::IfSecretOfPodOnNode`]);
-//! - create events.
+//! - create events;
+//! - list and watch Actions only with a field selector `spec.nodeName=<node>` (the server
+//!   sets an Action's `spec.nodeName` from its pod at creation), and get an Action and
+//!   update or patch its `status` only if it is bound to the node
+//!   ([`Decision::IfActionOnNode`]).
+//!
+//! What it writes is checked as NodeRestriction admission checks it ([`admit`]): a node may
+//! not set or change labels under `node-restriction.kubernetes.io/` (they are for
+//! administrators to place workloads by, which a node must not be able to claim), nor
+//! labels of the `kubernetes.io` and `k8s.io` domains beyond the ones a kubelet sets
+//! itself (hostname, os, arch, instance type, topology, and the `kubelet.kubernetes.io/` and
+//! `node.kubernetes.io/` prefixes; so no `node-role.kubernetes.io/` roles); and it may not
+//! change its Node's taints after creating it.
 //!
 //! Nothing else, in any tenant: the system tenant's RBAC may grant a node more (discovery,
 //! the self reviews), but only in the system tenant. A refusal is the same 403 whether the
@@ -50,6 +62,8 @@ pub enum Decision {
     IfPodOnNode(String),
     /// Allowed if a pod bound to this node in the request's namespace uses the named secret.
     IfSecretOfPodOnNode(String),
+    /// Allowed if the named Action exists and its `spec.nodeName` is this node.
+    IfActionOnNode(String),
 }
 
 /// Whether a field selector holds the requirement `spec.nodeName=<node>` (a conjunction
@@ -95,22 +109,83 @@ pub fn decide(node: &str, tenant: Option<&str>, attrs: &Attributes, field_select
             return Decision::IfSecretOfPodOnNode(node.to_string());
         }
         ("", "events") | ("events.k8s.io", "events") => verb == "create" && tenant.is_some(),
+        ("atoll.io", "actions") => match (verb, sub) {
+            ("list" | "watch", None) => selects_node(field_selector, node),
+            ("get", None | Some("status")) | ("update" | "patch", Some("status")) if name.is_some() => {
+                return Decision::IfActionOnNode(node.to_string());
+            }
+            _ => false,
+        },
         _ => false,
     };
     if allowed { Decision::Allow } else { Decision::Deny }
 }
 
-/// NodeRestriction's check of the object a node writes: a Node or Lease it creates or
-/// updates must be its own, and a pod it updates must stay bound to it.
-pub fn admit(node: &str, resource: &str, obj: &Value) -> Result<(), String> {
+/// NodeRestriction's check of the object a node writes (`old`: what it replaces, `None` on
+/// create): a Node or Lease it creates or updates must be its own, a pod it updates must
+/// stay bound to it, and its Node's protected labels and taints are not its to change.
+pub fn admit(node: &str, resource: &str, old: Option<&Value>, obj: &Value) -> Result<(), String> {
     let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     match resource {
         "nodes" | "leases" if name != node => Err(format!("node {node:?} may only write its own {resource}")),
-        "pods" if obj.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) => {
-            Err(format!("node {node:?} may only write pods bound to it"))
+        "pods" | "actions" if obj.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) => {
+            Err(format!("node {node:?} may only write {resource} bound to it"))
         }
+        "nodes" => admit_own_node(node, old, obj),
         _ => Ok(()),
     }
+}
+
+/// Labels a kubelet sets on its own Node, in the domains otherwise closed to nodes.
+const KUBELET_LABELS: &[&str] = &[
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+
+/// Whether a node may set (or change, or remove) the label `key` on its own Node.
+fn node_may_label(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else { return true };
+    if prefix == "node-restriction.kubernetes.io" || prefix.ends_with(".node-restriction.kubernetes.io") {
+        return false;
+    }
+    let kubernetes_domain =
+        ["kubernetes.io", "k8s.io"].iter().any(|d| prefix == *d || prefix.ends_with(&format!(".{d}")));
+    !kubernetes_domain
+        || KUBELET_LABELS.contains(&key)
+        || matches!(prefix, "kubelet.kubernetes.io" | "node.kubernetes.io")
+        || prefix.ends_with(".kubelet.kubernetes.io")
+        || prefix.ends_with(".node.kubernetes.io")
+}
+
+fn admit_own_node(node: &str, old: Option<&Value>, obj: &Value) -> Result<(), String> {
+    let labels = |v: Option<&Value>| {
+        v.and_then(|v| v.pointer("/metadata/labels")).and_then(Value::as_object).cloned().unwrap_or_default()
+    };
+    let (before, after) = (labels(old), labels(Some(obj)));
+    let mut changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+    changed.extend(before.keys().filter(|k| !after.contains_key(*k)));
+    let mut forbidden: Vec<&str> = changed.into_iter().map(String::as_str).filter(|k| !node_may_label(k)).collect();
+    if !forbidden.is_empty() {
+        forbidden.sort_unstable();
+        return Err(format!("node {node:?} is not allowed to modify labels: {}", forbidden.join(", ")));
+    }
+    if let Some(old) = old {
+        let taints =
+            |v: &Value| v.pointer("/spec/taints").filter(|t| !t.is_null()).cloned().unwrap_or(Value::Array(vec![]));
+        if taints(old) != taints(obj) {
+            return Err(format!("node {node:?} is not allowed to modify taints"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `pod` is bound to `node`.
@@ -143,10 +218,15 @@ pub fn pod_uses_secret(pod: &Value, name: &str) -> bool {
 }
 
 /// Whether a conditional grant of node restriction holds for the object `name` in `scope`:
-/// reads the pod, or this node's pods in the namespace. `pods` is the pods' registry.
-pub async fn condition_holds(grant: &Grant, pods: &Registry, scope: &Scope, name: &str) -> bool {
+/// reads the pod, or this node's pods in the namespace, or the Action. `pods` is the pods'
+/// registry, `target` the registry of the request's own kind.
+pub async fn condition_holds(grant: &Grant, pods: &Registry, target: &Registry, scope: &Scope, name: &str) -> bool {
     match grant {
         Grant::Allowed => true,
+        Grant::IfActionOnNode(node) => {
+            let is_actions = target.info().group == "atoll.io" && target.info().resource == "actions";
+            is_actions && target.get(scope, name).await.is_ok_and(|a| pod_on_node(&a, node))
+        }
         Grant::IfPodOnNode(node) => pods.get(scope, name).await.is_ok_and(|pod| pod_on_node(&pod, node)),
         Grant::IfSecretOfPodOnNode(node) => {
             let Ok(field_selector) = FieldSelector::parse(&format!("spec.nodeName={node}")) else { return false };
@@ -215,6 +295,19 @@ mod tests {
             (req("list", "", "configmaps", None, None, None), sys, Some("spec.nodeName=n1"), Deny),
             (req("create", "", "events", None, Some("x"), None), a, None, Allow),
             (req("delete", "", "events", None, Some("x"), Some("e")), a, None, Deny),
+            (req("watch", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n1"), Allow),
+            (req("list", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n2"), Deny),
+            (req("list", "atoll.io", "actions", None, None, None), None, None, Deny),
+            (req("get", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, IfActionOnNode("n1".into())),
+            (
+                req("patch", "atoll.io", "actions", Some("status"), Some("x"), Some("a")),
+                a,
+                None,
+                IfActionOnNode("n1".into()),
+            ),
+            (req("update", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
+            (req("create", "atoll.io", "actions", None, Some("x"), None), a, None, Deny),
+            (req("delete", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
             (Attributes::NonResource { verb: "get".into(), path: "/api".into() }, sys, None, Deny),
         ];
         for (attrs, tenant, fields, want) in cases {
@@ -251,12 +344,62 @@ mod tests {
     #[test]
     fn admission_keeps_a_node_to_its_own_objects() {
         let named = |n: &str| serde_json::json!({"metadata": {"name": n}, "spec": {"nodeName": n}});
-        assert!(admit("n1", "nodes", &named("n1")).is_ok());
-        assert!(admit("n1", "nodes", &named("n2")).is_err());
-        assert!(admit("n1", "leases", &named("n2")).is_err());
-        assert!(admit("n1", "pods", &named("n1")).is_ok());
-        assert!(admit("n1", "pods", &named("n2")).is_err());
-        assert!(admit("n1", "events", &named("anything")).is_ok());
+        assert!(admit("n1", "nodes", None, &named("n1")).is_ok());
+        assert!(admit("n1", "nodes", None, &named("n2")).is_err());
+        assert!(admit("n1", "leases", None, &named("n2")).is_err());
+        assert!(admit("n1", "pods", Some(&named("n1")), &named("n1")).is_ok());
+        assert!(admit("n1", "pods", Some(&named("n1")), &named("n2")).is_err());
+        assert!(admit("n1", "events", None, &named("anything")).is_ok());
+        assert!(admit("n1", "actions", None, &named("n1")).is_ok());
+        assert!(admit("n1", "actions", None, &named("n2")).is_err());
+    }
+
+    #[test]
+    fn a_node_keeps_off_protected_labels_and_its_taints() {
+        let node = |labels: serde_json::Value, taints: serde_json::Value| serde_json::json!({"metadata": {"name": "n1", "labels": labels}, "spec": {"taints": taints}});
+        let none = serde_json::json!([]);
+        let own = serde_json::json!({"kubernetes.io/hostname": "n1", "kubernetes.io/os": "linux",
+            "topology.kubernetes.io/zone": "z", "node.kubernetes.io/exclude-from-external-load-balancers": "",
+            "kubelet.kubernetes.io/x": "1", "example.com/rack": "r1", "plain": "yes"});
+        let base = node(own.clone(), none.clone());
+        // What a kubelet sets itself, at registration and later.
+        assert!(admit("n1", "nodes", None, &base).is_ok());
+        // Taints at registration are the node's to choose.
+        let tainted = node(own.clone(), serde_json::json!([{"key": "k", "effect": "NoSchedule"}]));
+        assert!(admit("n1", "nodes", None, &tainted).is_ok());
+        let mut relabelled = own.clone();
+        relabelled["example.com/rack"] = "r2".into();
+        relabelled["new"] = "label".into();
+        assert!(admit("n1", "nodes", Some(&base), &node(relabelled, none.clone())).is_ok());
+        for key in [
+            "node-restriction.kubernetes.io/trusted",
+            "a.node-restriction.kubernetes.io/x",
+            "node-role.kubernetes.io/control-plane",
+            "kubernetes.io/role",
+            "k8s.io/anything",
+            "example.k8s.io/x",
+        ] {
+            let mut labels = own.clone();
+            labels[key] = "x".into();
+            let e = admit("n1", "nodes", None, &node(labels.clone(), none.clone())).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+            // Set by an administrator: the node may neither change nor remove it.
+            let held = node(labels.clone(), none.clone());
+            labels[key] = "y".into();
+            assert!(admit("n1", "nodes", Some(&held), &node(labels.clone(), none.clone())).is_err(), "{key}");
+            labels.as_object_mut().unwrap().remove(key);
+            assert!(admit("n1", "nodes", Some(&held), &node(labels, none.clone())).is_err(), "{key}");
+            // Untouched, it does not stand in the way of other changes.
+            let mut other = held.clone();
+            other["metadata"]["labels"]["plain"] = "changed".into();
+            assert!(admit("n1", "nodes", Some(&held), &other).is_ok(), "{key}");
+        }
+        // Taints, once the Node exists, are not the node's to change (nor to drop).
+        assert!(admit("n1", "nodes", Some(&base), &tainted).unwrap_err().contains("taints"));
+        assert!(admit("n1", "nodes", Some(&tainted), &base).unwrap_err().contains("taints"));
+        let mut no_field = base.clone();
+        no_field["spec"].as_object_mut().unwrap().remove("taints");
+        assert!(admit("n1", "nodes", Some(&base), &no_field).is_ok(), "no taints either way");
     }
 
     #[test]

@@ -406,32 +406,10 @@ pub fn uncovered(held: &[Rule], wanted: &[Rule]) -> Vec<Rule> {
 }
 
 /// Whether a label selector (`matchLabels`, `matchExpressions`) in JSON form selects
-/// `labels`. An empty selector selects everything, as in Kubernetes; a malformed one
-/// selects nothing.
+/// `labels` (`api::selector`'s matcher: an empty selector selects everything, a malformed
+/// one nothing).
 pub fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(m) = selector.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in m {
-            if labels.get(k).map(String::as_str) != v.as_str() {
-                return false;
-            }
-        }
-    }
-    for e in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
-        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-        let values = strings(e, "values");
-        let have = labels.get(key);
-        let ok = match e.get("operator").and_then(Value::as_str) {
-            Some("In") => have.is_some_and(|h| values.contains(h)),
-            Some("NotIn") => have.is_none_or(|h| !values.contains(h)),
-            Some("Exists") => have.is_some(),
-            Some("DoesNotExist") => have.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    api::selector::label_selector_selects_with(selector, |k| labels.get(k).map(String::as_str))
 }
 
 #[cfg(test)]

@@ -22,10 +22,62 @@ pub struct SharedEvent {
     decoded: OnceLock<Option<Decoded>>,
 }
 
-/// The objects of a change, with their resource versions set, and the new object's JSON.
+/// The objects of a change, with their resource versions set, and the new object's JSON
+/// (`None` for an object without metadata, which each watcher then serialises itself).
 pub struct Decoded {
-    pub new: Option<(Arc<Value>, Bytes)>,
+    pub new: Option<(Arc<Value>, Option<Spliced>)>,
     pub prev: Option<Arc<Value>>,
+}
+
+/// An object's JSON with a gap where its `metadata.resourceVersion` goes: every watcher
+/// shares the serialisation, and each writes the version in its own encoding into the gap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spliced {
+    /// Up to the opening quote of the version.
+    pub head: Bytes,
+    /// From its closing quote.
+    pub tail: Bytes,
+}
+
+impl Spliced {
+    /// `obj`'s JSON, cut at its `metadata.resourceVersion` (written last in `metadata`);
+    /// `None` if it has none.
+    pub fn of(obj: &Value) -> Option<Spliced> {
+        let top = obj.as_object()?;
+        let meta = top.get("metadata")?.as_object()?;
+        meta.get("resourceVersion")?.as_str()?;
+        let mut head = vec![b'{'];
+        let mut tail = Vec::new();
+        let mut out = &mut head;
+        for (i, (k, v)) in top.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, k).ok()?;
+            out.push(b':');
+            if k != "metadata" {
+                serde_json::to_writer(&mut *out, v).ok()?;
+                continue;
+            }
+            out.push(b'{');
+            for (k, v) in meta.iter().filter(|(k, _)| *k != "resourceVersion") {
+                serde_json::to_writer(&mut *out, k).ok()?;
+                out.push(b':');
+                serde_json::to_writer(&mut *out, v).ok()?;
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"resourceVersion\":\"");
+            tail.extend_from_slice(b"\"}");
+            out = &mut tail;
+        }
+        out.push(b'}');
+        Some(Spliced { head: Bytes::from(head), tail: Bytes::from(tail) })
+    }
+
+    /// The JSON with `rv` in the gap (a decimal number: nothing to escape).
+    pub fn with(&self, rv: &str) -> Vec<u8> {
+        [&self.head[..], rv.as_bytes(), &self.tail[..]].concat()
+    }
 }
 
 impl SharedEvent {
@@ -47,7 +99,7 @@ impl SharedEvent {
                 let new = match e.kind {
                     store::EventKind::Put => {
                         let obj = decode(&e.kv.value, e.kv.mod_revision)?;
-                        let json = Bytes::from(serde_json::to_vec(&obj).ok()?);
+                        let json = Spliced::of(&obj);
                         Some((Arc::new(obj), json))
                     }
                     store::EventKind::Delete => None,
@@ -198,5 +250,30 @@ impl WatchCache {
 
     pub fn watchers(&self) -> usize {
         self.lock().subscribers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spliced_json_is_the_object_with_any_version() {
+        let obj = serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "involvedObject": {"resourceVersion": "12"},
+            "metadata": {"name": "e\"1", "resourceVersion": "12", "uid": "u"},
+            "zzz": [1, {"a": null}],
+        });
+        let s = Spliced::of(&obj).unwrap();
+        let mut expected = obj.clone();
+        expected["metadata"]["resourceVersion"] = "987654321".into();
+        assert_eq!(serde_json::from_slice::<Value>(&s.with("987654321")).unwrap(), expected);
+        let bare = serde_json::json!({"metadata": {"resourceVersion": "3"}});
+        assert_eq!(
+            serde_json::from_slice::<Value>(&Spliced::of(&bare).unwrap().with("4")).unwrap()["metadata"]["resourceVersion"],
+            "4"
+        );
+        assert!(Spliced::of(&serde_json::json!({"metadata": {}})).is_none());
     }
 }

@@ -256,7 +256,18 @@ impl RegistryError {
                 Status::request_entity_too_large("the object is larger than the store accepts")
             }
             RegistryError::Store(StoreError::FutureRevision { .. }) => {
-                Status::failure(504, "Timeout", "Too large resource version")
+                // The cause is what client-go recognises (it then lists again without a version);
+                // no numbers, which would be raw store revisions.
+                let mut status = Status::failure(504, "Timeout", "Too large resource version");
+                status.details = Some(api::meta::StatusDetails {
+                    causes: vec![api::meta::StatusCause {
+                        reason: "ResourceVersionTooLarge".into(),
+                        message: "Too large resource version".into(),
+                        field: String::new(),
+                    }],
+                    ..Default::default()
+                });
+                status
             }
             RegistryError::Store(e) => Status::internal(e.to_string()),
         }
@@ -315,12 +326,12 @@ pub struct Creator {
 }
 
 /// A check of the final object of a create or update (after defaults and validation),
-/// refusing it with a reason.
+/// given the object it replaces (`None` on create), refusing it with a reason.
 #[derive(Clone)]
 pub struct Admission(pub Arc<AdmissionCheck>);
 
 /// The check itself: `Err` carries why the write is refused.
-pub type AdmissionCheck = dyn Fn(&Value) -> std::result::Result<(), String> + Send + Sync;
+pub type AdmissionCheck = dyn Fn(Option<&Value>, &Value) -> std::result::Result<(), String> + Send + Sync;
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -391,8 +402,9 @@ impl Propagation {
 pub struct WatchEvent {
     pub kind: &'static str,
     pub object: Arc<Value>,
-    /// `object` already serialised, when it came from the watch cache unchanged.
-    pub encoded: Option<Bytes>,
+    /// `object` already serialised (but for its resource version), when it came from the
+    /// watch cache unchanged.
+    pub encoded: Option<cache::Spliced>,
 }
 
 impl WatchEvent {
@@ -659,9 +671,9 @@ impl Registry {
         errors
     }
 
-    fn admit(&self, opts: &WriteOptions, name: &str, obj: &Value) -> Result<()> {
+    fn admit(&self, opts: &WriteOptions, name: &str, old: Option<&Value>, obj: &Value) -> Result<()> {
         match &opts.admission {
-            Some(check) => (check.0)(obj).map_err(|why| RegistryError::Forbidden {
+            Some(check) => (check.0)(old, obj).map_err(|why| RegistryError::Forbidden {
                 resource: self.info().resource.clone(),
                 group: self.info().group.clone(),
                 name: name.to_string(),
@@ -771,7 +783,7 @@ impl Registry {
         if !errors.is_empty() {
             return Err(self.invalid(&name, errors));
         }
-        self.admit(opts, &name, &obj)?;
+        self.admit(opts, &name, None, &obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -849,6 +861,7 @@ impl Registry {
             }
             None => (Bytes::from(prefix.clone()), None),
         };
+        let mut not_older_than = None;
         if revision.is_none() {
             revision = match (opts.resource_version.as_deref(), opts.resource_version_match.as_deref()) {
                 (Some(rv), Some("Exact")) => Some(parse_rv(rv)?),
@@ -856,7 +869,7 @@ impl Registry {
                     return Err(RegistryError::BadRequest(format!("unsupported resourceVersionMatch {m:?}")));
                 }
                 (Some(rv), _) => {
-                    parse_rv(rv)?;
+                    not_older_than = Some(parse_rv(rv)?);
                     None
                 }
                 _ => None,
@@ -901,6 +914,11 @@ impl Registry {
             start = Bytes::from(after);
         }
         let revision = read_at.unwrap_or(0);
+        if let Some(asked) = not_older_than
+            && asked > revision
+        {
+            return Err(StoreError::FutureRevision { requested: asked, current: revision }.into());
+        }
         let info = self.info();
         let meta = ListMeta {
             resource_version: Some(revision.to_string()),
@@ -989,7 +1007,7 @@ impl Registry {
             if !errors.is_empty() {
                 return Err(self.invalid(name, errors));
             }
-            self.admit(opts, name, &new)?;
+            self.admit(opts, name, Some(&old), &new)?;
             let new_meta = object::meta(&new)?;
             // A terminating object whose last finalizer is gone is deleted now, unless it is
             // in a grace period that someone else (a node agent) ends.
@@ -1147,13 +1165,11 @@ impl Registry {
             if let Some(rv) = precondition_rv
                 && rv != current.mod_revision
             {
+                // No numbers: they are store revisions, which the API shows only encoded.
                 return Err(self.conflict(
-                        name,
-                        &format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                            current.mod_revision
-                        ),
-                    ));
+                    name,
+                    "Precondition failed: the ResourceVersion in the precondition is not the object's",
+                ));
             }
             let grace = self.strategy.grace_period(&obj, opts.grace_period_seconds);
             // The propagation policy is kept as a finalizer the garbage collector removes.
@@ -1234,9 +1250,17 @@ impl Registry {
             }
             at
         } else {
+            let now = self.store.current_revision().await?;
             match rv {
-                None | Some("0") => self.store.current_revision().await?,
-                Some(rv) => parse_rv(rv)?,
+                None | Some("0") => now,
+                Some(rv) => {
+                    // A version from the future (or one never issued) would wait forever.
+                    let rv = parse_rv(rv)?;
+                    if rv > now {
+                        return Err(StoreError::FutureRevision { requested: rv, current: now }.into());
+                    }
+                    rv
+                }
             }
         };
         // Served from the kind's watch cache when it reaches back far enough, else from a
@@ -1250,7 +1274,7 @@ impl Registry {
                 .await
             {
                 Err(StoreError::Compacted { .. }) => {
-                    return Err(RegistryError::Expired(format!("too old resource version: {after}")));
+                    return Err(RegistryError::Expired("too old resource version".into()));
                 }
                 other => Source::Store(other?),
             },
@@ -1340,7 +1364,7 @@ impl Registry {
             (None, _) => None,
             (Some((new, json)), prev) => {
                 let new_matches = self.matches(new, opts)?;
-                let same = |kind| WatchEvent { kind, object: new.clone(), encoded: Some(json.clone()) };
+                let same = |kind| WatchEvent { kind, object: new.clone(), encoded: json.clone() };
                 match (old_matches, new_matches, prev) {
                     (false, true, _) => Some(same("ADDED")),
                     (true, true, _) => Some(same("MODIFIED")),

@@ -689,7 +689,9 @@ async fn documents_and_reviews(c: &Caller, a_kinds: &[Kind]) -> Result<usize> {
 type Step<'a> = (&'static str, String, Option<(&'a str, String)>, u16);
 
 /// What A's callers may do, they can, through every URL form.
-async fn allowed_cases(ann: &Caller, amy: &Caller, a_kinds: &[Kind]) -> Result<usize> {
+/// `first_rv`: the store's first revision in A's encoding of resource versions, which the
+/// test (reading the server's secret) can name and A's callers could not.
+async fn allowed_cases(ann: &Caller, amy: &Caller, a_kinds: &[Kind], first_rv: &str) -> Result<usize> {
     let mut n = 0;
     let forms = [Form::Short, Form::TenantPath(A), Form::Prefix(A)];
     let cm = |name: &str| {
@@ -746,6 +748,7 @@ async fn allowed_cases(ann: &Caller, amy: &Caller, a_kinds: &[Kind]) -> Result<u
                 continue;
             }
             let (ann, path) = (ann.clone(), collection(form, k, None));
+            let first_rv = first_rv.to_string();
             jobs.push(async move {
                 let x = must(ann.send("GET", &path, "application/json", None).await, &[200]).await?;
                 check_no_leak(&x)?;
@@ -763,7 +766,7 @@ async fn allowed_cases(ann: &Caller, amy: &Caller, a_kinds: &[Kind]) -> Result<u
                 let w = must(
                     ann.send(
                         "GET",
-                        &format!("{path}?watch=1&resourceVersion=1&timeoutSeconds=1"),
+                        &format!("{path}?watch=1&resourceVersion={first_rv}&timeoutSeconds=1"),
                         "application/json",
                         None,
                     )
@@ -790,6 +793,8 @@ fn tenants_are_isolated_in_every_form_verb_and_kind() -> Result<()> {
     let amy_k = server.user(A, "amy", 33)?;
     let ann = caller("ann", &ann_k.kubeconfig)?;
     let amy = caller("amy", &amy_k.kubeconfig)?;
+    // Resource versions are encrypted per tenant (apiserver's `rv`): revision 1 as A sees it.
+    let first_rv = apiserver::rv::RvSecret::load_or_create(server.dir.path())?.codec(A).encode(1);
 
     let requests = rt.block_on(async {
         // The detector's control: B's objects do hold the marks, and the check catches them.
@@ -827,7 +832,7 @@ fn tenants_are_isolated_in_every_form_verb_and_kind() -> Result<()> {
         let mut requests = 2 * all_of(32, jobs).await?;
         requests += documents_and_reviews(&ann, &a_kinds).await?;
         requests += documents_and_reviews(&amy, &a_kinds).await?;
-        requests += allowed_cases(&ann, &amy, &a_kinds).await?;
+        requests += allowed_cases(&ann, &amy, &a_kinds, &first_rv).await?;
         stop.notify_one();
         let churned = churn.await??;
         ensure!(churned > 3, "B's objects kept changing during the run ({churned} rounds)");
@@ -879,5 +884,185 @@ fn tenants_are_isolated_in_every_form_verb_and_kind() -> Result<()> {
     let took = started.elapsed();
     // Reported, not asserted: speed targets live in benchmarks, not in tests.
     eprintln!("isolation matrix: {requests} requests of A's callers in {took:?}");
+    Ok(())
+}
+
+/// A resource version as a number (they are decimal strings, opaque to clients).
+fn rv_of(x: &Exchange) -> Result<u64> {
+    let v: Value = serde_json::from_str(&x.answer).with_context(|| x.answer.clone())?;
+    let rv = v["metadata"]["resourceVersion"].as_str().with_context(|| format!("no resourceVersion: {}", x.answer))?;
+    rv.parse().with_context(|| format!("resourceVersion {rv:?} is not a number"))
+}
+
+/// The count probe (issue 4): the store numbers every write of every tenant with one
+/// counter, so raw resource versions would let A count B's writes. A reads a version, B
+/// writes N times, A writes once: A's two values must tell nothing about N. With the raw
+/// counter they would differ by exactly N + 1.
+#[test]
+fn resource_versions_do_not_count_other_tenants_writes() -> Result<()> {
+    let server = Server::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let admin = caller("admin", &server.kubeconfig())?;
+    rt.block_on(async {
+        for (tenant, admins) in [(A, ["ann"]), (B, ["bnm-bob"])] {
+            let body = tenant_admins_json(tenant, &admins);
+            must(
+                admin
+                    .send("POST", "/apis/atoll.io/v1/tenants", "application/json", Some(("application/json", body)))
+                    .await,
+                &[201],
+            )
+            .await?;
+        }
+        let ns = |n: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}).to_string();
+        let post = |path: String, body: String| {
+            let admin = admin.clone();
+            async move {
+                must(admin.send("POST", &path, "application/json", Some(("application/json", body))).await, &[201])
+                    .await
+            }
+        };
+        post(format!("/tenants/{A}/api/v1/namespaces"), ns("a-ns")).await?;
+        post(format!("/tenants/{B}/api/v1/namespaces"), ns(B_NS)).await?;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let ann = caller("ann", &server.user(A, "ann", 33)?.kubeconfig)?;
+
+    rt.block_on(async {
+        let cms = "/api/v1/namespaces/a-ns/configmaps";
+        let probe = format!("{cms}/probe");
+        let cm = |i: usize| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}, "data": {"i": i.to_string()}}).to_string();
+        let mut last = rv_of(&must(ann.send("POST", cms, "application/json", Some(("application/json", cm(0)))).await, &[201]).await?)?;
+        // B's writes: N of them between two of A's own.
+        let b_writes = |n: usize| {
+            let admin = admin.clone();
+            async move {
+                for i in 0..n {
+                    let path = format!("/tenants/{B}/api/v1/namespaces/{B_NS}/configmaps");
+                    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("bnm-{i}")}}).to_string();
+                    must(admin.send("POST", &path, "application/json", Some(("application/json", body))).await, &[201]).await?;
+                    must(admin.send("DELETE", &format!("{path}/bnm-{i}"), "application/json", None).await, &[200]).await?;
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        };
+        let counts = [0usize, 1, 2, 4, 8, 16, 32, 3];
+        let (mut diffs, mut list_diffs) = (Vec::new(), Vec::new());
+        for (i, &n) in counts.iter().enumerate() {
+            let before = rv_of(&must(ann.send("GET", &probe, "application/json", None).await, &[200]).await?)?;
+            ensure!(before == last, "A's own object keeps its version while only B writes");
+            let listed = rv_of(&must(ann.send("GET", cms, "application/json", None).await, &[200]).await?)?;
+            b_writes(n).await?;
+            let listed_after = rv_of(&must(ann.send("GET", cms, "application/json", None).await, &[200]).await?)?;
+            let body = cm(i + 1);
+            let after = rv_of(&must(ann.send("PUT", &probe, "application/json", Some(("application/json", body))).await, &[200]).await?)?;
+            diffs.push(i128::from(after) - i128::from(before));
+            list_diffs.push(i128::from(listed_after) - i128::from(listed));
+            last = after;
+        }
+        // Random-looking 64-bit values: never within a small distance of each other (the raw
+        // counter gives N + 1 and N, or 2N + 1 with the deletions), and their differences do not
+        // grow with N (a chance ordering of eight has odds 2 in 40,320).
+        for (what, d) in [("write", &diffs), ("list", &list_diffs)] {
+            for (n, d) in counts.iter().zip(d.iter()) {
+                // A list's version is the store's latest revision: with nothing written in
+                // between it is the same value (that much a poll tells; ARCHITECTURE.md).
+                if what == "list" && *n == 0 && *d == 0 {
+                    continue;
+                }
+                ensure!(d.unsigned_abs() > 1 << 32, "A's {what} versions around {n} writes of B's differ by only {d}");
+            }
+            let mut by_n: Vec<(usize, i128)> = counts.iter().copied().zip(d.iter().copied()).collect();
+            by_n.sort();
+            let rising = by_n.windows(2).all(|w| w[0].1 <= w[1].1);
+            let falling = by_n.windows(2).all(|w| w[0].1 >= w[1].1);
+            ensure!(!rising && !falling, "A's {what} version differences follow N: {by_n:?}");
+        }
+
+        // The versions still work: the current one is a precondition that holds, an old one
+        // conflicts, and a value never issued (a raw store revision, say) conflicts too.
+        let mut stale = serde_json::from_str::<Value>(&cm(99))?;
+        let current = last.to_string();
+        for (rv, code) in [("1", 409), ("12", 409), (diffs.len().to_string().as_str(), 409), (current.as_str(), 200)] {
+            stale["metadata"]["resourceVersion"] = json!(rv);
+            let x = ann.send("PUT", &probe, "application/json", Some(("application/json", stale.to_string()))).await;
+            must(x, &[code]).await?;
+        }
+        let now = rv_of(&must(ann.send("GET", &probe, "application/json", None).await, &[200]).await?)?;
+        // A watch from a version A holds replays A's own later change with the same value
+        // the write answered.
+        let watch = must(ann.send("GET", &format!("{cms}?watch=1&timeoutSeconds=1&resourceVersion={last}"), "application/json", None).await, &[200]).await?;
+        ensure!(watch.answer.contains(&format!("\"resourceVersion\":\"{now}\"")), "{}", watch.answer);
+        ensure!(!watch.answer.contains(NAME_MARK), "{}", watch.answer);
+        // Versions never issued to A are refused as too large, and the refusals carry no
+        // store revision (no number but the one asked about).
+        for path in [
+            format!("{cms}?watch=1&timeoutSeconds=1&resourceVersion=12"),
+            format!("{cms}?resourceVersion=12&resourceVersionMatch=Exact"),
+            format!("{cms}?resourceVersion=12"),
+        ] {
+            let x = ann.send("GET", &path, "application/json", None).await;
+            ensure!(x.code == 504 && x.answer.contains("Too large resource version"), "{path}: {} {}", x.code, x.answer);
+            let numbers: Vec<&str> =
+                x.answer.split(|c: char| !c.is_ascii_digit()).filter(|s| s.len() > 1 && *s != "12" && *s != "504").collect();
+            ensure!(numbers.is_empty(), "{path}: {numbers:?} in {}", x.answer);
+        }
+        let x = ann.send("DELETE", &probe, "application/json", Some(("application/json", json!({"preconditions": {"resourceVersion": "12"}}).to_string()))).await;
+        ensure!(x.code == 409 && !x.answer.contains(&now.to_string()), "{} {}", x.code, x.answer);
+        // The system tenant sees the same object under its own encoding.
+        let admins = rv_of(&must(admin.send("GET", &format!("/tenants/{A}{probe}"), "application/json", None).await, &[200]).await?)?;
+        ensure!(admins != now, "the administrator and A see one encoding");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+/// `kubectl --server https://host/tenants/all` (issue 4): discovery works in the `all` view
+/// for those who may reach across tenants (the system tenant's administrators), so kubectl
+/// lists every tenant's objects there; a tenant's callers are refused and learn nothing.
+#[test]
+fn the_all_view_works_in_kubectl_for_administrators_only() -> Result<()> {
+    let server = Server::start()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let admin = caller("admin", &server.kubeconfig())?;
+    rt.block_on(async {
+        for (tenant, admins) in [(A, ["ann"]), (B, ["bnm-bob"])] {
+            let body = tenant_admins_json(tenant, &admins);
+            let x =
+                admin.send("POST", "/apis/atoll.io/v1/tenants", "application/json", Some(("application/json", body)));
+            must(x.await, &[201]).await?;
+        }
+        for (tenant, ns, cm) in [(A, "a-ns", "a-cm"), (B, B_NS, "bnm-cm")] {
+            let ns_body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string();
+            let ns_path = format!("/tenants/{tenant}/api/v1/namespaces");
+            must(admin.send("POST", &ns_path, "application/json", Some(("application/json", ns_body))).await, &[201])
+                .await?;
+            let cm_body =
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm}, "data": {"k": CONTENT_MARK}})
+                    .to_string();
+            let path = format!("/tenants/{tenant}/api/v1/namespaces/{ns}/configmaps");
+            must(admin.send("POST", &path, "application/json", Some(("application/json", cm_body))).await, &[201])
+                .await?;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let all = format!("https://{}/tenants/all", server.addr);
+    for minor in [27, 33] {
+        let k = crate::server::Kubectl::new(minor, &server)?;
+        let listed = k.ok(&["--server", &all, "get", "configmaps", "-A"])?;
+        ensure!(listed.contains("a-cm") && listed.contains("bnm-cm"), "1.{minor}: {listed}");
+        let resources = k.ok(&["--server", &all, "api-resources"])?;
+        ensure!(resources.contains("configmaps") && resources.contains("tenants"), "1.{minor}: {resources}");
+        let yaml = k.ok(&["--server", &all, "get", "configmaps", "-A", "-o", "yaml"])?;
+        ensure!(yaml.contains("tenant: tena") && yaml.contains("tenant: tenb"), "1.{minor}: {yaml}");
+    }
+    let ann = server.user(A, "ann", 33)?;
+    for args in [&["get", "configmaps", "-A"][..], &["api-resources"][..]] {
+        let refused = ann.fails(&[&["--server", all.as_str()][..], args].concat())?;
+        ensure!(
+            refused.contains("orbidden") && !refused.contains(NAME_MARK) && !refused.contains(CONTENT_MARK),
+            "{refused}"
+        );
+    }
     Ok(())
 }

@@ -89,6 +89,23 @@ fn node_agents_and_components_reach_only_what_they_need() -> Result<()> {
         expect(&n1, "PATCH", "/api/v1/nodes/n1", label(), 200).await?;
         expect(&n1, "PATCH", "/api/v1/nodes/n1/status", label(), 200).await?;
         expect(&n1, "PATCH", "/api/v1/nodes/n2/status", label(), 403).await?;
+        // NodeRestriction on its own Node: no protected labels, no taint changes.
+        let n1_node = "/api/v1/nodes/n1";
+        let labels = |k: &str, v: Value| Some(json!({"metadata": {"labels": {k: v}}}));
+        let restricted = "node-restriction.kubernetes.io/trusted";
+        expect(&n1, "PATCH", n1_node, labels(restricted, json!("yes")), 403).await?;
+        expect(&n1, "PATCH", n1_node, labels("node-role.kubernetes.io/control-plane", json!("")), 403).await?;
+        expect(&n1, "PATCH", n1_node, labels("topology.kubernetes.io/zone", json!("z1")), 200).await?;
+        expect(a, "PATCH", n1_node, labels(restricted, json!("yes")), 200).await?;
+        expect(&n1, "PATCH", n1_node, labels(restricted, Value::Null), 403).await?;
+        expect(&n1, "PATCH", n1_node, labels(restricted, json!("no")), 403).await?;
+        expect(&n1, "PATCH", n1_node, labels("seen", json!("again")), 200).await?;
+        let taints = |t: Value| Some(json!({"spec": {"taints": t}}));
+        let taint = json!([{"key": "example.com/maintenance", "effect": "NoSchedule"}]);
+        expect(&n1, "PATCH", n1_node, taints(taint.clone()), 403).await?;
+        expect(a, "PATCH", n1_node, taints(taint), 200).await?;
+        expect(&n1, "PATCH", n1_node, taints(json!([])), 403).await?;
+        expect(&n1, "PATCH", &format!("{n1_node}/status"), Some(json!({"status": {"phase": "Running"}})), 200).await?;
         expect(&n1, "DELETE", "/api/v1/nodes/n1", None, 403).await?;
         expect(&n1, "GET", "/api/v1/tenants/acme/nodes/n1", None, 403).await?;
         let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";

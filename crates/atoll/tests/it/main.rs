@@ -1,5 +1,6 @@
 //! End-to-end tests that drive the real `atoll` binary.
 
+mod actions;
 mod authn;
 mod controllers;
 mod crash;
@@ -11,6 +12,7 @@ mod leastpriv;
 mod nodes;
 mod rbac;
 mod registry;
+mod sandbox;
 mod scheduler;
 mod server;
 mod streaming;

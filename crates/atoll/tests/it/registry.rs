@@ -307,6 +307,9 @@ fn cluster_part(dir: &tempfile::TempDir, api: &str, node: &str, image: &str, reg
     let policy = k(&["get", "pod", "pulled", "-o", "jsonpath={.spec.containers[0].imagePullPolicy}"])?;
     ensure!(policy == "IfNotPresent", "a tagged image defaults to IfNotPresent, got {policy:?}");
     k(&["wait", "pod/pulled", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=90s"])?;
+    // The image is reported by its repository digest, as the kubelet reports containerd's.
+    let image_id = k(&["get", "pod", "pulled", "-o", "jsonpath={.status.containerStatuses[0].imageID}"])?;
+    ensure!(image_id.starts_with(&format!("{image}@sha256:")) && image_id.len() == image.len() + 72, "{image_id}");
     let describe = k(&["describe", "pod", "pulled"])?;
     for want in [format!("Pulling image \"{image}:v1\""), format!("Successfully pulled image \"{image}:v1\" in ")] {
         ensure!(describe.contains(&want), "describe lacks {want:?}:\n{describe}");
@@ -351,6 +354,16 @@ fn cluster_part(dir: &tempfile::TempDir, api: &str, node: &str, image: &str, reg
     ensure!(message.contains("not found"), "{message}");
     let phase = k(&["get", "pod", "wrongdigest", "-o", "jsonpath={.status.phase}"])?;
     ensure!(phase == "Pending", "{phase}");
+
+    // A service account's pull secrets go to the pods that name none (ServiceAccount admission).
+    k(&["create", "serviceaccount", "puller"])?;
+    k(&["patch", "serviceaccount", "puller", "-p", r#"{"imagePullSecrets": [{"name": "regcred"}]}"#])?;
+    let by_account = pod("byaccount", &format!("{image}:v2"), false)
+        .replace(r#""restartPolicy""#, r#""serviceAccountName": "puller", "restartPolicy""#);
+    k_in(&["create", "-f", "-"], &by_account)?;
+    let secrets = k(&["get", "pod", "byaccount", "-o", "jsonpath={.spec.imagePullSecrets[*].name}"])?;
+    ensure!(secrets == "regcred", "the pod got its account's pull secrets: {secrets:?}");
+    k(&["wait", "pod/byaccount", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=90s"])?;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 
 use crate::server::{Kubectl, Proc, kubectl_binary};
 
-fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
     let kernel = std::env::var_os("ATOLL_VM_KERNEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/var/cache/atoll/kernel/vmlinuz".into());
@@ -35,7 +35,7 @@ fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
 }
 
 /// qemu processes whose command line names `needle` (with their cgroups).
-fn qemu_processes(needle: &str) -> Result<Vec<String>> {
+pub(crate) fn qemu_processes(needle: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let path = entry?.path();
@@ -64,7 +64,7 @@ fn vm_pod(name: &str, user_data: &str) -> String {
 }
 
 /// The pod's console log (attempt 0), from the agent's log folder.
-fn console(dir: &Path, k: &Kubectl, pod: &str) -> Result<String> {
+pub(crate) fn console(dir: &Path, k: &Kubectl, pod: &str) -> Result<String> {
     let uid = k.ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"])?;
     let path = dir.join(format!("agent/logs/system/default_{pod}_{}/vm/0.log", uid.trim()));
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))

@@ -197,8 +197,29 @@ fn up_with_node(dir: &Path, node: &str, bridge: &str, cidr: &str) -> Result<Proc
             .output()?;
         ensure!(built.status.success(), "atoll image build-busybox {tag}: {}", String::from_utf8_lossy(&built.stderr));
     }
+    start_up(dir, &["--node-name", node, "--bridge", bridge, "--pod-cidr", cidr])
+}
+
+/// A bridge name (`<prefix><pid>`) and a /24 of the test's own: other tests' agents may
+/// share the machine.
+fn own_network(prefix: &str, base: u32) -> (String, String) {
+    let pid = std::process::id();
+    (format!("{prefix}{pid}"), format!("10.{}.{}.0/24", base + (pid >> 8) % 40, pid % 256))
+}
+
+/// Stops a cluster as a user does (Ctrl-C), then removes its bridge and NAT table.
+fn stop_with_network(cluster: &mut Proc, bridge: &str) -> Result<()> {
+    let stopped = cluster.interrupt(Duration::from_secs(60));
+    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
+    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
+    stopped
+}
+
+/// `atoll up` on `dir` with `args`, once it listens.
+fn start_up(dir: &Path, args: &[&str]) -> Result<Proc> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", bridge, "--pod-cidr", cidr])
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(args)
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -314,9 +335,7 @@ fn roll_out_with(k: &Kubectl, ns: &str, minor: u32) -> Result<()> {
 fn deployments_roll_out_on_real_pods() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = "workloads-e2e-node";
-    let pid = std::process::id();
-    // A bridge and CIDR of its own: other tests' agents may share the machine.
-    let (bridge, cidr) = (format!("atw{pid}"), format!("10.{}.{}.0/24", 150 + (pid >> 8) % 40, pid % 256));
+    let (bridge, cidr) = own_network("atw", 150);
     let cluster = up_with_node(dir.path(), node, &bridge, &cidr)?;
     let result = (|| -> Result<()> {
         let admin = Kubectl {
@@ -343,10 +362,7 @@ fn deployments_roll_out_on_real_pods() -> Result<()> {
         Ok(())
     })();
     let mut cluster = cluster;
-    let stopped = cluster.interrupt(Duration::from_secs(60));
-    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
-    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    result.and(stopped)
+    result.and(stop_with_network(&mut cluster, &bridge))
 }
 
 /// What the ReplicaSet controller costs: how fast it brings a set to 1,000 pods and back
@@ -395,4 +411,123 @@ fn replicaset_controller_creates_and_deletes_pods_in_bulk() -> Result<()> {
         1000.0 / down.as_secs_f64()
     );
     Ok(())
+}
+
+/// What is left on the machine of the pod with `uid` and containers `containers` (IDs),
+/// under the agent folder `agent_dir`: cgroups, network namespace, veths on `bridge`,
+/// sandbox and container folders, mounts, processes.
+fn leftovers(uid: &str, containers: &[String], agent_dir: &Path, bridge: &str) -> Result<Vec<String>> {
+    let mut left = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup")? {
+        let dir = h?.path().join(format!("atoll/pod-{uid}"));
+        if dir.exists() {
+            left.push(dir.display().to_string());
+        }
+    }
+    let mut paths =
+        vec![Path::new("/run/netns").join(format!("atoll-{uid}")), agent_dir.join("runtime/sandboxes").join(uid)];
+    paths.extend(containers.iter().map(|c| agent_dir.join("runtime/containers").join(c)));
+    left.extend(paths.into_iter().filter(|p| p.exists()).map(|p| p.display().to_string()));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let runtime = agent_dir.join("runtime").display().to_string();
+    left.extend(mounts.lines().filter(|l| l.contains(&runtime)).map(str::to_string));
+    let veths = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output()?;
+    left.extend(String::from_utf8_lossy(&veths.stdout).lines().map(str::to_string));
+    for p in std::fs::read_dir("/proc")? {
+        let cmdline = std::fs::read(p?.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if containers.iter().any(|c| cmdline.contains(c.as_str())) {
+            left.push(format!("process {cmdline}"));
+        }
+    }
+    Ok(left)
+}
+
+/// An agent killed with SIGKILL leaves its pods behind; their pods are deleted while it is
+/// down; restarted on the same data directory, it removes every cgroup, network namespace,
+/// veth, mount, folder and supervisor they left: a running pod's, an exited one's and one
+/// whose image pull failed before any container started.
+#[test]
+fn a_restarted_agent_removes_what_pods_deleted_in_its_absence_left() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = "crash-e2e-node";
+    let (bridge, cidr) = own_network("atc", 190);
+    let agent_dir = dir.path().join("agent");
+    let admin = Kubectl {
+        bin: kubectl_binary(33)?,
+        kubeconfig: dir.path().join("admin.kubeconfig"),
+        cache: tempfile::tempdir()?,
+    };
+    let pod = |name: &str, image: &str, command: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": image, "command": ["sh", "-c", command]}]}})
+        .to_string()
+    };
+    let mut cluster = up_with_node(dir.path(), node, &bridge, &cidr)?;
+    let result = (|| -> Result<Vec<(String, Vec<String>)>> {
+        admin.eventually(&["get", "node", node])?;
+        admin.eventually(&["get", "serviceaccount", "default"])?;
+        admin.ok_with(&["create", "-f", "-"], Some(&pod("running", "busybox:v1", "sleep 3600")))?;
+        admin.ok_with(&["create", "-f", "-"], Some(&pod("exited", "busybox:v1", "true")))?;
+        // Nothing listens on port 9: the pull fails after the sandbox and network are made.
+        admin.ok_with(&["create", "-f", "-"], Some(&pod("unpullable", "127.0.0.1:9/none/app:v1", "true")))?;
+        admin.ok(&["wait", "pod/running", "--for=jsonpath={.status.phase}=Running", "--timeout=60s"])?;
+        admin.ok(&["wait", "pod/exited", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=60s"])?;
+        until(
+            &admin,
+            &["get", "pod", "unpullable", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}"],
+            "a failed pull",
+            |r| r == "ErrImagePull" || r == "ImagePullBackOff",
+        )?;
+        let mut pods = Vec::new();
+        for name in ["running", "exited", "unpullable"] {
+            let p: Value = serde_json::from_str(&admin.ok(&["get", "pod", name, "-o", "json"])?)?;
+            let containers = p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["containerID"].as_str())
+                .map(|id| id.rsplit('/').next().unwrap_or("").to_string())
+                .collect::<Vec<_>>();
+            let uid = p["metadata"]["uid"].as_str().context("uid")?.to_string();
+            // Not vacuous: each pod has something to leave.
+            ensure!(!leftovers(&uid, &containers, &agent_dir, &bridge)?.is_empty(), "{name} left nothing to find");
+            pods.push((uid, containers));
+        }
+        ensure!(pods[0].1.len() == 1 && pods[1].1.len() == 1 && pods[2].1.is_empty(), "container IDs: {pods:?}");
+        Ok(pods)
+    })();
+    // SIGKILL: the agent stops nothing; the running container and its supervisor live on.
+    drop(cluster);
+    let pods = result?;
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/atoll/pod-{}/{}/cgroup.procs", pods[0].0, pods[0].1[0]))
+            .unwrap_or_default();
+    ensure!(!procs.trim().is_empty(), "the running pod's container outlived its agent");
+
+    // The pods go while no agent runs (forced: nobody is there to confirm).
+    cluster = start_up(dir.path(), &["--no-agent"])?;
+    let deleted = admin.ok(&["delete", "pod", "running", "exited", "unpullable", "--force", "--grace-period=0"]);
+    let stopped = cluster.interrupt(Duration::from_secs(60));
+    deleted?;
+    stopped?;
+
+    cluster = up_with_node(dir.path(), node, &bridge, &cidr)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        let left: Vec<String> = pods
+            .iter()
+            .map(|(uid, containers)| leftovers(uid, containers, &agent_dir, &bridge))
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        if left.is_empty() {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!("left behind after the restart: {left:#?}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    result.and(stop_with_network(&mut cluster, &bridge))
 }

@@ -25,7 +25,9 @@
 //! containers carry no [`VmSpec`] (the guest agent runs them); Actions (reboot, snapshot,
 //! restore) are QMP commands on the same socket.
 
+pub mod actions;
 pub mod qmp;
+pub mod sandbox;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -34,6 +34,8 @@ pub struct Qmp<S: Read + Write> {
     reader: BufReader<S>,
     /// qemu's version from the greeting (`7.2.0`).
     pub version: String,
+    /// Events that arrived while waiting for answers, oldest first (for [`Qmp::wait_event`]).
+    events: Vec<Value>,
 }
 
 impl Qmp<UnixStream> {
@@ -51,7 +53,7 @@ impl Qmp<UnixStream> {
 impl<S: Read + Write> Qmp<S> {
     /// Reads the greeting and sends `qmp_capabilities`.
     pub fn handshake(stream: S) -> Result<Self, QmpError> {
-        let mut qmp = Qmp { reader: BufReader::new(stream), version: String::new() };
+        let mut qmp = Qmp { reader: BufReader::new(stream), version: String::new(), events: Vec::new() };
         let greeting = qmp.read_message()?;
         let Some(version) = greeting.pointer("/QMP/version/qemu") else {
             return Err(QmpError::NoGreeting(greeting.to_string()));
@@ -98,8 +100,35 @@ impl<S: Read + Write> Qmp<S> {
                     desc: e["desc"].as_str().unwrap_or("").into(),
                 });
             }
-            // An event ({"event": ...}): not an answer; keep reading.
+            // An event ({"event": ...}): not an answer; kept, and keep reading.
+            if msg.get("event").is_some() {
+                self.events.push(msg);
+            }
         }
+    }
+
+    /// Waits until an event for which `wanted` holds arrives (or arrived while a command
+    /// was answered), for at most `within`; returns it, or `None` when none came.
+    pub fn wait_event(
+        &mut self,
+        within: std::time::Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<Option<Value>, QmpError> {
+        if let Some(i) = self.events.iter().position(&wanted) {
+            return Ok(Some(self.events.remove(i)));
+        }
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            match self.read_message() {
+                Ok(msg) if wanted(&msg) => return Ok(Some(msg)),
+                Ok(_) => {}
+                // The socket's read timeout: look at the clock again.
+                Err(QmpError::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// The run state (`running`, `paused`, `shutdown`, ...).
@@ -188,6 +217,25 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn events_are_kept_for_whoever_waits_for_them() {
+        let (stream, _fake) = fake(vec![
+            vec![r#"{"return": {}}"#],
+            vec![
+                r#"{"event": "RESET", "data": {"guest": false, "reason": "host-qmp-system-reset"}}"#,
+                r#"{"return": {}}"#,
+                r#"{"event": "RESET", "data": {"guest": true, "reason": "guest-reset"}}"#,
+            ],
+        ]);
+        let mut qmp = Qmp::handshake(stream).unwrap();
+        qmp.execute("system_reset", None).unwrap();
+        let guest = |e: &Value| e["event"] == "RESET" && e["data"]["guest"] == true;
+        let got = qmp.wait_event(Duration::from_secs(5), guest).unwrap().expect("the guest's reset");
+        assert_eq!(got["data"]["reason"], "guest-reset");
+        let host = |e: &Value| e["data"]["reason"] == "host-qmp-system-reset";
+        assert!(qmp.wait_event(Duration::from_secs(5), host).unwrap().is_some(), "kept while answering");
     }
 
     #[test]
