@@ -3,8 +3,11 @@
 //!
 //! A re-list replaces the whole map under one write lock, so a reader sees the old state
 //! or the new one, never a mix; readers get `Arc`s and never hold the lock.
+//!
+//! A cache may carry one secondary index (e.g. pods by `spec.nodeName`), kept under the same
+//! lock as the objects so a lookup by index never names an object the map no longer holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -47,34 +50,91 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// The value an object is indexed under (`None`: not in the index).
+type IndexFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    // Ordered so one namespace's objects are one range (`list_namespace`).
+    objects: BTreeMap<ObjectKey, Arc<Value>>,
+    /// Index value -> the keys of the objects under it; empty without an index function.
+    index: HashMap<String, BTreeSet<ObjectKey>>,
+}
+
 /// A shared, cheaply cloned view of one watch's objects.
 #[derive(Clone)]
 pub struct Cache {
-    // Ordered so one namespace's objects are one range (`list_namespace`).
-    objects: Arc<RwLock<BTreeMap<ObjectKey, Arc<Value>>>>,
+    state: Arc<RwLock<State>>,
+    index_of: Option<IndexFn>,
     ready: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Cache {
     fn default() -> Cache {
-        Cache { objects: Arc::default(), ready: Arc::new(watch::channel(false).0) }
+        Cache { state: Arc::default(), index_of: None, ready: Arc::new(watch::channel(false).0) }
+    }
+}
+
+impl State {
+    fn insert(&mut self, index_of: Option<&IndexFn>, key: ObjectKey, obj: Arc<Value>) {
+        let new_value = index_of.and_then(|f| f(&obj));
+        if let Some(old) = self.objects.insert(key.clone(), obj) {
+            // The object may have moved (e.g. a pod bound to a node after it was first seen).
+            let old_value = index_of.and_then(|f| f(&old));
+            if old_value != new_value {
+                self.unindex(old_value, &key);
+            }
+        }
+        if let Some(v) = new_value {
+            self.index.entry(v).or_default().insert(key);
+        }
+    }
+
+    fn remove(&mut self, index_of: Option<&IndexFn>, key: &ObjectKey) {
+        if let Some(old) = self.objects.remove(key) {
+            self.unindex(index_of.and_then(|f| f(&old)), key);
+        }
+    }
+
+    fn unindex(&mut self, value: Option<String>, key: &ObjectKey) {
+        let Some(value) = value else { return };
+        if let Some(keys) = self.index.get_mut(&value) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.index.remove(&value);
+            }
+        }
     }
 }
 
 impl Cache {
+    /// A cache that also indexes its objects by `index_of` (see [`Cache::by_index`]).
+    pub fn indexed(index_of: impl Fn(&Value) -> Option<String> + Send + Sync + 'static) -> Cache {
+        Cache { index_of: Some(Arc::new(index_of)), ..Cache::default() }
+    }
+
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<Value>> {
-        self.objects.read().get(key).cloned()
+        self.state.read().objects.get(key).cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<Value>> {
-        self.objects.read().values().cloned().collect()
+        self.state.read().objects.values().cloned().collect()
+    }
+
+    /// The objects the index function puts under `value`, in key order, in O(those objects):
+    /// empty for a cache built without an index.
+    pub fn by_index(&self, value: &str) -> Vec<Arc<Value>> {
+        let state = self.state.read();
+        let Some(keys) = state.index.get(value) else { return Vec::new() };
+        keys.iter().filter_map(|k| state.objects.get(k).cloned()).collect()
     }
 
     /// The objects of one namespace of one tenant, in O(log n + those objects).
     pub fn list_namespace(&self, tenant: &str, namespace: &str) -> Vec<Arc<Value>> {
         let from = ObjectKey::new(tenant, Some(namespace), "");
-        self.objects
+        self.state
             .read()
+            .objects
             .range(from..)
             .take_while(|(k, _)| k.tenant == tenant && k.namespace.as_deref() == Some(namespace))
             .map(|(_, v)| v.clone())
@@ -82,7 +142,7 @@ impl Cache {
     }
 
     pub fn len(&self) -> usize {
-        self.objects.read().len()
+        self.state.read().objects.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,23 +167,29 @@ impl Cache {
         match event {
             Event::Applied(obj) => {
                 if let Some(key) = ObjectKey::of(obj) {
-                    self.objects.write().insert(key, Arc::new(obj.clone()));
+                    self.state.write().insert(self.index_of.as_ref(), key, Arc::new(obj.clone()));
                 }
                 Vec::new()
             }
             Event::Deleted(obj) => {
                 if let Some(key) = ObjectKey::of(obj) {
-                    self.objects.write().remove(&key);
+                    self.state.write().remove(self.index_of.as_ref(), &key);
                 }
                 Vec::new()
             }
             Event::Restarted(objs) => {
-                let fresh: BTreeMap<ObjectKey, Arc<Value>> =
-                    objs.iter().filter_map(|o| Some((ObjectKey::of(o)?, Arc::new(o.clone())))).collect();
-                let old = std::mem::replace(&mut *self.objects.write(), fresh);
-                let current = self.objects.read();
-                let gone = old.into_iter().filter(|(k, _)| !current.contains_key(k)).map(|(_, v)| v).collect();
-                drop(current);
+                // Built aside, then swapped in under one write lock.
+                let mut fresh = State::default();
+                for o in objs {
+                    if let Some(key) = ObjectKey::of(o) {
+                        fresh.insert(self.index_of.as_ref(), key, Arc::new(o.clone()));
+                    }
+                }
+                let mut state = self.state.write();
+                let old = std::mem::replace(&mut *state, fresh);
+                let gone =
+                    old.objects.into_iter().filter(|(k, _)| !state.objects.contains_key(k)).map(|(_, v)| v).collect();
+                drop(state);
                 self.ready.send_replace(true);
                 gone
             }
@@ -158,6 +224,39 @@ mod tests {
             cache.list().iter().filter_map(|o| ObjectKey::of(o)).map(|k| k.to_string()).collect();
         keys.sort();
         assert_eq!(keys, ["a/x", "c/z"]);
+    }
+
+    fn pod(tenant: &str, name: &str, node: &str) -> Value {
+        json!({"metadata": {"tenant": tenant, "namespace": "ns", "name": name}, "spec": {"nodeName": node}})
+    }
+
+    fn names(objs: &[Arc<Value>]) -> Vec<String> {
+        objs.iter().filter_map(|o| ObjectKey::of(o)).map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn the_index_follows_binds_moves_deletes_and_relists() {
+        let cache = Cache::indexed(|o| o.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string));
+        cache.apply(&Event::Restarted(vec![pod("a", "p1", "n1"), pod("b", "p2", "n1"), pod("a", "p3", "")]));
+        assert_eq!(names(&cache.by_index("n1")), ["a/ns/p1", "b/ns/p2"]);
+        // Bound later: it joins its node's entry.
+        cache.apply(&Event::Applied(pod("a", "p3", "n2")));
+        assert_eq!(names(&cache.by_index("n2")), ["a/ns/p3"]);
+        // An update that moves an object leaves no trace under its old value.
+        cache.apply(&Event::Applied(pod("b", "p2", "n2")));
+        assert_eq!(names(&cache.by_index("n1")), ["a/ns/p1"]);
+        assert_eq!(names(&cache.by_index("n2")), ["a/ns/p3", "b/ns/p2"]);
+        cache.apply(&Event::Deleted(pod("a", "p1", "n1")));
+        assert!(cache.by_index("n1").is_empty());
+        assert!(!cache.state.read().index.contains_key("n1"), "empty entries are dropped");
+        // A re-list rebuilds the index with the objects.
+        let gone = cache.apply(&Event::Restarted(vec![pod("c", "p4", "n2")]));
+        assert_eq!(names(&gone), ["a/ns/p3", "b/ns/p2"]);
+        assert_eq!(names(&cache.by_index("n2")), ["c/ns/p4"]);
+        // The same answers as a scan of everything, the way the API's field selector filters.
+        let scan: Vec<Arc<Value>> = cache.list().into_iter().filter(|o| o["spec"]["nodeName"] == "n2").collect();
+        assert_eq!(names(&scan), names(&cache.by_index("n2")));
+        assert!(Cache::default().by_index("n2").is_empty());
     }
 
     #[test]

@@ -8,15 +8,20 @@
 //! limit) the pod is deleted. When the agent reports again (the agent rewrites Ready), the
 //! taints go.
 //!
-//! Keyed by node name. Watches Nodes and Leases of the system tenant; pods are listed (by
-//! `spec.nodeName`, every tenant) only for nodes that are unhealthy, so a healthy cluster
-//! costs no pod cache. [`judge`] is the whole decision, pure and table-tested; the
-//! reconciler only writes what it says and asks to look again when the lease would expire.
+//! Keyed by node name. Watches Nodes and Leases of the system tenant, and every tenant's pods
+//! into a cache indexed by `spec.nodeName`: a node's pods are read from that index, never
+//! listed from the API, because nodes flap under load and a list per unhealthy node made
+//! the API server decode every pod of the cluster each time (BENCHMARKS.md "Scale"). A pod
+//! change requeues its node only while the node carries one of our taints, so pods bound to
+//! an unhealthy node are seen at once and a healthy cluster's pod churn costs a map lookup.
+//! [`judge`] is the whole decision, pure and table-tested; the reconciler only writes what it
+//! says (status patches and evictions go to the API) and asks to look again when the lease
+//! would expire.
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use client::{Client, DeleteParams, ListParams, Resource, Scope, Tenant};
+use client::{Client, DeleteParams, Resource, Scope, Tenant};
 use serde_json::{Value, json};
 
 use crate::cache::{Cache, ObjectKey};
@@ -229,6 +234,8 @@ pub struct NodeLifecycle {
     config: Config,
     nodes: Cache,
     leases: Cache,
+    /// Every tenant's pods, indexed by `spec.nodeName`.
+    pods: Cache,
 }
 
 fn pod_scope(pod: &Value) -> Scope {
@@ -287,10 +294,11 @@ impl NodeLifecycle {
         taints: &[Value],
         now: SystemTime,
     ) -> Result<Option<Duration>, client::Error> {
-        let params = ListParams { field_selector: Some(format!("spec.nodeName={node}")), ..ListParams::default() };
-        let pods = self.client.list(&Resource::pods(), &Scope::all_tenants(), &params).await?;
+        // The cache may trail the API by a moment: a stale pod's status write conflicts and
+        // is looked at again below; a stale eviction carries the uid as its precondition.
+        let pods = self.pods.by_index(node);
         let mut next: Option<Duration> = None;
-        for pod in &pods.items {
+        for pod in pods.iter().map(|p| &**p) {
             let name = text(pod, "/metadata/name");
             if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
                 || matches!(text(pod, "/status/phase"), "Succeeded" | "Failed")
@@ -333,18 +341,40 @@ impl NodeLifecycle {
     }
 }
 
-/// The controller, watching the system tenant's Nodes and node Leases.
+fn node_name(pod: &Value) -> Option<String> {
+    Some(text(pod, "/spec/nodeName")).filter(|n| !n.is_empty()).map(str::to_string)
+}
+
+/// The node to look at again when one of its pods changes: only one we have tainted.
+fn tainted_node_of(nodes: &Cache, pod: &Value) -> Option<ObjectKey> {
+    let key = ObjectKey::new(SYSTEM, None, &node_name(pod)?);
+    let node = nodes.get(&key)?;
+    let taints = node.pointer("/spec/taints").and_then(Value::as_array)?;
+    taints.iter().any(is_ours).then_some(key)
+}
+
+/// The controller, watching the system tenant's Nodes and node Leases, and every tenant's pods.
 pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
-    let (nodes, lease_cache) = (Cache::default(), Cache::default());
-    let reconciler =
-        NodeLifecycle { client: client.clone(), config, nodes: nodes.clone(), leases: lease_cache.clone() };
+    let (nodes, lease_cache, pods) = (Cache::default(), Cache::default(), Cache::indexed(node_name));
+    let reconciler = NodeLifecycle {
+        client: client.clone(),
+        config,
+        nodes: nodes.clone(),
+        leases: lease_cache.clone(),
+        pods: pods.clone(),
+    };
     let node_source = ApiSource::new(client.clone(), Resource::nodes(), Scope::tenant(SYSTEM));
-    let lease_source = ApiSource::new(client, leases(), Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE));
+    let lease_source = ApiSource::new(client.clone(), leases(), Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE));
+    let pod_source = ApiSource::new(client, Resource::pods(), Scope::all_tenants());
+    let node_index = nodes.clone();
     Controller::new(reconciler)
         .workers(4)
         .watches(Watcher::new(node_source, "nodes"), nodes, |n| ObjectKey::of(n).into_iter().collect())
         .watches(Watcher::new(lease_source, "node leases"), lease_cache, |l| {
             ObjectKey::of(l).map(|k| ObjectKey::new(&k.tenant, None, &k.name)).into_iter().collect()
+        })
+        .watches(Watcher::new(pod_source, "pods"), pods, move |pod| {
+            tainted_node_of(&node_index, pod).into_iter().collect()
         })
 }
 
