@@ -143,6 +143,10 @@ impl Strategy for Kind {
     fn selectable_fields(&self) -> &[&str] {
         self.fields
     }
+    /// Built-in kinds store objects as they are viewed.
+    fn raw_selectable(&self, field: &str) -> bool {
+        self.fields.contains(&field)
+    }
     /// A pod bound to a node is stopped by that node's agent, which deletes it when its
     /// containers are gone (or the grace period ends); an unbound pod goes at once.
     fn grace_period(&self, obj: &Value, requested: Option<i64>) -> Option<i64> {

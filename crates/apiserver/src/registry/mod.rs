@@ -133,6 +133,14 @@ pub trait Strategy: Send + Sync + 'static {
         self.selectable_fields().contains(&field)
     }
 
+    /// Whether `field` holds the same value in the stored bytes as in the view, so a list may
+    /// skip a stored object whose bytes cannot contain a `field=value` selector's value without
+    /// decoding it ([`may_match_raw`]). Opt-in: a kind that reshapes objects between stored
+    /// and viewed form (`stored_to_view`) would skip objects wrongly.
+    fn raw_selectable(&self, _field: &str) -> bool {
+        false
+    }
+
     /// The grace period a deletion of `obj` must wait for (someone else, e.g. a node
     /// agent, finishes it), given the one requested; `None` deletes at once.
     fn grace_period(&self, _obj: &Value, _requested: Option<i64>) -> Option<i64> {
@@ -441,6 +449,30 @@ pub(crate) fn decode_stored(value: &[u8], revision: i64) -> Result<Value> {
         .map_err(|e| RegistryError::Internal(format!("stored object is not JSON: {e}")))?;
     set_rv(&mut obj, revision);
     Ok(obj)
+}
+
+/// What a stored object's bytes must contain to match the selector's `field=value`
+/// requirements on fields the kind stores as viewed (see [`may_match_raw`]): each value as a
+/// JSON string. Values a non-string field could render (`true`, numbers) and the empty value
+/// (an absent field renders as empty) are left to the full match.
+fn raw_needles(strategy: &dyn Strategy, selector: &FieldSelector) -> Vec<Vec<u8>> {
+    selector
+        .requirements
+        .iter()
+        .filter(|r| !r.negated && strategy.raw_selectable(&r.field))
+        .filter(|r| !r.value.is_empty() && serde_json::from_str::<Value>(&r.value).is_err())
+        .filter_map(|r| serde_json::to_vec(&r.value).ok())
+        .collect()
+}
+
+/// Whether a stored object may match, judged on its bytes: without a backslash every JSON
+/// string in them is written as is, so a string field equal to a needle's value shows the
+/// needle verbatim; with one (an escape could spell the value differently) it may match.
+/// Never `false` for an object the full match accepts; cheap next to decoding the object.
+pub(crate) fn may_match_raw(raw: &[u8], needles: &[Vec<u8>]) -> bool {
+    needles.is_empty()
+        || memchr::memchr(b'\\', raw).is_some()
+        || needles.iter().all(|n| memchr::memmem::find(raw, n).is_some())
 }
 
 /// The registry of one kind.
@@ -876,6 +908,9 @@ impl Registry {
             };
         }
         let limit = opts.limit.filter(|&l| l > 0);
+        // A `spec.nodeName=` list (node agents, the node lifecycle controller) would otherwise
+        // decode every pod of the cluster to keep a few.
+        let needles = raw_needles(&*self.strategy, &opts.field_selector);
         let mut items = Vec::new();
         let mut next = None;
         let mut read_at = revision;
@@ -899,9 +934,11 @@ impl Registry {
                     next = Some(kv.key.clone());
                     break;
                 }
-                let obj = self.decode(&kv.value, kv.mod_revision)?;
-                if self.matches(&obj, opts)? {
-                    items.push(obj);
+                if may_match_raw(&kv.value, &needles) {
+                    let obj = self.decode(&kv.value, kv.mod_revision)?;
+                    if self.matches(&obj, opts)? {
+                        items.push(obj);
+                    }
                 }
                 last_key = Some(kv.key.clone());
             }
@@ -1385,4 +1422,31 @@ fn set_rv(obj: &mut Value, revision: i64) {
 /// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
 pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_prefilter_skips_only_objects_that_cannot_match() {
+        let pods = crate::kinds::builtin().into_iter().find(|k| k.info().resource == "pods").expect("pods");
+        let needles = |s: &str| raw_needles(&pods, &FieldSelector::parse(s).expect("selector"));
+        let on = |node: &str| format!(r#"{{"metadata":{{"name":"p"}},"spec":{{"nodeName":"{node}"}}}}"#).into_bytes();
+        let sim_1 = needles("spec.nodeName=sim-1");
+        assert!(may_match_raw(&on("sim-1"), &sim_1));
+        // The point: another node's pod is never decoded, even one whose name extends this one.
+        assert!(!may_match_raw(&on("sim-12"), &sim_1));
+        assert!(!may_match_raw(&on("sim-2"), &sim_1));
+        // An escape could spell the value differently: decoded and matched in full.
+        assert!(may_match_raw(br#"{"spec":{"nodeName":"sim-\u0031"}}"#, &sim_1));
+        // Nothing to look for: negations, the empty value (an absent field), non-strings, fields
+        // the kind does not vouch for (events reshape theirs), and no field selector at all.
+        for s in ["spec.nodeName!=sim-1", "spec.nodeName=", "spec.nodeName=true", "spec.nodeName=42", ""] {
+            assert!(needles(s).is_empty(), "{s}");
+        }
+        let events = crate::kinds::views().into_iter().next().expect("events.k8s.io");
+        assert!(raw_needles(&events, &FieldSelector::parse("reason=Started").expect("selector")).is_empty());
+        assert!(may_match_raw(b"{}", &[]));
+    }
 }
