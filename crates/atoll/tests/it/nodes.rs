@@ -2,8 +2,8 @@
 //! server` (`atoll agent --simulated`, `atoll controllers`, `atoll scheduler`), observed with
 //! kubectl 1.33: the nodes show with their label and role, pods are scheduled onto them and
 //! reported Running, a deleted pod goes; killing the simulated agent makes its nodes
-//! `Unknown` with the unreachable taints (and their pods not ready) within the grace period,
-//! and restarting it brings them back.
+//! `Unknown` with the unreachable taints (their pods not ready, and one whose toleration runs
+//! out evicted) within the grace period, and restarting it brings them back.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -97,6 +97,12 @@ fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()>
         k.ok(&["get", "pod", "p0", "-o", "jsonpath={range .spec.tolerations[*]}{.key}={.tolerationSeconds} {end}"])?;
     ensure!(tolerations == "node.kubernetes.io/not-ready=300 node.kubernetes.io/unreachable=300 ", "{tolerations}");
 
+    // A pod that tolerates an unreachable node for one second only: evicted soon after the taint.
+    let brief = r#"{"spec":{"tolerations":[{"key":"node.kubernetes.io/unreachable","operator":"Exists",
+                   "effect":"NoExecute","tolerationSeconds":1}]}}"#;
+    k.ok(&["run", "brief", "--image=busybox", &format!("--overrides={brief}"), "--", "sleep", "3600"])?;
+    until(&k, &["get", "pod", "brief", "-o", "jsonpath={.status.phase}"], Duration::from_secs(20), |p| p == "Running")?;
+
     // The agent dies: no more lease renewals.
     let killed = Instant::now();
     drop(agent);
@@ -118,6 +124,9 @@ fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()>
     ensure!(nodes.lines().filter(|l| l.contains("NotReady")).count() == 3, "{nodes}");
     // Its pods are reported not ready.
     until(&k, &["get", "pod", "p0", "-o", READY], limit, |s| s == "False")?;
+    // The brief pod's toleration ran out: deleted (gracefully, so it waits for its agent).
+    until(&k, &["get", "pod", "brief", "-o", "jsonpath={.metadata.deletionTimestamp}"], limit, |t| !t.is_empty())?;
+    ensure!(k.ok(&["get", "pod", "p0", "-o", "jsonpath={.metadata.deletionTimestamp}"])?.is_empty());
     // A new pod has nowhere to go now.
     k.ok(&["run", "late", "--image=busybox", "--", "sleep", "3600"])?;
     let described = until(&k, &["describe", "pod", "late"], limit, |d| d.contains("FailedScheduling"))?;
