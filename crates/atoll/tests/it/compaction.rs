@@ -85,3 +85,21 @@ fn compaction_expires_old_versions_and_live_watches_carry_on() -> Result<()> {
     ensure!(carried_on, "the live watch saw a change made after the compactions");
     Ok(())
 }
+
+#[test]
+fn the_python_client_relists_after_410_and_sees_later_changes() -> Result<()> {
+    let server = Server::start_with(&["--compaction-interval".into(), "1s".into()])?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python/compaction_relist.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(server.kubeconfig())
+        .output()
+        .context("python3 is needed for this test")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.trim() == "ok",
+        "the Python client failed (pip install kubernetes):\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
