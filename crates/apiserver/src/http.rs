@@ -133,6 +133,9 @@ pub struct Api {
 #[derive(Default)]
 pub struct ServerOptions {
     pub keystone: Option<crate::keystone::KeystoneConfig>,
+    /// Compact the store this often to the revision seen one interval earlier (`compactor.rs`);
+    /// `None` never compacts.
+    pub compaction_interval: Option<Duration>,
 }
 
 fn respond(code: StatusCode, body: Value) -> Response<Body> {
@@ -1760,6 +1763,14 @@ fn tls_config(p: &pki::Pki) -> Result<rustls::ServerConfig, ServeError> {
     Ok(config)
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A bound, ready server.
 pub struct Server {
     listener: tokio::net::TcpListener,
@@ -1768,6 +1779,8 @@ pub struct Server {
     pub kubeconfig: PathBuf,
     /// The URL clients reach this server at (as written in the kubeconfigs).
     pub url: String,
+    /// The store and interval of the compactor, which runs as long as the server does.
+    compaction: Option<(Arc<dyn Store>, Duration)>,
 }
 
 impl Server {
@@ -1797,6 +1810,7 @@ impl Server {
         };
         let kubeconfig = pki::write_admin_kubeconfig(data_dir, &pki, &url)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+        let compaction = options.compaction_interval.filter(|i| !i.is_zero()).map(|i| (store.clone(), i));
         let mut api = Api::start(store, data_dir).await?;
         if let Some(config) = &options.keystone {
             api.keystone = Some(crate::keystone::Keystone::new(config).map_err(|e| ServeError::Setup(e.to_string()))?);
@@ -1814,7 +1828,7 @@ impl Server {
         api.ensure_rbac_defaults()
             .await
             .map_err(|e| ServeError::Setup(format!("creating the default RBAC objects: {}", e.message)))?;
-        Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig, url })
+        Ok(Server { listener, acceptor, api: Arc::new(api), kubeconfig, url, compaction })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -1824,6 +1838,11 @@ impl Server {
     /// Serves until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Aborted when serving stops, so that a stopped server no longer touches the store.
+        let _compactor = self
+            .compaction
+            .clone()
+            .map(|(store, interval)| AbortOnDrop(tokio::spawn(crate::compactor::run(store, interval))));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => return,

@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod authn;
 pub mod authz;
+pub mod compactor;
 pub mod crd;
 pub mod http;
 pub mod jsonpath;

@@ -56,7 +56,7 @@ impl KeystoneArgs {
             cache_entries: apiserver::keystone::CACHE_ENTRIES,
             auto_tenants: self.keystone_auto_tenants,
         });
-        apiserver::http::ServerOptions { keystone }
+        apiserver::http::ServerOptions { keystone, ..Default::default() }
     }
 }
 

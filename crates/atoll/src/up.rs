@@ -22,6 +22,8 @@ pub struct UpArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub keystone: crate::keystone::KeystoneArgs,
+    #[command(flatten)]
+    pub compaction: crate::server::CompactionArgs,
     /// The Node's name (default: this machine's hostname).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -59,10 +61,10 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let store = args.store.open().await?;
-    let server =
-        apiserver::http::Server::bind_with(store, &args.store.data_dir, args.listen, args.keystone.server_options())
-            .await
-            .context("starting the API server")?;
+    let options = args.compaction.apply(args.keystone.server_options());
+    let server = apiserver::http::Server::bind_with(store, &args.store.data_dir, args.listen, options)
+        .await
+        .context("starting the API server")?;
     let addr = server.local_addr()?;
     let kubeconfig = server.kubeconfig.clone();
     let node_name = args.node_name.clone().unwrap_or_else(crate::agent::hostname);

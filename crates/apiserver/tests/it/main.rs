@@ -1,3 +1,4 @@
 //! Integration tests of the API server's pieces.
 
+mod compactor;
 mod registry;

@@ -2,6 +2,7 @@
 
 mod actions;
 mod authn;
+mod compaction;
 mod controllers;
 mod crash;
 mod crd;

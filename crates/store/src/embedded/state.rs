@@ -173,11 +173,18 @@ impl State {
             if versions.first().is_some_and(|v| v.value.is_none() && v.mod_revision < revision) {
                 versions.remove(0);
             }
+            // A key overwritten often would otherwise keep room for its whole old history.
+            if versions.capacity() > 2 * versions.len() + 4 {
+                versions.shrink_to_fit();
+            }
             !versions.is_empty()
         });
         while self.log_start < revision && !self.log.is_empty() {
             self.log.pop_front();
             self.log_start += 1;
+        }
+        if self.log.capacity() > 2 * self.log.len() + 64 {
+            self.log.shrink_to_fit();
         }
         self.compacted = revision;
     }

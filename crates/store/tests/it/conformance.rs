@@ -320,9 +320,13 @@ pub async fn compaction_cuts_reads_and_watches(s: &dyn Store) -> Result<()> {
     let events = collect_events(&mut w, 4).await?;
     let revs_seen: Vec<_> = events.iter().map(|e| e.kv.mod_revision).collect();
     ensure!(revs_seen == vec![revs[3], revs[4], revs[5], other], "got {revs_seen:?}");
-    match s.compact(at - 1).await {
-        Err(StoreError::Compacted { .. }) => {}
-        other => bail!("compacting below the compaction point gave {other:?}"),
+    // Several API servers compact on their own schedules: the same point again, or an
+    // older one, is refused as already compacted (which the compactor counts as done).
+    for again in [at, at - 1] {
+        match s.compact(again).await {
+            Err(StoreError::Compacted { .. }) => {}
+            other => bail!("compacting to {again} with the compaction point at {at} gave {other:?}"),
+        }
     }
     match s.compact(other + 100).await {
         Err(StoreError::FutureRevision { .. }) => {}
