@@ -16,16 +16,14 @@
 //!   deletion leaving no qemu, overlay or snapshot. Snapshot and Restore times are printed
 //!   (BENCHMARKS.md "VM actions").
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use crate::rbac::user_kubectl;
-use crate::server::{Kubectl, Proc, Server, kubectl_binary, namespace_json, tenant_admins_json};
-use crate::vm::{console, guest_kernel, qemu_processes};
+use crate::server::{Kubectl, Server, kubectl_binary, namespace_json, stop_with_network, tenant_admins_json};
+use crate::vm::{build_image, build_vm_image, console, qemu_processes, require_tools, vm_cluster};
 
 fn action(name: &str, pod: &str, operation: &str, snapshot: Option<&str>) -> String {
     let mut a = json!({"apiVersion": "atoll.io/v1", "kind": "Action", "metadata": {"name": name},
@@ -252,51 +250,13 @@ fn console_line(
 
 #[test]
 fn actions_reboot_snapshot_restore_vms_and_restart_containers() -> Result<()> {
-    let (kernel, modules) = guest_kernel()?;
-    for tool in ["qemu-system-x86_64", "qemu-img", "mke2fs"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?;
-        ensure!(found.status.success(), "{tool} is missing (scripts/lib.sh installs it)");
-    }
+    require_tools(&["qemu-system-x86_64", "qemu-img", "mke2fs"])?;
     let dir = tempfile::tempdir()?;
-    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["image", "build-busybox-vm", "--kernel"])
-        .arg(&kernel)
-        .arg("--modules")
-        .arg(&modules)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()?;
-    ensure!(built.status.success(), "atoll image build-busybox-vm: {}", String::from_utf8_lossy(&built.stderr));
-    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["image", "build-busybox", "--data-dir"])
-        .arg(dir.path())
-        .output()?;
-    ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
-
+    build_vm_image(dir.path())?;
+    build_image(dir.path(), &["build-busybox".as_ref()])?;
     let node = "actions-e2e-node";
-    let pid = std::process::id();
-    let (bridge, cidr) = (format!("ata{pid}"), format!("10.{}.{}.0/24", 200 + (pid >> 8) % 50, pid % 256));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])
-        .args(["--vm-accel", "tcg", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
-    let cluster = Proc(child);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    ensure!(line.starts_with("listening on https://"), "{line}");
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let k = Kubectl {
-        bin: kubectl_binary(33)?,
-        kubeconfig: dir.path().join("admin.kubeconfig"),
-        cache: tempfile::tempdir()?,
-    };
+    let (cluster, k, bridge) = vm_cluster(dir.path(), node, "ata", 200)?;
     let result = (|| -> Result<()> {
-        k.eventually(&["get", "node", node])?;
-        k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
         let vm = json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vm1"},
             "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 10,
@@ -404,10 +364,7 @@ fn actions_reboot_snapshot_restore_vms_and_restart_containers() -> Result<()> {
         Ok(())
     })();
     let mut cluster = cluster;
-    let stopped = cluster.interrupt(Duration::from_secs(30));
-    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
-    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    result.and(stopped)
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(30)))
 }
 
 /// Whether a console record (`<time> stdout F <line>`) is a heartbeat.

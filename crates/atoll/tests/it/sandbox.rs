@@ -10,15 +10,14 @@
 //! Needs what `vm.rs` needs (qemu, mke2fs, the guest kernel with its modules) and the
 //! `atoll-guest` binary beside `atoll` (cargo builds it with the package).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 
-use crate::server::{Kubectl, Proc, kubectl_binary, tenant_admins_json};
-use crate::vm::{guest_kernel, qemu_processes};
+use crate::server::{Kubectl, kubectl_binary, stop_with_network, tenant_admins_json};
+use crate::vm::{build_image, guest_kernel, qemu_processes, require_tools, vm_cluster};
 
 /// A sandboxed pod of 250m CPU (one vCPU; the node's 2 CPUs fit several, with the
 /// sandbox's 100m overhead each) and 64 MiB (a 128 MiB guest with the headroom).
@@ -60,44 +59,14 @@ fn kubeconfig_for(dir: &Path, tenant: &str, user: &str) -> Result<std::path::Pat
 #[test]
 fn sandboxed_pods_run_in_a_microvm_and_leave_nothing_behind() -> Result<()> {
     guest_kernel()?;
-    for tool in ["qemu-system-x86_64", "mke2fs", "ldd"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?;
-        ensure!(found.status.success(), "{tool} is missing (scripts/lib.sh installs it)");
-    }
+    require_tools(&["qemu-system-x86_64", "mke2fs", "ldd"])?;
     let guest = Path::new(env!("CARGO_BIN_EXE_atoll")).with_file_name("atoll-guest");
     ensure!(guest.is_file(), "no guest agent at {}", guest.display());
     let dir = tempfile::tempdir()?;
-    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["image", "build-busybox", "--data-dir"])
-        .arg(dir.path())
-        .output()?;
-    ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
-
+    build_image(dir.path(), &["build-busybox".as_ref()])?;
     let node = "sandbox-e2e-node";
-    let pid = std::process::id();
-    let (bridge, cidr) = (format!("atx{pid}"), format!("10.{}.{}.0/24", 150 + (pid >> 8) % 50, pid % 256));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])
-        .args(["--vm-accel", "tcg", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
-    let cluster = Proc(child);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    ensure!(line.starts_with("listening on https://"), "{line}");
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let k = Kubectl {
-        bin: kubectl_binary(33)?,
-        kubeconfig: dir.path().join("admin.kubeconfig"),
-        cache: tempfile::tempdir()?,
-    };
+    let (cluster, k, bridge) = vm_cluster(dir.path(), node, "atx", 150)?;
     let result = (|| -> Result<()> {
-        k.eventually(&["get", "node", node])?;
-        k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
-
         // A class that does not exist: refused as RuntimeClass admission refuses it.
         let bogus = sandboxed("bogus", "true", "Never").replace("\"vm\"", "\"gvisor\"");
         let out = k.run(&["create", "-f", "-", "-v=6"], Some(&bogus))?;
@@ -217,8 +186,5 @@ fn sandboxed_pods_run_in_a_microvm_and_leave_nothing_behind() -> Result<()> {
         Ok(())
     })();
     let mut cluster = cluster;
-    let stopped = cluster.interrupt(Duration::from_secs(60));
-    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
-    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    result.and(stopped)
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(60)))
 }

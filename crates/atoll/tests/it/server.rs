@@ -903,3 +903,38 @@ fn bad_input_gets_a_clear_status_never_a_panic() -> Result<()> {
     ensure!(curl_admin(&server, "/healthz", &[])?.1 == "ok");
     Ok(())
 }
+
+/// A bridge name (`<prefix><pid>`) and a /24 of the test's own: other tests' agents may
+/// share the machine.
+pub fn own_network(prefix: &str, base: u32) -> (String, String) {
+    let pid = std::process::id();
+    (format!("{prefix}{pid}"), format!("10.{}.{}.0/24", base + (pid >> 8) % 40, pid % 256))
+}
+
+/// Stops a cluster as a user does (Ctrl-C, waiting up to `patience`), then removes its
+/// bridge and NAT table.
+pub fn stop_with_network(cluster: &mut Proc, bridge: &str, patience: std::time::Duration) -> Result<()> {
+    let stopped = cluster.interrupt(patience);
+    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
+    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
+    stopped
+}
+
+/// `atoll up` on `dir` with `args`, once it listens.
+pub fn start_up(dir: &Path, args: &[&str]) -> Result<Proc> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
+    let cluster = Proc(child);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line.starts_with("listening on https://"), "{line}");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Ok(cluster)
+}

@@ -9,14 +9,60 @@
 //! `scripts/lib.sh` (`setup_vm`) installs them and extracts Debian's cloud kernel to
 //! `/var/cache/atoll/kernel` (override with `ATOLL_VM_KERNEL` and `ATOLL_VM_MODULES`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use crate::server::{Kubectl, Proc, kubectl_binary};
+use crate::server::{Kubectl, Proc, kubectl_binary, own_network, start_up, stop_with_network};
+
+/// Fails loudly unless every program in `tools` is on the PATH (scripts/lib.sh installs them).
+pub(crate) fn require_tools(tools: &[&str]) -> Result<()> {
+    for tool in tools {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?;
+        ensure!(found.status.success(), "{tool} is missing (scripts/lib.sh installs it)");
+    }
+    Ok(())
+}
+
+/// Runs `atoll image <args> --data-dir <dir>` (an image builder) and fails with its stderr.
+pub(crate) fn build_image(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let built =
+        Command::new(env!("CARGO_BIN_EXE_atoll")).arg("image").args(args).arg("--data-dir").arg(dir).output()?;
+    ensure!(built.status.success(), "atoll image {args:?}: {}", String::from_utf8_lossy(&built.stderr));
+    Ok(())
+}
+
+/// The guest image `busybox-vm` (our initramfs on the guest kernel) in `dir`'s image store.
+pub(crate) fn build_vm_image(dir: &Path) -> Result<()> {
+    let (kernel, modules) = guest_kernel()?;
+    let args = [
+        "build-busybox-vm".as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--modules".as_ref(),
+        modules.as_os_str(),
+    ];
+    build_image(dir, &args)
+}
+
+/// `atoll up` on `dir` with TCG guests, on a bridge and /24 of its own (`own_network`), and
+/// an administrator's kubectl once `node` is Ready. Returns the cluster, kubectl and the bridge.
+pub(crate) fn vm_cluster(dir: &Path, node: &str, prefix: &str, base: u32) -> Result<(Proc, Kubectl, String)> {
+    let (bridge, cidr) = own_network(prefix, base);
+    let mut cluster =
+        start_up(dir, &["--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr, "--vm-accel", "tcg"])?;
+    let k = Kubectl { bin: kubectl_binary(33)?, kubeconfig: dir.join("admin.kubeconfig"), cache: tempfile::tempdir()? };
+    let ready = k
+        .eventually(&["get", "node", node])
+        .and_then(|_| k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"]));
+    if let Err(e) = ready {
+        let _ = stop_with_network(&mut cluster, &bridge, Duration::from_secs(30));
+        return Err(e);
+    }
+    Ok((cluster, k, bridge))
+}
 
 pub(crate) fn guest_kernel() -> Result<(PathBuf, PathBuf)> {
     let kernel = std::env::var_os("ATOLL_VM_KERNEL")
@@ -72,48 +118,12 @@ pub(crate) fn console(dir: &Path, k: &Kubectl, pod: &str) -> Result<String> {
 
 #[test]
 fn vm_pods_boot_report_and_leave_nothing_behind() -> Result<()> {
-    let (kernel, modules) = guest_kernel()?;
-    for tool in ["qemu-system-x86_64", "qemu-img", "mke2fs"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?;
-        ensure!(found.status.success(), "{tool} is missing (scripts/lib.sh installs it)");
-    }
+    require_tools(&["qemu-system-x86_64", "qemu-img", "mke2fs"])?;
     let dir = tempfile::tempdir()?;
-    let built = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["image", "build-busybox-vm", "--kernel"])
-        .arg(&kernel)
-        .arg("--modules")
-        .arg(&modules)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()?;
-    ensure!(built.status.success(), "atoll image build-busybox-vm: {}", String::from_utf8_lossy(&built.stderr));
-
+    build_vm_image(dir.path())?;
     let node = "vm-e2e-node";
-    // A bridge and CIDR of their own: other tests' agents may share the machine.
-    let pid = std::process::id();
-    let (bridge, cidr) = (format!("atv{pid}"), format!("10.{}.{}.0/24", 150 + (pid >> 8) % 50, pid % 256));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])
-        .args(["--vm-accel", "tcg", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
-    let cluster = Proc(child);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    ensure!(line.starts_with("listening on https://"), "{line}");
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let k = Kubectl {
-        bin: kubectl_binary(33)?,
-        kubeconfig: dir.path().join("admin.kubeconfig"),
-        cache: tempfile::tempdir()?,
-    };
+    let (cluster, k, bridge) = vm_cluster(dir.path(), node, "atv", 150)?;
     let result = (|| -> Result<()> {
-        k.eventually(&["get", "node", node])?;
-        k.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
-
         // Containers and a VM in one pod: refused, naming the field.
         let both = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "both"},
@@ -197,8 +207,5 @@ fn vm_pods_boot_report_and_leave_nothing_behind() -> Result<()> {
     })();
     // Ctrl-C: `atoll up` stops its pods (VMs included) on the way out.
     let mut cluster = cluster;
-    let stopped = cluster.interrupt(Duration::from_secs(30));
-    let _ = Command::new("ip").args(["link", "del", "dev", &bridge]).status();
-    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    result.and(stopped)
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(30)))
 }

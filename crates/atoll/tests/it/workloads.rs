@@ -4,15 +4,16 @@
 //! collector (background, foreground and orphan deletion, a custom resource owning a
 //! ConfigMap, owner references that name another tenant's or namespace's objects).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::server::{Kubectl, Proc, Server, kubectl_binary, namespace_json, tenant_admins_json};
+use crate::server::{
+    Kubectl, Proc, Server, kubectl_binary, namespace_json, own_network, start_up, stop_with_network, tenant_admins_json,
+};
 
 /// Waits until `check` holds for `args`' output, 60 s at most.
 fn until(k: &Kubectl, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> Result<String> {
@@ -200,40 +201,6 @@ fn up_with_node(dir: &Path, node: &str, bridge: &str, cidr: &str) -> Result<Proc
     start_up(dir, &["--node-name", node, "--bridge", bridge, "--pod-cidr", cidr])
 }
 
-/// A bridge name (`<prefix><pid>`) and a /24 of the test's own: other tests' agents may
-/// share the machine.
-fn own_network(prefix: &str, base: u32) -> (String, String) {
-    let pid = std::process::id();
-    (format!("{prefix}{pid}"), format!("10.{}.{}.0/24", base + (pid >> 8) % 40, pid % 256))
-}
-
-/// Stops a cluster as a user does (Ctrl-C), then removes its bridge and NAT table.
-fn stop_with_network(cluster: &mut Proc, bridge: &str) -> Result<()> {
-    let stopped = cluster.interrupt(Duration::from_secs(60));
-    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
-    let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    stopped
-}
-
-/// `atoll up` on `dir` with `args`, once it listens.
-fn start_up(dir: &Path, args: &[&str]) -> Result<Proc> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
-    let cluster = Proc(child);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    ensure!(line.starts_with("listening on https://"), "{line}");
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    Ok(cluster)
-}
-
 fn images_of_ready_pods(k: &Kubectl, ns: &str, app: &str) -> Result<Vec<String>> {
     Ok(items(k, &["get", "pods", "-n", ns, "-l", &format!("app={app}")])?
         .iter()
@@ -362,7 +329,7 @@ fn deployments_roll_out_on_real_pods() -> Result<()> {
         Ok(())
     })();
     let mut cluster = cluster;
-    result.and(stop_with_network(&mut cluster, &bridge))
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(60)))
 }
 
 /// What the ReplicaSet controller costs: how fast it brings a set to 1,000 pods and back
@@ -529,5 +496,5 @@ fn a_restarted_agent_removes_what_pods_deleted_in_its_absence_left() -> Result<(
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    result.and(stop_with_network(&mut cluster, &bridge))
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(60)))
 }
