@@ -320,6 +320,39 @@ impl Runtime for Runtimes {
     }
 }
 
+/// A runtime's on-disk record at `path` (JSON), `None` if absent; an unreadable one is
+/// [`RuntimeError::CorruptState`]. Shared by the runtimes' state folders.
+pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
+    os: &dyn crate::os::Os,
+    path: &std::path::Path,
+) -> Result<Option<T>, RuntimeError> {
+    match os.read_file(path)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RuntimeError::CorruptState { path: path.to_owned(), detail: e.to_string() }),
+    }
+}
+
+/// Writes a runtime's record at `path` atomically (JSON).
+pub(crate) fn write_record(
+    os: &dyn crate::os::Os,
+    path: &std::path::Path,
+    value: &impl Serialize,
+) -> Result<(), RuntimeError> {
+    Ok(os.write_file_atomic(path, &serde_json::to_vec_pretty(value).unwrap_or_default())?)
+}
+
+/// The attempt numbers (numbered sub-folders) in a sandbox's folder, in order.
+pub(crate) fn attempt_numbers(os: &dyn crate::os::Os, dir: &std::path::Path) -> Result<Vec<u32>, RuntimeError> {
+    if !os.exists(dir) {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<u32> = os.list_dir(dir)?.iter().filter_map(|n| n.parse().ok()).collect();
+    out.sort();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

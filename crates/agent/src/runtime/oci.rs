@@ -138,17 +138,11 @@ impl OciRuntime {
     }
 
     fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, RuntimeError> {
-        match self.os.read_file(path)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| RuntimeError::CorruptState { path: path.to_owned(), detail: e.to_string() }),
-        }
+        crate::runtime::read_record(&*self.os, path)
     }
 
     fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), RuntimeError> {
-        let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-        Ok(self.os.write_file_atomic(path, &bytes)?)
+        crate::runtime::write_record(&*self.os, path, value)
     }
 
     fn sandbox_record(&self, id: &str) -> Result<SandboxRecord, RuntimeError> {

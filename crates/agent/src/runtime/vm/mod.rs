@@ -249,16 +249,11 @@ impl VmRuntime {
     }
 
     fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, RuntimeError> {
-        match self.os.read_file(path)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| RuntimeError::CorruptState { path: path.to_owned(), detail: e.to_string() }),
-        }
+        crate::runtime::read_record(&*self.os, path)
     }
 
     fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), RuntimeError> {
-        Ok(self.os.write_file_atomic(path, &serde_json::to_vec_pretty(value).unwrap_or_default())?)
+        crate::runtime::write_record(&*self.os, path, value)
     }
 
     fn sandbox_record(&self, id: &str) -> Result<SandboxRecord, RuntimeError> {
@@ -278,13 +273,7 @@ impl VmRuntime {
 
     /// Attempt numbers present in a sandbox.
     fn attempts(&self, sandbox: &str) -> Result<Vec<u32>, RuntimeError> {
-        let dir = self.sandbox_dir(sandbox);
-        if !self.os.exists(&dir) {
-            return Ok(Vec::new());
-        }
-        let mut out: Vec<u32> = self.os.list_dir(&dir)?.iter().filter_map(|n| n.parse().ok()).collect();
-        out.sort();
-        Ok(out)
+        crate::runtime::attempt_numbers(&*self.os, &self.sandbox_dir(sandbox))
     }
 
     fn qemu_args(&self, dir: &Path, sandbox: &Path, rec: &VmRecord) -> Vec<OsString> {
