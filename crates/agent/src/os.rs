@@ -128,6 +128,13 @@ pub trait Os: Send + Sync + fmt::Debug {
     fn remove_dir_all(&self, path: &Path) -> Result<(), OsError>;
     /// Write through a temporary file and a rename, so readers see all or nothing.
     fn write_file_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), OsError>;
+    /// As [`Os::write_file_atomic`] but not synced to disk: every process sees all or
+    /// nothing at once (the page cache is the machine's), but a machine crash may lose the
+    /// file or leave it empty. For records of things a reboot ends anyway (see
+    /// `runtime::write_volatile_record`).
+    fn write_file_unsynced(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
+        self.write_file_atomic(path, contents)
+    }
     /// Write a kernel control file in place (`cgroup.procs`, `memory.max`): such files
     /// cannot be replaced by a rename.
     fn write_control_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError>;
@@ -400,6 +407,10 @@ impl Os for RealOs {
         write_atomic(path, contents).map_err(io("writing", path))
     }
 
+    fn write_file_unsynced(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
+        write_renamed(path, contents, false).map_err(io("writing", path))
+    }
+
     fn write_control_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
         let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(io("opening", path))?;
         f.write_all(contents).map_err(io("writing", path))
@@ -455,12 +466,18 @@ impl Os for RealOs {
 
 /// Write `contents` to `path` via a sibling temporary file, synced, then renamed.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_renamed(path, contents, true)
+}
+
+fn write_renamed(path: &Path, contents: &[u8], sync: bool) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(contents)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 

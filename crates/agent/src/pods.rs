@@ -171,15 +171,22 @@ impl Reconciler for PodSync {
             return Ok(Action::Done);
         }
         let p = pod.clone();
+        let began = std::time::Instant::now();
         let outcome = blocking(move || node.sync(&p)).await?;
+        let sync_ms = began.elapsed().as_millis() as u64;
         for (reason, message) in &outcome.events {
             self.post_event(&pod, reason, message).await;
         }
         if pod.get("status") != Some(&outcome.status) {
             let mut updated = (*pod).clone();
             updated["status"] = outcome.status;
+            let phase = text(&updated, "/status/phase").to_string();
+            let began = std::time::Instant::now();
             match self.client.replace_subresource(&pods(), &scope_of(key), &key.name, "status", &updated).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    let write_ms = began.elapsed().as_millis() as u64;
+                    tracing::info!(pod = %key, phase, sync_ms, write_ms, "status written");
+                }
                 // The pod went meanwhile: its deletion event brings us back.
                 Err(e) if e.is_not_found() => return Ok(Action::Done),
                 Err(e) => return Err(e.into()),
@@ -328,7 +335,6 @@ impl Node {
             let status = pod.get("status").cloned().unwrap_or(Value::Null);
             return Ok(Outcome { status, events: Vec::new(), requeue: Some(POLL) });
         }
-        self.remove_pods_of(&key, Some(uid), ORPHAN_GRACE)?;
         // A VM pod's guest has no NIC yet (a tap on the pod network is later work), so it
         // gets no pod network either: no address is handed out that nothing answers on.
         let vm = pod.pointer("/spec/virtualMachine").filter(|v| v.is_object());
@@ -338,6 +344,10 @@ impl Node {
             Ok(_) if vm.is_some() || sandboxed => None,
             Ok(_) => self.network.attachment(uid),
             Err(RuntimeError::NotFound { .. }) => {
+                // Other incarnations (another UID) go before this one's sandbox is made;
+                // once it is, none can appear but by an agent restart, whose sweep removes
+                // them. (Looking on every pass listed every sandbox on the node each time.)
+                self.remove_pods_of(&key, Some(uid), ORPHAN_GRACE)?;
                 let began = std::time::Instant::now();
                 let attachment = if vm.is_some() || sandboxed {
                     crate::net::Attachment { mode: NetworkMode::Isolated, ip: None }

@@ -327,7 +327,10 @@ pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
 ) -> Result<Option<T>, RuntimeError> {
     match os.read_file(path)? {
+        // Empty: an unsynced record a machine crash cut short (`write_volatile_record`),
+        // which is as if it had never been written.
         None => Ok(None),
+        Some(bytes) if bytes.is_empty() => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| RuntimeError::CorruptState { path: path.to_owned(), detail: e.to_string() }),
@@ -341,6 +344,26 @@ pub(crate) fn write_record(
     value: &impl Serialize,
 ) -> Result<(), RuntimeError> {
     Ok(os.write_file_atomic(path, &serde_json::to_vec_pretty(value).unwrap_or_default())?)
+}
+
+/// Writes a record of something a reboot ends anyway (a sandbox's namespaces, a running
+/// container and its supervisor) atomically but without syncing it to disk: each sync is
+/// ~20 ms on a busy disk, and a pod's start wrote five. Why that keeps the agent's
+/// invariant (a restart neither loses nor duplicates containers):
+/// - an agent restart (the process, not the machine) sees the file: written and renamed
+///   data is in the page cache, which every process shares; the rename makes it all or
+///   nothing, as with a synced write;
+/// - a machine crash may lose the latest records or leave them empty, but it also ends
+///   every container, mount and namespace they describe; an empty record reads as absent
+///   ([`read_record`]), and an absent one is what a crash in the middle of a create
+///   already leaves (a sandbox or container folder without its record), which the sync
+///   loop and the sweep clean up and make anew.
+pub(crate) fn write_volatile_record(
+    os: &dyn crate::os::Os,
+    path: &std::path::Path,
+    value: &impl Serialize,
+) -> Result<(), RuntimeError> {
+    Ok(os.write_file_unsynced(path, &serde_json::to_vec(value).unwrap_or_default())?)
 }
 
 /// The attempt numbers (numbered sub-folders) in a sandbox's folder, in order.

@@ -21,9 +21,10 @@
 //! to each hierarchy); the runtime creates and deletes the container's folder, this code
 //! deletes what is left, and the pod's folder with the sandbox.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,18 @@ struct StartRecord {
 pub struct OciRuntime {
     config: OciConfig,
     os: Arc<dyn Os>,
+    records: Mutex<Records>,
+}
+
+/// Parsed `sandbox.json` and `container.json` by ID. Both are written once, before
+/// anything refers to them, and never changed, so a cached one is the file's content for
+/// as long as the file exists (checked on every use: the folders on disk stay the truth).
+/// Without it every pod's sync re-read and re-parsed every record on the node to find its
+/// own (O(pods) per sync, every second for every pod).
+#[derive(Debug, Default)]
+struct Records {
+    sandboxes: HashMap<String, Arc<SandboxRecord>>,
+    containers: HashMap<String, Arc<ContainerRecord>>,
 }
 
 /// Resolve a runtime name through PATH (a path is taken as it is).
@@ -117,7 +130,7 @@ impl OciRuntime {
         for d in ["sandboxes", "containers", "runtime"] {
             os.create_dir_all(&config.data_dir.join(d))?;
         }
-        Ok(OciRuntime { config, os })
+        Ok(OciRuntime { config, os, records: Mutex::new(Records::default()) })
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -141,24 +154,50 @@ impl OciRuntime {
         crate::runtime::read_record(&*self.os, path)
     }
 
+    /// Every record of this runtime describes something a reboot ends, so none is synced
+    /// to disk (see [`crate::runtime::write_volatile_record`] for why that is safe).
     fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), RuntimeError> {
-        crate::runtime::write_record(&*self.os, path, value)
+        crate::runtime::write_volatile_record(&*self.os, path, value)
     }
 
-    fn sandbox_record(&self, id: &str) -> Result<SandboxRecord, RuntimeError> {
-        if !valid_id(id) {
-            return Err(RuntimeError::NotFound { kind: "sandbox", id: id.into() });
-        }
-        self.read_json(&self.sandbox_dir(id).join("sandbox.json"))?
-            .ok_or_else(|| RuntimeError::NotFound { kind: "sandbox", id: id.into() })
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn container_record(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
+    fn sandbox_record(&self, id: &str) -> Result<Arc<SandboxRecord>, RuntimeError> {
+        let not_found = || RuntimeError::NotFound { kind: "sandbox", id: id.into() };
         if !valid_id(id) {
-            return Err(RuntimeError::NotFound { kind: "container", id: id.into() });
+            return Err(not_found());
         }
-        self.read_json(&self.container_dir(id).join("container.json"))?
-            .ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.into() })
+        let path = self.sandbox_dir(id).join("sandbox.json");
+        let cached = self.records().sandboxes.get(id).cloned();
+        if let Some(rec) = cached {
+            if self.os.exists(&path) {
+                return Ok(rec);
+            }
+            self.records().sandboxes.remove(id);
+        }
+        let rec: Arc<SandboxRecord> = Arc::new(self.read_json(&path)?.ok_or_else(not_found)?);
+        self.records().sandboxes.insert(id.to_owned(), rec.clone());
+        Ok(rec)
+    }
+
+    fn container_record(&self, id: &str) -> Result<Arc<ContainerRecord>, RuntimeError> {
+        let not_found = || RuntimeError::NotFound { kind: "container", id: id.into() };
+        if !valid_id(id) {
+            return Err(not_found());
+        }
+        let path = self.container_dir(id).join("container.json");
+        let cached = self.records().containers.get(id).cloned();
+        if let Some(rec) = cached {
+            if self.os.exists(&path) {
+                return Ok(rec);
+            }
+            self.records().containers.remove(id);
+        }
+        let rec: Arc<ContainerRecord> = Arc::new(self.read_json(&path)?.ok_or_else(not_found)?);
+        self.records().containers.insert(id.to_owned(), rec.clone());
+        Ok(rec)
     }
 
     fn runtime_cmd(&self, op: &'static str, id: &str, args: &[&str]) -> Result<crate::os::CommandOutput, RuntimeError> {
@@ -389,6 +428,7 @@ impl OciRuntime {
     /// Undo a half-made container: unmount, drop cgroups and files. Best effort, used on
     /// failed creates and on removal.
     fn cleanup_container(&self, id: &str, sandbox_id: &str) -> Result<(), RuntimeError> {
+        self.records().containers.remove(id);
         let dir = self.container_dir(id);
         for m in self.os.mounts_under(&dir)? {
             self.os.unmount(&m)?;
@@ -402,6 +442,7 @@ impl OciRuntime {
 
     /// Unmount the pod's namespaces and delete its folder.
     fn cleanup_sandbox_dir(&self, id: &str) -> Result<(), RuntimeError> {
+        self.records().sandboxes.remove(id);
         let dir = self.sandbox_dir(id);
         for m in self.os.mounts_under(&dir)? {
             self.os.unmount(&m)?;
@@ -427,7 +468,7 @@ impl OciRuntime {
     /// Create container `spec` in `sandbox_id`; with `start`, the runtime starts it at
     /// once (`run --detach`: one runtime process instead of `create` and then `start`).
     fn make_container(&self, sandbox_id: &str, spec: &ContainerSpec, start: bool) -> Result<String, RuntimeError> {
-        let sandbox = self.sandbox_record(sandbox_id)?.spec;
+        let sandbox = self.sandbox_record(sandbox_id)?.spec.clone();
         if !valid_id(&spec.name) {
             return Err(spec_error(format!("container name {:?} must be letters, digits, - _ .", spec.name)));
         }
@@ -439,6 +480,9 @@ impl OciRuntime {
         }
         let id = Self::new_container_id(sandbox_id, &spec.name);
         let dir = self.container_dir(&id);
+        let began = Instant::now();
+        let mut steps = [0u64; 4];
+        let mut lap = |i: usize| steps[i] = began.elapsed().as_micros() as u64;
         let result = (|| {
             let bundle = dir.join("bundle");
             let rootfs = bundle.join("rootfs");
@@ -454,9 +498,11 @@ impl OciRuntime {
                 log_path: log_path.clone(),
             };
             self.write_json(&dir.join("container.json"), &record)?;
+            lap(0);
             // overlayfs lists the topmost lower layer first.
             let lower: Vec<PathBuf> = spec.image.layers.iter().rev().cloned().collect();
             self.os.mount_overlay(&lower, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+            lap(1);
             let user = self.resolve_user(spec, &rootfs)?;
             let config = self.oci_spec(&sandbox, &id, spec, user)?;
             self.write_json(&bundle.join("config.json"), &config)?;
@@ -483,7 +529,9 @@ impl OciRuntime {
                 self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
             let mut args: Vec<OsString> = lead.to_vec();
             args.extend(shim_args.to_args());
+            lap(2);
             let child = self.os.spawn_detached(Path::new(program), &args, &dir.join("shim.log"))?;
+            lap(3);
             let container_pid = match child.first_line.strip_prefix("created ").map(str::parse::<u32>) {
                 Some(Ok(pid)) => pid,
                 _ => {
@@ -497,7 +545,13 @@ impl OciRuntime {
             self.write_json(&dir.join("shim.json"), &ShimRecord { pid: child.pid, container_pid })
         })();
         match result {
-            Ok(()) => Ok(id),
+            Ok(()) => {
+                // Where a container's start goes (microseconds from the start of the create, each
+                // step's end): folders and record, overlay mount, bundle, shim + runtime.
+                let [record_us, mount_us, bundle_us, shim_us] = steps;
+                tracing::info!(container = %id, record_us, mount_us, bundle_us, shim_us, "container steps");
+                Ok(id)
+            }
             Err(e) => {
                 let _ = self.runtime_cmd("delete", &id, &["delete", "--force", &id]);
                 if let Err(cleanup) = self.cleanup_container(&id, sandbox_id) {
@@ -555,8 +609,13 @@ impl Runtime for OciRuntime {
             return Err(spec_error(format!("sandbox id {:?} must be letters, digits, - _ .", spec.id)));
         }
         let dir = self.sandbox_dir(&spec.id);
-        if self.os.exists(&dir.join("sandbox.json")) {
-            return Err(RuntimeError::AlreadyExists { kind: "sandbox", id: spec.id.clone() });
+        match self.sandbox_record(&spec.id) {
+            Ok(_) => return Err(RuntimeError::AlreadyExists { kind: "sandbox", id: spec.id.clone() }),
+            // A folder without a (readable) record: a create cut short by a crash, of the
+            // agent or of the machine; what it made (namespace mounts) goes first.
+            Err(RuntimeError::NotFound { .. }) if self.os.exists(&dir) => self.cleanup_sandbox_dir(&spec.id)?,
+            Err(RuntimeError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
         if let NetworkMode::Namespace(p) = &spec.network
             && !self.os.exists(p)
@@ -609,7 +668,7 @@ impl Runtime for OciRuntime {
 
     fn sandbox_status(&self, id: &str) -> Result<SandboxStatus, RuntimeError> {
         let rec = self.sandbox_record(id)?;
-        Ok(SandboxStatus { spec: rec.spec, ready: true, created_at: from_nanos(rec.created_at_nanos) })
+        Ok(SandboxStatus { spec: rec.spec.clone(), ready: true, created_at: from_nanos(rec.created_at_nanos) })
     }
 
     fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>, RuntimeError> {
