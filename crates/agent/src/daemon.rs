@@ -84,7 +84,12 @@ pub struct AgentConfig {
     pub vm_accel: Accel,
     /// What VM-sandboxed container pods boot; they run only where all of it is found.
     pub sandbox: SandboxAssets,
+    /// Pod networks the bridge keeps made ahead (`Bridge::start_pool`).
+    pub network_pool: usize,
 }
+
+/// Pod networks kept ready by default: a burst of this many pods sets up none itself.
+pub const DEFAULT_NETWORK_POOL: usize = 32;
 
 /// The guest of VM-sandboxed pods: a kernel with its modules, a static busybox and our
 /// guest agent, made into an initramfs when the agent starts.
@@ -174,6 +179,7 @@ impl AgentConfig {
             registry: crate::pull::RegistryConfig::default(),
             vm_accel: Accel::Tcg,
             sandbox: SandboxAssets::default(),
+            network_pool: DEFAULT_NETWORK_POOL,
         }
     }
 }
@@ -219,10 +225,12 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
         NetworkConfig::LoopbackOnly => Arc::new(LoopbackOnly),
         NetworkConfig::Bridge { name, cidr } => {
             let (os, name, cidr, dir) = (os.clone(), name.clone(), Cidr::parse(cidr)?, config.data_dir.join("network"));
-            tokio::task::spawn_blocking(move || Bridge::new(os, &name, cidr, &dir))
+            let bridge = tokio::task::spawn_blocking(move || Bridge::new(os, &name, cidr, &dir))
                 .await
-                .map_err(|e| pods::PodError::Join(e.to_string()))??
-                .into_arc()
+                .map_err(|e| pods::PodError::Join(e.to_string()))??;
+            let bridge = Arc::new(bridge);
+            bridge.start_pool(config.network_pool);
+            bridge
         }
     };
 
@@ -302,6 +310,8 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
             .map_err(|e| pods::PodError::Join(e.to_string()))??;
         tracing::info!("stopped every pod's containers");
     }
+    let network = node.network.clone();
+    tokio::task::spawn_blocking(move || network.shutdown()).await.map_err(|e| pods::PodError::Join(e.to_string()))?;
     Ok(())
 }
 

@@ -11,12 +11,26 @@
 //!   The per-node part (bridge, NAT) runs `ip`, `nft` and `sysctl` through [`Os::run`]
 //!   once; the per-pod part is a few netlink requests ([`Os::attach_pod_link`], no child
 //!   processes), since it is on every pod's start-up path.
+//!
+//! The bridge keeps a pool of attachments made ahead ([`Bridge::start_pool`]): namespace,
+//! veth pair on the bridge (host end down), address, routes, all under pool names
+//! (`atoll-pool-<bridge>-<n>`, `vp<hash>`, book key `pool-<n>`). A pod's set-up takes one
+//! and renames it to the pod's names ([`Os::adopt_pod_link`]: a second bind mount of the
+//! namespace, a link rename, the host end up): a new network namespace costs the kernel
+//! tens of milliseconds under its global locks, so 16 pods set up at once queued behind
+//! one another for 150-200 ms each. A thread refills the pool once no set-up has asked
+//! for [`POOL_QUIET`]. The book is re-keyed (`pool-<n>` to the pod) before anything is
+//! renamed, so after a crash the book still names everything that exists; the pool is a
+//! cache and never outlives its agent: a starting bridge removes every `pool-*` entry
+//! of the book and what it names, a stopping one ([`PodNetwork::shutdown`]) its own, so
+//! no entry is leaked or handed out twice.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use crate::netlink::NETNS_DIR;
 use crate::os::{Os, PodLink};
@@ -58,6 +72,8 @@ pub trait PodNetwork: Send + Sync {
     fn attached(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The agent is stopping: release what was made ahead of need (pods' attachments stay).
+    fn shutdown(&self) {}
 }
 
 /// A network namespace of its own per pod, loopback only.
@@ -131,6 +147,38 @@ pub struct Bridge {
     book: Mutex<Book>,
     /// Held while the file is written; the generation it holds was written last.
     written: Mutex<u64>,
+    pool: Pool,
+}
+
+/// Book keys of pool entries; pod IDs (UIDs) never look like this.
+const POOL_KEY: &str = "pool-";
+/// The pool is refilled once set-ups have left it alone this long: making namespaces
+/// competes with pods' starts for the kernel's locks and the CPU.
+pub const POOL_QUIET: Duration = Duration::from_millis(500);
+
+/// Attachments made ahead of need, and the refill thread's orders.
+#[derive(Debug, Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    changed: Condvar,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    ready: Vec<PodLink>,
+    /// How many to keep ready.
+    target: usize,
+    /// When a set-up last asked (or a refill last failed): refills wait for quiet.
+    last_demand: Instant,
+    next: u64,
+    stopped: bool,
+}
+
+impl Default for PoolState {
+    fn default() -> Self {
+        PoolState { ready: Vec::new(), target: 0, last_demand: Instant::now(), next: 0, stopped: false }
+    }
 }
 
 /// The address book in memory, and how many changes it has had.
@@ -155,9 +203,115 @@ impl Bridge {
             ipam: state_dir.join("ipam.json"),
             book: Mutex::new(Book::default()),
             written: Mutex::new(0),
+            pool: Pool::default(),
         };
         b.ensure_host()?;
+        b.clear_pool_leftovers()?;
         Ok(b)
+    }
+
+    /// Keep `size` attachments ready, made by a thread of their own while set-ups leave
+    /// the node alone (none when `size` is 0).
+    pub fn start_pool(self: &Arc<Self>, size: usize) {
+        if size == 0 {
+            return;
+        }
+        self.pool.state.lock().unwrap_or_else(|e| e.into_inner()).target = size;
+        let me = Arc::downgrade(self);
+        let thread = std::thread::Builder::new().name("netns-pool".into()).spawn(move || refill(me));
+        match thread {
+            Ok(t) => *self.pool.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
+            Err(e) => tracing::warn!(error = %e, "no network pool: starting its thread"),
+        }
+    }
+
+    /// How many attachments are ready in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.state.lock().unwrap_or_else(|e| e.into_inner()).ready.len()
+    }
+
+    /// The link a pool entry `n` is made as.
+    fn pool_link(&self, n: u64, addr: Ipv4Addr) -> PodLink {
+        let key = format!("{POOL_KEY}{n}");
+        PodLink {
+            netns: Path::new(NETNS_DIR).join(format!("atoll-pool-{}-{n}", self.bridge)),
+            // Hashed with the bridge: several agents (tests) share the machine's link names.
+            host_veth: format!("vp{}", &Self::host_veth(&format!("{}/{key}", self.bridge))[2..]),
+            bridge: self.bridge.clone(),
+            addr,
+            prefix: self.cidr.prefix,
+            gateway: self.cidr.gateway(),
+            host_up: false,
+        }
+    }
+
+    /// Remove the pool entries the book names (an earlier agent's, or made before a crash).
+    fn clear_pool_leftovers(&self) -> Result<(), NetError> {
+        let keys: Vec<String> =
+            self.update(|map| (map.keys().filter(|k| k.starts_with(POOL_KEY)).cloned().collect(), false))?;
+        for key in &keys {
+            let Some(n) = key.strip_prefix(POOL_KEY).and_then(|n| n.parse().ok()) else { continue };
+            let link = self.pool_link(n, Ipv4Addr::UNSPECIFIED);
+            self.os.detach_pod_link(&link.netns, &link.host_veth)?;
+        }
+        if !keys.is_empty() {
+            self.update(|map| ((), keys.iter().fold(false, |any, k| map.remove(k).is_some() || any)))?;
+            tracing::info!(removed = keys.len(), "removed an earlier agent's pooled pod networks");
+        }
+        Ok(())
+    }
+
+    /// Make pool entry `n`: its address is in the book before anything exists.
+    fn make_pooled(&self, n: u64) -> Result<PodLink, NetError> {
+        let key = format!("{POOL_KEY}{n}");
+        let addr = self.allocate(&key)?;
+        let link = self.pool_link(n, addr);
+        let made = self.os.detach_pod_link(&link.netns, &link.host_veth).and_then(|()| self.os.attach_pod_link(&link));
+        if let Err(e) = made {
+            self.update(|map| ((), map.remove(&key).is_some()))?;
+            return Err(NetError::Setup { pod: key, detail: e.to_string() });
+        }
+        Ok(link)
+    }
+
+    fn destroy_pooled(&self, link: &PodLink) -> Result<(), NetError> {
+        self.os.detach_pod_link(&link.netns, &link.host_veth)?;
+        let key = self.pool_key_of(link);
+        self.update(|map| ((), map.remove(&key).is_some()))
+    }
+
+    fn pool_key_of(&self, link: &PodLink) -> String {
+        let name = link.netns.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let n = name.rsplit('-').next().unwrap_or_default();
+        format!("{POOL_KEY}{n}")
+    }
+
+    /// A pool entry for pod `id`, re-keyed in the book, or `None` (pool empty, or `id`
+    /// has an address already: a set-up being redone keeps it).
+    fn take_pooled(&self, id: &str) -> Result<Option<PodLink>, NetError> {
+        let entry = {
+            let mut st = self.pool.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.last_demand = Instant::now();
+            let entry = st.ready.pop();
+            self.pool.changed.notify_all();
+            entry
+        };
+        let Some(entry) = entry else { return Ok(None) };
+        let key = self.pool_key_of(&entry);
+        let ip = entry.addr.to_string();
+        let taken = self.update(|map| {
+            if map.contains_key(id) || map.get(&key) != Some(&ip) {
+                return (false, false);
+            }
+            map.remove(&key);
+            map.insert(id.to_string(), ip.clone());
+            (true, true)
+        })?;
+        if !taken {
+            self.destroy_pooled(&entry)?;
+            return Ok(None);
+        }
+        Ok(Some(entry))
     }
 
     pub fn into_arc(self) -> Arc<dyn PodNetwork> {
@@ -287,6 +441,20 @@ impl PodNetwork for Bridge {
     fn setup(&self, id: &str) -> Result<Attachment, NetError> {
         // Only the address book is shared; every name below is the pod's own (and one pod
         // is never set up by two workers at once), so pods' set-ups run side by side.
+        let netns = Self::netns_path(id);
+        let host_veth = Self::host_veth(id);
+        if let Some(pooled) = self.take_pooled(id)? {
+            match self.os.adopt_pod_link(&pooled, &netns, &host_veth) {
+                Ok(()) => {
+                    return Ok(Attachment { mode: NetworkMode::Namespace(netns), ip: Some(pooled.addr.to_string()) });
+                }
+                // Made afresh below, under the pod's names, with the address it now has.
+                Err(e) => {
+                    tracing::warn!(pod = id, error = %e, "taking a pooled network; making one");
+                    let _ = self.os.detach_pod_link(&pooled.netns, &pooled.host_veth);
+                }
+            }
+        }
         let ip = self.allocate(id)?;
         let link = PodLink {
             netns: Self::netns_path(id),
@@ -295,6 +463,7 @@ impl PodNetwork for Bridge {
             addr: ip,
             prefix: self.cidr.prefix,
             gateway: self.cidr.gateway(),
+            host_up: true,
         };
         // Start from nothing: a half-made attachment (the agent died midway) is redone.
         let setup_err = |e: crate::os::OsError| NetError::Setup { pod: id.to_string(), detail: e.to_string() };
@@ -314,9 +483,77 @@ impl PodNetwork for Bridge {
     }
 
     /// The address book is written before anything is made, so it names every pod that
-    /// may have a namespace or veth.
+    /// may have a namespace or veth (pool entries are the pool's own business).
     fn attached(&self) -> Vec<String> {
-        self.load().map(|m| m.into_keys().collect()).unwrap_or_default()
+        self.load().map(|m| m.into_keys().filter(|k| !k.starts_with(POOL_KEY)).collect()).unwrap_or_default()
+    }
+
+    fn shutdown(&self) {
+        self.pool.state.lock().unwrap_or_else(|e| e.into_inner()).stopped = true;
+        self.pool.changed.notify_all();
+        // The thread finishes the entry it is making (and removes it, seeing `stopped`).
+        if let Some(t) = self.pool.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        let ready = std::mem::take(&mut self.pool.state.lock().unwrap_or_else(|e| e.into_inner()).ready);
+        for link in &ready {
+            if let Err(e) = self.destroy_pooled(link) {
+                tracing::warn!(netns = %link.netns.display(), error = %e, "removing a pooled pod network");
+            }
+        }
+    }
+}
+
+/// The pool's refill loop: one entry at a time, while the pool is short and set-ups have
+/// been quiet for [`POOL_QUIET`]; ends when the bridge stops (or is gone).
+fn refill(bridge: Weak<Bridge>) {
+    let mut logged_full = false;
+    loop {
+        let Some(b) = bridge.upgrade() else { return };
+        let n = {
+            let mut st = b.pool.state.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if st.stopped {
+                    return;
+                }
+                if st.ready.len() >= st.target {
+                    if !logged_full {
+                        tracing::info!(entries = st.ready.len(), "pod network pool filled");
+                        logged_full = true;
+                    }
+                    // Ours is the last reference: the bridge was dropped without a shutdown.
+                    if Arc::strong_count(&b) == 1 {
+                        return;
+                    }
+                    st = b.pool.changed.wait_timeout(st, Duration::from_secs(1)).unwrap_or_else(|e| e.into_inner()).0;
+                    continue;
+                }
+                let quiet = st.last_demand.elapsed();
+                if quiet < POOL_QUIET {
+                    st = b.pool.changed.wait_timeout(st, POOL_QUIET - quiet).unwrap_or_else(|e| e.into_inner()).0;
+                    continue;
+                }
+                st.next += 1;
+                break st.next;
+            }
+        };
+        logged_full = false;
+        match b.make_pooled(n) {
+            Ok(link) => {
+                let mut st = b.pool.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.stopped {
+                    drop(st);
+                    let _ = b.destroy_pooled(&link);
+                    return;
+                }
+                st.ready.push(link);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "making a pooled pod network");
+                // Try again after a quiet period, not in a tight loop.
+                b.pool.state.lock().unwrap_or_else(|e| e.into_inner()).last_demand = Instant::now();
+            }
+        }
     }
 }
 
@@ -375,6 +612,7 @@ mod tests {
                 addr: Ipv4Addr::new(10, 9, 0, 2),
                 prefix: 30,
                 gateway: Ipv4Addr::new(10, 9, 0, 1),
+                host_up: true,
             })
         });
         let detach = Call::DetachPodLink { netns: ns_a, host_veth: Bridge::host_veth("pod-a") };
@@ -383,6 +621,79 @@ mod tests {
         assert_eq!(calls[attach - 1], detach);
         assert_eq!(calls.iter().filter(|c| **c == detach).count(), 3, "{calls:?}");
         assert!(Bridge::host_veth("a-very-long-pod-uid-0000-1111-2222").len() <= 15);
+    }
+
+    fn book(os: &FakeOs) -> BTreeMap<String, String> {
+        serde_json::from_slice(&os.file(Path::new("/p/ipam.json")).unwrap_or_default()).unwrap_or_default()
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn pods_take_pooled_networks_renamed_and_the_pool_never_outlives_its_agent() {
+        let os = Arc::new(FakeOs::new("", vec![]));
+        let cidr = Cidr::parse("10.9.0.0/24").unwrap();
+        let net = Arc::new(Bridge::new(os.clone(), "br-p", cidr, Path::new("/p")).unwrap());
+        net.start_pool(2);
+        wait_until("two pooled", || net.pooled() == 2);
+        let pooled: Vec<String> = book(&os).into_keys().collect();
+        assert_eq!(pooled, ["pool-1", "pool-2"]);
+        // Pool entries are made with the host end down (so it can be renamed) under pool names.
+        let made: Vec<PodLink> = os
+            .calls()
+            .into_iter()
+            .filter_map(|c| if let Call::AttachPodLink(l) = c { Some(l) } else { None })
+            .collect();
+        assert!(
+            made.iter().all(|l| !l.host_up && l.netns.to_string_lossy().starts_with("/run/netns/atoll-pool-br-p-")),
+            "{made:?}"
+        );
+        assert!(made.iter().all(|l| l.host_veth.starts_with("vp") && l.host_veth.len() <= 15), "{made:?}");
+
+        let a = net.setup("pod-a").unwrap();
+        assert_eq!(a.mode, NetworkMode::Namespace("/run/netns/atoll-pod-a".into()));
+        let adopted = os.calls().into_iter().find_map(|c| match c {
+            Call::AdoptPodLink { pooled, netns, host_veth } => Some((pooled, netns, host_veth)),
+            _ => None,
+        });
+        let (from, netns, veth) = adopted.expect("a pooled network was taken");
+        assert!(from.to_string_lossy().starts_with("/run/netns/atoll-pool-br-p-"), "{from:?}");
+        assert_eq!((netns, veth), (PathBuf::from("/run/netns/atoll-pod-a"), Bridge::host_veth("pod-a")));
+        // The book names the pod (re-keyed, same address) and one pool entry; the sweep
+        // sees pods only.
+        let after = book(&os);
+        assert_eq!(after.get("pod-a"), a.ip.as_ref());
+        assert_eq!(after.keys().filter(|k| k.starts_with(POOL_KEY)).count(), 1);
+        assert_eq!(net.attached(), ["pod-a"]);
+        // A repeated set-up keeps the pod's address and takes nothing more.
+        let adoptions = |os: &FakeOs| os.calls().iter().filter(|c| matches!(c, Call::AdoptPodLink { .. })).count();
+        assert_eq!(net.setup("pod-a").unwrap().ip, a.ip);
+        assert_eq!(adoptions(&os), 1);
+        // Refilled once set-ups leave it alone.
+        wait_until("refilled", || net.pooled() == 2);
+
+        // Stopping removes the pool's entries and keeps the pod's.
+        net.shutdown();
+        assert_eq!(book(&os).into_keys().collect::<Vec<_>>(), ["pod-a"]);
+        let detached = |os: &FakeOs| os.calls().iter().filter(|c| matches!(c, Call::DetachPodLink { .. })).count();
+        assert!(detached(&os) >= 2, "{:?}", os.calls());
+
+        // Entries a crashed agent left in the book are removed by the next one, never handed out.
+        let crashed = Arc::new(Bridge::new(os.clone(), "br-p", cidr, Path::new("/p")).unwrap());
+        crashed.start_pool(1);
+        wait_until("one pooled", || crashed.pooled() == 1);
+        drop(crashed);
+        let before = detached(&os);
+        let next = Bridge::new(os.clone(), "br-p", cidr, Path::new("/p")).unwrap();
+        assert_eq!(book(&os).into_keys().collect::<Vec<_>>(), ["pod-a"]);
+        assert_eq!(detached(&os), before + 1);
+        assert_eq!(next.pooled(), 0);
     }
 
     #[test]

@@ -152,11 +152,11 @@ impl Request {
         u16::from_ne_bytes([self.buf[4], self.buf[5]])
     }
 
-    /// A veth pair: `name` here (enslaved to bridge `master`, up) and `peer` in the
-    /// network namespace open as `peer_ns`, made in one request.
-    pub fn new_veth(name: &str, master: i32, peer: &str, peer_ns: BorrowedFd<'_>) -> Request {
+    /// A veth pair: `name` here (enslaved to bridge `master`, up if `up`) and `peer` in
+    /// the network namespace open as `peer_ns`, made in one request.
+    pub fn new_veth(name: &str, master: i32, peer: &str, peer_ns: BorrowedFd<'_>, up: bool) -> Request {
         let mut r = Request::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
-        r.link_header(0, true).attr_name(IFLA_IFNAME, name).attr_u32(IFLA_MASTER, master as u32);
+        r.link_header(0, up).attr_name(IFLA_IFNAME, name).attr_u32(IFLA_MASTER, master as u32);
         r.begin(IFLA_LINKINFO).attr_name(IFLA_INFO_KIND, "veth").begin(IFLA_INFO_DATA).begin(VETH_INFO_PEER);
         // The peer's own ifinfomsg, then its attributes, inside VETH_INFO_PEER.
         r.link_header(0, false).attr_name(IFLA_IFNAME, peer).attr_u32(IFLA_NET_NS_FD, peer_ns.as_raw_fd() as u32);
@@ -168,6 +168,13 @@ impl Request {
     pub fn link_up(name: &str) -> Request {
         let mut r = Request::new(RTM_NEWLINK, 0);
         r.link_header(0, true).attr_name(IFLA_IFNAME, name);
+        r
+    }
+
+    /// Rename link `index` (the kernel renames only links that are down).
+    pub fn rename_link(index: i32, name: &str) -> Request {
+        let mut r = Request::new(RTM_NEWLINK, 0);
+        r.link_header(index, false).attr_name(IFLA_IFNAME, name);
         r
     }
 
@@ -371,6 +378,9 @@ pub struct PodLink {
     pub addr: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+    /// Bring the host end up. A pooled link's stays down until a pod takes it ([`adopt`]):
+    /// the kernel renames only links that are down.
+    pub host_up: bool,
 }
 
 fn netlink_err<'a>(what: &'static str, name: &'a str) -> impl FnOnce(Errno) -> OsError + 'a {
@@ -385,7 +395,7 @@ pub fn attach(link: &PodLink) -> Result<(), OsError> {
     let result = (|| {
         let mut host = Socket::open().map_err(netlink_err("opening a netlink socket for", &link.bridge))?;
         let master = host.link_index(&link.bridge).map_err(netlink_err("looking up link", &link.bridge))?;
-        host.request(&Request::new_veth(&link.host_veth, master, "eth0", ns.as_fd()))
+        host.request(&Request::new_veth(&link.host_veth, master, "eth0", ns.as_fd(), link.host_up))
             .map_err(netlink_err("creating veth pair", &link.host_veth))?;
         pod.request(&Request::link_up("lo")).map_err(netlink_err("bringing up in the pod", "lo"))?;
         let eth0 = pod.link_index("eth0").map_err(netlink_err("looking up in the pod", "eth0"))?;
@@ -398,6 +408,27 @@ pub fn attach(link: &PodLink) -> Result<(), OsError> {
         let _ = detach(&link.netns, &link.host_veth);
     }
     result
+}
+
+/// Hand `pooled` (made by [`attach`] with its host end down) to a pod: its namespace is
+/// bound at `netns` as well and then unbound from its pool name, its host end renamed
+/// `host_veth` and brought up. Nothing inside the namespace changes (address, routes).
+pub fn adopt(pooled: &PodLink, netns: &Path, host_veth: &str) -> Result<(), OsError> {
+    share_netns_dir()?;
+    File::options().read(true).write(true).create_new(true).mode(0o444).open(netns).map_err(|source| OsError::Io {
+        what: "creating",
+        path: netns.into(),
+        source,
+    })?;
+    if let Err(source) = rustix::mount::mount_bind(&pooled.netns, netns) {
+        let _ = std::fs::remove_file(netns);
+        return Err(OsError::Sys { what: "bind-mounting a network namespace on", path: netns.into(), source });
+    }
+    delete_netns(&pooled.netns)?;
+    let mut host = Socket::open().map_err(netlink_err("opening a netlink socket for", host_veth))?;
+    let index = host.link_index(&pooled.host_veth).map_err(netlink_err("looking up link", &pooled.host_veth))?;
+    host.request(&Request::rename_link(index, host_veth)).map_err(netlink_err("renaming a link to", host_veth))?;
+    host.request(&Request::link_up(host_veth)).map_err(netlink_err("bringing up link", host_veth))
 }
 
 /// Remove a pod's veth pair (its `eth0` end goes with it) and its named namespace;
@@ -454,7 +485,7 @@ mod tests {
     #[test]
     fn veth_request_nests_the_peer_with_its_namespace() {
         let ns = std::fs::File::open("/proc/self/ns/net").unwrap();
-        let b = Request::new_veth("va0123", 5, "eth0", ns.as_fd()).bytes(1);
+        let b = Request::new_veth("va0123", 5, "eth0", ns.as_fd(), true).bytes(1);
         assert_eq!(u16_at(&b, 6), NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
         assert_eq!(u32_at(&b, 0) as usize, b.len());
         let top = attrs(&b[32..]);

@@ -108,6 +108,9 @@ pub trait Os: Send + Sync + fmt::Debug {
     fn attach_pod_link(&self, link: &PodLink) -> Result<(), OsError>;
     /// Remove what [`Os::attach_pod_link`] made; absent parts are not an error.
     fn detach_pod_link(&self, netns: &Path, host_veth: &str) -> Result<(), OsError>;
+    /// Give a link made ahead (host end down) the names `netns` and `host_veth` and bring
+    /// its host end up; see [`crate::netlink::adopt`].
+    fn adopt_pod_link(&self, pooled: &PodLink, netns: &Path, host_veth: &str) -> Result<(), OsError>;
 
     /// Run a program to completion, capturing its output.
     fn run(&self, program: &Path, args: &[OsString]) -> Result<CommandOutput, OsError>;
@@ -296,6 +299,10 @@ impl Os for RealOs {
 
     fn detach_pod_link(&self, netns: &Path, host_veth: &str) -> Result<(), OsError> {
         crate::netlink::detach(netns, host_veth)
+    }
+
+    fn adopt_pod_link(&self, pooled: &PodLink, netns: &Path, host_veth: &str) -> Result<(), OsError> {
+        crate::netlink::adopt(pooled, netns, host_veth)
     }
 
     fn run(&self, program: &Path, args: &[OsString]) -> Result<CommandOutput, OsError> {
@@ -492,6 +499,7 @@ pub enum Call {
     Run(Vec<String>),
     AttachPodLink(PodLink),
     DetachPodLink { netns: PathBuf, host_veth: String },
+    AdoptPodLink { pooled: PathBuf, netns: PathBuf, host_veth: String },
     SpawnDetached(Vec<String>),
     Signal(u32, Signal),
     CreateDir(PathBuf),
@@ -615,6 +623,13 @@ impl Os for FakeOs {
 
     fn detach_pod_link(&self, netns: &Path, host_veth: &str) -> Result<(), OsError> {
         self.with(|s| s.calls.push(Call::DetachPodLink { netns: netns.into(), host_veth: host_veth.into() }));
+        Ok(())
+    }
+
+    fn adopt_pod_link(&self, pooled: &PodLink, netns: &Path, host_veth: &str) -> Result<(), OsError> {
+        let call =
+            Call::AdoptPodLink { pooled: pooled.netns.clone(), netns: netns.into(), host_veth: host_veth.into() };
+        self.with(|s| s.calls.push(call));
         Ok(())
     }
 

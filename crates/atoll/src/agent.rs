@@ -37,6 +37,10 @@ pub struct AgentArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    /// Pod networks (namespace, veth, address) kept made ahead of need, so that a burst of
+    /// pods starting sets up none itself (0: none).
+    #[arg(long, default_value_t = agent::daemon::DEFAULT_NETWORK_POOL)]
+    pub network_pool: usize,
     /// Where to serve logs, exec and attach to the API server.
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub listen: std::net::SocketAddr,
@@ -143,6 +147,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cfg.runtime = args.runtime;
     cfg.stop_pods_on_exit = args.stop_pods_on_exit;
     cfg.network = network(args.loopback_only, &args.bridge, &args.pod_cidr);
+    cfg.network_pool = args.network_pool;
     if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
         let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
         let ca = args.client_ca_file.as_ref().context("--client-ca-file is needed with --tls-cert-file")?;

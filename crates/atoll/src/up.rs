@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// Pods get a network namespace with loopback only (no bridge, no pod IP).
     #[arg(long)]
     pub loopback_only: bool,
+    /// Pod networks (namespace, veth, address) kept made ahead of need, so that a burst of
+    /// pods starting sets up none itself (0: none).
+    #[arg(long, default_value_t = agent::daemon::DEFAULT_NETWORK_POOL)]
+    pub network_pool: usize,
     /// Where the node agent serves logs and exec to the API server (port 0: any free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub agent_listen: SocketAddr,
@@ -118,6 +122,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         cfg.network = crate::agent::network(args.loopback_only, &args.bridge, &args.pod_cidr);
         cfg.registry = args.registry.config();
         cfg.vm_accel = args.vm_accel;
+        cfg.network_pool = args.network_pool;
         // The cluster goes away with this process: its containers too (made again next time).
         cfg.stop_pods_on_exit = true;
         cfg.serving = Some(crate::agent::serving_from_data_dir(&args.store.data_dir, &node_name, args.agent_listen)?);

@@ -46,6 +46,7 @@ fn link(bridge: &str, n: u32) -> PodLink {
         addr: Ipv4Addr::new(10, 251, 0, 2 + n as u8),
         prefix: 24,
         gateway: Ipv4Addr::new(10, 251, 0, 1),
+        host_up: true,
     }
 }
 
@@ -91,6 +92,38 @@ fn a_pod_link_is_what_ip_would_have_made_and_detaching_leaves_nothing() {
     let err = os.attach_pod_link(&bad).unwrap_err().to_string();
     assert!(err.contains("atnnobridge"), "{err}");
     assert!(!bad.netns.exists());
+}
+
+#[test]
+fn a_pooled_link_adopted_under_a_pods_names_is_what_a_fresh_one_would_be() {
+    let bridge = TestBridge::new();
+    let os = RealOs::new();
+    let pooled = PodLink { host_up: false, ..link(&bridge.0, 2) };
+    let pod = link(&bridge.0, 3);
+    for l in [&pooled, &pod] {
+        os.detach_pod_link(&l.netns, &l.host_veth).unwrap();
+    }
+    os.attach_pod_link(&pooled).unwrap();
+    let (_, host) = ip(&["-o", "link", "show", "dev", &pooled.host_veth]);
+    assert!(host.contains(&format!("master {}", bridge.0)) && !host.contains(",UP"), "{host}");
+    os.adopt_pod_link(&pooled, &pod.netns, &pod.host_veth).unwrap();
+    let ns = ns_name(&pod);
+    let list = ip(&["netns", "list"]).1;
+    assert!(list.contains(&ns) && !list.contains(&ns_name(&pooled)), "{list}");
+    assert!(!pooled.netns.exists());
+    assert!(!ip(&["link", "show", "dev", &pooled.host_veth]).0, "the pool name is left");
+    let (_, host) = ip(&["-o", "link", "show", "dev", &pod.host_veth]);
+    assert!(host.contains(&format!("master {}", bridge.0)) && host.contains(",UP"), "{host}");
+    // Inside, the pooled address and route, under the pod's namespace name.
+    let (_, addr) = ip(&["-n", &ns, "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(addr.contains(&format!("inet {}/24", pooled.addr)), "{addr}");
+    let (_, route) = ip(&["-n", &ns, "route", "show", "default"]);
+    assert!(route.contains("default via 10.251.0.1 dev eth0"), "{route}");
+    let (ok, ping) = ip(&["netns", "exec", &ns, "ping", "-c", "1", "-W", "2", "10.251.0.1"]);
+    assert!(ok || ping.contains("No such file"), "{ping}");
+    os.detach_pod_link(&pod.netns, &pod.host_veth).unwrap();
+    assert!(!pod.netns.exists());
+    assert!(!ip(&["link", "show", "dev", &pod.host_veth]).0, "host end left");
 }
 
 /// The old way, for the comparison printed below: the `ip` commands `net.rs` ran per pod.
