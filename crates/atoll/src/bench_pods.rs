@@ -44,6 +44,11 @@ pub struct PodsBenchArgs {
     /// The pods' runtimeClassName (`vm`: each pod in its own microVM sandbox).
     #[arg(long)]
     runtime_class: Option<String>,
+    /// Pod networks the started cluster's node keeps made ahead (default: as many as
+    /// `--pods`, a node ready for the burst it is measured with); the bench waits until
+    /// they are made, as they would be on a node that had been idle.
+    #[arg(long)]
+    network_pool: Option<usize>,
 }
 
 /// `atoll up` in a child process; stopped with SIGINT (so it stops its containers) on drop.
@@ -87,6 +92,7 @@ fn start_cluster(args: &PodsBenchArgs) -> Result<Cluster> {
                 .status()?;
             ensure!(built.success(), "atoll image build-busybox failed (is busybox-static installed?)");
             up.arg("--runtime").arg(&args.runtime);
+            up.arg("--network-pool").arg(args.network_pool.unwrap_or(args.pods).to_string());
         }
     }
     let log = std::fs::File::create(dir.path().join("up.log"))?;
@@ -97,6 +103,18 @@ fn start_cluster(args: &PodsBenchArgs) -> Result<Cluster> {
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let cluster = Cluster { child, dir };
     ensure!(line.starts_with("listening on"), "atoll up did not start; see {}", cluster.log().display());
+    if args.simulated.is_none() && args.network_pool.unwrap_or(args.pods) > 0 {
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        let filled = || std::fs::read_to_string(cluster.log()).is_ok_and(|l| l.contains("pod network pool filled"));
+        while !filled() {
+            ensure!(
+                Instant::now() < deadline,
+                "the node's network pool was not filled; see {}",
+                cluster.log().display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     Ok(cluster)
 }
 
@@ -147,12 +165,59 @@ pub async fn run(args: PodsBenchArgs) -> Result<()> {
         (None, Some(c)) => c.dir.path().join("admin.kubeconfig"),
         (None, None) => unreachable!("a cluster was started"),
     };
-    let result = measure(&args, &kubeconfig, started.is_some()).await;
+    let pid = started.as_ref().map(|c| c.child.id());
+    let result = measure(&args, &kubeconfig, pid).await;
     drop(started);
     result
 }
 
-async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<()> {
+/// CPU time of one process from `/proc/<pid>/stat`: its own (all threads) and that of its
+/// children it has reaped, in seconds; its parent's pid.
+fn cpu_of(pid: u32) -> Option<(f64, f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // /proc counts in USER_HZ ticks, 100 a second on every Linux ABI.
+    let ticks = |a: usize, b: usize| Some((field(a)? + field(b)?) / 100.0);
+    // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+    Some((ticks(11, 12)?, ticks(13, 14)?, field(1)? as u32))
+}
+
+/// The CPU seconds spent so far by the cluster process (`atoll up`: API server,
+/// controllers, scheduler and node agent) and by its container supervisors (`atoll shim`,
+/// its children) with what they ran and reaped (the OCI runtime's processes).
+#[derive(Clone, Copy, Default)]
+struct CpuSample {
+    cluster: f64,
+    shims: f64,
+    runtime: f64,
+}
+
+fn sample_cpu(cluster: u32) -> CpuSample {
+    let mut out = CpuSample { cluster: cpu_of(cluster).map_or(0.0, |(own, _, _)| own), ..CpuSample::default() };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some((own, reaped, parent)) = cpu_of(pid) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let is_shim = cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice());
+        if parent == cluster && is_shim {
+            out.shims += own;
+            out.runtime += reaped;
+        }
+    }
+    out
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, cluster_pid: Option<u32>) -> Result<()> {
+    let own = cluster_pid.is_some();
     let config = client::Config::from_kubeconfig(kubeconfig, None)?;
     let client = Client::new(config)?;
     let selector = match (&args.node, args.simulated) {
@@ -182,6 +247,8 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<(
     let mut watch = client.watch(&Resource::pods(), &scope, &params).await?;
 
     let names: Vec<String> = (0..args.pods).map(|i| format!("p{i}")).collect();
+    let load_before = load_average();
+    let cpu_before = cluster_pid.map(sample_cpu);
     let begin = Instant::now();
     let mut creates = tokio::task::JoinSet::new();
     for name in &names {
@@ -223,6 +290,7 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<(
         }
     }
     let total = begin.elapsed();
+    let cpu_after = cluster_pid.map(sample_cpu);
     while let Some(done) = creates.join_next().await {
         let (name, sent) = done??;
         sent_at.insert(name, sent);
@@ -243,6 +311,17 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, own: bool) -> Result<(
         ms(latencies.last().copied().unwrap_or_default()),
         ms(total),
     );
+    println!("load average (1, 5, 15 min) before: {load_before}, after: {}", load_average());
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        // Shims are new, so all of theirs is this run's; the cluster process's is the change.
+        println!(
+            "CPU seconds until all ran: cluster process (API server, controllers, scheduler, agent) {:.2}, \
+             container supervisors (atoll shim) {:.2}, OCI runtime (reaped by them) {:.2}",
+            after.cluster - before.cluster,
+            after.shims,
+            after.runtime,
+        );
+    }
 
     // Clean up and wait for it, so a cluster we started stops with nothing left to stop
     // (the agent stops its pods in parallel; its own shutdown goes one pod at a time).
