@@ -14,7 +14,7 @@
 //!
 //! The bridge keeps a pool of attachments made ahead ([`Bridge::start_pool`]): namespace,
 //! veth pair on the bridge (host end down), address, routes, all under pool names
-//! (`atoll-pool-<bridge>-<n>`, `vp<hash>`, book key `pool-<n>`). A pod's set-up takes one
+//! (`atoll-pool-<bridge>-<agent hash>-<n>`, `vp<hash>`, book key `pool-<n>`). A pod's set-up takes one
 //! and renames it to the pod's names ([`Os::adopt_pod_link`]: a second bind mount of the
 //! namespace, a link rename, the host end up): a new network namespace costs the kernel
 //! tens of milliseconds under its global locks, so 16 pods set up at once queued behind
@@ -233,10 +233,15 @@ impl Bridge {
     /// The link a pool entry `n` is made as.
     fn pool_link(&self, n: u64, addr: Ipv4Addr) -> PodLink {
         let key = format!("{POOL_KEY}{n}");
+        let mine = Self::host_veth(&self.ipam.to_string_lossy());
         PodLink {
-            netns: Path::new(NETNS_DIR).join(format!("atoll-pool-{}-{n}", self.bridge)),
-            // Hashed with the bridge: several agents (tests) share the machine's link names.
-            host_veth: format!("vp{}", &Self::host_veth(&format!("{}/{key}", self.bridge))[2..]),
+            // Names are the machine's: with the bridge and a hash of this agent's folder in
+            // them, agents side by side (tests) never touch each other's entries.
+            netns: Path::new(NETNS_DIR).join(format!("atoll-pool-{}-{}-{n}", self.bridge, &mine[2..8])),
+            host_veth: format!(
+                "vp{}",
+                &Self::host_veth(&format!("{}/{}/{key}", self.bridge, self.ipam.display()))[2..]
+            ),
             bridge: self.bridge.clone(),
             addr,
             prefix: self.cidr.prefix,

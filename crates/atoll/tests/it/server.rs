@@ -915,9 +915,21 @@ pub fn own_network(prefix: &str, base: u32) -> (String, String) {
 /// bridge and NAT table.
 pub fn stop_with_network(cluster: &mut Proc, bridge: &str, patience: std::time::Duration) -> Result<()> {
     let stopped = cluster.interrupt(patience);
+    // The node's pool of pod networks made ahead goes with its agent.
+    let netns = Command::new("ip").args(["netns", "list"]).output()?;
+    let pool_prefix = format!("atoll-pool-{bridge}-");
+    let pooled: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&pool_prefix))
+        .map(str::to_string)
+        .collect();
+    let links = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output()?;
+    let pooled_links = String::from_utf8_lossy(&links.stdout).lines().filter(|l| l.contains(": vp")).count();
     let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
     let _ = Command::new("nft").args(["delete", "table", "ip", &format!("atoll-{bridge}")]).status();
-    stopped
+    stopped?;
+    ensure!(pooled.is_empty() && pooled_links == 0, "pooled pod networks left: {pooled:?}, {pooled_links} links");
+    Ok(())
 }
 
 /// `atoll up` on `dir` with `args`, once it listens.

@@ -399,7 +399,9 @@ fn leftovers(uid: &str, containers: &[String], agent_dir: &Path, bridge: &str) -
     let runtime = agent_dir.join("runtime").display().to_string();
     left.extend(mounts.lines().filter(|l| l.contains(&runtime)).map(str::to_string));
     let veths = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output()?;
-    left.extend(String::from_utf8_lossy(&veths.stdout).lines().map(str::to_string));
+    // Links named `vp…` are the agent's pool of networks made ahead for pods to come (no
+    // pod's; `stop_with_network` checks that they go with the agent).
+    left.extend(String::from_utf8_lossy(&veths.stdout).lines().filter(|l| !l.contains(": vp")).map(str::to_string));
     for p in std::fs::read_dir("/proc")? {
         let cmdline = std::fs::read(p?.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
