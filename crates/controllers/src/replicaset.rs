@@ -185,7 +185,9 @@ impl Reconciler for ReplicaSets {
         let rs_deleting = workload::deleting(&rs);
         // Claim: owned pods that still match, plus orphans that match (adopted).
         let mut owned: Vec<Arc<Value>> = Vec::new();
-        for pod in self.pods.list_namespace(&key.tenant, ns) {
+        let mut candidates = self.pods.by_index(&owned_index(&key.tenant, ns, &rs_uid));
+        candidates.extend(self.pods.by_index(&orphan_index(&key.tenant, ns)));
+        for pod in candidates {
             let matches = workload::selects(&rs, &pod);
             match workload::controller_ref(&pod) {
                 Some(r) if r.get("uid").and_then(Value::as_str) == Some(rs_uid.as_str()) => {
@@ -309,9 +311,31 @@ fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
     }
 }
 
+/// The pod index key of a controller's pods in one namespace. The tenant and namespace are
+/// part of it because an ownerReference is whatever its writer says: a pod of another
+/// tenant naming this set's uid must never be found as this set's.
+fn owned_index(tenant: &str, namespace: &str, owner_uid: &str) -> String {
+    format!("owner/{tenant}/{namespace}/{owner_uid}")
+}
+
+/// The pod index key of a namespace's pods without a controller (candidates for adoption).
+fn orphan_index(tenant: &str, namespace: &str) -> String {
+    format!("orphan/{tenant}/{namespace}")
+}
+
+/// Where a pod sits in the pod cache's index: under its controller, or among its
+/// namespace's orphans.
+fn pod_index(pod: &Value) -> Option<String> {
+    let (tenant, ns) = (str_at(pod, "/metadata/tenant"), str_at(pod, "/metadata/namespace"));
+    match workload::controller_ref(pod) {
+        Some(r) => Some(owned_index(tenant, ns, str_at(r, "/uid"))),
+        None => Some(orphan_index(tenant, ns)),
+    }
+}
+
 /// The controller, watching every tenant's ReplicaSets and pods.
 pub fn controller(client: Client) -> Controller<ReplicaSets> {
-    let (sets, pods) = (Cache::default(), Cache::default());
+    let (sets, pods) = (Cache::default(), Cache::indexed(pod_index));
     let reconciler =
         ReplicaSets { client: client.clone(), sets: sets.clone(), pods: pods.clone(), expectations: Mutex::default() };
     let rs_source = ApiSource::new(client.clone(), replicasets(), Scope::all_tenants());
@@ -321,4 +345,30 @@ pub fn controller(client: Client) -> Controller<ReplicaSets> {
         .workers(4)
         .watches(Watcher::new(rs_source, "replicasets"), sets, |rs| ObjectKey::of(rs).into_iter().collect())
         .watches(Watcher::new(pod_source, "pods"), pods, move |pod| sets_for_pod(&index, pod))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_indexed_under_their_controller_within_their_tenant_and_namespace() {
+        let owned = json!({"metadata": {"tenant": "a", "namespace": "n", "name": "p1",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1",
+                                 "controller": true}]}});
+        let orphan = json!({"metadata": {"tenant": "a", "namespace": "n", "name": "p2"}});
+        // Another tenant's pod naming the same uid is not found under tenant a's set.
+        let mut foreign = owned.clone();
+        foreign["metadata"]["tenant"] = json!("b");
+        let cache = Cache::indexed(pod_index);
+        for pod in [&owned, &orphan, &foreign] {
+            cache.apply(&crate::watcher::Event::Applied(pod.clone()));
+        }
+        let names =
+            |pods: Vec<Arc<Value>>| pods.iter().map(|p| str_at(p, "/metadata/name").to_string()).collect::<Vec<_>>();
+        assert_eq!(names(cache.by_index(&owned_index("a", "n", "u1"))), ["p1"]);
+        assert_eq!(names(cache.by_index(&orphan_index("a", "n"))), ["p2"]);
+        assert_eq!(cache.by_index(&owned_index("b", "n", "u1")).len(), 1);
+        assert!(cache.by_index(&owned_index("a", "m", "u1")).is_empty());
+    }
 }
