@@ -13,6 +13,8 @@ initrd=$2
 disk=$3
 runs=${4:-3}
 extra=${5:-}
+# Our minimal kernel: MACHINE=microvm,acpi=off (as the sandbox runtime boots it).
+machine=${MACHINE:-microvm}
 khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 cmdline="console=ttyS0 panic=-1 quiet mitigations=off init_on_alloc=0 init_on_free=0 nokaslr no_timer_check"
 cmdline+=" cryptomgr.notests random.trust_cpu=on audit=0 pci=off lsm=capability page_alloc.shuffle=0"
@@ -21,7 +23,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 for ((i = 0; i < runs; i++)); do
-    qemu-system-x86_64 -name atoll-sandbox-bench -M microvm -accel tcg,tb-size=16 -smp 1 -m 192M \
+    qemu-system-x86_64 -name atoll-sandbox-bench -M "$machine" -accel tcg,tb-size=16 -smp 1 -m 192M \
         -nodefaults -no-user-config -no-reboot -display none -serial "file:$work/console.log" -monitor none \
         -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
         -chardev "socket,id=guest,path=$work/guest.sock,server=on,wait=off" \

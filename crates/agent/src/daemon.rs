@@ -149,6 +149,7 @@ fn sandbox_runtime(
         qemu: qemu.to_owned(),
         shim: config.shim.clone(),
         kernel: assets.kernel.kernel.clone(),
+        acpi: assets.kernel.modules.is_some(),
         initrd,
         accel,
         tsc_khz,
