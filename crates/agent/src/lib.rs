@@ -25,6 +25,7 @@
 pub mod actions;
 pub mod busybox;
 pub mod busybox_vm;
+pub mod console;
 pub mod daemon;
 pub mod images;
 pub mod net;

@@ -671,6 +671,7 @@ impl Node {
             log_path: Some(log_dir.join(format!("{n}.log"))),
             stdin: c.get("stdin").and_then(Value::as_bool).unwrap_or(false),
             stdin_once: c.get("stdinOnce").and_then(Value::as_bool).unwrap_or(false),
+            tty: c.get("tty").and_then(Value::as_bool).unwrap_or(false),
             vm,
         })
     }

@@ -295,12 +295,18 @@ pub async fn attach(runtime: Arc<dyn Runtime>, container: ContainerStatus, sessi
     let Session { streams, mut input, output } = session;
     // Start at the log's current end: attach shows what comes, not what was.
     let mut offset = tokio::fs::metadata(&container.log_path).await.map(|m| m.len()).unwrap_or(0);
-    let socket = if streams.stdin {
+    let socket = {
         let (rt, id) = (runtime.clone(), container.id.clone());
         blocking(move || rt.attach_socket(&id)).await.flatten()
-    } else {
-        None
     };
+    // A container with a terminal is attached to live through its shim: an interactive
+    // shell's prompt and echo have no newline, which the log would hold back.
+    if let Some(path) = &socket
+        && path.with_file_name(crate::console::RESIZE_SOCKET).exists()
+    {
+        return attach_terminal(path, streams, input, output).await;
+    }
+    let socket = socket.filter(|_| streams.stdin);
     let mut stdin = match socket {
         Some(path) => tokio::net::UnixStream::connect(&path).await.ok(),
         None => None,
@@ -349,6 +355,68 @@ pub async fn attach(runtime: Arc<dyn Runtime>, container: ContainerStatus, sessi
         }
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = output.closed() => {
+                feeder.abort();
+                return;
+            }
+        }
+    }
+    feeder.abort();
+    let _ = output.send(Output::Done(stream::success())).await;
+}
+
+/// Attach to a container's terminal ([`crate::console`]): its output as it comes, the
+/// client's keys (with `stdin`) and window sizes to it, until the container lets go of it
+/// or the client leaves.
+async fn attach_terminal(
+    socket: &std::path::Path,
+    streams: stream::Streams,
+    mut input: mpsc::Receiver<Input>,
+    output: mpsc::Sender<Output>,
+) {
+    let conn = match tokio::net::UnixStream::connect(socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = output.send(Output::Done(stream::failure(&format!("attaching to the terminal: {e}")))).await;
+            return;
+        }
+    };
+    let mut sizer = tokio::net::UnixStream::connect(socket.with_file_name(crate::console::RESIZE_SOCKET)).await.ok();
+    let (mut reader, mut writer) = conn.into_split();
+    let feeder = tokio::spawn(async move {
+        while let Some(i) = input.recv().await {
+            match i {
+                Input::Stdin(b) if streams.stdin => {
+                    if writer.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+                Input::Resize { width, height } => {
+                    if let Some(s) = sizer.as_mut()
+                        && s.write_all(format!("{width} {height}\n").as_bytes()).await.is_err()
+                    {
+                        sizer = None;
+                    }
+                }
+                // A terminal has no end of input but the one the user types (Ctrl-D).
+                Input::Stdin(_) | Input::StdinEnd => {}
+            }
+        }
+    });
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            r = reader.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if (streams.stdout || streams.tty)
+                        && output.send(Output::Stdout(Bytes::copy_from_slice(&buf[..n]))).await.is_err()
+                    {
+                        feeder.abort();
+                        return;
+                    }
+                }
+            },
             _ = output.closed() => {
                 feeder.abort();
                 return;

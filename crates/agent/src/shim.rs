@@ -48,6 +48,8 @@ pub struct ShimArgs {
     /// Start the container at once (`<runtime> run --detach` instead of `create`), for a
     /// caller that would start it right away anyway: one runtime process fewer.
     pub start: bool,
+    /// Give the container a terminal (`tty: true`; [`crate::console`]).
+    pub tty: bool,
 }
 
 /// The socket in the container's state folder that feeds its stdin.
@@ -75,6 +77,10 @@ impl ShimArgs {
             out.push("--start".into());
             out.push("now".into());
         }
+        if self.tty {
+            out.push("--tty".into());
+            out.push("yes".into());
+        }
         out
     }
 
@@ -82,7 +88,7 @@ impl ShimArgs {
         let mut it = args.into_iter();
         let (mut runtime, mut root, mut id, mut bundle, mut dir, mut log) = (None, None, None, None, None, None);
         let mut stdin = None;
-        let mut start = false;
+        let (mut start, mut tty) = (false, false);
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| ShimError::Usage(format!("{flag:?} needs a value")))?;
             match flag.to_str() {
@@ -100,6 +106,7 @@ impl ShimArgs {
                     })
                 }
                 Some("--start") if value == "now" => start = true,
+                Some("--tty") if value == "yes" => tty = true,
                 _ => return Err(ShimError::Usage(format!("unknown flag {flag:?} {value:?}"))),
             }
         }
@@ -113,6 +120,7 @@ impl ShimArgs {
             log: log.ok_or_else(|| missing("--log"))?,
             stdin,
             start,
+            tty,
         })
     }
 }
@@ -259,13 +267,23 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
     } else {
         create.arg("create");
     }
+    let console = if args.tty {
+        let listener = crate::console::listen(&args.dir).map_err(|e| {
+            handshake(&format!("error {e}"));
+            e.to_string()
+        })?;
+        create.arg("--console-socket").arg(args.dir.join(crate::console::CONSOLE_SOCKET));
+        Some(listener)
+    } else {
+        None
+    };
     let mut create = create
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
-        .stdin(if args.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if args.stdin.is_some() && !args.tty { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -302,15 +320,38 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
         })?;
         std::thread::spawn(move || feed_stdin(listener, pipe, once));
     }
+    // With a terminal the container writes there, not to our pipes (which then carry only
+    // the runtime's own words): the terminal's output is logged as stdout.
+    let mut terminal_output = None;
+    if let Some(listener) = console {
+        let started = crate::console::receive(listener, &args.dir).and_then(|terminal| {
+            let (reader, writer) = std::io::pipe().map_err(crate::console::ConsoleError::Receive)?;
+            crate::console::serve(terminal, &args.dir, args.stdin, writer).map(|copier| (reader, copier))
+        });
+        match started {
+            Ok(t) => terminal_output = Some(t),
+            Err(e) => {
+                handshake(&format!("error {e}"));
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(pid).ok_or("no pid")?,
+                    rustix::process::Signal::KILL,
+                );
+                return Err(e.to_string());
+            }
+        }
+    }
     handshake(&format!("created {pid}"));
 
-    let threads: Vec<_> = [("stdout", Box::new(stdout) as Box<dyn Read + Send>), ("stderr", Box::new(stderr))]
-        .into_iter()
-        .map(|(name, pipe)| {
-            let log = log.clone();
-            std::thread::spawn(move || copy_as_cri_log(name, pipe, &log))
-        })
-        .collect();
+    let mut pipes = vec![("stdout", Box::new(stdout) as Box<dyn Read + Send>), ("stderr", Box::new(stderr))];
+    let mut threads = Vec::new();
+    if let Some((reader, copier)) = terminal_output {
+        pipes.push(("stdout", Box::new(reader)));
+        threads.push(copier);
+    }
+    threads.extend(pipes.into_iter().map(|(name, pipe)| {
+        let log = log.clone();
+        std::thread::spawn(move || copy_as_cri_log(name, pipe, &log))
+    }));
 
     let record = wait_for(pid);
     for t in threads {
@@ -553,6 +594,7 @@ mod tests {
             dir: "/d".into(),
             log: "/l".into(),
             start: false,
+            tty: true,
         };
         assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
         let started = ShimArgs { start: true, ..a.clone() };

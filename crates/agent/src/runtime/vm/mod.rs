@@ -691,6 +691,7 @@ mod tests {
             log_path: Some("/logs/vm/0.log".into()),
             stdin: false,
             stdin_once: false,
+            tty: false,
             vm: Some(VmSpec {
                 kernel: "/img/vm/kernel".into(),
                 initrd: Some("/img/vm/initrd.img".into()),
