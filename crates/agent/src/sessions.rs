@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::runtime::logs::{self, LogOptions};
-use crate::runtime::{ContainerState, ContainerStatus, Runtime, RuntimeError};
+use crate::runtime::{ContainerState, ContainerStatus, NetworkMode, Runtime, RuntimeError};
 use crate::stream::{self, Input, Output, Session};
 
 /// How often a followed log is looked at for new lines.
@@ -425,4 +425,51 @@ async fn attach_terminal(
     }
     feeder.abort();
     let _ = output.send(Output::Done(stream::success())).await;
+}
+
+/// The network namespace a pod's ports are in (`None`: the node's own, `hostNetwork`).
+pub fn pod_netns(runtime: &dyn Runtime, uid: &str) -> Result<Option<PathBuf>, SessionError> {
+    match runtime.sandbox_status(uid)?.spec.network {
+        NetworkMode::Host => Ok(None),
+        NetworkMode::Namespace(path) => Ok(Some(path)),
+        // Each container has a namespace of its own: the first running one's.
+        NetworkMode::Isolated => runtime
+            .list_containers(Some(uid))?
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .find_map(|c| c.pid)
+            .map(|pid| Some(PathBuf::from(format!("/proc/{pid}/ns/net"))))
+            .ok_or_else(|| SessionError::NotRunning { container: String::new() }),
+    }
+}
+
+/// A TCP connection to `127.0.0.1:port` inside `netns` (port-forward): the socket is made on
+/// a thread of its own that enters the namespace (a namespace is a thread's, and tokio's
+/// threads must never change theirs); once made, it stays in that namespace wherever it
+/// is used.
+pub async fn dial_in_pod(netns: Option<PathBuf>, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let made = blocking(move || {
+        std::thread::spawn(move || connect_in(netns.as_deref(), port))
+            .join()
+            .unwrap_or_else(|_| Err("the dialling thread failed".into()))
+    })
+    .await
+    .unwrap_or_else(|| Err("the dialling thread failed".into()))?;
+    tokio::net::TcpStream::from_std(made).map_err(|e| e.to_string())
+}
+
+fn connect_in(netns: Option<&std::path::Path>, port: u16) -> Result<std::net::TcpStream, String> {
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&f),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| format!("entering {}: {e}", ns.display()))?;
+    }
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let conn =
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).map_err(|e| format!("dial {to}: {e}"))?;
+    conn.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(conn)
 }

@@ -445,6 +445,7 @@ impl Api {
                     ("log", "Pod", json!(["get"])),
                     ("exec", "PodExecOptions", json!(["create", "get"])),
                     ("attach", "PodAttachOptions", json!(["create", "get"])),
+                    ("portforward", "PodPortForwardOptions", json!(["create", "get"])),
                 ] {
                     resources.push(json!({"name": format!("pods/{sub}"), "singularName": "", "namespaced": true,
                         "kind": kind, "verbs": verbs}));
@@ -875,10 +876,11 @@ impl Api {
     ) -> Result<Response<Body>, Status> {
         let sub = r.subresource.as_deref().unwrap_or("");
         match (sub, r.verb) {
-            ("log", Verb::Get) | ("exec" | "attach", Verb::Create) => {}
-            // A WebSocket exec or attach is a GET, but it starts a process (or joins one)
-            // like the POST does: it needs `create` too, as in Kubernetes 1.30+.
-            ("exec" | "attach", Verb::Get) => {
+            ("log", Verb::Get) | ("exec" | "attach" | "portforward", Verb::Create) => {}
+            // A WebSocket exec, attach or port-forward is a GET, but it starts a process
+            // (or joins one, or opens connections) like the POST does: it needs `create`
+            // too, as in Kubernetes 1.30+.
+            ("exec" | "attach" | "portforward", Verb::Get) => {
                 let as_create = RequestInfo::Resource(ResourceRequest { verb: Verb::Create, ..r.clone() });
                 // No node-restriction condition grants a stream: only a plain allow counts.
                 if self.authz.authorize(user, scope.tenant.as_deref(), &as_create, None)?
@@ -891,12 +893,18 @@ impl Api {
         }
         let name = r.name.clone().unwrap_or_default();
         let pod = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
-        let container = crate::nodeproxy::pick_container(&pod, q.get("container").map(String::as_str))?;
+        // Port-forward is to the pod's network, not to a container.
+        let container = match sub {
+            "portforward" => String::new(),
+            _ => crate::nodeproxy::pick_container(&pod, q.get("container").map(String::as_str))?,
+        };
         let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
         if node_name.is_empty() {
             return Err(Status::bad_request(format!("pod {name} does not have a host assigned")));
         }
-        crate::nodeproxy::check_started(&pod, &container)?;
+        if sub != "portforward" {
+            crate::nodeproxy::check_started(&pod, &container)?;
+        }
         let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
         let nodes = self.registry("", "nodes")?;
         let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.to_string()), namespace: None };
@@ -909,9 +917,12 @@ impl Api {
         let dialer = self.nodes.as_ref().ok_or_else(|| {
             Status::failure(503, "ServiceUnavailable", "this API server does not reach node agents".to_string())
         })?;
-        let agent_op = if sub == "log" { "containerLogs" } else { sub };
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        let path = format!("/{agent_op}/{uid}/{container}{query}");
+        let path = match sub {
+            "log" => format!("/containerLogs/{uid}/{container}{query}"),
+            "portforward" => format!("/portForward/{uid}{query}"),
+            _ => format!("/{sub}/{uid}/{container}{query}"),
+        };
         crate::nodeproxy::forward(dialer, &host, port, path, req).await
     }
 
@@ -1332,7 +1343,8 @@ impl Api {
             None => {}
             Some("status") if info.status_subresource => {}
             Some("scale") if info.scale_subresource => {}
-            Some("binding" | "log" | "exec" | "attach") if info.kind == "Pod" && info.group.is_empty() => {}
+            Some("binding" | "log" | "exec" | "attach" | "portforward")
+                if info.kind == "Pod" && info.group.is_empty() => {}
             Some("finalize") if info.kind == "Namespace" && info.group.is_empty() && r.verb == Verb::Update => {}
             Some("token") if info.kind == "ServiceAccount" && info.group.is_empty() => {}
             Some(_) => return Err(not_found()),
@@ -1359,7 +1371,7 @@ impl Api {
         if r.subresource.as_deref() == Some("binding") {
             return self.bind(registry, &scope, &r, req).await;
         }
-        if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach")) {
+        if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach" | "portforward")) {
             return self.pod_stream(registry, &scope, &r, &q, user, req).await;
         }
         if r.subresource.as_deref() == Some("token") {

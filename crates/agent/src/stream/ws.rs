@@ -185,6 +185,52 @@ where
     Session { streams, input: in_rx, output: out_tx }
 }
 
+/// A WebSocket connection's binary messages as one byte stream, both ways: kubectl 1.31+
+/// tunnels port-forward's SPDY this way (no channel byte; message boundaries mean nothing).
+pub fn tunnel<IO>(io: IO) -> tokio::io::DuplexStream
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (mut inner_rd, mut inner_wr) = tokio::io::split(theirs);
+    let (pong_tx, mut pong_rx) = mpsc::channel::<Vec<u8>>(4);
+    tokio::spawn(async move {
+        loop {
+            match read_message(&mut rd).await {
+                Ok(Frame::Message(m)) => {
+                    if inner_wr.write_all(&m).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Frame::Ping(p)) => {
+                    let _ = pong_tx.send(p).await;
+                }
+                Ok(Frame::Close) | Err(_) => break,
+            }
+        }
+        let _ = inner_wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let bytes = tokio::select! {
+                r = inner_rd.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => frame(0x2, &buf[..n]),
+                },
+                Some(p) = pong_rx.recv() => frame(0xA, &p),
+            };
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.write_all(&frame(0x8, &1000u16.to_be_bytes())).await;
+        let _ = wr.shutdown().await;
+    });
+    ours
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

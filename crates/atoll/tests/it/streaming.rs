@@ -504,3 +504,136 @@ fn tty_containers_run_attach_exec_and_resize() -> Result<()> {
     drop(cluster);
     Ok(())
 }
+
+/// Waits until `path` (a process's output) contains `want`; its text.
+fn wait_in_file(path: &Path, want: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path)?;
+        if text.contains(want) {
+            return Ok(text);
+        }
+        ensure!(Instant::now() < deadline, "no {want:?} in {text:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A loopback port nobody listens on (for kubectl to listen on).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One connection through a forwarded port: the pod greets, echoes a line back, and on
+/// `many` sends 20,000 numbered lines (about 108 KB, several frames).
+fn talk_through(port: u16) -> Result<()> {
+    use std::io::Write;
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line == "hello\n", "greeting {line:?}");
+    (&conn).write_all(b"ping\n")?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    ensure!(line == "echo ping\n", "echo {line:?}");
+    (&conn).write_all(b"many\n")?;
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest)?;
+    let numbers: Vec<&str> = rest.lines().collect();
+    ensure!(numbers.len() == 20000 && numbers[19999] == "20000", "{} lines, last {:?}", numbers.len(), numbers.last());
+    Ok(())
+}
+
+#[test]
+fn port_forward_through_the_api_server() -> Result<()> {
+    let node = "pf-e2e-node";
+    let cluster = start(node)?;
+    let dir = cluster.dir.path();
+    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
+    admin.eventually(&["get", "node", node])?;
+    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("globex", &["gus"])))?;
+    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
+    ann.eventually(&["get", "serviceaccount", "default"])?;
+    let server = "printf '#!/bin/sh\\necho hello\\nread l\\necho echo $l\\nread l\\nseq 1 20000\\n' > /tmp/reply; \
+                  chmod +x /tmp/reply; exec nc -ll -p 8080 -e /tmp/reply";
+    ann.ok_with(&["create", "-f", "-"], Some(&pod("web", server, "Always")))?;
+    ann.ok(&["wait", "pod/web", "--for=condition=Ready", "--timeout=60s"])?;
+    // Ready is the container started, not nc listening (8080 is 1F90;
+    // busybox nc listens on IPv6).
+    let listening = "for i in $(seq 300); do cat /proc/net/tcp /proc/net/tcp6 | grep -q ':1F90 ' && exit 0; sleep 0.1; \
+                     done; exit 1";
+    ann.ok(&["exec", "web", "--", "sh", "-c", listening])?;
+
+    // kubectl 1.27 and 1.30 speak SPDY; 1.33 tunnels SPDY in WebSocket messages (a GET),
+    // and falls back to SPDY (a POST) when told not to tunnel.
+    for (minor, websockets) in [(27, None), (30, None), (33, None), (33, Some("false"))] {
+        let k = kubectl(minor, &ann.kubeconfig)?;
+        let local = free_port()?;
+        let mut cmd = k.command(&["port-forward", "-v=6", "pod/web", &format!("{local}:8080")]);
+        if let Some(v) = websockets {
+            cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", v);
+        }
+        // Output to files: kubectl dies of SIGPIPE when a pipe's reader goes away.
+        let log = tempfile::NamedTempFile::new()?;
+        let forward = Proc(cmd.stdout(log.reopen()?).stderr(log.reopen()?).spawn()?);
+        wait_in_file(log.path(), "Forwarding from 127.0.0.1")?;
+        // Two connections one after the other, then two at once, over the one upgrade.
+        let said = || {
+            std::thread::sleep(Duration::from_secs(1));
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        };
+        talk_through(local).with_context(|| format!("1.{minor} first connection; kubectl said {}", said()))?;
+        talk_through(local).with_context(|| format!("1.{minor} second connection"))?;
+        let parallel = std::thread::spawn(move || talk_through(local));
+        talk_through(local).with_context(|| format!("1.{minor} parallel connection"))?;
+        parallel.join().map_err(|_| anyhow::anyhow!("thread"))??;
+        drop(forward);
+        let verbose = std::fs::read_to_string(log.path())?;
+        let upgrade = verbose.lines().find(|l| l.contains("/portforward") && l.contains("101")).unwrap_or("");
+        let method = if minor == 33 && websockets.is_none() { "GET" } else { "POST" };
+        ensure!(upgrade.contains(method), "1.{minor} (websockets {websockets:?}) upgraded with: {verbose}");
+    }
+
+    // A port nothing listens on: the connection ends and kubectl reports the pod's refusal.
+    let k = kubectl(33, &ann.kubeconfig)?;
+    let local = free_port()?;
+    let log = tempfile::NamedTempFile::new()?;
+    let forward = Proc(
+        k.command(&["port-forward", "pod/web", &format!("{local}:9999")])
+            .stdout(log.reopen()?)
+            .stderr(log.reopen()?)
+            .spawn()?,
+    );
+    wait_in_file(log.path(), "Forwarding from 127.0.0.1")?;
+    let conn = std::net::TcpStream::connect(("127.0.0.1", local))?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut got = Vec::new();
+    let _ = (&conn).read_to_end(&mut got);
+    ensure!(got.is_empty(), "bytes from a closed port: {got:?}");
+    wait_in_file(log.path(), "error forwarding port 9999")?;
+    drop(forward);
+
+    // Rights: a viewer may not forward; another tenant cannot tell the pod exists.
+    ann.ok(&["create", "rolebinding", "vic-views", "--clusterrole=view", "--user=vic"])?;
+    let vic = kubectl(27, &kubeconfig_for(dir, "acme", "vic")?)?;
+    vic.eventually(&["get", "pod", "web"])?;
+    let refused = vic.fails(&["port-forward", "pod/web", &format!("{}:8080", free_port()?)])?;
+    ensure!(refused.contains("forbidden") && refused.contains("pods/portforward"), "vic: {refused}");
+    let gus = kubectl(33, &kubeconfig_for(dir, "globex", "gus")?)?;
+    gus.eventually(&["get", "namespace", "default"])?;
+    let refused = gus.fails(&["port-forward", "pod/web", &format!("{}:8080", free_port()?)])?;
+    ensure!(refused.contains("pods \"web\" not found") && !refused.contains("acme"), "gus: {refused}");
+    for path in [
+        "/api/v1/tenants/acme/namespaces/default/pods/web/portforward",
+        "/tenants/acme/api/v1/namespaces/default/pods/web/portforward",
+    ] {
+        let refused = gus.fails(&["create", "--raw", path, "-f", "/dev/null"])?;
+        ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "gus raw: {refused}");
+    }
+    ann.ok(&["delete", "pods", "--all", "--grace-period=1", "--timeout=60s"])?;
+    drop(cluster);
+    Ok(())
+}

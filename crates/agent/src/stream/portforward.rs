@@ -1,0 +1,212 @@
+//! `kubectl port-forward`'s protocol, the server half (`portforward.k8s.io` over SPDY/3.1,
+//! as the kubelet speaks it). For each connection to a forwarded local port the client
+//! opens two SPDY streams that carry the same `port` and `requestID` headers: `error`
+//! (the server's complaint, if any, then FIN) and `data` (the connection's bytes both
+//! ways). Once a pair is complete the server connects to the port inside the pod and
+//! copies; a FIN from the client half-closes the pod-side socket, the pod side's end
+//! FINs both streams, a RST_STREAM drops the connection.
+//!
+//! kubectl 1.31+ first tries the same SPDY bytes tunnelled in WebSocket binary messages
+//! (subprotocol [`TUNNELED`]); [`super::ws::tunnel`] unwraps them and this module serves
+//! what comes out.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, Decompress};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::spdy::{
+    DICTIONARY, FLAG_FIN, GOAWAY, HeaderReader, MAX_FRAME, PING, RST_STREAM, SYN_STREAM, control, data, data_frames,
+    parse_headers, reply,
+};
+
+/// The SPDY subprotocol (`X-Stream-Protocol-Version`).
+pub const PROTOCOL: &str = "portforward.k8s.io";
+/// The WebSocket subprotocol of SPDY tunnelled in WebSocket messages.
+pub const TUNNELED: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// Connects to a port inside the pod (loopback of its network namespace).
+pub type Dialer =
+    Arc<dyn Fn(u16) -> Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>> + Send + Sync + 'static>;
+
+/// What the writer task sends, in order (header compression is one stream per connection).
+enum Out {
+    Reply(u32),
+    Data(u32, Bytes),
+    Fin(u32),
+    Pong(Vec<u8>),
+}
+
+#[derive(Default)]
+struct Pair {
+    port: Option<u16>,
+    error: Option<u32>,
+    data: Option<u32>,
+    started: bool,
+}
+
+/// Where a data stream's incoming bytes go, and the task copying the pod's side back.
+struct Route {
+    to_pod: Option<mpsc::Sender<Bytes>>,
+    from_pod: tokio::task::JoinHandle<()>,
+}
+
+/// Serves port-forward streams on an upgraded connection until the client goes away.
+pub async fn serve<IO>(io: IO, dial: Dialer)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
+    let writer = tokio::spawn(async move {
+        let mut compressor = Compress::new(Compression::default(), true);
+        if compressor.set_dictionary(DICTIONARY).is_err() {
+            return;
+        }
+        while let Some(o) = out_rx.recv().await {
+            let bytes = match o {
+                Out::Reply(id) => reply(&mut compressor, id),
+                Out::Data(id, b) => data_frames(id, &b),
+                Out::Fin(id) => data(id, FLAG_FIN, &[]),
+                Out::Pong(p) => control(PING, 0, &p),
+            };
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    let mut headers = HeaderReader(Decompress::new(true));
+    let mut pairs: HashMap<String, Pair> = HashMap::new();
+    let mut routes: HashMap<u32, Route> = HashMap::new();
+    let mut head = [0u8; 8];
+    loop {
+        if rd.read_exact(&mut head).await.is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+        if len > MAX_FRAME {
+            break;
+        }
+        let mut payload = vec![0u8; len];
+        if rd.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let flags = head[4];
+        if head[0] & 0x80 == 0 {
+            let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) & 0x7fff_ffff;
+            if let Some(route) = routes.get_mut(&id) {
+                if !payload.is_empty()
+                    && let Some(tx) = &route.to_pod
+                    && tx.send(Bytes::from(payload)).await.is_err()
+                {
+                    route.to_pod = None;
+                }
+                if flags & FLAG_FIN != 0 {
+                    // The client's side is done sending: the pod's socket gets end-of-file.
+                    route.to_pod = None;
+                }
+            }
+            continue;
+        }
+        match u16::from_be_bytes([head[2], head[3]]) {
+            SYN_STREAM if payload.len() >= 10 => {
+                let id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+                let Ok(h) = headers.block(&payload[10..]).and_then(|b| parse_headers(&b)) else { break };
+                if out_tx.send(Out::Reply(id)).await.is_err() {
+                    break;
+                }
+                let request = h.get("requestid").cloned().unwrap_or_else(|| id.to_string());
+                let pair = pairs.entry(request.clone()).or_default();
+                match h.get("streamtype").map(String::as_str) {
+                    Some("error") => pair.error = Some(id),
+                    Some("data") => pair.data = Some(id),
+                    _ => continue,
+                }
+                pair.port = h.get("port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0).or(pair.port);
+                let (Some(error), Some(data_id), false) = (pair.error, pair.data, pair.started) else { continue };
+                pair.started = true;
+                let port = pair.port;
+                pairs.remove(&request);
+                let (to_pod, from_client) = mpsc::channel::<Bytes>(super::QUEUE);
+                let from_pod = tokio::spawn(forward(port, dial.clone(), error, data_id, from_client, out_tx.clone()));
+                routes.insert(data_id, Route { to_pod: Some(to_pod), from_pod });
+            }
+            PING => {
+                let _ = out_tx.send(Out::Pong(payload)).await;
+            }
+            RST_STREAM if payload.len() >= 4 => {
+                let id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+                if let Some(route) = routes.remove(&id) {
+                    route.from_pod.abort();
+                }
+            }
+            GOAWAY => break,
+            // SETTINGS, WINDOW_UPDATE, HEADERS: nothing for us to do.
+            _ => {}
+        }
+    }
+    for (_, route) in routes {
+        route.from_pod.abort();
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// One forwarded connection: dial the pod's port, then copy both ways.
+async fn forward(
+    port: Option<u16>,
+    dial: Dialer,
+    error: u32,
+    data_id: u32,
+    mut from_client: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<Out>,
+) {
+    let finish = |message: Option<String>| {
+        let out = out.clone();
+        async move {
+            if let Some(m) = message {
+                let _ = out.send(Out::Data(error, Bytes::from(m))).await;
+            }
+            let _ = out.send(Out::Fin(error)).await;
+            let _ = out.send(Out::Fin(data_id)).await;
+        }
+    };
+    let Some(port) = port else {
+        return finish(Some("a port-forward stream needs a valid port header".into())).await;
+    };
+    let conn = match dial(port).await {
+        Ok(c) => c,
+        Err(e) => return finish(Some(format!("error forwarding port {port} to pod: {e}"))).await,
+    };
+    let _ = conn.set_nodelay(true);
+    let (mut pod_rd, mut pod_wr) = conn.into_split();
+    let to_pod = tokio::spawn(async move {
+        while let Some(b) = from_client.recv().await {
+            if pod_wr.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        let _ = pod_wr.shutdown().await;
+    });
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match pod_rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.send(Out::Data(data_id, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    to_pod.abort();
+                    return;
+                }
+            }
+        }
+    }
+    to_pod.abort();
+    finish(None).await;
+}
