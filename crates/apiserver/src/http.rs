@@ -1139,8 +1139,36 @@ impl Api {
                 Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e.to_status()),
             }
+            self.ensure_default_account(api::request::SYSTEM_TENANT, name).await;
         }
         Ok(())
+    }
+
+    /// A new namespace gets its `default` ServiceAccount before the create is answered, so
+    /// a pod made right after its namespace is admitted ([`crate::service_accounts`]); the
+    /// service-account controller makes it again if it is deleted.
+    async fn namespace_created(&self, info: &crate::registry::ResourceInfo, ns: &Value, dry_run: bool) {
+        if dry_run || !info.group.is_empty() || info.resource != "namespaces" {
+            return;
+        }
+        let meta = |f: &str| ns.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("");
+        self.ensure_default_account(meta("tenant"), meta("name")).await;
+    }
+
+    /// Makes `default` in `namespace` if missing; a failure is logged, never the caller's:
+    /// the controller will make it later.
+    async fn ensure_default_account(&self, tenant: &str, namespace: &str) {
+        let Ok(accounts) = self.registry("", "serviceaccounts") else { return };
+        let scope = Scope { tenant: Some(tenant.to_string()), namespace: Some(namespace.to_string()) };
+        let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        match accounts.create(&scope, account, false).await {
+            Ok(made) => {
+                let kind = crate::authn::directory::Watched::ServiceAccounts;
+                self.authn.directory().wait_for(kind, resource_version(&made)).await;
+            }
+            Err(RegistryError::AlreadyExists { .. }) => {}
+            Err(e) => tracing::warn!(%tenant, %namespace, error = %e, "making the default ServiceAccount"),
+        }
     }
 
     fn registry(&self, group: &str, resource: &str) -> Result<&Arc<Registry>, Status> {
@@ -1165,19 +1193,33 @@ impl Api {
         }
     }
 
-    /// Kubernetes' ServiceAccount admission, the part about images: a new pod that names no
-    /// pull secrets takes its service account's (`default` when it names none). A missing
-    /// account adds nothing (Kubernetes refuses the pod; Atoll does not require accounts).
-    async fn service_account_admission(&self, scope: &Scope, pod: &mut Value) -> Result<(), Status> {
-        let named = |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_str).filter(|n| !n.is_empty());
-        let account = named("serviceAccountName").or_else(|| named("serviceAccount")).unwrap_or("default").to_string();
-        match self.registry("", "serviceaccounts")?.get(scope, &account).await {
-            Ok(account) => {
-                crate::kinds::add_service_account_pull_secrets(pod, &account);
-                Ok(())
+    /// ServiceAccount admission of a new pod ([`crate::service_accounts`]); other kinds pass.
+    async fn service_account_admission(
+        &self,
+        info: &crate::registry::ResourceInfo,
+        scope: &Scope,
+        pod: &mut Value,
+    ) -> Result<(), Status> {
+        use crate::service_accounts as sa;
+        if !info.group.is_empty() || info.resource != "pods" {
+            return Ok(());
+        }
+        let account = sa::default_account(pod);
+        let deadline = std::time::Instant::now() + sa::patience(&account);
+        loop {
+            match self.registry("", "serviceaccounts")?.get(scope, &account).await {
+                Ok(account) => {
+                    crate::kinds::add_service_account_pull_secrets(pod, &account);
+                    return Ok(());
+                }
+                Err(RegistryError::NotFound { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(sa::RETRY_EVERY).await;
+                }
+                Err(RegistryError::NotFound { .. }) => {
+                    return Err(sa::missing(pod, scope.namespace.as_deref().unwrap_or(""), &account));
+                }
+                Err(e) => return Err(e.to_status()),
             }
-            Err(RegistryError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.to_status()),
         }
     }
 
@@ -1519,12 +1561,11 @@ impl Api {
                     self.check_namespace(tenant, namespace).await?;
                     self.admit_sandbox(&info.group, &info.resource, tenant, &mut body).await?;
                 }
-                if info.group.is_empty() && info.resource == "pods" {
-                    self.service_account_admission(&scope, &mut body).await?;
-                }
+                self.service_account_admission(&info, &scope, &mut body).await?;
                 self.admit_action(&info, user, &scope, &mut body).await?;
                 let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
                 self.written(&info, &created, opts.dry_run, false).await?;
+                self.namespace_created(&info, &created, opts.dry_run).await;
                 Ok(with_warnings(out(StatusCode::CREATED, created), &warnings))
             }
             Verb::Update => {
@@ -1568,6 +1609,7 @@ impl Api {
                             self.check_namespace(tenant, namespace).await?;
                             self.admit_sandbox(&info.group, &info.resource, tenant, &mut patch).await?;
                         }
+                        self.service_account_admission(&info, &scope, &mut patch).await?;
                     }
                     let mut patch = patch;
                     if r.subresource.is_none()
@@ -1581,6 +1623,9 @@ impl Api {
                     let (obj, created) =
                         registry.apply(&scope, &name, patch, sub, force, &opts).await.map_err(|e| e.to_status())?;
                     self.written(&info, &obj, opts.dry_run, false).await?;
+                    if created {
+                        self.namespace_created(&info, &obj, opts.dry_run).await;
+                    }
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
                     return Ok(with_warnings(out(code, obj), &warnings));
                 }

@@ -23,5 +23,6 @@ pub mod proto;
 pub mod registry;
 pub mod rv;
 pub mod sandbox;
+pub mod service_accounts;
 pub mod table;
 pub mod workloads;
