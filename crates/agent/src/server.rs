@@ -312,7 +312,7 @@ fn bound(ctx: &AgentContext, uid: &str) -> bool {
 /// or SPDY tunnelled in WebSocket messages; each connection is dialled in the pod's
 /// network namespace.
 async fn portforward(ctx: Arc<AgentContext>, uid: String, mut req: Request<Incoming>) -> Response<Body> {
-    use stream::portforward::{Dialer, PROTOCOL, TUNNELED};
+    use stream::portforward::{Dialer, PROTOCOL, TUNNELED, WEBSOCKET};
     if !bound(&ctx, &uid) {
         return status(404, "NotFound", "no such pod on this node");
     }
@@ -334,21 +334,44 @@ async fn portforward(ctx: Arc<AgentContext>, uid: String, mut req: Request<Incom
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();
     headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let tunneled = if upgrade == "websocket" {
+    // How the upgraded connection is spoken: SPDY, SPDY in WebSocket, or channels (with
+    // the ports from the query).
+    enum Wire {
+        Spdy,
+        Tunneled,
+        Channels(Vec<u16>),
+    }
+    let wire = if upgrade == "websocket" {
         let key = h.get("sec-websocket-key").and_then(|v| v.to_str().ok()).unwrap_or("");
-        if key.is_empty() || !offers("sec-websocket-protocol", TUNNELED) {
-            return status(400, "BadRequest", &format!("port-forward over websocket needs the {TUNNELED} subprotocol"));
+        let (protocol, wire) = if offers("sec-websocket-protocol", TUNNELED) {
+            (TUNNELED, Wire::Tunneled)
+        } else if offers("sec-websocket-protocol", WEBSOCKET) {
+            let asked = query(&req);
+            let ports: Result<Vec<u16>, _> = asked
+                .iter()
+                .filter(|(k, _)| k == "ports")
+                .flat_map(|(_, v)| v.split(',').map(|p| p.trim().parse::<u16>()).collect::<Vec<_>>())
+                .collect();
+            match ports {
+                Ok(p) if !p.is_empty() && !p.contains(&0) => (WEBSOCKET, Wire::Channels(p)),
+                _ => return status(400, "BadRequest", "port-forward over websocket needs ports=PORT[,PORT...]"),
+            }
+        } else {
+            return status(400, "BadRequest", &format!("port-forward over websocket needs {TUNNELED} or {WEBSOCKET}"));
+        };
+        if key.is_empty() {
+            return status(400, "BadRequest", "a websocket upgrade needs Sec-WebSocket-Key");
         }
         headers.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(v) = HeaderValue::from_str(&stream::ws::accept_key(key)) {
             headers.insert("sec-websocket-accept", v);
         }
-        headers.insert("sec-websocket-protocol", HeaderValue::from_static(TUNNELED));
-        true
+        headers.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+        wire
     } else if upgrade.starts_with("spdy/3.1") && offers("x-stream-protocol-version", PROTOCOL) {
         headers.insert(hyper::header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
         headers.insert("x-stream-protocol-version", HeaderValue::from_static(PROTOCOL));
-        false
+        Wire::Spdy
     } else {
         return status(400, "BadRequest", &format!("port-forward needs an upgrade to SPDY/3.1 ({PROTOCOL})"));
     };
@@ -362,10 +385,10 @@ async fn portforward(ctx: Arc<AgentContext>, uid: String, mut req: Request<Incom
                 return;
             }
         };
-        if tunneled {
-            stream::portforward::serve(stream::ws::tunnel(io), dial).await;
-        } else {
-            stream::portforward::serve(io, dial).await;
+        match wire {
+            Wire::Spdy => stream::portforward::serve(io, dial).await,
+            Wire::Tunneled => stream::portforward::serve(stream::ws::tunnel(io), dial).await,
+            Wire::Channels(ports) => stream::portforward::serve_websocket(io, ports, dial).await,
         }
     });
     resp

@@ -210,3 +210,102 @@ async fn forward(
     to_pod.abort();
     finish(None).await;
 }
+
+/// The WebSocket subprotocol of Kubernetes' own WebSocket port-forward (the Python client's).
+pub const WEBSOCKET: &str = "v4.channel.k8s.io";
+
+/// Kubernetes' WebSocket port-forward: the ports are in the query (`?ports=8080,9090`), one
+/// connection each, dialled at once; port `i`'s bytes travel on channel `2i` (the first byte
+/// of each binary message) and its errors on `2i+1`, and the server's first message on each
+/// channel is the port, two bytes little-endian. The session ends when every port's pod side
+/// has closed, or the client goes.
+pub async fn serve_websocket<IO>(io: IO, ports: Vec<u16>, dial: Dialer)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    use super::ws::{Frame, channel_frame, frame, read_message};
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.write_all(&frame(0x8, &1000u16.to_be_bytes())).await;
+        let _ = wr.shutdown().await;
+    });
+    let mut to_pods: Vec<Option<mpsc::Sender<Bytes>>> = Vec::new();
+    let mut copiers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for channel in [data, error] {
+            let _ = out_tx.send(channel_frame(channel, &port.to_le_bytes())).await;
+        }
+        let conn = match dial(*port).await {
+            Ok(c) => c,
+            Err(e) => {
+                let message = format!("error forwarding port {port} to pod: {e}");
+                let _ = out_tx.send(channel_frame(error, message.as_bytes())).await;
+                to_pods.push(None);
+                continue;
+            }
+        };
+        let _ = conn.set_nodelay(true);
+        let (mut pod_rd, mut pod_wr) = conn.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(super::QUEUE);
+        to_pods.push(Some(tx));
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if pod_wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            let _ = pod_wr.shutdown().await;
+        });
+        let out = out_tx.clone();
+        copiers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            while let Ok(n) = pod_rd.read(&mut buf).await {
+                if n == 0 || out.send(channel_frame(data, &buf[..n])).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    let copying = async {
+        for c in &mut copiers {
+            let _ = c.await;
+        }
+    };
+    let reading = async {
+        loop {
+            match read_message(&mut rd).await {
+                Ok(Frame::Message(m)) => {
+                    let Some((&channel, payload)) = m.split_first() else { continue };
+                    let index = usize::from(channel / 2);
+                    if channel % 2 == 0
+                        && !payload.is_empty()
+                        && let Some(Some(tx)) = to_pods.get(index)
+                        && tx.send(Bytes::copy_from_slice(payload)).await.is_err()
+                    {
+                        to_pods[index] = None;
+                    }
+                }
+                Ok(Frame::Ping(p)) => {
+                    let _ = out_tx.send(frame(0xA, &p)).await;
+                }
+                Ok(Frame::Close) | Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = copying => {}
+        () = reading => {}
+    }
+    for c in copiers {
+        c.abort();
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}

@@ -36,7 +36,7 @@ pub fn choose_protocol<'a>(offered: impl Iterator<Item = &'a str>) -> Option<&'s
     [V5, V4].into_iter().find(|p| offered.iter().any(|o| o == p))
 }
 
-enum Frame {
+pub(super) enum Frame {
     Message(Vec<u8>),
     Ping(Vec<u8>),
     Close,
@@ -69,7 +69,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(bool, u
 }
 
 /// The next whole message or control frame (fragments joined).
-async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
+pub(super) async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
     let mut message: Vec<u8> = Vec::new();
     loop {
         let (fin, opcode, payload) = read_frame(r).await?;
@@ -91,7 +91,7 @@ async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame>
     }
 }
 
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);
     out.push(0x80 | opcode);
     match payload.len() {
@@ -109,7 +109,7 @@ fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn channel_frame(channel: u8, data: &[u8]) -> Vec<u8> {
+pub(super) fn channel_frame(channel: u8, data: &[u8]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(data.len() + 1);
     payload.push(channel);
     payload.extend_from_slice(data);

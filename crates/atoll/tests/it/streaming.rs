@@ -597,6 +597,16 @@ fn port_forward_through_the_api_server() -> Result<()> {
         ensure!(upgrade.contains(method), "1.{minor} (websockets {websockets:?}) upgraded with: {verbose}");
     }
 
+    // The Python client speaks Kubernetes' WebSocket port-forward (channels, ports in the query).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python/port_forward.py");
+    let out = Command::new("python3").arg(&script).arg(&ann.kubeconfig).output().context("python3")?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "the Python client's port-forward (pip install kubernetes): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A port nothing listens on: the connection ends and kubectl reports the pod's refusal.
     let k = kubectl(33, &ann.kubeconfig)?;
     let local = free_port()?;
