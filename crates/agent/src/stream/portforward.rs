@@ -309,3 +309,81 @@ where
     drop(out_tx);
     let _ = writer.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::FlushCompress;
+
+    /// A SYN_STREAM as client-go sends it: its header block compressed with the dictionary.
+    fn syn(c: &mut Compress, id: u32, pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut raw = (pairs.len() as u32).to_be_bytes().to_vec();
+        for (k, v) in pairs {
+            for s in [k, v] {
+                raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                raw.extend_from_slice(s.as_bytes());
+            }
+        }
+        let mut block = Vec::with_capacity(raw.len() + 128);
+        c.compress_vec(&raw, &mut block, FlushCompress::Sync).unwrap();
+        let mut payload = id.to_be_bytes().to_vec();
+        payload.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        payload.extend(block);
+        control(SYN_STREAM, 0, &payload)
+    }
+
+    /// Reads frames until DATA frames on `stream` end with FIN; their bytes.
+    async fn data_of(rd: &mut (impl AsyncRead + Unpin), stream: u32) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            let mut head = [0u8; 8];
+            rd.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+            let mut payload = vec![0u8; len];
+            rd.read_exact(&mut payload).await.unwrap();
+            let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            if head[0] & 0x80 == 0 && id == stream {
+                got.extend_from_slice(&payload);
+                if head[4] & FLAG_FIN != 0 {
+                    return got;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pair_of_streams_is_one_connection_and_a_refused_port_is_reported() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf).await.unwrap();
+            conn.write_all(&[b"got ", &buf[..]].concat()).await.unwrap();
+        });
+        let dial: Dialer = Arc::new(|port| {
+            Box::pin(async move { TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string()) })
+        });
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, dial));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut c = Compress::new(Compression::default(), true);
+        c.set_dictionary(DICTIONARY).unwrap();
+        let port = open.to_string();
+        for (id, kind) in [(1, "error"), (3, "data")] {
+            let frame = syn(&mut c, id, &[("streamtype", kind), ("port", &port), ("requestid", "0")]);
+            wr.write_all(&frame).await.unwrap();
+        }
+        wr.write_all(&data(3, 0, b"hello")).await.unwrap();
+        assert_eq!(data_of(&mut rd, 3).await, b"got hello");
+        // A second pair to a port nobody listens on: the error stream says so.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let closed = closed.to_string();
+        for (id, kind) in [(5, "error"), (7, "data")] {
+            let frame = syn(&mut c, id, &[("streamtype", kind), ("port", &closed), ("requestid", "1")]);
+            wr.write_all(&frame).await.unwrap();
+        }
+        let complaint = String::from_utf8(data_of(&mut rd, 5).await).unwrap();
+        assert!(complaint.starts_with(&format!("error forwarding port {closed} to pod: ")), "{complaint}");
+    }
+}
