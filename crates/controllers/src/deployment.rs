@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
+use crate::events::{Event, Recorder};
 use crate::replicaset::replicasets;
 use crate::watcher::{ApiSource, Watcher};
 use crate::workload::{self, i64_at, str_at};
@@ -209,6 +210,7 @@ impl Deployments {
             return Ok(());
         }
         tracing::debug!(deployment = %ctx.key, replicaset = str_at(rs, "/metadata/name"), to, "scaling");
+        let from = replicas(rs);
         self.patch_rs(
             ctx,
             rs,
@@ -218,7 +220,16 @@ impl Deployments {
             }),
         )
         .await?;
+        if from != to {
+            self.scaled_event(d, str_at(rs, "/metadata/name"), from < to, to);
+        }
         Ok(())
+    }
+
+    /// `ScalingReplicaSet` on the Deployment, worded as Kubernetes words it.
+    fn scaled_event(&self, d: &Value, rs_name: &str, up: bool, to: i64) {
+        let message = format!("Scaled {} replica set {rs_name} to {to}", if up { "up" } else { "down" });
+        self.events.record(Event::about(d, "apps/v1", "Deployment", false, "ScalingReplicaSet", message));
     }
 
     /// The ReplicaSets this Deployment controls, adopting orphans its selector matches and
@@ -351,6 +362,9 @@ impl Deployments {
         match self.client.create(&replicasets(), &ctx.scope, &rs).await {
             Ok(created) => {
                 tracing::info!(deployment = %ctx.key, replicaset = %name, "created new ReplicaSet");
+                if initial > 0 {
+                    self.scaled_event(d, &name, true, initial);
+                }
                 self.set_deployment_revision(ctx, d, new_revision).await?;
                 Ok(Some(created))
             }
@@ -759,7 +773,12 @@ fn deployments_for_set(deployments: &Cache, rs: &Value) -> Vec<ObjectKey> {
 /// The controller, watching every tenant's Deployments and ReplicaSets.
 pub fn controller(client: Client) -> Controller<Deployments> {
     let (deploys, sets) = (Cache::default(), Cache::default());
-    let reconciler = Deployments { client: client.clone(), deployments: deploys.clone(), sets: sets.clone() };
+    let reconciler = Deployments {
+        client: client.clone(),
+        events: Recorder::new(client.clone(), "deployment-controller"),
+        deployments: deploys.clone(),
+        sets: sets.clone(),
+    };
     let d_source = ApiSource::new(client.clone(), deployments(), Scope::all_tenants());
     let rs_source = ApiSource::new(client, replicasets(), Scope::all_tenants());
     let index = deploys.clone();
@@ -797,13 +816,6 @@ mod tests {
         let other =
             json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "stdin": true}]}});
         assert_ne!(without_hash(&proto), without_hash(&other));
-    }
-
-    #[test]
-    fn templates_compare_without_the_hash() {
-        let a = json!({"metadata": {"labels": {"app": "x", HASH_LABEL: "abc"}}, "spec": {"c": 1}});
-        let b = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"c": 1}});
-        assert_eq!(without_hash(&a), without_hash(&b));
     }
 
     fn sized(sets: &[(i64, Option<i64>, i64)]) -> Vec<SetSize> {
@@ -878,6 +890,13 @@ mod tests {
         assert!(old_pods_running(&old, &[pod("old-rs", "Pending", false)]));
         assert!(!old_pods_running(&old, &[pod("old-rs", "Succeeded", false), pod("old-rs", "Failed", true)]));
         assert!(!old_pods_running(&old, &[pod("new-rs", "Running", false)]));
+    }
+
+    #[test]
+    fn templates_compare_without_the_hash() {
+        let a = json!({"metadata": {"labels": {"app": "x", HASH_LABEL: "abc"}}, "spec": {"c": 1}});
+        let b = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"c": 1}});
+        assert_eq!(without_hash(&a), without_hash(&b));
     }
 
     #[test]

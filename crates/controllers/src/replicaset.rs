@@ -43,6 +43,7 @@ struct Expected {
 
 pub struct ReplicaSets {
     client: Client,
+    events: crate::events::Recorder,
     sets: Cache,
     pods: Cache,
     expectations: Mutex<HashMap<ObjectKey, Expected>>,
@@ -77,6 +78,10 @@ impl ReplicaSets {
         e.created.extend(created);
         e.deleted.extend(deleted);
         e.since = Instant::now();
+    }
+
+    fn event(&self, rs: &Value, warning: bool, reason: &'static str, message: String) {
+        self.events.record(crate::events::Event::about(rs, "apps/v1", "ReplicaSet", warning, reason, message));
     }
 
     /// Adopts or releases `pod` for `rs` with an optimistic (resource-versioned) patch.
@@ -210,8 +215,13 @@ impl Reconciler for ReplicaSets {
             if active.len() < want {
                 let (made, error) = self.create_pods(&scope, &rs, (want - active.len()).min(BURST)).await;
                 tracing::debug!(replicaset = %key, created = made.len(), "created pods");
+                for pod in &made {
+                    self.event(&rs, false, "SuccessfulCreate", format!("Created pod: {pod}"));
+                }
                 self.expect(key, made, Vec::new());
                 if let Some(e) = error {
+                    let message = format!("Error creating: {}", crate::events::api_message(&e));
+                    self.event(&rs, true, "FailedCreate", message);
                     failure = Some(("FailedCreate", e.to_string()));
                 }
             } else if active.len() > want {
@@ -230,12 +240,17 @@ impl Reconciler for ReplicaSets {
                         let params = DeleteParams::default();
                         match client.delete(&Resource::pods(), &scope, &name, &params).await {
                             Err(e) if !e.is_not_found() => Err((name, e)),
-                            _ => Ok(()),
+                            _ => Ok(name),
                         }
                     });
                 }
                 while let Some(r) = tasks.join_next().await {
+                    if let Ok(Ok(name)) = &r {
+                        self.event(&rs, false, "SuccessfulDelete", format!("Deleted pod: {name}"));
+                    }
                     if let Ok(Err((name, e))) = r {
+                        let message = format!("Error deleting: {}", crate::events::api_message(&e));
+                        self.event(&rs, true, "FailedDelete", message);
                         // Not deleted: nothing to wait for.
                         if let Some(exp) = self.expectations.lock().get_mut(key) {
                             exp.deleted.remove(&name);
@@ -312,8 +327,14 @@ fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
 /// The controller, watching every tenant's ReplicaSets and pods.
 pub fn controller(client: Client) -> Controller<ReplicaSets> {
     let (sets, pods) = (Cache::default(), Cache::default());
-    let reconciler =
-        ReplicaSets { client: client.clone(), sets: sets.clone(), pods: pods.clone(), expectations: Mutex::default() };
+    let events = crate::events::Recorder::new(client.clone(), "replicaset-controller");
+    let reconciler = ReplicaSets {
+        client: client.clone(),
+        events,
+        sets: sets.clone(),
+        pods: pods.clone(),
+        expectations: Mutex::default(),
+    };
     let rs_source = ApiSource::new(client.clone(), replicasets(), Scope::all_tenants());
     let pod_source = ApiSource::new(client, Resource::pods(), Scope::all_tenants());
     let index = sets.clone();
