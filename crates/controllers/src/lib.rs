@@ -15,6 +15,7 @@ pub mod cache;
 pub mod controller;
 pub mod deployment;
 pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod namespace;
 pub mod nodelifecycle;
