@@ -175,9 +175,11 @@ async fn write(client: Client, mut rx: mpsc::Receiver<Event>, component: &'stati
                     Ok(_) => continue,
                     Err(err) if err.is_not_found() => {
                         correlator.forget(&name);
-                        let fresh = format!("{}.{:x}", str_at(&e.involved, "/name"), nanos);
-                        correlator.observe(&e, Instant::now(), || fresh.clone());
-                        fresh
+                        let fresh = || format!("{}.{:x}", str_at(&e.involved, "/name"), nanos);
+                        match correlator.observe(&e, Instant::now(), fresh) {
+                            Verdict::Create(name) => name,
+                            _ => continue,
+                        }
                     }
                     Err(err) => {
                         tracing::debug!(error = %err, "counting an event failed");
