@@ -11,7 +11,8 @@
 //! busybox `acpid` so the ACPI power button (QMP `system_powerdown`) powers the guest off
 //! cleanly, prints [`crate::runtime::vm::READY_MARKER`] on the serial console, then runs the
 //! user data qemu passed in through fw_cfg (`opt/atoll/user-data`) with its output on the
-//! console, and idles. A guest that powers itself off ends the VM (qemu runs `-no-reboot`).
+//! console, and idles. Beside it, the guest agent (`atoll-guest`, when the image carries
+//! it) serves `kubectl exec` over its virtio-serial port. A guest that powers itself off ends the VM (qemu runs `-no-reboot`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ pub enum VmImageError {
 }
 
 /// Modules loaded in this order (virtio's dependencies first; Debian's cloud kernel builds
-/// them as modules): PCI virtio for the disk, the ACPI button for `system_powerdown`,
+/// them as modules): PCI virtio for the disk, the console driver for the guest agent's port, the ACPI button for `system_powerdown`,
 /// evdev so acpid sees it, fw_cfg for the user data.
 pub const MODULES: &[&str] = &[
     "virtio_ring",
@@ -43,6 +44,7 @@ pub const MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_blk",
+    "virtio_console",
     "button",
     "evdev",
     "qemu_fw_cfg",
@@ -67,6 +69,8 @@ if [ -b /dev/vda ]; then
   mount -t ext4 /dev/vda /mnt/disk && echo "atoll-guest: disk mounted at /mnt/disk"
 fi
 acpid -c /etc/acpi -l /dev/null
+# The guest agent serves `kubectl exec` over its virtio-serial port; the init stays PID 1.
+if [ -x /bin/atoll-guest ]; then /bin/atoll-guest </dev/null >/dev/console 2>&1 & fi
 echo "{READY_MARKER}"
 ud=/sys/firmware/qemu_fw_cfg/by_name/{USER_DATA_FW_CFG}/raw
 if [ -f $ud ]; then
@@ -163,11 +167,25 @@ pub(crate) fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// The gzip-compressed initramfs: busybox, the modules found in `modules` (a kernel built
 /// with them built in needs none: missing ones are skipped only when `modules` is `None`),
-/// the init and the power-off script.
-pub fn initramfs(busybox: &[u8], modules: Option<&Path>) -> Result<Vec<u8>, VmImageError> {
+/// the init and the power-off script, and `extra` files (the guest agent and its
+/// libraries, at their paths without the leading `/`).
+pub fn initramfs(busybox: &[u8], modules: Option<&Path>, extra: &[(String, Vec<u8>)]) -> Result<Vec<u8>, VmImageError> {
     let mut cpio = Cpio::default();
+    let mut made: Vec<String> = Vec::new();
     for d in ["bin", "dev", "etc", "etc/acpi", "lib", "lib/modules", "mnt", "mnt/disk", "proc", "run", "sys", "tmp"] {
         cpio.dir(d);
+        made.push(d.into());
+    }
+    for (path, bytes) in extra {
+        let parts: Vec<&str> = path.split('/').collect();
+        for i in 1..parts.len() {
+            let d = parts[..i].join("/");
+            if !made.contains(&d) {
+                cpio.dir(&d);
+                made.push(d);
+            }
+        }
+        cpio.file(path, 0o755, bytes);
     }
     // The kernel opens the console before our init mounts devtmpfs.
     cpio.entry("dev/console", 0o020600, (5, 1), &[]);
@@ -191,6 +209,29 @@ pub fn initramfs(busybox: &[u8], modules: Option<&Path>) -> Result<Vec<u8>, VmIm
     let io = |source| VmImageError::Io { what: "compressing", path: "initramfs".into(), source };
     gz.write_all(&cpio.finish()).map_err(io)?;
     gz.finish().map_err(io)
+}
+
+/// The guest agent (stripped of debug info when `strip` works) and the shared libraries
+/// `ldd` names for it, as initramfs entries.
+pub fn guest_agent_files(os: &dyn Os, guest: &Path, work: &Path) -> Result<Vec<(String, Vec<u8>)>, VmImageError> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| VmImageError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(work).map_err(io("creating", work))?;
+    let stripped = work.join("atoll-guest");
+    let strip = os.run(Path::new("strip"), &["-s".into(), "-o".into(), stripped.clone().into(), guest.into()]);
+    let agent = if strip.is_ok_and(|o| o.success) { stripped } else { guest.to_owned() };
+    let mut out = vec![("bin/atoll-guest".to_string(), read(&agent)?)];
+    // A static agent has no libraries (ldd says so and fails).
+    if let Ok(ldd) = os.run(Path::new("ldd"), &[guest.into()])
+        && ldd.success
+    {
+        for lib in crate::sandbox_image::ldd_paths(&ldd.stdout) {
+            out.push((lib.to_string_lossy().trim_start_matches('/').to_string(), read(&lib)?));
+        }
+    }
+    Ok(out)
 }
 
 /// A small ext4 data disk (raw) with a README, made with `mke2fs -d` through `os`.
@@ -227,12 +268,15 @@ fn data_disk(os: &dyn Os, work: &Path) -> Result<Vec<u8>, VmImageError> {
 }
 
 /// Builds the VM image layout for `ref_name` in `out` from a static busybox, a kernel and
-/// its modules folder; `work` is scratch space. Returns the manifest digest.
+/// its modules folder, and the guest agent (`atoll-guest`) unless `guest` is `None`;
+/// `work` is scratch space. Returns the manifest digest.
+#[allow(clippy::too_many_arguments)]
 pub fn build_layout(
     os: &dyn Os,
     busybox: &Path,
     kernel: &Path,
     modules: Option<&Path>,
+    guest: Option<&Path>,
     work: &Path,
     out: &Path,
     ref_name: &str,
@@ -241,7 +285,11 @@ pub fn build_layout(
     if !crate::busybox::is_static_elf64(&binary) {
         return Err(VmImageError::NotBusybox(busybox.to_owned()));
     }
-    let initrd = initramfs(&binary, modules)?;
+    let extra = match guest {
+        Some(g) => guest_agent_files(os, g, &work.join("guest"))?,
+        None => Vec::new(),
+    };
+    let initrd = initramfs(&binary, modules, &extra)?;
     let kernel_bytes = read(kernel)?;
     let disk = data_disk(os, work)?;
     let io = |source| VmImageError::Io { what: "building the layer of", path: out.to_owned(), source };

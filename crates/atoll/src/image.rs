@@ -114,6 +114,13 @@ pub enum ImageCommand {
         modules: Option<PathBuf>,
         #[arg(long, default_value = "busybox-vm:latest")]
         name: String,
+        /// The guest agent to put in the initramfs (for `kubectl exec`); by default
+        /// `atoll-guest` beside this binary.
+        #[arg(long)]
+        guest: Option<PathBuf>,
+        /// Build the image without the guest agent (its VMs have no exec).
+        #[arg(long, conflicts_with = "guest")]
+        no_guest_agent: bool,
         #[command(flatten)]
         store: ImageStoreArgs,
     },
@@ -189,8 +196,16 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
             }
             Ok(())
         }
-        ImageCommand::BuildBusyboxVm { busybox, kernel, modules, name, store } => {
+        ImageCommand::BuildBusyboxVm { busybox, kernel, modules, name, guest, no_guest_agent, store } => {
             let images = store.open()?;
+            let guest = match (guest, no_guest_agent) {
+                (_, true) => None,
+                (Some(g), false) => Some(g),
+                (None, false) => Some(std::env::current_exe()?.with_file_name("atoll-guest")),
+            };
+            if let Some(g) = &guest {
+                anyhow::ensure!(g.is_file(), "no guest agent at {} (or pass --no-guest-agent)", g.display());
+            }
             let work = tempfile::Builder::new().prefix("busybox-vm-").tempdir_in(images.root().join("tmp"))?;
             let layout = work.path().join("layout");
             agent::busybox_vm::build_layout(
@@ -198,6 +213,7 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
                 &busybox,
                 &kernel,
                 modules.as_deref(),
+                guest.as_deref(),
                 work.path(),
                 &layout,
                 &name,

@@ -34,17 +34,77 @@ pub(crate) fn build_image(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
     Ok(())
 }
 
-/// The guest image `busybox-vm` (our initramfs on the guest kernel) in `dir`'s image store.
+/// The guest image `busybox-vm` (our initramfs and guest agent on the guest kernel) in
+/// `dir`'s image store.
 pub(crate) fn build_vm_image(dir: &Path) -> Result<()> {
+    build_vm_image_with(dir, &[])
+}
+
+/// `build_vm_image` with more arguments (`--name`, `--no-guest-agent`).
+pub(crate) fn build_vm_image_with(dir: &Path, more: &[&str]) -> Result<()> {
     let (kernel, modules) = guest_kernel()?;
-    let args = [
+    let guest = Path::new(env!("CARGO_BIN_EXE_atoll-guest"));
+    let mut args = vec![
         "build-busybox-vm".as_ref(),
         "--kernel".as_ref(),
         kernel.as_os_str(),
         "--modules".as_ref(),
         modules.as_os_str(),
     ];
+    if !more.contains(&"--no-guest-agent") {
+        args.extend(["--guest".as_ref(), guest.as_os_str()]);
+    }
+    args.extend(more.iter().map(std::ffi::OsStr::new));
     build_image(dir, &args)
+}
+
+/// `kubectl exec` into a VM pod goes through the guest agent: the command runs in the
+/// guest (as root, in its own root file system), with stdin, stdout, stderr and its exit
+/// code; a VM whose image has no agent answers with a clear error, not a hang.
+#[test]
+fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
+    require_tools(&["qemu-system-x86_64", "qemu-img", "mke2fs"])?;
+    let dir = tempfile::tempdir()?;
+    build_vm_image(dir.path())?;
+    build_vm_image_with(dir.path(), &["--name", "bare-vm:latest", "--no-guest-agent"])?;
+    let (cluster, k, bridge) = vm_cluster(dir.path(), "vm-exec-node", "ate", 100)?;
+    let result = (|| -> Result<()> {
+        k.ok_with(&["create", "-f", "-"], Some(&vm_pod("vm1", "echo up")))?;
+        k.ok_with(&["create", "-f", "-"], Some(&vm_pod_of("bare", "bare-vm", "echo up")))?;
+        k.ok(&["wait", "pod/vm1", "pod/bare", "--for=jsonpath={.status.phase}=Running", "--timeout=180s"])?;
+        let script = "echo out; echo err >&2; id -u; [ -x /etc/poweroff ] && echo guest-root; exit 7";
+        let start = Instant::now();
+        let out = k.run(&["exec", "vm1", "-c", "vm", "--", "sh", "-c", script], None)?;
+        eprintln!("first exec into a VM: {:?}", start.elapsed());
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.code() == Some(7), "kubectl passes the guest's exit code on: {:?} ({stderr})", out.status);
+        ensure!(stderr.contains("command terminated with exit code 7"), "the guest's exit code: {stderr}");
+        ensure!(stdout == "out\n0\nguest-root\n", "the command did not run in the guest as root: {stdout:?}");
+        ensure!(stderr.contains("err"), "the guest's stderr: {stderr:?}");
+        let start = Instant::now();
+        let echoed =
+            k.ok_with(&["exec", "-i", "vm1", "-c", "vm", "--", "sh", "-c", "cat; hostname"], Some("piped in\n"))?;
+        eprintln!("second exec into a VM: {:?}", start.elapsed());
+        ensure!(echoed.starts_with("piped in\n"), "stdin did not reach the guest: {echoed:?}");
+        // An image without the agent: an error naming it, well before any kubectl timeout.
+        let start = Instant::now();
+        let out = k.run(&["exec", "bare", "-c", "vm", "--", "true"], None)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && stderr.contains("atoll-guest"), "exec into a VM without the agent: {stderr}");
+        ensure!(start.elapsed() < Duration::from_secs(60), "exec without an agent took {:?}", start.elapsed());
+        let uids: Vec<String> = ["vm1", "bare"]
+            .iter()
+            .map(|p| k.ok(&["get", "pod", p, "-o", "jsonpath={.metadata.uid}"]))
+            .collect::<Result<_>>()?;
+        k.ok(&["delete", "pod", "vm1", "bare", "--timeout=60s"])?;
+        for uid in &uids {
+            ensure!(qemu_processes(uid)?.is_empty(), "a qemu of pod {uid} is left");
+            ensure!(!dir.path().join(format!("agent/vm/{uid}")).exists(), "pod {uid}'s VM folder is left");
+        }
+        Ok(())
+    })();
+    let mut cluster = cluster;
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(30)))
 }
 
 /// `atoll up` on `dir` with TCG guests, on a bridge and /24 of its own (`own_network`), and
@@ -99,10 +159,14 @@ pub(crate) fn qemu_processes(needle: &str) -> Result<Vec<String>> {
 }
 
 fn vm_pod(name: &str, user_data: &str) -> String {
+    vm_pod_of(name, "busybox-vm", user_data)
+}
+
+fn vm_pod_of(name: &str, image: &str, user_data: &str) -> String {
     serde_json::json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 10,
-                 "virtualMachine": {"name": "vm", "image": "busybox-vm", "imagePullPolicy": "Never",
+                 "virtualMachine": {"name": "vm", "image": image, "imagePullPolicy": "Never",
                                     "userData": user_data,
                                     "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}}}}
     })

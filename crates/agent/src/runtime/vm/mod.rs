@@ -10,6 +10,9 @@
 //! - Console: the serial port on qemu's stdout, written by the supervisor as the pod's CRI
 //!   log; the guest is *ready* once a console line carries [`READY_MARKER`].
 //! - User data: handed to the guest through fw_cfg ([`USER_DATA_FW_CFG`]).
+//! - Exec: the guest's virtio-serial port named [`guest::proto::PORT_NAME`] (`guest.sock`)
+//!   is the guest agent's, as in sandboxes; the shim relays `kubectl exec` sessions from
+//!   `ctl.sock` to it (the channel code is [`crate::sandbox_shim`]'s, shared).
 //! - Control: QMP on a unix socket in the VM's folder ([`qmp`]): stop is
 //!   `system_powerdown`, the grace period, then `quit`, then SIGKILL.
 //! - Accelerator: TCG unless KVM is configured, or `auto` finds by booting a one-sector
@@ -40,6 +43,7 @@ use super::{
     ContainerSpec, ContainerState, ContainerStatus, Runtime, RuntimeError, SandboxSpec, SandboxStatus, valid_id,
 };
 use crate::os::{Os, Signal};
+use crate::sandbox_shim::{CONTROL_SOCKET, GUEST_SOCKET};
 use crate::shim::{EXIT_FILE, ExitRecord, READY_FILE, VmShimArgs};
 use crate::timefmt::{from_nanos, to_nanos};
 
@@ -319,6 +323,18 @@ impl VmRuntime {
             "-append".into(),
             cmdline.into(),
         ];
+        // The guest agent's port, as in sandboxes: `kubectl exec` goes through it to
+        // `atoll-guest` when the image runs it (the busybox-vm image does).
+        let mut guest = OsString::from("socket,id=guest,server=on,wait=off,path=");
+        guest.push(dir.join(GUEST_SOCKET));
+        args.extend([
+            "-chardev".into(),
+            guest,
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-device".into(),
+            format!("virtserialport,chardev=guest,name={}", guest::proto::PORT_NAME).into(),
+        ]);
         if let Some(initrd) = &vm.initrd {
             args.extend(["-initrd".into(), initrd.clone().into()]);
         }
@@ -390,13 +406,30 @@ impl VmRuntime {
 }
 
 impl Runtime for VmRuntime {
-    /// A guest has no exec yet: that needs our guest agent inside it (later work).
-    fn exec_command(&self, id: &str, _command: &[String]) -> Result<(PathBuf, Vec<std::ffi::OsString>), RuntimeError> {
-        Err(RuntimeError::Runtime {
-            op: "exec",
-            id: id.into(),
-            detail: "a virtual machine has no exec until it runs Atoll's guest agent".into(),
-        })
+    /// `kubectl exec` runs `atoll shim sandbox-exec`, relayed by the VM's shim to the guest
+    /// agent, which runs the command in the guest's own root (container 0). A guest whose
+    /// image runs no agent answers with an error once the shim gives up waiting for it.
+    fn exec_command(&self, id: &str, command: &[String]) -> Result<(PathBuf, Vec<std::ffi::OsString>), RuntimeError> {
+        let (dir, _) = self.vm_record(id)?;
+        let status = self.container_status(id)?;
+        if status.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState { id: id.into(), state: status.state, op: "exec" });
+        }
+        let ctl = dir.join(CONTROL_SOCKET);
+        if !self.os.exists(&ctl) {
+            // A VM started before its shim served exec.
+            return Err(RuntimeError::Runtime {
+                op: "exec",
+                id: id.into(),
+                detail: "this virtual machine was started without a guest agent channel".into(),
+            });
+        }
+        let (program, lead) = self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
+        let mut args: Vec<OsString> = lead.to_vec();
+        args.extend(["sandbox-exec".into(), "--ctl".into(), ctl.into(), "--container".into(), "0".into()]);
+        args.push("--".into());
+        args.extend(command.iter().map(OsString::from));
+        Ok((PathBuf::from(program), args))
     }
     /// A guest's console is its log; it takes no stdin.
     fn attach_socket(&self, _id: &str) -> Option<PathBuf> {
@@ -525,6 +558,7 @@ impl Runtime for VmRuntime {
             dir: dir.clone(),
             log: rec.log_path.clone(),
             ready_marker: Some(READY_MARKER.into()),
+            ctl: Some(dir.join(CONTROL_SOCKET)),
             command,
         };
         let (program, lead) = self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
@@ -749,6 +783,9 @@ mod tests {
             "-initrd /img/vm/initrd.img",
             "-drive if=virtio,format=qcow2,file=/data/pod1/disk.qcow2",
             "-fw_cfg name=opt/atoll/user-data,file=/data/pod1/0/user-data",
+            "-chardev socket,id=guest,server=on,wait=off,path=/data/pod1/0/guest.sock",
+            "virtserialport,chardev=guest,name=atoll.0",
+            "--ctl /data/pod1/0/ctl.sock --ready-marker",
         ] {
             assert!(shim.contains(part), "{part:?} missing from {shim}");
         }
