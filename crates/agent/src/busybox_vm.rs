@@ -9,10 +9,13 @@
 //! The guest init (`/init`, a busybox shell script): mounts the pseudo file systems, loads
 //! the modules, mounts the data disk (`/dev/vda`) at `/mnt/disk` if there is one, starts
 //! busybox `acpid` so the ACPI power button (QMP `system_powerdown`) powers the guest off
-//! cleanly, prints [`crate::runtime::vm::READY_MARKER`] on the serial console, then runs the
-//! user data qemu passed in through fw_cfg (`opt/atoll/user-data`) with its output on the
-//! console, and idles. Beside it, the guest agent (`atoll-guest`, when the image carries
-//! it) serves `kubectl exec` over its virtio-serial port. A guest that powers itself off ends the VM (qemu runs `-no-reboot`).
+//! cleanly, installs root's credentials from fw_cfg (`opt/atoll/credentials`:
+//! `/root/.ssh/authorized_keys` and the password hash in `/etc/shadow`, both 0600), starts
+//! the guest agent (`atoll-guest`, when the image carries it; it serves `kubectl exec` over
+//! its virtio-serial port), prints [`crate::runtime::vm::READY_MARKER`] on the serial
+//! console, then runs the user data qemu passed in through fw_cfg (`opt/atoll/user-data`)
+//! with its output on the console, and idles. A guest that powers itself off ends the VM
+//! (qemu runs `-no-reboot`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::images::ContainerConfig;
 use crate::os::Os;
 use crate::runtime::vm::{DISK, INITRD, KERNEL, READY_MARKER, USER_DATA_FW_CFG};
+use crate::vm_credentials::FW_CFG_NAME as CREDENTIALS_FW_CFG;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmImageError {
@@ -69,6 +73,22 @@ if [ -b /dev/vda ]; then
   mount -t ext4 /dev/vda /mnt/disk && echo "atoll-guest: disk mounted at /mnt/disk"
 fi
 acpid -c /etc/acpi -l /dev/null
+cr=/sys/firmware/qemu_fw_cfg/by_name/{CREDENTIALS_FW_CFG}/raw
+if [ -f $cr ]; then
+  umask 077
+  if grep -q '^key ' $cr; then
+    mkdir -p /root/.ssh
+    sed -n 's/^key //p' $cr > /root/.ssh/authorized_keys
+    chmod 600 /root/.ssh/authorized_keys
+  fi
+  h=$(sed -n 's/^password //p' $cr)
+  if [ -n "$h" ]; then
+    printf 'root:%s:20000:0:99999:7:::\n' "$h" > /etc/shadow
+    chmod 600 /etc/shadow
+  fi
+  umask 022
+  echo "atoll-guest: credentials installed"
+fi
 # The guest agent serves `kubectl exec` over its virtio-serial port; the init stays PID 1.
 if [ -x /bin/atoll-guest ]; then /bin/atoll-guest </dev/null >/dev/console 2>&1 & fi
 echo "{READY_MARKER}"
@@ -176,6 +196,10 @@ pub fn initramfs(busybox: &[u8], modules: Option<&Path>, extra: &[(String, Vec<u
         cpio.dir(d);
         made.push(d.into());
     }
+    cpio.entry("root", 0o040700, (0, 0), &[]);
+    // root's account, whose password the credentials set (locked until then).
+    cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    cpio.file("etc/shadow", 0o600, b"root:*:20000:0:99999:7:::\n");
     for (path, bytes) in extra {
         let parts: Vec<&str> = path.split('/').collect();
         for i in 1..parts.len() {

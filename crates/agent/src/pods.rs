@@ -264,6 +264,7 @@ fn vm_spec(v: &Value, image: &ImageRootfs) -> Result<VmSpec, String> {
         disk: file(vm::DISK),
         cmdline: text(v, "/kernelCommandLine").to_string(),
         user_data: v.get("userData").and_then(Value::as_str).map(str::to_string),
+        credentials: Default::default(),
         vcpus: cpu.div_ceil(1000).max(1) as u32,
         memory_mib: (memory >> 20).max(16),
     })
@@ -656,7 +657,20 @@ impl Node {
         );
         let log_dir = self.logs_dir.join(text(pod, "/metadata/tenant")).join(dir).join(text(c, "/name"));
         let vm = match pod.pointer("/spec/virtualMachine").filter(|v| v.is_object()) {
-            Some(v) => Some(vm_spec(v, &image).map_err(|m| ("InvalidImageName".to_string(), m))?),
+            Some(v) => {
+                let mut spec = vm_spec(v, &image).map_err(|m| ("InvalidImageName".to_string(), m))?;
+                if v.get("sshAuthorizedKeys").is_some() || v.get("passwordSecretRef").is_some() {
+                    // The API client the pulls read pull secrets with reads this Secret too.
+                    let client = self.pulls.as_ref().map(|p| p.client()).ok_or_else(|| {
+                        ("CreateContainerConfigError".to_string(), "this node reads no Secrets".to_string())
+                    })?;
+                    let handle = tokio::runtime::Handle::current();
+                    spec.credentials = handle
+                        .block_on(crate::vm_credentials::resolve(client, pod, v))
+                        .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+                }
+                Some(spec)
+            }
             None => None,
         };
         Ok(ContainerSpec {

@@ -414,6 +414,9 @@ impl Write for MarkerWatch {
             && buf.windows(m.len()).any(|w| w == m.as_bytes())
         {
             let _ = write_atomic(&self.ready, b"");
+            // qemu read the guest's credentials at start-up and the guest has them now: the
+            // password hash's file need not outlive the boot.
+            let _ = std::fs::remove_file(self.ready.with_file_name(crate::vm_credentials::FILE));
             self.marker = None;
         }
         self.inner.write(buf)
@@ -480,6 +483,7 @@ pub fn supervise_vm(args: &VmShimArgs) -> Result<(), String> {
         })
     });
     let record = wait_for(pid);
+    let _ = std::fs::remove_file(args.dir.join(crate::vm_credentials::FILE));
     if let Some(shared) = channel.and_then(|t| t.join().ok()) {
         crate::sandbox_shim::guest_gone(&shared);
     }

@@ -202,6 +202,10 @@ pub fn pod_uses_secret(pod: &Value, name: &str) -> bool {
     if list(spec, "imagePullSecrets").iter().any(|s| is(s.get("name"))) {
         return true;
     }
+    // A VM pod's root password (`api::vm`), which its node hashes for the guest.
+    if is(spec.pointer("/virtualMachine/passwordSecretRef/name")) {
+        return true;
+    }
     for volume in list(spec, "volumes") {
         if is(volume.pointer("/secret/secretName")) {
             return true;
@@ -327,13 +331,14 @@ mod tests {
     fn secrets_a_pod_uses() {
         let pod = serde_json::json!({"spec": {
             "imagePullSecrets": [{"name": "pull"}],
+            "virtualMachine": {"passwordSecretRef": {"name": "vmpw", "key": "k"}},
             "volumes": [{"name": "v", "secret": {"secretName": "vol"}},
                         {"name": "p", "projected": {"sources": [{"secret": {"name": "proj"}}]}}],
             "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "from"}}]}],
             "containers": [{"name": "c", "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "key", "key": "k"}}},
                                                 {"name": "F", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]}],
         }});
-        for used in ["pull", "vol", "proj", "from", "key"] {
+        for used in ["pull", "vol", "proj", "from", "key", "vmpw"] {
             assert!(pod_uses_secret(&pod, used), "{used}");
         }
         for unused in ["cm", "v", "c", ""] {

@@ -61,6 +61,9 @@ pub(crate) fn build_vm_image_with(dir: &Path, more: &[&str]) -> Result<()> {
 /// `kubectl exec` into a VM pod goes through the guest agent: the command runs in the
 /// guest (as root, in its own root file system), with stdin, stdout, stderr and its exit
 /// code; a VM whose image has no agent answers with a clear error, not a hang.
+/// Credentials: the VM's authorized key and root's password hash (from a Secret, hashed on
+/// the node) are in the guest; the password's plain text is in no process's command line
+/// and no file under the agent's data folder; bad credentials fields are a 422.
 #[test]
 fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
     require_tools(&["qemu-system-x86_64", "qemu-img", "mke2fs"])?;
@@ -69,7 +72,26 @@ fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
     build_vm_image_with(dir.path(), &["--name", "bare-vm:latest", "--no-guest-agent"])?;
     let (cluster, k, bridge) = vm_cluster(dir.path(), "vm-exec-node", "ate", 100)?;
     let result = (|| -> Result<()> {
-        k.ok_with(&["create", "-f", "-"], Some(&vm_pod("vm1", "echo up")))?;
+        // Credentials that are not keys or references: 422, naming each field.
+        let mut bad: serde_json::Value = serde_json::from_str(&vm_pod("bad", "true"))?;
+        bad["spec"]["virtualMachine"]["sshAuthorizedKeys"] = serde_json::json!(["not a key"]);
+        bad["spec"]["virtualMachine"]["passwordSecretRef"] = serde_json::json!({"name": "vm-root"});
+        let out = k.run(&["create", "-f", "-", "-v=6"], Some(&bad.to_string()))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success()
+                && stderr.contains("422")
+                && stderr.contains("spec.virtualMachine.sshAuthorizedKeys[0]: Invalid value")
+                && stderr.contains("spec.virtualMachine.passwordSecretRef.key: Required value"),
+            "bad credentials: {stderr}"
+        );
+        let password = "Plain-Text-Pa55word-e2e";
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNvbWUta2V5LWZvci10aGUtZTJl e2e@atoll";
+        k.ok(&["create", "secret", "generic", "vm-root", &format!("--from-literal=password={password}")])?;
+        let mut vm1: serde_json::Value = serde_json::from_str(&vm_pod("vm1", "echo up"))?;
+        vm1["spec"]["virtualMachine"]["sshAuthorizedKeys"] = serde_json::json!([key]);
+        vm1["spec"]["virtualMachine"]["passwordSecretRef"] = serde_json::json!({"name": "vm-root", "key": "password"});
+        k.ok_with(&["create", "-f", "-"], Some(&vm1.to_string()))?;
         k.ok_with(&["create", "-f", "-"], Some(&vm_pod_of("bare", "bare-vm", "echo up")))?;
         k.ok(&["wait", "pod/vm1", "pod/bare", "--for=jsonpath={.status.phase}=Running", "--timeout=180s"])?;
         let script = "echo out; echo err >&2; id -u; [ -x /etc/poweroff ] && echo guest-root; exit 7";
@@ -86,6 +108,52 @@ fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
             k.ok_with(&["exec", "-i", "vm1", "-c", "vm", "--", "sh", "-c", "cat; hostname"], Some("piped in\n"))?;
         eprintln!("second exec into a VM: {:?}", start.elapsed());
         ensure!(echoed.starts_with("piped in\n"), "stdin did not reach the guest: {echoed:?}");
+        // The credentials, as the guest init installed them.
+        let shown = k.ok(&[
+            "exec",
+            "vm1",
+            "-c",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/.ssh/authorized_keys; stat -c %a /root/.ssh/authorized_keys /etc/shadow; grep ^root: /etc/shadow",
+        ])?;
+        let lines: Vec<&str> = shown.lines().collect();
+        ensure!(lines.len() == 4 && lines[0] == key && lines[1] == "600" && lines[2] == "600", "{shown}");
+        let hash = lines[3].split(':').nth(1).context("no hash for root")?;
+        ensure!(hash.starts_with("$6$"), "root's password is not a SHA-512 crypt hash: {}", lines[3]);
+        let salt = hash.split('$').nth(2).context("no salt")?;
+        ensure!(
+            agent::vm_credentials::sha512_crypt(password.as_bytes(), salt) == hash,
+            "root's hash is not of the Secret's password"
+        );
+        let uid1 = k.ok(&["get", "pod", "vm1", "-o", "jsonpath={.metadata.uid}"])?;
+        ensure!(
+            !dir.path().join(format!("agent/vm/{uid1}/0/credentials")).exists(),
+            "the credentials file outlived the boot"
+        );
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(cmdline) = std::fs::read(entry?.path().join("cmdline")) else { continue };
+            ensure!(!String::from_utf8_lossy(&cmdline).contains(password), "the password is on a command line");
+        }
+        let mut files = vec![dir.path().join("agent")];
+        let mut scanned = 0;
+        while let Some(path) = files.pop() {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                files.extend(std::fs::read_dir(&path)?.flatten().map(|e| e.path()));
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                ensure!(
+                    !bytes.windows(password.len()).any(|w| w == password.as_bytes()),
+                    "the password's plain text is in {}",
+                    path.display()
+                );
+                scanned += 1;
+            }
+        }
+        ensure!(scanned > 10, "only {scanned} files under the agent's folder");
         // An image without the agent: an error naming it, well before any kubectl timeout.
         let start = Instant::now();
         let out = k.run(&["exec", "bare", "-c", "vm", "--", "true"], None)?;

@@ -73,6 +73,10 @@ pub struct VmSpec {
     /// Appended to our kernel command line.
     pub cmdline: String,
     pub user_data: Option<String>,
+    /// Root's authorized keys and password hash for the guest; only in memory and in the
+    /// attempt's 0600 credentials file, never in `vm.json`.
+    #[serde(skip)]
+    pub credentials: crate::vm_credentials::Credentials,
     pub vcpus: u32,
     pub memory_mib: u64,
 }
@@ -149,6 +153,9 @@ struct VmRecord {
     image: String,
     log_path: PathBuf,
     vm: VmSpec,
+    /// Whether the attempt has a credentials file for qemu's fw_cfg.
+    #[serde(default)]
+    credentials: bool,
     created_at_nanos: u64,
 }
 
@@ -348,6 +355,12 @@ impl VmRuntime {
             fw.push(dir.join("user-data"));
             args.extend(["-fw_cfg".into(), fw]);
         }
+        // qemu reads the file at start-up; the shim deletes it once the guest is up.
+        if rec.credentials {
+            let mut fw = OsString::from(format!("name={},file=", crate::vm_credentials::FW_CFG_NAME));
+            fw.push(dir.join(crate::vm_credentials::FILE));
+            args.extend(["-fw_cfg".into(), fw]);
+        }
         args
     }
 
@@ -532,6 +545,11 @@ impl Runtime for VmRuntime {
         if let Some(data) = &vm.user_data {
             self.os.write_file_atomic(&dir.join("user-data"), data.as_bytes())?;
         }
+        let credentials = !vm.credentials.is_empty();
+        if credentials {
+            let file = dir.join(crate::vm_credentials::FILE);
+            self.os.write_private_file(&file, vm.credentials.render().as_bytes())?;
+        }
         let rec = VmRecord {
             id: id.clone(),
             sandbox_id: sandbox_id.into(),
@@ -539,6 +557,7 @@ impl Runtime for VmRuntime {
             image: spec.image.reference.clone(),
             log_path,
             vm,
+            credentials,
             created_at_nanos: to_nanos(SystemTime::now()),
         };
         self.write_json(&dir.join("vm.json"), &rec)?;
@@ -731,6 +750,10 @@ mod tests {
                 disk: disk.then(|| "/img/vm/disk.img".into()),
                 cmdline: "extra=1".into(),
                 user_data: Some("echo hi".into()),
+                credentials: crate::vm_credentials::Credentials {
+                    authorized_keys: vec!["ssh-ed25519 AAAA me".into()],
+                    password_hash: Some("$6$salt$hash".into()),
+                },
                 vcpus: 2,
                 memory_mib: 256,
             }),
@@ -786,11 +809,17 @@ mod tests {
             "-chardev socket,id=guest,server=on,wait=off,path=/data/pod1/0/guest.sock",
             "virtserialport,chardev=guest,name=atoll.0",
             "--ctl /data/pod1/0/ctl.sock --ready-marker",
+            "-fw_cfg name=opt/atoll/credentials,file=/data/pod1/0/credentials",
         ] {
             assert!(shim.contains(part), "{part:?} missing from {shim}");
         }
         assert!(shim.contains("extra=1"));
         assert_eq!(os.file(Path::new("/data/pod1/0/user-data")).as_deref(), Some(&b"echo hi"[..]));
+        let credentials = os.file(Path::new("/data/pod1/0/credentials")).unwrap();
+        assert_eq!(credentials, b"key ssh-ed25519 AAAA me\npassword $6$salt$hash\n");
+        // The hash is in the credentials file only, not in the attempt's record.
+        let record = os.file(Path::new("/data/pod1/0/vm.json")).unwrap();
+        assert!(!String::from_utf8_lossy(&record).contains("$6$"), "the hash is in vm.json");
         let status = rt.container_status(&id).unwrap();
         assert_eq!((status.state, status.ready, status.pid), (ContainerState::Running, Some(false), Some(4242)));
         os.put_file(&Path::new("/data/pod1/0").join(READY_FILE), b"");
