@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::images::ContainerConfig;
 use crate::os::Os;
-use crate::runtime::vm::{DISK, INITRD, KERNEL, READY_MARKER, USER_DATA_FW_CFG};
+use crate::runtime::vm::{DISK, DISK_QCOW2, INITRD, KERNEL, READY_MARKER, USER_DATA_FW_CFG};
 use crate::vm_credentials::FW_CFG_NAME as CREDENTIALS_FW_CFG;
 
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +326,23 @@ pub fn build_layout(
     }
     let tar = b.into_inner().map_err(io)?;
     crate::busybox::write_layout(out, ref_name, &tar, ContainerConfig::default(), "atoll image build-busybox-vm")
+        .map_err(io)
+}
+
+/// A disk-only VM image: the layout for `ref_name` in `out` whose one layer holds the raw
+/// or qcow2 `disk` (told apart by qcow2's magic) at [`DISK`] or [`DISK_QCOW2`]. Its VMs boot
+/// the disk through the firmware, with no kernel of ours. Returns the manifest digest.
+pub fn disk_layout(disk: &Path, out: &Path, ref_name: &str) -> Result<crate::reference::Digest, VmImageError> {
+    let bytes = read(disk)?;
+    let at = if bytes.starts_with(b"QFI\xfb") { DISK_QCOW2 } else { DISK };
+    let io = |source| VmImageError::Io { what: "building the layer of", path: out.to_owned(), source };
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = crate::busybox::header(tar::EntryType::Directory, 0o755, 0);
+    b.append_data(&mut dir.clone(), "vm/", std::io::empty()).map_err(io)?;
+    let mut h = crate::busybox::header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
+    b.append_data(&mut h, at, bytes.as_slice()).map_err(io)?;
+    let tar = b.into_inner().map_err(io)?;
+    crate::busybox::write_layout(out, ref_name, &tar, ContainerConfig::default(), "atoll image import --vm-disk")
         .map_err(io)
 }
 

@@ -76,6 +76,10 @@ pub enum ImageCommand {
         /// Name the imported image (e.g. `busybox:1.36`); needed when the input names none.
         #[arg(long)]
         name: Option<String>,
+        /// PATH is a VM's disk (raw or qcow2), not an image: make a disk-only VM image of
+        /// it (needs --name), whose VMs boot the disk through the firmware.
+        #[arg(long, requires = "name")]
+        vm_disk: bool,
         #[command(flatten)]
         store: ImageStoreArgs,
     },
@@ -158,11 +162,20 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
             println!("pushed {target} {digest}");
             Ok(())
         }
-        ImageCommand::Import { path, name, store } => {
-            let images = store
-                .open()?
-                .import(&path, name.as_deref())
-                .with_context(|| format!("importing {}", path.display()))?;
+        ImageCommand::Import { path, name, vm_disk, store } => {
+            let images = store.open()?;
+            let scratch = tempfile::Builder::new().prefix("vm-disk-").tempdir_in(images.root().join("tmp"))?;
+            let path = if vm_disk {
+                let layout = scratch.path().join("layout");
+                let name = name.as_deref().context("--vm-disk needs --name")?;
+                agent::busybox_vm::disk_layout(&path, &layout, name)
+                    .with_context(|| format!("making a VM image of {}", path.display()))?;
+                layout
+            } else {
+                path
+            };
+            let images =
+                images.import(&path, name.as_deref()).with_context(|| format!("importing {}", path.display()))?;
             for image in images {
                 println!("imported {} {}", image.names.join(","), image.manifest_digest);
             }

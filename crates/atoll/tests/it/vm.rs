@@ -58,6 +58,104 @@ pub(crate) fn build_vm_image_with(dir: &Path, more: &[&str]) -> Result<()> {
     build_image(dir, &args)
 }
 
+/// A boot sector that writes the ready marker to the first serial port and halts: the
+/// smallest bootable disk there is (`cld; xor ax,ax; mov ds,ax; mov si,msg; mov dx,0x3f8;
+/// lodsb/out until NUL; hlt`).
+fn marker_disk() -> Vec<u8> {
+    let mut s = vec![0u8; 512];
+    let code = [
+        0xfc, 0x31, 0xc0, 0x8e, 0xd8, 0xbe, 0x16, 0x7c, 0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb,
+        0xf8, 0xf4, 0xeb, 0xfd,
+    ];
+    s[..code.len()].copy_from_slice(&code);
+    let msg = b"disk-only guest\r\natoll-guest: ready\r\n\0";
+    s[code.len()..code.len() + msg.len()].copy_from_slice(msg);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s.resize(1 << 20, 0);
+    s
+}
+
+/// VM images come from a registry as container images do: `busybox-vm` pushed to a real
+/// `docker-registry` (TLS, basic auth) is pulled by the node with the pod's
+/// `imagePullSecrets` and `imagePullPolicy: Always`, boots, and answers exec. A plain disk
+/// file imported with `atoll image import --vm-disk` is a VM image too, booted by the firmware.
+#[test]
+fn vm_images_come_from_a_registry_or_a_disk_file() -> Result<()> {
+    use crate::registry::{PASSWORD, USER, atoll, docker_config, run, start_registry};
+    require_tools(&["qemu-system-x86_64", "qemu-img", "mke2fs"])?;
+    let reg = tempfile::tempdir()?;
+    let (registry, addr) = start_registry(reg.path())?;
+    let _registry = registry;
+    let ca = reg.path().join("ca.pem");
+    let ca = ca.to_str().context("path")?;
+    let creds = docker_config(reg.path(), &addr)?;
+    let seed = tempfile::tempdir()?;
+    build_vm_image(seed.path())?;
+    let image = format!("{addr}/vms/busybox-vm:v1");
+    let seed_arg = seed.path().to_str().context("path")?;
+    let creds_arg = creds.to_str().context("path")?;
+    let pushed = run(atoll(&["image", "push", "busybox-vm", &image, "--data-dir", seed_arg]).args([
+        "--registry-ca",
+        ca,
+        "--registry-config",
+        creds_arg,
+    ]))?;
+    ensure!(pushed.starts_with("pushed "), "{pushed}");
+
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("marker.raw");
+    std::fs::write(&disk, marker_disk())?;
+    build_image(
+        dir.path(),
+        &["import".as_ref(), disk.as_os_str(), "--vm-disk".as_ref(), "--name".as_ref(), "diskonly:v1".as_ref()],
+    )?;
+    let (cluster, k, bridge) = vm_cluster_with(dir.path(), "vm-pull-node", "atp", 60, &["--registry-ca", ca])?;
+    let result = (|| -> Result<()> {
+        k.ok(&[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            &format!("--docker-server={addr}"),
+            &format!("--docker-username={USER}"),
+            &format!("--docker-password={PASSWORD}"),
+        ])?;
+        let mut pulled: serde_json::Value = serde_json::from_str(&vm_pod_of("pulled", &image, "echo up"))?;
+        pulled["spec"]["virtualMachine"]["imagePullPolicy"] = serde_json::json!("Always");
+        pulled["spec"]["imagePullSecrets"] = serde_json::json!([{"name": "regcred"}]);
+        k.ok_with(&["create", "-f", "-"], Some(&pulled.to_string()))?;
+        k.ok_with(&["create", "-f", "-"], Some(&vm_pod_of("disk", "diskonly:v1", "")))?;
+        k.ok(&["wait", "pod/pulled", "pod/disk", "--for=jsonpath={.status.phase}=Running", "--timeout=180s"])?;
+        let events = k.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=pulled",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])?;
+        ensure!(events.contains("Pulling") && events.contains("Pulled"), "no pull events for the VM image: {events}");
+        let echoed = k.ok(&["exec", "pulled", "-c", "vm", "--", "echo", "pulled and running"])?;
+        ensure!(echoed == "pulled and running\n", "exec into the pulled VM: {echoed:?}");
+        k.ok(&["wait", "pod/disk", "--for=condition=Ready", "--timeout=60s"])?;
+        let log = console(dir.path(), &k, "disk")?;
+        ensure!(log.contains("disk-only guest"), "the disk's boot sector did not run: {log}");
+        let uids: Vec<String> = ["pulled", "disk"]
+            .iter()
+            .map(|p| k.ok(&["get", "pod", p, "-o", "jsonpath={.metadata.uid}"]))
+            .collect::<Result<_>>()?;
+        k.ok(&["delete", "pod", "pulled", "disk", "--timeout=60s"])?;
+        for uid in &uids {
+            ensure!(qemu_processes(uid)?.is_empty(), "a qemu of pod {uid} is left");
+            ensure!(!dir.path().join(format!("agent/vm/{uid}")).exists(), "pod {uid}'s VM folder is left");
+        }
+        Ok(())
+    })();
+    let mut cluster = cluster;
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(30)))
+}
+
 /// `kubectl exec` into a VM pod goes through the guest agent: the command runs in the
 /// guest (as root, in its own root file system), with stdin, stdout, stderr and its exit
 /// code; a VM whose image has no agent answers with a clear error, not a hang.
@@ -178,9 +276,21 @@ fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
 /// `atoll up` on `dir` with TCG guests, on a bridge and /24 of its own (`own_network`), and
 /// an administrator's kubectl once `node` is Ready. Returns the cluster, kubectl and the bridge.
 pub(crate) fn vm_cluster(dir: &Path, node: &str, prefix: &str, base: u32) -> Result<(Proc, Kubectl, String)> {
+    vm_cluster_with(dir, node, prefix, base, &[])
+}
+
+/// `vm_cluster` with more `atoll up` arguments.
+pub(crate) fn vm_cluster_with(
+    dir: &Path,
+    node: &str,
+    prefix: &str,
+    base: u32,
+    more: &[&str],
+) -> Result<(Proc, Kubectl, String)> {
     let (bridge, cidr) = own_network(prefix, base);
-    let mut cluster =
-        start_up(dir, &["--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr, "--vm-accel", "tcg"])?;
+    let mut args = vec!["--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr, "--vm-accel", "tcg"];
+    args.extend(more);
+    let mut cluster = start_up(dir, &args)?;
     let k = Kubectl { bin: kubectl_binary(33)?, kubeconfig: dir.join("admin.kubeconfig"), cache: tempfile::tempdir()? };
     let ready = k
         .eventually(&["get", "node", node])

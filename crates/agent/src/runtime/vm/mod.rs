@@ -51,6 +51,8 @@ use crate::timefmt::{from_nanos, to_nanos};
 pub const KERNEL: &str = "vm/kernel";
 pub const INITRD: &str = "vm/initrd.img";
 pub const DISK: &str = "vm/disk.img";
+/// A qcow2 disk (`atoll image import --vm-disk` of a qcow2 file).
+pub const DISK_QCOW2: &str = "vm/disk.qcow2";
 /// The console line our guest init prints when the guest is up.
 pub const READY_MARKER: &str = "atoll-guest: ready";
 /// The fw_cfg name of the user data (the guest reads `/sys/firmware/qemu_fw_cfg/by_name/...`).
@@ -66,7 +68,8 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// What one VM runs, resolved by the agent from the pod and the image store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
-    pub kernel: PathBuf,
+    /// None: the disk boots through the firmware (a disk-only image).
+    pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     /// The base disk image (raw, or qcow2 when its name ends so); the VM gets an overlay.
     pub disk: Option<PathBuf>,
@@ -325,11 +328,14 @@ impl VmRuntime {
             "none".into(),
             "-qmp".into(),
             qmp,
-            "-kernel".into(),
-            vm.kernel.clone().into(),
-            "-append".into(),
-            cmdline.into(),
         ];
+        // Without a kernel the firmware boots the disk (a disk-only VM image).
+        if let Some(kernel) = &vm.kernel {
+            args.extend(["-kernel".into(), kernel.clone().into(), "-append".into(), cmdline.into()]);
+            if let Some(initrd) = &vm.initrd {
+                args.extend(["-initrd".into(), initrd.clone().into()]);
+            }
+        }
         // The guest agent's port, as in sandboxes: `kubectl exec` goes through it to
         // `atoll-guest` when the image runs it (the busybox-vm image does).
         let mut guest = OsString::from("socket,id=guest,server=on,wait=off,path=");
@@ -342,9 +348,6 @@ impl VmRuntime {
             "-device".into(),
             format!("virtserialport,chardev=guest,name={}", guest::proto::PORT_NAME).into(),
         ]);
-        if let Some(initrd) = &vm.initrd {
-            args.extend(["-initrd".into(), initrd.clone().into()]);
-        }
         if vm.disk.is_some() {
             let mut drive = OsString::from("if=virtio,format=qcow2,file=");
             drive.push(sandbox.join("disk.qcow2"));
@@ -745,7 +748,7 @@ mod tests {
             stdin: false,
             stdin_once: false,
             vm: Some(VmSpec {
-                kernel: "/img/vm/kernel".into(),
+                kernel: Some("/img/vm/kernel".into()),
                 initrd: Some("/img/vm/initrd.img".into()),
                 disk: disk.then(|| "/img/vm/disk.img".into()),
                 cmdline: "extra=1".into(),
