@@ -371,5 +371,38 @@ mod tests {
         assert!(init.contains(READY_MARKER));
         assert!(init.contains(USER_DATA_FW_CFG));
         assert!(init.starts_with("#!/bin/busybox sh\n"));
+        // Credentials and the agent come before the marker: once a pod is ready, both are in.
+        let at = |needle: &str| init.find(needle).unwrap_or_else(|| panic!("{needle} missing from the init"));
+        assert!(at(CREDENTIALS_FW_CFG) < at(READY_MARKER));
+        assert!(at("/bin/atoll-guest </dev/null") < at(READY_MARKER));
+        assert!(init.contains("chmod 600 /root/.ssh/authorized_keys") && init.contains("chmod 600 /etc/shadow"));
+    }
+
+    #[test]
+    fn a_disk_file_becomes_a_one_layer_vm_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, qcow) = (dir.path().join("d.raw"), dir.path().join("d.qcow2"));
+        std::fs::write(&raw, [0u8; 1024]).unwrap();
+        std::fs::write(&qcow, b"QFI\xfb and the rest").unwrap();
+        for (disk, at) in [(&raw, DISK), (&qcow, DISK_QCOW2)] {
+            let out = dir.path().join(format!("layout-{at}").replace('/', "-"));
+            disk_layout(disk, &out, "d:v1").unwrap();
+            let index = std::fs::read_to_string(out.join("index.json")).unwrap();
+            assert!(index.contains("d:v1"), "{index}");
+            // The one layer holds the disk where the runtime looks for it.
+            let blobs = out.join("blobs/sha256");
+            let found = std::fs::read_dir(&blobs).unwrap().flatten().any(|b| {
+                let bytes = std::fs::read(b.path()).unwrap();
+                let mut gz = flate2::read::GzDecoder::new(&bytes[..]);
+                let mut tar = Vec::new();
+                std::io::Read::read_to_end(&mut gz, &mut tar).is_ok()
+                    && tar::Archive::new(&tar[..])
+                        .entries()
+                        .unwrap()
+                        .flatten()
+                        .any(|e| e.path().unwrap().to_string_lossy() == at)
+            });
+            assert!(found, "no layer with {at}");
+        }
     }
 }

@@ -190,6 +190,10 @@ fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
         vm1["spec"]["virtualMachine"]["sshAuthorizedKeys"] = serde_json::json!([key]);
         vm1["spec"]["virtualMachine"]["passwordSecretRef"] = serde_json::json!({"name": "vm-root", "key": "password"});
         k.ok_with(&["create", "-f", "-"], Some(&vm1.to_string()))?;
+        // A Secret that does not exist: the VM waits, as a container with a missing Secret does.
+        let mut lost: serde_json::Value = serde_json::from_str(&vm_pod("lost", "true"))?;
+        lost["spec"]["virtualMachine"]["passwordSecretRef"] = serde_json::json!({"name": "nope", "key": "password"});
+        k.ok_with(&["create", "-f", "-"], Some(&lost.to_string()))?;
         k.ok_with(&["create", "-f", "-"], Some(&vm_pod_of("bare", "bare-vm", "echo up")))?;
         k.ok(&["wait", "pod/vm1", "pod/bare", "--for=jsonpath={.status.phase}=Running", "--timeout=180s"])?;
         let script = "echo out; echo err >&2; id -u; [ -x /etc/poweroff ] && echo guest-root; exit 7";
@@ -206,6 +210,22 @@ fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
             k.ok_with(&["exec", "-i", "vm1", "-c", "vm", "--", "sh", "-c", "cat; hostname"], Some("piped in\n"))?;
         eprintln!("second exec into a VM: {:?}", start.elapsed());
         ensure!(echoed.starts_with("piped in\n"), "stdin did not reach the guest: {echoed:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting = k.ok(&[
+                "get",
+                "pod",
+                "lost",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}",
+            ])?;
+            if waiting.starts_with("CreateContainerConfigError") {
+                ensure!(waiting.contains("secret \"nope\" not found"), "{waiting}");
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the VM with a missing Secret: {waiting:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
         // The credentials, as the guest init installed them.
         let shown = k.ok(&[
             "exec",
@@ -262,7 +282,7 @@ fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
             .iter()
             .map(|p| k.ok(&["get", "pod", p, "-o", "jsonpath={.metadata.uid}"]))
             .collect::<Result<_>>()?;
-        k.ok(&["delete", "pod", "vm1", "bare", "--timeout=60s"])?;
+        k.ok(&["delete", "pod", "vm1", "bare", "lost", "--timeout=60s"])?;
         for uid in &uids {
             ensure!(qemu_processes(uid)?.is_empty(), "a qemu of pod {uid} is left");
             ensure!(!dir.path().join(format!("agent/vm/{uid}")).exists(), "pod {uid}'s VM folder is left");
