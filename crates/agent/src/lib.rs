@@ -46,3 +46,4 @@ pub mod shim;
 pub mod simulated;
 pub mod stream;
 pub mod timefmt;
+pub mod vm_credentials;

@@ -13,10 +13,10 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -384,15 +384,24 @@ pub struct VmShimArgs {
     pub log: PathBuf,
     /// A console line containing this text marks the guest ready (`ready` file).
     pub ready_marker: Option<String>,
+    /// Where to serve `kubectl exec` sessions relayed to the guest agent over the guest's
+    /// virtio-serial port (`DIR/guest.sock`), as the sandbox shim does.
+    pub ctl: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
 pub const READY_FILE: &str = "ready";
+/// How long an exec into a VM waits for its guest agent's `ready`: a guest whose image has
+/// no agent gets a clear error after this rather than a hang.
+const VM_EXEC_WAIT: Duration = Duration::from_secs(20);
 
 impl VmShimArgs {
     pub fn to_args(&self) -> Vec<OsString> {
         let mut out: Vec<OsString> =
             vec!["vm".into(), "--dir".into(), self.dir.clone().into(), "--log".into(), self.log.clone().into()];
+        if let Some(c) = &self.ctl {
+            out.extend(["--ctl".into(), c.clone().into()]);
+        }
         if let Some(m) = &self.ready_marker {
             out.extend(["--ready-marker".into(), m.into()]);
         }
@@ -403,7 +412,7 @@ impl VmShimArgs {
 
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<VmShimArgs, ShimError> {
         let mut it = args.into_iter();
-        let (mut dir, mut log, mut ready_marker) = (None, None, None);
+        let (mut dir, mut log, mut ready_marker, mut ctl) = (None, None, None, None);
         while let Some(flag) = it.next() {
             if flag == "--" {
                 let command: Vec<OsString> = it.collect();
@@ -415,6 +424,7 @@ impl VmShimArgs {
                     dir: dir.ok_or_else(|| missing("--dir"))?,
                     log: log.ok_or_else(|| missing("--log"))?,
                     ready_marker,
+                    ctl,
                     command,
                 });
             }
@@ -423,6 +433,7 @@ impl VmShimArgs {
                 Some("--dir") => dir = Some(PathBuf::from(value)),
                 Some("--log") => log = Some(PathBuf::from(value)),
                 Some("--ready-marker") => ready_marker = Some(value.to_string_lossy().into_owned()),
+                Some("--ctl") => ctl = Some(PathBuf::from(value)),
                 _ => return Err(ShimError::Usage(format!("unknown flag {flag:?}"))),
             }
         }
@@ -444,6 +455,9 @@ impl Write for MarkerWatch {
             && buf.windows(m.len()).any(|w| w == m.as_bytes())
         {
             let _ = write_atomic(&self.ready, b"");
+            // qemu read the guest's credentials at start-up and the guest has them now: the
+            // password hash's file need not outlive the boot.
+            let _ = std::fs::remove_file(self.ready.with_file_name(crate::vm_credentials::FILE));
             self.marker = None;
         }
         self.inner.write(buf)
@@ -465,6 +479,17 @@ pub fn supervise_vm(args: &VmShimArgs) -> Result<(), String> {
     let marker = MarkerWatch { inner: log, marker: args.ready_marker.clone(), ready: args.dir.join(READY_FILE) };
     let log: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(Box::new(marker)));
     let (program, rest) = args.command.split_first().ok_or("no command")?;
+    let listener = match &args.ctl {
+        Some(ctl) => {
+            let _ = std::fs::remove_file(ctl);
+            Some(std::os::unix::net::UnixListener::bind(ctl).map_err(|e| {
+                let msg = format!("binding {}: {e}", ctl.display());
+                handshake(&format!("error {msg}"));
+                msg
+            })?)
+        }
+        None => None,
+    };
     let mut child = Command::new(program)
         .args(rest)
         .stdin(Stdio::null())
@@ -490,7 +515,22 @@ pub fn supervise_vm(args: &VmShimArgs) -> Result<(), String> {
         .collect();
     // `Child` is dropped unwaited on purpose: `wait_for` reaps it by pid.
     drop(child);
+    // The guest channel connects on its own thread: qemu's exit must be reaped meanwhile.
+    let channel = listener.map(|listener| {
+        let dir = args.dir.clone();
+        std::thread::spawn(move || {
+            let mut alive = || Path::new(&format!("/proc/{pid}")).exists();
+            crate::sandbox_shim::serve_guest(&dir, listener, &mut alive, VM_EXEC_WAIT, None)
+        })
+    });
     let record = wait_for(pid);
+    let _ = std::fs::remove_file(args.dir.join(crate::vm_credentials::FILE));
+    if let Some(shared) = channel.and_then(|t| t.join().ok()) {
+        crate::sandbox_shim::guest_gone(&shared);
+    }
+    if let Some(ctl) = &args.ctl {
+        let _ = std::fs::remove_file(ctl);
+    }
     for t in threads {
         let _ = t.join();
     }
@@ -575,6 +615,7 @@ mod tests {
             dir: "/d".into(),
             log: "/l".into(),
             ready_marker: Some("up".into()),
+            ctl: Some("/d/ctl.sock".into()),
             command: vec!["qemu".into(), "-m".into(), "128".into()],
         };
         let mut args = a.to_args();

@@ -127,6 +127,8 @@ pub struct Api {
     authn: Arc<crate::authn::Authenticator>,
     /// Whence each tenant's encoding of resource versions (`rv.rs`).
     rv: crate::rv::RvSecret,
+    /// Owners' kinds, for the `blockOwnerDeletion` admission (`ownerrefs.rs`).
+    owner_kinds: Arc<crate::ownerrefs::Kinds>,
 }
 
 /// What a server may be started with beyond its store, data and address.
@@ -345,7 +347,8 @@ impl Api {
             .await
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
         let rv = crate::rv::RvSecret::load_or_create(data_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
-        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None, rv })
+        let owner_kinds = Arc::new(crate::ownerrefs::Kinds::new(registries.values(), crds.clone()));
+        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None, rv, owner_kinds })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -1436,6 +1439,9 @@ impl Api {
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         // RBAC's escalation prevention, for writes of roles and bindings.
         let admission = self.authz.admission(user, scope.tenant.as_deref(), &info.group, &info.resource);
+        // And blockOwnerDeletion's permission check.
+        let tenant = scope.tenant.as_deref();
+        let admission = crate::ownerrefs::with_owner_check(admission, &self.authz, &self.owner_kinds, user, tenant);
         // Who creates: recorded only by a caller of the object's own tenant (a system
         // administrator's name means nothing inside another tenant).
         let creator = (scope.tenant.as_deref() == Some(user.tenant.as_str())).then(|| crate::registry::Creator {

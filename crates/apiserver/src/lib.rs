@@ -17,6 +17,7 @@ pub mod managed;
 pub mod nodeproxy;
 pub mod openapi;
 pub mod openapi_v2;
+pub mod ownerrefs;
 pub mod patch;
 pub mod pki;
 pub mod proto;
