@@ -701,6 +701,7 @@ mod tests {
             log_path: None,
             stdin: false,
             stdin_once: false,
+            tty: false,
             vm: None,
         };
         assert_eq!(process_args(&spec), ["/ep", "a"]);
