@@ -4,79 +4,44 @@
 //! its selector matches, releases owned pods it no longer matches), creates or deletes
 //! pods to reach `spec.replicas`, and writes the status.
 //!
-//! Expectations: the pods a reconcile created or deleted are remembered by name until the
-//! pod cache shows them (created) or shows them gone or terminating (deleted), or five
-//! minutes pass; meanwhile the set is not resized again, so a cache that lags its own
-//! writes never makes it create or delete twice. Creations go in slow-start batches
+//! Expectations ([`crate::expectations`]): the pods a reconcile created or deleted are
+//! remembered by name until the pod cache shows them (created) or shows them gone or
+//! terminating (deleted); meanwhile the set is not resized again, so a cache that lags its
+//! own writes never makes it create or delete twice. Creations go in slow-start batches
 //! (1, 2, 4, ...) and stop at the first failure, so a quota or an invalid template costs
 //! one request, not `replicas`.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use client::{Client, DeleteParams, Patch, Resource, Scope};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
+use crate::expectations::Expectations;
 use crate::watcher::{ApiSource, Watcher};
 use crate::workload::{self, i64_at, str_at};
 
 /// The most pods one reconcile creates or deletes (Kubernetes' burst).
 const BURST: usize = 500;
-/// How long an expectation waits for the cache before it is given up.
-const EXPECTATION_TTL: Duration = Duration::from_secs(300);
 
 pub fn replicasets() -> Resource {
     Resource::new("apps", "v1", "replicasets", true)
 }
 
-/// What a reconcile wrote and waits to see in the pod cache.
-struct Expected {
-    created: HashSet<String>,
-    deleted: HashSet<String>,
-    since: Instant,
-}
-
 pub struct ReplicaSets {
     client: Client,
+    events: crate::events::Recorder,
     sets: Cache,
     pods: Cache,
-    expectations: Mutex<HashMap<ObjectKey, Expected>>,
+    expectations: Expectations,
 }
 
 impl ReplicaSets {
-    /// Whether the cache has caught up with what this controller last did for `key`.
-    fn satisfied(&self, key: &ObjectKey) -> bool {
-        let mut all = self.expectations.lock();
-        let Some(e) = all.get_mut(key) else { return true };
-        let ns = key.namespace.as_deref();
-        let pod = |name: &String| self.pods.get(&ObjectKey::new(&key.tenant, ns, name));
-        e.created.retain(|n| pod(n).is_none());
-        e.deleted.retain(|n| pod(n).is_some_and(|p| !workload::deleting(&p)));
-        if (e.created.is_empty() && e.deleted.is_empty()) || e.since.elapsed() > EXPECTATION_TTL {
-            all.remove(key);
-            return true;
-        }
-        false
-    }
-
-    fn expect(&self, key: &ObjectKey, created: Vec<String>, deleted: Vec<String>) {
-        if created.is_empty() && deleted.is_empty() {
-            return;
-        }
-        let mut all = self.expectations.lock();
-        let e = all.entry(key.clone()).or_insert_with(|| Expected {
-            created: HashSet::new(),
-            deleted: HashSet::new(),
-            since: Instant::now(),
-        });
-        e.created.extend(created);
-        e.deleted.extend(deleted);
-        e.since = Instant::now();
+    fn event(&self, rs: &Value, warning: bool, reason: &'static str, message: String) {
+        self.events.record(crate::events::Event::about(rs, "apps/v1", "ReplicaSet", warning, reason, message));
     }
 
     /// Adopts or releases `pod` for `rs` with an optimistic (resource-versioned) patch.
@@ -176,7 +141,7 @@ impl Reconciler for ReplicaSets {
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, client::Error> {
         let Some(rs) = self.sets.get(key) else {
-            self.expectations.lock().remove(key);
+            self.expectations.forget(key);
             return Ok(Action::Done);
         };
         let Some(ns) = key.namespace.as_deref() else { return Ok(Action::Done) };
@@ -208,12 +173,22 @@ impl Reconciler for ReplicaSets {
         let mut active: Vec<Arc<Value>> = owned.into_iter().filter(|p| workload::pod_active(p)).collect();
         let want = i64_at(&rs, "/spec/replicas").max(0) as usize;
         let mut failure: Option<(&str, String)> = None;
-        if !rs_deleting && self.satisfied(key) {
+        let pod = |name: &str| self.pods.get(&ObjectKey::new(&key.tenant, Some(ns), name));
+        let satisfied = self.expectations.satisfied(key, Instant::now(), pod);
+        if !rs_deleting && satisfied.is_ok() {
             if active.len() < want {
                 let (made, error) = self.create_pods(&scope, &rs, (want - active.len()).min(BURST)).await;
                 tracing::debug!(replicaset = %key, created = made.len(), "created pods");
-                self.expect(key, made, Vec::new());
+                for pod in &made {
+                    self.event(&rs, false, "SuccessfulCreate", format!("Created pod: {pod}"));
+                }
+                self.expectations.expect(key, made, Vec::new(), Instant::now());
                 if let Some(e) = error {
+                    if crate::expectations::ambiguous(&e) {
+                        self.expectations.uncertain(key, Instant::now());
+                    }
+                    let message = format!("Error creating: {}", crate::events::api_message(&e));
+                    self.event(&rs, true, "FailedCreate", message);
                     failure = Some(("FailedCreate", e.to_string()));
                 }
             } else if active.len() > want {
@@ -223,7 +198,7 @@ impl Reconciler for ReplicaSets {
                     .take((active.len() - want).min(BURST))
                     .map(|p| str_at(p, "/metadata/name").to_string())
                     .collect();
-                self.expect(key, Vec::new(), doomed.clone());
+                self.expectations.expect(key, Vec::new(), doomed.clone(), Instant::now());
                 // All at once, as requests on the shared connection.
                 let mut tasks = tokio::task::JoinSet::new();
                 for name in doomed {
@@ -232,16 +207,19 @@ impl Reconciler for ReplicaSets {
                         let params = DeleteParams::default();
                         match client.delete(&Resource::pods(), &scope, &name, &params).await {
                             Err(e) if !e.is_not_found() => Err((name, e)),
-                            _ => Ok(()),
+                            _ => Ok(name),
                         }
                     });
                 }
                 while let Some(r) = tasks.join_next().await {
+                    if let Ok(Ok(name)) = &r {
+                        self.event(&rs, false, "SuccessfulDelete", format!("Deleted pod: {name}"));
+                    }
                     if let Ok(Err((name, e))) = r {
+                        let message = format!("Error deleting: {}", crate::events::api_message(&e));
+                        self.event(&rs, true, "FailedDelete", message);
                         // Not deleted: nothing to wait for.
-                        if let Some(exp) = self.expectations.lock().get_mut(key) {
-                            exp.deleted.remove(&name);
-                        }
+                        self.expectations.not_deleted(key, &name);
                         failure = Some(("FailedDelete", e.to_string()));
                     }
                 }
@@ -287,6 +265,10 @@ impl Reconciler for ReplicaSets {
         if let Some((_, message)) = failure {
             tracing::warn!(replicaset = %key, %message, "could not reach the desired replicas");
             return Ok(Action::RequeueAfter(Duration::from_secs(5)));
+        }
+        // Waiting for the cache: look again when the wait runs out, should no pod event come.
+        if let Err(wait) = satisfied {
+            return Ok(Action::RequeueAfter(wait));
         }
         Ok(Action::Done)
     }
@@ -336,8 +318,14 @@ fn pod_index(pod: &Value) -> Option<String> {
 /// The controller, watching every tenant's ReplicaSets and pods.
 pub fn controller(client: Client) -> Controller<ReplicaSets> {
     let (sets, pods) = (Cache::default(), Cache::indexed(pod_index));
-    let reconciler =
-        ReplicaSets { client: client.clone(), sets: sets.clone(), pods: pods.clone(), expectations: Mutex::default() };
+    let events = crate::events::Recorder::new(client.clone(), "replicaset-controller");
+    let reconciler = ReplicaSets {
+        client: client.clone(),
+        events,
+        sets: sets.clone(),
+        pods: pods.clone(),
+        expectations: Expectations::default(),
+    };
     let rs_source = ApiSource::new(client.clone(), replicasets(), Scope::all_tenants());
     let pod_source = ApiSource::new(client, Resource::pods(), Scope::all_tenants());
     let index = sets.clone();
