@@ -9,16 +9,21 @@
 //! The guest init (`/init`, a busybox shell script): mounts the pseudo file systems, loads
 //! the modules, mounts the data disk (`/dev/vda`) at `/mnt/disk` if there is one, starts
 //! busybox `acpid` so the ACPI power button (QMP `system_powerdown`) powers the guest off
-//! cleanly, prints [`crate::runtime::vm::READY_MARKER`] on the serial console, then runs the
-//! user data qemu passed in through fw_cfg (`opt/atoll/user-data`) with its output on the
-//! console, and idles. A guest that powers itself off ends the VM (qemu runs `-no-reboot`).
+//! cleanly, installs root's credentials from fw_cfg (`opt/atoll/credentials`:
+//! `/root/.ssh/authorized_keys` and the password hash in `/etc/shadow`, both 0600), starts
+//! the guest agent (`atoll-guest`, when the image carries it; it serves `kubectl exec` over
+//! its virtio-serial port), prints [`crate::runtime::vm::READY_MARKER`] on the serial
+//! console, then runs the user data qemu passed in through fw_cfg (`opt/atoll/user-data`)
+//! with its output on the console, and idles. A guest that powers itself off ends the VM
+//! (qemu runs `-no-reboot`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::images::ContainerConfig;
 use crate::os::Os;
-use crate::runtime::vm::{DISK, INITRD, KERNEL, READY_MARKER, USER_DATA_FW_CFG};
+use crate::runtime::vm::{DISK, DISK_QCOW2, INITRD, KERNEL, READY_MARKER, USER_DATA_FW_CFG};
+use crate::vm_credentials::FW_CFG_NAME as CREDENTIALS_FW_CFG;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmImageError {
@@ -33,7 +38,7 @@ pub enum VmImageError {
 }
 
 /// Modules loaded in this order (virtio's dependencies first; Debian's cloud kernel builds
-/// them as modules): PCI virtio for the disk, the ACPI button for `system_powerdown`,
+/// them as modules): PCI virtio for the disk, the console driver for the guest agent's port, the ACPI button for `system_powerdown`,
 /// evdev so acpid sees it, fw_cfg for the user data.
 pub const MODULES: &[&str] = &[
     "virtio_ring",
@@ -43,6 +48,7 @@ pub const MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_blk",
+    "virtio_console",
     "button",
     "evdev",
     "qemu_fw_cfg",
@@ -67,6 +73,24 @@ if [ -b /dev/vda ]; then
   mount -t ext4 /dev/vda /mnt/disk && echo "atoll-guest: disk mounted at /mnt/disk"
 fi
 acpid -c /etc/acpi -l /dev/null
+cr=/sys/firmware/qemu_fw_cfg/by_name/{CREDENTIALS_FW_CFG}/raw
+if [ -f $cr ]; then
+  umask 077
+  if grep -q '^key ' $cr; then
+    mkdir -p /root/.ssh
+    sed -n 's/^key //p' $cr > /root/.ssh/authorized_keys
+    chmod 600 /root/.ssh/authorized_keys
+  fi
+  h=$(sed -n 's/^password //p' $cr)
+  if [ -n "$h" ]; then
+    printf 'root:%s:20000:0:99999:7:::\n' "$h" > /etc/shadow
+    chmod 600 /etc/shadow
+  fi
+  umask 022
+  echo "atoll-guest: credentials installed"
+fi
+# The guest agent serves `kubectl exec` over its virtio-serial port; the init stays PID 1.
+if [ -x /bin/atoll-guest ]; then /bin/atoll-guest </dev/null >/dev/console 2>&1 & fi
 echo "{READY_MARKER}"
 ud=/sys/firmware/qemu_fw_cfg/by_name/{USER_DATA_FW_CFG}/raw
 if [ -f $ud ]; then
@@ -163,11 +187,29 @@ pub(crate) fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// The gzip-compressed initramfs: busybox, the modules found in `modules` (a kernel built
 /// with them built in needs none: missing ones are skipped only when `modules` is `None`),
-/// the init and the power-off script.
-pub fn initramfs(busybox: &[u8], modules: Option<&Path>) -> Result<Vec<u8>, VmImageError> {
+/// the init and the power-off script, and `extra` files (the guest agent and its
+/// libraries, at their paths without the leading `/`).
+pub fn initramfs(busybox: &[u8], modules: Option<&Path>, extra: &[(String, Vec<u8>)]) -> Result<Vec<u8>, VmImageError> {
     let mut cpio = Cpio::default();
+    let mut made: Vec<String> = Vec::new();
     for d in ["bin", "dev", "etc", "etc/acpi", "lib", "lib/modules", "mnt", "mnt/disk", "proc", "run", "sys", "tmp"] {
         cpio.dir(d);
+        made.push(d.into());
+    }
+    cpio.entry("root", 0o040700, (0, 0), &[]);
+    // root's account, whose password the credentials set (locked until then).
+    cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    cpio.file("etc/shadow", 0o600, b"root:*:20000:0:99999:7:::\n");
+    for (path, bytes) in extra {
+        let parts: Vec<&str> = path.split('/').collect();
+        for i in 1..parts.len() {
+            let d = parts[..i].join("/");
+            if !made.contains(&d) {
+                cpio.dir(&d);
+                made.push(d);
+            }
+        }
+        cpio.file(path, 0o755, bytes);
     }
     // The kernel opens the console before our init mounts devtmpfs.
     cpio.entry("dev/console", 0o020600, (5, 1), &[]);
@@ -191,6 +233,29 @@ pub fn initramfs(busybox: &[u8], modules: Option<&Path>) -> Result<Vec<u8>, VmIm
     let io = |source| VmImageError::Io { what: "compressing", path: "initramfs".into(), source };
     gz.write_all(&cpio.finish()).map_err(io)?;
     gz.finish().map_err(io)
+}
+
+/// The guest agent (stripped of debug info when `strip` works) and the shared libraries
+/// `ldd` names for it, as initramfs entries.
+pub fn guest_agent_files(os: &dyn Os, guest: &Path, work: &Path) -> Result<Vec<(String, Vec<u8>)>, VmImageError> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| VmImageError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(work).map_err(io("creating", work))?;
+    let stripped = work.join("atoll-guest");
+    let strip = os.run(Path::new("strip"), &["-s".into(), "-o".into(), stripped.clone().into(), guest.into()]);
+    let agent = if strip.is_ok_and(|o| o.success) { stripped } else { guest.to_owned() };
+    let mut out = vec![("bin/atoll-guest".to_string(), read(&agent)?)];
+    // A static agent has no libraries (ldd says so and fails).
+    if let Ok(ldd) = os.run(Path::new("ldd"), &[guest.into()])
+        && ldd.success
+    {
+        for lib in crate::sandbox_image::ldd_paths(&ldd.stdout) {
+            out.push((lib.to_string_lossy().trim_start_matches('/').to_string(), read(&lib)?));
+        }
+    }
+    Ok(out)
 }
 
 /// A small ext4 data disk (raw) with a README, made with `mke2fs -d` through `os`.
@@ -227,12 +292,15 @@ fn data_disk(os: &dyn Os, work: &Path) -> Result<Vec<u8>, VmImageError> {
 }
 
 /// Builds the VM image layout for `ref_name` in `out` from a static busybox, a kernel and
-/// its modules folder; `work` is scratch space. Returns the manifest digest.
+/// its modules folder, and the guest agent (`atoll-guest`) unless `guest` is `None`;
+/// `work` is scratch space. Returns the manifest digest.
+#[allow(clippy::too_many_arguments)]
 pub fn build_layout(
     os: &dyn Os,
     busybox: &Path,
     kernel: &Path,
     modules: Option<&Path>,
+    guest: Option<&Path>,
     work: &Path,
     out: &Path,
     ref_name: &str,
@@ -241,7 +309,11 @@ pub fn build_layout(
     if !crate::busybox::is_static_elf64(&binary) {
         return Err(VmImageError::NotBusybox(busybox.to_owned()));
     }
-    let initrd = initramfs(&binary, modules)?;
+    let extra = match guest {
+        Some(g) => guest_agent_files(os, g, &work.join("guest"))?,
+        None => Vec::new(),
+    };
+    let initrd = initramfs(&binary, modules, &extra)?;
     let kernel_bytes = read(kernel)?;
     let disk = data_disk(os, work)?;
     let io = |source| VmImageError::Io { what: "building the layer of", path: out.to_owned(), source };
@@ -254,6 +326,23 @@ pub fn build_layout(
     }
     let tar = b.into_inner().map_err(io)?;
     crate::busybox::write_layout(out, ref_name, &tar, ContainerConfig::default(), "atoll image build-busybox-vm")
+        .map_err(io)
+}
+
+/// A disk-only VM image: the layout for `ref_name` in `out` whose one layer holds the raw
+/// or qcow2 `disk` (told apart by qcow2's magic) at [`DISK`] or [`DISK_QCOW2`]. Its VMs boot
+/// the disk through the firmware, with no kernel of ours. Returns the manifest digest.
+pub fn disk_layout(disk: &Path, out: &Path, ref_name: &str) -> Result<crate::reference::Digest, VmImageError> {
+    let bytes = read(disk)?;
+    let at = if bytes.starts_with(b"QFI\xfb") { DISK_QCOW2 } else { DISK };
+    let io = |source| VmImageError::Io { what: "building the layer of", path: out.to_owned(), source };
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = crate::busybox::header(tar::EntryType::Directory, 0o755, 0);
+    b.append_data(&mut dir.clone(), "vm/", std::io::empty()).map_err(io)?;
+    let mut h = crate::busybox::header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
+    b.append_data(&mut h, at, bytes.as_slice()).map_err(io)?;
+    let tar = b.into_inner().map_err(io)?;
+    crate::busybox::write_layout(out, ref_name, &tar, ContainerConfig::default(), "atoll image import --vm-disk")
         .map_err(io)
 }
 
@@ -282,5 +371,38 @@ mod tests {
         assert!(init.contains(READY_MARKER));
         assert!(init.contains(USER_DATA_FW_CFG));
         assert!(init.starts_with("#!/bin/busybox sh\n"));
+        // Credentials and the agent come before the marker: once a pod is ready, both are in.
+        let at = |needle: &str| init.find(needle).unwrap_or_else(|| panic!("{needle} missing from the init"));
+        assert!(at(CREDENTIALS_FW_CFG) < at(READY_MARKER));
+        assert!(at("/bin/atoll-guest </dev/null") < at(READY_MARKER));
+        assert!(init.contains("chmod 600 /root/.ssh/authorized_keys") && init.contains("chmod 600 /etc/shadow"));
+    }
+
+    #[test]
+    fn a_disk_file_becomes_a_one_layer_vm_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, qcow) = (dir.path().join("d.raw"), dir.path().join("d.qcow2"));
+        std::fs::write(&raw, [0u8; 1024]).unwrap();
+        std::fs::write(&qcow, b"QFI\xfb and the rest").unwrap();
+        for (disk, at) in [(&raw, DISK), (&qcow, DISK_QCOW2)] {
+            let out = dir.path().join(format!("layout-{at}").replace('/', "-"));
+            disk_layout(disk, &out, "d:v1").unwrap();
+            let index = std::fs::read_to_string(out.join("index.json")).unwrap();
+            assert!(index.contains("d:v1"), "{index}");
+            // The one layer holds the disk where the runtime looks for it.
+            let blobs = out.join("blobs/sha256");
+            let found = std::fs::read_dir(&blobs).unwrap().flatten().any(|b| {
+                let bytes = std::fs::read(b.path()).unwrap();
+                let mut gz = flate2::read::GzDecoder::new(&bytes[..]);
+                let mut tar = Vec::new();
+                std::io::Read::read_to_end(&mut gz, &mut tar).is_ok()
+                    && tar::Archive::new(&tar[..])
+                        .entries()
+                        .unwrap()
+                        .flatten()
+                        .any(|e| e.path().unwrap().to_string_lossy() == at)
+            });
+            assert!(found, "no layer with {at}");
+        }
     }
 }

@@ -91,12 +91,11 @@ pub struct AgentConfig {
 /// Pod networks kept ready by default: a burst of this many pods sets up none itself.
 pub const DEFAULT_NETWORK_POOL: usize = 32;
 
-/// The guest of VM-sandboxed pods: a kernel with its modules, a static busybox and our
-/// guest agent, made into an initramfs when the agent starts.
+/// The guest of VM-sandboxed pods: a kernel (with its modules, if it needs any), a static
+/// busybox and our guest agent, made into an initramfs when the agent starts.
 #[derive(Clone, Debug)]
 pub struct SandboxAssets {
-    pub kernel: PathBuf,
-    pub modules: PathBuf,
+    pub kernel: crate::sandbox_image::GuestKernel,
     pub busybox: PathBuf,
     /// `atoll-guest`; by default beside our own binary.
     pub guest: Option<PathBuf>,
@@ -104,10 +103,11 @@ pub struct SandboxAssets {
 
 impl Default for SandboxAssets {
     fn default() -> Self {
-        let var = |name: &str, default: &str| std::env::var_os(name).map_or_else(|| default.into(), PathBuf::from);
         SandboxAssets {
-            kernel: var("ATOLL_VM_KERNEL", "/var/cache/atoll/kernel/vmlinuz"),
-            modules: var("ATOLL_VM_MODULES", "/var/cache/atoll/kernel/modules"),
+            kernel: crate::sandbox_image::GuestKernel::find(
+                |name| std::env::var_os(name),
+                std::path::Path::new(crate::sandbox_image::MINIMAL_KERNEL),
+            ),
             busybox: "/bin/busybox".into(),
             guest: std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("atoll-guest"))),
         }
@@ -123,14 +123,19 @@ fn sandbox_runtime(
 ) -> Option<SandboxRuntime> {
     let assets = &config.sandbox;
     let guest = assets.guest.as_ref().filter(|g| g.is_file());
-    let (Some(guest), true, true) = (guest, assets.kernel.is_file(), assets.modules.is_dir()) else {
+    let (Some(guest), true) = (guest, assets.kernel.present()) else {
         tracing::warn!(?assets, "no guest kernel, modules or atoll-guest: this node runs no VM-sandboxed pods");
         return None;
     };
+    if assets.kernel.modules.is_some() {
+        let hint = "scripts/lib.sh setup_guest_kernel builds the minimal kernel";
+        tracing::warn!(kernel = ?assets.kernel.kernel, hint, "VM sandboxes boot Debian's kernel: slow under TCG");
+    }
     let dir = config.data_dir.join("sandbox");
     let initrd = dir.join("guest.cpio");
     let began = std::time::Instant::now();
-    let made = crate::sandbox_image::guest_initramfs(&*os, guest, &assets.busybox, &assets.modules, &dir.join("work"))
+    let modules = assets.kernel.modules.as_deref();
+    let made = crate::sandbox_image::guest_initramfs(&*os, guest, &assets.busybox, modules, &dir.join("work"))
         .and_then(|bytes| {
             crate::os::write_atomic(&initrd, &bytes).map_err(|source| crate::sandbox_image::SandboxImageError::Io {
                 what: "writing",
@@ -148,7 +153,8 @@ fn sandbox_runtime(
         data_dir: dir,
         qemu: qemu.to_owned(),
         shim: config.shim.clone(),
-        kernel: assets.kernel.clone(),
+        kernel: assets.kernel.kernel.clone(),
+        acpi: assets.kernel.modules.is_some(),
         initrd,
         accel,
         tsc_khz,

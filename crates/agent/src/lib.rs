@@ -2,8 +2,9 @@
 //! (`atoll agent`) that converges the node onto the API's pods.
 //!
 //! Contract:
-//! - Only [`os`] (and the [`shim`] supervisor process, and [`sessions`], which streams an
-//!   exec's stdio and opens its terminal) make system calls; everything else asks
+//! - Only [`os`] (and the [`shim`] supervisor process with its [`console`], and
+//!   [`sessions`], which streams an exec's stdio, opens its terminal and dials
+//!   port-forwards inside a pod's network namespace) make system calls; everything else asks
 //!   [`os::Os`], so the logic is unit-tested against [`os::FakeOs`].
 //! - [`images::ImageStore`] is an OCI image layout on disk: content-addressed blobs,
 //!   each stored once, written only after their digest is checked.
@@ -18,13 +19,14 @@
 //!   it does not hold without asking the registry.
 //! - [`daemon`] is `atoll agent`: [`node`] registration and heartbeat, the [`pods`] sync
 //!   loop on the controllers crate's runtime, pod networks behind [`net::PodNetwork`].
-//! - [`server`] is the agent's HTTPS port (logs, exec, attach) for the API server only;
+//! - [`server`] is the agent's HTTPS port (logs, exec, attach, port-forward) for the API server only;
 //!   [`stream`] speaks kubectl's WebSocket and SPDY stream protocols, [`sessions`] runs
 //!   what they carry.
 
 pub mod actions;
 pub mod busybox;
 pub mod busybox_vm;
+pub mod console;
 pub mod daemon;
 pub mod images;
 pub mod net;
@@ -44,3 +46,4 @@ pub mod shim;
 pub mod simulated;
 pub mod stream;
 pub mod timefmt;
+pub mod vm_credentials;

@@ -138,6 +138,10 @@ pub trait Os: Send + Sync + fmt::Debug {
     fn write_file_unsynced(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
         self.write_file_atomic(path, contents)
     }
+    /// As [`Os::write_file_atomic`], readable by the owner only (0600): a secret's derivative.
+    fn write_private_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
+        self.write_file_atomic(path, contents)
+    }
     /// Write a kernel control file in place (`cgroup.procs`, `memory.max`): such files
     /// cannot be replaced by a rename.
     fn write_control_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError>;
@@ -416,6 +420,22 @@ impl Os for RealOs {
 
     fn write_file_unsynced(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
         write_renamed(path, contents, false).map_err(io("writing", path))
+    }
+
+    fn write_private_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        // Made 0600 from the start, never wider for a moment.
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(contents)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(io("writing", path))
     }
 
     fn write_control_file(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {

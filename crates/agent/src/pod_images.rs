@@ -355,6 +355,11 @@ impl PodImages {
         (out, own)
     }
 
+    /// The node's API client (its own identity).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     fn event(&self, pod: &Value, type_: &str, reason: &str, message: &str) {
         let handle = tokio::runtime::Handle::current();
         handle.block_on(post_event(&self.client, &self.node_name, pod, type_, reason, message));

@@ -255,8 +255,10 @@ fn vm_spec(v: &Value, image: &ImageRootfs) -> Result<VmSpec, String> {
         .layers
         .iter()
         .rev()
-        .find(|l| l.join(vm::KERNEL).is_file())
-        .ok_or_else(|| format!("image {:?} is not a VM image: it has no {}", image.reference, vm::KERNEL))?;
+        .find(|l| [vm::KERNEL, vm::DISK, vm::DISK_QCOW2].iter().any(|f| l.join(f).is_file()))
+        .ok_or_else(|| {
+            format!("image {:?} is not a VM image: it has no {} and no disk", image.reference, vm::KERNEL)
+        })?;
     let file = |rel: &str| Some(layer.join(rel)).filter(|p| p.is_file());
     let res = |what: &str| {
         v.pointer(&format!("/resources/limits/{what}"))
@@ -266,11 +268,12 @@ fn vm_spec(v: &Value, image: &ImageRootfs) -> Result<VmSpec, String> {
     let cpu = res("cpu").or(Some(api::vm::DEFAULT_CPU)).and_then(cpu_millis).unwrap_or(1000);
     let memory = res("memory").or(Some(api::vm::DEFAULT_MEMORY)).and_then(memory_bytes).unwrap_or(128 << 20);
     Ok(VmSpec {
-        kernel: layer.join(vm::KERNEL),
+        kernel: file(vm::KERNEL),
         initrd: file(vm::INITRD),
-        disk: file(vm::DISK),
+        disk: file(vm::DISK).or_else(|| file(vm::DISK_QCOW2)),
         cmdline: text(v, "/kernelCommandLine").to_string(),
         user_data: v.get("userData").and_then(Value::as_str).map(str::to_string),
+        credentials: Default::default(),
         vcpus: cpu.div_ceil(1000).max(1) as u32,
         memory_mib: (memory >> 20).max(16),
     })
@@ -666,7 +669,20 @@ impl Node {
         );
         let log_dir = self.logs_dir.join(text(pod, "/metadata/tenant")).join(dir).join(text(c, "/name"));
         let vm = match pod.pointer("/spec/virtualMachine").filter(|v| v.is_object()) {
-            Some(v) => Some(vm_spec(v, &image).map_err(|m| ("InvalidImageName".to_string(), m))?),
+            Some(v) => {
+                let mut spec = vm_spec(v, &image).map_err(|m| ("InvalidImageName".to_string(), m))?;
+                if v.get("sshAuthorizedKeys").is_some() || v.get("passwordSecretRef").is_some() {
+                    // The API client the pulls read pull secrets with reads this Secret too.
+                    let client = self.pulls.as_ref().map(|p| p.client()).ok_or_else(|| {
+                        ("CreateContainerConfigError".to_string(), "this node reads no Secrets".to_string())
+                    })?;
+                    let handle = tokio::runtime::Handle::current();
+                    spec.credentials = handle
+                        .block_on(crate::vm_credentials::resolve(client, pod, v))
+                        .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+                }
+                Some(spec)
+            }
             None => None,
         };
         Ok(ContainerSpec {
@@ -681,6 +697,7 @@ impl Node {
             log_path: Some(log_dir.join(format!("{n}.log"))),
             stdin: c.get("stdin").and_then(Value::as_bool).unwrap_or(false),
             stdin_once: c.get("stdinOnce").and_then(Value::as_bool).unwrap_or(false),
+            tty: c.get("tty").and_then(Value::as_bool).unwrap_or(false),
             vm,
         })
     }

@@ -1,11 +1,16 @@
 //! What a VM sandbox boots and mounts, made on the node:
 //!
+//! - the guest kernel ([`GuestKernel::find`]): our own minimal build (`scripts/lib.sh`
+//!   `setup_guest_kernel`: everything built in, booted as an uncompressed vmlinux through
+//!   its PVH entry), or, where it was not built, Debian's cloud kernel with its modules
+//!   (about three times the boot CPU under TCG: BENCHMARKS.md).
 //! - the guest initramfs ([`guest_initramfs`]): a static busybox, the guest agent
-//!   (`atoll-guest`) with the shared libraries `ldd` names for it, the few kernel modules
-//!   a microVM needs (virtio over MMIO, the block and console drivers, overlayfs; their
-//!   signatures stripped, since checking them under TCG costs boot time) and a tiny init
-//!   script that mounts the pseudo file systems, loads the modules and `exec`s the agent.
-//!   Uncompressed: unpacking gzip under TCG costs more than reading the bytes.
+//!   (`atoll-guest`) with the shared libraries `ldd` names for it, for Debian's kernel the
+//!   few modules a microVM needs (virtio over MMIO, the block and console drivers,
+//!   overlayfs; their signatures stripped, since checking them under TCG costs boot time)
+//!   and a tiny init script that mounts the pseudo file systems, loads the modules and
+//!   `exec`s the agent. Uncompressed: unpacking gzip under TCG costs more than reading the
+//!   bytes.
 //! - a container image's root file system as an ext4 disk ([`rootfs_image`]): the layers
 //!   merged (overlay whiteouts applied) into a scratch folder, then `mke2fs -d`, cached by
 //!   the layer chain's digest. The guest mounts it read-only under an overlay whose upper
@@ -41,9 +46,51 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Sandbox
 /// devices in ACPI, so `virtio_mmio` needs no `device=` parameters.
 pub const MODULES: &[&str] = &["virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "overlay"];
 
+/// Where `scripts/lib.sh` (`setup_guest_kernel`) puts the minimal guest kernel.
+pub const MINIMAL_KERNEL: &str = "/var/cache/atoll/kernel/sandbox/vmlinux";
+/// Debian's cloud kernel and its modules (`setup_vm`), the fallback.
+pub const DEBIAN_KERNEL: &str = "/var/cache/atoll/kernel/vmlinuz";
+pub const DEBIAN_MODULES: &str = "/var/cache/atoll/kernel/modules";
+
+/// The kernel sandboxes boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestKernel {
+    pub kernel: PathBuf,
+    /// `None`: the drivers are built in (our minimal kernel), so the initramfs loads none.
+    pub modules: Option<PathBuf>,
+}
+
+impl GuestKernel {
+    /// `ATOLL_SANDBOX_KERNEL` (a kernel with its drivers built in), else the `minimal`
+    /// kernel ([`MINIMAL_KERNEL`]) if set-up built it, else Debian's (`ATOLL_VM_KERNEL`,
+    /// `ATOLL_VM_MODULES`): the caller says so loudly, since it misses the start-time target.
+    pub fn find(env: impl Fn(&str) -> Option<std::ffi::OsString>, minimal: &Path) -> GuestKernel {
+        if let Some(k) = env("ATOLL_SANDBOX_KERNEL") {
+            return GuestKernel { kernel: k.into(), modules: None };
+        }
+        if minimal.is_file() {
+            return GuestKernel { kernel: minimal.into(), modules: None };
+        }
+        GuestKernel {
+            kernel: env("ATOLL_VM_KERNEL").map_or_else(|| DEBIAN_KERNEL.into(), PathBuf::from),
+            modules: Some(env("ATOLL_VM_MODULES").map_or_else(|| DEBIAN_MODULES.into(), PathBuf::from)),
+        }
+    }
+
+    /// The kernel and its modules (if it needs any) are there.
+    pub fn present(&self) -> bool {
+        self.kernel.is_file() && self.modules.as_ref().is_none_or(|m| m.is_dir())
+    }
+}
+
 /// The init: everything else is the agent's job. `atoll.hostname=` on the kernel command
 /// line names the pod's host name.
-fn init_script() -> String {
+fn init_script(modules: bool) -> String {
+    let load = if modules {
+        format!("for m in {}; do insmod /lib/modules/$m.ko; done\n", MODULES.join(" "))
+    } else {
+        String::new()
+    };
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -52,11 +99,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs -o mode=755 tmpfs /run
-for m in {}; do insmod /lib/modules/$m.ko; done
-for a in $(cat /proc/cmdline); do case $a in atoll.hostname=*) hostname "${{a#*=}}";; esac; done
+{load}for a in $(cat /proc/cmdline); do case $a in atoll.hostname=*) hostname "${{a#*=}}";; esac; done
 exec /bin/atoll-guest
-"#,
-        MODULES.join(" ")
+"#
     )
 }
 
@@ -102,12 +147,13 @@ fn parents(cpio: &mut Cpio, made: &mut Vec<String>, path: &str) {
     }
 }
 
-/// Builds the guest initramfs (a newc cpio archive, uncompressed).
+/// Builds the guest initramfs (a newc cpio archive, uncompressed); `modules` as in
+/// [`GuestKernel`].
 pub fn guest_initramfs(
     os: &dyn Os,
     guest: &Path,
     busybox: &Path,
-    modules: &Path,
+    modules: Option<&Path>,
     work: &Path,
 ) -> Result<Vec<u8>, SandboxImageError> {
     let bb = std::fs::read(busybox).map_err(io("reading", busybox))?;
@@ -132,7 +178,7 @@ pub fn guest_initramfs(
     cpio.entry("dev/console", 0o020600, (5, 1), &[]);
     cpio.file("bin/busybox", 0o755, &bb);
     cpio.file("bin/atoll-guest", 0o755, &agent);
-    cpio.file("init", 0o755, init_script().as_bytes());
+    cpio.file("init", 0o755, init_script(modules.is_some()).as_bytes());
     // A static agent has no libraries (ldd says so and fails).
     if ldd.success {
         for lib in ldd_paths(&ldd.stdout) {
@@ -142,9 +188,9 @@ pub fn guest_initramfs(
             cpio.file(&name, 0o755, &bytes);
         }
     }
-    for name in MODULES {
-        let path = find_module(modules, name)
-            .ok_or_else(|| SandboxImageError::NoModule { name: name.to_string(), dir: modules.into() })?;
+    for (dir, name) in modules.iter().flat_map(|dir| MODULES.iter().map(move |name| (dir, name))) {
+        let path = find_module(dir, name)
+            .ok_or_else(|| SandboxImageError::NoModule { name: name.to_string(), dir: dir.to_path_buf() })?;
         let ko = std::fs::read(&path).map_err(io("reading", &path))?;
         cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &strip_module_signature(ko));
     }
@@ -277,6 +323,30 @@ mod tests {
                 "/lib64/ld-linux-x86-64.so.2".into()
             ]
         );
+    }
+
+    #[test]
+    fn only_a_kernel_with_modules_gets_insmod_lines() {
+        assert!(init_script(true).contains("insmod /lib/modules/$m.ko"));
+        let init = init_script(false);
+        assert!(!init.contains("insmod"), "{init}");
+        assert!(init.ends_with("exec /bin/atoll-guest\n"));
+    }
+
+    #[test]
+    fn the_sandbox_kernel_override_has_no_modules_and_debians_has() {
+        fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+            move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).into())
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let built = dir.path().join("vmlinux");
+        let debian_env = env(&[("ATOLL_VM_KERNEL", "/d/vmlinuz"), ("ATOLL_VM_MODULES", "/d/mods")]);
+        let debian = GuestKernel { kernel: "/d/vmlinuz".into(), modules: Some("/d/mods".into()) };
+        assert_eq!(GuestKernel::find(&debian_env, &built), debian);
+        std::fs::write(&built, b"ELF").unwrap();
+        assert_eq!(GuestKernel::find(&debian_env, &built), GuestKernel { kernel: built.clone(), modules: None });
+        let own = env(&[("ATOLL_SANDBOX_KERNEL", "/k/vmlinux"), ("ATOLL_VM_KERNEL", "/d/vmlinuz")]);
+        assert_eq!(GuestKernel::find(own, &built), GuestKernel { kernel: "/k/vmlinux".into(), modules: None });
     }
 
     #[test]

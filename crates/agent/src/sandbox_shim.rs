@@ -111,10 +111,18 @@ struct State {
     next_session: u32,
 }
 
-struct Shared {
+/// The host end of one guest's channel: shared by the sandbox shim and the VM shim
+/// ([`crate::shim::supervise_vm`], whose guests run the agent beside their own init).
+pub(crate) struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     guest: Mutex<Option<UnixStream>>,
+    /// How long a request waits for the agent's `ready`: a sandbox's guest always has the
+    /// agent; a VM image may not, and exec must then fail rather than hang.
+    boot_timeout: Duration,
+    /// Dropped when the agent is up (the sandbox's readiness); a VM's readiness is its
+    /// console marker instead.
+    ready_file: Option<PathBuf>,
 }
 
 impl Shared {
@@ -197,22 +205,44 @@ pub fn supervise(dir: &Path, command: &[OsString]) -> Result<(), String> {
         .spawn()
         .map_err(|e| fail(format!("running {}: {e}", program.to_string_lossy())))?;
     handshake(&format!("created {}", child.id()));
+    let mut alive = || child.try_wait().ok().flatten().is_none();
+    let shared = serve_guest(dir, listener, &mut alive, BOOT_TIMEOUT, Some(dir.join(READY_FILE)));
+    if shared.guest.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| format!("waiting for qemu: {e}"))?;
+    guest_gone(&shared);
+    let _ = std::fs::remove_file(&ctl_path);
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(255);
+    write_atomic(&dir.join(EXIT_FILE), &exit_record(code)).map_err(|e| format!("writing the exit file: {e}"))
+}
+
+/// Connects to the guest's port (`dir/guest.sock`, made by qemu a moment after it starts;
+/// `alive` says whether qemu still runs) and serves requests on `listener`, each on its own
+/// thread. Without a connection the channel answers every request with an error.
+pub(crate) fn serve_guest(
+    dir: &Path,
+    listener: UnixListener,
+    alive: &mut dyn FnMut() -> bool,
+    boot_timeout: Duration,
+    ready_file: Option<PathBuf>,
+) -> Arc<Shared> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { next_session: FIRST_SESSION, ..State::default() }),
         changed: Condvar::new(),
         guest: Mutex::new(None),
+        boot_timeout,
+        ready_file,
     });
-    // qemu makes the socket before the guest runs; it takes a moment to appear.
     let guest_path = dir.join(GUEST_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
     let guest = loop {
         match UnixStream::connect(&guest_path) {
             Ok(s) => break Some(s),
-            Err(_) if Instant::now() < deadline && child.try_wait().ok().flatten().is_none() => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Err(_) if Instant::now() < deadline && alive() => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
-                eprintln!("atoll shim sandbox: connecting to {}: {e}", guest_path.display());
+                eprintln!("atoll shim: connecting to {}: {e}", guest_path.display());
                 break None;
             }
         }
@@ -221,10 +251,10 @@ pub fn supervise(dir: &Path, command: &[OsString]) -> Result<(), String> {
         if let Ok(w) = guest.try_clone() {
             *shared.guest.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
         }
-        let (shared, dir) = (shared.clone(), dir.to_owned());
-        std::thread::spawn(move || from_guest(guest, &shared, &dir));
+        let shared = shared.clone();
+        std::thread::spawn(move || from_guest(guest, &shared));
     } else {
-        let _ = child.kill();
+        shared.lock().vm_exited = true;
     }
     {
         let shared = shared.clone();
@@ -235,7 +265,11 @@ pub fn supervise(dir: &Path, command: &[OsString]) -> Result<(), String> {
             }
         });
     }
-    let status = child.wait().map_err(|e| format!("waiting for qemu: {e}"))?;
+    shared
+}
+
+/// qemu ended: containers still running end with 137, sessions and waiters are let go.
+pub(crate) fn guest_gone(shared: &Shared) {
     {
         let mut st = shared.lock();
         st.vm_exited = true;
@@ -247,14 +281,10 @@ pub fn supervise(dir: &Path, command: &[OsString]) -> Result<(), String> {
         st.sessions.clear();
     }
     shared.changed.notify_all();
-    let _ = std::fs::remove_file(&ctl_path);
-    use std::os::unix::process::ExitStatusExt as _;
-    let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(255);
-    write_atomic(&dir.join(EXIT_FILE), &exit_record(code)).map_err(|e| format!("writing the exit file: {e}"))
 }
 
 /// Dispatches the guest's frames to container files and exec sessions.
-fn from_guest(mut guest: UnixStream, shared: &Shared, dir: &Path) {
+fn from_guest(mut guest: UnixStream, shared: &Shared) {
     while let Ok(Some(frame)) = read_frame(&mut guest) {
         let s = frame.stream;
         let mut st = shared.lock();
@@ -270,7 +300,9 @@ fn from_guest(mut guest: UnixStream, shared: &Shared, dir: &Path) {
             (CONTROL, Some(m)) => match (m["op"].as_str().unwrap_or(""), st.containers.get_mut(&s)) {
                 ("ready", _) if s == 0 => {
                     st.ready = true;
-                    let _ = write_atomic(&dir.join(READY_FILE), b"");
+                    if let Some(file) = &shared.ready_file {
+                        let _ = write_atomic(file, b"");
+                    }
                 }
                 ("started", Some(c)) => {
                     c.started = true;
@@ -311,7 +343,8 @@ fn reply(conn: &mut UnixStream, msg: Value) {
 fn serve(mut conn: UnixStream, shared: &Shared) {
     let Ok(Some(frame)) = read_frame(&mut conn) else { return };
     let Some(msg) = frame.message() else { return reply(&mut conn, json!({"error": "not a control frame"})) };
-    let booted = |shared: &Shared| shared.wait(BOOT_TIMEOUT, |st| st.ready || st.vm_exited) && shared.lock().ready;
+    let booted =
+        |shared: &Shared| shared.wait(shared.boot_timeout, |st| st.ready || st.vm_exited) && shared.lock().ready;
     match msg["op"].as_str().unwrap_or("") {
         "run" => {
             let stream = msg["stream"].as_u64().unwrap_or(0) as u32;
@@ -345,7 +378,9 @@ fn serve(mut conn: UnixStream, shared: &Shared) {
         }
         "exec" => {
             if !booted(shared) {
-                return reply(&mut conn, json!({"op": "error", "message": "the guest is not up"}));
+                let message = "the guest agent did not answer: the guest is not up, or its image does not run \
+                               atoll-guest";
+                return reply(&mut conn, json!({"op": "error", "message": message}));
             }
             let Ok(writer) = conn.try_clone() else { return };
             let id = {

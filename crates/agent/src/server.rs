@@ -8,6 +8,7 @@
 //! - `GET /containerLogs/{uid}/{container}?follow&previous&tailLines&sinceSeconds&sinceTime&timestamps&limitBytes`
 //! - `GET|POST /exec/{uid}/{container}?command=..&stdin&stdout&stderr&tty` (upgrade)
 //! - `GET|POST /attach/{uid}/{container}?stdin&stdout&stderr&tty` (upgrade)
+//! - `GET|POST /portForward/{uid}` (upgrade: SPDY/3.1 `portforward.k8s.io`, or it tunnelled in WebSocket)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -302,17 +303,108 @@ fn upgrade(req: &Request<Incoming>) -> Result<(Response<Body>, Protocol), Box<Re
     Err(Box::new(status(400, "BadRequest", "exec and attach need an upgrade to websocket or SPDY/3.1")))
 }
 
+/// Only pods bound to this node: the API server resolved the UID from the pod itself.
+fn bound(ctx: &AgentContext, uid: &str) -> bool {
+    ctx.pods.list().iter().any(|p| p.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid))
+}
+
+/// `GET|POST /portForward/{uid}` (upgrade): `kubectl port-forward`'s streams over SPDY/3.1,
+/// or SPDY tunnelled in WebSocket messages; each connection is dialled in the pod's
+/// network namespace.
+async fn portforward(ctx: Arc<AgentContext>, uid: String, mut req: Request<Incoming>) -> Response<Body> {
+    use stream::portforward::{Dialer, PROTOCOL, TUNNELED, WEBSOCKET};
+    if !bound(&ctx, &uid) {
+        return status(404, "NotFound", "no such pod on this node");
+    }
+    if !matches!(req.method(), &Method::GET | &Method::POST) {
+        return status(405, "MethodNotAllowed", "the node agent does not allow this method here");
+    }
+    let runtime = ctx.runtime.clone();
+    let netns = match tokio::task::spawn_blocking(move || sessions::pod_netns(&*runtime, &uid)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return session_error(&e),
+        Err(_) => return status(500, "InternalError", "looking up the pod's network failed"),
+    };
+    let h = req.headers();
+    let upgrade = h.get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let offers = |name: &str, want: &str| {
+        header_values(h, name).flat_map(|v| v.split(',')).any(|p| p.trim().eq_ignore_ascii_case(want))
+    };
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    // How the upgraded connection is spoken: SPDY, SPDY in WebSocket, or channels (with
+    // the ports from the query).
+    enum Wire {
+        Spdy,
+        Tunneled,
+        Channels(Vec<u16>),
+    }
+    let wire = if upgrade == "websocket" {
+        let key = h.get("sec-websocket-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let (protocol, wire) = if offers("sec-websocket-protocol", TUNNELED) {
+            (TUNNELED, Wire::Tunneled)
+        } else if offers("sec-websocket-protocol", WEBSOCKET) {
+            let asked = query(&req);
+            let ports: Result<Vec<u16>, _> = asked
+                .iter()
+                .filter(|(k, _)| k == "ports")
+                .flat_map(|(_, v)| v.split(',').map(|p| p.trim().parse::<u16>()).collect::<Vec<_>>())
+                .collect();
+            match ports {
+                Ok(p) if !p.is_empty() && !p.contains(&0) => (WEBSOCKET, Wire::Channels(p)),
+                _ => return status(400, "BadRequest", "port-forward over websocket needs ports=PORT[,PORT...]"),
+            }
+        } else {
+            return status(400, "BadRequest", &format!("port-forward over websocket needs {TUNNELED} or {WEBSOCKET}"));
+        };
+        if key.is_empty() {
+            return status(400, "BadRequest", "a websocket upgrade needs Sec-WebSocket-Key");
+        }
+        headers.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&stream::ws::accept_key(key)) {
+            headers.insert("sec-websocket-accept", v);
+        }
+        headers.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+        wire
+    } else if upgrade.starts_with("spdy/3.1") && offers("x-stream-protocol-version", PROTOCOL) {
+        headers.insert(hyper::header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        headers.insert("x-stream-protocol-version", HeaderValue::from_static(PROTOCOL));
+        Wire::Spdy
+    } else {
+        return status(400, "BadRequest", &format!("port-forward needs an upgrade to SPDY/3.1 ({PROTOCOL})"));
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let dial: Dialer = Arc::new(move |port| Box::pin(sessions::dial_in_pod(netns.clone(), port)));
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(up) => TokioIo::new(up),
+            Err(e) => {
+                tracing::debug!(error = %e, "agent port: upgrade failed");
+                return;
+            }
+        };
+        match wire {
+            Wire::Spdy => stream::portforward::serve(io, dial).await,
+            Wire::Tunneled => stream::portforward::serve(stream::ws::tunnel(io), dial).await,
+            Wire::Channels(ports) => stream::portforward::serve_websocket(io, ports, dial).await,
+        }
+    });
+    resp
+}
+
 async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["portForward", uid] = parts.as_slice() {
+        return portforward(ctx, uid.to_string(), req).await;
+    }
     let [what, uid, container] = parts.as_slice() else {
         return status(404, "NotFound", "the node agent serves no such path");
     };
     let (what, uid, container) = (what.to_string(), uid.to_string(), api::request::decode_query_component(container));
-    // Only pods bound to this node: the API server resolved the UID from the pod itself.
-    let bound =
-        ctx.pods.list().iter().any(|p| p.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()));
-    if !bound {
+    if !bound(&ctx, &uid) {
         return status(404, "NotFound", "no such pod on this node");
     }
     let q = query(&req);

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::runtime::logs::{self, LogOptions};
-use crate::runtime::{ContainerState, ContainerStatus, Runtime, RuntimeError};
+use crate::runtime::{ContainerState, ContainerStatus, NetworkMode, Runtime, RuntimeError};
 use crate::stream::{self, Input, Output, Session};
 
 /// How often a followed log is looked at for new lines.
@@ -295,12 +295,18 @@ pub async fn attach(runtime: Arc<dyn Runtime>, container: ContainerStatus, sessi
     let Session { streams, mut input, output } = session;
     // Start at the log's current end: attach shows what comes, not what was.
     let mut offset = tokio::fs::metadata(&container.log_path).await.map(|m| m.len()).unwrap_or(0);
-    let socket = if streams.stdin {
+    let socket = {
         let (rt, id) = (runtime.clone(), container.id.clone());
         blocking(move || rt.attach_socket(&id)).await.flatten()
-    } else {
-        None
     };
+    // A container with a terminal is attached to live through its shim: an interactive
+    // shell's prompt and echo have no newline, which the log would hold back.
+    if let Some(path) = &socket
+        && path.with_file_name(crate::console::RESIZE_SOCKET).exists()
+    {
+        return attach_terminal(path, streams, input, output).await;
+    }
+    let socket = socket.filter(|_| streams.stdin);
     let mut stdin = match socket {
         Some(path) => tokio::net::UnixStream::connect(&path).await.ok(),
         None => None,
@@ -357,4 +363,113 @@ pub async fn attach(runtime: Arc<dyn Runtime>, container: ContainerStatus, sessi
     }
     feeder.abort();
     let _ = output.send(Output::Done(stream::success())).await;
+}
+
+/// Attach to a container's terminal ([`crate::console`]): its output as it comes, the
+/// client's keys (with `stdin`) and window sizes to it, until the container lets go of it
+/// or the client leaves.
+async fn attach_terminal(
+    socket: &std::path::Path,
+    streams: stream::Streams,
+    mut input: mpsc::Receiver<Input>,
+    output: mpsc::Sender<Output>,
+) {
+    let conn = match tokio::net::UnixStream::connect(socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = output.send(Output::Done(stream::failure(&format!("attaching to the terminal: {e}")))).await;
+            return;
+        }
+    };
+    let mut sizer = tokio::net::UnixStream::connect(socket.with_file_name(crate::console::RESIZE_SOCKET)).await.ok();
+    let (mut reader, mut writer) = conn.into_split();
+    let feeder = tokio::spawn(async move {
+        while let Some(i) = input.recv().await {
+            match i {
+                Input::Stdin(b) if streams.stdin => {
+                    if writer.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+                Input::Resize { width, height } => {
+                    if let Some(s) = sizer.as_mut()
+                        && s.write_all(format!("{width} {height}\n").as_bytes()).await.is_err()
+                    {
+                        sizer = None;
+                    }
+                }
+                // A terminal has no end of input but the one the user types (Ctrl-D).
+                Input::Stdin(_) | Input::StdinEnd => {}
+            }
+        }
+    });
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            r = reader.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if (streams.stdout || streams.tty)
+                        && output.send(Output::Stdout(Bytes::copy_from_slice(&buf[..n]))).await.is_err()
+                    {
+                        feeder.abort();
+                        return;
+                    }
+                }
+            },
+            _ = output.closed() => {
+                feeder.abort();
+                return;
+            }
+        }
+    }
+    feeder.abort();
+    let _ = output.send(Output::Done(stream::success())).await;
+}
+
+/// The network namespace a pod's ports are in (`None`: the node's own, `hostNetwork`).
+pub fn pod_netns(runtime: &dyn Runtime, uid: &str) -> Result<Option<PathBuf>, SessionError> {
+    match runtime.sandbox_status(uid)?.spec.network {
+        NetworkMode::Host => Ok(None),
+        NetworkMode::Namespace(path) => Ok(Some(path)),
+        // Each container has a namespace of its own: the first running one's.
+        NetworkMode::Isolated => runtime
+            .list_containers(Some(uid))?
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .find_map(|c| c.pid)
+            .map(|pid| Some(PathBuf::from(format!("/proc/{pid}/ns/net"))))
+            .ok_or_else(|| SessionError::NotRunning { container: String::new() }),
+    }
+}
+
+/// A TCP connection to `127.0.0.1:port` inside `netns` (port-forward): the socket is made on
+/// a thread of its own that enters the namespace (a namespace is a thread's, and tokio's
+/// threads must never change theirs); once made, it stays in that namespace wherever it
+/// is used.
+pub async fn dial_in_pod(netns: Option<PathBuf>, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let made = blocking(move || {
+        std::thread::spawn(move || connect_in(netns.as_deref(), port))
+            .join()
+            .unwrap_or_else(|_| Err("the dialling thread failed".into()))
+    })
+    .await
+    .unwrap_or_else(|| Err("the dialling thread failed".into()))?;
+    tokio::net::TcpStream::from_std(made).map_err(|e| e.to_string())
+}
+
+fn connect_in(netns: Option<&std::path::Path>, port: u16) -> Result<std::net::TcpStream, String> {
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&f),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| format!("entering {}: {e}", ns.display()))?;
+    }
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let conn =
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).map_err(|e| format!("dial {to}: {e}"))?;
+    conn.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(conn)
 }

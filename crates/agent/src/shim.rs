@@ -13,10 +13,10 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,8 @@ pub struct ShimArgs {
     /// Start the container at once (`<runtime> run --detach` instead of `create`), for a
     /// caller that would start it right away anyway: one runtime process fewer.
     pub start: bool,
+    /// Give the container a terminal (`tty: true`; [`crate::console`]).
+    pub tty: bool,
 }
 
 /// The socket in the container's state folder that feeds its stdin.
@@ -75,6 +77,10 @@ impl ShimArgs {
             out.push("--start".into());
             out.push("now".into());
         }
+        if self.tty {
+            out.push("--tty".into());
+            out.push("yes".into());
+        }
         out
     }
 
@@ -82,7 +88,7 @@ impl ShimArgs {
         let mut it = args.into_iter();
         let (mut runtime, mut root, mut id, mut bundle, mut dir, mut log) = (None, None, None, None, None, None);
         let mut stdin = None;
-        let mut start = false;
+        let (mut start, mut tty) = (false, false);
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| ShimError::Usage(format!("{flag:?} needs a value")))?;
             match flag.to_str() {
@@ -100,6 +106,7 @@ impl ShimArgs {
                     })
                 }
                 Some("--start") if value == "now" => start = true,
+                Some("--tty") if value == "yes" => tty = true,
                 _ => return Err(ShimError::Usage(format!("unknown flag {flag:?} {value:?}"))),
             }
         }
@@ -113,6 +120,7 @@ impl ShimArgs {
             log: log.ok_or_else(|| missing("--log"))?,
             stdin,
             start,
+            tty,
         })
     }
 }
@@ -259,13 +267,23 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
     } else {
         create.arg("create");
     }
+    let console = if args.tty {
+        let listener = crate::console::listen(&args.dir).map_err(|e| {
+            handshake(&format!("error {e}"));
+            e.to_string()
+        })?;
+        create.arg("--console-socket").arg(args.dir.join(crate::console::CONSOLE_SOCKET));
+        Some(listener)
+    } else {
+        None
+    };
     let mut create = create
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
-        .stdin(if args.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if args.stdin.is_some() && !args.tty { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -302,15 +320,38 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
         })?;
         std::thread::spawn(move || feed_stdin(listener, pipe, once));
     }
+    // With a terminal the container writes there, not to our pipes (which then carry only
+    // the runtime's own words): the terminal's output is logged as stdout.
+    let mut terminal_output = None;
+    if let Some(listener) = console {
+        let started = crate::console::receive(listener, &args.dir).and_then(|terminal| {
+            let (reader, writer) = std::io::pipe().map_err(crate::console::ConsoleError::Receive)?;
+            crate::console::serve(terminal, &args.dir, args.stdin, writer).map(|copier| (reader, copier))
+        });
+        match started {
+            Ok(t) => terminal_output = Some(t),
+            Err(e) => {
+                handshake(&format!("error {e}"));
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(pid).ok_or("no pid")?,
+                    rustix::process::Signal::KILL,
+                );
+                return Err(e.to_string());
+            }
+        }
+    }
     handshake(&format!("created {pid}"));
 
-    let threads: Vec<_> = [("stdout", Box::new(stdout) as Box<dyn Read + Send>), ("stderr", Box::new(stderr))]
-        .into_iter()
-        .map(|(name, pipe)| {
-            let log = log.clone();
-            std::thread::spawn(move || copy_as_cri_log(name, pipe, &log))
-        })
-        .collect();
+    let mut pipes = vec![("stdout", Box::new(stdout) as Box<dyn Read + Send>), ("stderr", Box::new(stderr))];
+    let mut threads = Vec::new();
+    if let Some((reader, copier)) = terminal_output {
+        pipes.push(("stdout", Box::new(reader)));
+        threads.push(copier);
+    }
+    threads.extend(pipes.into_iter().map(|(name, pipe)| {
+        let log = log.clone();
+        std::thread::spawn(move || copy_as_cri_log(name, pipe, &log))
+    }));
 
     let record = wait_for(pid);
     for t in threads {
@@ -343,15 +384,24 @@ pub struct VmShimArgs {
     pub log: PathBuf,
     /// A console line containing this text marks the guest ready (`ready` file).
     pub ready_marker: Option<String>,
+    /// Where to serve `kubectl exec` sessions relayed to the guest agent over the guest's
+    /// virtio-serial port (`DIR/guest.sock`), as the sandbox shim does.
+    pub ctl: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
 pub const READY_FILE: &str = "ready";
+/// How long an exec into a VM waits for its guest agent's `ready`: a guest whose image has
+/// no agent gets a clear error after this rather than a hang.
+const VM_EXEC_WAIT: Duration = Duration::from_secs(20);
 
 impl VmShimArgs {
     pub fn to_args(&self) -> Vec<OsString> {
         let mut out: Vec<OsString> =
             vec!["vm".into(), "--dir".into(), self.dir.clone().into(), "--log".into(), self.log.clone().into()];
+        if let Some(c) = &self.ctl {
+            out.extend(["--ctl".into(), c.clone().into()]);
+        }
         if let Some(m) = &self.ready_marker {
             out.extend(["--ready-marker".into(), m.into()]);
         }
@@ -362,7 +412,7 @@ impl VmShimArgs {
 
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<VmShimArgs, ShimError> {
         let mut it = args.into_iter();
-        let (mut dir, mut log, mut ready_marker) = (None, None, None);
+        let (mut dir, mut log, mut ready_marker, mut ctl) = (None, None, None, None);
         while let Some(flag) = it.next() {
             if flag == "--" {
                 let command: Vec<OsString> = it.collect();
@@ -374,6 +424,7 @@ impl VmShimArgs {
                     dir: dir.ok_or_else(|| missing("--dir"))?,
                     log: log.ok_or_else(|| missing("--log"))?,
                     ready_marker,
+                    ctl,
                     command,
                 });
             }
@@ -382,6 +433,7 @@ impl VmShimArgs {
                 Some("--dir") => dir = Some(PathBuf::from(value)),
                 Some("--log") => log = Some(PathBuf::from(value)),
                 Some("--ready-marker") => ready_marker = Some(value.to_string_lossy().into_owned()),
+                Some("--ctl") => ctl = Some(PathBuf::from(value)),
                 _ => return Err(ShimError::Usage(format!("unknown flag {flag:?}"))),
             }
         }
@@ -403,6 +455,9 @@ impl Write for MarkerWatch {
             && buf.windows(m.len()).any(|w| w == m.as_bytes())
         {
             let _ = write_atomic(&self.ready, b"");
+            // qemu read the guest's credentials at start-up and the guest has them now: the
+            // password hash's file need not outlive the boot.
+            let _ = std::fs::remove_file(self.ready.with_file_name(crate::vm_credentials::FILE));
             self.marker = None;
         }
         self.inner.write(buf)
@@ -424,6 +479,17 @@ pub fn supervise_vm(args: &VmShimArgs) -> Result<(), String> {
     let marker = MarkerWatch { inner: log, marker: args.ready_marker.clone(), ready: args.dir.join(READY_FILE) };
     let log: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(Box::new(marker)));
     let (program, rest) = args.command.split_first().ok_or("no command")?;
+    let listener = match &args.ctl {
+        Some(ctl) => {
+            let _ = std::fs::remove_file(ctl);
+            Some(std::os::unix::net::UnixListener::bind(ctl).map_err(|e| {
+                let msg = format!("binding {}: {e}", ctl.display());
+                handshake(&format!("error {msg}"));
+                msg
+            })?)
+        }
+        None => None,
+    };
     let mut child = Command::new(program)
         .args(rest)
         .stdin(Stdio::null())
@@ -449,7 +515,22 @@ pub fn supervise_vm(args: &VmShimArgs) -> Result<(), String> {
         .collect();
     // `Child` is dropped unwaited on purpose: `wait_for` reaps it by pid.
     drop(child);
+    // The guest channel connects on its own thread: qemu's exit must be reaped meanwhile.
+    let channel = listener.map(|listener| {
+        let dir = args.dir.clone();
+        std::thread::spawn(move || {
+            let mut alive = || Path::new(&format!("/proc/{pid}")).exists();
+            crate::sandbox_shim::serve_guest(&dir, listener, &mut alive, VM_EXEC_WAIT, None)
+        })
+    });
     let record = wait_for(pid);
+    let _ = std::fs::remove_file(args.dir.join(crate::vm_credentials::FILE));
+    if let Some(shared) = channel.and_then(|t| t.join().ok()) {
+        crate::sandbox_shim::guest_gone(&shared);
+    }
+    if let Some(ctl) = &args.ctl {
+        let _ = std::fs::remove_file(ctl);
+    }
     for t in threads {
         let _ = t.join();
     }
@@ -534,6 +615,7 @@ mod tests {
             dir: "/d".into(),
             log: "/l".into(),
             ready_marker: Some("up".into()),
+            ctl: Some("/d/ctl.sock".into()),
             command: vec!["qemu".into(), "-m".into(), "128".into()],
         };
         let mut args = a.to_args();
@@ -553,6 +635,7 @@ mod tests {
             dir: "/d".into(),
             log: "/l".into(),
             start: false,
+            tty: true,
         };
         assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
         let started = ShimArgs { start: true, ..a.clone() };

@@ -12,29 +12,38 @@
 //! Pods: one watch of every bound pod (all tenants, `spec.nodeName!=`), filtered here by
 //! node name, so N nodes cost one watch, not N. A pod bound to one of ours that is not yet
 //! reported gets a Running status (podIP from 100.64.0.0/10, every container running and
-//! ready, the usual conditions); a pod being deleted is deleted at once with grace 0 (there
-//! is nothing to stop), as a real agent does after stopping it. Writes carry the watched
-//! object's resourceVersion, so a conflict means a newer version is on its way and is
-//! simply dropped: the next event is handled the same way (level-triggered).
+//! ready, the usual conditions) as a merge patch of `pods/status` (the status alone, as the
+//! kubelet sends it); a pod being deleted is deleted at once with grace 0 (there is nothing
+//! to stop), as a real agent does after stopping it. Writes carry the watched object's
+//! resourceVersion, so a conflict means a newer version is on its way and is simply
+//! dropped: the next event is handled the same way (level-triggered).
+//!
+//! Two pools of API calls in flight, so one never starves the other: node heartbeats
+//! (leases, node status) and pod writes. Under load a shared pool let thousands of pod
+//! writes queue ahead of lease renewals, leases lapsed and nodes flapped NotReady. Watched
+//! pods wait in a queue keyed by pod, each key holding only its latest state, so a burst of
+//! events for one pod costs one write and the watch is read as fast as it arrives.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use client::{Client, DeleteParams, Patch, Resource, Scope, Tenant};
 use controllers::{ApiSource, Event, Watcher};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::node::{self, LEASE_DURATION_SECONDS, LEASE_NAMESPACE, leases, micro_time, nodes, seconds_time};
 
 pub const SIMULATED_LABEL: &str = "atoll.io/simulated";
 pub const ROLE_LABEL: &str = "node-role.kubernetes.io/simulated";
-/// API calls in flight at once (registration, renewals, pod writes share them).
+/// Heartbeat calls (registration, lease renewals, node status) in flight at once.
 const IN_FLIGHT: usize = 64;
+/// Pod writes (status reports, deletions) in flight at once: one task each.
+const POD_WORKERS: usize = 64;
 /// How often the renewal timer wakes; each wake renews the nodes whose slot has come.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -125,11 +134,7 @@ pub fn node_status(config: &SimConfig, i: usize, now: SystemTime, since: SystemT
 /// says it runs here ready.
 pub fn running_status(pod: &Value, host_ip: &str, pod_ip: impl FnOnce() -> String, now: SystemTime) -> Option<Value> {
     let status = pod.get("status");
-    let ready = status
-        .and_then(|s| s.get("conditions"))
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True"));
-    if text(pod, "/status/phase") == "Running" && ready && text(pod, "/status/hostIP") == host_ip {
+    if reported(pod, host_ip) {
         return None;
     }
     let now_s = seconds_time(now);
@@ -198,20 +203,15 @@ impl Fleet {
         self.renew(i).await
     }
 
-    /// Rewrites node `i`'s status, retrying on conflicts with other writers (taints).
+    /// Rewrites node `i`'s status with a merge patch of `nodes/status` (one request, no read;
+    /// the status is wholly ours, and the server re-applies the patch if the node changed).
     async fn write_status(&self, i: usize) -> Result<(), client::Error> {
         let name = self.config.name(i);
-        let scope = Scope::tenant("system");
-        let mut attempts = 0;
-        loop {
-            let mut obj = self.client.get(&nodes(), &scope, &name).await?;
-            obj["status"] = node_status(&self.config, i, SystemTime::now(), self.since);
-            match self.client.replace_subresource(&nodes(), &scope, &name, "status", &obj).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() && attempts < 3 => attempts += 1,
-                Err(e) => return Err(e),
-            }
-        }
+        let patch = json!({"status": node_status(&self.config, i, SystemTime::now(), self.since)});
+        self.client
+            .patch_subresource(&nodes(), &Scope::tenant("system"), &name, "status", &Patch::Merge(patch))
+            .await?;
+        Ok(())
     }
 
     async fn renew(&self, i: usize) -> Result<(), client::Error> {
@@ -262,9 +262,10 @@ impl Fleet {
         let Some(status) = running_status(pod, &host_ip(i).to_string(), || self.pod_ip(), SystemTime::now()) else {
             return;
         };
-        let mut updated = pod.clone();
-        updated["status"] = status;
-        match self.client.replace_subresource(&Resource::pods(), &scope, name, "status", &updated).await {
+        // The status alone, pinned to the version watched: a conflict means a newer one is
+        // on its way. A merge patch replaces the lists it names (conditions, containers) whole.
+        let patch = json!({"metadata": {"resourceVersion": text(pod, "/metadata/resourceVersion")}, "status": status});
+        match self.client.patch_subresource(&Resource::pods(), &scope, name, "status", &Patch::Merge(patch)).await {
             Ok(_) => {}
             // A newer version is on its way through the watch, or the pod went.
             Err(e) if e.is_conflict() || e.is_not_found() => {}
@@ -353,32 +354,99 @@ async fn heartbeats(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bo
     }
 }
 
-/// One watch of every bound pod; ours are reported running or finished when deleted.
+/// Pods waiting for a write, by (tenant, namespace, name), each with its latest watched state.
+#[derive(Default)]
+struct PodQueue {
+    latest: HashMap<(String, String, String), Value>,
+    order: VecDeque<(String, String, String)>,
+}
+
+impl PodQueue {
+    /// Queues `pod`, or replaces the state of its queued key (one write covers both events).
+    fn push(&mut self, pod: Value) {
+        let key = (
+            text(&pod, "/metadata/tenant").to_string(),
+            text(&pod, "/metadata/namespace").to_string(),
+            text(&pod, "/metadata/name").to_string(),
+        );
+        if self.latest.insert(key.clone(), pod).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Value> {
+        let key = self.order.pop_front()?;
+        self.latest.remove(&key)
+    }
+}
+
+/// Whether a watched pod of ours needs a write: being deleted, or not yet reported running
+/// ready here (cheap: no status is built for the pods that are, such as our own writes' echoes).
+fn needs_write(pod: &Value, host_ip: &str) -> bool {
+    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        return true;
+    }
+    !matches!(text(pod, "/status/phase"), "Succeeded" | "Failed") && !reported(pod, host_ip)
+}
+
+/// Whether the pod's status already says it runs on `host_ip`, ready.
+fn reported(pod: &Value, host_ip: &str) -> bool {
+    let ready = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True"));
+    text(pod, "/status/phase") == "Running" && ready && text(pod, "/status/hostIP") == host_ip
+}
+
+/// One watch of every bound pod; ours are reported running or finished when deleted, by
+/// `POD_WORKERS` tasks taking pods from a queue the watch fills.
 async fn pod_loop(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let source = ApiSource::new(fleet.client.clone(), Resource::pods(), Scope::all_tenants()).fields("spec.nodeName!=");
     let mut watcher = Watcher::new(source, "simulated nodes' pods");
+    let queue = Arc::new((Mutex::new(PodQueue::default()), Notify::new()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..POD_WORKERS {
+        let (fleet, queue, mut stop) = (fleet.clone(), queue.clone(), stop.clone());
+        workers.spawn(async move {
+            loop {
+                let next = queue.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                match next {
+                    Some(pod) => fleet.sync_pod(&pod).await,
+                    None => tokio::select! {
+                        _ = queue.1.notified() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    },
+                }
+            }
+        });
+    }
     loop {
         let event = tokio::select! {
             event = watcher.next() => event,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
         };
         let pods = match event {
             Event::Restarted(all) => all,
             Event::Applied(pod) => vec![pod],
             Event::Deleted(_) => continue,
         };
-        for pod in pods {
-            if !fleet.index.contains_key(text(&pod, "/spec/nodeName")) {
-                continue;
+        let mut queued = 0;
+        {
+            let mut q = queue.0.lock().unwrap_or_else(|e| e.into_inner());
+            for pod in pods {
+                let Some(&i) = fleet.index.get(text(&pod, "/spec/nodeName")) else { continue };
+                if needs_write(&pod, &host_ip(i).to_string()) {
+                    q.push(pod);
+                    queued += 1;
+                }
             }
-            let Ok(permit) = fleet.permits.clone().acquire_owned().await else { return };
-            let f = fleet.clone();
-            tokio::spawn(async move {
-                f.sync_pod(&pod).await;
-                drop(permit);
-            });
+        }
+        // One wake per queued pod (a stored permit covers a worker between pop and wait).
+        for _ in 0..queued.min(POD_WORKERS) {
+            queue.1.notify_one();
         }
     }
+    while workers.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
@@ -417,5 +485,30 @@ mod tests {
         assert_eq!(status["allocatable"]["pods"], "110");
         assert_eq!(status["conditions"][3]["type"], "Ready");
         assert_eq!(status["nodeInfo"]["containerRuntimeVersion"], "simulated://0");
+    }
+
+    #[test]
+    fn the_pod_queue_keeps_one_latest_state_per_pod_in_arrival_order() {
+        let pod = |name: &str, rv: &str| json!({"metadata": {"tenant": "t", "namespace": "n", "name": name, "resourceVersion": rv}});
+        let mut q = PodQueue::default();
+        q.push(pod("a", "1"));
+        q.push(pod("b", "2"));
+        q.push(pod("a", "3"));
+        assert_eq!(q.pop().map(|p| p["metadata"]["resourceVersion"].clone()), Some(json!("3")));
+        assert_eq!(q.pop().map(|p| p["metadata"]["name"].clone()), Some(json!("b")));
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn only_pods_not_yet_reported_or_being_deleted_need_a_write() {
+        let mut pod = json!({"metadata": {"name": "p", "uid": "u"}, "spec": {"nodeName": "sim-0", "containers": []},
+                             "status": {"phase": "Pending"}});
+        assert!(needs_write(&pod, "198.18.0.1"));
+        pod["status"] = running_status(&pod, "198.18.0.1", || "100.64.0.1".into(), SystemTime::UNIX_EPOCH).unwrap();
+        assert!(!needs_write(&pod, "198.18.0.1"));
+        pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert!(needs_write(&pod, "198.18.0.1"));
+        let done = json!({"metadata": {"name": "p"}, "status": {"phase": "Succeeded"}});
+        assert!(!needs_write(&done, "198.18.0.1"));
     }
 }

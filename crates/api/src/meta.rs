@@ -271,6 +271,12 @@ impl Status {
         Status::failure(403, "Forbidden", message).with_details(group, resource, name)
     }
 
+    /// 403 from admission, in Kubernetes' wording: `pods "x" is forbidden: <why>`.
+    pub fn forbidden_because(group: &str, resource: &str, name: &str, why: &str) -> Status {
+        Status::failure(403, "Forbidden", format!("{} {name:?} is forbidden: {why}", qualified(group, resource)))
+            .with_details(group, resource, name)
+    }
+
     pub fn method_not_allowed() -> Status {
         Status::failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
     }

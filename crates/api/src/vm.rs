@@ -15,11 +15,23 @@
 //!       echo hello
 //!     resources:                 # vCPUs (limits, else requests, rounded up) and memory
 //!       limits: {cpu: "1", memory: 128Mi}
+//!     sshAuthorizedKeys:         # optional: root's ~/.ssh/authorized_keys in the guest
+//!     - ssh-ed25519 AAAAC3Nz... me@laptop
+//!     passwordSecretRef:         # optional: root's password, from a Secret of the pod's
+//!       name: vm-root            # namespace (the node hashes it; the guest gets the hash)
+//!       key: password
 //! ```
 //!
 //! A pod is either containers or one VM: `spec.containers` must then be empty or absent.
 
 use serde_json::{Value, json};
+
+use crate::meta::FieldError;
+
+/// At most this many authorized keys, each at most [`MAX_KEY_BYTES`]: they travel to the
+/// guest through fw_cfg beside the user data.
+pub const MAX_AUTHORIZED_KEYS: usize = 32;
+pub const MAX_KEY_BYTES: usize = 8 * 1024;
 
 /// vCPUs of a VM that names none.
 pub const DEFAULT_CPU: &str = "1";
@@ -94,9 +106,117 @@ fn set_request(resources: &mut Value, what: &str, value: &str) {
     }
 }
 
+/// Field errors of the VM's credentials (`at` is the VM's path, `spec.virtualMachine`):
+/// `sshAuthorizedKeys` must be one-line OpenSSH public keys (`type base64 [comment]`),
+/// `passwordSecretRef` must name a Secret and a key in it.
+pub fn validate_credentials(vm: &Value, at: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match vm.get("sshAuthorizedKeys") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(keys)) => {
+            if keys.len() > MAX_AUTHORIZED_KEYS {
+                errors.push(FieldError::invalid(
+                    format!("{at}.sshAuthorizedKeys"),
+                    keys.len(),
+                    format!("must have at most {MAX_AUTHORIZED_KEYS} keys"),
+                ));
+            }
+            for (i, key) in keys.iter().enumerate() {
+                let field = format!("{at}.sshAuthorizedKeys[{i}]");
+                match key.as_str() {
+                    Some(k) if k.len() > MAX_KEY_BYTES => errors.push(FieldError::invalid(
+                        field,
+                        "<value>",
+                        format!("must be at most {MAX_KEY_BYTES} bytes"),
+                    )),
+                    Some(k) if !is_public_key(k) => errors.push(FieldError::invalid(
+                        field,
+                        k,
+                        "must be one OpenSSH public key on one line: `<type> <base64> [comment]`",
+                    )),
+                    Some(_) => {}
+                    None => errors.push(FieldError::invalid(field, key, "must be a string")),
+                }
+            }
+        }
+        Some(other) => {
+            errors.push(FieldError::invalid(format!("{at}.sshAuthorizedKeys"), other, "must be a list of strings"))
+        }
+    }
+    match vm.get("passwordSecretRef") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(r)) => {
+            let field = |f: &str| format!("{at}.passwordSecretRef.{f}");
+            match r.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                None => errors.push(FieldError::required(field("name"), "")),
+                Some(n) if !is_dns_subdomain(n) => {
+                    errors.push(FieldError::invalid(field("name"), n, "must be a DNS-1123 subdomain"))
+                }
+                Some(_) => {}
+            }
+            match r.get("key").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+                None => errors.push(FieldError::required(field("key"), "")),
+                Some(k) if !is_secret_key(k) => errors.push(FieldError::invalid(
+                    field("key"),
+                    k,
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                )),
+                Some(_) => {}
+            }
+        }
+        Some(other) => errors.push(FieldError::invalid(format!("{at}.passwordSecretRef"), other, "must be an object")),
+    }
+    errors
+}
+
+/// `<type> <base64> [comment]` on one line, with a key type OpenSSH knows the shape of.
+fn is_public_key(k: &str) -> bool {
+    if k.contains(['\n', '\r', '\0']) {
+        return false;
+    }
+    let mut fields = k.split_whitespace();
+    let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else { return false };
+    let known = kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+    known && blob.len() >= 16 && blob.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+}
+
+fn is_secret_key(k: &str) -> bool {
+    k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(crate::request::is_dns_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_validated_field_by_field() {
+        let ok = json!({"sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx me@host"],
+                        "passwordSecretRef": {"name": "vm-root", "key": "password"}});
+        assert!(validate_credentials(&ok, "spec.virtualMachine").is_empty());
+        let bad = json!({"sshAuthorizedKeys": ["ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\nssh-rsa x", "hello", 5],
+                         "passwordSecretRef": {"key": "a/b"}});
+        let fields: Vec<String> =
+            validate_credentials(&bad, "spec.virtualMachine").into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.virtualMachine.sshAuthorizedKeys[0]",
+                "spec.virtualMachine.sshAuthorizedKeys[1]",
+                "spec.virtualMachine.sshAuthorizedKeys[2]",
+                "spec.virtualMachine.passwordSecretRef.name",
+                "spec.virtualMachine.passwordSecretRef.key",
+            ]
+        );
+        let shape = json!({"sshAuthorizedKeys": "ssh-rsa AAAA", "passwordSecretRef": "s"});
+        assert_eq!(validate_credentials(&shape, "vm").len(), 2);
+    }
 
     #[test]
     fn defaults_fill_resources_and_overhead_only_for_vms() {

@@ -127,6 +127,8 @@ pub struct Api {
     authn: Arc<crate::authn::Authenticator>,
     /// Whence each tenant's encoding of resource versions (`rv.rs`).
     rv: crate::rv::RvSecret,
+    /// Owners' kinds, for the `blockOwnerDeletion` admission (`ownerrefs.rs`).
+    owner_kinds: Arc<crate::ownerrefs::Kinds>,
 }
 
 /// What a server may be started with beyond its store, data and address.
@@ -345,7 +347,8 @@ impl Api {
             .await
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
         let rv = crate::rv::RvSecret::load_or_create(data_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
-        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None, rv })
+        let owner_kinds = Arc::new(crate::ownerrefs::Kinds::new(registries.values(), crds.clone()));
+        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None, rv, owner_kinds })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -445,6 +448,7 @@ impl Api {
                     ("log", "Pod", json!(["get"])),
                     ("exec", "PodExecOptions", json!(["create", "get"])),
                     ("attach", "PodAttachOptions", json!(["create", "get"])),
+                    ("portforward", "PodPortForwardOptions", json!(["create", "get"])),
                 ] {
                     resources.push(json!({"name": format!("pods/{sub}"), "singularName": "", "namespaced": true,
                         "kind": kind, "verbs": verbs}));
@@ -875,10 +879,11 @@ impl Api {
     ) -> Result<Response<Body>, Status> {
         let sub = r.subresource.as_deref().unwrap_or("");
         match (sub, r.verb) {
-            ("log", Verb::Get) | ("exec" | "attach", Verb::Create) => {}
-            // A WebSocket exec or attach is a GET, but it starts a process (or joins one)
-            // like the POST does: it needs `create` too, as in Kubernetes 1.30+.
-            ("exec" | "attach", Verb::Get) => {
+            ("log", Verb::Get) | ("exec" | "attach" | "portforward", Verb::Create) => {}
+            // A WebSocket exec, attach or port-forward is a GET, but it starts a process
+            // (or joins one, or opens connections) like the POST does: it needs `create`
+            // too, as in Kubernetes 1.30+.
+            ("exec" | "attach" | "portforward", Verb::Get) => {
                 let as_create = RequestInfo::Resource(ResourceRequest { verb: Verb::Create, ..r.clone() });
                 // No node-restriction condition grants a stream: only a plain allow counts.
                 if self.authz.authorize(user, scope.tenant.as_deref(), &as_create, None)?
@@ -891,12 +896,18 @@ impl Api {
         }
         let name = r.name.clone().unwrap_or_default();
         let pod = registry.get(scope, &name).await.map_err(|e| e.to_status())?;
-        let container = crate::nodeproxy::pick_container(&pod, q.get("container").map(String::as_str))?;
+        // Port-forward is to the pod's network, not to a container.
+        let container = match sub {
+            "portforward" => String::new(),
+            _ => crate::nodeproxy::pick_container(&pod, q.get("container").map(String::as_str))?,
+        };
         let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
         if node_name.is_empty() {
             return Err(Status::bad_request(format!("pod {name} does not have a host assigned")));
         }
-        crate::nodeproxy::check_started(&pod, &container)?;
+        if sub != "portforward" {
+            crate::nodeproxy::check_started(&pod, &container)?;
+        }
         let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
         let nodes = self.registry("", "nodes")?;
         let system = Scope { tenant: Some(api::request::SYSTEM_TENANT.to_string()), namespace: None };
@@ -909,9 +920,12 @@ impl Api {
         let dialer = self.nodes.as_ref().ok_or_else(|| {
             Status::failure(503, "ServiceUnavailable", "this API server does not reach node agents".to_string())
         })?;
-        let agent_op = if sub == "log" { "containerLogs" } else { sub };
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        let path = format!("/{agent_op}/{uid}/{container}{query}");
+        let path = match sub {
+            "log" => format!("/containerLogs/{uid}/{container}{query}"),
+            "portforward" => format!("/portForward/{uid}{query}"),
+            _ => format!("/{sub}/{uid}/{container}{query}"),
+        };
         crate::nodeproxy::forward(dialer, &host, port, path, req).await
     }
 
@@ -1128,8 +1142,36 @@ impl Api {
                 Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e.to_status()),
             }
+            self.ensure_default_account(api::request::SYSTEM_TENANT, name).await;
         }
         Ok(())
+    }
+
+    /// A new namespace gets its `default` ServiceAccount before the create is answered, so
+    /// a pod made right after its namespace is admitted ([`crate::service_accounts`]); the
+    /// service-account controller makes it again if it is deleted.
+    async fn namespace_created(&self, info: &crate::registry::ResourceInfo, ns: &Value, dry_run: bool) {
+        if dry_run || !info.group.is_empty() || info.resource != "namespaces" {
+            return;
+        }
+        let meta = |f: &str| ns.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("");
+        self.ensure_default_account(meta("tenant"), meta("name")).await;
+    }
+
+    /// Makes `default` in `namespace` if missing; a failure is logged, never the caller's:
+    /// the controller will make it later.
+    async fn ensure_default_account(&self, tenant: &str, namespace: &str) {
+        let Ok(accounts) = self.registry("", "serviceaccounts") else { return };
+        let scope = Scope { tenant: Some(tenant.to_string()), namespace: Some(namespace.to_string()) };
+        let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        match accounts.create(&scope, account, false).await {
+            Ok(made) => {
+                let kind = crate::authn::directory::Watched::ServiceAccounts;
+                self.authn.directory().wait_for(kind, resource_version(&made)).await;
+            }
+            Err(RegistryError::AlreadyExists { .. }) => {}
+            Err(e) => tracing::warn!(%tenant, %namespace, error = %e, "making the default ServiceAccount"),
+        }
     }
 
     fn registry(&self, group: &str, resource: &str) -> Result<&Arc<Registry>, Status> {
@@ -1154,19 +1196,33 @@ impl Api {
         }
     }
 
-    /// Kubernetes' ServiceAccount admission, the part about images: a new pod that names no
-    /// pull secrets takes its service account's (`default` when it names none). A missing
-    /// account adds nothing (Kubernetes refuses the pod; Atoll does not require accounts).
-    async fn service_account_admission(&self, scope: &Scope, pod: &mut Value) -> Result<(), Status> {
-        let named = |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_str).filter(|n| !n.is_empty());
-        let account = named("serviceAccountName").or_else(|| named("serviceAccount")).unwrap_or("default").to_string();
-        match self.registry("", "serviceaccounts")?.get(scope, &account).await {
-            Ok(account) => {
-                crate::kinds::add_service_account_pull_secrets(pod, &account);
-                Ok(())
+    /// ServiceAccount admission of a new pod ([`crate::service_accounts`]); other kinds pass.
+    async fn service_account_admission(
+        &self,
+        info: &crate::registry::ResourceInfo,
+        scope: &Scope,
+        pod: &mut Value,
+    ) -> Result<(), Status> {
+        use crate::service_accounts as sa;
+        if !info.group.is_empty() || info.resource != "pods" {
+            return Ok(());
+        }
+        let account = sa::default_account(pod);
+        let deadline = std::time::Instant::now() + sa::patience(&account);
+        loop {
+            match self.registry("", "serviceaccounts")?.get(scope, &account).await {
+                Ok(account) => {
+                    crate::kinds::add_service_account_pull_secrets(pod, &account);
+                    return Ok(());
+                }
+                Err(RegistryError::NotFound { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(sa::RETRY_EVERY).await;
+                }
+                Err(RegistryError::NotFound { .. }) => {
+                    return Err(sa::missing(pod, scope.namespace.as_deref().unwrap_or(""), &account));
+                }
+                Err(e) => return Err(e.to_status()),
             }
-            Err(RegistryError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.to_status()),
         }
     }
 
@@ -1332,7 +1388,8 @@ impl Api {
             None => {}
             Some("status") if info.status_subresource => {}
             Some("scale") if info.scale_subresource => {}
-            Some("binding" | "log" | "exec" | "attach") if info.kind == "Pod" && info.group.is_empty() => {}
+            Some("binding" | "log" | "exec" | "attach" | "portforward")
+                if info.kind == "Pod" && info.group.is_empty() => {}
             Some("finalize") if info.kind == "Namespace" && info.group.is_empty() && r.verb == Verb::Update => {}
             Some("token") if info.kind == "ServiceAccount" && info.group.is_empty() => {}
             Some(_) => return Err(not_found()),
@@ -1359,7 +1416,7 @@ impl Api {
         if r.subresource.as_deref() == Some("binding") {
             return self.bind(registry, &scope, &r, req).await;
         }
-        if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach")) {
+        if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach" | "portforward")) {
             return self.pod_stream(registry, &scope, &r, &q, user, req).await;
         }
         if r.subresource.as_deref() == Some("token") {
@@ -1382,6 +1439,9 @@ impl Api {
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         // RBAC's escalation prevention, for writes of roles and bindings.
         let admission = self.authz.admission(user, scope.tenant.as_deref(), &info.group, &info.resource);
+        // And blockOwnerDeletion's permission check.
+        let tenant = scope.tenant.as_deref();
+        let admission = crate::ownerrefs::with_owner_check(admission, &self.authz, &self.owner_kinds, user, tenant);
         // Who creates: recorded only by a caller of the object's own tenant (a system
         // administrator's name means nothing inside another tenant).
         let creator = (scope.tenant.as_deref() == Some(user.tenant.as_str())).then(|| crate::registry::Creator {
@@ -1507,12 +1567,11 @@ impl Api {
                     self.check_namespace(tenant, namespace).await?;
                     self.admit_sandbox(&info.group, &info.resource, tenant, &mut body).await?;
                 }
-                if info.group.is_empty() && info.resource == "pods" {
-                    self.service_account_admission(&scope, &mut body).await?;
-                }
+                self.service_account_admission(&info, &scope, &mut body).await?;
                 self.admit_action(&info, user, &scope, &mut body).await?;
                 let created = registry.create_with(&scope, body, &opts).await.map_err(registry_err)?;
                 self.written(&info, &created, opts.dry_run, false).await?;
+                self.namespace_created(&info, &created, opts.dry_run).await;
                 Ok(with_warnings(out(StatusCode::CREATED, created), &warnings))
             }
             Verb::Update => {
@@ -1556,6 +1615,7 @@ impl Api {
                             self.check_namespace(tenant, namespace).await?;
                             self.admit_sandbox(&info.group, &info.resource, tenant, &mut patch).await?;
                         }
+                        self.service_account_admission(&info, &scope, &mut patch).await?;
                     }
                     let mut patch = patch;
                     if r.subresource.is_none()
@@ -1569,6 +1629,9 @@ impl Api {
                     let (obj, created) =
                         registry.apply(&scope, &name, patch, sub, force, &opts).await.map_err(|e| e.to_status())?;
                     self.written(&info, &obj, opts.dry_run, false).await?;
+                    if created {
+                        self.namespace_created(&info, &obj, opts.dry_run).await;
+                    }
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
                     return Ok(with_warnings(out(code, obj), &warnings));
                 }

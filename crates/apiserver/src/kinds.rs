@@ -273,6 +273,7 @@ fn validate_vm(spec: &Value, errors: &mut Vec<FieldError>) {
             Some(other) => errors.push(FieldError::invalid(format!("{at}.{field}"), other, "must be a string")),
         }
     }
+    errors.extend(api::vm::validate_credentials(&Value::Object(vm.clone()), at));
 }
 
 /// A new pod's defaults, as Kubernetes' defaulting and default admission set them (a VM

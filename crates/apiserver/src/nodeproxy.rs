@@ -113,19 +113,24 @@ pub fn agent_endpoint(node: &Value) -> Option<(String, u16)> {
 /// else its only container.
 pub fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, Status> {
     let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-    let names: Vec<&str> = ["/spec/containers", "/spec/initContainers"]
+    let mut names: Vec<&str> = ["/spec/containers", "/spec/initContainers"]
         .iter()
         .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
         .flatten()
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .collect();
-    let regular: Vec<&str> = pod
+    let mut regular: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .collect();
+    // A VM pod's one "container" is its machine (logs are its console, exec its guest agent).
+    if let Some(vm) = pod.pointer("/spec/virtualMachine/name").and_then(Value::as_str) {
+        names.push(vm);
+        regular.push(vm);
+    }
     let default = pod
         .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
         .and_then(Value::as_str)
@@ -259,6 +264,9 @@ mod tests {
         assert_eq!(pick_container(&pod, Some("b")).unwrap(), "b");
         assert_eq!(pick_container(&pod, Some("x")).unwrap_err().message, "container x is not valid for pod p");
         assert!(pick_container(&pod, None).unwrap_err().message.contains("choose one of: [a b]"));
+        let vm = json!({"metadata": {"name": "v"}, "spec": {"virtualMachine": {"name": "vm", "image": "i"}}});
+        assert_eq!(pick_container(&vm, Some("vm")).unwrap(), "vm");
+        assert_eq!(pick_container(&vm, None).unwrap(), "vm");
         let waiting = json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [
             {"name": "a", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}});
         assert!(check_started(&waiting, "a").unwrap_err().message.ends_with("is waiting to start: ImagePullBackOff"));

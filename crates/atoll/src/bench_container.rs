@@ -64,6 +64,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
                 log_path: None,
                 stdin: false,
                 stdin_once: false,
+                tty: false,
                 vm: None,
             };
             let t = Instant::now();

@@ -76,6 +76,10 @@ pub enum ImageCommand {
         /// Name the imported image (e.g. `busybox:1.36`); needed when the input names none.
         #[arg(long)]
         name: Option<String>,
+        /// PATH is a VM's disk (raw or qcow2), not an image: make a disk-only VM image of
+        /// it (needs --name), whose VMs boot the disk through the firmware.
+        #[arg(long, requires = "name")]
+        vm_disk: bool,
         #[command(flatten)]
         store: ImageStoreArgs,
     },
@@ -114,6 +118,13 @@ pub enum ImageCommand {
         modules: Option<PathBuf>,
         #[arg(long, default_value = "busybox-vm:latest")]
         name: String,
+        /// The guest agent to put in the initramfs (for `kubectl exec`); by default
+        /// `atoll-guest` beside this binary.
+        #[arg(long)]
+        guest: Option<PathBuf>,
+        /// Build the image without the guest agent (its VMs have no exec).
+        #[arg(long, conflicts_with = "guest")]
+        no_guest_agent: bool,
         #[command(flatten)]
         store: ImageStoreArgs,
     },
@@ -151,11 +162,20 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
             println!("pushed {target} {digest}");
             Ok(())
         }
-        ImageCommand::Import { path, name, store } => {
-            let images = store
-                .open()?
-                .import(&path, name.as_deref())
-                .with_context(|| format!("importing {}", path.display()))?;
+        ImageCommand::Import { path, name, vm_disk, store } => {
+            let images = store.open()?;
+            let scratch = tempfile::Builder::new().prefix("vm-disk-").tempdir_in(images.root().join("tmp"))?;
+            let path = if vm_disk {
+                let layout = scratch.path().join("layout");
+                let name = name.as_deref().context("--vm-disk needs --name")?;
+                agent::busybox_vm::disk_layout(&path, &layout, name)
+                    .with_context(|| format!("making a VM image of {}", path.display()))?;
+                layout
+            } else {
+                path
+            };
+            let images =
+                images.import(&path, name.as_deref()).with_context(|| format!("importing {}", path.display()))?;
             for image in images {
                 println!("imported {} {}", image.names.join(","), image.manifest_digest);
             }
@@ -189,8 +209,16 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
             }
             Ok(())
         }
-        ImageCommand::BuildBusyboxVm { busybox, kernel, modules, name, store } => {
+        ImageCommand::BuildBusyboxVm { busybox, kernel, modules, name, guest, no_guest_agent, store } => {
             let images = store.open()?;
+            let guest = match (guest, no_guest_agent) {
+                (_, true) => None,
+                (Some(g), false) => Some(g),
+                (None, false) => Some(std::env::current_exe()?.with_file_name("atoll-guest")),
+            };
+            if let Some(g) = &guest {
+                anyhow::ensure!(g.is_file(), "no guest agent at {} (or pass --no-guest-agent)", g.display());
+            }
             let work = tempfile::Builder::new().prefix("busybox-vm-").tempdir_in(images.root().join("tmp"))?;
             let layout = work.path().join("layout");
             agent::busybox_vm::build_layout(
@@ -198,6 +226,7 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
                 &busybox,
                 &kernel,
                 modules.as_deref(),
+                guest.as_deref(),
                 work.path(),
                 &layout,
                 &name,

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use client::{Client, DeleteParams, Patch, Resource, Scope};
+use client::{Client, DeleteParams, ListParams, Patch, Resource, Scope};
 use serde_json::{Map, Value, json};
 
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
+use crate::events::{Event, Recorder};
 use crate::replicaset::replicasets;
 use crate::watcher::{ApiSource, Watcher};
 use crate::workload::{self, i64_at, str_at};
@@ -112,8 +113,78 @@ pub fn rolling_scale_down_budget(
     (all_specs - min_available - new_unavailable).max(0)
 }
 
+/// One active ReplicaSet as proportional scaling sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetSize {
+    pub replicas: i64,
+    /// Its `max-replicas` annotation: the Deployment's size plus surge when last scaled.
+    pub max_replicas: Option<i64>,
+    /// For ties: creation time and name (later is newer).
+    pub created: (i64, String),
+}
+
+/// Kubernetes' proportional scaling of a Deployment resized during a rollout: every active
+/// set grows or shrinks in the proportion of its share of the Deployment's previous size
+/// (`max-replicas`; `fallback` when a set lacks it) to the new one (`want + max_surge`),
+/// rounded to nearest, never past what is left to add or take; what rounding leaves over
+/// goes to the first set in order (largest, then the newest when adding, the oldest when
+/// removing). Returns the new sizes, in the order of `sets`.
+pub fn proportional_sizes(sets: &[SetSize], want: i64, max_surge: i64, fallback: i64) -> Vec<i64> {
+    let allowed = if want > 0 { want + max_surge } else { 0 };
+    let to_add = allowed - sets.iter().map(|s| s.replicas).sum::<i64>();
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&sets[a], &sets[b]);
+        let by_age = if to_add > 0 { b.created.cmp(&a.created) } else { a.created.cmp(&b.created) };
+        b.replicas.cmp(&a.replicas).then(by_age)
+    });
+    let mut sizes: Vec<i64> = sets.iter().map(|s| s.replicas).collect();
+    if to_add == 0 {
+        return sizes;
+    }
+    let mut added = 0;
+    for &i in &order {
+        let set = &sets[i];
+        if set.replicas == 0 || added == to_add {
+            continue;
+        }
+        let fraction = if want == 0 {
+            -set.replicas
+        } else {
+            let annotated = set.max_replicas.unwrap_or(fallback);
+            let scaled = if annotated > 0 {
+                (set.replicas * (want + max_surge)) as f64 / annotated as f64
+            } else {
+                set.replicas as f64
+            };
+            scaled.round() as i64 - set.replicas
+        };
+        let left = to_add - added;
+        let share = if to_add > 0 { fraction.min(left) } else { fraction.max(left) };
+        sizes[i] += share;
+        added += share;
+    }
+    if let Some(&first) = order.first() {
+        sizes[first] = (sizes[first] + to_add - added).max(0);
+    }
+    sizes
+}
+
+/// A resize of the Deployment not yet spread over its sets: an active set records another
+/// desired size than the Deployment's.
+fn is_scaling_event(active: &[&Arc<Value>], want: i64) -> bool {
+    active.iter().any(|rs| {
+        rs.pointer("/metadata/annotations")
+            .and_then(|a| a.get(DESIRED))
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|desired| desired != want)
+    })
+}
+
 pub struct Deployments {
     client: Client,
+    events: Recorder,
     deployments: Cache,
     sets: Cache,
 }
@@ -139,6 +210,7 @@ impl Deployments {
             return Ok(());
         }
         tracing::debug!(deployment = %ctx.key, replicaset = str_at(rs, "/metadata/name"), to, "scaling");
+        let from = replicas(rs);
         self.patch_rs(
             ctx,
             rs,
@@ -148,7 +220,16 @@ impl Deployments {
             }),
         )
         .await?;
+        if from != to {
+            self.scaled_event(d, str_at(rs, "/metadata/name"), from < to, to);
+        }
         Ok(())
+    }
+
+    /// `ScalingReplicaSet` on the Deployment, worded as Kubernetes words it.
+    fn scaled_event(&self, d: &Value, rs_name: &str, up: bool, to: i64) {
+        let message = format!("Scaled {} replica set {rs_name} to {to}", if up { "up" } else { "down" });
+        self.events.record(Event::about(d, "apps/v1", "Deployment", false, "ScalingReplicaSet", message));
     }
 
     /// The ReplicaSets this Deployment controls, adopting orphans its selector matches and
@@ -281,6 +362,9 @@ impl Deployments {
         match self.client.create(&replicasets(), &ctx.scope, &rs).await {
             Ok(created) => {
                 tracing::info!(deployment = %ctx.key, replicaset = %name, "created new ReplicaSet");
+                if initial > 0 {
+                    self.scaled_event(d, &name, true, initial);
+                }
                 self.set_deployment_revision(ctx, d, new_revision).await?;
                 Ok(Some(created))
             }
@@ -302,6 +386,22 @@ impl Deployments {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a pod of an old ReplicaSet still exists in a phase other than Succeeded or
+    /// Failed, terminating ones included: Recreate promises that no new pod starts beside
+    /// an old one. The sets' status counts terminating pods out, so this asks the API (one
+    /// list by the Deployment's selector, made only once the old sets are scaled to none).
+    async fn old_pods_remain(&self, ctx: &Ctx, d: &Value, old: &[Arc<Value>]) -> Result<bool, client::Error> {
+        if old.is_empty() {
+            return Ok(false);
+        }
+        let Some(selector) = d.pointer("/spec/selector").and_then(workload::selector_string) else {
+            return Ok(false);
+        };
+        let params = ListParams { label_selector: Some(selector), ..ListParams::default() };
+        let pods = self.client.list(&Resource::pods(), &ctx.scope, &params).await?;
+        Ok(old_pods_running(old, &pods.items))
     }
 
     async fn set_deployment_revision(&self, ctx: &Ctx, d: &Value, rev: i64) -> Result<(), client::Error> {
@@ -345,6 +445,15 @@ fn copied_annotations(d: &Value) -> Map<String, Value> {
             a.iter().filter(|(k, _)| !NOT_COPIED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether any of `pods` belongs to one of the `old` sets and may still run (not
+/// Succeeded or Failed; a terminating pod runs until it is gone).
+fn old_pods_running(old: &[Arc<Value>], pods: &[Value]) -> bool {
+    pods.iter().any(|p| {
+        workload::controller_ref(p).is_some_and(|r| old.iter().any(|rs| workload::uid(rs) == str_at(r, "/uid")))
+            && !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
+    })
 }
 
 /// Not found or conflicting: the caches bring the new state and another pass.
@@ -492,6 +601,37 @@ impl Reconciler for Deployments {
         let old_active: Vec<&Arc<Value>> = old.iter().filter(|rs| replicas(rs) > 0).collect();
         let all_specs: i64 = sets.iter().map(|rs| replicas(rs)).sum();
 
+        // A resize during a rollout (or while paused) is first spread over the active sets in
+        // proportion, as Kubernetes does; the rollout goes on from there in the next pass.
+        let active: Vec<&Arc<Value>> = sets.iter().filter(|rs| replicas(rs) > 0).collect();
+        let saturated = sets.iter().any(|rs| {
+            is_new(rs) && replicas(rs) == want && i64_at(rs, "/status/availableReplicas") == want && {
+                let desired = rs.pointer("/metadata/annotations").and_then(|a| a.get(DESIRED));
+                desired.and_then(Value::as_str) == Some(&want.to_string())
+            }
+        });
+        if !recreate && !saturated && active.len() > 1 && is_scaling_event(&active, want) {
+            let sizes: Vec<SetSize> = active
+                .iter()
+                .map(|rs| SetSize {
+                    replicas: replicas(rs),
+                    max_replicas: rs
+                        .pointer("/metadata/annotations")
+                        .and_then(|a| a.get(MAX_REPLICAS))
+                        .and_then(Value::as_str)
+                        .and_then(|v| v.parse().ok()),
+                    created: parse_created(rs),
+                })
+                .collect();
+            let to = proportional_sizes(&sizes, want, max_surge, i64_at(&d, "/status/replicas"));
+            for (rs, to) in active.iter().zip(to) {
+                self.scale_rs(&ctx, &d, rs, to, max_surge).await?;
+            }
+            let new_rs = sets.iter().find(|rs| is_new(rs)).map(|rs| (**rs).clone());
+            let recheck = self.write_status(&ctx, &d, new_rs.as_ref(), &sets, max_unavailable).await?;
+            return Ok(recheck.map_or(Action::Done, Action::RequeueAfter));
+        }
+
         let new_rs = if paused {
             // Paused: only proportional scaling, no new ReplicaSet.
             self.new_replicaset(&ctx, &d, &sets, false, 0, max_surge).await?
@@ -501,7 +641,7 @@ impl Reconciler for Deployments {
                 self.scale_rs(&ctx, &d, rs, 0, max_surge).await?;
             }
             let old_running: i64 = old.iter().map(|rs| i64_at(rs, "/status/replicas")).sum();
-            if !old_active.is_empty() || old_running > 0 {
+            if !old_active.is_empty() || old_running > 0 || self.old_pods_remain(&ctx, &d, &old).await? {
                 let existing = self.new_replicaset(&ctx, &d, &sets, false, 0, max_surge).await?;
                 self.write_status(&ctx, &d, existing.as_ref(), &sets, max_unavailable).await?;
                 return Ok(Action::RequeueAfter(Duration::from_secs(1)));
@@ -633,7 +773,12 @@ fn deployments_for_set(deployments: &Cache, rs: &Value) -> Vec<ObjectKey> {
 /// The controller, watching every tenant's Deployments and ReplicaSets.
 pub fn controller(client: Client) -> Controller<Deployments> {
     let (deploys, sets) = (Cache::default(), Cache::default());
-    let reconciler = Deployments { client: client.clone(), deployments: deploys.clone(), sets: sets.clone() };
+    let reconciler = Deployments {
+        client: client.clone(),
+        events: Recorder::new(client.clone(), "deployment-controller"),
+        deployments: deploys.clone(),
+        sets: sets.clone(),
+    };
     let d_source = ApiSource::new(client.clone(), deployments(), Scope::all_tenants());
     let rs_source = ApiSource::new(client, replicasets(), Scope::all_tenants());
     let index = deploys.clone();
@@ -671,6 +816,80 @@ mod tests {
         let other =
             json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "stdin": true}]}});
         assert_ne!(without_hash(&proto), without_hash(&other));
+    }
+
+    fn sized(sets: &[(i64, Option<i64>, i64)]) -> Vec<SetSize> {
+        sets.iter()
+            .map(|&(replicas, max_replicas, created)| SetSize {
+                replicas,
+                max_replicas,
+                created: (created, String::new()),
+            })
+            .collect()
+    }
+
+    /// Kubernetes' cases (its deployment controller's scale tests and the documentation's
+    /// example): `(replicas, max-replicas annotation, creation time)` per set, the new set
+    /// being the newest.
+    #[test]
+    fn resizes_spread_over_the_sets_in_proportion() {
+        // The documentation's example: 10 wanted, surge 3, a stuck rollout with 8 old and 5
+        // new, scaled to 15: 3 more to the old set, 2 to the new.
+        assert_eq!(proportional_sizes(&sized(&[(8, Some(13), 1), (5, Some(13), 2)]), 15, 3, 13), [11, 7]);
+        // No surge; 5 -> 10: old 3 -> 6, new 2 -> 4.
+        assert_eq!(proportional_sizes(&sized(&[(3, Some(5), 1), (2, Some(5), 2)]), 10, 0, 5), [6, 4]);
+        // 5 -> 3: old 3 -> 2, new 2 -> 1.
+        assert_eq!(proportional_sizes(&sized(&[(3, Some(5), 1), (2, Some(5), 2)]), 3, 0, 5), [2, 1]);
+        // 9 -> 4: new 8 -> 4, old 1 -> 0.
+        assert_eq!(proportional_sizes(&sized(&[(1, Some(9), 1), (8, Some(9), 2)]), 4, 0, 9), [0, 4]);
+        // 7 -> 10 over three sets: old 3 -> 4, old 2 -> 3, new 2 -> 3.
+        assert_eq!(
+            proportional_sizes(&sized(&[(3, Some(7), 1), (2, Some(7), 2), (2, Some(7), 3)]), 10, 0, 7),
+            [4, 3, 3]
+        );
+        // 13 -> 8: 8 -> 5, 3 -> 2, new 2 -> 1.
+        assert_eq!(
+            proportional_sizes(&sized(&[(8, Some(13), 1), (3, Some(13), 2), (2, Some(13), 3)]), 8, 0, 13),
+            [5, 2, 1]
+        );
+        // To zero: every set empties.
+        assert_eq!(proportional_sizes(&sized(&[(3, Some(5), 1), (2, Some(5), 2)]), 0, 0, 5), [0, 0]);
+        // Rounding leaves one over: it goes to the largest set, the newest among equals
+        // when adding, the oldest when removing.
+        assert_eq!(
+            proportional_sizes(&sized(&[(1, Some(3), 1), (1, Some(3), 2), (1, Some(3), 3)]), 4, 0, 3),
+            [1, 1, 2]
+        );
+        assert_eq!(proportional_sizes(&sized(&[(2, Some(4), 1), (2, Some(4), 2)]), 3, 0, 4), [1, 2]);
+        // Without the annotation: the Deployment's status replicas stand in.
+        assert_eq!(proportional_sizes(&sized(&[(3, None, 1), (2, None, 2)]), 10, 0, 5), [6, 4]);
+    }
+
+    #[test]
+    fn scaling_events_are_seen_in_the_desired_annotation() {
+        let rs = |desired: &str| Arc::new(json!({"metadata": {"annotations": {DESIRED: desired}}}));
+        let (a, b) = (rs("10"), rs("15"));
+        assert!(is_scaling_event(&[&a, &b], 15));
+        assert!(!is_scaling_event(&[&b], 15));
+        assert!(!is_scaling_event(&[&Arc::new(json!({}))], 15));
+    }
+
+    #[test]
+    fn recreate_waits_for_terminating_old_pods() {
+        let old = vec![Arc::new(json!({"metadata": {"uid": "old-rs"}}))];
+        let pod = |owner: &str, phase: &str, deleting: bool| {
+            let mut p = json!({"metadata": {"ownerReferences": [{"uid": owner, "controller": true}]},
+                               "status": {"phase": phase}});
+            if deleting {
+                p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            p
+        };
+        // Terminating still runs; finished pods and the new set's pods do not count.
+        assert!(old_pods_running(&old, &[pod("old-rs", "Running", true)]));
+        assert!(old_pods_running(&old, &[pod("old-rs", "Pending", false)]));
+        assert!(!old_pods_running(&old, &[pod("old-rs", "Succeeded", false), pod("old-rs", "Failed", true)]));
+        assert!(!old_pods_running(&old, &[pod("new-rs", "Running", false)]));
     }
 
     #[test]

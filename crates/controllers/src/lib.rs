@@ -14,6 +14,8 @@ pub mod auth;
 pub mod cache;
 pub mod controller;
 pub mod deployment;
+pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod namespace;
 pub mod nodelifecycle;

@@ -4,79 +4,44 @@
 //! its selector matches, releases owned pods it no longer matches), creates or deletes
 //! pods to reach `spec.replicas`, and writes the status.
 //!
-//! Expectations: the pods a reconcile created or deleted are remembered by name until the
-//! pod cache shows them (created) or shows them gone or terminating (deleted), or five
-//! minutes pass; meanwhile the set is not resized again, so a cache that lags its own
-//! writes never makes it create or delete twice. Creations go in slow-start batches
+//! Expectations ([`crate::expectations`]): the pods a reconcile created or deleted are
+//! remembered by name until the pod cache shows them (created) or shows them gone or
+//! terminating (deleted); meanwhile the set is not resized again, so a cache that lags its
+//! own writes never makes it create or delete twice. Creations go in slow-start batches
 //! (1, 2, 4, ...) and stop at the first failure, so a quota or an invalid template costs
 //! one request, not `replicas`.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use client::{Client, DeleteParams, Patch, Resource, Scope};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
+use crate::expectations::Expectations;
 use crate::watcher::{ApiSource, Watcher};
 use crate::workload::{self, i64_at, str_at};
 
 /// The most pods one reconcile creates or deletes (Kubernetes' burst).
 const BURST: usize = 500;
-/// How long an expectation waits for the cache before it is given up.
-const EXPECTATION_TTL: Duration = Duration::from_secs(300);
 
 pub fn replicasets() -> Resource {
     Resource::new("apps", "v1", "replicasets", true)
 }
 
-/// What a reconcile wrote and waits to see in the pod cache.
-struct Expected {
-    created: HashSet<String>,
-    deleted: HashSet<String>,
-    since: Instant,
-}
-
 pub struct ReplicaSets {
     client: Client,
+    events: crate::events::Recorder,
     sets: Cache,
     pods: Cache,
-    expectations: Mutex<HashMap<ObjectKey, Expected>>,
+    expectations: Expectations,
 }
 
 impl ReplicaSets {
-    /// Whether the cache has caught up with what this controller last did for `key`.
-    fn satisfied(&self, key: &ObjectKey) -> bool {
-        let mut all = self.expectations.lock();
-        let Some(e) = all.get_mut(key) else { return true };
-        let ns = key.namespace.as_deref();
-        let pod = |name: &String| self.pods.get(&ObjectKey::new(&key.tenant, ns, name));
-        e.created.retain(|n| pod(n).is_none());
-        e.deleted.retain(|n| pod(n).is_some_and(|p| !workload::deleting(&p)));
-        if (e.created.is_empty() && e.deleted.is_empty()) || e.since.elapsed() > EXPECTATION_TTL {
-            all.remove(key);
-            return true;
-        }
-        false
-    }
-
-    fn expect(&self, key: &ObjectKey, created: Vec<String>, deleted: Vec<String>) {
-        if created.is_empty() && deleted.is_empty() {
-            return;
-        }
-        let mut all = self.expectations.lock();
-        let e = all.entry(key.clone()).or_insert_with(|| Expected {
-            created: HashSet::new(),
-            deleted: HashSet::new(),
-            since: Instant::now(),
-        });
-        e.created.extend(created);
-        e.deleted.extend(deleted);
-        e.since = Instant::now();
+    fn event(&self, rs: &Value, warning: bool, reason: &'static str, message: String) {
+        self.events.record(crate::events::Event::about(rs, "apps/v1", "ReplicaSet", warning, reason, message));
     }
 
     /// Adopts or releases `pod` for `rs` with an optimistic (resource-versioned) patch.
@@ -176,7 +141,7 @@ impl Reconciler for ReplicaSets {
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, client::Error> {
         let Some(rs) = self.sets.get(key) else {
-            self.expectations.lock().remove(key);
+            self.expectations.forget(key);
             return Ok(Action::Done);
         };
         let Some(ns) = key.namespace.as_deref() else { return Ok(Action::Done) };
@@ -185,7 +150,9 @@ impl Reconciler for ReplicaSets {
         let rs_deleting = workload::deleting(&rs);
         // Claim: owned pods that still match, plus orphans that match (adopted).
         let mut owned: Vec<Arc<Value>> = Vec::new();
-        for pod in self.pods.list_namespace(&key.tenant, ns) {
+        let mut candidates = self.pods.by_index(&owned_index(&key.tenant, ns, &rs_uid));
+        candidates.extend(self.pods.by_index(&orphan_index(&key.tenant, ns)));
+        for pod in candidates {
             let matches = workload::selects(&rs, &pod);
             match workload::controller_ref(&pod) {
                 Some(r) if r.get("uid").and_then(Value::as_str) == Some(rs_uid.as_str()) => {
@@ -206,12 +173,22 @@ impl Reconciler for ReplicaSets {
         let mut active: Vec<Arc<Value>> = owned.into_iter().filter(|p| workload::pod_active(p)).collect();
         let want = i64_at(&rs, "/spec/replicas").max(0) as usize;
         let mut failure: Option<(&str, String)> = None;
-        if !rs_deleting && self.satisfied(key) {
+        let pod = |name: &str| self.pods.get(&ObjectKey::new(&key.tenant, Some(ns), name));
+        let satisfied = self.expectations.satisfied(key, Instant::now(), pod);
+        if !rs_deleting && satisfied.is_ok() {
             if active.len() < want {
                 let (made, error) = self.create_pods(&scope, &rs, (want - active.len()).min(BURST)).await;
                 tracing::debug!(replicaset = %key, created = made.len(), "created pods");
-                self.expect(key, made, Vec::new());
+                for pod in &made {
+                    self.event(&rs, false, "SuccessfulCreate", format!("Created pod: {pod}"));
+                }
+                self.expectations.expect(key, made, Vec::new(), Instant::now());
                 if let Some(e) = error {
+                    if crate::expectations::ambiguous(&e) {
+                        self.expectations.uncertain(key, Instant::now());
+                    }
+                    let message = format!("Error creating: {}", crate::events::api_message(&e));
+                    self.event(&rs, true, "FailedCreate", message);
                     failure = Some(("FailedCreate", e.to_string()));
                 }
             } else if active.len() > want {
@@ -221,7 +198,7 @@ impl Reconciler for ReplicaSets {
                     .take((active.len() - want).min(BURST))
                     .map(|p| str_at(p, "/metadata/name").to_string())
                     .collect();
-                self.expect(key, Vec::new(), doomed.clone());
+                self.expectations.expect(key, Vec::new(), doomed.clone(), Instant::now());
                 // All at once, as requests on the shared connection.
                 let mut tasks = tokio::task::JoinSet::new();
                 for name in doomed {
@@ -230,16 +207,19 @@ impl Reconciler for ReplicaSets {
                         let params = DeleteParams::default();
                         match client.delete(&Resource::pods(), &scope, &name, &params).await {
                             Err(e) if !e.is_not_found() => Err((name, e)),
-                            _ => Ok(()),
+                            _ => Ok(name),
                         }
                     });
                 }
                 while let Some(r) = tasks.join_next().await {
+                    if let Ok(Ok(name)) = &r {
+                        self.event(&rs, false, "SuccessfulDelete", format!("Deleted pod: {name}"));
+                    }
                     if let Ok(Err((name, e))) = r {
+                        let message = format!("Error deleting: {}", crate::events::api_message(&e));
+                        self.event(&rs, true, "FailedDelete", message);
                         // Not deleted: nothing to wait for.
-                        if let Some(exp) = self.expectations.lock().get_mut(key) {
-                            exp.deleted.remove(&name);
-                        }
+                        self.expectations.not_deleted(key, &name);
                         failure = Some(("FailedDelete", e.to_string()));
                     }
                 }
@@ -286,6 +266,10 @@ impl Reconciler for ReplicaSets {
             tracing::warn!(replicaset = %key, %message, "could not reach the desired replicas");
             return Ok(Action::RequeueAfter(Duration::from_secs(5)));
         }
+        // Waiting for the cache: look again when the wait runs out, should no pod event come.
+        if let Err(wait) = satisfied {
+            return Ok(Action::RequeueAfter(wait));
+        }
         Ok(Action::Done)
     }
 }
@@ -309,11 +293,39 @@ fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
     }
 }
 
+/// The pod index key of a controller's pods in one namespace. The tenant and namespace are
+/// part of it because an ownerReference is whatever its writer says: a pod of another
+/// tenant naming this set's uid must never be found as this set's.
+fn owned_index(tenant: &str, namespace: &str, owner_uid: &str) -> String {
+    format!("owner/{tenant}/{namespace}/{owner_uid}")
+}
+
+/// The pod index key of a namespace's pods without a controller (candidates for adoption).
+fn orphan_index(tenant: &str, namespace: &str) -> String {
+    format!("orphan/{tenant}/{namespace}")
+}
+
+/// Where a pod sits in the pod cache's index: under its controller, or among its
+/// namespace's orphans.
+fn pod_index(pod: &Value) -> Option<String> {
+    let (tenant, ns) = (str_at(pod, "/metadata/tenant"), str_at(pod, "/metadata/namespace"));
+    match workload::controller_ref(pod) {
+        Some(r) => Some(owned_index(tenant, ns, str_at(r, "/uid"))),
+        None => Some(orphan_index(tenant, ns)),
+    }
+}
+
 /// The controller, watching every tenant's ReplicaSets and pods.
 pub fn controller(client: Client) -> Controller<ReplicaSets> {
-    let (sets, pods) = (Cache::default(), Cache::default());
-    let reconciler =
-        ReplicaSets { client: client.clone(), sets: sets.clone(), pods: pods.clone(), expectations: Mutex::default() };
+    let (sets, pods) = (Cache::default(), Cache::indexed(pod_index));
+    let events = crate::events::Recorder::new(client.clone(), "replicaset-controller");
+    let reconciler = ReplicaSets {
+        client: client.clone(),
+        events,
+        sets: sets.clone(),
+        pods: pods.clone(),
+        expectations: Expectations::default(),
+    };
     let rs_source = ApiSource::new(client.clone(), replicasets(), Scope::all_tenants());
     let pod_source = ApiSource::new(client, Resource::pods(), Scope::all_tenants());
     let index = sets.clone();
@@ -321,4 +333,30 @@ pub fn controller(client: Client) -> Controller<ReplicaSets> {
         .workers(4)
         .watches(Watcher::new(rs_source, "replicasets"), sets, |rs| ObjectKey::of(rs).into_iter().collect())
         .watches(Watcher::new(pod_source, "pods"), pods, move |pod| sets_for_pod(&index, pod))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_indexed_under_their_controller_within_their_tenant_and_namespace() {
+        let owned = json!({"metadata": {"tenant": "a", "namespace": "n", "name": "p1",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1",
+                                 "controller": true}]}});
+        let orphan = json!({"metadata": {"tenant": "a", "namespace": "n", "name": "p2"}});
+        // Another tenant's pod naming the same uid is not found under tenant a's set.
+        let mut foreign = owned.clone();
+        foreign["metadata"]["tenant"] = json!("b");
+        let cache = Cache::indexed(pod_index);
+        for pod in [&owned, &orphan, &foreign] {
+            cache.apply(&crate::watcher::Event::Applied(pod.clone()));
+        }
+        let names =
+            |pods: Vec<Arc<Value>>| pods.iter().map(|p| str_at(p, "/metadata/name").to_string()).collect::<Vec<_>>();
+        assert_eq!(names(cache.by_index(&owned_index("a", "n", "u1"))), ["p1"]);
+        assert_eq!(names(cache.by_index(&orphan_index("a", "n"))), ["p2"]);
+        assert_eq!(cache.by_index(&owned_index("b", "n", "u1")).len(), 1);
+        assert!(cache.by_index(&owned_index("a", "m", "u1")).is_empty());
+    }
 }

@@ -53,6 +53,31 @@ pub fn selects(workload: &Value, obj: &Value) -> bool {
         && api::selector::label_selector_selects(selector, obj.pointer("/metadata/labels"))
 }
 
+/// A LabelSelector object as the `labelSelector` query parameter spells it; `None` for
+/// an empty selector (which selects nothing for a workload) or an unknown operator.
+pub fn selector_string(selector: &Value) -> Option<String> {
+    let mut terms: Vec<String> = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    for e in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        let key = str_at(e, "/key");
+        let values: Vec<&str> =
+            e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        terms.push(match str_at(e, "/operator") {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
+    }
+    (!terms.is_empty()).then(|| terms.join(","))
+}
+
 pub fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -274,6 +299,18 @@ mod tests {
         assert!(h.bytes().all(|c| SAFE.contains(&c)) && !h.is_empty() && h.len() <= 10);
         assert_eq!(fnv32a(b""), 0x811c9dc5);
         assert_eq!(fnv32a(b"a"), 0xe40c292c);
+    }
+
+    #[test]
+    fn selectors_spell_as_query_parameters() {
+        let s = json!({"matchLabels": {"app": "web"},
+                       "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                            {"key": "x", "operator": "Exists"},
+                                            {"key": "y", "operator": "DoesNotExist"},
+                                            {"key": "z", "operator": "NotIn", "values": ["c"]}]});
+        assert_eq!(selector_string(&s).as_deref(), Some("app=web,tier in (a,b),x,!y,z notin (c)"));
+        assert_eq!(selector_string(&json!({})), None);
+        assert_eq!(selector_string(&json!({"matchExpressions": [{"key": "k", "operator": "Near"}]})), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! [`proto::PORT_NAME`]: it runs a pod's containers, each from a root file system that is
 //! an overlay (tmpfs upper) over the image's read-only ext4 disk, streams their output,
 //! reports their exits, signals them and runs `exec` sessions in them ([`proto`] documents
-//! the frames).
+//! the frames). In a VM pod's guest (the `busybox-vm` image) it runs beside the image's own
+//! init instead, and serves only `exec` sessions in the guest's own root (container 0).
 //!
 //! std and serde_json only (no async runtime, no libc crate): mounts and signals go
 //! through the initramfs' static busybox, and entering a container's root is a re-exec of
@@ -268,8 +269,14 @@ fn run(s: u32, msg: &Value, writer: &Writer, state: &Arc<Mutex<State>>) -> Resul
 
 fn exec(s: u32, msg: &Value, writer: &Writer, state: &Arc<Mutex<State>>) -> Result<(), GuestError> {
     let args = strings(&msg["args"]);
-    let container = msg["container"].as_u64().unwrap_or(0) as u32;
-    let (root, env, uid, gid) = {
+    let container = msg["container"]
+        .as_u64()
+        .ok_or_else(|| GuestError::Command { what: "exec".into(), detail: "no container named".into() })?
+        as u32;
+    // Container 0 names the guest itself (a VM pod's own root, as root): no container to enter.
+    let (root, env, uid, gid) = if container == 0 {
+        (PathBuf::from("/"), vec![DEFAULT_PATH.to_string(), "HOME=/root".into()], 0, 0)
+    } else {
         let st = lock(state);
         let c = st.containers.get(&container).ok_or_else(|| GuestError::Command {
             what: "exec".into(),

@@ -15,7 +15,7 @@
 //!
 //! - host → guest: `run` (`args`, `env` as `K=V` strings, `cwd`, `uid`, `gid`, `disk`: the
 //!   guest block device holding the container's root file system), `exec` (`container`: the
-//!   stream of a running container, `args`, `env`), `signal` (`signal`: a number).
+//!   stream of a running container, or 0 for the guest's own root in a VM pod; `args`, `env`), `signal` (`signal`: a number).
 //! - guest → host: `ready` (stream 0, once), `started` (`pid`), `exit` (`code`: the exit
 //!   status, or 128 + signal), `error` (`message`: the process could not be started; no
 //!   `exit` follows).

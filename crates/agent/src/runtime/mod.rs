@@ -108,6 +108,9 @@ pub struct ContainerSpec {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
+    /// A terminal for the process (`tty: true`).
+    #[serde(default)]
+    pub tty: bool,
     /// Set for a VM pod's machine (the VM runtime's one "container"); container runtimes
     /// refuse it.
     #[serde(default)]

@@ -286,7 +286,7 @@ impl OciRuntime {
         Ok(json!({
             "ociVersion": "1.0.2",
             "process": {
-                "terminal": false,
+                "terminal": spec.tty,
                 "user": {"uid": user.0, "gid": user.1},
                 "args": args,
                 "env": env,
@@ -518,6 +518,7 @@ impl OciRuntime {
                 log: log_path,
                 stdin: spec.stdin.then_some(spec.stdin_once),
                 start,
+                tty: spec.tty,
             };
             if start {
                 // Taken before the start, as `start_container` does; the record also tells
@@ -867,6 +868,7 @@ mod tests {
             env: vec![("B".into(), "spec".into())],
             stdin: false,
             stdin_once: false,
+            tty: false,
             working_dir: None,
             user: None,
             resources: Resources {

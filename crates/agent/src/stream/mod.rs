@@ -12,6 +12,7 @@
 //! exit code as a cause, which kubectl turns into `command terminated with exit code N`),
 //! then the connection closes.
 
+pub mod portforward;
 pub mod spdy;
 pub mod ws;
 

@@ -22,20 +22,20 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Input, Output, QUEUE, Session, Streams, parse_resize};
 
 pub const V4: &str = "v4.channel.k8s.io";
-const DICTIONARY: &[u8] = include_bytes!("spdy3.dict");
+pub(super) const DICTIONARY: &[u8] = include_bytes!("spdy3.dict");
 /// How long a client has to open the streams it asked for (the kubelet waits as long).
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest frame accepted from a client.
-const MAX_FRAME: usize = 1 << 20;
+pub(super) const MAX_FRAME: usize = 1 << 20;
 /// Largest DATA frame we send.
 const MAX_DATA: usize = 32 * 1024;
 
-const SYN_STREAM: u16 = 1;
+pub(super) const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
-const RST_STREAM: u16 = 3;
-const PING: u16 = 6;
-const GOAWAY: u16 = 7;
-const FLAG_FIN: u8 = 1;
+pub(super) const RST_STREAM: u16 = 3;
+pub(super) const PING: u16 = 6;
+pub(super) const GOAWAY: u16 = 7;
+pub(super) const FLAG_FIN: u8 = 1;
 
 /// The stream protocol we speak among those offered: v4 only (exit codes on the error
 /// stream; every kubectl we support offers it).
@@ -60,16 +60,16 @@ enum Ctrl {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SpdyError {
+pub(super) enum SpdyError {
     #[error("bad header block: {0}")]
     Headers(String),
 }
 
 /// Decompresses the client's header blocks (one zlib stream with the SPDY dictionary).
-struct HeaderReader(Decompress);
+pub(super) struct HeaderReader(pub(super) Decompress);
 
 impl HeaderReader {
-    fn block(&mut self, mut input: &[u8]) -> Result<Vec<u8>, SpdyError> {
+    pub(super) fn block(&mut self, mut input: &[u8]) -> Result<Vec<u8>, SpdyError> {
         let mut out = Vec::with_capacity(input.len() * 4 + 64);
         while !input.is_empty() {
             if out.capacity() - out.len() < 256 {
@@ -96,7 +96,7 @@ impl HeaderReader {
 }
 
 /// Name/value pairs of an uncompressed SPDY/3 header block.
-fn parse_headers(block: &[u8]) -> Result<HashMap<String, String>, SpdyError> {
+pub(super) fn parse_headers(block: &[u8]) -> Result<HashMap<String, String>, SpdyError> {
     let bad = || SpdyError::Headers("truncated".into());
     let mut pos = 0usize;
     let u32_at = |pos: &mut usize| -> Result<usize, SpdyError> {
@@ -118,7 +118,7 @@ fn parse_headers(block: &[u8]) -> Result<HashMap<String, String>, SpdyError> {
     Ok(out)
 }
 
-fn control(kind: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn control(kind: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 8);
     f.extend_from_slice(&(0x8003u16).to_be_bytes());
     f.extend_from_slice(&kind.to_be_bytes());
@@ -128,7 +128,7 @@ fn control(kind: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn data(stream: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn data(stream: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 8);
     f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
     f.push(flags);
@@ -137,12 +137,12 @@ fn data(stream: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn data_frames(stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(super) fn data_frames(stream: u32, payload: &[u8]) -> Vec<u8> {
     payload.chunks(MAX_DATA).flat_map(|c| data(stream, 0, c)).collect()
 }
 
 /// A SYN_REPLY with an empty header block, compressed on the connection's stream.
-fn reply(compressor: &mut Compress, stream: u32) -> Vec<u8> {
+pub(super) fn reply(compressor: &mut Compress, stream: u32) -> Vec<u8> {
     let mut block = Vec::with_capacity(128);
     // Zero headers; the sync flush makes the block decodable on its own.
     let _ = compressor.compress_vec(&[0, 0, 0, 0], &mut block, FlushCompress::Sync);

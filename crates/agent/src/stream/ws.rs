@@ -36,7 +36,7 @@ pub fn choose_protocol<'a>(offered: impl Iterator<Item = &'a str>) -> Option<&'s
     [V5, V4].into_iter().find(|p| offered.iter().any(|o| o == p))
 }
 
-enum Frame {
+pub(super) enum Frame {
     Message(Vec<u8>),
     Ping(Vec<u8>),
     Close,
@@ -69,7 +69,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(bool, u
 }
 
 /// The next whole message or control frame (fragments joined).
-async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
+pub(super) async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
     let mut message: Vec<u8> = Vec::new();
     loop {
         let (fin, opcode, payload) = read_frame(r).await?;
@@ -91,7 +91,7 @@ async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame>
     }
 }
 
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);
     out.push(0x80 | opcode);
     match payload.len() {
@@ -109,7 +109,7 @@ fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn channel_frame(channel: u8, data: &[u8]) -> Vec<u8> {
+pub(super) fn channel_frame(channel: u8, data: &[u8]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(data.len() + 1);
     payload.push(channel);
     payload.extend_from_slice(data);
@@ -183,6 +183,52 @@ where
         }
     });
     Session { streams, input: in_rx, output: out_tx }
+}
+
+/// A WebSocket connection's binary messages as one byte stream, both ways: kubectl 1.31+
+/// tunnels port-forward's SPDY this way (no channel byte; message boundaries mean nothing).
+pub fn tunnel<IO>(io: IO) -> tokio::io::DuplexStream
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (mut inner_rd, mut inner_wr) = tokio::io::split(theirs);
+    let (pong_tx, mut pong_rx) = mpsc::channel::<Vec<u8>>(4);
+    tokio::spawn(async move {
+        loop {
+            match read_message(&mut rd).await {
+                Ok(Frame::Message(m)) => {
+                    if inner_wr.write_all(&m).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Frame::Ping(p)) => {
+                    let _ = pong_tx.send(p).await;
+                }
+                Ok(Frame::Close) | Err(_) => break,
+            }
+        }
+        let _ = inner_wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let bytes = tokio::select! {
+                r = inner_rd.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => frame(0x2, &buf[..n]),
+                },
+                Some(p) = pong_rx.recv() => frame(0xA, &p),
+            };
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.write_all(&frame(0x8, &1000u16.to_be_bytes())).await;
+        let _ = wr.shutdown().await;
+    });
+    ours
 }
 
 #[cfg(test)]

@@ -151,6 +151,7 @@ pub fn container(node: &Node, image: &Image, name: &str, script: &str) -> Contai
         log_path: None,
         stdin: false,
         stdin_once: false,
+        tty: false,
         vm: None,
     }
 }

@@ -267,3 +267,61 @@ fn a_pods_containers_share_ipc_and_uts_but_not_pids() {
     rt.remove_sandbox("pod-b").unwrap();
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
 }
+
+/// Reads `conn` until `want` has been seen (or panics after `WAIT`); returns all it read.
+fn read_until(conn: &mut std::os::unix::net::UnixStream, want: &str) -> String {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        assert!(Instant::now() < deadline, "no {want:?} from the terminal; got {:?}", String::from_utf8_lossy(&seen));
+        match conn.read(&mut buf) {
+            Ok(0) => panic!("the terminal closed before {want:?}; got {:?}", String::from_utf8_lossy(&seen)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn a_tty_container_has_a_controlling_terminal_that_attach_types_into_and_resizes() {
+    use std::io::Write;
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("tty")).unwrap();
+    let mut spec = container(&node, &image, "main", "exec sh -i");
+    spec.tty = true;
+    spec.stdin = true;
+    let id = rt.run_container("tty", &spec).unwrap();
+    let socket = rt.attach_socket(&id).expect("a tty container has an attach socket");
+    let resize = socket.with_file_name(agent::console::RESIZE_SOCKET);
+    assert!(resize.exists(), "{} is missing", resize.display());
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut sizer = std::os::unix::net::UnixStream::connect(&resize).unwrap();
+    sizer.write_all(b"101 33\n").unwrap();
+    // The size is applied by the shim's own thread: ask until it shows.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        conn.write_all(b"tty; stty size\n").unwrap();
+        let seen = read_until(&mut conn, "\n/ # ");
+        if seen.contains("33 101") {
+            assert!(seen.contains("/dev/pts/0"), "{seen:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the size never reached the terminal: {seen:?}");
+    }
+    conn.write_all(b"echo typed-$((6*7))\n").unwrap();
+    read_until(&mut conn, "typed-42");
+    conn.write_all(b"exit 4\n").unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(4));
+    // The terminal's output went to the log too, as stdout.
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    assert!(log.contains(" stdout F typed-42\r"), "{log}");
+    rt.remove_sandbox("tty").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}

@@ -104,7 +104,17 @@ fn aggregate_rules(level: &str) -> Vec<Value> {
             rule(
                 WRITE,
                 &[""],
-                &["configmaps", "events", "pods", "pods/exec", "pods/attach", "secrets", "serviceaccounts", "services"],
+                &[
+                    "configmaps",
+                    "events",
+                    "pods",
+                    "pods/exec",
+                    "pods/attach",
+                    "pods/portforward",
+                    "secrets",
+                    "serviceaccounts",
+                    "services",
+                ],
             ),
             rule(READ, &[""], &["secrets"]),
             rule(WRITE, &["apps"], &["deployments", "deployments/scale", "replicasets", "replicasets/scale"]),

@@ -494,14 +494,7 @@ impl Authz {
         let name = meta_str(obj, "name").unwrap_or("");
         let namespace = meta_str(obj, "namespace").filter(|_| kind.namespaced());
         let may = |verb: &str, resource: &str, target: &str| {
-            let attrs = Attributes::Resource(ResourceAttributes {
-                verb: verb.into(),
-                group: RBAC_GROUP.into(),
-                resource: resource.into(),
-                subresource: None,
-                namespace: namespace.map(str::to_string),
-                name: Some(target.to_string()),
-            });
+            let attrs = Attributes::resource(verb, RBAC_GROUP, resource, None, namespace, Some(target));
             self.decide(user, tenant, &attrs).allowed()
         };
         let groups = format!("{:?}", user.groups);

@@ -202,6 +202,10 @@ pub fn pod_uses_secret(pod: &Value, name: &str) -> bool {
     if list(spec, "imagePullSecrets").iter().any(|s| is(s.get("name"))) {
         return true;
     }
+    // A VM pod's root password (`api::vm`), which its node hashes for the guest.
+    if is(spec.pointer("/virtualMachine/passwordSecretRef/name")) {
+        return true;
+    }
     for volume in list(spec, "volumes") {
         if is(volume.pointer("/secret/secretName")) {
             return true;
@@ -245,23 +249,7 @@ pub async fn condition_holds(grant: &Grant, pods: &Registry, target: &Registry, 
 mod tests {
     use super::*;
 
-    fn req(
-        verb: &str,
-        group: &str,
-        resource: &str,
-        sub: Option<&str>,
-        ns: Option<&str>,
-        name: Option<&str>,
-    ) -> Attributes {
-        Attributes::Resource(ResourceAttributes {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-            subresource: sub.map(str::to_string),
-            namespace: ns.map(str::to_string),
-            name: name.map(str::to_string),
-        })
-    }
+    use Attributes as A;
 
     #[test]
     fn a_node_reaches_only_its_own_objects() {
@@ -270,54 +258,74 @@ mod tests {
         let a = Some("acme");
         let on = |d| d == IfPodOnNode("n1".into());
         let cases: Vec<(Attributes, Option<&str>, Option<&str>, Decision)> = vec![
-            (req("get", "", "nodes", None, None, Some("n1")), sys, None, Allow),
-            (req("patch", "", "nodes", Some("status"), None, Some("n1")), sys, None, Allow),
-            (req("update", "", "nodes", Some("status"), None, Some("n2")), sys, None, Deny),
-            (req("get", "", "nodes", None, None, Some("n1")), a, None, Deny),
-            (req("list", "", "nodes", None, None, None), sys, None, Deny),
-            (req("delete", "", "nodes", None, None, Some("n1")), sys, None, Deny),
-            (req("create", "", "nodes", None, None, None), sys, None, Allow),
-            (req("update", "coordination.k8s.io", "leases", None, Some(LEASE_NAMESPACE), Some("n1")), sys, None, Allow),
-            (req("get", "coordination.k8s.io", "leases", None, Some(LEASE_NAMESPACE), Some("n2")), sys, None, Deny),
-            (req("get", "coordination.k8s.io", "leases", None, Some("default"), Some("n1")), sys, None, Deny),
-            (req("list", "", "pods", None, None, None), None, Some("spec.nodeName=n1"), Allow),
-            (req("watch", "", "pods", None, Some("x"), None), a, Some("status.phase=Running,spec.nodeName==n1"), Allow),
-            (req("list", "", "pods", None, None, None), None, Some("spec.nodeName=n2"), Deny),
-            (req("list", "", "pods", None, None, None), None, Some("spec.nodeName!=n1"), Deny),
-            (req("list", "", "pods", None, None, None), None, None, Deny),
-            (req("create", "", "pods", None, Some("x"), None), a, None, Deny),
-            (req("update", "", "pods", None, Some("x"), Some("p")), a, None, Deny),
-            (req("deletecollection", "", "pods", None, Some("x"), None), a, None, Deny),
-            (req("create", "", "pods", Some("binding"), Some("x"), Some("p")), a, None, Deny),
-            (req("list", "", "secrets", None, Some("x"), None), a, None, Deny),
-            (req("get", "", "secrets", None, Some("x"), Some("s")), a, None, IfSecretOfPodOnNode("n1".into())),
-            (req("update", "", "secrets", None, Some("x"), Some("s")), a, None, Deny),
-            (req("list", "", "configmaps", None, None, None), sys, Some("spec.nodeName=n1"), Deny),
-            (req("create", "", "events", None, Some("x"), None), a, None, Allow),
-            (req("delete", "", "events", None, Some("x"), Some("e")), a, None, Deny),
-            (req("watch", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n1"), Allow),
-            (req("list", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n2"), Deny),
-            (req("list", "atoll.io", "actions", None, None, None), None, None, Deny),
-            (req("get", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, IfActionOnNode("n1".into())),
+            (A::resource("get", "", "nodes", None, None, Some("n1")), sys, None, Allow),
+            (A::resource("patch", "", "nodes", Some("status"), None, Some("n1")), sys, None, Allow),
+            (A::resource("update", "", "nodes", Some("status"), None, Some("n2")), sys, None, Deny),
+            (A::resource("get", "", "nodes", None, None, Some("n1")), a, None, Deny),
+            (A::resource("list", "", "nodes", None, None, None), sys, None, Deny),
+            (A::resource("delete", "", "nodes", None, None, Some("n1")), sys, None, Deny),
+            (A::resource("create", "", "nodes", None, None, None), sys, None, Allow),
             (
-                req("patch", "atoll.io", "actions", Some("status"), Some("x"), Some("a")),
+                A::resource("update", "coordination.k8s.io", "leases", None, Some(LEASE_NAMESPACE), Some("n1")),
+                sys,
+                None,
+                Allow,
+            ),
+            (
+                A::resource("get", "coordination.k8s.io", "leases", None, Some(LEASE_NAMESPACE), Some("n2")),
+                sys,
+                None,
+                Deny,
+            ),
+            (A::resource("get", "coordination.k8s.io", "leases", None, Some("default"), Some("n1")), sys, None, Deny),
+            (A::resource("list", "", "pods", None, None, None), None, Some("spec.nodeName=n1"), Allow),
+            (
+                A::resource("watch", "", "pods", None, Some("x"), None),
+                a,
+                Some("status.phase=Running,spec.nodeName==n1"),
+                Allow,
+            ),
+            (A::resource("list", "", "pods", None, None, None), None, Some("spec.nodeName=n2"), Deny),
+            (A::resource("list", "", "pods", None, None, None), None, Some("spec.nodeName!=n1"), Deny),
+            (A::resource("list", "", "pods", None, None, None), None, None, Deny),
+            (A::resource("create", "", "pods", None, Some("x"), None), a, None, Deny),
+            (A::resource("update", "", "pods", None, Some("x"), Some("p")), a, None, Deny),
+            (A::resource("deletecollection", "", "pods", None, Some("x"), None), a, None, Deny),
+            (A::resource("create", "", "pods", Some("binding"), Some("x"), Some("p")), a, None, Deny),
+            (A::resource("list", "", "secrets", None, Some("x"), None), a, None, Deny),
+            (A::resource("get", "", "secrets", None, Some("x"), Some("s")), a, None, IfSecretOfPodOnNode("n1".into())),
+            (A::resource("update", "", "secrets", None, Some("x"), Some("s")), a, None, Deny),
+            (A::resource("list", "", "configmaps", None, None, None), sys, Some("spec.nodeName=n1"), Deny),
+            (A::resource("create", "", "events", None, Some("x"), None), a, None, Allow),
+            (A::resource("delete", "", "events", None, Some("x"), Some("e")), a, None, Deny),
+            (A::resource("watch", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n1"), Allow),
+            (A::resource("list", "atoll.io", "actions", None, None, None), None, Some("spec.nodeName=n2"), Deny),
+            (A::resource("list", "atoll.io", "actions", None, None, None), None, None, Deny),
+            (
+                A::resource("get", "atoll.io", "actions", None, Some("x"), Some("a")),
                 a,
                 None,
                 IfActionOnNode("n1".into()),
             ),
-            (req("update", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
-            (req("create", "atoll.io", "actions", None, Some("x"), None), a, None, Deny),
-            (req("delete", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
+            (
+                A::resource("patch", "atoll.io", "actions", Some("status"), Some("x"), Some("a")),
+                a,
+                None,
+                IfActionOnNode("n1".into()),
+            ),
+            (A::resource("update", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
+            (A::resource("create", "atoll.io", "actions", None, Some("x"), None), a, None, Deny),
+            (A::resource("delete", "atoll.io", "actions", None, Some("x"), Some("a")), a, None, Deny),
             (Attributes::NonResource { verb: "get".into(), path: "/api".into() }, sys, None, Deny),
         ];
         for (attrs, tenant, fields, want) in cases {
             assert_eq!(decide("n1", tenant, &attrs, fields), want, "{attrs:?} in {tenant:?} with {fields:?}");
         }
         for attrs in [
-            req("get", "", "pods", None, Some("x"), Some("p")),
-            req("delete", "", "pods", None, Some("x"), Some("p")),
-            req("update", "", "pods", Some("status"), Some("x"), Some("p")),
-            req("patch", "", "pods", Some("status"), Some("x"), Some("p")),
+            A::resource("get", "", "pods", None, Some("x"), Some("p")),
+            A::resource("delete", "", "pods", None, Some("x"), Some("p")),
+            A::resource("update", "", "pods", Some("status"), Some("x"), Some("p")),
+            A::resource("patch", "", "pods", Some("status"), Some("x"), Some("p")),
         ] {
             assert!(on(decide("n1", a, &attrs, None)), "{attrs:?}");
         }
@@ -327,13 +335,14 @@ mod tests {
     fn secrets_a_pod_uses() {
         let pod = serde_json::json!({"spec": {
             "imagePullSecrets": [{"name": "pull"}],
+            "virtualMachine": {"passwordSecretRef": {"name": "vmpw", "key": "k"}},
             "volumes": [{"name": "v", "secret": {"secretName": "vol"}},
                         {"name": "p", "projected": {"sources": [{"secret": {"name": "proj"}}]}}],
             "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "from"}}]}],
             "containers": [{"name": "c", "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "key", "key": "k"}}},
                                                 {"name": "F", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]}],
         }});
-        for used in ["pull", "vol", "proj", "from", "key"] {
+        for used in ["pull", "vol", "proj", "from", "key", "vmpw"] {
             assert!(pod_uses_secret(&pod, used), "{used}");
         }
         for unused in ["cm", "v", "c", ""] {

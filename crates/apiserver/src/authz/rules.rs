@@ -182,6 +182,28 @@ pub enum Attributes {
     NonResource { verb: String, path: String },
 }
 
+impl Attributes {
+    /// A request on a resource: `verb` on `group`/`resource`[/`subresource`], in `namespace` (or cluster-wide),
+    /// on the object `name` (or the collection).
+    pub fn resource(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Attributes {
+        Attributes::Resource(ResourceAttributes {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: subresource.map(str::to_string),
+            namespace: namespace.map(str::to_string),
+            name: name.map(str::to_string),
+        })
+    }
+}
+
 /// What a binding points at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleRef {
@@ -435,23 +457,7 @@ mod tests {
         }
     }
 
-    fn res(
-        verb: &str,
-        group: &str,
-        resource: &str,
-        sub: Option<&str>,
-        ns: Option<&str>,
-        name: Option<&str>,
-    ) -> Attributes {
-        Attributes::Resource(ResourceAttributes {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-            subresource: sub.map(str::to_string),
-            namespace: ns.map(str::to_string),
-            name: name.map(str::to_string),
-        })
-    }
+    use Attributes as A;
 
     fn binding(name: &str, cluster: bool, role: &str, subjects: Vec<Subject>) -> Binding {
         Binding { name: name.into(), role: RoleRef { cluster, name: role.into() }, subjects }
@@ -510,74 +516,99 @@ mod tests {
         let bot = UserRef { name: "system:serviceaccount:ops:bot", groups: &auth };
         let other_bot = UserRef { name: "system:serviceaccount:team:bot", groups: &auth };
         let cases: Vec<(&str, UserRef, Attributes, bool)> = vec![
-            ("group reader lists pods anywhere", reader, res("list", "", "pods", None, Some("x"), None), true),
-            ("group reader watches pods cluster-wide", reader, res("watch", "", "pods", None, None, None), true),
-            ("group reader cannot delete pods", reader, res("delete", "", "pods", None, Some("x"), Some("p")), false),
+            ("group reader lists pods anywhere", reader, A::resource("list", "", "pods", None, Some("x"), None), true),
+            (
+                "group reader watches pods cluster-wide",
+                reader,
+                A::resource("watch", "", "pods", None, None, None),
+                true,
+            ),
+            (
+                "group reader cannot delete pods",
+                reader,
+                A::resource("delete", "", "pods", None, Some("x"), Some("p")),
+                false,
+            ),
             (
                 "reader's pods rule is not pods/log",
                 reader,
-                res("get", "", "pods", Some("log"), Some("x"), Some("p")),
+                A::resource("get", "", "pods", Some("log"), Some("x"), Some("p")),
                 false,
             ),
-            ("reader has no apps pods", reader, res("get", "apps", "pods", None, Some("x"), Some("p")), false),
-            ("alice has nothing cluster-wide", alice, res("list", "", "pods", None, None, None), false),
+            ("reader has no apps pods", reader, A::resource("get", "apps", "pods", None, Some("x"), Some("p")), false),
+            ("alice has nothing cluster-wide", alice, A::resource("list", "", "pods", None, None, None), false),
             (
                 "alice gets the named configmap",
                 alice,
-                res("get", "", "configmaps", None, Some("team"), Some("settings")),
+                A::resource("get", "", "configmaps", None, Some("team"), Some("settings")),
                 true,
             ),
             (
                 "alice's wildcard verb covers patch",
                 alice,
-                res("patch", "", "configmaps", None, Some("team"), Some("settings")),
+                A::resource("patch", "", "configmaps", None, Some("team"), Some("settings")),
                 true,
             ),
             (
                 "resourceNames: another name",
                 alice,
-                res("get", "", "configmaps", None, Some("team"), Some("other")),
+                A::resource("get", "", "configmaps", None, Some("team"), Some("other")),
                 false,
             ),
-            ("resourceNames: list has no name", alice, res("list", "", "configmaps", None, Some("team"), None), false),
+            (
+                "resourceNames: list has no name",
+                alice,
+                A::resource("list", "", "configmaps", None, Some("team"), None),
+                false,
+            ),
             (
                 "resourceNames: create has no name",
                 alice,
-                res("create", "", "configmaps", None, Some("team"), None),
+                A::resource("create", "", "configmaps", None, Some("team"), None),
                 false,
             ),
             (
                 "a Role stays in its namespace",
                 alice,
-                res("get", "", "configmaps", None, Some("prod"), Some("settings")),
+                A::resource("get", "", "configmaps", None, Some("prod"), Some("settings")),
                 false,
             ),
             (
                 "*/scale matches any scale",
                 alice,
-                res("create", "", "deployments", Some("scale"), Some("team"), Some("d")),
+                A::resource("create", "", "deployments", Some("scale"), Some("team"), Some("d")),
                 true,
             ),
-            ("*/scale is not the resource", alice, res("create", "", "deployments", None, Some("team"), None), false),
+            (
+                "*/scale is not the resource",
+                alice,
+                A::resource("create", "", "deployments", None, Some("team"), None),
+                false,
+            ),
             (
                 "cluster role via RoleBinding",
                 bot,
-                res("deletecollection", "apps", "deployments", None, Some("ops"), None),
+                A::resource("deletecollection", "apps", "deployments", None, Some("ops"), None),
                 true,
             ),
             (
                 "... only in that namespace",
                 bot,
-                res("deletecollection", "apps", "deployments", None, Some("team"), None),
+                A::resource("deletecollection", "apps", "deployments", None, Some("team"), None),
                 false,
             ),
             (
                 "a same-named account elsewhere",
                 other_bot,
-                res("deletecollection", "apps", "deployments", None, Some("ops"), None),
+                A::resource("deletecollection", "apps", "deployments", None, Some("ops"), None),
                 false,
             ),
-            ("subresource by name", alice, res("get", "", "pods", Some("status"), Some("team"), Some("p")), true),
+            (
+                "subresource by name",
+                alice,
+                A::resource("get", "", "pods", Some("status"), Some("team"), Some("p")),
+                true,
+            ),
             ("exact URL", alice, Attributes::NonResource { verb: "get".into(), path: "/healthz".into() }, true),
             ("URL prefix", alice, Attributes::NonResource { verb: "get".into(), path: "/logs/kubelet/x".into() }, true),
             ("URL prefix bound", alice, Attributes::NonResource { verb: "get".into(), path: "/logsx".into() }, false),
@@ -589,7 +620,7 @@ mod tests {
             assert_eq!(got.allowed(), want, "{what}: {got:?}");
             assert_eq!(p.allows(&user, &attrs), want, "{what}: the fast path agrees");
         }
-        let reason = p.authorize(&alice, &res("get", "", "configmaps", None, Some("team"), Some("settings")));
+        let reason = p.authorize(&alice, &A::resource("get", "", "configmaps", None, Some("team"), Some("settings")));
         assert_eq!(
             reason,
             Decision::Allow(

@@ -51,6 +51,8 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
             F { num: 4, name: "kernelCommandLine", card: C::One, ty: T::Str },
             F { num: 5, name: "userData", card: C::One, ty: T::Str },
             F { num: 6, name: "resources", card: C::One, ty: T::Msg("k8s.io.api.core.v1.ResourceRequirements") },
+            F { num: 7, name: "sshAuthorizedKeys", card: C::Many, ty: T::Str },
+            F { num: 8, name: "passwordSecretRef", card: C::One, ty: T::Msg("k8s.io.api.core.v1.SecretKeySelector") },
         ],
     ),
 ];

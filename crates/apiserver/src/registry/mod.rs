@@ -1027,9 +1027,11 @@ impl Registry {
                 ));
             }
             // Unredacted: the kind's update rules may need what is stored but never shown
-            // (a User keeps its password hash); `old` itself is never handed out.
+            // (a User keeps its password hash); `old` itself is never handed out. Decoded
+            // once: a copy is cheaper than a second parse of the same bytes.
+            let stored = decode_stored(&current.value, current.mod_revision)?;
             let old = {
-                let mut o = decode_stored(&current.value, current.mod_revision)?;
+                let mut o = stored.clone();
                 self.strategy.stored_to_view(&mut o);
                 o
             };
@@ -1037,7 +1039,7 @@ impl Registry {
             self.strategy.prepare_for_update(&mut new, &old, subresource);
             self.record(Some(&old), &mut new, subresource, opts);
             // After the ownership record: stored-only fields are nobody's to own.
-            self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut new);
+            self.strategy.carry_over(&stored, &mut new);
             let mut errors = self.validate_meta(&object::meta(&new)?);
             errors.extend(self.strategy.validate(&new));
             errors.extend(self.strategy.validate_update(&new, &old));
@@ -1096,14 +1098,17 @@ impl Registry {
         loop {
             let (current, _) = self.store.get(key.clone(), None).await?;
             let current = current.ok_or_else(|| self.not_found(name))?;
-            let mut obj = self.decode(&current.value, current.mod_revision)?;
+            let was = decode_stored(&current.value, current.mod_revision)?;
+            let mut obj = was.clone();
+            self.strategy.stored_to_view(&mut obj);
+            self.strategy.redact(&mut obj);
             change(&mut obj)?;
             let errors = self.strategy.validate(&obj);
             if !errors.is_empty() {
                 return Err(self.invalid(name, errors));
             }
             let mut stored = obj.clone();
-            self.strategy.carry_over(&decode_stored(&current.value, current.mod_revision)?, &mut stored);
+            self.strategy.carry_over(&was, &mut stored);
             match self.store.update(key.clone(), self.encode(&stored)?, current.mod_revision).await? {
                 Ok(revision) => {
                     set_rv(&mut obj, revision);

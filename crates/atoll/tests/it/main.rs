@@ -1,6 +1,7 @@
 //! End-to-end tests that drive the real `atoll` binary.
 
 mod actions;
+mod admission;
 mod authn;
 mod compaction;
 mod controllers;

@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::server::{Kubectl, Proc, kubectl_binary};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "s3cret-pull";
+pub(crate) const USER: &str = "alice";
+pub(crate) const PASSWORD: &str = "s3cret-pull";
 
 fn need(program: &str, package: &str) -> Result<PathBuf> {
     let found =
@@ -24,7 +24,7 @@ fn need(program: &str, package: &str) -> Result<PathBuf> {
     found.with_context(|| format!("{program} is missing: install Debian's {package} (scripts/lib.sh does)"))
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     ensure!(
         out.status.success(),
@@ -35,7 +35,7 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn atoll(args: &[&str]) -> Command {
+pub(crate) fn atoll(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_atoll"));
     c.args(args);
     c
@@ -92,7 +92,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// Starts `docker-registry` on 127.0.0.1 with TLS and htpasswd auth; returns it and its address.
-fn start_registry(dir: &Path) -> Result<(Proc, String)> {
+pub(crate) fn start_registry(dir: &Path) -> Result<(Proc, String)> {
     let registry = need("docker-registry", "docker-registry")?;
     need("htpasswd", "apache2-utils")?;
     need("openssl", "openssl")?;
@@ -132,7 +132,7 @@ fn start_registry(dir: &Path) -> Result<(Proc, String)> {
 }
 
 /// A Docker config file holding the test user's credentials for `addr`.
-fn docker_config(dir: &Path, addr: &str) -> Result<PathBuf> {
+pub(crate) fn docker_config(dir: &Path, addr: &str) -> Result<PathBuf> {
     let path = dir.join("docker-config.json");
     let auth = run(Command::new("sh").args(["-c", &format!("printf %s '{USER}:{PASSWORD}' | base64 -w0")]))?;
     std::fs::write(&path, format!(r#"{{"auths": {{"{addr}": {{"auth": "{auth}"}}}}}}"#))?;

@@ -332,3 +332,318 @@ fn logs_exec_attach_and_cp_through_the_api_server() -> Result<()> {
     drop(cluster);
     Ok(())
 }
+
+/// kubectl on a terminal of its own: `script(1)` runs it on a pseudo-terminal whose input
+/// is what the test types and whose output the test reads.
+struct Terminal {
+    child: Proc,
+    input: std::process::ChildStdin,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    /// `shell` runs under script(1) on the terminal (its size set first: 40 rows, 100 columns).
+    fn start(shell: &str) -> Result<Terminal> {
+        let inner = format!("stty rows 40 cols 100; {shell}");
+        let mut child = Proc(
+            Command::new("script")
+                .args(["-qefc", &inner, "/dev/null"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?,
+        );
+        let input = child.0.stdin.take().context("stdin")?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for mut out in [
+            Box::new(child.0.stdout.take().context("stdout")?) as Box<dyn Read + Send>,
+            Box::new(child.0.stderr.take().context("stderr")?),
+        ] {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Ok(Terminal { child, input, seen })
+    }
+
+    fn text(&self) -> String {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn wait_for(&self, want: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while !self.text().contains(want) {
+            ensure!(Instant::now() < deadline, "no {want:?} on the terminal: {:?}", self.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, text: &str) -> Result<()> {
+        std::io::Write::write_all(&mut self.input, text.as_bytes())?;
+        Ok(std::io::Write::flush(&mut self.input)?)
+    }
+
+    /// Types `line` every two seconds until `want` shows (typed text is echoed, so `want`
+    /// must be something only running `line` prints).
+    fn type_until(&mut self, line: &str, want: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.send(&format!("{line}\r"))?;
+            if self.wait_for(want, Duration::from_secs(2)).is_ok() {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "{line:?} never printed {want:?}: {:?}", self.text());
+        }
+    }
+
+    fn exit_code(mut self, within: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.0.try_wait()? {
+                return Ok(s.code());
+            }
+            ensure!(Instant::now() < deadline, "kubectl still running: {:?}", self.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn kubectl_line(k: &Kubectl, args: &str) -> String {
+    format!(
+        "{} --kubeconfig {} --cache-dir {} {args}",
+        k.bin.display(),
+        k.kubeconfig.display(),
+        k.cache.path().display()
+    )
+}
+
+/// The marker `stty size` prints in the container: `S<rows>x<cols>`.
+const SIZE: &str = "echo S$(stty size | tr ' ' x)";
+
+#[test]
+fn tty_containers_run_attach_exec_and_resize() -> Result<()> {
+    let node = "tty-e2e-node";
+    let cluster = start(node)?;
+    let dir = cluster.dir.path();
+    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
+    admin.eventually(&["get", "node", node])?;
+    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
+    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
+    ann.eventually(&["get", "serviceaccount", "default"])?;
+
+    // `kubectl run -it --rm`: a shell on a terminal; the window's size reaches it, at the
+    // start and when the window changes (the background `stty` resizes kubectl's terminal,
+    // which signals kubectl); `exit` ends it and --rm deletes the pod.
+    for minor in [27, 33] {
+        let k = kubectl(minor, &ann.kubeconfig)?;
+        let pod = format!("run-{minor}");
+        let run = kubectl_line(
+            &k,
+            &format!("run -it --rm {pod} --image=busybox --image-pull-policy=IfNotPresent --restart=Never -- sh"),
+        );
+        let mut term = Terminal::start(&format!("(sleep 8; stty rows 50 cols 130) </dev/tty & exec {run}"))?;
+        term.wait_for("try pressing enter", Duration::from_secs(90))?;
+        term.type_until("echo T$((6*7)); tty", "T42")?;
+        term.wait_for("/dev/pts/0", Duration::from_secs(5))?;
+        term.type_until(SIZE, "S40x100")?;
+        term.type_until(SIZE, "S50x130")?;
+        term.send("exit\r")?;
+        let code = term.exit_code(Duration::from_secs(60))?;
+        ensure!(code == Some(0), "1.{minor} run -it exit {code:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ann.run(&["get", "pod", &pod], None)?.status.success() {
+            ensure!(Instant::now() < deadline, "1.{minor}: --rm left pod {pod}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    // A tty pod: `exec -it` into it gets a terminal of its own; `attach -it` reaches the
+    // container's terminal (typed keys, output live, window size), and its shell's `exit`
+    // ends the attach.
+    for minor in [27, 30, 33] {
+        let pod = format!("term-{minor}");
+        let term_pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                                     "stdin": true, "tty": true, "command": ["sh"]}]}});
+        ann.ok_with(&["create", "-f", "-"], Some(&term_pod.to_string()))?;
+        ann.ok(&["wait", &format!("pod/{pod}"), "--for=condition=Ready", "--timeout=60s"])?;
+        let k = kubectl(minor, &ann.kubeconfig)?;
+        let exec = kubectl_line(&k, &format!("exec -it {pod} -- sh -c 'test -t 0 && echo E$((2+3)); stty size'"));
+        let term = Terminal::start(&exec)?;
+        term.wait_for("E5", Duration::from_secs(30))?;
+        term.wait_for("40 100", Duration::from_secs(5))?;
+        ensure!(term.exit_code(Duration::from_secs(30))? == Some(0), "1.{minor} exec -it");
+
+        let mut term = Terminal::start(&kubectl_line(&k, &format!("attach -it {pod}")))?;
+        term.type_until("echo A$((40+2))", "A42")?;
+        term.type_until(SIZE, "S40x100")?;
+        term.send("exit 3\r")?;
+        let code = term.exit_code(Duration::from_secs(60))?;
+        ensure!(code.is_some(), "1.{minor} attach -it ended by a signal");
+        ann.ok(&[
+            "wait",
+            &format!("pod/{pod}"),
+            "--for=jsonpath={.status.containerStatuses[0].state.terminated.exitCode}=3",
+            "--timeout=30s",
+        ])?;
+        // The terminal's output is the container's log.
+        let log = ann.ok(&["logs", &pod])?;
+        ensure!(log.contains("A42"), "1.{minor} log of a tty container: {log:?}");
+    }
+    ann.ok(&["delete", "pods", "--all", "--grace-period=1", "--timeout=60s"])?;
+    drop(cluster);
+    Ok(())
+}
+
+/// Waits until `path` (a process's output) contains `want`; its text.
+fn wait_in_file(path: &Path, want: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path)?;
+        if text.contains(want) {
+            return Ok(text);
+        }
+        ensure!(Instant::now() < deadline, "no {want:?} in {text:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A loopback port nobody listens on (for kubectl to listen on).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One connection through a forwarded port: the pod greets, echoes a line back, and on
+/// `many` sends 20,000 numbered lines (about 108 KB, several frames).
+fn talk_through(port: u16) -> Result<()> {
+    use std::io::Write;
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line == "hello\n", "greeting {line:?}");
+    (&conn).write_all(b"ping\n")?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    ensure!(line == "echo ping\n", "echo {line:?}");
+    (&conn).write_all(b"many\n")?;
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest)?;
+    let numbers: Vec<&str> = rest.lines().collect();
+    ensure!(numbers.len() == 20000 && numbers[19999] == "20000", "{} lines, last {:?}", numbers.len(), numbers.last());
+    Ok(())
+}
+
+#[test]
+fn port_forward_through_the_api_server() -> Result<()> {
+    let node = "pf-e2e-node";
+    let cluster = start(node)?;
+    let dir = cluster.dir.path();
+    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
+    admin.eventually(&["get", "node", node])?;
+    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("globex", &["gus"])))?;
+    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
+    ann.eventually(&["get", "serviceaccount", "default"])?;
+    let server = "printf '#!/bin/sh\\necho hello\\nread l\\necho echo $l\\nread l\\nseq 1 20000\\n' > /tmp/reply; \
+                  chmod +x /tmp/reply; exec nc -ll -p 8080 -e /tmp/reply";
+    ann.ok_with(&["create", "-f", "-"], Some(&pod("web", server, "Always")))?;
+    ann.ok(&["wait", "pod/web", "--for=condition=Ready", "--timeout=60s"])?;
+    // Ready is the container started, not nc listening (8080 is 1F90;
+    // busybox nc listens on IPv6).
+    let listening = "for i in $(seq 300); do cat /proc/net/tcp /proc/net/tcp6 | grep -q ':1F90 ' && exit 0; sleep 0.1; \
+                     done; exit 1";
+    ann.ok(&["exec", "web", "--", "sh", "-c", listening])?;
+
+    // kubectl 1.27 and 1.30 speak SPDY; 1.33 tunnels SPDY in WebSocket messages (a GET),
+    // and falls back to SPDY (a POST) when told not to tunnel.
+    for (minor, websockets) in [(27, None), (30, None), (33, None), (33, Some("false"))] {
+        let k = kubectl(minor, &ann.kubeconfig)?;
+        let local = free_port()?;
+        let mut cmd = k.command(&["port-forward", "-v=6", "pod/web", &format!("{local}:8080")]);
+        if let Some(v) = websockets {
+            cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", v);
+        }
+        // Output to files: kubectl dies of SIGPIPE when a pipe's reader goes away.
+        let log = tempfile::NamedTempFile::new()?;
+        let forward = Proc(cmd.stdout(log.reopen()?).stderr(log.reopen()?).spawn()?);
+        wait_in_file(log.path(), "Forwarding from 127.0.0.1")?;
+        // Two connections one after the other, then two at once, over the one upgrade.
+        let said = || {
+            std::thread::sleep(Duration::from_secs(1));
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        };
+        talk_through(local).with_context(|| format!("1.{minor} first connection; kubectl said {}", said()))?;
+        talk_through(local).with_context(|| format!("1.{minor} second connection"))?;
+        let parallel = std::thread::spawn(move || talk_through(local));
+        talk_through(local).with_context(|| format!("1.{minor} parallel connection"))?;
+        parallel.join().map_err(|_| anyhow::anyhow!("thread"))??;
+        drop(forward);
+        let verbose = std::fs::read_to_string(log.path())?;
+        let upgrade = verbose.lines().find(|l| l.contains("/portforward") && l.contains("101")).unwrap_or("");
+        let method = if minor == 33 && websockets.is_none() { "GET" } else { "POST" };
+        ensure!(upgrade.contains(method), "1.{minor} (websockets {websockets:?}) upgraded with: {verbose}");
+    }
+
+    // The Python client speaks Kubernetes' WebSocket port-forward (channels, ports in the query).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python/port_forward.py");
+    let out = Command::new("python3").arg(&script).arg(&ann.kubeconfig).output().context("python3")?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "the Python client's port-forward (pip install kubernetes): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A port nothing listens on: the connection ends and kubectl reports the pod's refusal.
+    let k = kubectl(33, &ann.kubeconfig)?;
+    let local = free_port()?;
+    let log = tempfile::NamedTempFile::new()?;
+    let forward = Proc(
+        k.command(&["port-forward", "pod/web", &format!("{local}:9999")])
+            .stdout(log.reopen()?)
+            .stderr(log.reopen()?)
+            .spawn()?,
+    );
+    wait_in_file(log.path(), "Forwarding from 127.0.0.1")?;
+    let conn = std::net::TcpStream::connect(("127.0.0.1", local))?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut got = Vec::new();
+    let _ = (&conn).read_to_end(&mut got);
+    ensure!(got.is_empty(), "bytes from a closed port: {got:?}");
+    wait_in_file(log.path(), "error forwarding port 9999")?;
+    drop(forward);
+
+    // Rights: a viewer may not forward; another tenant cannot tell the pod exists.
+    ann.ok(&["create", "rolebinding", "vic-views", "--clusterrole=view", "--user=vic"])?;
+    let vic = kubectl(27, &kubeconfig_for(dir, "acme", "vic")?)?;
+    vic.eventually(&["get", "pod", "web"])?;
+    let refused = vic.fails(&["port-forward", "pod/web", &format!("{}:8080", free_port()?)])?;
+    ensure!(refused.contains("forbidden") && refused.contains("pods/portforward"), "vic: {refused}");
+    let gus = kubectl(33, &kubeconfig_for(dir, "globex", "gus")?)?;
+    gus.eventually(&["get", "namespace", "default"])?;
+    let refused = gus.fails(&["port-forward", "pod/web", &format!("{}:8080", free_port()?)])?;
+    ensure!(refused.contains("pods \"web\" not found") && !refused.contains("acme"), "gus: {refused}");
+    for path in [
+        "/api/v1/tenants/acme/namespaces/default/pods/web/portforward",
+        "/tenants/acme/api/v1/namespaces/default/pods/web/portforward",
+    ] {
+        let refused = gus.fails(&["create", "--raw", path, "-f", "/dev/null"])?;
+        ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "gus raw: {refused}");
+    }
+    ann.ok(&["delete", "pods", "--all", "--grace-period=1", "--timeout=60s"])?;
+    drop(cluster);
+    Ok(())
+}

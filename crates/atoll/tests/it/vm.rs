@@ -34,25 +34,283 @@ pub(crate) fn build_image(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
     Ok(())
 }
 
-/// The guest image `busybox-vm` (our initramfs on the guest kernel) in `dir`'s image store.
+/// The guest image `busybox-vm` (our initramfs and guest agent on the guest kernel) in
+/// `dir`'s image store.
 pub(crate) fn build_vm_image(dir: &Path) -> Result<()> {
+    build_vm_image_with(dir, &[])
+}
+
+/// `build_vm_image` with more arguments (`--name`, `--no-guest-agent`).
+pub(crate) fn build_vm_image_with(dir: &Path, more: &[&str]) -> Result<()> {
     let (kernel, modules) = guest_kernel()?;
-    let args = [
+    let guest = Path::new(env!("CARGO_BIN_EXE_atoll-guest"));
+    let mut args = vec![
         "build-busybox-vm".as_ref(),
         "--kernel".as_ref(),
         kernel.as_os_str(),
         "--modules".as_ref(),
         modules.as_os_str(),
     ];
+    if !more.contains(&"--no-guest-agent") {
+        args.extend(["--guest".as_ref(), guest.as_os_str()]);
+    }
+    args.extend(more.iter().map(std::ffi::OsStr::new));
     build_image(dir, &args)
+}
+
+/// A boot sector that writes the ready marker to the first serial port and halts: the
+/// smallest bootable disk there is (`cld; xor ax,ax; mov ds,ax; mov si,msg; mov dx,0x3f8;
+/// lodsb/out until NUL; hlt`).
+fn marker_disk() -> Vec<u8> {
+    let mut s = vec![0u8; 512];
+    let code = [
+        0xfc, 0x31, 0xc0, 0x8e, 0xd8, 0xbe, 0x16, 0x7c, 0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb,
+        0xf8, 0xf4, 0xeb, 0xfd,
+    ];
+    s[..code.len()].copy_from_slice(&code);
+    let msg = b"disk-only guest\r\natoll-guest: ready\r\n\0";
+    s[code.len()..code.len() + msg.len()].copy_from_slice(msg);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s.resize(1 << 20, 0);
+    s
+}
+
+/// VM images come from a registry as container images do: `busybox-vm` pushed to a real
+/// `docker-registry` (TLS, basic auth) is pulled by the node with the pod's
+/// `imagePullSecrets` and `imagePullPolicy: Always`, boots, and answers exec. A plain disk
+/// file imported with `atoll image import --vm-disk` is a VM image too, booted by the firmware.
+#[test]
+fn vm_images_come_from_a_registry_or_a_disk_file() -> Result<()> {
+    use crate::registry::{PASSWORD, USER, atoll, docker_config, run, start_registry};
+    require_tools(&["qemu-system-x86_64", "qemu-img", "mke2fs"])?;
+    let reg = tempfile::tempdir()?;
+    let (registry, addr) = start_registry(reg.path())?;
+    let _registry = registry;
+    let ca = reg.path().join("ca.pem");
+    let ca = ca.to_str().context("path")?;
+    let creds = docker_config(reg.path(), &addr)?;
+    let seed = tempfile::tempdir()?;
+    build_vm_image(seed.path())?;
+    let image = format!("{addr}/vms/busybox-vm:v1");
+    let seed_arg = seed.path().to_str().context("path")?;
+    let creds_arg = creds.to_str().context("path")?;
+    let pushed = run(atoll(&["image", "push", "busybox-vm", &image, "--data-dir", seed_arg]).args([
+        "--registry-ca",
+        ca,
+        "--registry-config",
+        creds_arg,
+    ]))?;
+    ensure!(pushed.starts_with("pushed "), "{pushed}");
+
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("marker.raw");
+    std::fs::write(&disk, marker_disk())?;
+    build_image(
+        dir.path(),
+        &["import".as_ref(), disk.as_os_str(), "--vm-disk".as_ref(), "--name".as_ref(), "diskonly:v1".as_ref()],
+    )?;
+    let (cluster, k, bridge) = vm_cluster_with(dir.path(), "vm-pull-node", "atp", 60, &["--registry-ca", ca])?;
+    let result = (|| -> Result<()> {
+        k.ok(&[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            &format!("--docker-server={addr}"),
+            &format!("--docker-username={USER}"),
+            &format!("--docker-password={PASSWORD}"),
+        ])?;
+        let mut pulled: serde_json::Value = serde_json::from_str(&vm_pod_of("pulled", &image, "echo up"))?;
+        pulled["spec"]["virtualMachine"]["imagePullPolicy"] = serde_json::json!("Always");
+        pulled["spec"]["imagePullSecrets"] = serde_json::json!([{"name": "regcred"}]);
+        k.ok_with(&["create", "-f", "-"], Some(&pulled.to_string()))?;
+        k.ok_with(&["create", "-f", "-"], Some(&vm_pod_of("disk", "diskonly:v1", "")))?;
+        k.ok(&["wait", "pod/pulled", "pod/disk", "--for=jsonpath={.status.phase}=Running", "--timeout=180s"])?;
+        let events = k.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=pulled",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])?;
+        ensure!(events.contains("Pulling") && events.contains("Pulled"), "no pull events for the VM image: {events}");
+        let echoed = k.ok(&["exec", "pulled", "-c", "vm", "--", "echo", "pulled and running"])?;
+        ensure!(echoed == "pulled and running\n", "exec into the pulled VM: {echoed:?}");
+        k.ok(&["wait", "pod/disk", "--for=condition=Ready", "--timeout=60s"])?;
+        let log = console(dir.path(), &k, "disk")?;
+        ensure!(log.contains("disk-only guest"), "the disk's boot sector did not run: {log}");
+        let uids: Vec<String> = ["pulled", "disk"]
+            .iter()
+            .map(|p| k.ok(&["get", "pod", p, "-o", "jsonpath={.metadata.uid}"]))
+            .collect::<Result<_>>()?;
+        k.ok(&["delete", "pod", "pulled", "disk", "--timeout=60s"])?;
+        for uid in &uids {
+            ensure!(qemu_processes(uid)?.is_empty(), "a qemu of pod {uid} is left");
+            ensure!(!dir.path().join(format!("agent/vm/{uid}")).exists(), "pod {uid}'s VM folder is left");
+        }
+        Ok(())
+    })();
+    let mut cluster = cluster;
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(30)))
+}
+
+/// `kubectl exec` into a VM pod goes through the guest agent: the command runs in the
+/// guest (as root, in its own root file system), with stdin, stdout, stderr and its exit
+/// code; a VM whose image has no agent answers with a clear error, not a hang.
+/// Credentials: the VM's authorized key and root's password hash (from a Secret, hashed on
+/// the node) are in the guest; the password's plain text is in no process's command line
+/// and no file under the agent's data folder; bad credentials fields are a 422.
+#[test]
+fn vm_exec_goes_through_the_guest_agent() -> Result<()> {
+    require_tools(&["qemu-system-x86_64", "qemu-img", "mke2fs"])?;
+    let dir = tempfile::tempdir()?;
+    build_vm_image(dir.path())?;
+    build_vm_image_with(dir.path(), &["--name", "bare-vm:latest", "--no-guest-agent"])?;
+    let (cluster, k, bridge) = vm_cluster(dir.path(), "vm-exec-node", "ate", 100)?;
+    let result = (|| -> Result<()> {
+        // Credentials that are not keys or references: 422, naming each field.
+        let mut bad: serde_json::Value = serde_json::from_str(&vm_pod("bad", "true"))?;
+        bad["spec"]["virtualMachine"]["sshAuthorizedKeys"] = serde_json::json!(["not a key"]);
+        bad["spec"]["virtualMachine"]["passwordSecretRef"] = serde_json::json!({"name": "vm-root"});
+        let out = k.run(&["create", "-f", "-", "-v=6"], Some(&bad.to_string()))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success()
+                && stderr.contains("422")
+                && stderr.contains("spec.virtualMachine.sshAuthorizedKeys[0]: Invalid value")
+                && stderr.contains("spec.virtualMachine.passwordSecretRef.key: Required value"),
+            "bad credentials: {stderr}"
+        );
+        let password = "Plain-Text-Pa55word-e2e";
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNvbWUta2V5LWZvci10aGUtZTJl e2e@atoll";
+        k.ok(&["create", "secret", "generic", "vm-root", &format!("--from-literal=password={password}")])?;
+        let mut vm1: serde_json::Value = serde_json::from_str(&vm_pod("vm1", "echo up"))?;
+        vm1["spec"]["virtualMachine"]["sshAuthorizedKeys"] = serde_json::json!([key]);
+        vm1["spec"]["virtualMachine"]["passwordSecretRef"] = serde_json::json!({"name": "vm-root", "key": "password"});
+        k.ok_with(&["create", "-f", "-"], Some(&vm1.to_string()))?;
+        // A Secret that does not exist: the VM waits, as a container with a missing Secret does.
+        let mut lost: serde_json::Value = serde_json::from_str(&vm_pod("lost", "true"))?;
+        lost["spec"]["virtualMachine"]["passwordSecretRef"] = serde_json::json!({"name": "nope", "key": "password"});
+        k.ok_with(&["create", "-f", "-"], Some(&lost.to_string()))?;
+        k.ok_with(&["create", "-f", "-"], Some(&vm_pod_of("bare", "bare-vm", "echo up")))?;
+        k.ok(&["wait", "pod/vm1", "pod/bare", "--for=jsonpath={.status.phase}=Running", "--timeout=180s"])?;
+        let script = "echo out; echo err >&2; id -u; [ -x /etc/poweroff ] && echo guest-root; exit 7";
+        let start = Instant::now();
+        let out = k.run(&["exec", "vm1", "-c", "vm", "--", "sh", "-c", script], None)?;
+        eprintln!("first exec into a VM: {:?}", start.elapsed());
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.code() == Some(7), "kubectl passes the guest's exit code on: {:?} ({stderr})", out.status);
+        ensure!(stderr.contains("command terminated with exit code 7"), "the guest's exit code: {stderr}");
+        ensure!(stdout == "out\n0\nguest-root\n", "the command did not run in the guest as root: {stdout:?}");
+        ensure!(stderr.contains("err"), "the guest's stderr: {stderr:?}");
+        let start = Instant::now();
+        let echoed =
+            k.ok_with(&["exec", "-i", "vm1", "-c", "vm", "--", "sh", "-c", "cat; hostname"], Some("piped in\n"))?;
+        eprintln!("second exec into a VM: {:?}", start.elapsed());
+        ensure!(echoed.starts_with("piped in\n"), "stdin did not reach the guest: {echoed:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting = k.ok(&[
+                "get",
+                "pod",
+                "lost",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}",
+            ])?;
+            if waiting.starts_with("CreateContainerConfigError") {
+                ensure!(waiting.contains("secret \"nope\" not found"), "{waiting}");
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the VM with a missing Secret: {waiting:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // The credentials, as the guest init installed them.
+        let shown = k.ok(&[
+            "exec",
+            "vm1",
+            "-c",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/.ssh/authorized_keys; stat -c %a /root/.ssh/authorized_keys /etc/shadow; grep ^root: /etc/shadow",
+        ])?;
+        let lines: Vec<&str> = shown.lines().collect();
+        ensure!(lines.len() == 4 && lines[0] == key && lines[1] == "600" && lines[2] == "600", "{shown}");
+        let hash = lines[3].split(':').nth(1).context("no hash for root")?;
+        ensure!(hash.starts_with("$6$"), "root's password is not a SHA-512 crypt hash: {}", lines[3]);
+        let salt = hash.split('$').nth(2).context("no salt")?;
+        ensure!(
+            agent::vm_credentials::sha512_crypt(password.as_bytes(), salt) == hash,
+            "root's hash is not of the Secret's password"
+        );
+        let uid1 = k.ok(&["get", "pod", "vm1", "-o", "jsonpath={.metadata.uid}"])?;
+        ensure!(
+            !dir.path().join(format!("agent/vm/{uid1}/0/credentials")).exists(),
+            "the credentials file outlived the boot"
+        );
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(cmdline) = std::fs::read(entry?.path().join("cmdline")) else { continue };
+            ensure!(!String::from_utf8_lossy(&cmdline).contains(password), "the password is on a command line");
+        }
+        let mut files = vec![dir.path().join("agent")];
+        let mut scanned = 0;
+        while let Some(path) = files.pop() {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                files.extend(std::fs::read_dir(&path)?.flatten().map(|e| e.path()));
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                ensure!(
+                    !bytes.windows(password.len()).any(|w| w == password.as_bytes()),
+                    "the password's plain text is in {}",
+                    path.display()
+                );
+                scanned += 1;
+            }
+        }
+        ensure!(scanned > 10, "only {scanned} files under the agent's folder");
+        // An image without the agent: an error naming it, well before any kubectl timeout.
+        let start = Instant::now();
+        let out = k.run(&["exec", "bare", "-c", "vm", "--", "true"], None)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && stderr.contains("atoll-guest"), "exec into a VM without the agent: {stderr}");
+        ensure!(start.elapsed() < Duration::from_secs(60), "exec without an agent took {:?}", start.elapsed());
+        let uids: Vec<String> = ["vm1", "bare"]
+            .iter()
+            .map(|p| k.ok(&["get", "pod", p, "-o", "jsonpath={.metadata.uid}"]))
+            .collect::<Result<_>>()?;
+        k.ok(&["delete", "pod", "vm1", "bare", "lost", "--timeout=60s"])?;
+        for uid in &uids {
+            ensure!(qemu_processes(uid)?.is_empty(), "a qemu of pod {uid} is left");
+            ensure!(!dir.path().join(format!("agent/vm/{uid}")).exists(), "pod {uid}'s VM folder is left");
+        }
+        Ok(())
+    })();
+    let mut cluster = cluster;
+    result.and(stop_with_network(&mut cluster, &bridge, Duration::from_secs(30)))
 }
 
 /// `atoll up` on `dir` with TCG guests, on a bridge and /24 of its own (`own_network`), and
 /// an administrator's kubectl once `node` is Ready. Returns the cluster, kubectl and the bridge.
 pub(crate) fn vm_cluster(dir: &Path, node: &str, prefix: &str, base: u32) -> Result<(Proc, Kubectl, String)> {
+    vm_cluster_with(dir, node, prefix, base, &[])
+}
+
+/// `vm_cluster` with more `atoll up` arguments.
+pub(crate) fn vm_cluster_with(
+    dir: &Path,
+    node: &str,
+    prefix: &str,
+    base: u32,
+    more: &[&str],
+) -> Result<(Proc, Kubectl, String)> {
     let (bridge, cidr) = own_network(prefix, base);
-    let mut cluster =
-        start_up(dir, &["--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr, "--vm-accel", "tcg"])?;
+    let mut args = vec!["--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr, "--vm-accel", "tcg"];
+    args.extend(more);
+    let mut cluster = start_up(dir, &args)?;
     let k = Kubectl { bin: kubectl_binary(33)?, kubeconfig: dir.join("admin.kubeconfig"), cache: tempfile::tempdir()? };
     let ready = k
         .eventually(&["get", "node", node])
@@ -99,10 +357,14 @@ pub(crate) fn qemu_processes(needle: &str) -> Result<Vec<String>> {
 }
 
 fn vm_pod(name: &str, user_data: &str) -> String {
+    vm_pod_of(name, "busybox-vm", user_data)
+}
+
+fn vm_pod_of(name: &str, image: &str, user_data: &str) -> String {
     serde_json::json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 10,
-                 "virtualMachine": {"name": "vm", "image": "busybox-vm", "imagePullPolicy": "Never",
+                 "virtualMachine": {"name": "vm", "image": image, "imagePullPolicy": "Never",
                                     "userData": user_data,
                                     "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}}}}
     })

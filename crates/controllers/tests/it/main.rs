@@ -104,8 +104,11 @@ async fn namespaces_get_default_service_accounts_and_tenants_default_namespaces(
     c.create(&Resource::namespaces(), &Scope::own(), &ns("while-down")).await?;
     c.delete(&sa, &acme.clone().in_namespace("default"), "default", &DeleteParams::default()).await?;
     c.create(&Resource::tenants(), &Scope::own(), &json!({"metadata": {"name": "beta"}})).await?;
+    // The API server makes a namespace's default account with the namespace (ServiceAccount admission must
+    // never wait on a controller), so it is there before any controller runs; the deleted one is not.
+    c.get(&sa, &Scope::own().in_namespace("while-down"), "default").await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    anyhow::ensure!(c.get(&sa, &Scope::own().in_namespace("while-down"), "default").await.is_err());
+    anyhow::ensure!(c.get(&sa, &acme.clone().in_namespace("default"), "default").await.is_err());
     let (stop, task) = run_controllers(c);
     eventually(c, &sa, &Scope::own().in_namespace("while-down"), "default").await?;
     eventually(c, &sa, &acme.clone().in_namespace("default"), "default").await?;

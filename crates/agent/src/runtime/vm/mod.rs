@@ -10,6 +10,9 @@
 //! - Console: the serial port on qemu's stdout, written by the supervisor as the pod's CRI
 //!   log; the guest is *ready* once a console line carries [`READY_MARKER`].
 //! - User data: handed to the guest through fw_cfg ([`USER_DATA_FW_CFG`]).
+//! - Exec: the guest's virtio-serial port named [`guest::proto::PORT_NAME`] (`guest.sock`)
+//!   is the guest agent's, as in sandboxes; the shim relays `kubectl exec` sessions from
+//!   `ctl.sock` to it (the channel code is [`crate::sandbox_shim`]'s, shared).
 //! - Control: QMP on a unix socket in the VM's folder ([`qmp`]): stop is
 //!   `system_powerdown`, the grace period, then `quit`, then SIGKILL.
 //! - Accelerator: TCG unless KVM is configured, or `auto` finds by booting a one-sector
@@ -40,6 +43,7 @@ use super::{
     ContainerSpec, ContainerState, ContainerStatus, Runtime, RuntimeError, SandboxSpec, SandboxStatus, valid_id,
 };
 use crate::os::{Os, Signal};
+use crate::sandbox_shim::{CONTROL_SOCKET, GUEST_SOCKET};
 use crate::shim::{EXIT_FILE, ExitRecord, READY_FILE, VmShimArgs};
 use crate::timefmt::{from_nanos, to_nanos};
 
@@ -47,6 +51,8 @@ use crate::timefmt::{from_nanos, to_nanos};
 pub const KERNEL: &str = "vm/kernel";
 pub const INITRD: &str = "vm/initrd.img";
 pub const DISK: &str = "vm/disk.img";
+/// A qcow2 disk (`atoll image import --vm-disk` of a qcow2 file).
+pub const DISK_QCOW2: &str = "vm/disk.qcow2";
 /// The console line our guest init prints when the guest is up.
 pub const READY_MARKER: &str = "atoll-guest: ready";
 /// The fw_cfg name of the user data (the guest reads `/sys/firmware/qemu_fw_cfg/by_name/...`).
@@ -62,13 +68,18 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// What one VM runs, resolved by the agent from the pod and the image store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
-    pub kernel: PathBuf,
+    /// None: the disk boots through the firmware (a disk-only image).
+    pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     /// The base disk image (raw, or qcow2 when its name ends so); the VM gets an overlay.
     pub disk: Option<PathBuf>,
     /// Appended to our kernel command line.
     pub cmdline: String,
     pub user_data: Option<String>,
+    /// Root's authorized keys and password hash for the guest; only in memory and in the
+    /// attempt's 0600 credentials file, never in `vm.json`.
+    #[serde(skip)]
+    pub credentials: crate::vm_credentials::Credentials,
     pub vcpus: u32,
     pub memory_mib: u64,
 }
@@ -145,6 +156,9 @@ struct VmRecord {
     image: String,
     log_path: PathBuf,
     vm: VmSpec,
+    /// Whether the attempt has a credentials file for qemu's fw_cfg.
+    #[serde(default)]
+    credentials: bool,
     created_at_nanos: u64,
 }
 
@@ -314,14 +328,26 @@ impl VmRuntime {
             "none".into(),
             "-qmp".into(),
             qmp,
-            "-kernel".into(),
-            vm.kernel.clone().into(),
-            "-append".into(),
-            cmdline.into(),
         ];
-        if let Some(initrd) = &vm.initrd {
-            args.extend(["-initrd".into(), initrd.clone().into()]);
+        // Without a kernel the firmware boots the disk (a disk-only VM image).
+        if let Some(kernel) = &vm.kernel {
+            args.extend(["-kernel".into(), kernel.clone().into(), "-append".into(), cmdline.into()]);
+            if let Some(initrd) = &vm.initrd {
+                args.extend(["-initrd".into(), initrd.clone().into()]);
+            }
         }
+        // The guest agent's port, as in sandboxes: `kubectl exec` goes through it to
+        // `atoll-guest` when the image runs it (the busybox-vm image does).
+        let mut guest = OsString::from("socket,id=guest,server=on,wait=off,path=");
+        guest.push(dir.join(GUEST_SOCKET));
+        args.extend([
+            "-chardev".into(),
+            guest,
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-device".into(),
+            format!("virtserialport,chardev=guest,name={}", guest::proto::PORT_NAME).into(),
+        ]);
         if vm.disk.is_some() {
             let mut drive = OsString::from("if=virtio,format=qcow2,file=");
             drive.push(sandbox.join("disk.qcow2"));
@@ -330,6 +356,12 @@ impl VmRuntime {
         if vm.user_data.is_some() {
             let mut fw = OsString::from(format!("name={USER_DATA_FW_CFG},file="));
             fw.push(dir.join("user-data"));
+            args.extend(["-fw_cfg".into(), fw]);
+        }
+        // qemu reads the file at start-up; the shim deletes it once the guest is up.
+        if rec.credentials {
+            let mut fw = OsString::from(format!("name={},file=", crate::vm_credentials::FW_CFG_NAME));
+            fw.push(dir.join(crate::vm_credentials::FILE));
             args.extend(["-fw_cfg".into(), fw]);
         }
         args
@@ -390,13 +422,30 @@ impl VmRuntime {
 }
 
 impl Runtime for VmRuntime {
-    /// A guest has no exec yet: that needs our guest agent inside it (later work).
-    fn exec_command(&self, id: &str, _command: &[String]) -> Result<(PathBuf, Vec<std::ffi::OsString>), RuntimeError> {
-        Err(RuntimeError::Runtime {
-            op: "exec",
-            id: id.into(),
-            detail: "a virtual machine has no exec until it runs Atoll's guest agent".into(),
-        })
+    /// `kubectl exec` runs `atoll shim sandbox-exec`, relayed by the VM's shim to the guest
+    /// agent, which runs the command in the guest's own root (container 0). A guest whose
+    /// image runs no agent answers with an error once the shim gives up waiting for it.
+    fn exec_command(&self, id: &str, command: &[String]) -> Result<(PathBuf, Vec<std::ffi::OsString>), RuntimeError> {
+        let (dir, _) = self.vm_record(id)?;
+        let status = self.container_status(id)?;
+        if status.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState { id: id.into(), state: status.state, op: "exec" });
+        }
+        let ctl = dir.join(CONTROL_SOCKET);
+        if !self.os.exists(&ctl) {
+            // A VM started before its shim served exec.
+            return Err(RuntimeError::Runtime {
+                op: "exec",
+                id: id.into(),
+                detail: "this virtual machine was started without a guest agent channel".into(),
+            });
+        }
+        let (program, lead) = self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
+        let mut args: Vec<OsString> = lead.to_vec();
+        args.extend(["sandbox-exec".into(), "--ctl".into(), ctl.into(), "--container".into(), "0".into()]);
+        args.push("--".into());
+        args.extend(command.iter().map(OsString::from));
+        Ok((PathBuf::from(program), args))
     }
     /// A guest's console is its log; it takes no stdin.
     fn attach_socket(&self, _id: &str) -> Option<PathBuf> {
@@ -499,6 +548,11 @@ impl Runtime for VmRuntime {
         if let Some(data) = &vm.user_data {
             self.os.write_file_atomic(&dir.join("user-data"), data.as_bytes())?;
         }
+        let credentials = !vm.credentials.is_empty();
+        if credentials {
+            let file = dir.join(crate::vm_credentials::FILE);
+            self.os.write_private_file(&file, vm.credentials.render().as_bytes())?;
+        }
         let rec = VmRecord {
             id: id.clone(),
             sandbox_id: sandbox_id.into(),
@@ -506,6 +560,7 @@ impl Runtime for VmRuntime {
             image: spec.image.reference.clone(),
             log_path,
             vm,
+            credentials,
             created_at_nanos: to_nanos(SystemTime::now()),
         };
         self.write_json(&dir.join("vm.json"), &rec)?;
@@ -525,6 +580,7 @@ impl Runtime for VmRuntime {
             dir: dir.clone(),
             log: rec.log_path.clone(),
             ready_marker: Some(READY_MARKER.into()),
+            ctl: Some(dir.join(CONTROL_SOCKET)),
             command,
         };
         let (program, lead) = self.config.shim.split_first().ok_or_else(|| spec_error("no shim command configured"))?;
@@ -691,12 +747,17 @@ mod tests {
             log_path: Some("/logs/vm/0.log".into()),
             stdin: false,
             stdin_once: false,
+            tty: false,
             vm: Some(VmSpec {
-                kernel: "/img/vm/kernel".into(),
+                kernel: Some("/img/vm/kernel".into()),
                 initrd: Some("/img/vm/initrd.img".into()),
                 disk: disk.then(|| "/img/vm/disk.img".into()),
                 cmdline: "extra=1".into(),
                 user_data: Some("echo hi".into()),
+                credentials: crate::vm_credentials::Credentials {
+                    authorized_keys: vec!["ssh-ed25519 AAAA me".into()],
+                    password_hash: Some("$6$salt$hash".into()),
+                },
                 vcpus: 2,
                 memory_mib: 256,
             }),
@@ -749,11 +810,20 @@ mod tests {
             "-initrd /img/vm/initrd.img",
             "-drive if=virtio,format=qcow2,file=/data/pod1/disk.qcow2",
             "-fw_cfg name=opt/atoll/user-data,file=/data/pod1/0/user-data",
+            "-chardev socket,id=guest,server=on,wait=off,path=/data/pod1/0/guest.sock",
+            "virtserialport,chardev=guest,name=atoll.0",
+            "--ctl /data/pod1/0/ctl.sock --ready-marker",
+            "-fw_cfg name=opt/atoll/credentials,file=/data/pod1/0/credentials",
         ] {
             assert!(shim.contains(part), "{part:?} missing from {shim}");
         }
         assert!(shim.contains("extra=1"));
         assert_eq!(os.file(Path::new("/data/pod1/0/user-data")).as_deref(), Some(&b"echo hi"[..]));
+        let credentials = os.file(Path::new("/data/pod1/0/credentials")).unwrap();
+        assert_eq!(credentials, b"key ssh-ed25519 AAAA me\npassword $6$salt$hash\n");
+        // The hash is in the credentials file only, not in the attempt's record.
+        let record = os.file(Path::new("/data/pod1/0/vm.json")).unwrap();
+        assert!(!String::from_utf8_lossy(&record).contains("$6$"), "the hash is in vm.json");
         let status = rt.container_status(&id).unwrap();
         assert_eq!((status.state, status.ready, status.pid), (ContainerState::Running, Some(false), Some(4242)));
         os.put_file(&Path::new("/data/pod1/0").join(READY_FILE), b"");
