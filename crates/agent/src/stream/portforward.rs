@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::spdy::{
-    DICTIONARY, FLAG_FIN, GOAWAY, HeaderReader, MAX_FRAME, PING, RST_STREAM, SYN_STREAM, control, data, data_frames,
-    parse_headers, reply,
+    DICTIONARY, FLAG_FIN, GOAWAY, HeaderReader, PING, RST_STREAM, SYN_STREAM, control, data, data_frames,
+    parse_headers, read_frame, reply,
 };
 
 /// The SPDY subprotocol (`X-Stream-Protocol-Version`).
@@ -85,19 +85,8 @@ where
     let mut headers = HeaderReader(Decompress::new(true));
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let mut routes: HashMap<u32, Route> = HashMap::new();
-    let mut head = [0u8; 8];
     loop {
-        if rd.read_exact(&mut head).await.is_err() {
-            break;
-        }
-        let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
-        if len > MAX_FRAME {
-            break;
-        }
-        let mut payload = vec![0u8; len];
-        if rd.read_exact(&mut payload).await.is_err() {
-            break;
-        }
+        let Some((head, payload)) = read_frame(&mut rd).await else { break };
         let flags = head[4];
         if head[0] & 0x80 == 0 {
             let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) & 0x7fff_ffff;

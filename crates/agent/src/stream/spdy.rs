@@ -96,6 +96,20 @@ impl HeaderReader {
 }
 
 /// Name/value pairs of an uncompressed SPDY/3 header block.
+/// Reads the next frame: its 8-byte header and its payload; `None` at the end of the input, on a read error, or
+/// for a frame longer than [`MAX_FRAME`] (the session ends either way).
+pub(super) async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R) -> Option<([u8; 8], Vec<u8>)> {
+    let mut head = [0u8; 8];
+    rd.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+    if len > MAX_FRAME {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    rd.read_exact(&mut payload).await.ok()?;
+    Some((head, payload))
+}
+
 pub(super) fn parse_headers(block: &[u8]) -> Result<HashMap<String, String>, SpdyError> {
     let bad = || SpdyError::Headers("truncated".into());
     let mut pos = 0usize;
@@ -189,19 +203,8 @@ where
         let mut ready = Some(ready_tx);
         let mut stdin_open = streams.stdin;
         let mut resize_buf: Vec<u8> = Vec::new();
-        let mut head = [0u8; 8];
         loop {
-            if rd.read_exact(&mut head).await.is_err() {
-                break;
-            }
-            let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
-            if len > MAX_FRAME {
-                break;
-            }
-            let mut payload = vec![0u8; len];
-            if rd.read_exact(&mut payload).await.is_err() {
-                break;
-            }
+            let Some((head, payload)) = read_frame(&mut rd).await else { break };
             let flags = head[4];
             if head[0] & 0x80 != 0 {
                 let kind = u16::from_be_bytes([head[2], head[3]]);
