@@ -75,6 +75,22 @@ fn start(node: &str) -> Result<Cluster> {
     Ok(cluster)
 }
 
+/// A cluster whose node `node` is Ready, with the tenants `acme` (administrator `ann`) and `globex` (`gus`): the
+/// cluster, the cluster administrator's kubectl 1.33 and ann's, once ann's default ServiceAccount exists.
+fn start_with_tenants(node: &str) -> Result<(Cluster, Kubectl, Kubectl)> {
+    let cluster = start(node)?;
+    let dir = cluster.dir.path();
+    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
+    admin.eventually(&["get", "node", node])?;
+    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
+    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("globex", &["gus"])))?;
+    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
+    ann.eventually(&["get", "namespace", "default"])?;
+    ann.eventually(&["get", "serviceaccount", "default"])?;
+    Ok((cluster, admin, ann))
+}
+
 fn pod(name: &str, script: &str, restart: &str) -> String {
     serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": 1,
@@ -192,16 +208,8 @@ fn exec_latency(k: &Kubectl, n: usize) -> Result<Duration> {
 #[test]
 fn logs_exec_attach_and_cp_through_the_api_server() -> Result<()> {
     let node = "streaming-e2e-node";
-    let cluster = start(node)?;
+    let (cluster, admin, ann) = start_with_tenants(node)?;
     let dir = cluster.dir.path();
-    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
-    admin.eventually(&["get", "node", node])?;
-    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("globex", &["gus"])))?;
-    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
-    ann.eventually(&["get", "namespace", "default"])?;
-    ann.eventually(&["get", "serviceaccount", "default"])?;
 
     let logger = "for i in 1 2 3; do echo line $i; done; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
     ann.ok_with(&["create", "-f", "-"], Some(&pod("logger", logger, "Always")))?;
@@ -431,14 +439,7 @@ const SIZE: &str = "echo S$(stty size | tr ' ' x)";
 #[test]
 fn tty_containers_run_attach_exec_and_resize() -> Result<()> {
     let node = "tty-e2e-node";
-    let cluster = start(node)?;
-    let dir = cluster.dir.path();
-    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
-    admin.eventually(&["get", "node", node])?;
-    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
-    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
-    ann.eventually(&["get", "serviceaccount", "default"])?;
+    let (cluster, _admin, ann) = start_with_tenants(node)?;
 
     // `kubectl run -it --rm`: a shell on a terminal; the window's size reaches it, at the
     // start and when the window changes (the background `stty` resizes kubectl's terminal,
@@ -548,15 +549,8 @@ fn talk_through(port: u16) -> Result<()> {
 #[test]
 fn port_forward_through_the_api_server() -> Result<()> {
     let node = "pf-e2e-node";
-    let cluster = start(node)?;
+    let (cluster, _admin, ann) = start_with_tenants(node)?;
     let dir = cluster.dir.path();
-    let admin = kubectl(33, &dir.join("admin.kubeconfig"))?;
-    admin.eventually(&["get", "node", node])?;
-    admin.ok(&["wait", &format!("node/{node}"), "--for=condition=Ready", "--timeout=30s"])?;
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
-    admin.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("globex", &["gus"])))?;
-    let ann = kubectl(33, &kubeconfig_for(dir, "acme", "ann")?)?;
-    ann.eventually(&["get", "serviceaccount", "default"])?;
     let server = "printf '#!/bin/sh\\necho hello\\nread l\\necho echo $l\\nread l\\nseq 1 20000\\n' > /tmp/reply; \
                   chmod +x /tmp/reply; exec nc -ll -p 8080 -e /tmp/reply";
     ann.ok_with(&["create", "-f", "-"], Some(&pod("web", server, "Always")))?;
