@@ -378,13 +378,7 @@ async fn portforward(ctx: Arc<AgentContext>, uid: String, mut req: Request<Incom
     let on_upgrade = hyper::upgrade::on(&mut req);
     let dial: Dialer = Arc::new(move |port| Box::pin(sessions::dial_in_pod(netns.clone(), port)));
     tokio::spawn(async move {
-        let io = match on_upgrade.await {
-            Ok(up) => TokioIo::new(up),
-            Err(e) => {
-                tracing::debug!(error = %e, "agent port: upgrade failed");
-                return;
-            }
-        };
+        let Some(io) = upgraded(on_upgrade).await else { return };
         match wire {
             Wire::Spdy => stream::portforward::serve(io, dial).await,
             Wire::Tunneled => stream::portforward::serve(stream::ws::tunnel(io), dial).await,
@@ -455,13 +449,7 @@ async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<
             let on_upgrade = hyper::upgrade::on(&mut req);
             let runtime = ctx.runtime.clone();
             tokio::spawn(async move {
-                let io = match on_upgrade.await {
-                    Ok(up) => TokioIo::new(up),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "agent port: upgrade failed");
-                        return;
-                    }
-                };
+                let Some(io) = upgraded(on_upgrade).await else { return };
                 let session = match protocol {
                     Protocol::WebSocket(p) => stream::ws::start(io, p, streams),
                     Protocol::Spdy(p) => match stream::spdy::start(io, p, streams).await {
@@ -477,6 +465,17 @@ async fn handle(ctx: Arc<AgentContext>, mut req: Request<Incoming>) -> Response<
             resp
         }
         _ => status(405, "MethodNotAllowed", "the node agent does not allow this method here"),
+    }
+}
+
+/// The connection a client upgraded (exec, attach, port-forward), or `None` (logged) when the upgrade failed.
+async fn upgraded(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match on_upgrade.await {
+        Ok(up) => Some(TokioIo::new(up)),
+        Err(e) => {
+            tracing::debug!(error = %e, "agent port: upgrade failed");
+            None
+        }
     }
 }
 
