@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::server::{Kubectl, Proc, kubectl_binary, tenant_admins_json};
+use crate::server::{Kubectl, Proc, kubectl_binary, start_up, tenant_admins_json};
 
 const MINORS: [u32; 3] = [27, 30, 33];
 
@@ -59,20 +59,8 @@ fn start(node: &str) -> Result<Cluster> {
     ensure!(built.status.success(), "atoll image build-busybox: {}", String::from_utf8_lossy(&built.stderr));
     let pid = std::process::id();
     let (bridge, cidr) = (format!("ats{pid}"), format!("10.{}.{}.0/24", 150 + (pid >> 8) % 50, pid % 256));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["up", "--listen", "127.0.0.1:0", "--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().context("stdout")?);
-    let cluster = Cluster { proc: Some(Proc(child)), dir, bridge };
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    ensure!(line.starts_with("listening on https://"), "{line}");
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    Ok(cluster)
+    let up = start_up(dir.path(), &["--node-name", node, "--bridge", &bridge, "--pod-cidr", &cidr])?;
+    Ok(Cluster { proc: Some(up), dir, bridge })
 }
 
 /// A cluster whose node `node` is Ready, with the tenants `acme` (administrator `ann`) and `globex` (`gus`): the
