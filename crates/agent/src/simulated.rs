@@ -18,16 +18,19 @@
 //! resourceVersion, so a conflict means a newer version is on its way and is simply
 //! dropped: the next event is handled the same way (level-triggered).
 //!
-//! Two pools of API calls in flight, so one never starves the other: node heartbeats
-//! (leases, node status) and pod writes. Under load a shared pool let thousands of pod
-//! writes queue ahead of lease renewals, leases lapsed and nodes flapped NotReady. Watched
+//! Heartbeats never wait behind anything: each node's lease renewal (and status write) is
+//! its own task started by a wall-clock timer, one in flight per node, as each kubelet
+//! renews its own lease. Under load a shared pool of calls let pod writes, and then the
+//! other nodes' slow renewals, queue ahead of a renewal; leases lapsed past the grace
+//! period and nodes went Unknown, and after the NoExecute taint's 300 s their pods were
+//! evicted and replaced (BENCHMARKS.md "Scale"). Pod writes have their own workers. Watched
 //! pods wait in a queue keyed by pod, each key holding only its latest state, so a burst of
 //! events for one pod costs one write and the watch is read as fast as it arrives.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -40,7 +43,7 @@ use crate::node::{self, LEASE_DURATION_SECONDS, LEASE_NAMESPACE, leases, micro_t
 
 pub const SIMULATED_LABEL: &str = "atoll.io/simulated";
 pub const ROLE_LABEL: &str = "node-role.kubernetes.io/simulated";
-/// Heartbeat calls (registration, lease renewals, node status) in flight at once.
+/// Registrations in flight at once.
 const IN_FLIGHT: usize = 64;
 /// Pod writes (status reports, deletions) in flight at once: one task each.
 const POD_WORKERS: usize = 64;
@@ -237,6 +240,24 @@ impl Fleet {
         }
     }
 
+    /// Renews node `i`'s Lease, retrying a failure after 0.2, 0.4, ... 3.2 s (the kubelet's
+    /// lease controller retries too, rather than waiting a whole interval).
+    async fn renew_with_retries(&self, i: usize) {
+        let mut wait = Duration::from_millis(200);
+        for attempt in 0..5 {
+            match self.renew(i).await {
+                Ok(()) => return,
+                Err(e) if attempt == 4 => {
+                    tracing::warn!(node = %self.config.name(i), error = %e, "renewing a simulated node's lease");
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+    }
+
     /// Brings one watched pod to what a node would report; `None` when it is not ours.
     async fn sync_pod(&self, pod: &Value) {
         let Some(&i) = self.index.get(text(pod, "/spec/nodeName")) else { return };
@@ -320,36 +341,80 @@ pub async fn run(client: Client, config: SimConfig, shutdown: impl Future<Output
     Ok(())
 }
 
+/// Which nodes are due at timer step `k`: node `i` renews its Lease at steps `i mod lease_slots`
+/// of each round and writes its status at steps `i mod status_slots`.
+fn due_at(k: u64, count: usize, lease_slots: usize, status_slots: usize) -> impl Iterator<Item = (usize, bool, bool)> {
+    let (lease_slot, status_slot) = ((k % lease_slots as u64) as usize, (k % status_slots as u64) as usize);
+    (0..count).filter_map(move |i| {
+        let (lease, status) = (i % lease_slots == lease_slot, i % status_slots == status_slot);
+        (lease || status).then_some((i, lease, status))
+    })
+}
+
 /// Renews every node's Lease once per `lease_renew` and rewrites its status once per
 /// `status_every`, each node at its own slot of the interval so the load is even.
-async fn heartbeats(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
+///
+/// Each node's heartbeat is its own task, as each kubelet's lease renewal is its own loop:
+/// the timer never waits for an answer, so a slow API server delays a renewal by its own
+/// latency, not by the queue of every other node's (with a shared pool of 64 calls in
+/// flight, a renewal latency over ~0.5 s stretched the 10 s round for 5,000 nodes past the
+/// 40 s grace period and nodes went Unknown in a loaded scale run: BENCHMARKS.md "Scale").
+/// Steps are counted from the wall clock, so a timer that was late makes up the steps it
+/// missed. A node whose previous heartbeat is still in flight skips its turn (one call per
+/// node at a time, like a kubelet).
+async fn heartbeats(fleet: Arc<Fleet>, stop: tokio::sync::watch::Receiver<bool>) {
     let slots = |every: Duration| (every.as_millis() / TICK.as_millis()).max(1) as usize;
     let (lease_slots, status_slots) = (slots(fleet.config.lease_renew), slots(fleet.config.status_every));
+    let count = fleet.config.count;
+    heartbeat_loop(count, lease_slots, status_slots, stop, move |i, lease, status| {
+        let f = fleet.clone();
+        async move {
+            if lease {
+                f.renew_with_retries(i).await;
+            }
+            if status && let Err(e) = f.write_status(i).await {
+                tracing::warn!(node = %f.config.name(i), error = %e, "writing a simulated node's status");
+            }
+        }
+    })
+    .await
+}
+
+/// The timer of [`heartbeats`], with the calls (`beat(node, lease, status)`) given, so its
+/// timing can be tested on a paused clock.
+async fn heartbeat_loop<F, Fut>(
+    count: usize,
+    lease_slots: usize,
+    status_slots: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    beat: F,
+) where
+    F: Fn(usize, bool, bool) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let busy: Arc<Vec<AtomicBool>> = Arc::new((0..count).map(|_| AtomicBool::new(false)).collect());
+    let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut k: usize = 0;
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut done: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        k = k.wrapping_add(1);
-        let (lease_slot, status_slot) = (k % lease_slots, k % status_slots);
-        let due = (0..fleet.config.count).filter(|i| i % lease_slots == lease_slot || i % status_slots == status_slot);
-        for i in due {
-            let Ok(permit) = fleet.permits.clone().acquire_owned().await else { return };
-            let f = fleet.clone();
-            let status = i % status_slots == status_slot;
-            let lease = i % lease_slots == lease_slot;
-            tokio::spawn(async move {
-                if lease && let Err(e) = f.renew(i).await {
-                    tracing::warn!(node = %f.config.name(i), error = %e, "renewing a simulated node's lease");
+        let now = (started.elapsed().as_millis() / TICK.as_millis()) as u64;
+        while done < now {
+            done += 1;
+            for (i, lease, status) in due_at(done, count, lease_slots, status_slots) {
+                if busy[i].swap(true, Ordering::AcqRel) {
+                    continue;
                 }
-                if status && let Err(e) = f.write_status(i).await {
-                    tracing::warn!(node = %f.config.name(i), error = %e, "writing a simulated node's status");
-                }
-                drop(permit);
-            });
+                let (call, busy) = (beat(i, lease, status), busy.clone());
+                tokio::spawn(async move {
+                    call.await;
+                    busy[i].store(false, Ordering::Release);
+                });
+            }
         }
     }
 }
@@ -475,6 +540,64 @@ mod tests {
         running["status"]["conditions"][2]["status"] = json!("False");
         let again = running_status(&running, "198.18.0.4", || unreachable!(), now).expect("reported again");
         assert_eq!(again["podIP"], "100.64.0.9");
+    }
+
+    /// Every node renews once per lease round and writes its status once per status round,
+    /// each at its own step: the load is even and nobody is forgotten.
+    #[test]
+    fn every_node_is_due_once_per_round() {
+        let (count, lease_slots, status_slots) = (1000, 100, 600);
+        let mut leases = vec![0; count];
+        let mut statuses = vec![0; count];
+        let mut busiest = 0;
+        for k in 1..=600u64 {
+            let due: Vec<_> = due_at(k, count, lease_slots, status_slots).collect();
+            busiest = busiest.max(due.len());
+            for (i, lease, status) in due {
+                leases[i] += usize::from(lease);
+                statuses[i] += usize::from(status);
+            }
+        }
+        assert!(leases.iter().all(|&n| n == 6), "six lease rounds in 600 steps");
+        assert!(statuses.iter().all(|&n| n == 1), "one status round in 600 steps");
+        assert!(busiest <= count / lease_slots + 2, "{busiest} at one step");
+    }
+
+    /// The scale run's failure: with 5,000 nodes and a slow API server, renewals waited for
+    /// each other and a node's lease went unrenewed past the 40 s grace period. Here 5,000
+    /// nodes renew every 10 s against an API that takes 3 s per call: every node must still
+    /// renew at least every 10 s + 3 s.
+    #[tokio::test(start_paused = true)]
+    async fn leases_are_renewed_on_time_however_slow_the_api() {
+        use std::sync::Mutex as StdMutex;
+        let count = 5000;
+        let renewed: Arc<StdMutex<Vec<Vec<tokio::time::Instant>>>> = Arc::new(StdMutex::new(vec![Vec::new(); count]));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let log = renewed.clone();
+        let timer = tokio::spawn(heartbeat_loop(count, 100, 600, stop_rx, move |i, lease, _status| {
+            let log = log.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                if lease {
+                    log.lock().unwrap()[i].push(tokio::time::Instant::now());
+                }
+            }
+        }));
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let _ = stop_tx.send(true);
+        timer.await.unwrap();
+        let renewed = renewed.lock().unwrap();
+        let mut worst = Duration::ZERO;
+        for times in renewed.iter() {
+            let mut last = start;
+            for t in times {
+                worst = worst.max(t.duration_since(last));
+                last = *t;
+            }
+        }
+        assert!(renewed.iter().all(|t| t.len() >= 10), "every node renewed about every 10 s");
+        assert!(worst <= Duration::from_secs(13) + TICK, "a lease went {worst:?} without renewal");
     }
 
     #[test]
