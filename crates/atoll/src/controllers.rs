@@ -27,6 +27,19 @@ pub struct ControllerOptions {
     /// tainted unreachable (seconds, `40` or `40s`).
     #[arg(long, default_value = "40s", value_parser = parse_seconds)]
     pub node_monitor_grace_period: Duration,
+    /// Unhealthy nodes given the NoExecute taint (which evicts their pods) per second, in a
+    /// zone mostly healthy (Kubernetes' `--node-eviction-rate`).
+    #[arg(long, default_value_t = controllers::nodelifecycle::zones::DEFAULT_EVICTION_RATE)]
+    pub node_eviction_rate: f64,
+    /// The same in a large zone where at least `--unhealthy-zone-threshold` of the nodes are not Ready.
+    #[arg(long, default_value_t = controllers::nodelifecycle::zones::DEFAULT_SECONDARY_EVICTION_RATE)]
+    pub secondary_node_eviction_rate: f64,
+    /// Share of not-Ready nodes (with more than 2) that makes a zone partially disrupted.
+    #[arg(long, default_value_t = controllers::nodelifecycle::zones::DEFAULT_UNHEALTHY_ZONE_THRESHOLD)]
+    pub unhealthy_zone_threshold: f64,
+    /// Nodes a zone needs for the secondary rate; a smaller partially disrupted zone taints none.
+    #[arg(long, default_value_t = controllers::nodelifecycle::zones::DEFAULT_LARGE_CLUSTER_SIZE)]
+    pub large_cluster_size_threshold: usize,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -40,7 +53,13 @@ pub async fn run_all(client: client::Client, options: ControllerOptions, shutdow
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let lifecycle = controllers::nodelifecycle::Config { grace: options.node_monitor_grace_period };
+    let rates = controllers::nodelifecycle::zones::Rates {
+        eviction: options.node_eviction_rate,
+        secondary: options.secondary_node_eviction_rate,
+        unhealthy_threshold: options.unhealthy_zone_threshold,
+        large_cluster: options.large_cluster_size_threshold,
+    };
+    let lifecycle = controllers::nodelifecycle::Config { grace: options.node_monitor_grace_period, rates };
     let nodes = controllers::nodelifecycle::controller(client.clone(), lifecycle).run(stopped(stop_rx.clone()));
     let rest = controllers::run_all(client, stopped(stop_rx));
     let stop = async {

@@ -1,12 +1,14 @@
 //! The node lifecycle controller: a node whose agent stops renewing its Lease
 //! (`kube-node-lease/<node>`) for longer than the grace period is marked as Kubernetes marks
-//! it: every condition `Unknown` (reason `NodeStatusUnknown`), the taints
-//! `node.kubernetes.io/unreachable` with effects NoSchedule and NoExecute; a node whose agent
+//! it: every condition `Unknown` (reason `NodeStatusUnknown`), the taint
+//! `node.kubernetes.io/unreachable:NoSchedule` at once and `...:NoExecute` when its zone's
+//! eviction rate allows ([`zones`]: one node per 10 s by default, slower or not at all when
+//! much of the zone or the whole cluster is down, as in Kubernetes); a node whose agent
 //! reports `Ready=False` gets the `node.kubernetes.io/not-ready` pair instead. The pods on
 //! an unhealthy node get `Ready=False`, and after the NoExecute taint has stood for a pod's
 //! `tolerationSeconds` (at once without a matching toleration, never with one that has no
-//! limit) the pod is deleted. When the agent reports again (the agent rewrites Ready), the
-//! taints go.
+//! limit) the pod gets the condition `DisruptionTarget` (reason `DeletionByTaintManager`) and
+//! is deleted. When the agent reports again (the agent rewrites Ready), the taints go.
 //!
 //! Keyed by node name. Watches Nodes and Leases of the system tenant, and every tenant's pods
 //! into a cache indexed by `spec.nodeName`: a node's pods are read from that index, never
@@ -18,15 +20,20 @@
 //! says (status patches and evictions go to the API) and asks to look again when the lease
 //! would expire.
 
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use client::{Client, DeleteParams, Resource, Scope, Tenant};
+use client::{Client, DeleteParams, Patch, Resource, Scope, Tenant};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
 use crate::watcher::{ApiSource, Watcher};
+
+pub mod zones;
+use zones::{Grant, Zones};
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
@@ -41,12 +48,26 @@ const SLACK: Duration = Duration::from_millis(500);
 pub struct Config {
     /// How long a node may go without renewing its Lease before it is Unknown.
     pub grace: Duration,
+    /// How fast unhealthy nodes get their NoExecute taint, by zone state.
+    pub rates: zones::Rates,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { grace: DEFAULT_GRACE }
+        Config { grace: DEFAULT_GRACE, rates: zones::Rates::default() }
     }
+}
+
+/// Whether [`judge`] may put a NoExecute taint on an unhealthy node (the zones decide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tainting {
+    /// Add it if missing.
+    Allowed,
+    /// Keep one already there (swapping unreachable and not-ready at once, as Kubernetes
+    /// does), add none: the node waits for its turn.
+    Held,
+    /// Every zone is down: take ours off, add none.
+    Stopped,
 }
 
 /// What the node's Ready condition says after the decision.
@@ -71,6 +92,8 @@ pub struct Verdict {
     pub taints: Option<Value>,
     /// When to look again although nothing changed (the lease's expiry).
     pub recheck: Option<Duration>,
+    /// Unhealthy, without the NoExecute taint it would get if its zone allowed.
+    pub awaiting_no_execute: bool,
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -102,7 +125,13 @@ fn is_ours(taint: &Value) -> bool {
 }
 
 /// The decision for one node at `now`: pure, so the table in the tests is the spec.
-pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, grace: Duration) -> Verdict {
+pub fn judge(
+    node: &Value,
+    lease_renewed: Option<SystemTime>,
+    now: SystemTime,
+    grace: Duration,
+    tainting: Tainting,
+) -> Verdict {
     let old_conditions = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     let heard = last_heard(node, lease_renewed);
     let stale_for = heard.map(|h| now.duration_since(h).unwrap_or(Duration::ZERO));
@@ -132,7 +161,13 @@ pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, g
         Some(_) => Health::Unreachable,
         // Registered, no status yet, still within its first grace period: nothing to judge.
         None => {
-            return Verdict { health: Health::Unreported, conditions: None, taints: None, recheck: recheck(heard) };
+            return Verdict {
+                health: Health::Unreported,
+                conditions: None,
+                taints: None,
+                recheck: recheck(heard),
+                awaiting_no_execute: false,
+            };
         }
     };
 
@@ -142,17 +177,33 @@ pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, g
         Health::NotReady => Some(NOT_READY_TAINT),
         Health::Unreachable => Some(UNREACHABLE_TAINT),
     };
-    let mut taints: Vec<Value> =
-        old_taints.iter().filter(|t| !is_ours(t) || Some(text(t, "/key")) == wanted_key).cloned().collect();
+    let had_no_execute = old_taints.iter().any(|t| is_ours(t) && text(t, "/effect") == "NoExecute");
+    let keep = |t: &Value| {
+        !is_ours(t)
+            || (Some(text(t, "/key")) == wanted_key
+                && (text(t, "/effect") == "NoSchedule" || tainting != Tainting::Stopped))
+    };
+    let mut taints: Vec<Value> = old_taints.iter().filter(|t| keep(t)).cloned().collect();
+    let mut awaiting_no_execute = false;
     if let Some(key) = wanted_key {
-        for effect in ["NoSchedule", "NoExecute"] {
-            if !taints.iter().any(|t| text(t, "/key") == key && text(t, "/effect") == effect) {
+        let has = |taints: &[Value], effect: &str| {
+            taints.iter().any(|t| text(t, "/key") == key && text(t, "/effect") == effect)
+        };
+        if !has(&taints, "NoSchedule") {
+            taints.push(json!({"key": key, "effect": "NoSchedule"}));
+        }
+        // A node tainted for the other reason swaps at once; a fresh one waits its turn.
+        let add = match tainting {
+            Tainting::Allowed => true,
+            Tainting::Held => had_no_execute,
+            Tainting::Stopped => false,
+        };
+        if !has(&taints, "NoExecute") {
+            if add {
                 // NoExecute taints carry when they were added: evictions count from there.
-                taints.push(if effect == "NoExecute" {
-                    json!({"key": key, "effect": effect, "timeAdded": seconds(now)})
-                } else {
-                    json!({"key": key, "effect": effect})
-                });
+                taints.push(json!({"key": key, "effect": "NoExecute", "timeAdded": seconds(now)}));
+            } else {
+                awaiting_no_execute = tainting == Tainting::Held;
             }
         }
     }
@@ -162,6 +213,7 @@ pub fn judge(node: &Value, lease_renewed: Option<SystemTime>, now: SystemTime, g
         conditions: (conditions != old_conditions).then_some(Value::Array(conditions)),
         taints: (taints != old_taints).then_some(Value::Array(taints)),
         recheck: if stale { None } else { recheck(heard) },
+        awaiting_no_execute,
     }
 }
 
@@ -236,6 +288,20 @@ pub struct NodeLifecycle {
     leases: Cache,
     /// Every tenant's pods, indexed by `spec.nodeName`.
     pods: Cache,
+    /// Each node's zone and readiness, and each zone's queue for the NoExecute taint.
+    zones: Arc<Mutex<Zones>>,
+}
+
+/// A node's zone, as Kubernetes keys it: region and zone from the topology labels.
+fn zone_of(node: &Value) -> String {
+    let label = |k: &str, old: &str| {
+        let labels = node.pointer("/metadata/labels");
+        let v = labels.and_then(|l| l.get(k)).or_else(|| labels.and_then(|l| l.get(old)));
+        v.and_then(Value::as_str).unwrap_or("").to_string()
+    };
+    let region = label("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region");
+    let zone = label("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone");
+    format!("{region}:{zone}")
 }
 
 fn pod_scope(pod: &Value) -> Scope {
@@ -255,11 +321,36 @@ impl Reconciler for NodeLifecycle {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, client::Error> {
-        let Some(node) = self.nodes.get(key) else { return Ok(Action::Done) };
+        let Some(node) = self.nodes.get(key) else {
+            self.zones.lock().remove(&key.name);
+            return Ok(Action::Done);
+        };
         let lease = self.leases.get(&ObjectKey::new(SYSTEM, Some(LEASE_NAMESPACE), &key.name));
         let renewed = lease.as_deref().and_then(|l| time_at(l, "/spec/renewTime"));
         let now = SystemTime::now();
-        let verdict = judge(&node, renewed, now, self.config.grace);
+        let mut verdict = judge(&node, renewed, now, self.config.grace, Tainting::Held);
+        // The zone decides whether this node's NoExecute taint goes on now (or comes off).
+        let mut wait_turn = None;
+        {
+            let mut zones = self.zones.lock();
+            let instant = Instant::now();
+            zones.observe(&key.name, &zone_of(&node), verdict.health == Health::Ready, instant);
+            let unhealthy = matches!(verdict.health, Health::NotReady | Health::Unreachable);
+            let grant = if verdict.awaiting_no_execute {
+                Some(zones.grant(&key.name, instant))
+            } else {
+                (unhealthy && zones.stopped()).then_some(Grant::Stopped)
+            };
+            match grant {
+                Some(Grant::Now) => verdict = judge(&node, renewed, now, self.config.grace, Tainting::Allowed),
+                Some(Grant::Stopped) => {
+                    verdict = judge(&node, renewed, now, self.config.grace, Tainting::Stopped);
+                    wait_turn = Some(zones::IDLE_RECHECK);
+                }
+                Some(Grant::Wait(d)) => wait_turn = Some(d),
+                None => {}
+            }
+        }
         let scope = Scope::tenant(SYSTEM);
         let mut current = (*node).clone();
         if let Some(conditions) = &verdict.conditions {
@@ -273,7 +364,10 @@ impl Reconciler for NodeLifecycle {
             self.client.replace(&Resource::nodes(), &scope, &key.name, &current).await?;
             tracing::info!(node = %key.name, health = ?verdict.health, "node taints changed");
         }
-        let mut next = verdict.recheck;
+        let mut next = match (verdict.recheck, wait_turn) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if matches!(verdict.health, Health::NotReady | Health::Unreachable) {
             let taints = verdict.taints.clone().or_else(|| node.pointer("/spec/taints").cloned());
             let taints = taints.and_then(|t| t.as_array().cloned()).unwrap_or_default();
@@ -286,6 +380,25 @@ impl Reconciler for NodeLifecycle {
 }
 
 impl NodeLifecycle {
+    /// Adds the condition `DisruptionTarget=True` (reason `DeletionByTaintManager`) to a pod
+    /// about to be evicted, pinned to the version the cache holds.
+    async fn mark_disruption_target(&self, pod: &Value, now: SystemTime) -> Result<(), client::Error> {
+        let mut conditions: Vec<Value> =
+            pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        if conditions.iter().any(|c| text(c, "/type") == "DisruptionTarget" && text(c, "/status") == "True") {
+            return Ok(());
+        }
+        conditions.retain(|c| text(c, "/type") != "DisruptionTarget");
+        conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+                               "message": "Taint manager: deleting due to NoExecute taint",
+                               "lastTransitionTime": seconds(now)}));
+        let patch = json!({"metadata": {"resourceVersion": text(pod, "/metadata/resourceVersion")},
+                           "status": {"conditions": conditions}});
+        let name = text(pod, "/metadata/name");
+        self.client.patch_subresource(&Resource::pods(), &pod_scope(pod), name, "status", &Patch::Merge(patch)).await?;
+        Ok(())
+    }
+
     /// Marks the node's pods not ready and evicts those whose time is up; returns when the
     /// next eviction is due.
     async fn pods_on_unhealthy(
@@ -307,6 +420,16 @@ impl NodeLifecycle {
             }
             match eviction_after(pod, taints, now) {
                 Some(d) if d.is_zero() => {
+                    // Why it goes, on the pod itself (Kubernetes' taint eviction does the same).
+                    match self.mark_disruption_target(pod, now).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) if e.is_conflict() => {
+                            next = Some(Duration::from_secs(1));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                     let params = DeleteParams {
                         precondition_uid: Some(text(pod, "/metadata/uid").to_string()),
                         ..DeleteParams::default()
@@ -362,6 +485,7 @@ pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
         nodes: nodes.clone(),
         leases: lease_cache.clone(),
         pods: pods.clone(),
+        zones: Arc::new(Mutex::new(Zones::new(config.rates))),
     };
     let node_source = ApiSource::new(client.clone(), Resource::nodes(), Scope::tenant(SYSTEM));
     let lease_source = ApiSource::new(client.clone(), leases(), Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE));

@@ -3,7 +3,10 @@
 //! kubectl 1.33: the nodes show with their label and role, pods are scheduled onto them and
 //! reported Running, a deleted pod goes; killing the simulated agent makes its nodes
 //! `Unknown` with the unreachable taints (their pods not ready, and one whose toleration runs
-//! out evicted) within the grace period, and restarting it brings them back.
+//! out evicted) within the grace period, and restarting it brings them back. A fourth node,
+//! cordoned, in another zone, stays up throughout: as in Kubernetes, a control plane that
+//! hears from no node at all taints none NoExecute (it is more likely cut off itself), so
+//! evictions need some zone alive.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,11 +31,15 @@ fn start(server: &Server, args: &[&str], log: &str) -> Result<Proc> {
 }
 
 fn simulated_agent(server: &Server) -> Result<Proc> {
+    simulated(server, "3", "sim")
+}
+
+fn simulated(server: &Server, count: &str, prefix: &str) -> Result<Proc> {
     // Leases renewed every second, well inside the test's grace period.
     start(
         server,
-        &["agent", "--simulated", "3", "--name-prefix", "sim", "--sim-lease-renew-seconds", "1"],
-        "simulated.log",
+        &["agent", "--simulated", count, "--name-prefix", prefix, "--sim-lease-renew-seconds", "1"],
+        &format!("{prefix}.log"),
     )
 }
 
@@ -59,7 +66,12 @@ fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()>
     let server = Server::start()?;
     let k = Kubectl::new(33, &server)?;
     let grace = format!("{GRACE_SECONDS}s");
-    let _controllers = start(&server, &["controllers", "--node-monitor-grace-period", &grace], "controllers.log")?;
+    // Three nodes going down at once are tainted within the test's patience (one per 10 s by default).
+    let _controllers = start(
+        &server,
+        &["controllers", "--node-monitor-grace-period", &grace, "--node-eviction-rate", "10"],
+        "controllers.log",
+    )?;
     let _scheduler = start(&server, &["scheduler"], "scheduler.log")?;
     let agent = simulated_agent(&server)?;
 
@@ -70,6 +82,11 @@ fn simulated_nodes_run_pods_and_go_unknown_when_their_agent_dies() -> Result<()>
         ensure!(nodes.contains(name), "{nodes}");
     }
     ensure!(nodes.contains("simulated"), "the role shows in ROLES: {nodes}");
+    // The node that stays up, in a zone of its own, taking no pods.
+    let _keep = simulated(&server, "1", "keep")?;
+    until(&k, &["get", "node", "keep-0", "-o", READY], Duration::from_secs(20), |s| s == "True")?;
+    k.ok(&["label", "node", "keep-0", "topology.kubernetes.io/zone=elsewhere"])?;
+    k.ok(&["cordon", "keep-0"])?;
 
     for i in 0..4 {
         k.ok(&["run", &format!("p{i}"), "--image=busybox", "--", "sleep", "3600"])?;

@@ -42,7 +42,7 @@ fn keys(taints: &Value) -> Vec<String> {
 #[test]
 fn a_fresh_lease_keeps_a_ready_node_as_it_is_and_rechecks_at_expiry() {
     let n = node("True", 0, json!([]));
-    let v = judge(&n, Some(at(100)), at(110), GRACE);
+    let v = judge(&n, Some(at(100)), at(110), GRACE, Tainting::Allowed);
     assert_eq!(v.health, Health::Ready);
     assert_eq!((v.conditions, v.taints), (None, None));
     assert_eq!(v.recheck, Some(Duration::from_secs(30) + SLACK));
@@ -51,7 +51,7 @@ fn a_fresh_lease_keeps_a_ready_node_as_it_is_and_rechecks_at_expiry() {
 #[test]
 fn a_lease_older_than_the_grace_period_makes_the_node_unknown_and_unreachable() {
     let n = node("True", 0, json!([{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}]));
-    let v = judge(&n, Some(at(100)), at(141), GRACE);
+    let v = judge(&n, Some(at(100)), at(141), GRACE, Tainting::Allowed);
     assert_eq!(v.health, Health::Unreachable);
     let conditions = v.conditions.expect("conditions change");
     assert_eq!(ready_of(&conditions), ("Unknown", "NodeStatusUnknown"));
@@ -75,17 +75,17 @@ fn a_lease_older_than_the_grace_period_makes_the_node_unknown_and_unreachable() 
     assert_eq!(v.recheck, None, "only a lease renewal brings it back");
 
     // Exactly at the limit it is still fine.
-    assert_eq!(judge(&n, Some(at(100)), at(140), GRACE).health, Health::Ready);
+    assert_eq!(judge(&n, Some(at(100)), at(140), GRACE, Tainting::Allowed).health, Health::Ready);
 }
 
 #[test]
 fn an_unknown_node_already_marked_changes_nothing_more() {
     let n = node("True", 0, json!([]));
-    let v = judge(&n, Some(at(100)), at(141), GRACE);
+    let v = judge(&n, Some(at(100)), at(141), GRACE, Tainting::Allowed);
     let mut marked = n.clone();
     marked["status"]["conditions"] = v.conditions.unwrap();
     marked["spec"]["taints"] = v.taints.unwrap();
-    let again = judge(&marked, Some(at(100)), at(500), GRACE);
+    let again = judge(&marked, Some(at(100)), at(500), GRACE, Tainting::Allowed);
     assert_eq!((again.health, again.conditions, again.taints), (Health::Unreachable, None, None));
 }
 
@@ -96,11 +96,11 @@ fn recovery_removes_the_taints_once_the_agent_reports_ready() {
                         {"key": "dedicated", "value": "infra", "effect": "NoSchedule"}]);
     // The lease is fresh again but Ready is still our Unknown: the node stays tainted.
     let unknown = node("Unknown", 0, taints.clone());
-    let v = judge(&unknown, Some(at(600)), at(601), GRACE);
+    let v = judge(&unknown, Some(at(600)), at(601), GRACE, Tainting::Allowed);
     assert_eq!((v.health, v.conditions, v.taints), (Health::Unreachable, None, None));
     // The agent rewrote Ready=True: the taints go, others stay.
     let ready = node("True", 600, taints);
-    let v = judge(&ready, Some(at(600)), at(601), GRACE);
+    let v = judge(&ready, Some(at(600)), at(601), GRACE, Tainting::Allowed);
     assert_eq!(v.health, Health::Ready);
     assert_eq!(keys(&v.taints.unwrap()), ["dedicated:NoSchedule"]);
 }
@@ -108,7 +108,7 @@ fn recovery_removes_the_taints_once_the_agent_reports_ready() {
 #[test]
 fn an_agent_reporting_not_ready_gets_the_not_ready_taints_instead() {
     let n = node("False", 100, json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]));
-    let v = judge(&n, Some(at(100)), at(101), GRACE);
+    let v = judge(&n, Some(at(100)), at(101), GRACE, Tainting::Allowed);
     assert_eq!(v.health, Health::NotReady);
     assert_eq!(v.conditions, None);
     assert_eq!(
@@ -120,7 +120,7 @@ fn an_agent_reporting_not_ready_gets_the_not_ready_taints_instead() {
 #[test]
 fn a_node_that_never_reported_gets_one_grace_period_from_its_creation() {
     let n = json!({"metadata": {"name": "n1", "creationTimestamp": stamp(0)}, "spec": {}});
-    let v = judge(&n, None, at(10), GRACE);
+    let v = judge(&n, None, at(10), GRACE, Tainting::Allowed);
     // Not yet reported: no conditions, no taints (a node just registering is not unreachable).
     assert_eq!(
         v,
@@ -128,10 +128,11 @@ fn a_node_that_never_reported_gets_one_grace_period_from_its_creation() {
             health: Health::Unreported,
             conditions: None,
             taints: None,
-            recheck: Some(Duration::from_secs(30) + SLACK)
+            recheck: Some(Duration::from_secs(30) + SLACK),
+            awaiting_no_execute: false,
         }
     );
-    let v = judge(&n, None, at(41), GRACE);
+    let v = judge(&n, None, at(41), GRACE, Tainting::Allowed);
     assert_eq!(ready_of(&v.conditions.unwrap()), ("Unknown", "NodeStatusNeverUpdated"));
     assert_eq!(v.health, Health::Unreachable);
 }
@@ -140,7 +141,7 @@ fn a_node_that_never_reported_gets_one_grace_period_from_its_creation() {
 fn the_newest_sign_of_life_counts() {
     // An old lease but a recent status heartbeat (an agent that writes both).
     let n = node("True", 130, json!([]));
-    assert_eq!(judge(&n, Some(at(50)), at(160), GRACE).health, Health::Ready);
+    assert_eq!(judge(&n, Some(at(50)), at(160), GRACE, Tainting::Allowed).health, Health::Ready);
 }
 
 #[test]
@@ -193,4 +194,37 @@ fn pods_are_marked_not_ready_once() {
     assert_eq!(pod_not_ready(&json!({"status": status}), at(6)), None);
     let bare = pod_not_ready(&json!({}), at(5)).unwrap();
     assert_eq!(bare["conditions"][0]["type"], "Ready");
+}
+
+/// The NoSchedule taint goes on at once; the NoExecute one (which evicts) only when the zone
+/// grants it, except a swap between unreachable and not-ready; when every zone is down ours
+/// come off.
+#[test]
+fn the_no_execute_taint_waits_for_the_zone() {
+    let n = node("True", 100, json!([]));
+    let held = judge(&n, Some(at(100)), at(141), GRACE, Tainting::Held);
+    assert_eq!(held.health, Health::Unreachable);
+    assert_eq!(keys(held.taints.as_ref().unwrap()), ["node.kubernetes.io/unreachable:NoSchedule"]);
+    assert!(held.awaiting_no_execute);
+    let allowed = judge(&n, Some(at(100)), at(141), GRACE, Tainting::Allowed);
+    assert!(!allowed.awaiting_no_execute);
+    assert_eq!(
+        keys(allowed.taints.as_ref().unwrap()),
+        ["node.kubernetes.io/unreachable:NoSchedule", "node.kubernetes.io/unreachable:NoExecute"]
+    );
+    // Tainted unreachable, now reporting Ready=False: swapped to not-ready at once.
+    let marked = node("False", 200, allowed.taints.clone().unwrap());
+    let swapped = judge(&marked, Some(at(200)), at(201), GRACE, Tainting::Held);
+    assert_eq!(swapped.health, Health::NotReady);
+    assert_eq!(
+        keys(swapped.taints.as_ref().unwrap()),
+        ["node.kubernetes.io/not-ready:NoSchedule", "node.kubernetes.io/not-ready:NoExecute"]
+    );
+    // Every zone down: the NoExecute taint comes off, the NoSchedule one stays.
+    let mut unknown = n.clone();
+    unknown["status"]["conditions"] = allowed.conditions.clone().unwrap();
+    unknown["spec"]["taints"] = allowed.taints.clone().unwrap();
+    let stopped = judge(&unknown, Some(at(100)), at(150), GRACE, Tainting::Stopped);
+    assert_eq!(keys(stopped.taints.as_ref().unwrap()), ["node.kubernetes.io/unreachable:NoSchedule"]);
+    assert!(!stopped.awaiting_no_execute);
 }
