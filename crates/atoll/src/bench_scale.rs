@@ -8,6 +8,14 @@
 //! watches or lists), pod startup latency create → Running p50/p99 (as the pod startup SLI:
 //! from creation to the watch showing every container running; nothing is pulled), and each
 //! process's peak and final resident memory and CPU time.
+//!
+//! And an account of every pod: how many distinct pods the watch saw against how many were
+//! asked for, by owner (bare, each ReplicaSet against its replicas, Deployments with more than
+//! one ReplicaSet), the pods deleted during the run and why (evicted by a NoExecute taint,
+//! which the node lifecycle controller marks with the condition `DisruptionTarget` /
+//! `DeletionByTaintManager`; owned by a ReplicaSet otherwise: its scale-down or the garbage
+//! collector; bare), and what a second watch saw of the simulated nodes (Ready → not Ready
+//! transitions, NoExecute taints added, most nodes not Ready at once).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -50,6 +58,14 @@ pub struct ScaleBenchArgs {
     /// Seconds to wait for every pod to run.
     #[arg(long, default_value_t = 1800)]
     timeout: u64,
+    /// After every pod runs, create this many more bare pods at a fixed rate (as ClusterLoader2's
+    /// load tests create pods at a set QPS) and report their startup latency apart: the pod
+    /// startup SLI on a cluster holding all the others, without the saturation phase's queue.
+    #[arg(long, default_value_t = 0)]
+    latency_pods: usize,
+    /// Pods per second of the paced phase.
+    #[arg(long, default_value_t = 10.0)]
+    latency_rate: f64,
     /// Keep the data folder (and the processes' logs) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -153,12 +169,80 @@ fn pod_template(app: &str) -> Value {
     })
 }
 
-/// When the watch first saw each pod, bound and running.
+/// When the watch first saw each pod, bound and running; its controlling owner.
 #[derive(Default)]
 struct PodTimes {
     seen: Option<Instant>,
     bound: Option<Instant>,
     running: Option<Instant>,
+    /// `kind/name` of the controller reference; empty for a bare pod.
+    owner: String,
+    deleted: bool,
+}
+
+fn controller_of(pod: &Value) -> String {
+    pod.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|refs| refs.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true)))
+        .map(|r| format!("{}/{}", text(r, "/kind"), text(r, "/name")))
+        .unwrap_or_default()
+}
+
+/// Why a pod the watch saw deleted went.
+fn deletion_cause(pod: &Value) -> &'static str {
+    let evicted = pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| text(c, "/type") == "DisruptionTarget" && text(c, "/reason") == "DeletionByTaintManager")
+    });
+    match (evicted, controller_of(pod).is_empty()) {
+        (true, _) => "evicted by a NoExecute taint",
+        (false, false) => "owned, deleted by its controller or the garbage collector",
+        (false, true) => "bare, deleted",
+    }
+}
+
+/// What the node watch saw: each node's readiness and NoExecute taint, and the transitions.
+#[derive(Default)]
+struct NodeAccount {
+    ready: HashMap<String, bool>,
+    no_execute: HashMap<String, bool>,
+    went_not_ready: usize,
+    came_back: usize,
+    tainted_no_execute: usize,
+    most_not_ready: usize,
+    not_ready: usize,
+    nodes_ever_not_ready: std::collections::HashSet<String>,
+}
+
+impl NodeAccount {
+    fn observe(&mut self, node: &Value) {
+        let name = text(node, "/metadata/name").to_string();
+        let ready = node
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True"));
+        let no_execute = node.pointer("/spec/taints").and_then(Value::as_array).is_some_and(|ts| {
+            ts.iter().any(|t| text(t, "/effect") == "NoExecute" && text(t, "/key").starts_with("node.kubernetes.io/"))
+        });
+        // A node first seen not Ready counts as a transition only after it was seen Ready.
+        let before = self.ready.insert(name.clone(), ready);
+        match before {
+            Some(true) if !ready => {
+                self.went_not_ready += 1;
+                self.nodes_ever_not_ready.insert(name.clone());
+            }
+            Some(false) if ready => self.came_back += 1,
+            _ => {}
+        }
+        match (before, ready) {
+            (Some(true) | None, false) => self.not_ready += 1,
+            (Some(false), true) => self.not_ready -= 1,
+            _ => {}
+        }
+        if self.no_execute.insert(name, no_execute) != Some(true) && no_execute {
+            self.tainted_no_execute += 1;
+        }
+        self.most_not_ready = self.most_not_ready.max(self.not_ready);
+    }
 }
 
 fn start_up(exe: &Path, dir: &Path, etcd: Option<&str>) -> Result<Proc> {
@@ -304,6 +388,13 @@ async fn measure(
     let listed = client.list(&Resource::pods(), &scope, &ListParams { limit: Some(1), ..Default::default() }).await?;
     let params = WatchParams { resource_version: Some(listed.resource_version), ..WatchParams::default() };
     let mut watch = client.watch(&Resource::pods(), &scope, &params).await?;
+    // The simulated nodes, from their current state on (ADDED first), to count transitions.
+    let node_params = WatchParams { label_selector: Some("atoll.io/simulated=true".into()), ..WatchParams::default() };
+    let system = Scope::tenant("system");
+    let mut node_watch = Some(client.watch(&Resource::nodes(), &system, &node_params).await?);
+    let mut node_rv = String::new();
+    let mut nodes_account = NodeAccount::default();
+    let mut deletions: HashMap<&'static str, usize> = HashMap::new();
 
     // Mutating calls' latencies and the bare pods' send times, from every client.
     let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
@@ -384,6 +475,24 @@ async fn measure(
                 loads.push(load);
                 continue;
             }
+            node_event = async { node_watch.as_mut().expect("guarded").next().await }, if node_watch.is_some() => {
+                match node_event {
+                    Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
+                        node_rv = text(&n, "/metadata/resourceVersion").to_string();
+                        nodes_account.observe(&n);
+                    }
+                    Ok(Some(WatchEvent::Deleted(_) | WatchEvent::Bookmark { .. })) => {}
+                    // Ended or failed: start again from the last version seen.
+                    _ => {
+                        let params = WatchParams { resource_version: Some(node_rv.clone()), ..node_params.clone() };
+                        node_watch = client.watch(&Resource::nodes(), &system, &params).await.ok();
+                        if node_watch.is_none() {
+                            println!("  the node watch could not be reopened: node figures stop here");
+                        }
+                    }
+                }
+                continue;
+            }
             event = tokio::time::timeout_at(deadline.into(), watch.next()) => event,
         };
         let Ok(event) = event else {
@@ -397,12 +506,23 @@ async fn measure(
         };
         let pod = match event? {
             Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
+            Some(WatchEvent::Deleted(pod)) => {
+                let times = pods.entry(text(&pod, "/metadata/name").to_string()).or_default();
+                if !times.deleted {
+                    times.deleted = true;
+                    *deletions.entry(deletion_cause(&pod)).or_default() += 1;
+                }
+                continue;
+            }
             Some(WatchEvent::Error(s)) => bail!("the watch failed: {}", s.message),
             None => bail!("the server ended the watch"),
             Some(_) => continue,
         };
         let now = Instant::now();
         let times = pods.entry(text(&pod, "/metadata/name").to_string()).or_default();
+        if times.seen.is_none() {
+            times.owner = controller_of(&pod);
+        }
         times.seen.get_or_insert(now);
         if times.bound.is_none() && !text(&pod, "/spec/nodeName").is_empty() {
             times.bound = Some(now);
@@ -486,5 +606,162 @@ async fn measure(
         println!("this bench (clients and watch): VmHWM {} MiB, CPU {:.1} s", me.hwm_kib / 1024, me.cpu.as_secs_f64());
     }
     println!("load average during the run (every 10 s): {}", loads.join(" | "));
+    if args.latency_pods > 0 && running_count == args.pods {
+        paced(kubeconfig, &scope, &mut watch, args).await?;
+    }
+    account(&client, &scope, args, replicas, &pods, &deletions, &nodes_account).await
+}
+
+/// The paced phase: `--latency-pods` bare pods created at `--latency-rate` per second, each
+/// timed from its create call to the watch seeing it Running with every container running
+/// (stricter than the SLI's start, the pod's creationTimestamp, which the server sets during
+/// that call; nothing is pulled, so no image pull time is to be left out).
+async fn paced(kubeconfig: &Path, scope: &Scope, watch: &mut client::WatchStream, args: &ScaleBenchArgs) -> Result<()> {
+    ensure!(args.latency_rate > 0.0, "--latency-rate must be positive");
+    let n = args.latency_pods;
+    println!("paced phase: {n} bare pods at {} pods/s (load average {})", args.latency_rate, load_average());
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let c = Client::from_kubeconfig(kubeconfig)?;
+    let (pace_scope, pace_sent, pace_calls) = (scope.clone(), sent.clone(), calls.clone());
+    let rate = args.latency_rate;
+    let mut creator = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..n {
+            tick.tick().await;
+            let (c, scope, sent, calls) = (c.clone(), pace_scope.clone(), pace_sent.clone(), pace_calls.clone());
+            creates.spawn(async move {
+                let mut pod = pod_template("paced");
+                pod["apiVersion"] = json!("v1");
+                pod["kind"] = json!("Pod");
+                let name = format!("paced-{i:06}");
+                pod["metadata"]["name"] = json!(name);
+                let t0 = Instant::now();
+                sent.lock().await.insert(name, t0);
+                c.create(&Resource::pods(), &scope, &pod).await?;
+                calls.lock().await.push(t0.elapsed());
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = creates.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    });
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(n as f64 / rate) + Duration::from_secs(args.timeout.min(600));
+    let mut running_at: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let mut created = false;
+    while running_at.len() < n {
+        let event = tokio::select! {
+            done = &mut creator, if !created => {
+                done??;
+                created = true;
+                continue;
+            }
+            event = tokio::time::timeout_at(deadline.into(), watch.next()) => event,
+        };
+        let Ok(event) = event else {
+            println!("paced phase TIMED OUT: {} of {n} running", running_at.len());
+            break;
+        };
+        let pod = match event? {
+            Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
+            Some(WatchEvent::Error(s)) => bail!("the watch failed: {}", s.message),
+            None => bail!("the server ended the watch"),
+            Some(_) => continue,
+        };
+        let name = text(&pod, "/metadata/name");
+        if name.starts_with("paced-") && !running_at.contains_key(name) && running(&pod) {
+            running_at.insert(name.to_string(), Instant::now());
+        }
+    }
+    let sent = sent.lock().await;
+    let mut lat: Vec<Duration> =
+        running_at.iter().filter_map(|(name, at)| Some(at.duration_since(*sent.get(name)?))).collect();
+    lat.sort_unstable();
+    let mut calls = std::mem::take(&mut *calls.lock().await);
+    calls.sort_unstable();
+    println!(
+        "paced pod startup ({} pods at {} pods/s over {:.1} s): create -> Running p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} \
+         ms, max {:.0} ms; their creates p50 {:.1} ms, p99 {:.1} ms (load average {})",
+        lat.len(),
+        rate,
+        started.elapsed().as_secs_f64(),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.9)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+        ms(percentile(&calls, 0.5)),
+        ms(percentile(&calls, 0.99)),
+        load_average()
+    );
+    Ok(())
+}
+
+/// Every pod accounted for: by owner against what was asked, deletions by cause, and the
+/// nodes' transitions.
+async fn account(
+    client: &Client,
+    scope: &Scope,
+    args: &ScaleBenchArgs,
+    replicas: usize,
+    pods: &HashMap<String, PodTimes>,
+    deletions: &HashMap<&'static str, usize>,
+    nodes: &NodeAccount,
+) -> Result<()> {
+    let mut per_owner: HashMap<&str, usize> = HashMap::new();
+    for t in pods.values() {
+        *per_owner.entry(t.owner.as_str()).or_default() += 1;
+    }
+    let bare = per_owner.get("").copied().unwrap_or(0);
+    let sets = client.list(&controllers::replicaset::replicasets(), scope, &ListParams::default()).await?;
+    // Deployment name -> its ReplicaSets' names.
+    let mut by_deployment: HashMap<String, Vec<String>> = HashMap::new();
+    for rs in &sets.items {
+        by_deployment.entry(controller_of(rs)).or_default().push(text(rs, "/metadata/name").to_string());
+    }
+    let made: Vec<usize> = sets
+        .items
+        .iter()
+        .map(|rs| per_owner.get(format!("ReplicaSet/{}", text(rs, "/metadata/name")).as_str()).copied().unwrap_or(0))
+        .collect();
+    let over: usize = made.iter().map(|m| m.saturating_sub(replicas)).sum();
+    let several = by_deployment.iter().filter(|(d, s)| !d.is_empty() && s.len() > 1).count();
+    println!(
+        "accounting: {} distinct pods seen for {} asked: {bare} bare ({} asked), {} from {} ReplicaSets of {} \
+         Deployments ({} asked; {several} Deployments with more than one ReplicaSet)",
+        pods.len(),
+        args.pods,
+        args.pods - args.deployments * replicas,
+        made.iter().sum::<usize>(),
+        sets.items.len(),
+        by_deployment.keys().filter(|d| !d.is_empty()).count(),
+        args.deployments * replicas,
+    );
+    println!(
+        "  pods made per ReplicaSet: min {}, max {} (replicas {replicas}); {over} beyond the replicas in all",
+        made.iter().min().copied().unwrap_or(0),
+        made.iter().max().copied().unwrap_or(0),
+    );
+    let mut causes: Vec<_> = deletions.iter().collect();
+    causes.sort();
+    let causes: Vec<String> = causes.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    println!(
+        "  pods deleted during the run: {} ({})",
+        deletions.values().sum::<usize>(),
+        if causes.is_empty() { "none".to_string() } else { causes.join("; ") }
+    );
+    println!(
+        "  simulated nodes: {} Ready -> not Ready transitions on {} nodes, {} back to Ready, {} NoExecute taints \
+         added, at most {} not Ready at once ({} not Ready at the end)",
+        nodes.went_not_ready,
+        nodes.nodes_ever_not_ready.len(),
+        nodes.came_back,
+        nodes.tainted_no_execute,
+        nodes.most_not_ready,
+        nodes.not_ready,
+    );
     Ok(())
 }
