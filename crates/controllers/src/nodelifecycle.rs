@@ -20,6 +20,7 @@
 //! says (status patches and evictions go to the API) and asks to look again when the lease
 //! would expire.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -290,6 +291,11 @@ pub struct NodeLifecycle {
     pods: Cache,
     /// Each node's zone and readiness, and each zone's queue for the NoExecute taint.
     zones: Arc<Mutex<Zones>>,
+    /// Per unhealthy node, the uids of the pods already marked not ready in this episode.
+    /// A pod is marked once (when its node turns unhealthy or when it is bound to one), as
+    /// Kubernetes does: re-marking on every pod change made a live agent, which reports its
+    /// pods ready again, and this controller write the same pods back and forth.
+    marked: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 /// A node's zone, as Kubernetes keys it: region and zone from the topology labels.
@@ -323,6 +329,7 @@ impl Reconciler for NodeLifecycle {
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, client::Error> {
         let Some(node) = self.nodes.get(key) else {
             self.zones.lock().remove(&key.name);
+            self.marked.lock().remove(&key.name);
             return Ok(Action::Done);
         };
         let lease = self.leases.get(&ObjectKey::new(SYSTEM, Some(LEASE_NAMESPACE), &key.name));
@@ -368,6 +375,9 @@ impl Reconciler for NodeLifecycle {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if verdict.health == Health::Ready {
+            self.marked.lock().remove(&key.name);
+        }
         if matches!(verdict.health, Health::NotReady | Health::Unreachable) {
             let taints = verdict.taints.clone().or_else(|| node.pointer("/spec/taints").cloned());
             let taints = taints.and_then(|t| t.as_array().cloned()).unwrap_or_default();
@@ -444,6 +454,13 @@ impl NodeLifecycle {
                 Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
                 None => {}
             }
+            let uid = text(pod, "/metadata/uid");
+            if self.marked.lock().get(node).is_some_and(|m| m.contains(uid)) {
+                continue;
+            }
+            let mark = || {
+                self.marked.lock().entry(node.to_string()).or_default().insert(uid.to_string());
+            };
             if let Some(status) = pod_not_ready(pod, now) {
                 let mut updated = pod.clone();
                 updated["status"] = status;
@@ -452,12 +469,14 @@ impl NodeLifecycle {
                     .replace_subresource(&Resource::pods(), &pod_scope(pod), name, "status", &updated)
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(_) => mark(),
                     // Changed or gone meanwhile: the next look (below) sees the new pod.
                     Err(e) if e.is_conflict() => next = Some(Duration::from_secs(1)),
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
                 }
+            } else {
+                mark();
             }
         }
         Ok(next)
@@ -486,6 +505,7 @@ pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
         leases: lease_cache.clone(),
         pods: pods.clone(),
         zones: Arc::new(Mutex::new(Zones::new(config.rates))),
+        marked: Mutex::default(),
     };
     let node_source = ApiSource::new(client.clone(), Resource::nodes(), Scope::tenant(SYSTEM));
     let lease_source = ApiSource::new(client.clone(), leases(), Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE));
