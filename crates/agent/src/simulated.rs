@@ -96,7 +96,12 @@ fn host_ip(i: usize) -> Ipv4Addr {
 
 /// What every task shares: the names of our nodes and the pod address counter.
 struct Fleet {
+    /// Pod writes and the pod watch.
     client: Client,
+    /// Registration, leases and node status, on a connection of their own: on a shared one
+    /// thousands of renewals waiting for the server's stream limit queued the pod writes
+    /// behind them (and the reverse), as separate kubelets' connections never do.
+    heartbeat: Client,
     config: SimConfig,
     index: HashMap<String, usize>,
     next_ip: AtomicU32,
@@ -196,7 +201,7 @@ impl Fleet {
             "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
             SIMULATED_LABEL: "true", ROLE_LABEL: "",
         }}});
-        match self.client.create(&nodes(), &scope, &obj).await {
+        match self.heartbeat.create(&nodes(), &scope, &obj).await {
             Ok(_) => {}
             // Registered by an earlier run: its status and lease are rewritten below.
             Err(e) if e.is_already_exists() => {}
@@ -211,7 +216,7 @@ impl Fleet {
     async fn write_status(&self, i: usize) -> Result<(), client::Error> {
         let name = self.config.name(i);
         let patch = json!({"status": node_status(&self.config, i, SystemTime::now(), self.since)});
-        self.client
+        self.heartbeat
             .patch_subresource(&nodes(), &Scope::tenant("system"), &name, "status", &Patch::Merge(patch))
             .await?;
         Ok(())
@@ -223,14 +228,14 @@ impl Fleet {
         let now = micro_time(SystemTime::now());
         let patch = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
                                     "renewTime": now}});
-        match self.client.patch(&leases(), &scope, &name, &Patch::Merge(patch)).await {
+        match self.heartbeat.patch(&leases(), &scope, &name, &Patch::Merge(patch)).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => {
                 let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                                    "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
                                    "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
                                             "acquireTime": now, "renewTime": now}});
-                match self.client.create(&leases(), &scope, &lease).await {
+                match self.heartbeat.create(&leases(), &scope, &lease).await {
                     Ok(_) => Ok(()),
                     Err(e) if e.is_already_exists() => Ok(()),
                     Err(e) => Err(e),
@@ -299,6 +304,7 @@ impl Fleet {
 pub async fn run(client: Client, config: SimConfig, shutdown: impl Future<Output = ()>) -> Result<(), SimError> {
     let index = (0..config.count).map(|i| (config.name(i), i)).collect();
     let fleet = Arc::new(Fleet {
+        heartbeat: Client::new(client.config().clone()).unwrap_or_else(|_| client.clone()),
         client: client.clone(),
         config,
         index,
