@@ -1,5 +1,5 @@
 //! Simulated ("hollow") nodes for scale tests and benchmarks: N Nodes served by one task
-//! over one client connection, running nothing.
+//! over two client connections (heartbeats; pods), running nothing.
 //!
 //! Each node registers a Node labelled `atoll.io/simulated=true` with the role
 //! `node-role.kubernetes.io/simulated` (kubectl's ROLES column says `simulated`), a
