@@ -202,6 +202,12 @@ impl RealOs {
     }
 }
 
+/// The mount options of an overlay: `lower` topmost first, as overlayfs lists them.
+pub fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display())
+}
+
 /// Undo the octal escapes of /proc/self/mountinfo (`\040` for a space, ...).
 fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -234,8 +240,7 @@ pub fn parse_mounts_under(mountinfo: &str, prefix: &Path) -> Vec<PathBuf> {
 
 impl Os for RealOs {
     fn mount_overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OsError> {
-        let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-        let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display());
+        let data = overlay_options(lower, upper, work);
         let data = std::ffi::CString::new(data).map_err(|_| OsError::Sys {
             what: "mounting overlay (NUL in a path) on",
             path: target.to_owned(),
