@@ -90,6 +90,11 @@ pub trait Os: Send + Sync + fmt::Debug {
     /// Mount an overlay at `target`; `lower` is listed topmost first.
     fn mount_overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OsError>;
     fn unmount(&self, target: &Path) -> Result<(), OsError>;
+    /// Bind-mount the file `source` read-only on `target` (made if missing; whatever was
+    /// mounted there before is detached first).
+    fn bind_read_only(&self, source: &Path, target: &Path) -> Result<(), OsError>;
+    /// Detach the mount at `target` even while a process still uses it (`MNT_DETACH`).
+    fn unmount_detached(&self, target: &Path) -> Result<(), OsError>;
     /// Mount points at or below `prefix`, deepest first (the order to unmount them in).
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError>;
 
@@ -252,6 +257,28 @@ impl Os for RealOs {
 
     fn unmount(&self, target: &Path) -> Result<(), OsError> {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(sys("unmounting", target))
+    }
+
+    fn bind_read_only(&self, source: &Path, target: &Path) -> Result<(), OsError> {
+        use rustix::mount::{MountFlags, UnmountFlags};
+        if !target.exists() {
+            std::fs::File::create(target).map_err(io("creating", target))?;
+        }
+        match rustix::mount::unmount(target, UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(sys("unmounting", target)(e)),
+        }
+        rustix::mount::mount_bind(source, target).map_err(sys("bind-mounting a file on", target))?;
+        // A bind mount takes the read-only flag only from a remount of itself.
+        let flags = MountFlags::BIND | MountFlags::RDONLY;
+        rustix::mount::mount_remount(target, flags, "").map_err(|e| {
+            let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
+            sys("making read-only", target)(e)
+        })
+    }
+
+    fn unmount_detached(&self, target: &Path) -> Result<(), OsError> {
+        rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH).map_err(sys("unmounting", target))
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError> {
@@ -519,6 +546,7 @@ pub enum Call {
     MountOverlay { lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf, target: PathBuf },
     CreateNamespaces { ipc: PathBuf, uts: Option<(PathBuf, String)> },
     Unmount(PathBuf),
+    BindReadOnly(PathBuf, PathBuf),
     Whiteout(PathBuf),
     Opaque(PathBuf),
     Run(Vec<String>),
@@ -613,6 +641,19 @@ impl Os for FakeOs {
             s.mounts.retain(|m| m != target);
         });
         Ok(())
+    }
+
+    fn bind_read_only(&self, source: &Path, target: &Path) -> Result<(), OsError> {
+        self.with(|s| {
+            s.calls.push(Call::BindReadOnly(source.to_owned(), target.to_owned()));
+            s.mounts.retain(|m| m != target);
+            s.mounts.push(target.to_owned());
+        });
+        Ok(())
+    }
+
+    fn unmount_detached(&self, target: &Path) -> Result<(), OsError> {
+        self.unmount(target)
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError> {

@@ -213,6 +213,30 @@ fn a_root_file_system_is_mounted_only_where_its_container_sees_it() {
 }
 
 #[test]
+fn containers_run_through_a_read_only_bind_mount_of_the_runtime_binary() {
+    use agent::os::Os as _;
+    let node = Node::setup();
+    let image = node.busybox();
+    let program = agent::runtime::oci::find_program(Path::new(&crate::runtime_name())).unwrap();
+    let target = node.dir.path().join("ro-crun");
+    node.os.bind_read_only(&program, &target).unwrap();
+    // Again (an agent restarted after a crash): replaced, not stacked.
+    node.os.bind_read_only(&program, &target).unwrap();
+    assert_eq!(node.os.mounts_under(&target).unwrap(), std::slice::from_ref(&target));
+    let err = std::fs::OpenOptions::new().write(true).open(&target).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS expected: {err}");
+    let rt = node.runtime_named(target.to_str().unwrap());
+    rt.run_sandbox(&sandbox("ro")).unwrap();
+    let id = rt.run_container("ro", &container(&node, &image, "main", "echo from a read-only runtime")).unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(0));
+    assert!(std::fs::read_to_string(&status.log_path).unwrap().contains(" stdout F from a read-only runtime\n"));
+    rt.remove_sandbox("ro").unwrap();
+    node.os.unmount_detached(&target).unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
 fn user_env_workdir_and_hostname_reach_the_process() {
     let node = Node::setup();
     let image = node.busybox();
