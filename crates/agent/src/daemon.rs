@@ -5,8 +5,7 @@
 //!
 //! Folders under the agent's data folder: `images/` (the image store), `runtime/` (the OCI
 //! runtime's state), `vm/` (the VM runtime's machines and disk overlays), `logs/`
-//! (containers' and VMs' CRI logs), `network/` (the bridge network's IPAM), `ro-bin/` (the
-//! OCI runtime's binary, bind-mounted read-only while the agent runs).
+//! (containers' and VMs' CRI logs), `network/` (the bridge network's IPAM).
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -195,10 +194,10 @@ impl AgentConfig {
 pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let os: Arc<dyn Os> = Arc::new(RealOs::new());
     let runtime_path = find_program(&config.runtime).ok_or_else(|| AgentError::NoRuntime(config.runtime.clone()))?;
-    let read_only_runtime = read_only_runtime(&*os, &runtime_path, &config.data_dir);
-    let runtime_path = read_only_runtime.clone().unwrap_or(runtime_path);
+    // Run from the sealed copy; named (node info, container IDs) after the file.
+    let runtime_exec = sealed_runtime(&*os, &runtime_path).unwrap_or_else(|| runtime_path.clone());
     let images = Arc::new(ImageStore::open(&config.data_dir.join("images"), os.clone())?);
-    let mut oci = OciConfig::new(&runtime_path, config.shim.clone(), config.data_dir.join("runtime"));
+    let mut oci = OciConfig::new(&runtime_exec, config.shim.clone(), config.data_dir.join("runtime"));
     oci.cgroup_parent = config.cgroup_parent.clone();
     let oci = Arc::new(OciRuntime::new(oci, os.clone())?);
     let mut runtimes = Runtimes::new(oci);
@@ -321,27 +320,28 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     }
     let network = node.network.clone();
     tokio::task::spawn_blocking(move || network.shutdown()).await.map_err(|e| pods::PodError::Join(e.to_string()))?;
-    if let Some(path) = read_only_runtime
-        && let Err(e) = os.unmount_detached(&path)
-    {
-        tracing::warn!(error = %e, "unmounting the read-only runtime binary");
-    }
     Ok(())
 }
 
-/// The OCI runtime binary bind-mounted read-only in the agent's data folder, to run it
-/// from there; `None` (run it where it is) if that fails. crun and runc guard against a
-/// container overwriting their binary (CVE-2019-5736) by re-executing themselves from a
-/// sealed copy on every invocation (a bind mount, a remount, an unmount, a second exec
-/// and dynamic link: more than half of a `crun list`'s CPU), unless the binary is on a
-/// read-only mount already, which protects it just as well.
-fn read_only_runtime(os: &dyn Os, program: &std::path::Path, data_dir: &std::path::Path) -> Option<PathBuf> {
-    let dir = data_dir.join("ro-bin");
-    let target = dir.join(program.file_name()?);
-    match os.create_dir_all(&dir).and_then(|()| os.bind_read_only(program, &target)) {
-        Ok(()) => Some(target),
+/// A sealed in-memory copy of the OCI runtime binary to run instead of the file, or `None`
+/// (run the file) if that fails. crun and runc guard against a container overwriting their
+/// binary (CVE-2019-5736) by re-executing themselves from a sealed copy on every
+/// invocation (a bind mount, a remount and an unmount in the caller's mount namespace, a
+/// second exec and dynamic link: more than half of a `crun list`'s CPU); they skip that
+/// when they already run from one, which is what this is, made once for the agent's life.
+fn sealed_runtime(os: &dyn Os, program: &std::path::Path) -> Option<PathBuf> {
+    let copy = os.sealed_copy(program).and_then(|path| {
+        // A machine may forbid running memory files (`vm.memfd_noexec`): try once.
+        let out = os.run(&path, &["--version".into()])?;
+        match out.success {
+            true => Ok(path),
+            false => Err(crate::os::OsError::Command { what: "running the sealed copy", detail: out.stderr }),
+        }
+    });
+    match copy {
+        Ok(path) => Some(path),
         Err(e) => {
-            tracing::warn!(error = %e, program = %program.display(), "running the OCI runtime from where it is");
+            tracing::warn!(error = %e, program = %program.display(), "running the OCI runtime from its file");
             None
         }
     }
@@ -378,12 +378,13 @@ mod tests {
     use crate::os::{Call, FakeOs};
 
     #[test]
-    fn the_runtime_runs_from_a_read_only_bind_mount_in_the_data_folder() {
+    fn the_runtime_runs_from_a_sealed_copy_once_it_is_seen_to_run() {
         let os = FakeOs::new("created 1", Vec::new());
-        let path = read_only_runtime(&os, Path::new("/usr/bin/crun"), Path::new("/data/agent"));
-        assert_eq!(path.as_deref(), Some(Path::new("/data/agent/ro-bin/crun")));
-        let bind = Call::BindReadOnly("/usr/bin/crun".into(), "/data/agent/ro-bin/crun".into());
-        assert!(os.calls().contains(&bind), "{:?}", os.calls());
-        assert_eq!(os.mounts(), [PathBuf::from("/data/agent/ro-bin/crun")]);
+        let path = sealed_runtime(&os, Path::new("/usr/bin/crun"));
+        assert_eq!(path.as_deref(), Some(Path::new("/proc/1/fd/3")));
+        let calls = os.calls();
+        assert_eq!(calls[0], Call::SealedCopy("/usr/bin/crun".into()));
+        assert!(matches!(&calls[1], Call::Run(a) if a[..2] == ["/proc/1/fd/3", "--version"]), "{calls:?}");
+        assert!(os.mounts().is_empty());
     }
 }

@@ -90,11 +90,10 @@ pub trait Os: Send + Sync + fmt::Debug {
     /// Mount an overlay at `target`; `lower` is listed topmost first.
     fn mount_overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OsError>;
     fn unmount(&self, target: &Path) -> Result<(), OsError>;
-    /// Bind-mount the file `source` read-only on `target` (made if missing; whatever was
-    /// mounted there before is detached first).
-    fn bind_read_only(&self, source: &Path, target: &Path) -> Result<(), OsError>;
-    /// Detach the mount at `target` even while a process still uses it (`MNT_DETACH`).
-    fn unmount_detached(&self, target: &Path) -> Result<(), OsError>;
+    /// A sealed in-memory copy of the program (a memfd with every write sealed off), kept
+    /// open for as long as this object lives; the path that runs it
+    /// (`/proc/<our pid>/fd/<fd>`, usable by our children too).
+    fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError>;
     /// Mount points at or below `prefix`, deepest first (the order to unmount them in).
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError>;
 
@@ -193,6 +192,8 @@ fn sys<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Errno)
 #[derive(Debug, Default)]
 pub struct RealOs {
     children: Mutex<Vec<Child>>,
+    /// Sealed copies of programs ([`Os::sealed_copy`]), open while we live.
+    sealed: Mutex<Vec<std::fs::File>>,
 }
 
 impl RealOs {
@@ -259,26 +260,20 @@ impl Os for RealOs {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(sys("unmounting", target))
     }
 
-    fn bind_read_only(&self, source: &Path, target: &Path) -> Result<(), OsError> {
-        use rustix::mount::{MountFlags, UnmountFlags};
-        if !target.exists() {
-            std::fs::File::create(target).map_err(io("creating", target))?;
-        }
-        match rustix::mount::unmount(target, UnmountFlags::DETACH) {
-            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(e) => return Err(sys("unmounting", target)(e)),
-        }
-        rustix::mount::mount_bind(source, target).map_err(sys("bind-mounting a file on", target))?;
-        // A bind mount takes the read-only flag only from a remount of itself.
-        let flags = MountFlags::BIND | MountFlags::RDONLY;
-        rustix::mount::mount_remount(target, flags, "").map_err(|e| {
-            let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
-            sys("making read-only", target)(e)
-        })
-    }
-
-    fn unmount_detached(&self, target: &Path) -> Result<(), OsError> {
-        rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH).map_err(sys("unmounting", target))
+    fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        use std::os::fd::AsRawFd as _;
+        let mut source = std::fs::File::open(program).map_err(io("opening", program))?;
+        let fd = rustix::fs::memfd_create("atoll-runtime", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(sys("making a memory file for", program))?;
+        let mut copy = std::fs::File::from(fd);
+        std::io::copy(&mut source, &mut copy).map_err(io("copying", program))?;
+        // Exactly these four: what crun and runc take for their own sealed copy.
+        let seals = SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE;
+        rustix::fs::fcntl_add_seals(&copy, seals).map_err(sys("sealing the copy of", program))?;
+        let path = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), copy.as_raw_fd()));
+        self.sealed.lock().unwrap_or_else(|e| e.into_inner()).push(copy);
+        Ok(path)
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError> {
@@ -546,7 +541,7 @@ pub enum Call {
     MountOverlay { lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf, target: PathBuf },
     CreateNamespaces { ipc: PathBuf, uts: Option<(PathBuf, String)> },
     Unmount(PathBuf),
-    BindReadOnly(PathBuf, PathBuf),
+    SealedCopy(PathBuf),
     Whiteout(PathBuf),
     Opaque(PathBuf),
     Run(Vec<String>),
@@ -643,17 +638,9 @@ impl Os for FakeOs {
         Ok(())
     }
 
-    fn bind_read_only(&self, source: &Path, target: &Path) -> Result<(), OsError> {
-        self.with(|s| {
-            s.calls.push(Call::BindReadOnly(source.to_owned(), target.to_owned()));
-            s.mounts.retain(|m| m != target);
-            s.mounts.push(target.to_owned());
-        });
-        Ok(())
-    }
-
-    fn unmount_detached(&self, target: &Path) -> Result<(), OsError> {
-        self.unmount(target)
+    fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError> {
+        self.with(|s| s.calls.push(Call::SealedCopy(program.to_owned())));
+        Ok(PathBuf::from("/proc/1/fd/3"))
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError> {

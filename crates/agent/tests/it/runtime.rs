@@ -213,26 +213,35 @@ fn a_root_file_system_is_mounted_only_where_its_container_sees_it() {
 }
 
 #[test]
-fn containers_run_through_a_read_only_bind_mount_of_the_runtime_binary() {
+fn containers_run_through_a_sealed_copy_of_the_runtime_binary() {
     use agent::os::Os as _;
     let node = Node::setup();
     let image = node.busybox();
     let program = agent::runtime::oci::find_program(Path::new(&crate::runtime_name())).unwrap();
-    let target = node.dir.path().join("ro-crun");
-    node.os.bind_read_only(&program, &target).unwrap();
-    // Again (an agent restarted after a crash): replaced, not stacked.
-    node.os.bind_read_only(&program, &target).unwrap();
-    assert_eq!(node.os.mounts_under(&target).unwrap(), std::slice::from_ref(&target));
-    let err = std::fs::OpenOptions::new().write(true).open(&target).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(30), "EROFS expected: {err}");
-    let rt = node.runtime_named(target.to_str().unwrap());
-    rt.run_sandbox(&sandbox("ro")).unwrap();
-    let id = rt.run_container("ro", &container(&node, &image, "main", "echo from a read-only runtime")).unwrap();
+    let copy = node.os.sealed_copy(&program).unwrap();
+    // Sealed against writes: what the runtime checks before it skips copying itself.
+    let mut file = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    let err = std::io::Write::write_all(&mut file, b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(1), "EPERM expected: {err}");
+    drop(file);
+    // Run from it, the runtime makes no copy of its own (no second exec: one execve only).
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=execve,execveat,mount"])
+        .arg(&copy)
+        .arg("--version")
+        .output()
+        .expect("strace is missing: apt-get install strace");
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{trace}");
+    assert_eq!(trace.lines().filter(|l| l.contains("exec")).count(), 1, "{trace}");
+    assert!(!trace.contains("mount("), "{trace}");
+    let rt = node.runtime_named(copy.to_str().unwrap());
+    rt.run_sandbox(&sandbox("sealed")).unwrap();
+    let id = rt.run_container("sealed", &container(&node, &image, "main", "echo from a sealed runtime")).unwrap();
     let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
     assert_eq!(status.exit_code, Some(0));
-    assert!(std::fs::read_to_string(&status.log_path).unwrap().contains(" stdout F from a read-only runtime\n"));
-    rt.remove_sandbox("ro").unwrap();
-    node.os.unmount_detached(&target).unwrap();
+    assert!(std::fs::read_to_string(&status.log_path).unwrap().contains(" stdout F from a sealed runtime\n"));
+    rt.remove_sandbox("sealed").unwrap();
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
 }
 
