@@ -50,8 +50,38 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// What the controllers read of a pod: everything but `metadata.managedFields` and the spec
+/// beyond `nodeName` and `tolerations` (containers, volumes, ... are most of a pod and no
+/// controller here looks at them; the scheduler keeps its own typed copy). Status writes
+/// from such a copy stay correct: a `pods/status` update takes only the status from its body.
+pub fn pod_essentials(pod: &Value) -> Value {
+    let Some(top) = pod.as_object() else { return pod.clone() };
+    let mut out = serde_json::Map::new();
+    for (k, v) in top {
+        match (k.as_str(), v) {
+            ("metadata", Value::Object(meta)) => {
+                let meta = meta.iter().filter(|(k, _)| *k != "managedFields").map(|(k, v)| (k.clone(), v.clone()));
+                out.insert(k.clone(), Value::Object(meta.collect()));
+            }
+            ("spec", Value::Object(spec)) => {
+                let spec = spec
+                    .iter()
+                    .filter(|(k, _)| matches!(k.as_str(), "nodeName" | "tolerations"))
+                    .map(|(k, v)| (k.clone(), v.clone()));
+                out.insert(k.clone(), Value::Object(spec.collect()));
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
 /// The value an object is indexed under (`None`: not in the index).
 type IndexFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
+/// The part of an object the cache keeps (see [`Cache::keeping`]).
+type KeepFn = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -66,12 +96,13 @@ struct State {
 pub struct Cache {
     state: Arc<RwLock<State>>,
     index_of: Option<IndexFn>,
+    keep: Option<KeepFn>,
     ready: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Cache {
     fn default() -> Cache {
-        Cache { state: Arc::default(), index_of: None, ready: Arc::new(watch::channel(false).0) }
+        Cache { state: Arc::default(), index_of: None, keep: None, ready: Arc::new(watch::channel(false).0) }
     }
 }
 
@@ -111,6 +142,21 @@ impl Cache {
     /// A cache that also indexes its objects by `index_of` (see [`Cache::by_index`]).
     pub fn indexed(index_of: impl Fn(&Value) -> Option<String> + Send + Sync + 'static) -> Cache {
         Cache { index_of: Some(Arc::new(index_of)), ..Cache::default() }
+    }
+
+    /// The same cache keeping only what `keep` makes of each object (applied before the index
+    /// function and before storing), as client-go's informer transforms: a controller that
+    /// reads a few fields of 150,000 pods need not hold each pod's whole decoded tree.
+    pub fn keeping(mut self, keep: impl Fn(&Value) -> Value + Send + Sync + 'static) -> Cache {
+        self.keep = Some(Arc::new(keep));
+        self
+    }
+
+    fn stored(&self, obj: &Value) -> Arc<Value> {
+        Arc::new(match &self.keep {
+            Some(keep) => keep(obj),
+            None => obj.clone(),
+        })
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<Value>> {
@@ -167,7 +213,8 @@ impl Cache {
         match event {
             Event::Applied(obj) => {
                 if let Some(key) = ObjectKey::of(obj) {
-                    self.state.write().insert(self.index_of.as_ref(), key, Arc::new(obj.clone()));
+                    let obj = self.stored(obj);
+                    self.state.write().insert(self.index_of.as_ref(), key, obj);
                 }
                 Vec::new()
             }
@@ -182,7 +229,7 @@ impl Cache {
                 let mut fresh = State::default();
                 for o in objs {
                     if let Some(key) = ObjectKey::of(o) {
-                        fresh.insert(self.index_of.as_ref(), key, Arc::new(o.clone()));
+                        fresh.insert(self.index_of.as_ref(), key, self.stored(o));
                     }
                 }
                 let mut state = self.state.write();
@@ -257,6 +304,39 @@ mod tests {
         let scan: Vec<Arc<Value>> = cache.list().into_iter().filter(|o| o["spec"]["nodeName"] == "n2").collect();
         assert_eq!(names(&scan), names(&cache.by_index("n2")));
         assert!(Cache::default().by_index("n2").is_empty());
+    }
+
+    #[test]
+    fn a_cache_keeping_pod_essentials_holds_what_the_controllers_read_and_indexes_it() {
+        let full = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"tenant": "a", "namespace": "ns", "name": "p", "uid": "u", "resourceVersion": "7",
+                         "labels": {"app": "x"}, "ownerReferences": [{"uid": "rs", "controller": true}],
+                         "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"nodeName": "n1", "tolerations": [{"key": "k", "operator": "Exists"}],
+                     "containers": [{"name": "c", "image": "busybox"}], "volumes": []},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        });
+        let kept = pod_essentials(&full);
+        let mut expected = full.clone();
+        expected["metadata"].as_object_mut().unwrap().remove("managedFields");
+        expected["spec"] = json!({"nodeName": "n1", "tolerations": [{"key": "k", "operator": "Exists"}]});
+        assert_eq!(kept, expected);
+        let cache = Cache::indexed(|o| o.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string))
+            .keeping(pod_essentials);
+        cache.apply(&Event::Restarted(vec![full.clone()]));
+        assert_eq!(*cache.by_index("n1")[0], expected);
+        let mut moved = full;
+        moved["spec"]["nodeName"] = json!("n2");
+        cache.apply(&Event::Applied(moved));
+        assert!(cache.by_index("n1").is_empty());
+        assert_eq!(
+            cache.get(&ObjectKey::new("a", Some("ns"), "p")).unwrap()["spec"],
+            json!({"nodeName": "n2",
+            "tolerations": [{"key": "k", "operator": "Exists"}]})
+        );
+        // Not an object: kept as it is (and without a key, not stored at all).
+        assert_eq!(pod_essentials(&json!("x")), json!("x"));
     }
 
     #[test]

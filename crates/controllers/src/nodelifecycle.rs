@@ -355,7 +355,8 @@ fn tainted_node_of(nodes: &Cache, pod: &Value) -> Option<ObjectKey> {
 
 /// The controller, watching the system tenant's Nodes and node Leases, and every tenant's pods.
 pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
-    let (nodes, lease_cache, pods) = (Cache::default(), Cache::default(), Cache::indexed(node_name));
+    let pods = Cache::indexed(node_name).keeping(crate::cache::pod_essentials);
+    let (nodes, lease_cache) = (Cache::default(), Cache::default());
     let reconciler = NodeLifecycle {
         client: client.clone(),
         config,
