@@ -321,8 +321,17 @@ impl NodeLifecycle {
                 Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
                 None => {}
             }
-            if let Some(status) = pod_not_ready(pod, now) {
-                let mut updated = pod.clone();
+            if pod_not_ready(pod, now).is_some() {
+                // The cache keeps only part of a pod's status (`pod_essentials`): the write
+                // starts from the pod as it is now, still pinned to the version read.
+                let fresh = match self.client.get(&Resource::pods(), &pod_scope(pod), name).await {
+                    Ok(p) if text(&p, "/metadata/uid") == text(pod, "/metadata/uid") => p,
+                    Ok(_) => continue,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
+                let Some(status) = pod_not_ready(&fresh, now) else { continue };
+                let mut updated = fresh;
                 updated["status"] = status;
                 match self
                     .client
