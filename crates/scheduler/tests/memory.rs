@@ -2,7 +2,7 @@
 //! counting allocator (net bytes allocated by this thread while building 2,000 copies),
 //! for BENCHMARKS.md's memory breakdown. The pod is one the scale bench's ReplicaSet made,
 //! as the API server stored it once bound and Running (`bench_pod.json`, captured with
-//! `kubectl get pod -o json` during a run). A binary of its own so that its allocator counts
+//! `kubectl get pod -o json --show-managed-fields` during a run), and a simulated node. A binary of its own so that its allocator counts
 //! nothing but this.
 
 // A global allocator cannot be written without `unsafe`; it only forwards to the system one.
@@ -131,6 +131,41 @@ fn memory_per_pod_in_each_copy() {
         .1
     };
     let (ring, ring_with_prev) = (ring_entry(false), ring_entry(true));
+    // A simulated node (`bench_node.json`, captured alike): its changes (status every 60 s,
+    // 5,000 nodes) fill the nodes' ring.
+    let node = serde_json::to_vec(&serde_json::from_str::<Value>(include_str!("bench_node.json")).unwrap()).unwrap();
+    let node_event = |i: usize| {
+        let kv = store::KeyValue {
+            key: bytes::Bytes::from(format!("/registry/nodes/system/sim-{i}")),
+            value: bytes::Bytes::from(node.clone()),
+            create_revision: 2,
+            mod_revision: 3 + i as i64,
+            version: 2,
+        };
+        store::Event {
+            kind: store::EventKind::Put,
+            kv: kv.clone(),
+            prev: Some(store::KeyValue { mod_revision: 2, ..kv }),
+        }
+    };
+    let node_events: Vec<_> = (0..N).map(node_event).collect();
+    let node_entry = |with_prev: bool| {
+        per_item(|| {
+            node_events
+                .iter()
+                .map(|e| {
+                    let shared = apiserver::registry::cache::SharedEvent::new(e.clone());
+                    assert!(shared.decoded(&|_| {}).is_some());
+                    if with_prev {
+                        assert!(shared.prev(&|_| {}).is_ok_and(|p| p.is_some()));
+                    }
+                    shared
+                })
+                .collect::<Vec<_>>()
+        })
+        .1
+    };
+    let (node_ring, node_ring_with_prev) = (node_entry(false), node_entry(true));
     println!("one bench pod, bytes of heap per copy ({N} copies):");
     println!("  stored JSON (one store version; the store shares it with its change log): {json_len}");
     println!("  decoded serde_json::Value: {value}");
@@ -140,6 +175,10 @@ fn memory_per_pod_in_each_copy() {
     println!("  scheduler's typed Pod: {typed}");
     println!("  watch-cache ring entry, decoded new object + spliced JSON: {ring}");
     println!("  watch-cache ring entry, and the previous object decoded too: {ring_with_prev}");
+    println!(
+        "one simulated node ({} bytes of JSON), watch-cache ring entry: {node_ring}, with the previous object decoded too: {node_ring_with_prev}",
+        node.len()
+    );
     // The point of `pod_essentials`: most of a decoded pod is what no controller reads.
     assert!(cache_lean * 2 < cache_full, "pruned cache {cache_lean} B/pod against {cache_full} B/pod");
     assert!(value > json_len, "a decoded pod is larger than its JSON");
