@@ -194,8 +194,10 @@ impl AgentConfig {
 pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let os: Arc<dyn Os> = Arc::new(RealOs::new());
     let runtime_path = find_program(&config.runtime).ok_or_else(|| AgentError::NoRuntime(config.runtime.clone()))?;
+    // Run from the sealed copy; named (node info, container IDs) after the file.
+    let runtime_exec = sealed_runtime(&*os, &runtime_path).unwrap_or_else(|| runtime_path.clone());
     let images = Arc::new(ImageStore::open(&config.data_dir.join("images"), os.clone())?);
-    let mut oci = OciConfig::new(&runtime_path, config.shim.clone(), config.data_dir.join("runtime"));
+    let mut oci = OciConfig::new(&runtime_exec, config.shim.clone(), config.data_dir.join("runtime"));
     oci.cgroup_parent = config.cgroup_parent.clone();
     let oci = Arc::new(OciRuntime::new(oci, os.clone())?);
     let mut runtimes = Runtimes::new(oci);
@@ -321,6 +323,30 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     Ok(())
 }
 
+/// A sealed in-memory copy of the OCI runtime binary to run instead of the file, or `None`
+/// (run the file) if that fails. crun and runc guard against a container overwriting their
+/// binary (CVE-2019-5736) by re-executing themselves from a sealed copy on every
+/// invocation (a bind mount, a remount and an unmount in the caller's mount namespace, a
+/// second exec and dynamic link: more than half of a `crun list`'s CPU); they skip that
+/// when they already run from one, which is what this is, made once for the agent's life.
+fn sealed_runtime(os: &dyn Os, program: &std::path::Path) -> Option<PathBuf> {
+    let copy = os.sealed_copy(program).and_then(|path| {
+        // A machine may forbid running memory files (`vm.memfd_noexec`): try once.
+        let out = os.run(&path, &["--version".into()])?;
+        match out.success {
+            true => Ok(path),
+            false => Err(crate::os::OsError::Command { what: "running the sealed copy", detail: out.stderr }),
+        }
+    });
+    match copy {
+        Ok(path) => Some(path),
+        Err(e) => {
+            tracing::warn!(error = %e, program = %program.display(), "running the OCI runtime from its file");
+            None
+        }
+    }
+}
+
 /// Once the pod cache is filled, and every [`SWEEP`] after, removes sandboxes no pod claims.
 async fn sweep_loop(node: Arc<Node>, cache: Cache, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
@@ -341,5 +367,24 @@ async fn sweep_loop(node: Arc<Node>, cache: Cache, stop: impl Future<Output = ()
             _ = tokio::time::sleep(SWEEP) => {}
             _ = &mut stop => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::os::{Call, FakeOs};
+
+    #[test]
+    fn the_runtime_runs_from_a_sealed_copy_once_it_is_seen_to_run() {
+        let os = FakeOs::new("created 1", Vec::new());
+        let path = sealed_runtime(&os, Path::new("/usr/bin/crun"));
+        assert_eq!(path.as_deref(), Some(Path::new("/proc/1/fd/3")));
+        let calls = os.calls();
+        assert_eq!(calls[0], Call::SealedCopy("/usr/bin/crun".into()));
+        assert!(matches!(&calls[1], Call::Run(a) if a[..2] == ["/proc/1/fd/3", "--version"]), "{calls:?}");
+        assert!(os.mounts().is_empty());
     }
 }

@@ -90,6 +90,10 @@ pub trait Os: Send + Sync + fmt::Debug {
     /// Mount an overlay at `target`; `lower` is listed topmost first.
     fn mount_overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OsError>;
     fn unmount(&self, target: &Path) -> Result<(), OsError>;
+    /// A sealed in-memory copy of the program (a memfd with every write sealed off), kept
+    /// open for as long as this object lives; the path that runs it
+    /// (`/proc/<our pid>/fd/<fd>`, usable by our children too).
+    fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError>;
     /// Mount points at or below `prefix`, deepest first (the order to unmount them in).
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError>;
 
@@ -188,6 +192,8 @@ fn sys<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Errno)
 #[derive(Debug, Default)]
 pub struct RealOs {
     children: Mutex<Vec<Child>>,
+    /// Sealed copies of programs ([`Os::sealed_copy`]), open while we live.
+    sealed: Mutex<Vec<std::fs::File>>,
 }
 
 impl RealOs {
@@ -200,6 +206,12 @@ impl RealOs {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
         children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
     }
+}
+
+/// The mount options of an overlay: `lower` topmost first, as overlayfs lists them.
+pub fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display())
 }
 
 /// Undo the octal escapes of /proc/self/mountinfo (`\040` for a space, ...).
@@ -234,8 +246,7 @@ pub fn parse_mounts_under(mountinfo: &str, prefix: &Path) -> Vec<PathBuf> {
 
 impl Os for RealOs {
     fn mount_overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OsError> {
-        let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-        let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display());
+        let data = overlay_options(lower, upper, work);
         let data = std::ffi::CString::new(data).map_err(|_| OsError::Sys {
             what: "mounting overlay (NUL in a path) on",
             path: target.to_owned(),
@@ -247,6 +258,22 @@ impl Os for RealOs {
 
     fn unmount(&self, target: &Path) -> Result<(), OsError> {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(sys("unmounting", target))
+    }
+
+    fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        use std::os::fd::AsRawFd as _;
+        let mut source = std::fs::File::open(program).map_err(io("opening", program))?;
+        let fd = rustix::fs::memfd_create("atoll-runtime", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(sys("making a memory file for", program))?;
+        let mut copy = std::fs::File::from(fd);
+        std::io::copy(&mut source, &mut copy).map_err(io("copying", program))?;
+        // Exactly these four: what crun and runc take for their own sealed copy.
+        let seals = SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE;
+        rustix::fs::fcntl_add_seals(&copy, seals).map_err(sys("sealing the copy of", program))?;
+        let path = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), copy.as_raw_fd()));
+        self.sealed.lock().unwrap_or_else(|e| e.into_inner()).push(copy);
+        Ok(path)
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError> {
@@ -514,6 +541,7 @@ pub enum Call {
     MountOverlay { lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf, target: PathBuf },
     CreateNamespaces { ipc: PathBuf, uts: Option<(PathBuf, String)> },
     Unmount(PathBuf),
+    SealedCopy(PathBuf),
     Whiteout(PathBuf),
     Opaque(PathBuf),
     Run(Vec<String>),
@@ -608,6 +636,11 @@ impl Os for FakeOs {
             s.mounts.retain(|m| m != target);
         });
         Ok(())
+    }
+
+    fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError> {
+        self.with(|s| s.calls.push(Call::SealedCopy(program.to_owned())));
+        Ok(PathBuf::from("/proc/1/fd/3"))
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, OsError> {

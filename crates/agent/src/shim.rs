@@ -50,6 +50,12 @@ pub struct ShimArgs {
     pub start: bool,
     /// Give the container a terminal (`tty: true`; [`crate::console`]).
     pub tty: bool,
+    /// The container's root file system as overlay mount options (`lowerdir=...,upperdir=...,workdir=...`),
+    /// mounted on `<bundle>/rootfs` by the shim in a mount namespace of its own that the runtime inherits:
+    /// the node's namespace never holds a pod's root file system, so no other container's runtime copies
+    /// or lists it (each `crun` read every pod's overlay in `/proc/self/mountinfo`: O(pods) per container),
+    /// and the mount ends with the last process that uses it.
+    pub rootfs_overlay: Option<String>,
 }
 
 /// The socket in the container's state folder that feeds its stdin.
@@ -69,6 +75,10 @@ impl ShimArgs {
             out.push(flag.into());
             out.push(value.to_owned());
         }
+        if let Some(options) = &self.rootfs_overlay {
+            out.push("--rootfs-overlay".into());
+            out.push(options.into());
+        }
         if let Some(once) = self.stdin {
             out.push("--stdin".into());
             out.push(if once { "once" } else { "keep" }.into());
@@ -87,7 +97,7 @@ impl ShimArgs {
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<ShimArgs, ShimError> {
         let mut it = args.into_iter();
         let (mut runtime, mut root, mut id, mut bundle, mut dir, mut log) = (None, None, None, None, None, None);
-        let mut stdin = None;
+        let (mut stdin, mut rootfs_overlay) = (None, None);
         let (mut start, mut tty) = (false, false);
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| ShimError::Usage(format!("{flag:?} needs a value")))?;
@@ -107,6 +117,13 @@ impl ShimArgs {
                 }
                 Some("--start") if value == "now" => start = true,
                 Some("--tty") if value == "yes" => tty = true,
+                Some("--rootfs-overlay") => {
+                    rootfs_overlay = Some(
+                        value
+                            .into_string()
+                            .map_err(|v| ShimError::Usage(format!("--rootfs-overlay {v:?} is not UTF-8")))?,
+                    )
+                }
                 _ => return Err(ShimError::Usage(format!("unknown flag {flag:?} {value:?}"))),
             }
         }
@@ -121,6 +138,7 @@ impl ShimArgs {
             stdin,
             start,
             tty,
+            rootfs_overlay,
         })
     }
 }
@@ -250,6 +268,31 @@ fn handshake(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
+/// Spawn the runtime in a new mount namespace (private: nothing mounted there reaches the
+/// node's) in which the container's root file system is mounted first. The namespace is
+/// made on a thread that ends after the spawn; the runtime and the container keep it (or
+/// copies of it) alive for as long as they need the mount.
+fn spawn_with_private_rootfs(
+    command: &mut Command,
+    options: &str,
+    rootfs: &Path,
+) -> Result<std::process::Child, String> {
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    let data = std::ffi::CString::new(options).map_err(|_| "NUL in the overlay options".to_string())?;
+    let spawned = crate::os::on_unshared_thread(rustix::thread::UnshareFlags::NEWNS, || {
+        let sys = |what: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| crate::os::OsError::Sys { what, path, source }
+        };
+        rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
+            .map_err(sys("making mounts private below", Path::new("/")))?;
+        rustix::mount::mount("overlay", rootfs, "overlay", MountFlags::empty(), Some(data.as_c_str()))
+            .map_err(sys("mounting overlay on", rootfs))?;
+        command.spawn().map_err(|source| crate::os::OsError::Spawn { program: command.get_program().into(), source })
+    });
+    spawned.map_err(|e| e.to_string())
+}
+
 fn supervise(args: &ShimArgs) -> Result<(), String> {
     let me = rustix::process::getpid();
     rustix::process::set_child_subreaper(Some(me)).map_err(|e| format!("becoming a subreaper: {e}"))?;
@@ -277,7 +320,7 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
     } else {
         None
     };
-    let mut create = create
+    create
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
@@ -285,13 +328,12 @@ fn supervise(args: &ShimArgs) -> Result<(), String> {
         .arg(&args.id)
         .stdin(if args.stdin.is_some() && !args.tty { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            let msg = format!("running {}: {e}", args.runtime.display());
-            handshake(&format!("error {msg}"));
-            msg
-        })?;
+        .stderr(Stdio::piped());
+    let spawned = match &args.rootfs_overlay {
+        Some(options) => spawn_with_private_rootfs(&mut create, options, &args.bundle.join("rootfs")),
+        None => create.spawn().map_err(|e| format!("running {}: {e}", args.runtime.display())),
+    };
+    let mut create = spawned.inspect_err(|msg| handshake(&format!("error {msg}")))?;
     let (Some(stdout), Some(mut stderr)) = (create.stdout.take(), create.stderr.take()) else {
         return Err("no pipes".into());
     };
@@ -636,10 +678,13 @@ mod tests {
             log: "/l".into(),
             start: false,
             tty: true,
+            rootfs_overlay: None,
         };
         assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
         let started = ShimArgs { start: true, ..a.clone() };
         assert_eq!(ShimArgs::parse(started.to_args()).unwrap(), started);
+        let mounted = ShimArgs { rootfs_overlay: Some("lowerdir=/l2:/l1,upperdir=/u,workdir=/w".into()), ..a.clone() };
+        assert_eq!(ShimArgs::parse(mounted.to_args()).unwrap(), mounted);
         assert!(ShimArgs::parse(vec![OsString::from("--start"), OsString::from("later")]).is_err());
         assert!(ShimArgs::parse(vec![OsString::from("--id")]).is_err());
         assert!(ShimArgs::parse(vec![OsString::from("--bogus"), OsString::from("x")]).is_err());

@@ -461,8 +461,20 @@ impl NodeLifecycle {
             let mark = || {
                 self.marked.lock().entry(node.to_string()).or_default().insert(uid.to_string());
             };
-            if let Some(status) = pod_not_ready(pod, now) {
-                let mut updated = pod.clone();
+            if pod_not_ready(pod, now).is_some() {
+                // The cache keeps only part of a pod's status (`pod_essentials`): the write
+                // starts from the pod as it is now, still pinned to the version read.
+                let fresh = match self.client.get(&Resource::pods(), &pod_scope(pod), name).await {
+                    Ok(p) if text(&p, "/metadata/uid") == uid => p,
+                    Ok(_) => continue,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
+                let Some(status) = pod_not_ready(&fresh, now) else {
+                    mark();
+                    continue;
+                };
+                let mut updated = fresh;
                 updated["status"] = status;
                 match self
                     .client
@@ -497,7 +509,8 @@ fn tainted_node_of(nodes: &Cache, pod: &Value) -> Option<ObjectKey> {
 
 /// The controller, watching the system tenant's Nodes and node Leases, and every tenant's pods.
 pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
-    let (nodes, lease_cache, pods) = (Cache::default(), Cache::default(), Cache::indexed(node_name));
+    let pods = Cache::indexed(node_name).keeping(crate::cache::pod_essentials);
+    let (nodes, lease_cache) = (Cache::default(), Cache::default());
     let reconciler = NodeLifecycle {
         client: client.clone(),
         config,

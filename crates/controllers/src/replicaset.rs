@@ -317,7 +317,7 @@ fn pod_index(pod: &Value) -> Option<String> {
 
 /// The controller, watching every tenant's ReplicaSets and pods.
 pub fn controller(client: Client) -> Controller<ReplicaSets> {
-    let (sets, pods) = (Cache::default(), Cache::indexed(pod_index));
+    let (sets, pods) = (Cache::default(), Cache::indexed(pod_index).keeping(crate::cache::pod_essentials));
     let events = crate::events::Recorder::new(client.clone(), "replicaset-controller");
     let reconciler = ReplicaSets {
         client: client.clone(),

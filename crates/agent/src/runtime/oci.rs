@@ -328,7 +328,11 @@ impl OciRuntime {
 
     /// The numeric user to run as: the spec's, else the image's `User` (numbers, or a
     /// name looked up in the image's /etc/passwd), else root.
-    fn resolve_user(&self, spec: &ContainerSpec, rootfs: &Path) -> Result<(u32, u32), RuntimeError> {
+    fn resolve_user(
+        &self,
+        spec: &ContainerSpec,
+        passwd: impl FnOnce() -> Result<Vec<u8>, OsError>,
+    ) -> Result<(u32, u32), RuntimeError> {
         if let Some(u) = spec.user {
             return Ok(u);
         }
@@ -339,7 +343,7 @@ impl OciRuntime {
             Some((n, g)) => (n, Some(g)),
             None => (user, None),
         };
-        let passwd = self.os.read_file_in_root(rootfs, Path::new("etc/passwd"))?.unwrap_or_default();
+        let passwd = passwd()?;
         let passwd = String::from_utf8_lossy(&passwd);
         let lookup = |n: &str| -> Option<(u32, u32)> {
             passwd.lines().find_map(|l| {
@@ -501,9 +505,17 @@ impl OciRuntime {
             lap(0);
             // overlayfs lists the topmost lower layer first.
             let lower: Vec<PathBuf> = spec.image.layers.iter().rev().cloned().collect();
-            self.os.mount_overlay(&lower, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
             lap(1);
-            let user = self.resolve_user(spec, &rootfs)?;
+            // The root file system is mounted by the shim, where only this container's runtime
+            // sees it (`ShimArgs::rootfs_overlay`); a user name is looked up in a mount of our
+            // own that is gone again before the shim mounts its.
+            let user = self.resolve_user(spec, || {
+                self.os.mount_overlay(&lower, &upper, &work, &rootfs)?;
+                let passwd = self.os.read_file_in_root(&rootfs, Path::new("etc/passwd"));
+                self.os.unmount(&rootfs)?;
+                Ok(passwd?.unwrap_or_default())
+            })?;
             let config = self.oci_spec(&sandbox, &id, spec, user)?;
             self.write_json(&bundle.join("config.json"), &config)?;
             if let Some(parent) = log_path.parent() {
@@ -519,6 +531,7 @@ impl OciRuntime {
                 stdin: spec.stdin.then_some(spec.stdin_once),
                 start,
                 tty: spec.tty,
+                rootfs_overlay: Some(crate::os::overlay_options(&lower, &upper, &work)),
             };
             if start {
                 // Taken before the start, as `start_container` does; the record also tells
@@ -548,7 +561,8 @@ impl OciRuntime {
         match result {
             Ok(()) => {
                 // Where a container's start goes (microseconds from the start of the create, each
-                // step's end): folders and record, overlay mount, bundle, shim + runtime.
+                // step's end): folders and record, layer list (the mount is the shim's now), bundle,
+                // shim + runtime.
                 let [record_us, mount_us, bundle_us, shim_us] = steps;
                 tracing::info!(container = %id, record_us, mount_us, bundle_us, shim_us, "container steps");
                 Ok(id)
@@ -888,15 +902,23 @@ mod tests {
         let id = rt.create_container("pod1", &container()).unwrap();
         let dir = PathBuf::from("/data/containers").join(&id);
         let calls = os.calls();
-        assert!(calls.contains(&Call::MountOverlay {
-            lower: vec!["/img/l2".into(), "/img/l1".into()],
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            target: dir.join("bundle/rootfs"),
-        }));
+        // The shim mounts the root file system where only the container's runtime sees it;
+        // the node's namespace has none when the shim starts (the image's numeric user was
+        // looked up in /etc/passwd for its group, through a mount of its own, gone again).
+        let spawned = calls.iter().position(|c| matches!(c, Call::SpawnDetached(_))).unwrap();
+        let rootfs = dir.join("bundle/rootfs");
+        let mounted = |c: &Call| matches!(c, Call::MountOverlay { target, .. } if *target == rootfs);
+        let unmounted = |c: &Call| matches!(c, Call::Unmount(target) if *target == rootfs);
+        let before = &calls[..spawned];
+        assert_eq!(before.iter().filter(|c| mounted(c)).count(), before.iter().filter(|c| unmounted(c)).count());
+        assert!(!os.mounts().contains(&rootfs), "{:?}", os.mounts());
         let shim =
             calls.iter().find_map(|c| if let Call::SpawnDetached(a) = c { Some(a.clone()) } else { None }).unwrap();
         assert_eq!(&shim[..4], &["/bin/atoll", "shim", "--runtime", "/usr/bin/crun"]);
+        let overlay = shim.iter().position(|a| a == "--rootfs-overlay").map(|i| shim[i + 1].clone());
+        let want = format!("lowerdir=/img/l2:/img/l1,upperdir={0}/upper,workdir={0}/work", dir.display());
+        assert_eq!(overlay, Some(want));
+        assert!(shim.windows(2).any(|w| w[0] == "--bundle" && w[1] == dir.join("bundle").display().to_string()));
         let config: Value = serde_json::from_slice(&os.file(&dir.join("bundle/config.json")).unwrap()).unwrap();
         assert_eq!(config["process"]["args"], json!(["/bin/ep", "x"]));
         assert_eq!(config["process"]["cwd"], "/work");

@@ -186,6 +186,66 @@ fn removal_leaves_no_mount_cgroup_process_or_state_behind() {
 }
 
 #[test]
+fn a_root_file_system_is_mounted_only_where_its_container_sees_it() {
+    let node = Node::setup();
+    let image = node.busybox();
+    let rt = node.runtime();
+    rt.run_sandbox(&sandbox("hidden")).unwrap();
+    let id = rt.run_container("hidden", &container(&node, &image, "main", "exec sleep 1000")).unwrap();
+    let pid = rt.container_status(&id).unwrap().pid.unwrap();
+    // The node's mount namespace (this test's) holds the pod's namespace files but no root
+    // file system: another container's runtime neither copies nor lists it.
+    let mounts = node.leftovers();
+    assert!(mounts.iter().all(|m| !m.ends_with("rootfs")), "{mounts:?}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!info.contains(&id), "{info}");
+    // The container has it as its root, writable (the upper layer is the container's own).
+    let own = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(own.lines().any(|l| l.split(' ').nth(4) == Some("/") && l.contains(" - overlay ")), "{own}");
+    assert!(std::fs::metadata(format!("/proc/{pid}/root/bin/busybox")).is_ok());
+    std::fs::write(format!("/proc/{pid}/root/written"), b"x").unwrap();
+    let upper = node.dir.path().join("runtime/containers").join(&id).join("upper/written");
+    assert_eq!(std::fs::read(&upper).unwrap(), b"x");
+    rt.remove_sandbox("hidden").unwrap();
+    node.os.reap();
+    assert!(!pid_alive(pid));
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn containers_run_through_a_sealed_copy_of_the_runtime_binary() {
+    use agent::os::Os as _;
+    let node = Node::setup();
+    let image = node.busybox();
+    let program = agent::runtime::oci::find_program(Path::new(&crate::runtime_name())).unwrap();
+    let copy = node.os.sealed_copy(&program).unwrap();
+    // Sealed against writes: what the runtime checks before it skips copying itself.
+    let mut file = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    let err = std::io::Write::write_all(&mut file, b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(1), "EPERM expected: {err}");
+    drop(file);
+    // Run from it, the runtime makes no copy of its own (no second exec: one execve only).
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=execve,execveat,mount"])
+        .arg(&copy)
+        .arg("--version")
+        .output()
+        .expect("strace is missing: apt-get install strace");
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{trace}");
+    assert_eq!(trace.lines().filter(|l| l.contains("exec")).count(), 1, "{trace}");
+    assert!(!trace.contains("mount("), "{trace}");
+    let rt = node.runtime_named(copy.to_str().unwrap());
+    rt.run_sandbox(&sandbox("sealed")).unwrap();
+    let id = rt.run_container("sealed", &container(&node, &image, "main", "echo from a sealed runtime")).unwrap();
+    let status = wait_state(&rt, &id, ContainerState::Exited, WAIT);
+    assert_eq!(status.exit_code, Some(0));
+    assert!(std::fs::read_to_string(&status.log_path).unwrap().contains(" stdout F from a sealed runtime\n"));
+    rt.remove_sandbox("sealed").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
 fn user_env_workdir_and_hostname_reach_the_process() {
     let node = Node::setup();
     let image = node.busybox();

@@ -20,13 +20,18 @@ use tokio::sync::mpsc;
 pub struct SharedEvent {
     pub event: Event,
     decoded: OnceLock<Option<Decoded>>,
+    /// The previous object, decoded only when a watcher needs it (a selector to compare it
+    /// with, or a deletion to report): most watches (controllers, informers) have neither,
+    /// and decoding every change's previous object was half the watch cache's decoding and
+    /// half of what its ring holds.
+    prev: OnceLock<Option<Arc<Value>>>,
 }
 
-/// The objects of a change, with their resource versions set, and the new object's JSON
-/// (`None` for an object without metadata, which each watcher then serialises itself).
+/// The new object of a change, with its resource version set, and its JSON (`None` for an
+/// object without metadata, which each watcher then serialises itself); `new` is `None` for
+/// a deletion.
 pub struct Decoded {
     pub new: Option<(Arc<Value>, Option<Spliced>)>,
-    pub prev: Option<Arc<Value>>,
 }
 
 /// An object's JSON with a gap where its `metadata.resourceVersion` goes: every watcher
@@ -82,37 +87,54 @@ impl Spliced {
 
 impl SharedEvent {
     pub fn new(event: Event) -> Arc<SharedEvent> {
-        Arc::new(SharedEvent { event, decoded: OnceLock::new() })
+        Arc::new(SharedEvent { event, decoded: OnceLock::new(), prev: OnceLock::new() })
     }
 
-    /// The decoded objects, in the form `convert` gives them (the first caller's; every
+    /// The decoded new object, in the form `convert` gives it (the first caller's; every
     /// caller of one cache is the same kind); `None` if the stored bytes are not JSON.
     pub fn decoded(&self, convert: &dyn Fn(&mut Value)) -> Option<&Decoded> {
         self.decoded
             .get_or_init(|| {
                 let e = &self.event;
-                let decode = |value: &[u8], revision| {
-                    let mut obj = super::decode_stored(value, revision).ok()?;
-                    convert(&mut obj);
-                    Some(obj)
-                };
                 let new = match e.kind {
                     store::EventKind::Put => {
-                        let obj = decode(&e.kv.value, e.kv.mod_revision)?;
+                        let obj = decode(&e.kv.value, e.kv.mod_revision, convert)?;
                         let json = Spliced::of(&obj);
                         Some((Arc::new(obj), json))
                     }
                     store::EventKind::Delete => None,
                 };
-                let prev = match &e.prev {
-                    Some(p) => Some(Arc::new(decode(&p.value, p.mod_revision)?)),
-                    None => None,
-                };
-                Some(Decoded { new, prev })
+                Some(Decoded { new })
             })
             .as_ref()
     }
+
+    /// Whether the key existed before this change (known without decoding anything).
+    pub fn had_prev(&self) -> bool {
+        self.event.prev.is_some()
+    }
+
+    /// The decoded previous object (as [`SharedEvent::decoded`] converts), `None` if there
+    /// was none.
+    pub fn prev(&self, convert: &dyn Fn(&mut Value)) -> Result<Option<&Arc<Value>>, NotJson> {
+        let Some(p) = &self.event.prev else { return Ok(None) };
+        match self.prev.get_or_init(|| decode(&p.value, p.mod_revision, convert).map(Arc::new)) {
+            Some(v) => Ok(Some(v)),
+            None => Err(NotJson),
+        }
+    }
 }
+
+fn decode(value: &[u8], revision: Revision, convert: &dyn Fn(&mut Value)) -> Option<Value> {
+    let mut obj = super::decode_stored(value, revision).ok()?;
+    convert(&mut obj);
+    Some(obj)
+}
+
+/// A change's stored bytes do not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("a stored object is not JSON")]
+pub struct NotJson;
 
 /// What a watcher receives.
 pub enum CacheMessage {

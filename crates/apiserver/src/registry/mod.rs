@@ -1385,15 +1385,23 @@ impl Registry {
     /// matching is ADDED, one that stops matching is DELETED.
     fn translate(&self, shared: &cache::SharedEvent, opts: &ListOptions) -> Result<Option<WatchEvent>> {
         let revision = shared.event.kv.mod_revision;
-        let decoded = shared
-            .decoded(&|obj| {
-                self.strategy.stored_to_view(obj);
-                self.strategy.redact(obj);
-            })
-            .ok_or_else(|| RegistryError::Internal("a stored object is not JSON".into()))?;
-        let old_matches = match &decoded.prev {
-            Some(o) => self.matches(o, opts)?,
-            None => false,
+        let convert = |obj: &mut Value| {
+            self.strategy.stored_to_view(obj);
+            self.strategy.redact(obj);
+        };
+        let not_json = || RegistryError::Internal("a stored object is not JSON".into());
+        let decoded = shared.decoded(&convert).ok_or_else(not_json)?;
+        // Without selectors every object matches: the previous one need not be decoded
+        // unless it is what a deletion reports.
+        let selective = !opts.label_selector.is_empty() || !opts.field_selector.is_empty();
+        let prev = |_: ()| shared.prev(&convert).map_err(|_| not_json());
+        let old_matches = match (shared.had_prev(), selective) {
+            (false, _) => false,
+            (true, false) => true,
+            (true, true) => match prev(())? {
+                Some(o) => self.matches(o, opts)?,
+                None => false,
+            },
         };
         // A disappearing object is reported as it was, at the version of its disappearance.
         let gone = |prev: &Arc<Value>| {
@@ -1401,16 +1409,16 @@ impl Registry {
             set_rv(&mut old, revision);
             WatchEvent::owned("DELETED", old)
         };
-        Ok(match (&decoded.new, &decoded.prev) {
-            (None, Some(prev)) if old_matches => Some(gone(prev)),
-            (None, _) => None,
-            (Some((new, json)), prev) => {
+        Ok(match &decoded.new {
+            None if old_matches => prev(())?.map(gone),
+            None => None,
+            Some((new, json)) => {
                 let new_matches = self.matches(new, opts)?;
                 let same = |kind| WatchEvent { kind, object: new.clone(), encoded: json.clone() };
-                match (old_matches, new_matches, prev) {
-                    (false, true, _) => Some(same("ADDED")),
-                    (true, true, _) => Some(same("MODIFIED")),
-                    (true, false, Some(prev)) => Some(gone(prev)),
+                match (old_matches, new_matches) {
+                    (false, true) => Some(same("ADDED")),
+                    (true, true) => Some(same("MODIFIED")),
+                    (true, false) => prev(())?.map(gone),
                     _ => None,
                 }
             }

@@ -338,6 +338,29 @@ async fn watches_replay_state_then_follow_changes_through_selectors() -> Result<
     Ok(())
 }
 
+/// Without selectors the cache never decodes a change's previous object, except for a
+/// deletion, which reports it.
+#[tokio::test]
+async fn a_watch_without_selectors_sees_modified_and_the_deleted_object_as_it_was() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let s = ns("acme", "default");
+    let mut rx = r.watch(&s, &ListOptions::default(), false).await?;
+    let mut obj = r.create(&s, cm("c", json!({"v": "1"})), false).await?;
+    obj["metadata"]["labels"] = json!({"v": "2"});
+    r.update(&s, "c", obj, None, false).await?;
+    r.delete(&s, "c", &DeleteOptions::default()).await?;
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "ADDED" && obj["metadata"]["labels"]["v"] == "1", "{kind} {obj}");
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "MODIFIED" && obj["metadata"]["labels"]["v"] == "2", "{kind} {obj}");
+    let modified = rv(&obj);
+    let (kind, obj) = next(&mut rx).await?;
+    ensure!(kind == "DELETED" && obj["metadata"]["labels"]["v"] == "2", "the last version is reported: {kind} {obj}");
+    ensure!(rv(&obj) != modified, "at the deletion's version: {obj}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watches_share_the_watch_cache_and_old_ones_fall_back_to_the_store() -> Result<()> {
     let f = Fixture::new()?;
