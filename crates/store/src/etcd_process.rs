@@ -124,6 +124,8 @@ impl Drop for EtcdProcess {
 /// A cluster of etcd members on loopback.
 pub struct EtcdCluster {
     pub members: Vec<EtcdProcess>,
+    /// The folder holding every member's; removed (once they are) when the cluster drops.
+    base: PathBuf,
 }
 
 impl EtcdCluster {
@@ -137,12 +139,15 @@ impl EtcdCluster {
             plans.iter().map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer_port)).collect::<Vec<_>>().join(",");
         let token = format!("atoll-test-{id}");
         let base = std::env::temp_dir().join(format!("atoll-etcd-{id}"));
-        let mut members = Vec::new();
+        // Built before the members so that an early return drops (kills and removes) the ones
+        // started so far and the folder around them.
+        let mut cluster = EtcdCluster { members: Vec::new(), base };
         for plan in &plans {
-            members.push(EtcdProcess::spawn(plan, &initial_cluster, &token, base.join(&plan.name))?);
+            let dir = cluster.base.join(&plan.name);
+            cluster.members.push(EtcdProcess::spawn(plan, &initial_cluster, &token, dir)?);
         }
         let deadline = Instant::now() + START_TIMEOUT;
-        for member in &mut members {
+        for member in &mut cluster.members {
             while !member.healthy() {
                 if member.exited() {
                     return Err(io::Error::other(format!("etcd exited during start-up:\n{}", member.log_tail())));
@@ -156,7 +161,7 @@ impl EtcdCluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Ok(EtcdCluster { members })
+        Ok(cluster)
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -168,5 +173,13 @@ impl EtcdCluster {
         if let Some(m) = self.members.get_mut(i) {
             m.kill();
         }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        // Members first (each kills its etcd and removes its own folder), then theirs.
+        self.members.clear();
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
