@@ -188,7 +188,10 @@ impl<S: Source> Watcher<S> {
             State::Listing { continue_token, items } => match self.source.list(Some(continue_token.clone())).await {
                 Ok(page) => self.listed(items, page),
                 // The continue token expired: start the list again.
-                Err(e) if e.is_gone() => None,
+                Err(e) if e.is_gone() => {
+                    tracing::info!(watch = %self.what, listed = items.len(), "continue token expired; listing again");
+                    None
+                }
                 Err(e) => {
                     self.fail("list", &e).await;
                     self.state = State::Listing { continue_token, items };
@@ -254,6 +257,7 @@ impl<S: Source> Watcher<S> {
                 None
             }
             None => {
+                tracing::info!(watch = %self.what, objects = items.len(), "listed");
                 self.state = State::Rewatch { resource_version: page.resource_version };
                 Some(Event::Restarted(items))
             }
