@@ -51,6 +51,25 @@ static ALLOC: Counting = Counting;
 
 const N: usize = 2_000;
 
+/// Heap bytes per watch-cache ring entry of `events`, decoded (and with `with_prev`, the
+/// previous object too).
+fn ring_entry(events: &[store::Event], with_prev: bool) -> usize {
+    per_item(|| {
+        events
+            .iter()
+            .map(|e| {
+                let shared = apiserver::registry::cache::SharedEvent::new(e.clone());
+                assert!(shared.decoded(&|_| {}).is_some());
+                if with_prev {
+                    assert!(shared.prev(&|_| {}).is_ok_and(|p| p.is_some()));
+                }
+                shared
+            })
+            .collect::<Vec<_>>()
+    })
+    .1
+}
+
 /// Net heap bytes per item that `build` leaves allocated (requested sizes; malloc's own
 /// headers and rounding, 8-16 bytes an allocation, come on top).
 fn per_item<T>(build: impl FnOnce() -> T) -> (T, usize) {
@@ -114,23 +133,7 @@ fn memory_per_pod_in_each_copy() {
             store::Event { kind: store::EventKind::Put, kv, prev: Some(prev) }
         })
         .collect();
-    let ring_entry = |with_prev: bool| {
-        per_item(|| {
-            events
-                .iter()
-                .map(|e| {
-                    let shared = apiserver::registry::cache::SharedEvent::new(e.clone());
-                    assert!(shared.decoded(&|_| {}).is_some());
-                    if with_prev {
-                        assert!(shared.prev(&|_| {}).is_ok_and(|p| p.is_some()));
-                    }
-                    shared
-                })
-                .collect::<Vec<_>>()
-        })
-        .1
-    };
-    let (ring, ring_with_prev) = (ring_entry(false), ring_entry(true));
+    let (ring, ring_with_prev) = (ring_entry(&events, false), ring_entry(&events, true));
     // A simulated node (`bench_node.json`, captured alike): its changes (status every 60 s,
     // 5,000 nodes) fill the nodes' ring.
     let node = serde_json::to_vec(&serde_json::from_str::<Value>(include_str!("bench_node.json")).unwrap()).unwrap();
@@ -149,23 +152,7 @@ fn memory_per_pod_in_each_copy() {
         }
     };
     let node_events: Vec<_> = (0..N).map(node_event).collect();
-    let node_entry = |with_prev: bool| {
-        per_item(|| {
-            node_events
-                .iter()
-                .map(|e| {
-                    let shared = apiserver::registry::cache::SharedEvent::new(e.clone());
-                    assert!(shared.decoded(&|_| {}).is_some());
-                    if with_prev {
-                        assert!(shared.prev(&|_| {}).is_ok_and(|p| p.is_some()));
-                    }
-                    shared
-                })
-                .collect::<Vec<_>>()
-        })
-        .1
-    };
-    let (node_ring, node_ring_with_prev) = (node_entry(false), node_entry(true));
+    let (node_ring, node_ring_with_prev) = (ring_entry(&node_events, false), ring_entry(&node_events, true));
     println!("one bench pod, bytes of heap per copy ({N} copies):");
     println!("  stored JSON (one store version; the store shares it with its change log): {json_len}");
     println!("  decoded serde_json::Value: {value}");
