@@ -51,6 +51,19 @@ static ALLOC: Counting = Counting;
 
 const N: usize = 2_000;
 
+/// The `i`-th change of a run: `value` put at `key` over an older version of the same.
+fn put_event(key: String, value: Vec<u8>, i: usize) -> store::Event {
+    let kv = store::KeyValue {
+        key: bytes::Bytes::from(key),
+        value: bytes::Bytes::from(value),
+        create_revision: 2,
+        mod_revision: 3 + i as i64,
+        version: 2,
+    };
+    let prev = store::KeyValue { mod_revision: 2, ..kv.clone() };
+    store::Event { kind: store::EventKind::Put, kv, prev: Some(prev) }
+}
+
 /// Heap bytes per watch-cache ring entry of `events`, decoded (and with `with_prev`, the
 /// previous object too).
 fn ring_entry(events: &[store::Event], with_prev: bool) -> usize {
@@ -118,40 +131,14 @@ fn memory_per_pod_in_each_copy() {
         per_item(|| values.iter().map(|v| Arc::new(scheduler::model::Pod::from_json(v).unwrap())).collect::<Vec<_>>());
     // A watch-cache ring entry: the change (bytes shared with the store) decoded, new and
     // previous object, plus the new object's shared serialisation.
-    let events: Vec<_> = raw
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let kv = store::KeyValue {
-                key: bytes::Bytes::from(format!("/registry/pods/t/ns/p{i}")),
-                value: bytes::Bytes::from(b.clone()),
-                create_revision: 2,
-                mod_revision: 3 + i as i64,
-                version: 2,
-            };
-            let prev = store::KeyValue { mod_revision: 2, ..kv.clone() };
-            store::Event { kind: store::EventKind::Put, kv, prev: Some(prev) }
-        })
-        .collect();
+    let events: Vec<_> =
+        raw.iter().enumerate().map(|(i, b)| put_event(format!("/registry/pods/t/ns/p{i}"), b.clone(), i)).collect();
     let (ring, ring_with_prev) = (ring_entry(&events, false), ring_entry(&events, true));
     // A simulated node (`bench_node.json`, captured alike): its changes (status every 60 s,
     // 5,000 nodes) fill the nodes' ring.
     let node = serde_json::to_vec(&serde_json::from_str::<Value>(include_str!("bench_node.json")).unwrap()).unwrap();
-    let node_event = |i: usize| {
-        let kv = store::KeyValue {
-            key: bytes::Bytes::from(format!("/registry/nodes/system/sim-{i}")),
-            value: bytes::Bytes::from(node.clone()),
-            create_revision: 2,
-            mod_revision: 3 + i as i64,
-            version: 2,
-        };
-        store::Event {
-            kind: store::EventKind::Put,
-            kv: kv.clone(),
-            prev: Some(store::KeyValue { mod_revision: 2, ..kv }),
-        }
-    };
-    let node_events: Vec<_> = (0..N).map(node_event).collect();
+    let node_events: Vec<_> =
+        (0..N).map(|i| put_event(format!("/registry/nodes/system/sim-{i}"), node.clone(), i)).collect();
     let (node_ring, node_ring_with_prev) = (ring_entry(&node_events, false), ring_entry(&node_events, true));
     println!("one bench pod, bytes of heap per copy ({N} copies):");
     println!("  stored JSON (one store version; the store shares it with its change log): {json_len}");
