@@ -18,7 +18,11 @@
 //! an unhealthy node are seen at once and a healthy cluster's pod churn costs a map lookup.
 //! [`judge`] is the whole decision, pure and table-tested; the reconciler only writes what it
 //! says (status patches and evictions go to the API) and asks to look again when the lease
-//! would expire.
+//! would expire, and every 10 s while the node is unhealthy. The caches only say where to
+//! look: a write, and any node carrying our taints, is decided on the node (and before an
+//! `Unknown`, the lease) as the API has it now, since on a loaded machine the watches trail
+//! the API by minutes (at 5,000 nodes, recovered nodes kept their taints while the cache
+//! still showed them `Unknown`, and a trailing lease cache made live nodes `Unknown`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -44,6 +48,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
 const SYSTEM: &str = "system";
 /// Looked at this long after the lease would expire, so a renewal racing the deadline wins.
 const SLACK: Duration = Duration::from_millis(500);
+/// How often a node carrying our taints is looked at again (from the API) while unhealthy.
+pub const UNHEALTHY_RECHECK: Duration = Duration::from_secs(10);
+/// Conflicting writes retried at once from a fresh read before the controller's back-off.
+const WRITE_ATTEMPTS: u32 = 3;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -118,6 +126,11 @@ fn last_heard(node: &Value, lease_renewed: Option<SystemTime>) -> Option<SystemT
         .and_then(|cs| cs.iter().find(|c| text(c, "/type") == "Ready"))
         .and_then(|c| time_at(c, "/lastHeartbeatTime"));
     [lease_renewed, heartbeat, time_at(node, "/metadata/creationTimestamp")].into_iter().flatten().max()
+}
+
+/// Whether the node carries one of the taints this controller puts on.
+fn carries_ours(node: &Value) -> bool {
+    node.pointer("/spec/taints").and_then(Value::as_array).is_some_and(|ts| ts.iter().any(is_ours))
 }
 
 fn is_ours(taint: &Value) -> bool {
@@ -327,49 +340,56 @@ impl Reconciler for NodeLifecycle {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, client::Error> {
-        let Some(node) = self.nodes.get(key) else {
+        let Some(cached) = self.nodes.get(key) else {
             self.zones.lock().remove(&key.name);
             self.marked.lock().remove(&key.name);
             return Ok(Action::Done);
         };
         let lease = self.leases.get(&ObjectKey::new(SYSTEM, Some(LEASE_NAMESPACE), &key.name));
-        let renewed = lease.as_deref().and_then(|l| time_at(l, "/spec/renewTime"));
+        let mut renewed = lease.as_deref().and_then(|l| time_at(l, "/spec/renewTime"));
         let now = SystemTime::now();
-        let mut verdict = judge(&node, renewed, now, self.config.grace, Tainting::Held);
-        // The zone decides whether this node's NoExecute taint goes on now (or comes off).
-        let mut wait_turn = None;
-        {
-            let mut zones = self.zones.lock();
-            let instant = Instant::now();
-            zones.observe(&key.name, &zone_of(&node), verdict.health == Health::Ready, instant);
-            let unhealthy = matches!(verdict.health, Health::NotReady | Health::Unreachable);
-            let grant = if verdict.awaiting_no_execute {
-                Some(zones.grant(&key.name, instant))
-            } else {
-                (unhealthy && zones.stopped()).then_some(Grant::Stopped)
+        let mut node = (*cached).clone();
+        let first = judge(&node, renewed, now, self.config.grace, Tainting::Held);
+        // The caches may trail the API by minutes when the process is loaded (seen at 5,000
+        // nodes: nodes reporting Ready=True kept our taints because the node's Ready event had
+        // not arrived, and a trailing lease cache made live nodes Unknown). So any change, and
+        // any node carrying our taints, is decided on the node as the API has it now, and an
+        // Unknown on the lease as the API has it: a healthy node still costs no request.
+        if first.conditions.is_some() || first.taints.is_some() || carries_ours(&node) {
+            node = match self.client.get(&Resource::nodes(), &Scope::tenant(SYSTEM), &key.name).await {
+                Ok(n) => n,
+                Err(e) if e.is_not_found() => return Ok(Action::Done),
+                Err(e) => return Err(e),
             };
-            match grant {
-                Some(Grant::Now) => verdict = judge(&node, renewed, now, self.config.grace, Tainting::Allowed),
-                Some(Grant::Stopped) => {
-                    verdict = judge(&node, renewed, now, self.config.grace, Tainting::Stopped);
-                    wait_turn = Some(zones::IDLE_RECHECK);
+            if judge(&node, renewed, now, self.config.grace, Tainting::Held).conditions.is_some() {
+                let leases_scope = Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE);
+                match self.client.get(&leases(), &leases_scope, &key.name).await {
+                    Ok(l) => renewed = renewed.max(time_at(&l, "/spec/renewTime")),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
                 }
-                Some(Grant::Wait(d)) => wait_turn = Some(d),
-                None => {}
             }
         }
-        let scope = Scope::tenant(SYSTEM);
-        let mut current = (*node).clone();
-        if let Some(conditions) = &verdict.conditions {
-            current["status"]["conditions"] = conditions.clone();
-            current =
-                self.client.replace_subresource(&Resource::nodes(), &scope, &key.name, "status", &current).await?;
-            tracing::info!(node = %key.name, health = ?verdict.health, "node conditions changed");
-        }
-        if let Some(taints) = &verdict.taints {
-            current["spec"]["taints"] = taints.clone();
-            self.client.replace(&Resource::nodes(), &scope, &key.name, &current).await?;
-            tracing::info!(node = %key.name, health = ?verdict.health, "node taints changed");
+        let (tainting, wait_turn) = self.tainting(key, &node, renewed, now);
+        let mut verdict = judge(&node, renewed, now, self.config.grace, tainting);
+        // Written from the node as read above: a conflict means someone (the agent) wrote
+        // since, so the node is read again and judged again at once rather than after a
+        // back-off from a cache that may still trail.
+        let mut attempts = 0;
+        loop {
+            match self.write(&key.name, &node, &verdict).await {
+                Ok(()) => break,
+                Err(e) if e.is_conflict() && attempts < WRITE_ATTEMPTS => {
+                    attempts += 1;
+                    node = match self.client.get(&Resource::nodes(), &Scope::tenant(SYSTEM), &key.name).await {
+                        Ok(n) => n,
+                        Err(e) if e.is_not_found() => return Ok(Action::Done),
+                        Err(e) => return Err(e),
+                    };
+                    verdict = judge(&node, renewed, now, self.config.grace, tainting);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut next = match (verdict.recheck, wait_turn) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -379,6 +399,9 @@ impl Reconciler for NodeLifecycle {
             self.marked.lock().remove(&key.name);
         }
         if matches!(verdict.health, Health::NotReady | Health::Unreachable) {
+            // Looked at again from the API while unhealthy, so recovery never waits for a
+            // watch event (Kubernetes' node monitor looks at every node every 5 s).
+            next = Some(next.map_or(UNHEALTHY_RECHECK, |n| n.min(UNHEALTHY_RECHECK)));
             let taints = verdict.taints.clone().or_else(|| node.pointer("/spec/taints").cloned());
             let taints = taints.and_then(|t| t.as_array().cloned()).unwrap_or_default();
             if let Some(due) = self.pods_on_unhealthy(&key.name, &taints, now).await? {
@@ -390,6 +413,54 @@ impl Reconciler for NodeLifecycle {
 }
 
 impl NodeLifecycle {
+    /// The zones' say on `node`'s NoExecute taint, and when to ask them again.
+    fn tainting(
+        &self,
+        key: &ObjectKey,
+        node: &Value,
+        renewed: Option<SystemTime>,
+        now: SystemTime,
+    ) -> (Tainting, Option<Duration>) {
+        let verdict = judge(node, renewed, now, self.config.grace, Tainting::Held);
+        let mut zones = self.zones.lock();
+        let instant = Instant::now();
+        zones.observe(&key.name, &zone_of(node), verdict.health == Health::Ready, instant);
+        let unhealthy = matches!(verdict.health, Health::NotReady | Health::Unreachable);
+        let grant = if verdict.awaiting_no_execute {
+            Some(zones.grant(&key.name, instant))
+        } else {
+            (unhealthy && zones.stopped()).then_some(Grant::Stopped)
+        };
+        match grant {
+            Some(Grant::Now) => (Tainting::Allowed, None),
+            Some(Grant::Stopped) => (Tainting::Stopped, Some(zones::IDLE_RECHECK)),
+            Some(Grant::Wait(d)) => (Tainting::Held, Some(d)),
+            None => (Tainting::Held, None),
+        }
+    }
+
+    /// Writes what `verdict` changes on `node`, each part a merge patch pinned to the
+    /// version of `node` (the status, then the taints on the version the first wrote).
+    async fn write(&self, name: &str, node: &Value, verdict: &Verdict) -> Result<(), client::Error> {
+        let scope = Scope::tenant(SYSTEM);
+        let mut version = text(node, "/metadata/resourceVersion").to_string();
+        if let Some(conditions) = &verdict.conditions {
+            let patch = json!({"metadata": {"resourceVersion": version}, "status": {"conditions": conditions}});
+            let written =
+                self.client.patch_subresource(&Resource::nodes(), &scope, name, "status", &Patch::Merge(patch)).await?;
+            version = text(&written, "/metadata/resourceVersion").to_string();
+            tracing::info!(node = %name, health = ?verdict.health, "node conditions changed");
+        }
+        if let Some(taints) = &verdict.taints {
+            // No taints left: the field goes, as Kubernetes leaves it.
+            let taints = if taints.as_array().is_some_and(Vec::is_empty) { Value::Null } else { taints.clone() };
+            let patch = json!({"metadata": {"resourceVersion": version}, "spec": {"taints": taints}});
+            self.client.patch(&Resource::nodes(), &scope, name, &Patch::Merge(patch)).await?;
+            tracing::info!(node = %name, health = ?verdict.health, "node taints changed");
+        }
+        Ok(())
+    }
+
     /// Adds the condition `DisruptionTarget=True` (reason `DeletionByTaintManager`) to a pod
     /// about to be evicted, pinned to the version the cache holds.
     async fn mark_disruption_target(&self, pod: &Value, now: SystemTime) -> Result<(), client::Error> {
@@ -502,9 +573,7 @@ fn node_name(pod: &Value) -> Option<String> {
 /// The node to look at again when one of its pods changes: only one we have tainted.
 fn tainted_node_of(nodes: &Cache, pod: &Value) -> Option<ObjectKey> {
     let key = ObjectKey::new(SYSTEM, None, &node_name(pod)?);
-    let node = nodes.get(&key)?;
-    let taints = node.pointer("/spec/taints").and_then(Value::as_array)?;
-    taints.iter().any(is_ours).then_some(key)
+    carries_ours(&*nodes.get(&key)?).then_some(key)
 }
 
 /// The controller, watching the system tenant's Nodes and node Leases, and every tenant's pods.

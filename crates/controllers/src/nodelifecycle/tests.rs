@@ -228,3 +228,261 @@ fn the_no_execute_taint_waits_for_the_zone() {
     assert_eq!(keys(stopped.taints.as_ref().unwrap()), ["node.kubernetes.io/unreachable:NoSchedule"]);
     assert!(!stopped.awaiting_no_execute);
 }
+
+/// The controller against a real API server (in this process, over the embedded store): a
+/// node whose lease lapses is tainted; once its agent renews the lease and reports Ready=True
+/// again (a merge patch of `nodes/status`, as simulated nodes write it), the taint comes off
+/// within a few seconds, although the agent keeps writing its status meanwhile.
+mod live {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use client::{Client, Patch, Resource, Scope};
+    use serde_json::{Value, json};
+
+    use parking_lot::Mutex;
+
+    use super::super::{
+        Action, Cache, Config, LEASE_NAMESPACE, NodeLifecycle, ObjectKey, Reconciler, UNHEALTHY_RECHECK,
+        UNREACHABLE_TAINT, Zones, controller, leases, node_name,
+    };
+    use crate::watcher::Event;
+
+    struct Server {
+        client: Client,
+        _stop: tokio::sync::oneshot::Sender<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start() -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn store::Store> = Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store"))?);
+        let server = apiserver::http::Server::bind(store, dir.path(), "127.0.0.1:0".parse()?).await?;
+        let client = Client::from_kubeconfig(&server.kubeconfig)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Server { client, _stop: stop, _dir: dir })
+    }
+
+    fn micro(t: SystemTime) -> String {
+        let s = api::time::rfc3339_nano(t);
+        format!("{}Z", &s[..s.len() - 4])
+    }
+
+    fn ready_status() -> Value {
+        status("True", SystemTime::now())
+    }
+
+    fn status(ready: &str, heartbeat: SystemTime) -> Value {
+        let at = super::super::seconds(heartbeat);
+        json!({"status": {"conditions": [{"type": "Ready", "status": ready, "reason": "AgentReady",
+                                           "lastHeartbeatTime": at, "lastTransitionTime": at}]}})
+    }
+
+    async fn write_status(c: &Client, name: &str, status: Value) -> anyhow::Result<Value> {
+        let scope = Scope::tenant("system");
+        Ok(c.patch_subresource(&Resource::nodes(), &scope, name, "status", &Patch::Merge(status)).await?)
+    }
+
+    async fn register(c: &Client, name: &str, lease_renewed: SystemTime) -> anyhow::Result<()> {
+        c.create(&Resource::nodes(), &Scope::tenant("system"), &json!({"metadata": {"name": name}})).await?;
+        report_ready(c, name).await?;
+        c.create(&leases(), &Scope::tenant("system").in_namespace(LEASE_NAMESPACE), &lease(name, lease_renewed))
+            .await?;
+        Ok(())
+    }
+
+    fn lease(name: &str, renewed: SystemTime) -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": name, "namespace": LEASE_NAMESPACE, "tenant": "system"},
+               "spec": {"holderIdentity": name, "leaseDurationSeconds": 1, "renewTime": micro(renewed)}})
+    }
+
+    /// The reconciler alone, its caches filled by hand with what a trailing watch would hold.
+    fn reconciler(c: &Client, grace: Duration, nodes: Vec<Value>, leases: Vec<Value>) -> NodeLifecycle {
+        let (node_cache, lease_cache) = (Cache::default(), Cache::default());
+        node_cache.apply(&Event::Restarted(nodes));
+        lease_cache.apply(&Event::Restarted(leases));
+        NodeLifecycle {
+            client: c.clone(),
+            config: Config { grace, ..Config::default() },
+            nodes: node_cache,
+            leases: lease_cache,
+            pods: Cache::indexed(node_name),
+            zones: Arc::new(Mutex::new(Zones::new(Default::default()))),
+            marked: Mutex::default(),
+        }
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::new("system", None, name)
+    }
+
+    async fn ready_of(c: &Client, name: &str) -> anyhow::Result<String> {
+        let node = c.get(&Resource::nodes(), &Scope::tenant("system"), name).await?;
+        let conditions = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let ready = conditions.iter().find(|c| c["type"] == "Ready").map(|c| c["status"].clone());
+        Ok(ready.and_then(|r| r.as_str().map(str::to_string)).unwrap_or_default())
+    }
+
+    /// At scale the node's watch trailed the API: the cache still held the node as we had
+    /// marked it (Unknown, tainted) while its agent had long reported Ready=True again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trailing_node_cache_does_not_keep_a_recovered_node_tainted() -> anyhow::Result<()> {
+        let s = start().await?;
+        let c = &s.client;
+        let name = "n2";
+        let long_ago = SystemTime::now() - Duration::from_secs(300);
+        register(c, name, SystemTime::now()).await?;
+        // As the controller marked it once its agent had gone quiet ...
+        write_status(c, name, status("Unknown", long_ago)).await?;
+        let taint = json!({"spec": {"taints": [{"key": UNREACHABLE_TAINT, "effect": "NoSchedule"}]}});
+        let marked = c.patch(&Resource::nodes(), &Scope::tenant("system"), name, &Patch::Merge(taint)).await?;
+        // ... and its agent back since, which the cache has not heard of.
+        report_ready(c, name).await?;
+        renew(c, name).await?;
+        let r = reconciler(c, Duration::from_secs(40), vec![marked], vec![lease(name, SystemTime::now())]);
+        r.reconcile(&key(name)).await?;
+        let left = ours(c, name).await?;
+        anyhow::ensure!(left.is_empty(), "a node reporting Ready=True kept {left:?}");
+        anyhow::ensure!(ready_of(c, name).await? == "True");
+        Ok(())
+    }
+
+    /// A lease cache trailing the API must not make a live node Unknown: the lease is read
+    /// from the API before anything is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trailing_lease_cache_does_not_make_a_live_node_unknown() -> anyhow::Result<()> {
+        let s = start().await?;
+        let c = &s.client;
+        let name = "n3";
+        let long_ago = SystemTime::now() - Duration::from_secs(300);
+        register(c, name, SystemTime::now()).await?;
+        // The status is old (agents write it seldom; the lease is the heartbeat) ...
+        let node = write_status(c, name, status("True", long_ago)).await?;
+        // ... and the cache has a renewal as old, while the API has a fresh one (past one
+        // grace period from the node's creation, its last sign of life otherwise).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        renew(c, name).await?;
+        let r = reconciler(c, Duration::from_secs(1), vec![node], vec![lease(name, long_ago)]);
+        let action = r.reconcile(&key(name)).await?;
+        anyhow::ensure!(ready_of(c, name).await? == "True", "a live node was marked");
+        let left = ours(c, name).await?;
+        anyhow::ensure!(left.is_empty(), "a live node was tainted: {left:?}");
+        anyhow::ensure!(matches!(action, Action::RequeueAfter(_)), "{action:?}");
+        Ok(())
+    }
+
+    /// An unreachable node is looked at again (from the API) every so often, not only when a
+    /// watch event says something changed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_node_is_looked_at_again_without_an_event() -> anyhow::Result<()> {
+        let s = start().await?;
+        let c = &s.client;
+        let name = "n4";
+        let long_ago = SystemTime::now() - Duration::from_secs(300);
+        register(c, name, long_ago).await?;
+        let node = write_status(c, name, status("True", long_ago)).await?;
+        // Another zone is up, so the zones do not ask for a look again themselves.
+        let other = json!({"metadata": {"name": "up", "labels": {"topology.kubernetes.io/zone": "b"}}});
+        c.create(&Resource::nodes(), &Scope::tenant("system"), &other).await?;
+        let up = write_status(c, "up", ready_status()).await?;
+        // One grace period past the node's creation (the last sign of life it has).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let leases = vec![lease(name, long_ago), lease("up", SystemTime::now())];
+        let r = reconciler(c, Duration::from_secs(1), vec![node, up], leases);
+        r.reconcile(&key("up")).await?;
+        let action = r.reconcile(&key(name)).await?;
+        anyhow::ensure!(ready_of(c, name).await? == "Unknown");
+        let taints = ours(c, name).await?;
+        anyhow::ensure!(taints.contains(&format!("{UNREACHABLE_TAINT}:NoSchedule")), "{taints:?}");
+        anyhow::ensure!(
+            matches!(action, Action::RequeueAfter(d) if d <= UNHEALTHY_RECHECK),
+            "not looked at again: {action:?}"
+        );
+        Ok(())
+    }
+
+    async fn renew(c: &Client, name: &str) -> anyhow::Result<()> {
+        let scope = Scope::tenant("system").in_namespace(LEASE_NAMESPACE);
+        let patch = json!({"spec": {"holderIdentity": name, "renewTime": micro(SystemTime::now())}});
+        c.patch(&leases(), &scope, name, &Patch::Merge(patch)).await?;
+        Ok(())
+    }
+
+    async fn report_ready(c: &Client, name: &str) -> anyhow::Result<()> {
+        let scope = Scope::tenant("system");
+        c.patch_subresource(&Resource::nodes(), &scope, name, "status", &Patch::Merge(ready_status())).await?;
+        Ok(())
+    }
+
+    async fn ours(c: &Client, name: &str) -> anyhow::Result<Vec<String>> {
+        let node = c.get(&Resource::nodes(), &Scope::tenant("system"), name).await?;
+        let taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(taints
+            .iter()
+            .filter(|t| super::super::is_ours(t))
+            .map(|t| format!("{}:{}", t["key"].as_str().unwrap_or(""), t["effect"].as_str().unwrap_or("")))
+            .collect())
+    }
+
+    async fn wait_for(
+        c: &Client,
+        name: &str,
+        within: Duration,
+        want: impl Fn(&[String]) -> bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let taints = ours(c, name).await?;
+            if want(&taints) || tokio::time::Instant::now() >= deadline {
+                return Ok(taints);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_back_from_unreachable_loses_its_taints_while_its_agent_keeps_writing() -> anyhow::Result<()> {
+        let s = start().await?;
+        let c = &s.client;
+        let name = "n1";
+        c.create(&Resource::nodes(), &Scope::tenant("system"), &json!({"metadata": {"name": name}})).await?;
+        report_ready(c, name).await?;
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                           "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
+                           "spec": {"holderIdentity": name, "leaseDurationSeconds": 1,
+                                    "renewTime": micro(SystemTime::now())}});
+        c.create(&leases(), &Scope::tenant("system").in_namespace(LEASE_NAMESPACE), &lease).await?;
+
+        let config = Config { grace: Duration::from_secs(2), ..Config::default() };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(controller(c.clone(), config).run(async move {
+            let _ = stopped.await;
+        }));
+
+        // The agent goes quiet: unreachable.
+        let tainted = wait_for(c, name, Duration::from_secs(10), |t| !t.is_empty()).await?;
+        anyhow::ensure!(tainted == [format!("{UNREACHABLE_TAINT}:NoSchedule")], "never tainted: {tainted:?}");
+
+        // It comes back: renews its lease, reports Ready, and goes on writing both.
+        let writer = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                loop {
+                    let _ = renew(&c, name).await;
+                    let _ = report_ready(&c, name).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        let left = wait_for(c, name, Duration::from_secs(5), <[String]>::is_empty).await?;
+        writer.abort();
+        let _ = stop.send(());
+        let _ = run.await;
+        anyhow::ensure!(left.is_empty(), "taints stayed on a node reporting Ready=True: {left:?}");
+        Ok(())
+    }
+}
