@@ -309,6 +309,10 @@ pub struct NodeLifecycle {
     /// Kubernetes does: re-marking on every pod change made a live agent, which reports its
     /// pods ready again, and this controller write the same pods back and forth.
     marked: Mutex<HashMap<String, HashSet<String>>>,
+    /// Per node, the newest lease renewal read from the API (when the lease cache trailed):
+    /// counted with the cache's, so a trailing lease cache costs one read per renewal seen,
+    /// not one per lease event until the cache catches up.
+    renewals: Mutex<HashMap<String, SystemTime>>,
 }
 
 /// A node's zone, as Kubernetes keys it: region and zone from the topology labels.
@@ -343,10 +347,12 @@ impl Reconciler for NodeLifecycle {
         let Some(cached) = self.nodes.get(key) else {
             self.zones.lock().remove(&key.name);
             self.marked.lock().remove(&key.name);
+            self.renewals.lock().remove(&key.name);
             return Ok(Action::Done);
         };
         let lease = self.leases.get(&ObjectKey::new(SYSTEM, Some(LEASE_NAMESPACE), &key.name));
-        let mut renewed = lease.as_deref().and_then(|l| time_at(l, "/spec/renewTime"));
+        let cached_renewal = lease.as_deref().and_then(|l| time_at(l, "/spec/renewTime"));
+        let mut renewed = cached_renewal.max(self.renewals.lock().get(&key.name).copied());
         let now = SystemTime::now();
         let mut node = (*cached).clone();
         let first = judge(&node, renewed, now, self.config.grace, Tainting::Held);
@@ -364,7 +370,14 @@ impl Reconciler for NodeLifecycle {
             if judge(&node, renewed, now, self.config.grace, Tainting::Held).conditions.is_some() {
                 let leases_scope = Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE);
                 match self.client.get(&leases(), &leases_scope, &key.name).await {
-                    Ok(l) => renewed = renewed.max(time_at(&l, "/spec/renewTime")),
+                    Ok(l) => {
+                        renewed = renewed.max(time_at(&l, "/spec/renewTime"));
+                        if renewed > cached_renewal
+                            && let Some(at) = renewed
+                        {
+                            self.renewals.lock().insert(key.name.clone(), at);
+                        }
+                    }
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
                 }
@@ -588,6 +601,7 @@ pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
         pods: pods.clone(),
         zones: Arc::new(Mutex::new(Zones::new(config.rates))),
         marked: Mutex::default(),
+        renewals: Mutex::default(),
     };
     let node_source = ApiSource::new(client.clone(), Resource::nodes(), Scope::tenant(SYSTEM));
     let lease_source = ApiSource::new(client.clone(), leases(), Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE));

@@ -313,6 +313,7 @@ mod live {
             pods: Cache::indexed(node_name),
             zones: Arc::new(Mutex::new(Zones::new(Default::default()))),
             marked: Mutex::default(),
+            renewals: Mutex::default(),
         }
     }
 
@@ -372,6 +373,10 @@ mod live {
         let left = ours(c, name).await?;
         anyhow::ensure!(left.is_empty(), "a live node was tainted: {left:?}");
         anyhow::ensure!(matches!(action, Action::RequeueAfter(_)), "{action:?}");
+        // The renewal read is remembered: the next look needs no read while it holds.
+        anyhow::ensure!(r.renewals.lock().contains_key(name));
+        r.reconcile(&key(name)).await?;
+        anyhow::ensure!(ready_of(c, name).await? == "True", "a live node was marked on a second look");
         Ok(())
     }
 
