@@ -634,10 +634,14 @@ fn leftovers(uid: &str, containers: &[String], agent_dir: &Path, bridge: &str) -
     let mut paths =
         vec![Path::new("/run/netns").join(format!("atoll-{uid}")), agent_dir.join("runtime/sandboxes").join(uid)];
     paths.extend(containers.iter().map(|c| agent_dir.join("runtime/containers").join(c)));
+    paths.extend(containers.iter().map(|c| agent_dir.join("layers").join(c)));
     left.extend(paths.into_iter().filter(|p| p.exists()).map(|p| p.display().to_string()));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     let runtime = agent_dir.join("runtime").display().to_string();
-    left.extend(mounts.lines().filter(|l| l.contains(&runtime)).map(str::to_string));
+    // The runtime folder itself is the agent's tmpfs for as long as it runs: anything else
+    // mounted in or under it is a pod's.
+    let mount_point = |l: &str| l.split(' ').nth(4).map(str::to_owned).unwrap_or_default();
+    left.extend(mounts.lines().filter(|l| l.contains(&runtime) && mount_point(l) != runtime).map(str::to_string));
     let veths = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output()?;
     // Links named `vp…` are the agent's pool of networks made ahead for pods to come (no
     // pod's; `stop_with_network` checks that they go with the agent).
