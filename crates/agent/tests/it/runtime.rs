@@ -389,3 +389,18 @@ fn a_tty_container_has_a_controlling_terminal_that_attach_types_into_and_resizes
     rt.remove_sandbox("tty").unwrap();
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
 }
+
+#[test]
+fn a_tmpfs_is_told_from_a_disk_folder() {
+    use agent::os::Os as _;
+    let node = Node::setup();
+    let dir = node.dir.path().join("volatile");
+    std::fs::create_dir(&dir).unwrap();
+    assert!(!node.os.is_tmpfs(&dir).unwrap(), "the test's folder is expected on a disk");
+    node.os.mount_tmpfs(&dir).unwrap();
+    assert!(node.os.is_tmpfs(&dir).unwrap());
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o700, "only root may look into the runtime's records");
+    node.os.unmount(&dir).unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}

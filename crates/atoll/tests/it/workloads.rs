@@ -718,6 +718,11 @@ fn a_restarted_agent_removes_what_pods_deleted_in_its_absence_left() -> Result<(
         std::fs::read_to_string(format!("/sys/fs/cgroup/pids/atoll/pod-{}/{}/cgroup.procs", pods[0].0, pods[0].1[0]))
             .unwrap_or_default();
     ensure!(!procs.trim().is_empty(), "the running pod's container outlived its agent");
+    // Its records are on the agent's tmpfs, which outlives the agent for the next one to find.
+    let runtime = agent_dir.join("runtime").display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let tmpfs = |l: &&str| l.split(' ').nth(4) == Some(runtime.as_str()) && l.contains(" - tmpfs ");
+    ensure!(mountinfo.lines().any(|l| tmpfs(&l)), "no tmpfs on {runtime} after the agent was killed");
 
     // The pods go while no agent runs (forced: nobody is there to confirm).
     cluster = start_up(dir.path(), &["--no-agent"])?;
