@@ -69,6 +69,10 @@ pub struct ScaleBenchArgs {
     /// Keep the data folder (and the processes' logs) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// An extra argument for the control plane's `atoll up` (repeatable), e.g.
+    /// `--up-arg=--compaction-interval=30s` to make watches and lists expire sooner.
+    #[arg(long = "up-arg", allow_hyphen_values = true)]
+    up_args: Vec<String>,
 }
 
 /// A child process stopped with SIGINT (then SIGKILL after a while) when dropped.
@@ -245,12 +249,13 @@ impl NodeAccount {
     }
 }
 
-fn start_up(exe: &Path, dir: &Path, etcd: Option<&str>) -> Result<Proc> {
+fn start_up(exe: &Path, dir: &Path, etcd: Option<&str>, extra: &[String]) -> Result<Proc> {
     let mut up = Command::new(exe);
     up.args(["up", "--no-agent", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir);
     if let Some(endpoint) = etcd {
         up.args(["--store", "etcd", "--etcd-endpoints", endpoint]);
     }
+    up.args(extra);
     let log = std::fs::File::create(dir.join("up.log"))?;
     let mut child = up.stdout(Stdio::piped()).stderr(log).spawn().context("starting atoll up")?;
     let mut reader = BufReader::new(child.stdout.take().context("atoll up's stdout")?);
@@ -319,7 +324,7 @@ pub async fn run(args: ScaleBenchArgs) -> Result<()> {
         ),
         crate::StoreKind::Embedded => None,
     };
-    let up = start_up(&exe, dir.path(), etcd.as_ref().map(|e| e.endpoint()).as_deref())?;
+    let up = start_up(&exe, dir.path(), etcd.as_ref().map(|e| e.endpoint()).as_deref(), &args.up_args)?;
     let kubeconfig = dir.path().join("admin.kubeconfig");
     let sim_log = std::fs::File::create(dir.path().join("agent.log"))?;
     let sims = Proc {

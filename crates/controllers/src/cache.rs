@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 use serde_json::Value;
@@ -137,11 +138,20 @@ pub struct Cache {
     index_of: Option<IndexFn>,
     keep: Option<KeepFn>,
     ready: Arc<watch::Sender<bool>>,
+    /// The watch feeding the cache was lost and a re-list is under way: the cache may lack
+    /// any change since, for however long the re-list takes.
+    stale: Arc<AtomicBool>,
 }
 
 impl Default for Cache {
     fn default() -> Cache {
-        Cache { state: Arc::default(), index_of: None, keep: None, ready: Arc::new(watch::channel(false).0) }
+        Cache {
+            state: Arc::default(),
+            index_of: None,
+            keep: None,
+            ready: Arc::new(watch::channel(false).0),
+            stale: Arc::default(),
+        }
     }
 }
 
@@ -248,6 +258,17 @@ impl Cache {
 
     /// Applies a watcher's event. Returns the objects that left the cache on a re-list
     /// (deleted while nobody watched), so their owners can be told too.
+    /// Marks the cache stale until the next [`Event::Restarted`] (its watch was lost).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Whether the cache follows a live watch (false from a lost watch until the re-list
+    /// replaces it).
+    pub fn is_current(&self) -> bool {
+        !self.stale.load(Ordering::Acquire)
+    }
+
     pub fn apply(&self, event: &Event) -> Vec<Arc<Value>> {
         match event {
             Event::Applied(obj) => {
@@ -275,6 +296,7 @@ impl Cache {
                 let old = std::mem::replace(&mut *state, fresh);
                 let gone =
                     old.objects.into_iter().filter(|(k, _)| !state.objects.contains_key(k)).map(|(_, v)| v).collect();
+                self.stale.store(false, Ordering::Release);
                 drop(state);
                 self.ready.send_replace(true);
                 gone

@@ -101,6 +101,8 @@ impl<R: Reconciler> Controller<R> {
         map: impl Fn(&Value) -> Vec<R::Key> + Send + Sync + 'static,
     ) -> Self {
         let feed = cache.clone();
+        let stale = cache.clone();
+        let watcher = watcher.on_relist(move || stale.mark_stale());
         let start = move |queue: Arc<WorkQueue<R::Key>>, mut stop: StopSignal| {
             let (mut watcher, cache) = (watcher, feed);
             tokio::spawn(async move {

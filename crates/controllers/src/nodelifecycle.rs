@@ -530,7 +530,7 @@ pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
         .watches(Watcher::new(lease_source, "node leases"), lease_cache, |l| {
             ObjectKey::of(l).map(|k| ObjectKey::new(&k.tenant, None, &k.name)).into_iter().collect()
         })
-        .watches(Watcher::new(pod_source, "pods"), pods, move |pod| {
+        .watches(Watcher::new(pod_source, "pods (node lifecycle)"), pods, move |pod| {
             tainted_node_of(&node_index, pod).into_iter().collect()
         })
 }

@@ -145,6 +145,14 @@ impl Reconciler for ReplicaSets {
             return Ok(Action::Done);
         };
         let Some(ns) = key.namespace.as_deref() else { return Ok(Action::Done) };
+        // A pod cache whose watch was lost lacks every change since, for as long as the
+        // re-list takes (minutes, for 150,000 pods under load): counting from it would
+        // let expectations lapse and create a set's pods again (the full-size scale run
+        // made 22,743 pods too many that way). Wait for the re-list, which reconciles
+        // every set again.
+        if !self.pods.is_current() {
+            return Ok(Action::RequeueAfter(Duration::from_secs(1)));
+        }
         let scope = Scope::tenant(&key.tenant).in_namespace(ns);
         let rs_uid = workload::uid(&rs).to_string();
         let rs_deleting = workload::deleting(&rs);
@@ -332,7 +340,7 @@ pub fn controller(client: Client) -> Controller<ReplicaSets> {
     Controller::new(reconciler)
         .workers(4)
         .watches(Watcher::new(rs_source, "replicasets"), sets, |rs| ObjectKey::of(rs).into_iter().collect())
-        .watches(Watcher::new(pod_source, "pods"), pods, move |pod| sets_for_pod(&index, pod))
+        .watches(Watcher::new(pod_source, "pods (replicasets)"), pods, move |pod| sets_for_pod(&index, pod))
 }
 
 #[cfg(test)]

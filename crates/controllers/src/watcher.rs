@@ -18,6 +18,7 @@
 //! - Any other error waits an exponential back-off (reset by the next success) and
 //!   retries the same step.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +32,11 @@ use crate::queue::Backoff;
 pub trait Source: Send + Sync {
     /// One page of the list (`continue_token` for pages after the first).
     async fn list(&self, continue_token: Option<String>) -> Result<ObjectList, client::Error>;
+    /// The whole list in one answer (one snapshot that no compaction can expire halfway);
+    /// sources that cannot page may leave it as their first page.
+    async fn list_all(&self) -> Result<ObjectList, client::Error> {
+        self.list(None).await
+    }
     /// A watch starting after `resource_version`.
     async fn watch(&self, resource_version: &str) -> Result<Box<dyn Events>, client::Error>;
 }
@@ -85,6 +91,15 @@ impl Source for ApiSource {
         self.client.list(&self.resource, &self.scope, &params).await
     }
 
+    async fn list_all(&self) -> Result<ObjectList, client::Error> {
+        let params = ListParams {
+            label_selector: self.label_selector.clone(),
+            field_selector: self.field_selector.clone(),
+            ..ListParams::default()
+        };
+        self.client.list(&self.resource, &self.scope, &params).await
+    }
+
     async fn watch(&self, resource_version: &str) -> Result<Box<dyn Events>, client::Error> {
         let params = WatchParams {
             label_selector: self.label_selector.clone(),
@@ -110,15 +125,26 @@ pub enum Event {
 /// Where the watcher is; see the module's diagram.
 pub enum State {
     Empty,
-    Listing { continue_token: String, items: Vec<Value> },
-    Rewatch { resource_version: String },
-    Watching { resource_version: String, events: Box<dyn Events> },
+    /// A paged list ran longer than the server keeps its snapshot: list in one request.
+    ListAll,
+    Listing {
+        continue_token: String,
+        items: Vec<Value>,
+    },
+    Rewatch {
+        resource_version: String,
+    },
+    Watching {
+        resource_version: String,
+        events: Box<dyn Events>,
+    },
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             State::Empty => write!(f, "Empty"),
+            State::ListAll => write!(f, "ListAll"),
             State::Listing { items, .. } => write!(f, "Listing({} so far)", items.len()),
             State::Rewatch { resource_version } => write!(f, "Rewatch({resource_version})"),
             State::Watching { resource_version, .. } => write!(f, "Watching({resource_version})"),
@@ -133,6 +159,9 @@ pub struct Watcher<S> {
     failures: u32,
     /// What is being watched, for logs.
     what: String,
+    /// Told when the watch is lost and a re-list begins: whatever was built from the
+    /// events so far is stale until the next [`Event::Restarted`].
+    on_relist: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 fn revision_of(obj: &Value) -> Option<String> {
@@ -147,12 +176,25 @@ impl<S: Source> Watcher<S> {
             backoff: Backoff { base: Duration::from_millis(800), max: Duration::from_secs(30) },
             failures: 0,
             what: what.into(),
+            on_relist: None,
         }
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Watcher<S> {
         self.backoff = backoff;
         self
+    }
+
+    /// Calls `f` whenever the watch is lost and the watcher lists again.
+    pub fn on_relist(mut self, f: impl Fn() + Send + Sync + 'static) -> Watcher<S> {
+        self.on_relist = Some(Arc::new(f));
+        self
+    }
+
+    fn relisting(&self) {
+        if let Some(f) = &self.on_relist {
+            f();
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -185,11 +227,23 @@ impl<S: Source> Watcher<S> {
                     None
                 }
             },
+            State::ListAll => match self.source.list_all().await {
+                Ok(page) => self.listed(Vec::new(), ObjectList { continue_token: None, ..page }),
+                Err(e) => {
+                    self.fail("list", &e).await;
+                    self.state = State::ListAll;
+                    None
+                }
+            },
             State::Listing { continue_token, items } => match self.source.list(Some(continue_token.clone())).await {
                 Ok(page) => self.listed(items, page),
-                // The continue token expired: start the list again.
+                // The continue token expired (the list's snapshot was compacted away while
+                // we paged): paging again would take as long and may expire again, forever,
+                // under the load that made it slow (the full-size scale run's pod watches
+                // did). One unpaged list is one snapshot, as Kubernetes' pager falls back to.
                 Err(e) if e.is_gone() => {
-                    tracing::info!(watch = %self.what, listed = items.len(), "continue token expired; listing again");
+                    tracing::info!(watch = %self.what, listed = items.len(), "continue token expired; listing all at once");
+                    self.state = State::ListAll;
                     None
                 }
                 Err(e) => {
@@ -205,6 +259,7 @@ impl<S: Source> Watcher<S> {
                 }
                 Err(e) if e.is_gone() => {
                     tracing::info!(watch = %self.what, "revision {resource_version} is gone; listing again");
+                    self.relisting();
                     None
                 }
                 Err(e) => {
@@ -222,6 +277,7 @@ impl<S: Source> Watcher<S> {
                         WatchEvent::Bookmark { resource_version } => (Some(resource_version), None),
                         WatchEvent::Error(status) if status.code == 410 => {
                             tracing::info!(watch = %self.what, "watch expired; listing again");
+                            self.relisting();
                             return None;
                         }
                         WatchEvent::Error(status) => {
@@ -299,6 +355,10 @@ mod tests {
     impl Source for Fake {
         async fn list(&self, token: Option<String>) -> Result<ObjectList, client::Error> {
             self.calls.lock().push(format!("list {}", token.unwrap_or_default()));
+            self.lists.lock().pop_front().expect("an unexpected list")
+        }
+        async fn list_all(&self) -> Result<ObjectList, client::Error> {
+            self.calls.lock().push("list all".into());
             self.lists.lock().pop_front().expect("an unexpected list")
         }
         async fn watch(&self, rv: &str) -> Result<Box<dyn Events>, client::Error> {
@@ -390,17 +450,60 @@ mod tests {
         assert_eq!(*fake.calls.lock(), ["list ", "list ", "list ", "list ", "watch 5", "watch 5", "watch 5"]);
     }
 
+    /// What the ReplicaSet controller relies on not to count pods from a cache that stopped
+    /// following the API: from a lost watch until the re-list is complete, the cache says so.
     #[tokio::test(start_paused = true)]
-    async fn an_expired_continue_token_restarts_the_list() {
+    async fn a_lost_watch_marks_the_cache_stale_until_the_re_list_replaces_it() {
+        let fake = Fake::default();
+        fake.lists.lock().push_back(page(vec![obj("a", 3)], 4, None));
+        fake.watches.lock().push_back(Ok(vec![Ok(WatchEvent::Error(client::Status {
+            code: 410,
+            reason: "Expired".into(),
+            message: String::new(),
+        }))]));
+        let cache = crate::cache::Cache::default();
+        let hook = cache.clone();
+        let mut w = Watcher::new(fake.clone(), "test").on_relist(move || hook.mark_stale());
+        cache.apply(&w.next().await);
+        assert!(cache.is_current());
+        assert!(w.step().await.is_none(), "the watch opens");
+        assert!(w.step().await.is_none(), "and expires");
+        assert!(!cache.is_current());
+        // The re-list's first page is in, not the last: still stale.
+        fake.lists.lock().extend([page(vec![obj("a", 3)], 9, Some("t")), page(vec![obj("b", 8)], 9, None)]);
+        assert!(w.step().await.is_none());
+        assert!(!cache.is_current());
+        let relisted = w.next().await;
+        assert_eq!(relisted, Event::Restarted(vec![obj("a", 3), obj("b", 8)]));
+        cache.apply(&relisted);
+        assert!(cache.is_current());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_continue_token_restarts_the_list_in_one_request() {
         let fake = Fake::default();
         fake.lists.lock().extend([
             page(vec![obj("a", 1)], 7, Some("t1")),
             Err(api(410, "Expired")),
+            // A failed unpaged list is retried unpaged.
+            Err(api(503, "ServiceUnavailable")),
             page(vec![obj("a", 1), obj("b", 2)], 8, None),
         ]);
-        fake.watches.lock().push_back(Ok(vec![]));
+        fake.watches.lock().extend([
+            Ok(vec![Ok(WatchEvent::Error(client::Status {
+                code: 410,
+                reason: "Expired".into(),
+                message: String::new(),
+            }))]),
+            Ok(vec![]),
+        ]);
+        fake.lists.lock().push_back(page(vec![obj("c", 9)], 10, Some("t2")));
+        fake.lists.lock().push_back(page(vec![], 10, None));
         let mut w = Watcher::new(fake.clone(), "test");
         // Items of the abandoned list are not reported twice.
         assert_eq!(w.next().await, Event::Restarted(vec![obj("a", 1), obj("b", 2)]));
+        // A later re-list pages again.
+        assert_eq!(w.next().await, Event::Restarted(vec![obj("c", 9)]));
+        assert_eq!(*fake.calls.lock(), ["list ", "list t1", "list all", "list all", "watch 8", "list ", "list t2"]);
     }
 }

@@ -242,6 +242,9 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+/// Keys an unpaged list reads from the store per request.
+const STORE_CHUNK: usize = 5_000;
+
 impl RegistryError {
     /// The one conversion into what the API returns.
     pub fn to_status(&self) -> Status {
@@ -915,7 +918,9 @@ impl Registry {
         let mut next = None;
         let mut read_at = revision;
         loop {
-            let page = limit.map(|l| (l - items.len()).max(1) + 1);
+            // An unpaged list still reads the store in chunks (all at one revision): a single
+            // etcd answer holding a whole large kind would exceed what a gRPC message may carry.
+            let page = Some(limit.map_or(STORE_CHUNK, |l| (l - items.len()).max(1) + 1));
             let req = RangeRequest { start: start.clone(), end: end.clone(), revision: read_at, limit: page };
             let resp = match self.store.range(req).await {
                 Err(StoreError::Compacted { .. }) if opts.continue_token.is_some() => {

@@ -236,6 +236,31 @@ async fn propagation_policies_become_finalizers_for_the_garbage_collector() -> R
     Ok(())
 }
 
+/// An unpaged list larger than what the registry reads from the store at once (5,000 keys)
+/// is still every object, in order, at one revision.
+#[tokio::test]
+async fn an_unpaged_list_reads_the_store_in_chunks_at_one_revision() -> Result<()> {
+    let f = Fixture::new()?;
+    let r = f.registry("configmaps")?;
+    let s = ns("acme", "default");
+    let count = 5_003;
+    // Created concurrently: the store batches concurrent writes into one sync.
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (r, s) = (r.clone(), s.clone());
+        creates.spawn(async move { r.create(&s, cm(&format!("c{i:05}"), json!({})), false).await });
+    }
+    while let Some(created) = creates.join_next().await {
+        created??;
+    }
+    let list = r.list(&s, &ListOptions::default()).await?;
+    let got = names(&list);
+    let want: Vec<String> = (0..count).map(|i| format!("c{i:05}")).collect();
+    ensure!(got == want, "listed {} of {count}", got.len());
+    ensure!(list["metadata"].get("continue").is_none_or(Value::is_null), "no continue token: {}", list["metadata"]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn lists_page_and_filter() -> Result<()> {
     let f = Fixture::new()?;
