@@ -51,6 +51,8 @@ pub enum AgentError {
     Net(#[from] crate::net::NetError),
     #[error("the agent's port: {0}")]
     Serve(#[from] crate::server::ServeError),
+    #[error("the runtime's state folder: {0}")]
+    State(#[from] crate::os::OsError),
 }
 
 /// How pods reach the network.
@@ -197,7 +199,10 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     // Run from the sealed copy; named (node info, container IDs) after the file.
     let runtime_exec = sealed_runtime(&*os, &runtime_path).unwrap_or_else(|| runtime_path.clone());
     let images = Arc::new(ImageStore::open(&config.data_dir.join("images"), os.clone())?);
-    let mut oci = OciConfig::new(&runtime_exec, config.shim.clone(), config.data_dir.join("runtime"));
+    let state_dir = config.data_dir.join("runtime");
+    volatile_state(&*os, &state_dir)?;
+    let mut oci = OciConfig::new(&runtime_exec, config.shim.clone(), &state_dir);
+    oci.layers_dir = config.data_dir.join("layers");
     oci.cgroup_parent = config.cgroup_parent.clone();
     let oci = Arc::new(OciRuntime::new(oci, os.clone())?);
     let mut runtimes = Runtimes::new(oci);
@@ -320,7 +325,51 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     }
     let network = node.network.clone();
     tokio::task::spawn_blocking(move || network.shutdown()).await.map_err(|e| pods::PodError::Join(e.to_string()))?;
+    release_volatile_state(&*os, &state_dir);
     Ok(())
+}
+
+/// The OCI runtime's records, bundles and `--root` on a tmpfs of their own: they describe
+/// processes, which a reboot ends, so a disk's allocation and journal work per file (a
+/// dozen files per container start) buys nothing. The mount outlives the agent (a
+/// restarted agent finds its containers in it) but not the machine. Folders that already
+/// hold records on disk (an older agent's) are left where they are, not hidden under a
+/// mount.
+fn volatile_state(os: &dyn Os, dir: &std::path::Path) -> Result<(), AgentError> {
+    os.create_dir_all(dir)?;
+    if os.is_tmpfs(dir)? {
+        return Ok(());
+    }
+    if holds_state(os, dir) {
+        tracing::warn!(dir = %dir.display(), "the runtime's records stay on disk: they hold containers already");
+        return Ok(());
+    }
+    os.mount_tmpfs(dir)?;
+    Ok(())
+}
+
+/// Whether the runtime folder has anything but its empty top folders.
+fn holds_state(os: &dyn Os, dir: &std::path::Path) -> bool {
+    const TOP: [&str; 3] = ["sandboxes", "containers", "runtime"];
+    match os.list_dir(dir) {
+        Ok(names) => names
+            .iter()
+            .any(|n| !TOP.contains(&n.as_str()) || !os.list_dir(&dir.join(n)).map(|v| v.is_empty()).unwrap_or(false)),
+        Err(_) => true,
+    }
+}
+
+/// Unmount the runtime's tmpfs when the agent leaves nothing in it (every pod gone), so a
+/// node taken down leaves no mount behind; with containers still running it stays for the
+/// next agent to find them.
+fn release_volatile_state(os: &dyn Os, dir: &std::path::Path) {
+    let ours = matches!(os.is_tmpfs(dir), Ok(true)) && os.mounts_under(dir).is_ok_and(|m| m == [dir.to_path_buf()]);
+    if !ours || holds_state(os, dir) {
+        return;
+    }
+    if let Err(e) = os.unmount(dir) {
+        tracing::warn!(error = %e, dir = %dir.display(), "unmounting the runtime's tmpfs");
+    }
 }
 
 /// A sealed in-memory copy of the OCI runtime binary to run instead of the file, or `None`
@@ -386,5 +435,39 @@ mod tests {
         assert_eq!(calls[0], Call::SealedCopy("/usr/bin/crun".into()));
         assert!(matches!(&calls[1], Call::Run(a) if a[..2] == ["/proc/1/fd/3", "--version"]), "{calls:?}");
         assert!(os.mounts().is_empty());
+    }
+
+    #[test]
+    fn the_runtime_state_gets_a_tmpfs_that_outlives_the_agent_only_while_it_holds_containers() {
+        let os = FakeOs::new("created 1", Vec::new());
+        let dir = Path::new("/data/runtime");
+        volatile_state(&os, dir).unwrap();
+        assert_eq!(os.mounts(), [dir.to_path_buf()]);
+        // A restarted agent finds it mounted and keeps it.
+        volatile_state(&os, dir).unwrap();
+        assert_eq!(os.calls().iter().filter(|c| matches!(c, Call::MountTmpfs(_))).count(), 1);
+        // (The fake makes no parent folders.)
+        for d in ["containers", "containers/c1"] {
+            os.create_dir_all(&dir.join(d)).unwrap();
+        }
+        release_volatile_state(&os, dir);
+        assert_eq!(os.mounts(), [dir.to_path_buf()], "a running container's records stay");
+        os.remove_dir_all(&dir.join("containers/c1")).unwrap();
+        os.create_dir_all(&dir.join("containers")).unwrap();
+        release_volatile_state(&os, dir);
+        assert!(os.mounts().is_empty());
+    }
+
+    #[test]
+    fn records_already_on_disk_are_not_hidden_under_a_tmpfs() {
+        let os = FakeOs::new("created 1", Vec::new());
+        let dir = Path::new("/data/runtime");
+        for d in ["sandboxes", "sandboxes/pod1"] {
+            os.create_dir_all(&dir.join(d)).unwrap();
+        }
+        volatile_state(&os, dir).unwrap();
+        assert!(os.mounts().is_empty());
+        release_volatile_state(&os, dir);
+        assert!(!os.calls().iter().any(|c| matches!(c, Call::Unmount(_))));
     }
 }

@@ -90,6 +90,10 @@ pub trait Os: Send + Sync + fmt::Debug {
     /// Mount an overlay at `target`; `lower` is listed topmost first.
     fn mount_overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OsError>;
     fn unmount(&self, target: &Path) -> Result<(), OsError>;
+    /// Mount a tmpfs (owner-only, no set-uid or devices) at `target`.
+    fn mount_tmpfs(&self, target: &Path) -> Result<(), OsError>;
+    /// Whether `path` lies on a tmpfs (or any other memory file system the kernel calls so).
+    fn is_tmpfs(&self, path: &Path) -> Result<bool, OsError>;
     /// A sealed in-memory copy of the program (a memfd with every write sealed off), kept
     /// open for as long as this object lives; the path that runs it
     /// (`/proc/<our pid>/fd/<fd>`, usable by our children too).
@@ -258,6 +262,18 @@ impl Os for RealOs {
 
     fn unmount(&self, target: &Path) -> Result<(), OsError> {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(sys("unmounting", target))
+    }
+
+    fn mount_tmpfs(&self, target: &Path) -> Result<(), OsError> {
+        use rustix::mount::MountFlags;
+        rustix::mount::mount("tmpfs", target, "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, Some(c"mode=0700"))
+            .map_err(sys("mounting a tmpfs on", target))
+    }
+
+    fn is_tmpfs(&self, path: &Path) -> Result<bool, OsError> {
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        let fs = rustix::fs::statfs(path).map_err(sys("statfs of", path))?;
+        Ok(fs.f_type as u64 == TMPFS_MAGIC)
     }
 
     fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError> {
@@ -541,6 +557,7 @@ pub enum Call {
     MountOverlay { lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf, target: PathBuf },
     CreateNamespaces { ipc: PathBuf, uts: Option<(PathBuf, String)> },
     Unmount(PathBuf),
+    MountTmpfs(PathBuf),
     SealedCopy(PathBuf),
     Whiteout(PathBuf),
     Opaque(PathBuf),
@@ -572,6 +589,8 @@ struct FakeState {
     files: BTreeMap<PathBuf, Vec<u8>>,
     dirs: std::collections::BTreeSet<PathBuf>,
     mounts: Vec<PathBuf>,
+    /// The subset of `mounts` that are tmpfs mounts.
+    tmpfs: Vec<PathBuf>,
     alive: Vec<u32>,
     next_pid: u32,
 }
@@ -634,8 +653,22 @@ impl Os for FakeOs {
         self.with(|s| {
             s.calls.push(Call::Unmount(target.to_owned()));
             s.mounts.retain(|m| m != target);
+            s.tmpfs.retain(|m| m != target);
         });
         Ok(())
+    }
+
+    fn mount_tmpfs(&self, target: &Path) -> Result<(), OsError> {
+        self.with(|s| {
+            s.calls.push(Call::MountTmpfs(target.to_owned()));
+            s.mounts.push(target.to_owned());
+            s.tmpfs.push(target.to_owned());
+        });
+        Ok(())
+    }
+
+    fn is_tmpfs(&self, path: &Path) -> Result<bool, OsError> {
+        Ok(self.with(|s| s.tmpfs.iter().any(|m| path.starts_with(m))))
     }
 
     fn sealed_copy(&self, program: &Path) -> Result<PathBuf, OsError> {

@@ -8,14 +8,22 @@
 //! sandboxes/<id>/sandbox.json         the SandboxSpec and creation time
 //! containers/<id>/container.json      the ContainerSpec, sandbox, creation time
 //! containers/<id>/bundle/config.json  the OCI runtime spec
-//! containers/<id>/bundle/rootfs       overlay mount: image layers + upper/ + work/
+//! containers/<id>/bundle/rootfs       overlay mount: image layers + the layer folder's upper/ + work/
 //! containers/<id>/container.pid       written by the runtime on create
 //! containers/<id>/shim.json           the supervisor's pid
 //! containers/<id>/started.json        start time (after `<runtime> start` succeeded)
 //! containers/<id>/exit.json           exit code and time, written by the supervisor
 //! containers/<id>/container.log       CRI-format log (unless the spec names another file)
 //! runtime/                            the OCI runtime's own state (`--root`)
+//! <layers_dir>/<id>/upper, work        the container's writable layer (by default `layers/` in the folder)
 //! ```
+//!
+//! Everything but the writable layers is meaningless once the machine reboots, so the agent
+//! keeps the folder on a tmpfs (`daemon`): file creation there costs a fraction of a disk
+//! file system's (inode and block allocation, journal), and a container start makes a dozen
+//! files. The writable layers stay on disk, where a container's writes do not use the
+//! node's memory; a layer folder whose container record is gone (a reboot emptied the
+//! tmpfs) is removed when the runtime is opened.
 //!
 //! Cgroups: every container gets `/<cgroup_parent>/pod-<sandbox>/<container>` (relative
 //! to each hierarchy); the runtime creates and deletes the container's folder, this code
@@ -51,6 +59,9 @@ pub struct OciConfig {
     /// The supervisor command: program and leading arguments (`atoll shim`).
     pub shim: Vec<OsString>,
     pub data_dir: PathBuf,
+    /// The containers' writable layers (upper and work folders of their overlays); on a
+    /// disk file system even when `data_dir` is a tmpfs.
+    pub layers_dir: PathBuf,
     /// Where the cgroup hierarchies are mounted (`/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
     /// Our top cgroup folder's name; all pods live below it.
@@ -59,10 +70,12 @@ pub struct OciConfig {
 
 impl OciConfig {
     pub fn new(runtime: impl Into<PathBuf>, shim: Vec<OsString>, data_dir: impl Into<PathBuf>) -> OciConfig {
+        let data_dir: PathBuf = data_dir.into();
         OciConfig {
             runtime: runtime.into(),
             shim,
-            data_dir: data_dir.into(),
+            layers_dir: data_dir.join("layers"),
+            data_dir,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "atoll".into(),
         }
@@ -130,7 +143,34 @@ impl OciRuntime {
         for d in ["sandboxes", "containers", "runtime"] {
             os.create_dir_all(&config.data_dir.join(d))?;
         }
-        Ok(OciRuntime { config, os, records: Mutex::new(Records::default()) })
+        os.create_dir_all(&config.layers_dir)?;
+        let rt = OciRuntime { config, os, records: Mutex::new(Records::default()) };
+        rt.remove_orphan_layers()?;
+        Ok(rt)
+    }
+
+    /// Writable layers whose container folder is gone: the records were on a tmpfs that a
+    /// reboot emptied, so nothing else would ever remove them. Runs before any create, so a
+    /// layer folder without its container folder cannot be one being made.
+    fn remove_orphan_layers(&self) -> Result<(), RuntimeError> {
+        for id in self.os.list_dir(&self.config.layers_dir)? {
+            if !self.os.exists(&self.container_dir(&id)) {
+                tracing::info!(container = %id, "removing a writable layer left without its container");
+                self.remove_layer(&id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn layer_dir(&self, id: &str) -> PathBuf {
+        self.config.layers_dir.join(id)
+    }
+
+    fn remove_layer(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.os.remove_dir_all(&self.layer_dir(id)) {
+            Err(e) if !e.is_not_found() => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -438,6 +478,9 @@ impl OciRuntime {
             self.os.unmount(&m)?;
         }
         self.remove_cgroup(&self.cgroup_path(sandbox_id, Some(id)))?;
+        // The layer first: a layer without its container folder is an orphan the next start
+        // removes, a container folder without its layer would be a broken container.
+        self.remove_layer(id)?;
         match self.os.remove_dir_all(&dir) {
             Err(e) if !e.is_not_found() => Err(e.into()),
             _ => Ok(()),
@@ -490,7 +533,9 @@ impl OciRuntime {
         let result = (|| {
             let bundle = dir.join("bundle");
             let rootfs = bundle.join("rootfs");
-            for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+            let layer = self.layer_dir(&id);
+            let (upper, work) = (layer.join("upper"), layer.join("work"));
+            for d in [&rootfs, &upper, &work] {
                 self.os.create_dir_all(d)?;
             }
             let log_path = spec.log_path.clone().unwrap_or_else(|| dir.join("container.log"));
@@ -505,7 +550,6 @@ impl OciRuntime {
             lap(0);
             // overlayfs lists the topmost lower layer first.
             let lower: Vec<PathBuf> = spec.image.layers.iter().rev().cloned().collect();
-            let (upper, work) = (dir.join("upper"), dir.join("work"));
             lap(1);
             // The root file system is mounted by the shim, where only this container's runtime
             // sees it (`ShimArgs::rootfs_overlay`); a user name is looked up in a mount of our
@@ -847,6 +891,8 @@ mod tests {
         let os = Arc::new(FakeOs::new(handshake, vec![PathBuf::from("/cg/memory"), PathBuf::from("/cg/cpu")]));
         let mut cfg = OciConfig::new("/usr/bin/crun", vec!["/bin/atoll".into(), "shim".into()], "/data");
         cfg.cgroup_root = "/cg".into();
+        // As the agent has them: records on a tmpfs, writable layers on a disk.
+        cfg.layers_dir = "/disk/layers".into();
         let rt = OciRuntime::new(cfg, os.clone()).unwrap();
         (os, rt)
     }
@@ -916,7 +962,8 @@ mod tests {
             calls.iter().find_map(|c| if let Call::SpawnDetached(a) = c { Some(a.clone()) } else { None }).unwrap();
         assert_eq!(&shim[..4], &["/bin/atoll", "shim", "--runtime", "/usr/bin/crun"]);
         let overlay = shim.iter().position(|a| a == "--rootfs-overlay").map(|i| shim[i + 1].clone());
-        let want = format!("lowerdir=/img/l2:/img/l1,upperdir={0}/upper,workdir={0}/work", dir.display());
+        let layer = Path::new("/disk/layers").join(&id);
+        let want = format!("lowerdir=/img/l2:/img/l1,upperdir={0}/upper,workdir={0}/work", layer.display());
         assert_eq!(overlay, Some(want));
         assert!(shim.windows(2).any(|w| w[0] == "--bundle" && w[1] == dir.join("bundle").display().to_string()));
         let config: Value = serde_json::from_slice(&os.file(&dir.join("bundle/config.json")).unwrap()).unwrap();
@@ -966,9 +1013,38 @@ mod tests {
         let err = rt.run_container("pod1", &container()).unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
         assert_eq!(os.mounts().len(), 2, "only the sandbox's namespaces: {:?}", os.mounts());
-        let containers = Path::new("/data/containers");
-        assert!(os.dirs().iter().all(|d| d == containers || !d.starts_with(containers)), "{:?}", os.dirs());
+        for top in [Path::new("/data/containers"), Path::new("/disk/layers")] {
+            assert!(os.dirs().iter().all(|d| d == top || !d.starts_with(top)), "{:?}", os.dirs());
+        }
         assert!(rt.list_containers(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_writable_layer_goes_with_its_container_or_when_its_container_is_gone() {
+        let (os, rt) = setup("created 7");
+        rt.run_sandbox(&sandbox()).unwrap();
+        let id = rt.create_container("pod1", &container()).unwrap();
+        let layer = Path::new("/disk/layers").join(&id);
+        assert!(os.dirs().contains(&layer.join("upper")), "{:?}", os.dirs());
+        os.put_file(&rt.container_dir(&id).join(EXIT_FILE), br#"{"exit_code":0,"signal":null,"finished_at_nanos":1}"#);
+        rt.remove_container(&id).unwrap();
+        assert!(os.dirs().iter().all(|d| !d.starts_with(&layer)), "{:?}", os.dirs());
+
+        // A reboot emptied the records' tmpfs: a layer without its container folder goes
+        // when the runtime is opened; one whose folder is there stays.
+        let kept = rt.create_container("pod1", &container()).unwrap();
+        os.create_dir_all(&rt.container_dir(&kept)).unwrap();
+        // (The fake makes no parent folders.)
+        for d in ["/disk/layers/orphan", "/disk/layers/orphan/upper"] {
+            os.create_dir_all(Path::new(d)).unwrap();
+        }
+        let mut cfg = rt.config.clone();
+        cfg.cgroup_root = "/cg".into();
+        let _reopened = OciRuntime::new(cfg, os.clone()).unwrap();
+        assert!(os.calls().contains(&Call::RemoveDirAll("/disk/layers/orphan".into())), "{:?}", os.calls());
+        let kept_layer = Path::new("/disk/layers").join(&kept);
+        assert!(!os.calls().contains(&Call::RemoveDirAll(kept_layer.clone())));
+        assert!(os.dirs().contains(&kept_layer.join("upper")));
     }
 
     #[test]

@@ -80,6 +80,9 @@ impl Node {
         let mut cfg =
             OciConfig::new(name, vec![env!("CARGO_BIN_EXE_atoll-shim").into()], self.dir.path().join("runtime"));
         cfg.cgroup_parent = self.cgroup_parent.clone();
+        // Where the agent keeps them (`daemon`): beside the runtime's folder, which the agent
+        // makes a tmpfs.
+        cfg.layers_dir = self.dir.path().join("layers");
         OciRuntime::new(cfg, self.os.clone()).unwrap()
     }
 
@@ -102,6 +105,13 @@ impl Node {
             }
         }
         out
+    }
+
+    /// [`Node::leftovers`] while an agent runs on this node's folder: its runtime folder is
+    /// then its tmpfs, which is no pod's.
+    pub fn leftovers_beside_the_agent(&self) -> Vec<PathBuf> {
+        let agent_tmpfs = self.dir.path().join("runtime");
+        self.leftovers().into_iter().filter(|m| *m != agent_tmpfs).collect()
     }
 }
 

@@ -176,9 +176,13 @@ fn removal_leaves_no_mount_cgroup_process_or_state_behind() {
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
     assert!(pids.iter().all(|p| !pid_alive(*p)), "container processes survived");
     let state = node.dir.path().join("runtime");
-    for sub in ["containers", "sandboxes", "runtime"] {
-        let left: Vec<_> = std::fs::read_dir(state.join(sub)).unwrap().collect();
-        assert!(left.is_empty(), "{sub} still holds {left:?}");
+    for dir in ["containers", "sandboxes", "runtime"]
+        .map(|sub| state.join(sub))
+        .into_iter()
+        .chain([node.dir.path().join("layers")])
+    {
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{} still holds {left:?}", dir.display());
     }
     assert!(rt.list_containers(None).unwrap().is_empty());
     // Removing again is fine.
@@ -204,7 +208,7 @@ fn a_root_file_system_is_mounted_only_where_its_container_sees_it() {
     assert!(own.lines().any(|l| l.split(' ').nth(4) == Some("/") && l.contains(" - overlay ")), "{own}");
     assert!(std::fs::metadata(format!("/proc/{pid}/root/bin/busybox")).is_ok());
     std::fs::write(format!("/proc/{pid}/root/written"), b"x").unwrap();
-    let upper = node.dir.path().join("runtime/containers").join(&id).join("upper/written");
+    let upper = node.dir.path().join("layers").join(&id).join("upper/written");
     assert_eq!(std::fs::read(&upper).unwrap(), b"x");
     rt.remove_sandbox("hidden").unwrap();
     node.os.reap();
@@ -383,5 +387,20 @@ fn a_tty_container_has_a_controlling_terminal_that_attach_types_into_and_resizes
     let log = std::fs::read_to_string(&status.log_path).unwrap();
     assert!(log.contains(" stdout F typed-42\r"), "{log}");
     rt.remove_sandbox("tty").unwrap();
+    assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_tmpfs_is_told_from_a_disk_folder() {
+    use agent::os::Os as _;
+    let node = Node::setup();
+    let dir = node.dir.path().join("volatile");
+    std::fs::create_dir(&dir).unwrap();
+    assert!(!node.os.is_tmpfs(&dir).unwrap(), "the test's folder is expected on a disk");
+    node.os.mount_tmpfs(&dir).unwrap();
+    assert!(node.os.is_tmpfs(&dir).unwrap());
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o700, "only root may look into the runtime's records");
+    node.os.unmount(&dir).unwrap();
     assert_eq!(node.leftovers(), Vec::<std::path::PathBuf>::new());
 }

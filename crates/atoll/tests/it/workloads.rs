@@ -634,10 +634,14 @@ fn leftovers(uid: &str, containers: &[String], agent_dir: &Path, bridge: &str) -
     let mut paths =
         vec![Path::new("/run/netns").join(format!("atoll-{uid}")), agent_dir.join("runtime/sandboxes").join(uid)];
     paths.extend(containers.iter().map(|c| agent_dir.join("runtime/containers").join(c)));
+    paths.extend(containers.iter().map(|c| agent_dir.join("layers").join(c)));
     left.extend(paths.into_iter().filter(|p| p.exists()).map(|p| p.display().to_string()));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     let runtime = agent_dir.join("runtime").display().to_string();
-    left.extend(mounts.lines().filter(|l| l.contains(&runtime)).map(str::to_string));
+    // The runtime folder itself is the agent's tmpfs for as long as it runs: anything else
+    // mounted in or under it is a pod's.
+    let mount_point = |l: &str| l.split(' ').nth(4).map(str::to_owned).unwrap_or_default();
+    left.extend(mounts.lines().filter(|l| l.contains(&runtime) && mount_point(l) != runtime).map(str::to_string));
     let veths = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output()?;
     // Links named `vp…` are the agent's pool of networks made ahead for pods to come (no
     // pod's; `stop_with_network` checks that they go with the agent).
@@ -714,6 +718,11 @@ fn a_restarted_agent_removes_what_pods_deleted_in_its_absence_left() -> Result<(
         std::fs::read_to_string(format!("/sys/fs/cgroup/pids/atoll/pod-{}/{}/cgroup.procs", pods[0].0, pods[0].1[0]))
             .unwrap_or_default();
     ensure!(!procs.trim().is_empty(), "the running pod's container outlived its agent");
+    // Its records are on the agent's tmpfs, which outlives the agent for the next one to find.
+    let runtime = agent_dir.join("runtime").display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let tmpfs = |l: &&str| l.split(' ').nth(4) == Some(runtime.as_str()) && l.contains(" - tmpfs ");
+    ensure!(mountinfo.lines().any(|l| tmpfs(&l)), "no tmpfs on {runtime} after the agent was killed");
 
     // The pods go while no agent runs (forced: nobody is there to confirm).
     cluster = start_up(dir.path(), &["--no-agent"])?;
