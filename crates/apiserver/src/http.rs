@@ -1531,18 +1531,18 @@ impl Api {
                                 };
                                 let line = match (&table, &event.encoded) {
                                     (Some(printer), _) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
-                                        let meta = json!({"resourceVersion": event.object["metadata"]["resourceVersion"]});
-                                        let rows = printer.table(std::slice::from_ref(&*event.object), meta);
+                                        let object = event.object();
+                                        let meta = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                                        let rows = printer.table(std::slice::from_ref(&*object), meta);
                                         watch_line(event.kind, &encoded(rows))
                                     }
                                     // Shared by every watcher of this change: serialised once, the
                                     // version written in this caller's encoding.
                                     (_, Some(spliced)) => {
-                                        let raw = event.object["metadata"]["resourceVersion"].as_str().unwrap_or("");
-                                        let rv = raw.parse::<i64>().map(|r| codec.encode(r)).unwrap_or_default();
+                                        let rv = event.revision().map(|r| codec.encode(r)).unwrap_or_default();
                                         watch_line(event.kind, &spliced.with(&rv))
                                     }
-                                    _ => watch_line(event.kind, &encoded(Value::clone(&event.object))),
+                                    _ => watch_line(event.kind, &encoded(Value::clone(&event.object()))),
                                 };
                                 if tx.send(Bytes::from(line)).await.is_err() {
                                     return;
@@ -1650,7 +1650,9 @@ impl Api {
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    let current = registry.get(&scope, &name).await.map_err(registry_err)?;
+                    // Read and decoded once, for the patch and for the update rules alike.
+                    let read = registry.current(&scope, &name).await.map_err(registry_err)?;
+                    let current = read.shown();
                     let mut patched = match content_type.as_str() {
                         "application/merge-patch+json" => {
                             let mut doc = current.clone();
@@ -1668,7 +1670,7 @@ impl Api {
                             })?;
                             doc
                         }
-                        "application/json-patch+json" => crate::patch::json_patch(&current, &patch).map_err(|e| {
+                        "application/json-patch+json" => crate::patch::json_patch(current, &patch).map_err(|e| {
                             Status::failure(422, "Invalid", format!("the JSON patch cannot be applied: {e}"))
                         })?,
                         other => return Err(Status::unsupported_media_type(other)),
@@ -1677,7 +1679,8 @@ impl Api {
                         patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                     }
                     let warnings = check_fields(registry, &q, &patched)?;
-                    match registry.update_with(&scope, &name, patched, r.subresource.as_deref(), &opts).await {
+                    let sub = r.subresource.as_deref();
+                    match registry.update_current(&scope, &name, patched, &read, sub, &opts).await {
                         Ok(updated) => {
                             self.written(&info, &updated, opts.dry_run, false).await?;
                             return Ok(with_warnings(out(StatusCode::OK, updated), &warnings));

@@ -147,6 +147,9 @@ impl Strategy for Kind {
     fn raw_selectable(&self, field: &str) -> bool {
         self.fields.contains(&field)
     }
+    fn stored_as_viewed(&self) -> bool {
+        true
+    }
     /// A pod bound to a node is stopped by that node's agent, which deletes it when its
     /// containers are gone (or the grace period ends); an unbound pod goes at once.
     fn grace_period(&self, obj: &Value, requested: Option<i64>) -> Option<i64> {

@@ -251,15 +251,16 @@ impl Authz {
             delay = Duration::from_millis(100);
             while let Some(event) = events.recv().await {
                 let Some(this) = authz.upgrade() else { return };
+                let object = event.object();
                 let touched = match event.kind {
                     "ADDED" | "MODIFIED" | "DELETED" => {
                         let mut policies = this.policies.write().unwrap_or_else(|e| e.into_inner());
-                        Self::apply(&mut policies, kind, &event.object, event.kind == "DELETED")
+                        Self::apply(&mut policies, kind, &object, event.kind == "DELETED")
                     }
                     "ERROR" => break,
                     _ => None,
                 };
-                if let Some(rv) = revision_of(&event.object) {
+                if let Some(rv) = revision_of(&object) {
                     revision = revision.max(rv);
                     this.applied[kind.index()].send_replace(revision);
                 }

@@ -577,14 +577,12 @@ impl Catalog {
             delay = Duration::from_millis(100);
             while let Some(event) = events.recv().await {
                 let Some(this) = catalog.upgrade() else { return };
-                let rv = event
-                    .object
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .and_then(|r| r.parse().ok());
+                let object = event.object();
+                let rv =
+                    object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok());
                 match event.kind {
                     "ADDED" | "MODIFIED" => {
-                        if let Some((tenant, name, served)) = this.build(&event.object) {
+                        if let Some((tenant, name, served)) = this.build(&object) {
                             let terminating = served.terminating;
                             this.tables
                                 .write()
@@ -594,13 +592,13 @@ impl Catalog {
                                 .or_default()
                                 .insert(name, served);
                             if terminating {
-                                this.clean_up_later((*event.object).clone());
+                                this.clean_up_later((*object).clone());
                             }
                         }
                     }
                     "DELETED" => {
-                        let tenant = event.object.pointer("/metadata/tenant").and_then(Value::as_str).unwrap_or("");
-                        let name = event.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                        let tenant = object.pointer("/metadata/tenant").and_then(Value::as_str).unwrap_or("");
+                        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
                         let mut tables = this.tables.write().unwrap_or_else(|e| e.into_inner());
                         if let Some(t) = tables.tenants.get_mut(tenant) {
                             t.remove(name);

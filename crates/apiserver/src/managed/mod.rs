@@ -494,7 +494,9 @@ impl Writer<'_> {
             }
             (Some(Value::Object(o)), Some(Value::Object(n))) => {
                 for (k, ov) in o {
-                    if skipped(names, k) {
+                    // An unchanged field has nothing to report below it; comparing is far cheaper
+                    // than walking it (a status write leaves the spec and most metadata as is).
+                    if skipped(names, k) || n.get(k) == Some(ov) {
                         continue;
                     }
                     prefix.push(format!("f:{k}"));

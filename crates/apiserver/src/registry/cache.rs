@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 pub struct SharedEvent {
     pub event: Event,
     decoded: OnceLock<Option<Decoded>>,
+    /// The new object's JSON cut for its version, made from the stored bytes (for kinds
+    /// stored as viewed, which need no decoding to be sent on).
+    stored: OnceLock<Option<Spliced>>,
     /// The previous object, decoded only when a watcher needs it (a selector to compare it
     /// with, or a deletion to report): most watches (controllers, informers) have neither,
     /// and decoding every change's previous object was half the watch cache's decoding and
@@ -79,15 +82,132 @@ impl Spliced {
         Some(Spliced { head: Bytes::from(head), tail: Bytes::from(tail) })
     }
 
+    /// The same cut made in a stored object's JSON (which has no resource version) without
+    /// decoding it: the version goes last in its top-level `metadata` object. For bytes the
+    /// server wrote (serde_json's compact form, keys in order) this is byte for byte what
+    /// [`Spliced::of`] gives for the decoded object; `None` when the bytes are not of that
+    /// shape (no `metadata` object, an escaped key) and the object must be decoded.
+    pub fn of_stored(json: &[u8]) -> Option<Spliced> {
+        let (close, empty) = scan::metadata_end(json)?;
+        let mut head = Vec::with_capacity(close + 20);
+        head.extend_from_slice(&json[..close]);
+        if !empty {
+            head.push(b',');
+        }
+        head.extend_from_slice(b"\"resourceVersion\":\"");
+        let mut tail = Vec::with_capacity(json.len() - close + 1);
+        tail.push(b'"');
+        tail.extend_from_slice(&json[close..]);
+        Some(Spliced { head: Bytes::from(head), tail: Bytes::from(tail) })
+    }
+
     /// The JSON with `rv` in the gap (a decimal number: nothing to escape).
     pub fn with(&self, rv: &str) -> Vec<u8> {
         [&self.head[..], rv.as_bytes(), &self.tail[..]].concat()
     }
 }
 
+/// Just enough JSON scanning to find the top-level `metadata` object in well-formed JSON.
+mod scan {
+    fn ws(json: &[u8], mut i: usize) -> usize {
+        while json.get(i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    }
+
+    /// The index after the string starting at `i` (its opening quote).
+    fn string_end(json: &[u8], i: usize) -> Option<usize> {
+        let mut j = i + 1;
+        loop {
+            j += memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
+            if json[j] == b'"' {
+                return Some(j + 1);
+            }
+            j += 2;
+        }
+    }
+
+    /// The index after the value starting at `i`.
+    fn value_end(json: &[u8], i: usize) -> Option<usize> {
+        match json.get(i)? {
+            b'"' => string_end(json, i),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                let mut j = i;
+                loop {
+                    match json.get(j)? {
+                        b'"' => {
+                            j = string_end(json, j)?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(j + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+            }
+            _ => {
+                let rest = json.get(i..)?;
+                Some(i + rest.iter().position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?)
+            }
+        }
+    }
+
+    /// The index of the closing brace of the top-level `metadata` object, and whether that
+    /// object is empty.
+    pub(super) fn metadata_end(json: &[u8]) -> Option<(usize, bool)> {
+        let mut i = ws(json, 0);
+        if *json.get(i)? != b'{' {
+            return None;
+        }
+        i += 1;
+        loop {
+            i = ws(json, i);
+            if *json.get(i)? != b'"' {
+                return None;
+            }
+            let key_end = string_end(json, i)?;
+            let key = &json[i + 1..key_end - 1];
+            i = ws(json, key_end);
+            if *json.get(i)? != b':' {
+                return None;
+            }
+            i = ws(json, i + 1);
+            let end = value_end(json, i)?;
+            if key == b"metadata" {
+                if json[i] != b'{' {
+                    return None;
+                }
+                return Some((end - 1, ws(json, i + 1) == end - 1));
+            }
+            if memchr::memchr(b'\\', key).is_some() {
+                // An escaped key could spell `metadata`.
+                return None;
+            }
+            i = ws(json, end);
+            if *json.get(i)? != b',' {
+                return None;
+            }
+            i += 1;
+        }
+    }
+}
+
 impl SharedEvent {
     pub fn new(event: Event) -> Arc<SharedEvent> {
-        Arc::new(SharedEvent { event, decoded: OnceLock::new(), prev: OnceLock::new() })
+        Arc::new(SharedEvent { event, decoded: OnceLock::new(), stored: OnceLock::new(), prev: OnceLock::new() })
+    }
+
+    /// The new object's stored JSON cut for its version ([`Spliced::of_stored`]), made once.
+    pub fn stored_spliced(&self) -> Option<&Spliced> {
+        self.stored.get_or_init(|| Spliced::of_stored(&self.event.kv.value)).as_ref()
     }
 
     /// The decoded new object, in the form `convert` gives it (the first caller's; every
@@ -297,5 +417,36 @@ mod tests {
             "4"
         );
         assert!(Spliced::of(&serde_json::json!({"metadata": {}})).is_none());
+    }
+
+    #[test]
+    fn stored_json_is_spliced_as_its_decoded_object_is() {
+        let objects = [
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p\"}{[", "labels": {"a\\b": "c]"}, "managedFields": [{"f:x": {}}], "uid": "u"},
+                "spec": {"containers": [{"name": "c", "args": ["{", "\\\"", "é"]}], "n": -1.5e300, "t": true},
+                "status": {"phase": "Running", "x": null},
+            }),
+            serde_json::json!({"metadata": {}, "spec": {}}),
+            serde_json::json!({"a": [1, {"metadata": 2}], "metadata": {"name": "x"}}),
+        ];
+        for obj in objects {
+            let stored = serde_json::to_vec(&obj).unwrap();
+            let mut decoded = obj.clone();
+            decoded["metadata"]["resourceVersion"] = "42".into();
+            assert_eq!(Spliced::of_stored(&stored), Spliced::of(&decoded), "{obj}");
+        }
+        for no in [
+            &b"{}"[..],
+            b"[]",
+            b"{\"metadata\": 1}",
+            b"{\"kind\":\"X\"}",
+            b"{\"a\":",
+            b"{\"a\":1 2}",
+            b"{\"m\\u0065\":{}}",
+        ] {
+            assert_eq!(Spliced::of_stored(no), None, "{}", String::from_utf8_lossy(no));
+        }
     }
 }

@@ -10,6 +10,7 @@
 mod apply;
 pub mod cache;
 pub mod object;
+mod project;
 
 use std::sync::Arc;
 
@@ -138,6 +139,13 @@ pub trait Strategy: Send + Sync + 'static {
     /// decoding it ([`may_match_raw`]). Opt-in: a kind that reshapes objects between stored
     /// and viewed form (`stored_to_view`) would skip objects wrongly.
     fn raw_selectable(&self, _field: &str) -> bool {
+        false
+    }
+
+    /// Whether stored objects are what clients see, unconverted and unredacted
+    /// (`stored_to_view`, `view_to_stored` and `redact` do nothing), so a write need not keep
+    /// a converted copy of what it read. Opt-in, like [`Strategy::raw_selectable`].
+    fn stored_as_viewed(&self) -> bool {
         false
     }
 
@@ -409,18 +417,46 @@ impl Propagation {
 }
 
 /// One watch event, ready to be written as `{"type": ..., "object": ...}`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone)]
 pub struct WatchEvent {
     pub kind: &'static str,
-    pub object: Arc<Value>,
-    /// `object` already serialised (but for its resource version), when it came from the
+    object: Payload,
+    /// The object already serialised (but for its resource version), when it came from the
     /// watch cache unchanged.
     pub encoded: Option<cache::Spliced>,
 }
 
+#[derive(Clone)]
+enum Payload {
+    Decoded(Arc<Value>),
+    /// A change's new object of a kind stored as viewed, still as stored: most watchers only
+    /// send it on (as `encoded`), and decoding it for them was the watch cache's largest cost.
+    Stored(Arc<cache::SharedEvent>),
+}
+
 impl WatchEvent {
     fn owned(kind: &'static str, object: Value) -> WatchEvent {
-        WatchEvent { kind, object: Arc::new(object), encoded: None }
+        WatchEvent { kind, object: Payload::Decoded(Arc::new(object)), encoded: None }
+    }
+
+    /// The object, decoded now if it was not yet (once per change, shared by every watcher).
+    pub fn object(&self) -> Arc<Value> {
+        match &self.object {
+            Payload::Decoded(v) => v.clone(),
+            Payload::Stored(e) => e
+                .decoded(&|_| {})
+                .and_then(|d| d.new.as_ref())
+                .map(|(v, _)| v.clone())
+                .unwrap_or_else(|| Arc::new(Value::Null)),
+        }
+    }
+
+    /// The object's resource version, as a store revision.
+    pub fn revision(&self) -> Option<i64> {
+        match &self.object {
+            Payload::Decoded(v) => v.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok(),
+            Payload::Stored(e) => Some(e.event.kv.mod_revision),
+        }
     }
 }
 
@@ -476,6 +512,23 @@ pub(crate) fn may_match_raw(raw: &[u8], needles: &[Vec<u8>]) -> bool {
     needles.is_empty()
         || memchr::memchr(b'\\', raw).is_some()
         || needles.iter().all(|n| memchr::memmem::find(raw, n).is_some())
+}
+
+/// An object as an update reads it: its stored bytes and decoded forms.
+pub struct Current {
+    kv: store::KeyValue,
+    stored: Value,
+    /// `stored` as the kind's update rules see it (converted, not redacted); `None`: `stored`.
+    old: Option<Value>,
+    /// As clients see it (redacted); `None`: `old`.
+    shown: Option<Value>,
+}
+
+impl Current {
+    /// The object as its reader may see it.
+    pub fn shown(&self) -> &Value {
+        self.shown.as_ref().or(self.old.as_ref()).unwrap_or(&self.stored)
+    }
 }
 
 /// The registry of one kind.
@@ -629,6 +682,11 @@ impl Registry {
     }
 
     fn encode(&self, obj: &Value) -> Result<Bytes> {
+        if self.strategy.stored_as_viewed() {
+            // Written straight from the object: a copy of it per write only to drop one field
+            // was a measurable share of every write.
+            return stored_json(obj).map(Bytes::from).map_err(|e| RegistryError::Internal(e.to_string()));
+        }
         let mut obj = obj.clone();
         self.strategy.view_to_stored(&mut obj);
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -860,7 +918,7 @@ impl Registry {
 
     fn matches(&self, obj: &Value, opts: &ListOptions) -> Result<bool> {
         if !opts.label_selector.is_empty() {
-            let labels = object::meta(obj)?.labels.unwrap_or_default();
+            let labels = object::meta_light(obj)?.labels.unwrap_or_default();
             if !opts.label_selector.matches(&labels) {
                 return Ok(false);
             }
@@ -1011,86 +1069,154 @@ impl Registry {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Value> {
-        let dry_run = opts.dry_run;
         self.check_type(&mut obj)?;
-        let new_meta = object::meta(&obj)?;
-        if new_meta.name.as_deref().is_some_and(|n| n != name) {
-            return Err(RegistryError::BadRequest(format!(
-                "the name of the object ({}) does not match the name on the URL ({name})",
-                new_meta.name.as_deref().unwrap_or("")
-            )));
-        }
-        let precondition = new_meta.resource_version.as_deref().map(parse_rv).transpose()?;
+        let precondition = self.precondition(&obj, name)?;
         let key = self.key(scope, name)?;
         loop {
-            let (current, _) = self.store.get(key.clone(), None).await?;
-            let current = current.ok_or_else(|| self.not_found(name))?;
-            if precondition.is_some_and(|rv| rv != current.mod_revision) {
-                return Err(self.conflict(
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
-            }
-            // Unredacted: the kind's update rules may need what is stored but never shown
-            // (a User keeps its password hash); `old` itself is never handed out. Decoded
-            // once: a copy is cheaper than a second parse of the same bytes.
-            let stored = decode_stored(&current.value, current.mod_revision)?;
-            let old = {
-                let mut o = stored.clone();
-                self.strategy.stored_to_view(&mut o);
-                o
-            };
-            let mut new = self.merge_update(&old, obj.clone(), subresource)?;
-            self.strategy.prepare_for_update(&mut new, &old, subresource);
-            self.record(Some(&old), &mut new, subresource, opts);
-            // After the ownership record: stored-only fields are nobody's to own.
-            self.strategy.carry_over(&stored, &mut new);
-            let mut errors = self.validate_meta(&object::meta(&new)?);
-            errors.extend(self.strategy.validate(&new));
-            errors.extend(self.strategy.validate_update(&new, &old));
-            if !errors.is_empty() {
-                return Err(self.invalid(name, errors));
-            }
-            self.admit(opts, name, Some(&old), &new)?;
-            let new_meta = object::meta(&new)?;
-            // A terminating object whose last finalizer is gone is deleted now, unless it is
-            // in a grace period that someone else (a node agent) ends.
-            if new_meta.deletion_timestamp.is_some()
-                && new_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
-                && new_meta.finalizers.as_ref().is_none_or(Vec::is_empty)
-                && !self.strategy.holds_deletion(&new)
+            let current = self.read_current(&key, name).await?;
+            if let Some(written) =
+                self.write_over(&key, name, &current, obj.clone(), precondition, subresource, opts).await?
             {
-                if dry_run {
-                    return Ok(new);
-                }
-                match self.store.delete(key.clone(), Some(current.mod_revision)).await? {
-                    Ok((revision, _)) => {
-                        set_rv(&mut new, revision);
-                        return Ok(new);
-                    }
-                    Err(_) if precondition.is_none() => continue,
-                    Err(_) => return Err(self.conflict(name, "the object has been modified")),
-                }
+                return Ok(written);
             }
-            let bytes = self.encode(&new)?;
-            if bytes == current.value || dry_run {
-                set_rv(&mut new, current.mod_revision);
-                return Ok(new);
+        }
+    }
+
+    /// The object `name` as an update reads it, for a caller that computes the new version
+    /// from it (a patch): one read and one decode serve both the caller and the update rules.
+    pub async fn current(&self, scope: &Scope, name: &str) -> Result<Current> {
+        self.read_current(&self.key(scope, name)?, name).await
+    }
+
+    /// Writes `obj` over `current` (from [`Registry::current`]) as [`Registry::update_with`]
+    /// would; a `metadata.resourceVersion` in `obj` is a precondition, and a write that loses
+    /// the race with another is a conflict (the caller reads again and recomputes).
+    pub async fn update_current(
+        &self,
+        scope: &Scope,
+        name: &str,
+        mut obj: Value,
+        current: &Current,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        self.check_type(&mut obj)?;
+        let precondition = self.precondition(&obj, name)?;
+        let key = self.key(scope, name)?;
+        let written = self.write_over(&key, name, current, obj, precondition, subresource, opts).await?;
+        let mut updated = written.ok_or_else(|| {
+            self.conflict(
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        })?;
+        self.strategy.redact(&mut updated);
+        Ok(updated)
+    }
+
+    /// The resource version `obj` names (a precondition of its update), after checking that
+    /// it names the object of the URL.
+    fn precondition(&self, obj: &Value, name: &str) -> Result<Option<i64>> {
+        let meta = object::meta_light(obj)?;
+        if meta.name.as_deref().is_some_and(|n| n != name) {
+            return Err(RegistryError::BadRequest(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta.name.as_deref().unwrap_or("")
+            )));
+        }
+        meta.resource_version.as_deref().map(parse_rv).transpose()
+    }
+
+    async fn read_current(&self, key: &Bytes, name: &str) -> Result<Current> {
+        let (kv, _) = self.store.get(key.clone(), None).await?;
+        let kv = kv.ok_or_else(|| self.not_found(name))?;
+        // Unredacted: the kind's update rules may need what is stored but never shown (a User
+        // keeps its password hash); `old` itself is never handed out. A kind stored as viewed
+        // needs no second form at all.
+        let stored = decode_stored(&kv.value, kv.mod_revision)?;
+        let (old, shown) = if self.strategy.stored_as_viewed() {
+            (None, None)
+        } else {
+            let mut old = stored.clone();
+            self.strategy.stored_to_view(&mut old);
+            let mut shown = old.clone();
+            self.strategy.redact(&mut shown);
+            (Some(old), Some(shown))
+        };
+        Ok(Current { kv, stored, old, shown })
+    }
+
+    /// One attempt at writing `obj` over `current`: the object written, or `None` when
+    /// someone wrote in between and the update is unconditional (read again and retry).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_over(
+        &self,
+        key: &Bytes,
+        name: &str,
+        current: &Current,
+        obj: Value,
+        precondition: Option<i64>,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Option<Value>> {
+        let dry_run = opts.dry_run;
+        let revision = current.kv.mod_revision;
+        if precondition.is_some_and(|rv| rv != revision) {
+            return Err(self.conflict(
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let stored = &current.stored;
+        let old = current.old.as_ref().unwrap_or(stored);
+        let mut new = self.merge_update(old, obj, subresource)?;
+        self.strategy.prepare_for_update(&mut new, old, subresource);
+        self.record(Some(old), &mut new, subresource, opts);
+        // After the ownership record: stored-only fields are nobody's to own.
+        self.strategy.carry_over(stored, &mut new);
+        let new_meta = object::meta_light(&new)?;
+        let mut errors = self.validate_meta(&new_meta);
+        errors.extend(self.strategy.validate(&new));
+        errors.extend(self.strategy.validate_update(&new, old));
+        if !errors.is_empty() {
+            return Err(self.invalid(name, errors));
+        }
+        self.admit(opts, name, Some(old), &new)?;
+        // A terminating object whose last finalizer is gone is deleted now, unless it is
+        // in a grace period that someone else (a node agent) ends.
+        if new_meta.deletion_timestamp.is_some()
+            && new_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+            && new_meta.finalizers.as_ref().is_none_or(Vec::is_empty)
+            && !self.strategy.holds_deletion(&new)
+        {
+            if dry_run {
+                return Ok(Some(new));
             }
-            match self.store.update(key.clone(), bytes, current.mod_revision).await? {
-                Ok(revision) => {
+            return match self.store.delete(key.clone(), Some(revision)).await? {
+                Ok((revision, _)) => {
                     set_rv(&mut new, revision);
-                    return Ok(new);
+                    Ok(Some(new))
                 }
-                // Someone wrote in between: an unconditional update tries again.
-                Err(_) if precondition.is_none() => continue,
-                Err(_) => {
-                    return Err(self.conflict(
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
-                }
+                Err(_) if precondition.is_none() => Ok(None),
+                Err(_) => Err(self.conflict(name, "the object has been modified")),
+            };
+        }
+        let bytes = self.encode(&new)?;
+        if bytes == current.kv.value || dry_run {
+            set_rv(&mut new, revision);
+            return Ok(Some(new));
+        }
+        match self.store.update(key.clone(), bytes, revision).await? {
+            Ok(revision) => {
+                set_rv(&mut new, revision);
+                Ok(Some(new))
             }
+            // Someone wrote in between: an unconditional update tries again.
+            Err(_) if precondition.is_none() => Ok(None),
+            Err(_) => Err(self.conflict(
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )),
         }
     }
 
@@ -1129,7 +1255,7 @@ impl Registry {
     /// status or everything-but-status kept as the subresource says, and `generation`
     /// bumped when the spec changed.
     fn merge_update(&self, old: &Value, mut new: Value, subresource: Option<&str>) -> Result<Value> {
-        let old_meta = object::meta(old)?;
+        let old_meta = object::meta_light(old)?;
         let has_status = self.info().status_subresource;
         match subresource {
             Some("status") if has_status => {
@@ -1158,6 +1284,12 @@ impl Registry {
                 None => map.remove("status"),
             };
         }
+        // The managed fields pass through as they are (the ownership record comes later),
+        // not copied into the parsed metadata and back.
+        let managed = match new.get_mut("metadata") {
+            Some(Value::Object(m)) if m.get("managedFields").is_some_and(Value::is_array) => m.remove("managedFields"),
+            _ => None,
+        };
         let mut meta = object::meta(&new)?;
         meta.name = old_meta.name.clone();
         meta.namespace = old_meta.namespace.clone();
@@ -1168,23 +1300,31 @@ impl Registry {
         meta.deletion_grace_period_seconds = old_meta.deletion_grace_period_seconds;
         meta.generate_name = meta.generate_name.or(old_meta.generate_name.clone());
         meta.resource_version = None;
-        let spec_changed = {
-            // Compared as clients see them: stored-only fields (a password hash) and
-            // write-only ones (a password) are not part of the spec they observe.
-            let strip = |v: &Value| {
-                let mut v = v.clone();
-                if let Some(m) = v.as_object_mut() {
-                    m.remove("metadata");
-                    m.remove("status");
-                }
-                self.strategy.redact(&mut v);
-                v
+        let spec_changed =
+            if let (true, Some(o), Some(n)) = (self.strategy.stored_as_viewed(), old.as_object(), new.as_object()) {
+                // Nothing stored-only or write-only to leave out: compared in place, not copied.
+                let body = |(k, _): &(&String, &Value)| k.as_str() != "metadata" && k.as_str() != "status";
+                !o.iter().filter(body).eq(n.iter().filter(body))
+            } else {
+                // Compared as clients see them: stored-only fields (a password hash) and
+                // write-only ones (a password) are not part of the spec they observe.
+                let strip = |v: &Value| {
+                    let mut v = v.clone();
+                    if let Some(m) = v.as_object_mut() {
+                        m.remove("metadata");
+                        m.remove("status");
+                    }
+                    self.strategy.redact(&mut v);
+                    v
+                };
+                strip(old) != strip(&new)
             };
-            strip(old) != strip(&new)
-        };
         let generation = old_meta.generation.unwrap_or(1);
         meta.generation = Some(if spec_changed { generation + 1 } else { generation });
         object::set_meta(&mut new, &meta)?;
+        if let (Some(mf), Some(Value::Object(m))) = (managed, new.get_mut("metadata")) {
+            m.insert("managedFields".into(), mf);
+        }
         Ok(new)
     }
 
@@ -1330,6 +1470,7 @@ impl Registry {
         let info = self.info().clone();
         let opts = opts.clone();
         let this = self.clone();
+        let previous = self.selected_fields(&opts);
         tokio::spawn(async move {
             for obj in initial {
                 if tx.send(WatchEvent::owned("ADDED", obj)).await.is_err() {
@@ -1376,7 +1517,7 @@ impl Registry {
                     }
                 };
                 for event in events {
-                    let Ok(Some(out)) = this.translate(&event, &opts) else { continue };
+                    let Ok(Some(out)) = this.translate(&event, &opts, previous.as_ref()) else { continue };
                     if tx.send(out).await.is_err() {
                         return;
                     }
@@ -1386,24 +1527,50 @@ impl Registry {
         Ok(rx)
     }
 
+    /// The fields a watch's selectors read, when the previous version of a change can be
+    /// judged from them alone (the kind stores objects as viewed); `None`: no selectors, or
+    /// the whole object is needed.
+    fn selected_fields(&self, opts: &ListOptions) -> Option<project::Paths> {
+        if !self.strategy.stored_as_viewed() || (opts.label_selector.is_empty() && opts.field_selector.is_empty()) {
+            return None;
+        }
+        let mut paths = project::Paths::default();
+        if !opts.label_selector.is_empty() {
+            paths.insert(&["metadata", "labels"]);
+        }
+        for f in opts.field_selector.fields() {
+            paths.insert(&f.split('.').collect::<Vec<_>>());
+        }
+        Some(paths)
+    }
+
     /// A change as the watcher sees it through its selectors: an object that starts
-    /// matching is ADDED, one that stops matching is DELETED.
-    fn translate(&self, shared: &cache::SharedEvent, opts: &ListOptions) -> Result<Option<WatchEvent>> {
+    /// matching is ADDED, one that stops matching is DELETED. `previous`: the fields the
+    /// selectors read, to judge the previous version by without decoding it whole.
+    fn translate(
+        &self,
+        shared: &Arc<cache::SharedEvent>,
+        opts: &ListOptions,
+        previous: Option<&project::Paths>,
+    ) -> Result<Option<WatchEvent>> {
         let revision = shared.event.kv.mod_revision;
         let convert = |obj: &mut Value| {
             self.strategy.stored_to_view(obj);
             self.strategy.redact(obj);
         };
         let not_json = || RegistryError::Internal("a stored object is not JSON".into());
-        let decoded = shared.decoded(&convert).ok_or_else(not_json)?;
         // Without selectors every object matches: the previous one need not be decoded
         // unless it is what a deletion reports.
         let selective = !opts.label_selector.is_empty() || !opts.field_selector.is_empty();
         let prev = |_: ()| shared.prev(&convert).map_err(|_| not_json());
-        let old_matches = match (shared.had_prev(), selective) {
-            (false, _) => false,
-            (true, false) => true,
-            (true, true) => match prev(())? {
+        let old_matches = match (shared.had_prev(), selective, previous, &shared.event.prev) {
+            (false, ..) => false,
+            (true, false, ..) => true,
+            (true, true, Some(paths), Some(kv)) => {
+                let part = paths.decode(&kv.value).map_err(|_| not_json())?;
+                self.matches(&part, opts)?
+            }
+            (true, true, ..) => match prev(())? {
                 Some(o) => self.matches(o, opts)?,
                 None => false,
             },
@@ -1414,12 +1581,32 @@ impl Registry {
             set_rv(&mut old, revision);
             WatchEvent::owned("DELETED", old)
         };
+        // A kind stored as viewed is sent on as stored, judged by the fields its selectors
+        // read (`previous` holds them exactly when there are selectors to judge by).
+        let stored_form = match shared.event.kind {
+            store::EventKind::Put if self.strategy.stored_as_viewed() => shared.stored_spliced(),
+            _ => None,
+        };
+        if let Some(json) = stored_form {
+            let new_matches = match previous {
+                Some(paths) => self.matches(&paths.decode(&shared.event.kv.value).map_err(|_| not_json())?, opts)?,
+                None => true,
+            };
+            let same = |kind| WatchEvent { kind, object: Payload::Stored(shared.clone()), encoded: Some(json.clone()) };
+            return Ok(match (old_matches, new_matches) {
+                (false, true) => Some(same("ADDED")),
+                (true, true) => Some(same("MODIFIED")),
+                (true, false) => prev(())?.map(gone),
+                _ => None,
+            });
+        }
+        let decoded = shared.decoded(&convert).ok_or_else(not_json)?;
         Ok(match &decoded.new {
             None if old_matches => prev(())?.map(gone),
             None => None,
             Some((new, json)) => {
                 let new_matches = self.matches(new, opts)?;
-                let same = |kind| WatchEvent { kind, object: new.clone(), encoded: json.clone() };
+                let same = |kind| WatchEvent { kind, object: Payload::Decoded(new.clone()), encoded: json.clone() };
                 match (old_matches, new_matches) {
                     (false, true) => Some(same("ADDED")),
                     (true, true) => Some(same("MODIFIED")),
@@ -1429,6 +1616,42 @@ impl Registry {
             }
         })
     }
+}
+
+/// `obj`'s JSON without `metadata.resourceVersion`, byte for byte what `serde_json::to_vec`
+/// writes for a copy without it.
+fn stored_json(obj: &Value) -> serde_json::Result<Vec<u8>> {
+    let (Some(top), Some(Value::Object(meta))) = (obj.as_object(), obj.get("metadata")) else {
+        return serde_json::to_vec(obj);
+    };
+    if !meta.contains_key("resourceVersion") {
+        return serde_json::to_vec(obj);
+    }
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'{');
+    for (i, (k, v)) in top.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, k)?;
+        out.push(b':');
+        if k != "metadata" {
+            serde_json::to_writer(&mut out, v)?;
+            continue;
+        }
+        out.push(b'{');
+        for (j, (k, v)) in meta.iter().filter(|(k, _)| *k != "resourceVersion").enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, k)?;
+            out.push(b':');
+            serde_json::to_writer(&mut out, v)?;
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 fn set_rv(obj: &mut Value, revision: i64) {
@@ -1445,6 +1668,25 @@ pub fn is_dns_subdomain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_json_is_the_object_without_its_version() {
+        let cases = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p\"q", "resourceVersion": "7",
+                "uid": "u", "labels": {"a": "b"}}, "spec": {"x": [1, 2.5, null, {"é": true}]}, "status": {}}),
+            json!({"metadata": {"resourceVersion": "1"}}),
+            json!({"kind": "X", "metadata": {"name": "n"}}),
+            json!({"kind": "X"}),
+            json!([1, 2]),
+        ];
+        for obj in cases {
+            let mut copy = obj.clone();
+            if let Some(m) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            assert_eq!(stored_json(&obj).unwrap(), serde_json::to_vec(&copy).unwrap(), "{obj}");
+        }
+    }
 
     #[test]
     fn raw_prefilter_skips_only_objects_that_cannot_match() {

@@ -321,7 +321,7 @@ async fn lists_page_and_filter() -> Result<()> {
 
 async fn next(rx: &mut tokio::sync::mpsc::Receiver<apiserver::registry::WatchEvent>) -> Result<(String, Value)> {
     let e = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.context("watch ended")?;
-    Ok((e.kind.to_string(), Value::clone(&e.object)))
+    Ok((e.kind.to_string(), Value::clone(&e.object())))
 }
 
 #[tokio::test]
