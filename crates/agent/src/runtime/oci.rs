@@ -97,13 +97,13 @@ struct ContainerRecord {
     log_path: PathBuf,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct ShimRecord {
     pid: u32,
     container_pid: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct StartRecord {
     started_at_nanos: u64,
 }
@@ -117,13 +117,16 @@ pub struct OciRuntime {
 
 /// Parsed `sandbox.json` and `container.json` by ID. Both are written once, before
 /// anything refers to them, and never changed, so a cached one is the file's content for
-/// as long as the file exists (checked on every use: the folders on disk stay the truth).
-/// Without it every pod's sync re-read and re-parsed every record on the node to find its
-/// own (O(pods) per sync, every second for every pod).
+/// as long as the file exists (checked on every use, or seen by the folder listing that
+/// found it: the folders on disk stay the truth). Without it every pod's sync re-read and
+/// re-parsed every record on the node to find its own (O(pods) per sync, every second for
+/// every pod). `shim.json` and `started.json` are also written once each; once both are
+/// there they are kept too, so a running container's status reads only `exit.json`.
 #[derive(Debug, Default)]
 struct Records {
     sandboxes: HashMap<String, Arc<SandboxRecord>>,
     containers: HashMap<String, Arc<ContainerRecord>>,
+    started: HashMap<String, (ShimRecord, StartRecord)>,
 }
 
 /// Resolve a runtime name through PATH (a path is taken as it is).
@@ -427,8 +430,22 @@ impl OciRuntime {
 
     fn status_of(&self, rec: &ContainerRecord) -> Result<ContainerStatus, RuntimeError> {
         let dir = self.container_dir(&rec.id);
-        let shim: Option<ShimRecord> = self.read_json(&dir.join("shim.json"))?;
-        let started: Option<StartRecord> = self.read_json(&dir.join("started.json"))?;
+        let known = self.records().started.get(&rec.id).cloned();
+        let (shim, started) = match known {
+            Some((shim, started)) => (Some(shim), Some(started)),
+            None => {
+                let shim: Option<ShimRecord> = self.read_json(&dir.join("shim.json"))?;
+                let started: Option<StartRecord> = self.read_json(&dir.join("started.json"))?;
+                if let (Some(s), Some(t)) = (&shim, &started) {
+                    let mut records = self.records();
+                    // Not for a container being removed (its record left the cache first).
+                    if records.containers.contains_key(&rec.id) {
+                        records.started.insert(rec.id.clone(), (s.clone(), t.clone()));
+                    }
+                }
+                (shim, started)
+            }
+        };
         let exit: Option<ExitRecord> = self.read_json(&dir.join(EXIT_FILE))?;
         let (state, exit_code, reason, finished_at) = match (&exit, &shim) {
             (Some(e), _) => {
@@ -472,7 +489,10 @@ impl OciRuntime {
     /// Undo a half-made container: unmount, drop cgroups and files. Best effort, used on
     /// failed creates and on removal.
     fn cleanup_container(&self, id: &str, sandbox_id: &str) -> Result<(), RuntimeError> {
-        self.records().containers.remove(id);
+        let mut records = self.records();
+        records.containers.remove(id);
+        records.started.remove(id);
+        drop(records);
         let dir = self.container_dir(id);
         for m in self.os.mounts_under(&dir)? {
             self.os.unmount(&m)?;
@@ -831,7 +851,11 @@ impl Runtime for OciRuntime {
     fn list_containers(&self, sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>, RuntimeError> {
         let mut out = Vec::new();
         for id in self.os.list_dir(&self.config.data_dir.join("containers"))? {
-            let rec = match self.container_record(&id) {
+            // The listing has just seen the folder, and a record leaves the cache before its
+            // folder goes (`cleanup_container`): a cached record needs no look at its file.
+            // (Checking it cost a stat per container on the node in every pod's sync pass.)
+            let cached = self.records().containers.get(&id).cloned();
+            let rec = match cached.map_or_else(|| self.container_record(&id), Ok) {
                 Ok(r) => r,
                 // A folder without a record is a create that crashed half-way; removal
                 // of its sandbox sweeps it (see remove_sandbox's callers).
