@@ -310,7 +310,7 @@ mod live {
             config: Config { grace, ..Config::default() },
             nodes: node_cache,
             leases: lease_cache,
-            pods: Cache::indexed(node_name),
+            pods: Cache::default().with_index(super::NODE_INDEX, node_name),
             zones: Arc::new(Mutex::new(Zones::new(Default::default()))),
             marked: Mutex::default(),
             renewals: Mutex::default(),
@@ -464,7 +464,11 @@ mod live {
 
         let config = Config { grace: Duration::from_secs(2), ..Config::default() };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(controller(c.clone(), config).run(async move {
+        // The pod informer the controllers of a process share; it stops when `pod_stop` drops.
+        let pods = crate::pod_informer(c.clone());
+        let (_pod_stop, pod_stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(pods.clone().run(pod_stopped));
+        let run = tokio::spawn(controller(c.clone(), config, &pods).run(async move {
             let _ = stopped.await;
         }));
 
