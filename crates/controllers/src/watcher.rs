@@ -70,8 +70,18 @@ pub struct ApiSource {
 
 /// Objects per list page.
 const PAGE: u32 = 500;
-/// Servers end a watch after this long; the watcher then reopens it where it was.
+/// Servers end a watch after this long (plus up to as much again, at random); the watcher
+/// then reopens it where it was.
 const WATCH_TIMEOUT_SECONDS: u32 = 290;
+
+/// A watch's timeout, spread over [`WATCH_TIMEOUT_SECONDS`, twice that) as client-go's
+/// reflectors spread theirs: watches opened together (every controller at start-up) do not
+/// all end and reopen in the same second, over and over, under whatever load there is then.
+fn watch_timeout() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    WATCH_TIMEOUT_SECONDS + (random % u64::from(WATCH_TIMEOUT_SECONDS)) as u32
+}
 
 impl ApiSource {
     pub fn new(client: Client, resource: Resource, scope: Scope) -> ApiSource {
@@ -143,7 +153,7 @@ impl Source for ApiSource {
             field_selector: self.field_selector.clone(),
             resource_version: Some(resource_version.to_string()),
             allow_bookmarks: true,
-            timeout_seconds: Some(WATCH_TIMEOUT_SECONDS),
+            timeout_seconds: Some(watch_timeout()),
         };
         let events = self.client.watch(&self.resource, &self.scope, &params).await?;
         Ok(match &self.keep {
