@@ -10,7 +10,7 @@
 //! lock, and every entry's `org.opencontainers.image.ref.name` is a full normalised
 //! reference (`docker.io/library/busybox:latest`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
@@ -218,7 +218,21 @@ pub struct ImageStore {
     /// Serialises index.json rewrites within this process; [`ImageStore::lock_index`]
     /// adds a file lock so `atoll image` and the agent can write at once.
     index_lock: Mutex<()>,
+    /// The images as `index.json` named them when it last held these bytes: every sync
+    /// pass resolves its pods' images (pull check, `imageID`), and reading and parsing every
+    /// manifest and config each time was three files per container per second. Blobs are
+    /// content-addressed and never change, so the same index names the same images. (The
+    /// index's bytes, not its inode and time: a rewrite within the clock's few-millisecond
+    /// granularity may reuse the old file's inode and keep its size.)
+    listed: Mutex<Option<Listed>>,
+    /// One lock per layer being unpacked: a burst of pods of an image not yet unpacked
+    /// unpacked it once per sync worker at the same time (16 decompressions and 16 copies of
+    /// its files, all but one thrown away); now the others wait for the first.
+    unpacking: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
+
+/// `index.json`'s bytes and the images they name.
+type Listed = (Vec<u8>, Arc<Vec<Image>>);
 
 impl std::fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,7 +335,13 @@ impl ImageStore {
             write_atomic(&index, &serde_json::to_vec_pretty(&empty).unwrap_or_default())
                 .map_err(io("writing", &index))?;
         }
-        Ok(ImageStore { root: root.to_owned(), os, index_lock: Mutex::new(()) })
+        Ok(ImageStore {
+            root: root.to_owned(),
+            os,
+            index_lock: Mutex::new(()),
+            listed: Mutex::new(None),
+            unpacking: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Hold both the in-process lock and an exclusive `flock` on `index.lock` (released
@@ -424,8 +444,27 @@ impl ImageStore {
 
     /// Every image, one per manifest, with all its names.
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        Ok(self.images()?.to_vec())
+    }
+
+    /// [`ImageStore::list`], from memory while `index.json` holds what it held last time.
+    fn images(&self) -> Result<Arc<Vec<Image>>, ImageError> {
+        let path = self.root.join("index.json");
+        let bytes = std::fs::read(&path).map_err(io("reading", &path))?;
+        if let Some((seen, images)) = &*self.listed.lock().unwrap_or_else(|e| e.into_inner())
+            && *seen == bytes
+        {
+            return Ok(images.clone());
+        }
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| malformed(path.display(), e))?;
+        let images = Arc::new(self.images_of(index)?);
+        *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = Some((bytes, images.clone()));
+        Ok(images)
+    }
+
+    fn images_of(&self, index: Index) -> Result<Vec<Image>, ImageError> {
         let mut by_digest: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-        for d in self.read_index()?.manifests {
+        for d in index.manifests {
             let Some(digest) = Digest::parse(&d.digest) else { continue };
             let names = by_digest.entry(digest).or_default();
             if let Some(n) = d.annotations.get(ANNOTATION_REF_NAME) {
@@ -471,7 +510,7 @@ impl ImageStore {
     /// Find an image by name (`busybox`, `busybox:1.36`, full names), by `name@digest`,
     /// or by a bare manifest digest or image ID (`sha256:...`).
     pub fn resolve(&self, input: &str) -> Result<Image, ImageError> {
-        let images = self.list()?;
+        let images = self.images()?;
         if let Some(d) = Digest::parse(input) {
             let found: Vec<&Image> = images.iter().filter(|i| i.manifest_digest == d || i.id == d).collect();
             return match found.as_slice() {
@@ -484,10 +523,10 @@ impl ImageStore {
         let want = r.to_string();
         let found = match &r.digest {
             // Or by name: a pull by an index's digest names the platform's manifest with it.
-            Some(d) => images.into_iter().find(|i| i.manifest_digest == *d || i.names.contains(&want)),
-            None => images.into_iter().find(|i| i.names.contains(&want)),
+            Some(d) => images.iter().find(|i| i.manifest_digest == *d || i.names.contains(&want)),
+            None => images.iter().find(|i| i.names.contains(&want)),
         };
-        found.ok_or_else(|| ImageError::NotFound(input.to_owned()))
+        found.cloned().ok_or_else(|| ImageError::NotFound(input.to_owned()))
     }
 
     /// The unpacked folder of each layer, bottom layer first; layers are unpacked on first
@@ -502,13 +541,31 @@ impl ImageStore {
         if dest.exists() {
             return Ok(dest);
         }
+        let lock = self
+            .unpacking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(digest.hex().to_owned())
+            .or_default()
+            .clone();
+        let _unpacking = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let unpacked = match dest.exists() {
+            // Another worker's unpack finished while this one waited.
+            true => Ok(dest),
+            false => self.unpack_layer_to(layer, &digest, dest),
+        };
+        self.unpacking.lock().unwrap_or_else(|e| e.into_inner()).remove(digest.hex());
+        unpacked
+    }
+
+    fn unpack_layer_to(&self, layer: &Descriptor, digest: &Digest, dest: PathBuf) -> Result<PathBuf, ImageError> {
         if layer.media_type.contains("zstd") {
             return Err(malformed(format!("layer {digest}"), "zstd layers are not supported"));
         }
         let tmp_root = self.root.join("tmp");
         let tmp =
             tempfile::Builder::new().prefix("layer-").tempdir_in(&tmp_root).map_err(io("creating in", &tmp_root))?;
-        let blob = self.blob_path(&digest);
+        let blob = self.blob_path(digest);
         let mut archive = open_tar(&blob)?;
         archive.set_preserve_permissions(true);
         archive.set_preserve_ownerships(true);
@@ -795,6 +852,61 @@ mod tests {
         // A second unpack finds the folder and does nothing.
         assert_eq!(store.unpack_layer(&desc).unwrap(), out);
         assert_eq!(os.calls().len(), 2);
+    }
+
+    #[test]
+    fn workers_unpacking_the_same_layer_at_once_unpack_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let os = Arc::new(FakeOs::new("", vec![]));
+        let store = ImageStore::open(dir.path(), os.clone()).unwrap();
+        let bytes = layer(&[("etc/", None), ("etc/hosts", Some(b"x")), ("etc/.wh.old", None)], true);
+        let (digest, size) = store.put_blob(&bytes).unwrap();
+        let desc = Descriptor {
+            media_type: MEDIA_OCI_LAYER_GZIP.into(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        };
+        let outs: Vec<PathBuf> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| store.unpack_layer(&desc).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(outs.iter().all(|o| *o == outs[0] && o.join("etc/hosts").is_file()), "{outs:?}");
+        // One unpack, so one whiteout made, and no abandoned copy left in tmp/.
+        assert_eq!(os.calls().len(), 1, "{:?}", os.calls());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn resolving_follows_index_rewrites_by_any_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || ImageStore::open(dir.path(), Arc::new(FakeOs::new("", vec![]))).unwrap();
+        let manifest = |config: &[u8]| {
+            let store = open();
+            let (c, size) = store.put_blob(config).unwrap();
+            let desc = Descriptor {
+                media_type: MEDIA_OCI_CONFIG.into(),
+                digest: c.to_string(),
+                size,
+                platform: None,
+                annotations: BTreeMap::new(),
+            };
+            let m = Manifest { schema_version: 2, media_type: None, config: desc, layers: vec![] };
+            store.put_blob(&serde_json::to_vec(&m).unwrap()).unwrap().0
+        };
+        let (m1, m2) = (manifest(b"{}"), manifest(b"{\"architecture\":\"amd64\"}"));
+        let (reader, writer) = (open(), open());
+        let name = Reference::parse("app:v1").unwrap();
+        assert!(matches!(reader.resolve("app:v1"), Err(ImageError::NotFound(_))));
+        writer.tag(&name, &m1).unwrap();
+        assert_eq!(reader.resolve("app:v1").unwrap().manifest_digest, m1);
+        // From memory now, until the index is rewritten: by the other store here.
+        assert_eq!(reader.resolve("app:v1").unwrap().manifest_digest, m1);
+        writer.tag(&name, &m2).unwrap();
+        assert_eq!(reader.resolve("app:v1").unwrap().manifest_digest, m2);
+        writer.untag(&name).unwrap();
+        assert!(matches!(reader.resolve("app:v1"), Err(ImageError::NotFound(_))));
     }
 
     /// The whiteout calls name paths inside the temporary unpack folder; recover them.

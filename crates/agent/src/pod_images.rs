@@ -205,7 +205,8 @@ impl PodImages {
         let fingerprints: Vec<String> =
             credentials.iter().map(|c| self.records.fingerprint(&reference.registry, c)).collect();
         if self.records.allows(&present.manifest_digest, &fingerprints) {
-            self.event(pod, "Normal", "Pulled", &format!("Container image {image:?} already present on machine"));
+            let message = format!("Container image {image:?} already present on machine");
+            self.event_in_background(pod, "Normal", "Pulled", message);
             return Ok(());
         }
         if policy == "Never" {
@@ -363,6 +364,18 @@ impl PodImages {
     fn event(&self, pod: &Value, type_: &str, reason: &str, message: &str) {
         let handle = tokio::runtime::Handle::current();
         handle.block_on(post_event(&self.client, &self.node_name, pod, type_, reason, message));
+    }
+
+    /// As [`PodImages::event`], without waiting for the API server: for the event of every
+    /// container start (`Pulled`, image present), which held each start for an API write's
+    /// round trip, many milliseconds while a burst of pods keeps the API server busy. It may
+    /// be stored after an event the same pass posts later (its timestamp is still the
+    /// earlier one, which is what `kubectl describe` orders by).
+    fn event_in_background(&self, pod: &Value, type_: &'static str, reason: &'static str, message: String) {
+        let (client, node, pod) = (self.client.clone(), self.node_name.clone(), pod.clone());
+        tokio::runtime::Handle::current().spawn(async move {
+            post_event(&client, &node, &pod, type_, reason, &message).await;
+        });
     }
 }
 

@@ -110,9 +110,16 @@ pub fn serving_from_data_dir(
     })
 }
 
-/// The supervisor command: this very binary's `shim` subcommand.
+/// The supervisor command: the `atoll-shim` built beside this binary (started once per
+/// container; much cheaper to execute than all of `atoll`), else this very binary's `shim`
+/// subcommand (the same code), for an `atoll` copied somewhere alone.
 pub fn shim_command() -> Result<Vec<OsString>> {
-    Ok(vec![std::env::current_exe().context("finding our own binary")?.into(), "shim".into()])
+    let exe = std::env::current_exe().context("finding our own binary")?;
+    let beside = exe.with_file_name("atoll-shim");
+    if beside.is_file() {
+        return Ok(vec![beside.into()]);
+    }
+    Ok(vec![exe.into(), "shim".into()])
 }
 
 pub fn hostname() -> String {

@@ -185,7 +185,7 @@ fn cpu_of(pid: u32) -> Option<(f64, f64, u32)> {
 }
 
 /// The CPU seconds spent so far by the cluster process (`atoll up`: API server,
-/// controllers, scheduler and node agent) and by its container supervisors (`atoll shim`,
+/// controllers, scheduler and node agent) and by its container supervisors (`atoll-shim`,
 /// its children) with what they ran and reaped (the OCI runtime's processes).
 #[derive(Clone, Copy, Default)]
 struct CpuSample {
@@ -213,7 +213,10 @@ fn sample_cpu(cluster: u32) -> CpuSample {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Some((own, reaped, parent)) = cpu_of(pid) else { continue };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let is_shim = cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice());
+        // `atoll-shim ...`, or `atoll shim ...` where no `atoll-shim` is beside `atoll`.
+        let mut argv = cmdline.split(|b| *b == 0);
+        let program = argv.next().unwrap_or_default();
+        let is_shim = program.ends_with(b"/atoll-shim") || argv.next() == Some(b"shim".as_slice());
         if parent == cluster && is_shim {
             out.shims += precise_cpu(pid).unwrap_or(own);
             out.runtime += reaped;
@@ -339,7 +342,7 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, cluster_pid: Option<u3
         // Shims are new, so all of theirs is this run's; the cluster process's is the change.
         println!(
             "CPU seconds until all ran: cluster process (API server, controllers, scheduler, agent) {:.2}, \
-             container supervisors (atoll shim) {:.2}, OCI runtime (reaped by them; whole 10 ms ticks per \
+             container supervisors (atoll-shim) {:.2}, OCI runtime (reaped by them; whole 10 ms ticks per \
              process, so a lower bound) {:.2}",
             after.cluster - before.cluster,
             after.shims,

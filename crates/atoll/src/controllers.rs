@@ -49,10 +49,6 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 
 /// Runs every controller until `shutdown` resolves.
 pub async fn run_all(client: client::Client, options: ControllerOptions, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let rates = controllers::nodelifecycle::zones::Rates {
         eviction: options.node_eviction_rate,
         secondary: options.secondary_node_eviction_rate,
@@ -60,13 +56,7 @@ pub async fn run_all(client: client::Client, options: ControllerOptions, shutdow
         large_cluster: options.large_cluster_size_threshold,
     };
     let lifecycle = controllers::nodelifecycle::Config { grace: options.node_monitor_grace_period, rates };
-    let nodes = controllers::nodelifecycle::controller(client.clone(), lifecycle).run(stopped(stop_rx.clone()));
-    let rest = controllers::run_all(client, stopped(stop_rx));
-    let stop = async {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    tokio::join!(nodes, rest, stop);
+    controllers::run_all(client, lifecycle, shutdown).await;
 }
 
 pub async fn run(args: ControllersArgs) -> Result<()> {

@@ -56,87 +56,81 @@ impl std::fmt::Display for ObjectKey {
 /// and transition time, and the containers' names and restart counts. Containers, volumes,
 /// managed fields and the status details are most of a decoded pod (a pod of the scale bench:
 /// 29 KB of heap whole, 8 KB kept) and no controller here reads them; the scheduler keeps its
-/// own typed copy. Nothing is ever written from such a copy.
-pub fn pod_essentials(pod: &Value) -> Value {
-    let Some(top) = pod.as_object() else { return pod.clone() };
-    // `only(v, keys)`: the object `v` with just `keys`.
-    let only = |v: &Value, keys: &[&str]| -> Value {
-        match v.as_object() {
-            Some(m) => Value::Object(
-                m.iter().filter(|(k, _)| keys.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
-            ),
-            None => v.clone(),
+/// own typed copy. Nothing is ever written from such a copy. Prunes in place: nothing is copied.
+pub fn pod_essentials(mut pod: Value) -> Value {
+    let Some(top) = pod.as_object_mut() else { return pod };
+    let only = |v: &mut Value, keys: &[&str]| {
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|k, _| keys.contains(&k.as_str()));
         }
     };
-    let each = |v: &Value, keys: &[&str]| -> Value {
-        match v.as_array() {
-            Some(items) => Value::Array(items.iter().map(|i| only(i, keys)).collect()),
-            None => v.clone(),
-        }
-    };
-    let mut out = serde_json::Map::new();
-    for (k, v) in top {
-        let kept = match k.as_str() {
-            "metadata" => match v.as_object() {
-                Some(meta) => Value::Object(
-                    meta.iter().filter(|(k, _)| *k != "managedFields").map(|(k, v)| (k.clone(), v.clone())).collect(),
-                ),
-                None => v.clone(),
-            },
-            "spec" => only(v, &["nodeName", "tolerations"]),
-            "status" => match v.as_object() {
-                Some(status) => Value::Object(
-                    status
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            let v = match k.as_str() {
-                                "phase" => v.clone(),
-                                // Every JSON object costs a B-tree node (~630 bytes) however
-                                // few its fields: only the condition that is read stays.
-                                "conditions" => match v.as_array() {
-                                    Some(cs) => Value::Array(
-                                        cs.iter()
-                                            .filter(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-                                            .map(|c| only(c, &["type", "status", "lastTransitionTime"]))
-                                            .collect(),
-                                    ),
-                                    None => v.clone(),
-                                },
-                                "containerStatuses" => each(v, &["name", "restartCount"]),
-                                _ => return None,
-                            };
-                            Some((k.clone(), v))
-                        })
-                        .collect(),
-                ),
-                None => v.clone(),
-            },
-            _ => v.clone(),
-        };
-        out.insert(k.clone(), kept);
+    if let Some(meta) = top.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
     }
-    Value::Object(out)
+    if let Some(spec) = top.get_mut("spec") {
+        only(spec, &["nodeName", "tolerations"]);
+    }
+    if let Some(status) = top.get_mut("status").and_then(Value::as_object_mut) {
+        status.retain(|k, _| matches!(k.as_str(), "phase" | "conditions" | "containerStatuses"));
+        // Every JSON object costs a B-tree node (~630 bytes) however few its fields: only the
+        // condition that is read stays.
+        if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+            conditions.retain(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
+            conditions.iter_mut().for_each(|c| only(c, &["type", "status", "lastTransitionTime"]));
+        }
+        if let Some(containers) = status.get_mut("containerStatuses").and_then(Value::as_array_mut) {
+            containers.iter_mut().for_each(|c| only(c, &["name", "restartCount"]));
+        }
+    }
+    pod
+}
+
+/// An object without `metadata.managedFields` (about 40% of a pod's JSON and more of its
+/// decoded tree): for readers that never write back what they read (the scheduler).
+pub fn without_managed_fields(mut obj: Value) -> Value {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    obj
+}
+
+/// What the garbage collector reads of any object: its kind and metadata, without the two
+/// parts that can be large and that it never reads (`managedFields`, `annotations`). Nothing is
+/// written from such a copy (owners are read afresh before any delete).
+pub fn metadata_only(mut obj: Value) -> Value {
+    let Some(top) = obj.as_object_mut() else { return obj };
+    top.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
+    if let Some(meta) = top.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        meta.remove("annotations");
+    }
+    obj
 }
 
 /// The value an object is indexed under (`None`: not in the index).
 type IndexFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
-/// The part of an object the cache keeps (see [`Cache::keeping`]).
-type KeepFn = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
 
 #[derive(Default)]
 struct State {
     // Ordered so one namespace's objects are one range (`list_namespace`).
     objects: BTreeMap<ObjectKey, Arc<Value>>,
-    /// Index value -> the keys of the objects under it; empty without an index function.
-    index: HashMap<String, BTreeSet<ObjectKey>>,
+    /// Per index (in the order of `Cache::indexes`): value -> the keys of the objects under it.
+    index: Vec<HashMap<String, BTreeSet<ObjectKey>>>,
+}
+
+/// What one event did to a cache: the objects it stored or removed (to enqueue their keys),
+/// and, on a re-list, those that vanished while nobody watched.
+pub struct Applied {
+    pub changed: Vec<Arc<Value>>,
+    pub gone: Vec<Arc<Value>>,
 }
 
 /// A shared, cheaply cloned view of one watch's objects.
 #[derive(Clone)]
 pub struct Cache {
     state: Arc<RwLock<State>>,
-    index_of: Option<IndexFn>,
-    keep: Option<KeepFn>,
+    /// Named secondary indexes (e.g. pods by `spec.nodeName`), kept under the same lock.
+    indexes: Arc<Vec<(&'static str, IndexFn)>>,
     ready: Arc<watch::Sender<bool>>,
     /// The watch feeding the cache was lost and a re-list is under way: the cache may lack
     /// any change since, for however long the re-list takes.
@@ -147,8 +141,7 @@ impl Default for Cache {
     fn default() -> Cache {
         Cache {
             state: Arc::default(),
-            index_of: None,
-            keep: None,
+            indexes: Arc::default(),
             ready: Arc::new(watch::channel(false).0),
             stale: Arc::default(),
         }
@@ -156,56 +149,57 @@ impl Default for Cache {
 }
 
 impl State {
-    fn insert(&mut self, index_of: Option<&IndexFn>, key: ObjectKey, obj: Arc<Value>) {
-        let new_value = index_of.and_then(|f| f(&obj));
-        if let Some(old) = self.objects.insert(key.clone(), obj) {
+    fn fresh(indexes: usize) -> State {
+        State { objects: BTreeMap::new(), index: vec![HashMap::new(); indexes] }
+    }
+
+    fn insert(&mut self, indexes: &[(&'static str, IndexFn)], key: ObjectKey, obj: Arc<Value>) {
+        let old = self.objects.insert(key.clone(), obj.clone());
+        for (slot, (_, index_of)) in indexes.iter().enumerate() {
+            let new_value = index_of(&obj);
             // The object may have moved (e.g. a pod bound to a node after it was first seen).
-            let old_value = index_of.and_then(|f| f(&old));
-            if old_value != new_value {
-                self.unindex(old_value, &key);
+            if let Some(old) = &old {
+                let old_value = index_of(old);
+                if old_value != new_value {
+                    self.unindex(slot, old_value, &key);
+                }
+            }
+            if let Some(v) = new_value {
+                self.index[slot].entry(v).or_default().insert(key.clone());
             }
         }
-        if let Some(v) = new_value {
-            self.index.entry(v).or_default().insert(key);
-        }
     }
 
-    fn remove(&mut self, index_of: Option<&IndexFn>, key: &ObjectKey) {
-        if let Some(old) = self.objects.remove(key) {
-            self.unindex(index_of.and_then(|f| f(&old)), key);
+    fn remove(&mut self, indexes: &[(&'static str, IndexFn)], key: &ObjectKey) -> Option<Arc<Value>> {
+        let old = self.objects.remove(key)?;
+        for (slot, (_, index_of)) in indexes.iter().enumerate() {
+            self.unindex(slot, index_of(&old), key);
         }
+        Some(old)
     }
 
-    fn unindex(&mut self, value: Option<String>, key: &ObjectKey) {
+    fn unindex(&mut self, slot: usize, value: Option<String>, key: &ObjectKey) {
         let Some(value) = value else { return };
-        if let Some(keys) = self.index.get_mut(&value) {
+        if let Some(keys) = self.index[slot].get_mut(&value) {
             keys.remove(key);
             if keys.is_empty() {
-                self.index.remove(&value);
+                self.index[slot].remove(&value);
             }
         }
     }
 }
 
 impl Cache {
-    /// A cache that also indexes its objects by `index_of` (see [`Cache::by_index`]).
-    pub fn indexed(index_of: impl Fn(&Value) -> Option<String> + Send + Sync + 'static) -> Cache {
-        Cache { index_of: Some(Arc::new(index_of)), ..Cache::default() }
-    }
-
-    /// The same cache keeping only what `keep` makes of each object (applied before the index
-    /// function and before storing), as client-go's informer transforms: a controller that
-    /// reads a few fields of 150,000 pods need not hold each pod's whole decoded tree.
-    pub fn keeping(mut self, keep: impl Fn(&Value) -> Value + Send + Sync + 'static) -> Cache {
-        self.keep = Some(Arc::new(keep));
+    /// The same cache with one more secondary index, `name`, of the values `index_of` gives
+    /// (see [`Cache::by_index`]). Indexes are declared before the cache is filled.
+    pub fn with_index(
+        mut self,
+        name: &'static str,
+        index_of: impl Fn(&Value) -> Option<String> + Send + Sync + 'static,
+    ) -> Cache {
+        Arc::make_mut(&mut self.indexes).push((name, Arc::new(index_of)));
+        *self.state.write() = State::fresh(self.indexes.len());
         self
-    }
-
-    fn stored(&self, obj: &Value) -> Arc<Value> {
-        Arc::new(match &self.keep {
-            Some(keep) => keep(obj),
-            None => obj.clone(),
-        })
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<Value>> {
@@ -216,11 +210,12 @@ impl Cache {
         self.state.read().objects.values().cloned().collect()
     }
 
-    /// The objects the index function puts under `value`, in key order, in O(those objects):
-    /// empty for a cache built without an index.
-    pub fn by_index(&self, value: &str) -> Vec<Arc<Value>> {
+    /// The objects index `name` puts under `value`, in key order, in O(those objects): empty
+    /// when the cache has no such index.
+    pub fn by_index(&self, name: &str, value: &str) -> Vec<Arc<Value>> {
+        let Some(slot) = self.indexes.iter().position(|(n, _)| *n == name) else { return Vec::new() };
         let state = self.state.read();
-        let Some(keys) = state.index.get(value) else { return Vec::new() };
+        let Some(keys) = state.index.get(slot).and_then(|i| i.get(value)) else { return Vec::new() };
         keys.iter().filter_map(|k| state.objects.get(k).cloned()).collect()
     }
 
@@ -256,8 +251,6 @@ impl Cache {
         let _ = rx.wait_for(|ready| *ready).await;
     }
 
-    /// Applies a watcher's event. Returns the objects that left the cache on a re-list
-    /// (deleted while nobody watched), so their owners can be told too.
     /// Marks the cache stale until the next [`Event::Restarted`] (its watch was lost).
     pub fn mark_stale(&self) {
         self.stale.store(true, Ordering::Release);
@@ -269,28 +262,38 @@ impl Cache {
         !self.stale.load(Ordering::Acquire)
     }
 
+    /// Applies a watcher's event. Returns the objects that left the cache on a re-list
+    /// (deleted while nobody watched), so their owners can be told too.
     pub fn apply(&self, event: &Event) -> Vec<Arc<Value>> {
+        self.apply_owned(event.clone()).gone
+    }
+
+    /// Applies a watcher's event, storing its objects without copying them.
+    pub fn apply_owned(&self, event: Event) -> Applied {
         match event {
             Event::Applied(obj) => {
-                if let Some(key) = ObjectKey::of(obj) {
-                    let obj = self.stored(obj);
-                    self.state.write().insert(self.index_of.as_ref(), key, obj);
+                let obj = Arc::new(obj);
+                if let Some(key) = ObjectKey::of(&obj) {
+                    self.state.write().insert(&self.indexes, key, obj.clone());
                 }
-                Vec::new()
+                Applied { changed: vec![obj], gone: Vec::new() }
             }
             Event::Deleted(obj) => {
-                if let Some(key) = ObjectKey::of(obj) {
-                    self.state.write().remove(self.index_of.as_ref(), &key);
+                if let Some(key) = ObjectKey::of(&obj) {
+                    self.state.write().remove(&self.indexes, &key);
                 }
-                Vec::new()
+                Applied { changed: vec![Arc::new(obj)], gone: Vec::new() }
             }
             Event::Restarted(objs) => {
                 // Built aside, then swapped in under one write lock.
-                let mut fresh = State::default();
+                let mut fresh = State::fresh(self.indexes.len());
+                let mut changed = Vec::with_capacity(objs.len());
                 for o in objs {
-                    if let Some(key) = ObjectKey::of(o) {
-                        fresh.insert(self.index_of.as_ref(), key, self.stored(o));
+                    let o = Arc::new(o);
+                    if let Some(key) = ObjectKey::of(&o) {
+                        fresh.insert(&self.indexes, key, o.clone());
                     }
+                    changed.push(o);
                 }
                 let mut state = self.state.write();
                 let old = std::mem::replace(&mut *state, fresh);
@@ -299,7 +302,7 @@ impl Cache {
                 self.stale.store(false, Ordering::Release);
                 drop(state);
                 self.ready.send_replace(true);
-                gone
+                Applied { changed, gone }
             }
         }
     }
@@ -342,33 +345,57 @@ mod tests {
         objs.iter().filter_map(|o| ObjectKey::of(o)).map(|k| k.to_string()).collect()
     }
 
-    #[test]
-    fn the_index_follows_binds_moves_deletes_and_relists() {
-        let cache = Cache::indexed(|o| o.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string));
-        cache.apply(&Event::Restarted(vec![pod("a", "p1", "n1"), pod("b", "p2", "n1"), pod("a", "p3", "")]));
-        assert_eq!(names(&cache.by_index("n1")), ["a/ns/p1", "b/ns/p2"]);
-        // Bound later: it joins its node's entry.
-        cache.apply(&Event::Applied(pod("a", "p3", "n2")));
-        assert_eq!(names(&cache.by_index("n2")), ["a/ns/p3"]);
-        // An update that moves an object leaves no trace under its old value.
-        cache.apply(&Event::Applied(pod("b", "p2", "n2")));
-        assert_eq!(names(&cache.by_index("n1")), ["a/ns/p1"]);
-        assert_eq!(names(&cache.by_index("n2")), ["a/ns/p3", "b/ns/p2"]);
-        cache.apply(&Event::Deleted(pod("a", "p1", "n1")));
-        assert!(cache.by_index("n1").is_empty());
-        assert!(!cache.state.read().index.contains_key("n1"), "empty entries are dropped");
-        // A re-list rebuilds the index with the objects.
-        let gone = cache.apply(&Event::Restarted(vec![pod("c", "p4", "n2")]));
-        assert_eq!(names(&gone), ["a/ns/p3", "b/ns/p2"]);
-        assert_eq!(names(&cache.by_index("n2")), ["c/ns/p4"]);
-        // The same answers as a scan of everything, the way the API's field selector filters.
-        let scan: Vec<Arc<Value>> = cache.list().into_iter().filter(|o| o["spec"]["nodeName"] == "n2").collect();
-        assert_eq!(names(&scan), names(&cache.by_index("n2")));
-        assert!(Cache::default().by_index("n2").is_empty());
+    fn node_of(o: &Value) -> Option<String> {
+        o.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string)
     }
 
     #[test]
-    fn a_cache_keeping_pod_essentials_holds_what_the_controllers_read_and_indexes_it() {
+    fn the_index_follows_binds_moves_deletes_and_relists() {
+        let cache = Cache::default().with_index("node", node_of);
+        cache.apply(&Event::Restarted(vec![pod("a", "p1", "n1"), pod("b", "p2", "n1"), pod("a", "p3", "")]));
+        assert_eq!(names(&cache.by_index("node", "n1")), ["a/ns/p1", "b/ns/p2"]);
+        // Bound later: it joins its node's entry.
+        cache.apply(&Event::Applied(pod("a", "p3", "n2")));
+        assert_eq!(names(&cache.by_index("node", "n2")), ["a/ns/p3"]);
+        // An update that moves an object leaves no trace under its old value.
+        cache.apply(&Event::Applied(pod("b", "p2", "n2")));
+        assert_eq!(names(&cache.by_index("node", "n1")), ["a/ns/p1"]);
+        assert_eq!(names(&cache.by_index("node", "n2")), ["a/ns/p3", "b/ns/p2"]);
+        cache.apply(&Event::Deleted(pod("a", "p1", "n1")));
+        assert!(cache.by_index("node", "n1").is_empty());
+        assert!(!cache.state.read().index[0].contains_key("n1"), "empty entries are dropped");
+        // A re-list rebuilds the index with the objects.
+        let gone = cache.apply(&Event::Restarted(vec![pod("c", "p4", "n2")]));
+        assert_eq!(names(&gone), ["a/ns/p3", "b/ns/p2"]);
+        assert_eq!(names(&cache.by_index("node", "n2")), ["c/ns/p4"]);
+        // The same answers as a scan of everything, the way the API's field selector filters.
+        let scan: Vec<Arc<Value>> = cache.list().into_iter().filter(|o| o["spec"]["nodeName"] == "n2").collect();
+        assert_eq!(names(&scan), names(&cache.by_index("node", "n2")));
+        assert!(Cache::default().by_index("node", "n2").is_empty());
+        assert!(cache.by_index("tenant", "c").is_empty(), "no such index");
+    }
+
+    /// One cache serves several readers (the shared pod informer): each index keeps its own
+    /// values, and a value of one is not found through another.
+    #[test]
+    fn several_indexes_are_kept_apart_and_follow_every_change() {
+        let cache = Cache::default()
+            .with_index("node", node_of)
+            .with_index("tenant", |o| o.pointer("/metadata/tenant").and_then(Value::as_str).map(str::to_string));
+        cache.apply(&Event::Restarted(vec![pod("a", "p1", "n1"), pod("b", "p2", "a")]));
+        assert_eq!(names(&cache.by_index("node", "a")), ["b/ns/p2"]);
+        assert_eq!(names(&cache.by_index("tenant", "a")), ["a/ns/p1"]);
+        cache.apply(&Event::Applied(pod("a", "p2", "n1")));
+        assert_eq!(names(&cache.by_index("node", "n1")), ["a/ns/p1", "a/ns/p2"]);
+        assert_eq!(names(&cache.by_index("tenant", "a")), ["a/ns/p1", "a/ns/p2"]);
+        cache.apply(&Event::Deleted(pod("a", "p1", "n1")));
+        assert_eq!(names(&cache.by_index("node", "n1")), ["a/ns/p2"]);
+        assert_eq!(names(&cache.by_index("tenant", "a")), ["a/ns/p2"]);
+        assert_eq!(names(&cache.by_index("tenant", "b")), ["b/ns/p2"]);
+    }
+
+    #[test]
+    fn pod_essentials_keeps_what_the_controllers_read() {
         let full = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"tenant": "a", "namespace": "ns", "name": "p", "uid": "u", "resourceVersion": "7",
@@ -381,29 +408,29 @@ mod tests {
                                       {"type": "Ready", "status": "True", "lastTransitionTime": "t", "reason": "r"}],
                        "containerStatuses": [{"name": "c", "restartCount": 2, "image": "busybox", "state": {}}]},
         });
-        let kept = pod_essentials(&full);
         let mut expected = full.clone();
         expected["metadata"].as_object_mut().unwrap().remove("managedFields");
         expected["spec"] = json!({"nodeName": "n1", "tolerations": [{"key": "k", "operator": "Exists"}]});
         expected["status"] = json!({"phase": "Running",
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "t"}],
             "containerStatuses": [{"name": "c", "restartCount": 2}]});
-        assert_eq!(kept, expected);
-        let cache = Cache::indexed(|o| o.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string))
-            .keeping(pod_essentials);
-        cache.apply(&Event::Restarted(vec![full.clone()]));
-        assert_eq!(*cache.by_index("n1")[0], expected);
-        let mut moved = full;
-        moved["spec"]["nodeName"] = json!("n2");
-        cache.apply(&Event::Applied(moved));
-        assert!(cache.by_index("n1").is_empty());
+        assert_eq!(pod_essentials(full), expected);
+        // Not an object, or an object without the parts: kept as it is.
+        assert_eq!(pod_essentials(json!("x")), json!("x"));
+        assert_eq!(pod_essentials(json!({"metadata": {"name": "p"}})), json!({"metadata": {"name": "p"}}));
+    }
+
+    #[test]
+    fn metadata_only_keeps_kind_and_metadata_but_managed_fields_and_annotations() {
+        let full = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "uid": "u", "ownerReferences": [{"uid": "o"}], "finalizers": ["f"],
+                         "labels": {"a": "b"}, "annotations": {"big": "x"}, "managedFields": [{}]},
+            "spec": {"containers": []}, "status": {"phase": "Running"}});
         assert_eq!(
-            cache.get(&ObjectKey::new("a", Some("ns"), "p")).unwrap()["spec"],
-            json!({"nodeName": "n2",
-            "tolerations": [{"key": "k", "operator": "Exists"}]})
+            metadata_only(full),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "uid": "u",
+                "ownerReferences": [{"uid": "o"}], "finalizers": ["f"], "labels": {"a": "b"}}})
         );
-        // Not an object: kept as it is (and without a key, not stored at all).
-        assert_eq!(pod_essentials(&json!("x")), json!("x"));
     }
 
     #[test]

@@ -22,8 +22,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::cache::Cache;
+use crate::informer::Informer;
 use crate::queue::{Backoff, WorkQueue};
-use crate::watcher::{Event, Source, Watcher};
+use crate::watcher::{Source, Watcher};
 
 /// What to do after a successful reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,33 +96,44 @@ impl<R: Reconciler> Controller<R> {
     /// Watches `source` into `cache` (which the reconciler may hold a clone of) and
     /// enqueues the keys `map` names for each object that changes.
     pub fn watches<S: Source + 'static>(
-        mut self,
+        self,
         watcher: Watcher<S>,
         cache: Cache,
         map: impl Fn(&Value) -> Vec<R::Key> + Send + Sync + 'static,
     ) -> Self {
-        let feed = cache.clone();
-        let stale = cache.clone();
-        let watcher = watcher.on_relist(move || stale.mark_stale());
+        self.input(Informer::new(watcher, cache), true, map)
+    }
+
+    /// Reads an informer shared with other controllers (which runs it: see
+    /// [`Informer::run`]) and enqueues the keys `map` names for each object that changes.
+    pub fn watches_shared(
+        self,
+        informer: &Arc<Informer>,
+        map: impl Fn(&Value) -> Vec<R::Key> + Send + Sync + 'static,
+    ) -> Self {
+        self.input(informer.clone(), false, map)
+    }
+
+    fn input(
+        mut self,
+        informer: Arc<Informer>,
+        runs_it: bool,
+        map: impl Fn(&Value) -> Vec<R::Key> + Send + Sync + 'static,
+    ) -> Self {
+        let cache = informer.cache().clone();
         let start = move |queue: Arc<WorkQueue<R::Key>>, mut stop: StopSignal| {
-            let (mut watcher, cache) = (watcher, feed);
-            tokio::spawn(async move {
-                loop {
-                    let event = tokio::select! {
-                        event = watcher.next() => event,
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    let gone = cache.apply(&event);
-                    let objects: Vec<&Value> = match &event {
-                        Event::Restarted(all) => all.iter().chain(gone.iter().map(|o| &**o)).collect(),
-                        Event::Applied(o) | Event::Deleted(o) => vec![o],
-                    };
-                    for obj in objects {
-                        for key in map(obj) {
-                            queue.add(key);
-                        }
-                    }
+            let id = informer.add_handler(move |obj| {
+                for key in map(obj) {
+                    queue.add(key);
                 }
+            });
+            tokio::spawn(async move {
+                if runs_it {
+                    informer.clone().run(stop).await;
+                } else {
+                    let _ = stop.wait_for(|s| *s).await;
+                }
+                informer.remove_handler(id);
             })
         };
         self.inputs.push(Input { start: Box::new(start), cache });

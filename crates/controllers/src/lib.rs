@@ -17,6 +17,7 @@ pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod informer;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod queue;
@@ -27,31 +28,48 @@ pub mod watcher;
 pub mod workload;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use cache::{Cache, ObjectKey};
 pub use controller::{Action, Controller, OnError, Reconciler};
+pub use informer::Informer;
 pub use queue::{Backoff, WorkQueue};
 pub use watcher::{ApiSource, Event, Watcher};
 
+/// Every tenant's pods as the controllers of this process read them, watched, decoded and held
+/// once for all of them: [`cache::pod_essentials`] of each pod, indexed by controlling
+/// ReplicaSet ([`replicaset::OWNER_INDEX`]) and by node ([`nodelifecycle::NODE_INDEX`]).
+pub fn pod_informer(client: client::Client) -> Arc<Informer> {
+    let source =
+        ApiSource::new(client, client::Resource::pods(), client::Scope::all_tenants()).keeping(cache::pod_essentials);
+    let cache = Cache::default()
+        .with_index(replicaset::OWNER_INDEX, replicaset::pod_index)
+        .with_index(nodelifecycle::NODE_INDEX, nodelifecycle::node_name);
+    Informer::new(Watcher::new(source, "pods (controllers)"), cache)
+}
+
 /// Runs every controller over `client` until `shutdown` resolves, then stops them all.
-pub async fn run_all(client: client::Client, shutdown: impl Future<Output = ()>) {
+pub async fn run_all(client: client::Client, lifecycle: nodelifecycle::Config, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let pods = pod_informer(client.clone());
+    let pod_watch = pods.clone().run(stop_rx.clone());
+    let nodes = nodelifecycle::controller(client.clone(), lifecycle, &pods).run(stopped(stop_rx.clone()));
     let service_accounts = serviceaccount::controller(client.clone()).run(stopped(stop_rx.clone()));
     let namespaces = namespace::controller(client.clone()).run(stopped(stop_rx.clone()));
     let auth = auth::controller(client.clone()).run(stopped(stop_rx.clone()));
     let tenants = tenant::controller(client.clone()).run(stopped(stop_rx.clone()));
     let workloads = async {
         tokio::join!(
-            replicaset::controller(client.clone()).run(stopped(stop_rx.clone())),
+            replicaset::controller(client.clone(), &pods).run(stopped(stop_rx.clone())),
             deployment::controller(client.clone()).run(stopped(stop_rx.clone())),
             gc::run(client, stopped(stop_rx)),
         )
     };
     let all = async {
-        tokio::join!(service_accounts, namespaces, tenants, auth, workloads);
+        tokio::join!(pod_watch, nodes, service_accounts, namespaces, tenants, auth, workloads);
     };
     tokio::pin!(all);
     let finished = tokio::select! {

@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
+use crate::informer::Informer;
 use crate::watcher::{ApiSource, Watcher};
 
 pub mod zones;
@@ -503,7 +504,7 @@ impl NodeLifecycle {
     ) -> Result<Option<Duration>, client::Error> {
         // The cache may trail the API by a moment: a stale pod's status write conflicts and
         // is looked at again below; a stale eviction carries the uid as its precondition.
-        let pods = self.pods.by_index(node);
+        let pods = self.pods.by_index(NODE_INDEX, node);
         let mut next: Option<Duration> = None;
         for pod in pods.iter().map(|p| &**p) {
             let name = text(pod, "/metadata/name");
@@ -579,7 +580,10 @@ impl NodeLifecycle {
     }
 }
 
-fn node_name(pod: &Value) -> Option<String> {
+/// The shared pod cache's index of pods by `spec.nodeName`.
+pub const NODE_INDEX: &str = "node";
+
+pub fn node_name(pod: &Value) -> Option<String> {
     Some(text(pod, "/spec/nodeName")).filter(|n| !n.is_empty()).map(str::to_string)
 }
 
@@ -589,9 +593,11 @@ fn tainted_node_of(nodes: &Cache, pod: &Value) -> Option<ObjectKey> {
     carries_ours(&*nodes.get(&key)?).then_some(key)
 }
 
-/// The controller, watching the system tenant's Nodes and node Leases, and every tenant's pods.
-pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
-    let pods = Cache::indexed(node_name).keeping(crate::cache::pod_essentials);
+/// The controller, watching the system tenant's Nodes and node Leases, and every tenant's pods
+/// through the process's shared pod informer (see [`crate::pod_informer`]; indexed by
+/// [`NODE_INDEX`]).
+pub fn controller(client: Client, config: Config, pod_informer: &Arc<Informer>) -> Controller<NodeLifecycle> {
+    let pods = pod_informer.cache().clone();
     let (nodes, lease_cache) = (Cache::default(), Cache::default());
     let reconciler = NodeLifecycle {
         client: client.clone(),
@@ -605,7 +611,6 @@ pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
     };
     let node_source = ApiSource::new(client.clone(), Resource::nodes(), Scope::tenant(SYSTEM));
     let lease_source = ApiSource::new(client.clone(), leases(), Scope::tenant(SYSTEM).in_namespace(LEASE_NAMESPACE));
-    let pod_source = ApiSource::new(client, Resource::pods(), Scope::all_tenants());
     let node_index = nodes.clone();
     Controller::new(reconciler)
         .workers(4)
@@ -613,9 +618,7 @@ pub fn controller(client: Client, config: Config) -> Controller<NodeLifecycle> {
         .watches(Watcher::new(lease_source, "node leases"), lease_cache, |l| {
             ObjectKey::of(l).map(|k| ObjectKey::new(&k.tenant, None, &k.name)).into_iter().collect()
         })
-        .watches(Watcher::new(pod_source, "pods (node lifecycle)"), pods, move |pod| {
-            tainted_node_of(&node_index, pod).into_iter().collect()
-        })
+        .watches_shared(pod_informer, move |pod| tainted_node_of(&node_index, pod).into_iter().collect())
 }
 
 #[cfg(test)]

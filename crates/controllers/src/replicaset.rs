@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::cache::{Cache, ObjectKey};
 use crate::controller::{Action, Controller, Reconciler};
 use crate::expectations::Expectations;
+use crate::informer::Informer;
 use crate::watcher::{ApiSource, Watcher};
 use crate::workload::{self, i64_at, str_at};
 
@@ -158,8 +159,8 @@ impl Reconciler for ReplicaSets {
         let rs_deleting = workload::deleting(&rs);
         // Claim: owned pods that still match, plus orphans that match (adopted).
         let mut owned: Vec<Arc<Value>> = Vec::new();
-        let mut candidates = self.pods.by_index(&owned_index(&key.tenant, ns, &rs_uid));
-        candidates.extend(self.pods.by_index(&orphan_index(&key.tenant, ns)));
+        let mut candidates = self.pods.by_index(OWNER_INDEX, &owned_index(&key.tenant, ns, &rs_uid));
+        candidates.extend(self.pods.by_index(OWNER_INDEX, &orphan_index(&key.tenant, ns)));
         for pod in candidates {
             let matches = workload::selects(&rs, &pod);
             match workload::controller_ref(&pod) {
@@ -315,7 +316,11 @@ fn orphan_index(tenant: &str, namespace: &str) -> String {
 
 /// Where a pod sits in the pod cache's index: under its controller, or among its
 /// namespace's orphans.
-fn pod_index(pod: &Value) -> Option<String> {
+/// The shared pod cache's index of pods by their controlling ReplicaSet (or, for pods
+/// without a controller, their namespace: the candidates for adoption).
+pub const OWNER_INDEX: &str = "owner";
+
+pub fn pod_index(pod: &Value) -> Option<String> {
     let (tenant, ns) = (str_at(pod, "/metadata/tenant"), str_at(pod, "/metadata/namespace"));
     match workload::controller_ref(pod) {
         Some(r) => Some(owned_index(tenant, ns, str_at(r, "/uid"))),
@@ -323,9 +328,10 @@ fn pod_index(pod: &Value) -> Option<String> {
     }
 }
 
-/// The controller, watching every tenant's ReplicaSets and pods.
-pub fn controller(client: Client) -> Controller<ReplicaSets> {
-    let (sets, pods) = (Cache::default(), Cache::indexed(pod_index).keeping(crate::cache::pod_essentials));
+/// The controller, watching every tenant's ReplicaSets, and every tenant's pods through the
+/// process's shared pod informer (see [`crate::pod_informer`]; indexed by [`OWNER_INDEX`]).
+pub fn controller(client: Client, pod_informer: &Arc<Informer>) -> Controller<ReplicaSets> {
+    let (sets, pods) = (Cache::default(), pod_informer.cache().clone());
     let events = crate::events::Recorder::new(client.clone(), "replicaset-controller");
     let reconciler = ReplicaSets {
         client: client.clone(),
@@ -335,12 +341,11 @@ pub fn controller(client: Client) -> Controller<ReplicaSets> {
         expectations: Expectations::default(),
     };
     let rs_source = ApiSource::new(client.clone(), replicasets(), Scope::all_tenants());
-    let pod_source = ApiSource::new(client, Resource::pods(), Scope::all_tenants());
     let index = sets.clone();
     Controller::new(reconciler)
         .workers(4)
         .watches(Watcher::new(rs_source, "replicasets"), sets, |rs| ObjectKey::of(rs).into_iter().collect())
-        .watches(Watcher::new(pod_source, "pods (replicasets)"), pods, move |pod| sets_for_pod(&index, pod))
+        .watches_shared(pod_informer, move |pod| sets_for_pod(&index, pod))
 }
 
 #[cfg(test)]
@@ -356,15 +361,15 @@ mod tests {
         // Another tenant's pod naming the same uid is not found under tenant a's set.
         let mut foreign = owned.clone();
         foreign["metadata"]["tenant"] = json!("b");
-        let cache = Cache::indexed(pod_index);
+        let cache = Cache::default().with_index(OWNER_INDEX, pod_index);
         for pod in [&owned, &orphan, &foreign] {
             cache.apply(&crate::watcher::Event::Applied(pod.clone()));
         }
         let names =
             |pods: Vec<Arc<Value>>| pods.iter().map(|p| str_at(p, "/metadata/name").to_string()).collect::<Vec<_>>();
-        assert_eq!(names(cache.by_index(&owned_index("a", "n", "u1"))), ["p1"]);
-        assert_eq!(names(cache.by_index(&orphan_index("a", "n"))), ["p2"]);
-        assert_eq!(cache.by_index(&owned_index("b", "n", "u1")).len(), 1);
-        assert!(cache.by_index(&owned_index("a", "m", "u1")).is_empty());
+        assert_eq!(names(cache.by_index(OWNER_INDEX, &owned_index("a", "n", "u1"))), ["p1"]);
+        assert_eq!(names(cache.by_index(OWNER_INDEX, &orphan_index("a", "n"))), ["p2"]);
+        assert_eq!(cache.by_index(OWNER_INDEX, &owned_index("b", "n", "u1")).len(), 1);
+        assert!(cache.by_index(OWNER_INDEX, &owned_index("a", "m", "u1")).is_empty());
     }
 }

@@ -196,7 +196,10 @@ fn spawn_watch(
     wrap: fn(Event) -> Input,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut watcher = Watcher::new(ApiSource::new(client, resource, scope), what);
+        // Nothing here writes back what it read, so the managed fields are dropped as soon as
+        // each object is decoded (a re-list of every pod then holds far less at once).
+        let source = ApiSource::new(client, resource, scope).keeping(controllers::cache::without_managed_fields);
+        let mut watcher = Watcher::new(source, what);
         loop {
             let event = watcher.next().await;
             if tx.send(wrap(event)).await.is_err() {

@@ -116,16 +116,18 @@ fn memory_per_pod_in_each_copy() {
     let (values, value) =
         per_item(|| raw.iter().map(|b| serde_json::from_slice::<Value>(b).unwrap()).collect::<Vec<_>>());
     let (_essentials, essentials) =
-        per_item(|| values.iter().map(controllers::cache::pod_essentials).collect::<Vec<_>>());
+        per_item(|| values.iter().cloned().map(controllers::cache::pod_essentials).collect::<Vec<_>>());
     let node_name = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string);
-    let full_cache = controllers::cache::Cache::indexed(node_name);
+    let full_cache = controllers::cache::Cache::default().with_index("node", node_name);
     let ((), cache_full) = per_item(|| {
         full_cache.apply(&controllers::watcher::Event::Restarted(values.clone()));
     });
     // `values.clone()` above is freed again after `apply` copies; only the cache's share stays.
-    let lean_cache = controllers::cache::Cache::indexed(node_name).keeping(controllers::cache::pod_essentials);
+    // The lean cache holds what the pod informer's source keeps of each pod as it decodes it.
+    let lean_cache = controllers::cache::Cache::default().with_index("node", node_name);
     let ((), cache_lean) = per_item(|| {
-        lean_cache.apply(&controllers::watcher::Event::Restarted(values.clone()));
+        let kept = values.iter().cloned().map(controllers::cache::pod_essentials).collect();
+        lean_cache.apply_owned(controllers::watcher::Event::Restarted(kept));
     });
     let (_typed, typed) =
         per_item(|| values.iter().map(|v| Arc::new(scheduler::model::Pod::from_json(v).unwrap())).collect::<Vec<_>>());

@@ -78,7 +78,7 @@ impl Node {
 
     pub fn runtime_named(&self, name: &str) -> OciRuntime {
         let mut cfg =
-            OciConfig::new(name, vec![env!("CARGO_BIN_EXE_atoll-shim").into()], self.dir.path().join("runtime"));
+            OciConfig::new(name, vec![env!("CARGO_BIN_EXE_agent-shim").into()], self.dir.path().join("runtime"));
         cfg.cgroup_parent = self.cgroup_parent.clone();
         // Where the agent keeps them (`daemon`): beside the runtime's folder, which the agent
         // makes a tmpfs.

@@ -45,7 +45,7 @@ impl Agent {
 }
 
 fn config(node: &Node, name: &str, stop_pods_on_exit: bool) -> AgentConfig {
-    let mut c = AgentConfig::new(name, node.dir.path().to_owned(), vec![env!("CARGO_BIN_EXE_atoll-shim").into()]);
+    let mut c = AgentConfig::new(name, node.dir.path().to_owned(), vec![env!("CARGO_BIN_EXE_agent-shim").into()]);
     c.runtime = crate::runtime_name().into();
     c.cgroup_parent = node.cgroup_parent.clone();
     c.stop_pods_on_exit = stop_pods_on_exit;

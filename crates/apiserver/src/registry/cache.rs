@@ -1,7 +1,7 @@
 //! The watch cache: one store watch per kind, shared by every HTTP watch of that kind.
 //!
-//! It keeps the most recent changes in a ring, so a watch that starts from a recent
-//! resource version replays from memory, and it hands each change to the watchers whose
+//! It keeps the most recent changes in a ring (their stored bytes only, bounded by bytes),
+//! so a watch that starts from a recent resource version replays from memory, and it hands each change to the watchers whose
 //! key prefix (tenant, namespace) covers it. A watcher that cannot keep up is cut off (its
 //! channel closes), as Kubernetes does; its client watches again from the last version it
 //! saw. A watch older than the ring falls back to a watch on the store itself.
@@ -16,9 +16,10 @@ use store::{Event, Revision, Store, StoreError, WatchMessage, WatchOptions};
 use tokio::sync::mpsc;
 
 /// A change as the cache hands it out: decoded (at most) once, however many watchers
-/// receive it.
+/// receive it. It lives as long as some watcher has it queued; the ring keeps only the
+/// change's bytes (a replay decodes afresh).
 pub struct SharedEvent {
-    pub event: Event,
+    pub event: Arc<Event>,
     decoded: OnceLock<Option<Decoded>>,
     /// The new object's JSON cut for its version, made from the stored bytes (for kinds
     /// stored as viewed, which need no decoding to be sent on).
@@ -202,6 +203,10 @@ mod scan {
 
 impl SharedEvent {
     pub fn new(event: Event) -> Arc<SharedEvent> {
+        SharedEvent::of(Arc::new(event))
+    }
+
+    fn of(event: Arc<Event>) -> Arc<SharedEvent> {
         Arc::new(SharedEvent { event, decoded: OnceLock::new(), stored: OnceLock::new(), prev: OnceLock::new() })
     }
 
@@ -262,8 +267,20 @@ pub enum CacheMessage {
     Progress(Revision),
 }
 
-/// Changes kept for replay.
-const RING: usize = 10_000;
+/// Bytes of changes kept for replay (stored objects, new and previous): how far back a watch
+/// can resume without a store watch of its own, in particular one whose consumer fell
+/// behind and was cut off (up to [`WATCHER_QUEUE`] messages of several changes each). A
+/// count of changes (10,000 before) was ~20 s of pod changes at full scale, shorter than an
+/// in-process controller's lag under load, so every lost watch became a re-list.
+const RING_BYTES: usize = 256 << 20;
+/// And at most this many changes (small objects: leases).
+const RING_CHANGES: usize = 200_000;
+
+/// What a change costs in the ring, roughly: its bytes plus bookkeeping.
+fn ring_size(e: &Event) -> usize {
+    let kv = |kv: &store::KeyValue| kv.key.len() + kv.value.len();
+    kv(&e.kv) + e.prev.as_ref().map_or(0, kv) + 128
+}
 /// Messages a watcher may have queued before it counts as too slow.
 const WATCHER_QUEUE: usize = 1024;
 
@@ -274,12 +291,30 @@ struct Subscriber {
 }
 
 struct Inner {
-    ring: VecDeque<Arc<SharedEvent>>,
+    ring: VecDeque<Arc<Event>>,
+    /// `ring_size` of everything in the ring.
+    ring_bytes: usize,
     /// Every change with a revision above this is in the ring (or not yet seen).
     floor: Revision,
     subscribers: Vec<Subscriber>,
     /// The store watch ended; the cache must be replaced.
     dead: bool,
+}
+
+impl Inner {
+    /// Adds changes to the ring, then forgets the oldest beyond `max_bytes` or `max_changes`
+    /// (the floor rises with each: a watch from before it is not served from the ring).
+    fn remember(&mut self, events: &[Arc<Event>], max_bytes: usize, max_changes: usize) {
+        for e in events {
+            self.ring_bytes += ring_size(e);
+            self.ring.push_back(e.clone());
+        }
+        while self.ring.len() > max_changes || self.ring_bytes > max_bytes {
+            let Some(old) = self.ring.pop_front() else { break };
+            self.ring_bytes -= ring_size(&old);
+            self.floor = self.floor.max(old.kv.mod_revision);
+        }
+    }
 }
 
 pub struct WatchCache {
@@ -293,7 +328,13 @@ impl WatchCache {
         let opts = WatchOptions { progress_interval: Some(Duration::from_secs(1)) };
         let mut stream = store.watch(prefix, Some(now), opts).await?;
         let cache = Arc::new(WatchCache {
-            inner: Mutex::new(Inner { ring: VecDeque::new(), floor: now, subscribers: Vec::new(), dead: false }),
+            inner: Mutex::new(Inner {
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                floor: now,
+                subscribers: Vec::new(),
+                dead: false,
+            }),
         });
         let feeder = cache.clone();
         tokio::spawn(async move {
@@ -331,15 +372,9 @@ impl WatchCache {
         let mut inner = self.lock();
         match msg {
             WatchMessage::Events(events) => {
-                let events: Vec<Arc<SharedEvent>> = events.into_iter().map(SharedEvent::new).collect();
-                for e in &events {
-                    inner.ring.push_back(e.clone());
-                }
-                while inner.ring.len() > RING {
-                    if let Some(old) = inner.ring.pop_front() {
-                        inner.floor = inner.floor.max(old.event.kv.mod_revision);
-                    }
-                }
+                let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                inner.remember(&events, RING_BYTES, RING_CHANGES);
+                let events: Vec<Arc<SharedEvent>> = events.into_iter().map(SharedEvent::of).collect();
                 inner.subscribers.retain(|s| {
                     let mine: Vec<Arc<SharedEvent>> = events
                         .iter()
@@ -380,8 +415,9 @@ impl WatchCache {
         let replay: Vec<Arc<SharedEvent>> = inner
             .ring
             .iter()
-            .filter(|e| e.event.kv.mod_revision > after && e.event.kv.key.starts_with(&prefix))
+            .filter(|e| e.kv.mod_revision > after && e.kv.key.starts_with(&prefix))
             .cloned()
+            .map(SharedEvent::of)
             .collect();
         if !replay.is_empty() && tx.try_send(CacheMessage::Events(replay)).is_err() {
             return None;
@@ -398,6 +434,36 @@ impl WatchCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(revision: Revision, bytes: usize) -> Arc<Event> {
+        let kv = store::KeyValue {
+            key: Bytes::from(format!("/k/{revision}")),
+            value: Bytes::from(vec![b'x'; bytes]),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+        };
+        Arc::new(Event { kind: store::EventKind::Put, kv, prev: None })
+    }
+
+    #[test]
+    fn the_ring_is_bounded_by_bytes_and_by_changes_and_its_floor_follows() {
+        let mut inner = Inner { ring: VecDeque::new(), ring_bytes: 0, floor: 0, subscribers: Vec::new(), dead: false };
+        // 10 changes of ~1 KB under a 4 KB budget: the 3 newest stay (each ~1.1 KB with its
+        // key and bookkeeping), and a watch from before the 4th newest cannot be replayed.
+        let events: Vec<_> = (1..=10).map(|r| put(r, 1000)).collect();
+        inner.remember(&events, 4000, 100);
+        let kept: Vec<Revision> = inner.ring.iter().map(|e| e.kv.mod_revision).collect();
+        assert_eq!(kept, [8, 9, 10]);
+        assert_eq!(inner.floor, 7);
+        assert_eq!(inner.ring_bytes, inner.ring.iter().map(|e| ring_size(e)).sum::<usize>());
+        // Small changes: the count bounds them.
+        let small: Vec<_> = (11..=20).map(|r| put(r, 1)).collect();
+        inner.remember(&small, 1 << 20, 4);
+        let kept: Vec<Revision> = inner.ring.iter().map(|e| e.kv.mod_revision).collect();
+        assert_eq!(kept, [17, 18, 19, 20]);
+        assert_eq!(inner.floor, 16);
+    }
 
     #[test]
     fn spliced_json_is_the_object_with_any_version() {

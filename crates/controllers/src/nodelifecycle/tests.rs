@@ -310,7 +310,7 @@ mod live {
             config: Config { grace, ..Config::default() },
             nodes: node_cache,
             leases: lease_cache,
-            pods: Cache::indexed(node_name),
+            pods: Cache::default().with_index(super::NODE_INDEX, node_name),
             zones: Arc::new(Mutex::new(Zones::new(Default::default()))),
             marked: Mutex::default(),
             renewals: Mutex::default(),
@@ -364,10 +364,13 @@ mod live {
         // The status is old (agents write it seldom; the lease is the heartbeat) ...
         let node = write_status(c, name, status("True", long_ago)).await?;
         // ... and the cache has a renewal as old, while the API has a fresh one (past one
-        // grace period from the node's creation, its last sign of life otherwise).
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // grace period from the node's creation, its last sign of life otherwise). The grace
+        // is a few seconds so that both looks below fall within it on a loaded machine (with
+        // 1 s, a second look that came 1 s late under load 16 rightly found the renewal old).
+        let grace = Duration::from_secs(4);
+        tokio::time::sleep(grace + Duration::from_millis(500)).await;
         renew(c, name).await?;
-        let r = reconciler(c, Duration::from_secs(1), vec![node], vec![lease(name, long_ago)]);
+        let r = reconciler(c, grace, vec![node], vec![lease(name, long_ago)]);
         let action = r.reconcile(&key(name)).await?;
         anyhow::ensure!(ready_of(c, name).await? == "True", "a live node was marked");
         let left = ours(c, name).await?;
@@ -464,7 +467,11 @@ mod live {
 
         let config = Config { grace: Duration::from_secs(2), ..Config::default() };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(controller(c.clone(), config).run(async move {
+        // The pod informer the controllers of a process share; it stops when `pod_stop` drops.
+        let pods = crate::pod_informer(c.clone());
+        let (_pod_stop, pod_stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(pods.clone().run(pod_stopped));
+        let run = tokio::spawn(controller(c.clone(), config, &pods).run(async move {
             let _ = stopped.await;
         }));
 

@@ -33,7 +33,7 @@ async fn start() -> Result<TestServer> {
 /// Runs every controller until the returned sender is dropped or fired.
 fn run_controllers(client: &Client) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controllers::run_all(client.clone(), async move {
+    let task = tokio::spawn(controllers::run_all(client.clone(), Default::default(), async move {
         let _ = stopped.await;
     }));
     (stop, task)
