@@ -15,6 +15,7 @@
 mod kubeconfig;
 mod list;
 mod resource;
+mod shape;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use serde_json::Value;
 
 pub use kubeconfig::{Config, KubeconfigError, ServerUrl};
 pub use resource::{DeleteParams, ListParams, Patch, Resource, Scope, Tenant, WatchParams};
+pub use shape::{Keep, Shape};
 
 /// The part of a Kubernetes `Status` callers act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +113,11 @@ pub struct WatchStream {
 
 impl WatchStream {
     pub async fn next(&mut self) -> Result<Option<WatchEvent>, Error> {
+        self.next_keeping(None).await
+    }
+
+    /// The next event, its object decoded in `keep`'s shape (see [`Keep`]).
+    pub async fn next_keeping(&mut self, keep: Option<&Keep>) -> Result<Option<WatchEvent>, Error> {
         loop {
             if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(i + 1);
@@ -118,7 +125,7 @@ impl WatchStream {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return parse_event(line).map(Some);
+                return parse_event(line, keep).map(Some);
             }
             if self.done {
                 if self.buf.iter().all(u8::is_ascii_whitespace) {
@@ -126,7 +133,7 @@ impl WatchStream {
                 }
                 // A last event without its newline.
                 let rest = self.buf.split();
-                return parse_event(&rest).map(Some);
+                return parse_event(&rest, keep).map(Some);
             }
             match self.body.frame().await {
                 None => self.done = true,
@@ -155,9 +162,15 @@ struct RawEvent {
     object: Value,
 }
 
-fn parse_event(line: &[u8]) -> Result<WatchEvent, Error> {
-    let RawEvent { kind, object } =
-        serde_json::from_slice(line).map_err(|e| Error::Decode(format!("a watch event: {e}")))?;
+fn parse_event(line: &[u8], keep: Option<&Keep>) -> Result<WatchEvent, Error> {
+    let decoded = match keep {
+        None => serde_json::from_slice(line),
+        Some(keep) => {
+            let mut d = serde_json::Deserializer::from_slice(line);
+            serde::de::DeserializeSeed::deserialize(EventSeed(keep), &mut d).and_then(|e| d.end().map(|()| e))
+        }
+    };
+    let RawEvent { kind, object } = decoded.map_err(|e| Error::Decode(format!("a watch event: {e}")))?;
     Ok(match kind.as_deref() {
         Some("ADDED") => WatchEvent::Added(object),
         Some("MODIFIED") => WatchEvent::Modified(object),
@@ -172,6 +185,51 @@ fn parse_event(line: &[u8]) -> Result<WatchEvent, Error> {
         Some("ERROR") => WatchEvent::Error(Status::from_value(&object, 500)),
         other => return Err(Error::Decode(format!("unknown watch event type {other:?}"))),
     })
+}
+
+/// A watch event whose object is decoded in a [`Keep`]'s shape. Errors and bookmarks are
+/// decoded whole, whatever the shape says.
+struct EventSeed<'a>(&'a Keep);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = RawEvent;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawEvent, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EventSeed<'_> {
+    type Value = RawEvent;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a watch event")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawEvent, A::Error> {
+        let shaped = |kind: &Option<String>| matches!(kind.as_deref(), Some("ADDED" | "MODIFIED" | "DELETED"));
+        // `early`: an object that came before the type, decoded whole until the type is known.
+        let (mut kind, mut object, mut early) = (None::<String>, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "type" => kind = Some(map.next_value()?),
+                // Servers send the type first; an object before it is shaped afterwards.
+                "object" if kind.is_none() => early = Some(map.next_value::<Value>()?),
+                "object" if shaped(&kind) => object = Some(map.next_value_seed(self.0)?),
+                "object" => object = Some(map.next_value::<Value>()?),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let object = match (object, early) {
+            (Some(o), _) => o,
+            (None, Some(o)) if shaped(&kind) => self.0.apply(o),
+            (None, Some(o)) => o,
+            (None, None) => Value::Null,
+        };
+        Ok(RawEvent { kind, object })
+    }
 }
 
 /// A resource as discovery describes it.
@@ -508,18 +566,19 @@ impl Client {
     }
 
     pub async fn list(&self, resource: &Resource, scope: &Scope, params: &ListParams) -> Result<ObjectList, Error> {
-        self.list_keeping(resource, scope, params, &|item| item).await
+        self.list_keeping(resource, scope, params, &Keep::shape(Shape::all())).await
     }
 
-    /// A list whose items are each passed through `keep` as soon as it is decoded, before the
-    /// next: a caller that keeps a few fields of each of 100,000 objects never holds the
-    /// whole decoded answer (client-go's informer transforms apply only after it).
+    /// A list whose items are each decoded in `keep`'s shape (the rest skipped, never built)
+    /// and finished by it before the next: a caller that keeps a few fields of each of
+    /// 100,000 objects never holds the whole decoded answer (client-go's informer transforms
+    /// apply only after it).
     pub async fn list_keeping(
         &self,
         resource: &Resource,
         scope: &Scope,
         params: &ListParams,
-        keep: &(dyn Fn(Value) -> Value + Sync),
+        keep: &Keep,
     ) -> Result<ObjectList, Error> {
         let path = format!("{}{}", Self::object_path(resource, scope, None, None)?, params.query());
         let resp = self.send(Method::GET, &path, None).await?;
@@ -699,17 +758,19 @@ mod tests {
 
     #[test]
     fn watch_lines_become_typed_events() {
-        let added = parse_event(br#"{"type":"ADDED","object":{"metadata":{"name":"a"}}}"#).unwrap();
+        let added = parse_event(br#"{"type":"ADDED","object":{"metadata":{"name":"a"}}}"#, None).unwrap();
         assert_eq!(added, WatchEvent::Added(serde_json::json!({"metadata": {"name": "a"}})));
-        let bookmark = parse_event(br#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"12"}}}"#).unwrap();
+        let bookmark =
+            parse_event(br#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"12"}}}"#, None).unwrap();
         assert_eq!(bookmark, WatchEvent::Bookmark { resource_version: "12".into() });
         let gone = parse_event(
             br#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#,
+            None,
         )
         .unwrap();
         assert_eq!(gone, WatchEvent::Error(Status { code: 410, reason: "Expired".into(), message: "too old".into() }));
-        assert!(matches!(parse_event(b"{\"type\":\"NOPE\"}"), Err(Error::Decode(_))));
-        assert!(matches!(parse_event(b"not json"), Err(Error::Decode(_))));
+        assert!(matches!(parse_event(b"{\"type\":\"NOPE\"}", None), Err(Error::Decode(_))));
+        assert!(matches!(parse_event(b"not json", None), Err(Error::Decode(_))));
     }
 
     #[test]

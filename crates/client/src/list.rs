@@ -5,9 +5,11 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use crate::shape::Keep;
+
 /// A list's `metadata` and its items, each passed through `keep` as it is decoded.
 pub(crate) struct ListSeed<'a> {
-    pub keep: &'a (dyn Fn(Value) -> Value + Sync),
+    pub keep: &'a Keep,
 }
 
 impl<'de> DeserializeSeed<'de> for ListSeed<'_> {
@@ -42,7 +44,7 @@ impl<'de> Visitor<'de> for ListSeed<'_> {
 
 /// The `items` array (or `null`, which Kubernetes sends for an empty list of some kinds).
 struct Items<'a> {
-    keep: &'a (dyn Fn(Value) -> Value + Sync),
+    keep: &'a Keep,
 }
 
 impl<'de> DeserializeSeed<'de> for Items<'_> {
@@ -66,8 +68,8 @@ impl<'de> Visitor<'de> for Items<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element::<Value>()? {
-            items.push((self.keep)(item));
+        while let Some(item) = seq.next_element_seed(self.keep)? {
+            items.push(item);
         }
         Ok(items)
     }
@@ -79,7 +81,11 @@ mod tests {
 
     use super::*;
 
-    fn decode(text: &str, keep: &(dyn Fn(Value) -> Value + Sync)) -> Result<(Value, Vec<Value>), serde_json::Error> {
+    fn all() -> Keep {
+        Keep::shape(crate::Shape::all())
+    }
+
+    fn decode(text: &str, keep: &Keep) -> Result<(Value, Vec<Value>), serde_json::Error> {
         let mut d = serde_json::Deserializer::from_str(text);
         let out = ListSeed { keep }.deserialize(&mut d)?;
         d.end()?;
@@ -90,21 +96,17 @@ mod tests {
     fn items_pass_through_keep_one_by_one_and_the_rest_is_skipped() {
         let text = r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"9","continue":"c"},
             "items":[{"metadata":{"name":"a"},"spec":{"x":1}},{"metadata":{"name":"b"},"spec":{"x":2}}]}"#;
-        let (meta, items) = decode(text, &|mut v| {
-            v.as_object_mut().unwrap().remove("spec");
-            v
-        })
-        .unwrap();
+        let (meta, items) = decode(text, &Keep::shape(crate::Shape::without(&["spec"]))).unwrap();
         assert_eq!(meta, json!({"resourceVersion": "9", "continue": "c"}));
         assert_eq!(items, [json!({"metadata": {"name": "a"}}), json!({"metadata": {"name": "b"}})]);
     }
 
     #[test]
     fn null_or_missing_items_are_an_empty_list_and_bad_input_is_an_error() {
-        assert_eq!(decode(r#"{"metadata":{},"items":null}"#, &|v| v).unwrap().1, Vec::<Value>::new());
-        assert_eq!(decode(r#"{"metadata":{}}"#, &|v| v).unwrap().1, Vec::<Value>::new());
-        assert!(decode(r#"{"items":{}}"#, &|v| v).is_err());
-        assert!(decode(r#"[1]"#, &|v| v).is_err());
-        assert!(decode(r#"{"items":[]} trailing"#, &|v| v).is_err());
+        assert_eq!(decode(r#"{"metadata":{},"items":null}"#, &all()).unwrap().1, Vec::<Value>::new());
+        assert_eq!(decode(r#"{"metadata":{}}"#, &all()).unwrap().1, Vec::<Value>::new());
+        assert!(decode(r#"{"items":{}}"#, &all()).is_err());
+        assert!(decode(r#"[1]"#, &all()).is_err());
+        assert!(decode(r#"{"items":[]} trailing"#, &all()).is_err());
     }
 }

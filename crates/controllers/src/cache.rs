@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use client::{Keep, Shape};
 use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -83,6 +84,34 @@ pub fn pod_essentials(mut pod: Value) -> Value {
         }
     }
     pod
+}
+
+/// [`pod_essentials`] as a source keeps it: the decoder builds only these fields (the
+/// containers, volumes, managed fields and status details of a pod are skipped, never built),
+/// then `pod_essentials` drops the conditions but `Ready`.
+pub fn keep_pod_essentials() -> Keep {
+    let status = Shape::only(&["phase"])
+        .with("conditions", Shape::only(&["type", "status", "lastTransitionTime"]))
+        .with("containerStatuses", Shape::only(&["name", "restartCount"]));
+    Keep::shape(
+        Shape::all()
+            .with("metadata", Shape::without(&["managedFields"]))
+            .with("spec", Shape::only(&["nodeName", "tolerations"]))
+            .with("status", status),
+    )
+    .then(pod_essentials)
+}
+
+/// [`metadata_only`] as a source keeps it (decoding nothing else).
+pub fn keep_metadata_only() -> Keep {
+    Keep::shape(
+        Shape::only(&["apiVersion", "kind"]).with("metadata", Shape::without(&["managedFields", "annotations"])),
+    )
+}
+
+/// [`without_managed_fields`] as a source keeps it (never decoding them).
+pub fn keep_without_managed_fields() -> Keep {
+    Keep::shape(Shape::all().with("metadata", Shape::without(&["managedFields"])))
 }
 
 /// An object without `metadata.managedFields` (about 40% of a pod's JSON and more of its
@@ -414,7 +443,11 @@ mod tests {
         expected["status"] = json!({"phase": "Running",
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "t"}],
             "containerStatuses": [{"name": "c", "restartCount": 2}]});
-        assert_eq!(pod_essentials(full), expected);
+        assert_eq!(pod_essentials(full.clone()), expected);
+        // Decoded in the shape, the same.
+        let keep = keep_pod_essentials();
+        assert_eq!(keep.decode_slice(&serde_json::to_vec(&full).unwrap()).unwrap(), expected);
+        assert_eq!(keep.apply(full), expected);
         // Not an object, or an object without the parts: kept as it is.
         assert_eq!(pod_essentials(json!("x")), json!("x"));
         assert_eq!(pod_essentials(json!({"metadata": {"name": "p"}})), json!({"metadata": {"name": "p"}}));
@@ -426,6 +459,8 @@ mod tests {
             "metadata": {"name": "p", "uid": "u", "ownerReferences": [{"uid": "o"}], "finalizers": ["f"],
                          "labels": {"a": "b"}, "annotations": {"big": "x"}, "managedFields": [{}]},
             "spec": {"containers": []}, "status": {"phase": "Running"}});
+        assert_eq!(keep_metadata_only().apply(full.clone()), metadata_only(full.clone()));
+        assert_eq!(keep_without_managed_fields().apply(full.clone()), without_managed_fields(full.clone()));
         assert_eq!(
             metadata_only(full),
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "uid": "u",

@@ -505,7 +505,8 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
         };
         let what = format!("{} (gc)", spec.resource.plural);
         // Only kind and metadata: a re-list of 130,000 pods is then ~2 KB a pod, not ~29 KB.
-        let source = ApiSource::new(client.clone(), spec.resource.clone(), scope).keeping(crate::cache::metadata_only);
+        let source =
+            ApiSource::new(client.clone(), spec.resource.clone(), scope).keeping(crate::cache::keep_metadata_only());
         let mut watcher = Watcher::new(source, what);
         let task = tokio::spawn(async move {
             loop {

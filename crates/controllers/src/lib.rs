@@ -40,8 +40,8 @@ pub use watcher::{ApiSource, Event, Watcher};
 /// once for all of them: [`cache::pod_essentials`] of each pod, indexed by controlling
 /// ReplicaSet ([`replicaset::OWNER_INDEX`]) and by node ([`nodelifecycle::NODE_INDEX`]).
 pub fn pod_informer(client: client::Client) -> Arc<Informer> {
-    let source =
-        ApiSource::new(client, client::Resource::pods(), client::Scope::all_tenants()).keeping(cache::pod_essentials);
+    let source = ApiSource::new(client, client::Resource::pods(), client::Scope::all_tenants())
+        .keeping(cache::keep_pod_essentials());
     let cache = Cache::default()
         .with_index(replicaset::OWNER_INDEX, replicaset::pod_index)
         .with_index(nodelifecycle::NODE_INDEX, nodelifecycle::node_name);

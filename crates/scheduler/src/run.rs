@@ -198,7 +198,7 @@ fn spawn_watch(
     tokio::spawn(async move {
         // Nothing here writes back what it read, so the managed fields are dropped as soon as
         // each object is decoded (a re-list of every pod then holds far less at once).
-        let source = ApiSource::new(client, resource, scope).keeping(controllers::cache::without_managed_fields);
+        let source = ApiSource::new(client, resource, scope).keeping(controllers::cache::keep_without_managed_fields());
         let mut watcher = Watcher::new(source, what);
         loop {
             let event = watcher.next().await;
