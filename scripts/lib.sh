@@ -43,7 +43,11 @@ setup_containers() {
 # guests', not the host's) to /var/cache/atoll/kernel, with stable links `vmlinuz` and
 # `modules` there (see PLATFORM.md "VMs": its virtio drivers are modules).
 setup_vm() {
-  apt_install qemu-system-x86 qemu-utils e2fsprogs
+  apt_install qemu-system-x86 e2fsprogs
+  # Apart, and after: a machine may carry a qemu-utils that Debian's qemu-system-x86
+  # replaces (installing it removes a backported qemu-utils), so it is checked last.
+  apt_install qemu-utils
+  command -v qemu-img >/dev/null || die "qemu-img is missing after installing qemu-utils"
   local dir=/var/cache/atoll/kernel pkg
   [ -f "$dir/vmlinuz" ] && [ -d "$dir/modules" ] && return 0
   pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
