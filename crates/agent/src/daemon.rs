@@ -237,10 +237,14 @@ pub async fn run(client: Client, config: AgentConfig, shutdown: impl Future<Outp
     let network: Arc<dyn PodNetwork> = match &config.network {
         NetworkConfig::LoopbackOnly => Arc::new(LoopbackOnly),
         NetworkConfig::Bridge { name, cidr } => {
-            let (os, name, cidr, dir) = (os.clone(), name.clone(), Cidr::parse(cidr)?, config.data_dir.join("network"));
-            let bridge = tokio::task::spawn_blocking(move || Bridge::new(os, &name, cidr, &dir))
-                .await
-                .map_err(|e| pods::PodError::Join(e.to_string()))??;
+            let (os, name, cidr) = (os.clone(), name.clone(), Cidr::parse(cidr)?);
+            let (old, dir) = (config.data_dir.join("network"), state_dir.join("network"));
+            let bridge = tokio::task::spawn_blocking(move || {
+                move_address_book(&*os, &old, &dir)?;
+                Bridge::new(os, &name, cidr, &dir)
+            })
+            .await
+            .map_err(|e| pods::PodError::Join(e.to_string()))??;
             let bridge = Arc::new(bridge);
             bridge.start_pool(config.network_pool);
             bridge
@@ -348,9 +352,31 @@ fn volatile_state(os: &dyn Os, dir: &std::path::Path) -> Result<(), AgentError> 
     Ok(())
 }
 
+/// The pod network's address book moves from the data folder (where agents before it
+/// moved kept it) to the runtime's tmpfs, once: it names network namespaces, which live in
+/// `/run/netns` and end with a reboot just as containers do; on a disk its rewrite per pod
+/// change allocated and freed an inode each time (a file system without a journal scans
+/// past recently freed inodes on every allocation, so each run of pods made the next
+/// slower).
+fn move_address_book(os: &dyn Os, old: &std::path::Path, new: &std::path::Path) -> Result<(), crate::net::NetError> {
+    let (from, to) = (old.join("ipam.json"), new.join("ipam.json"));
+    let Some(book) = os.read_file(&from)? else { return Ok(()) };
+    let empty = book.is_empty()
+        || serde_json::from_slice::<std::collections::BTreeMap<String, String>>(&book).is_ok_and(|m| m.is_empty());
+    if !empty && !os.exists(&to) {
+        os.create_dir_all(new)?;
+        os.write_file_unsynced(&to, &book)?;
+        tracing::info!(from = %from.display(), to = %to.display(), "moved the pod network's address book");
+    }
+    os.remove_file(&from)?;
+    os.remove_file(&old.join("nat.nft"))?;
+    let _ = os.remove_dir(old);
+    Ok(())
+}
+
 /// Whether the runtime folder has anything but its empty top folders.
 fn holds_state(os: &dyn Os, dir: &std::path::Path) -> bool {
-    const TOP: [&str; 3] = ["sandboxes", "containers", "runtime"];
+    const TOP: [&str; 4] = ["sandboxes", "containers", "runtime", "network"];
     match os.list_dir(dir) {
         Ok(names) => names
             .iter()
@@ -456,6 +482,33 @@ mod tests {
         os.create_dir_all(&dir.join("containers")).unwrap();
         release_volatile_state(&os, dir);
         assert!(os.mounts().is_empty());
+    }
+
+    #[test]
+    fn the_address_book_moves_to_the_tmpfs_once_and_keeps_it_mounted_while_it_names_anything() {
+        let os = FakeOs::new("created 1", Vec::new());
+        let (data, dir) = (Path::new("/data/network"), Path::new("/data/runtime"));
+        let book = br#"{"pod-a": "10.88.0.2"}"#;
+        os.put_file(&data.join("ipam.json"), book);
+        os.put_file(&data.join("nat.nft"), b"table ip t");
+        volatile_state(&os, dir).unwrap();
+        move_address_book(&os, data, &dir.join("network")).unwrap();
+        assert_eq!(os.file(&dir.join("network/ipam.json")).as_deref(), Some(&book[..]));
+        assert_eq!(os.file(&data.join("ipam.json")), None);
+        assert_eq!(os.file(&data.join("nat.nft")), None);
+        // Once moved, a second start finds nothing to move and leaves the book as it is.
+        move_address_book(&os, data, &dir.join("network")).unwrap();
+        assert_eq!(os.file(&dir.join("network/ipam.json")).as_deref(), Some(&book[..]));
+        release_volatile_state(&os, dir);
+        assert_eq!(os.mounts(), [dir.to_path_buf()], "a book naming a pod's network keeps the tmpfs");
+        os.remove_file(&dir.join("network/ipam.json")).unwrap();
+        release_volatile_state(&os, dir);
+        assert!(os.mounts().is_empty());
+        // An empty book on disk is removed, not moved.
+        os.put_file(&data.join("ipam.json"), b"{}");
+        move_address_book(&os, data, &dir.join("network")).unwrap();
+        assert_eq!(os.file(&dir.join("network/ipam.json")), None);
+        assert_eq!(os.file(&data.join("ipam.json")), None);
     }
 
     #[test]

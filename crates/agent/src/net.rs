@@ -6,8 +6,8 @@
 //! - [`Bridge`]: the node's pod network: a Linux bridge (`atoll0`) holding the first
 //!   address of the node's pod CIDR; per pod a named network namespace (`atoll-<pod>`)
 //!   and a veth pair (host end on the bridge, `eth0` inside) with an address from an
-//!   on-disk IPAM file, loopback up, default route via the bridge; outbound traffic is
-//!   masqueraded by an nftables table of ours (`ip atoll-<bridge>`) with `ip_forward` on.
+//!   IPAM file (on the agent's tmpfs, like the runtime's records: what it names ends with
+//!   a reboot), loopback up, default route via the bridge; outbound traffic is masqueraded by an nftables table of ours (`ip atoll-<bridge>`) with `ip_forward` on.
 //!   The per-node part (bridge, NAT) runs `ip`, `nft` and `sysctl` through [`Os::run`]
 //!   once; the per-pod part is a few netlink requests ([`Os::attach_pod_link`], no child
 //!   processes), since it is on every pod's start-up path.
@@ -364,7 +364,10 @@ impl Bridge {
         );
         let file = self.ipam.with_file_name("nat.nft");
         self.os.write_file_atomic(&file, rules.as_bytes())?;
-        self.run("nft", &["-f", &file.to_string_lossy()])
+        let loaded = self.run("nft", &["-f", &file.to_string_lossy()]);
+        // Only the book stays in the folder: an empty folder is a node with no pod network.
+        self.os.remove_file(&file)?;
+        loaded
     }
 
     fn netns(id: &str) -> String {
@@ -422,7 +425,14 @@ impl Bridge {
         }
         let (bytes, now) = {
             let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-            (serde_json::to_vec_pretty(&book.map.clone().unwrap_or_default()).unwrap_or_default(), book.generation)
+            let map = book.map.as_ref().filter(|m| !m.is_empty());
+            (map.map(|m| serde_json::to_vec_pretty(m).unwrap_or_default()), book.generation)
+        };
+        // An empty book is no file: a node whose pods are all gone leaves its folder empty.
+        let Some(bytes) = bytes else {
+            self.os.remove_file(&self.ipam)?;
+            *written = now;
+            return Ok(());
         };
         // Not synced: what the book names (namespaces, veths, the addresses in them) lives in
         // the kernel and ends with a reboot, which may lose or empty an unsynced book; an
@@ -739,6 +749,8 @@ mod tests {
         for i in 0..16 {
             net.teardown(&format!("p{i}")).unwrap();
         }
-        assert_eq!(os.file(Path::new("/s/ipam.json")).unwrap(), b"{}");
+        // An empty book is no file: nothing is left in the folder.
+        assert_eq!(os.file(Path::new("/s/ipam.json")), None);
+        assert_eq!(os.file(Path::new("/s/nat.nft")), None, "the rules file is removed once loaded");
     }
 }

@@ -137,6 +137,8 @@ pub trait Os: Send + Sync + fmt::Debug {
     /// `rmdir`: cgroup folders can only be removed this way, and only when empty.
     fn remove_dir(&self, path: &Path) -> Result<(), OsError>;
     fn remove_dir_all(&self, path: &Path) -> Result<(), OsError>;
+    /// Remove one file; a file already gone is not an error.
+    fn remove_file(&self, path: &Path) -> Result<(), OsError>;
     /// Write through a temporary file and a rename, so readers see all or nothing.
     fn write_file_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), OsError>;
     /// As [`Os::write_file_atomic`] but not synced to disk: every process sees all or
@@ -457,6 +459,13 @@ impl Os for RealOs {
         std::fs::remove_dir_all(path).map_err(io("removing", path))
     }
 
+    fn remove_file(&self, path: &Path) -> Result<(), OsError> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     fn write_file_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), OsError> {
         write_atomic(path, contents).map_err(io("writing", path))
     }
@@ -570,6 +579,7 @@ pub enum Call {
     CreateDir(PathBuf),
     RemoveDir(PathBuf),
     RemoveDirAll(PathBuf),
+    RemoveFile(PathBuf),
     Write(PathBuf),
 }
 
@@ -778,6 +788,14 @@ impl Os for FakeOs {
             s.calls.push(Call::RemoveDirAll(path.to_owned()));
             s.dirs.retain(|d| !d.starts_with(path));
             s.files.retain(|f, _| !f.starts_with(path));
+        });
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), OsError> {
+        self.with(|s| {
+            s.calls.push(Call::RemoveFile(path.to_owned()));
+            s.files.remove(path);
         });
         Ok(())
     }

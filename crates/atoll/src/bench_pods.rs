@@ -234,6 +234,43 @@ fn machine_cpu() -> Option<(f64, f64)> {
     Some(((f.first()? + f.get(1)?) / 100.0, (f.get(2)? + f.get(5)? + f.get(6)?) / 100.0))
 }
 
+/// The file system a folder lives on, as `/proc/self/mountinfo` says: type and source of
+/// the deepest mount holding it.
+fn file_system_of(mountinfo: &str, dir: &Path) -> Option<(String, String)> {
+    let mut best: Option<(usize, String, String)> = None;
+    for line in mountinfo.lines() {
+        // ID parent major:minor root mount-point options [optional...] - type source options
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some(point) = left.split(' ').nth(4) else { continue };
+        // Spaces and other specials in paths are escaped as octal (`\040`).
+        let point = point.replace("\\040", " ");
+        let mut right = right.split(' ');
+        let (Some(fstype), Some(source)) = (right.next(), right.next()) else { continue };
+        if dir.starts_with(&point) && best.as_ref().is_none_or(|(len, ..)| point.len() >= *len) {
+            best = Some((point.len(), fstype.to_string(), source.to_string()));
+        }
+    }
+    best.map(|(_, t, s)| (t, s))
+}
+
+/// A warning when the cluster's data folder is on ext4 without a journal: there every new
+/// file or folder scans past the inodes freed in the last 5-10 minutes (ext4's
+/// `recently_deleted`), so each run's clean-up makes the next run's pod starts dearer.
+fn data_folder_note(dir: &Path) -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (fstype, source) = file_system_of(&mountinfo, dir)?;
+    let device = source.strip_prefix("/dev/")?;
+    let journalled = Path::new("/proc/fs/jbd2").join(format!("{device}-8")).exists();
+    (fstype == "ext4" && !journalled).then(|| {
+        format!(
+            "note: the data folder {} is on ext4 without a journal ({source}): new files there scan past every \
+             inode freed in the last 5-10 minutes, so back-to-back runs slow each other (TMPDIR picks another \
+             folder)",
+            dir.display()
+        )
+    })
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -338,6 +375,9 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, cluster_pid: Option<u3
         ms(total),
     );
     println!("load average (1, 5, 15 min) before: {load_before}, after: {}", load_average());
+    if own && let Some(note) = kubeconfig.parent().and_then(data_folder_note) {
+        println!("{note}");
+    }
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
         // Shims are new, so all of theirs is this run's; the cluster process's is the change.
         println!(
@@ -372,4 +412,26 @@ async fn measure(args: &PodsBenchArgs, kubeconfig: &Path, cluster_pid: Option<u3
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deepest_mount_holding_a_folder_names_its_file_system() {
+        let mountinfo = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
+30 22 0:25 / /tmp rw - tmpfs tmpfs rw
+31 22 7:0 / /mnt/j\\040b rw,relatime - ext4 /dev/loop0 rw
+32 22 0:26 / /tm rw - tmpfs tmpfs rw
+";
+        let fs = |p: &str| file_system_of(mountinfo, Path::new(p));
+        assert_eq!(fs("/var/lib/atoll"), Some(("ext4".into(), "/dev/vda".into())));
+        assert_eq!(fs("/tmp/atoll-bench-pods-x"), Some(("tmpfs".into(), "tmpfs".into())));
+        assert_eq!(fs("/mnt/j b/x"), Some(("ext4".into(), "/dev/loop0".into())));
+        // A mount point is a whole path component, not a string prefix.
+        assert_eq!(fs("/tmx"), Some(("ext4".into(), "/dev/vda".into())));
+        assert_eq!(file_system_of("garbage", Path::new("/")), None);
+    }
 }
