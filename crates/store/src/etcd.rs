@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, CompactionOptions, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, TxnOp,
-    TxnOpResponse,
+    Client, CompactionOptions, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KvClient, PutOptions,
+    TxnOp, TxnOpResponse, WatchClient,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,8 +20,15 @@ use crate::{
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    kv: KvClient,
+    watch: WatchClient,
 }
+
+/// The largest answer taken from etcd. gRPC clients refuse messages over 4 MiB by default,
+/// but one unpaged range or one watch response (etcd batches events) is routinely larger:
+/// 5,000 nodes are ~16 MB. etcd bounds what it sends by its own limit (2 GiB); so does this,
+/// as Kubernetes' etcd client does.
+const MAX_ANSWER_BYTES: usize = i32::MAX as usize;
 
 impl EtcdStore {
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
@@ -30,7 +37,10 @@ impl EtcdStore {
             .with_timeout(Duration::from_secs(30))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let client = Client::connect(endpoints, Some(opts)).await.map_err(|e| unavailable(&e))?;
-        Ok(EtcdStore { client })
+        Ok(EtcdStore {
+            kv: client.kv_client().max_decoding_message_size(MAX_ANSWER_BYTES),
+            watch: client.watch_client().max_decoding_message_size(MAX_ANSWER_BYTES),
+        })
     }
 
     /// Turns an etcd error into the contract's error; `requested` is the revision the
@@ -73,7 +83,7 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revis
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision> {
-        let resp = self.client.kv_client().get(b"\0".to_vec(), Some(GetOptions::new().with_count_only())).await;
+        let resp = self.kv.clone().get(b"\0".to_vec(), Some(GetOptions::new().with_count_only())).await;
         match resp {
             Ok(resp) => header_revision(resp.header()),
             Err(e) => Err(unavailable(&e)),
@@ -100,7 +110,7 @@ impl Store for EtcdStore {
         if let Some(revision) = requested {
             opts = opts.with_revision(revision);
         }
-        let resp = match self.client.kv_client().get(req.start.to_vec(), Some(opts)).await {
+        let resp = match self.kv.clone().get(req.start.to_vec(), Some(opts)).await {
             Ok(resp) => resp,
             Err(e) => return Err(self.error(e, requested).await),
         };
@@ -135,7 +145,7 @@ impl Store for EtcdStore {
             .collect();
         let failure: Vec<TxnOp> = txn.compares.iter().map(|c| TxnOp::get(c.key().to_vec(), None)).collect();
         let request = etcd_client::Txn::new().when(compares).and_then(success).or_else(failure);
-        let resp = match self.client.kv_client().txn(request).await {
+        let resp = match self.kv.clone().txn(request).await {
             Ok(resp) => resp,
             Err(e) => return Err(self.error(e, None).await),
         };
@@ -173,7 +183,7 @@ impl Store for EtcdStore {
         if let Some(after) = after {
             wopts = wopts.with_start_revision(after + 1);
         }
-        let stream = match self.client.watch_client().watch(prefix.to_vec(), Some(wopts)).await {
+        let stream = match self.watch.clone().watch(prefix.to_vec(), Some(wopts)).await {
             Ok(stream) => stream,
             Err(e) => return Err(self.error(e, after.map(|a| a + 1)).await),
         };
@@ -185,7 +195,7 @@ impl Store for EtcdStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         let opts = CompactionOptions::new().with_physical();
-        match self.client.kv_client().compact(revision, Some(opts)).await {
+        match self.kv.clone().compact(revision, Some(opts)).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.error(e, Some(revision)).await),
         }

@@ -354,6 +354,22 @@ pub async fn bad_input_is_refused(s: &dyn Store) -> Result<()> {
     Ok(())
 }
 
+/// A read answer, unpaged, or a watch's history may be far larger than one value: 5,000
+/// nodes are ~16 MB. gRPC clients refuse messages over 4 MiB unless told otherwise.
+pub async fn large_answers_are_read_whole(s: &dyn Store) -> Result<()> {
+    let value = Bytes::from(vec![b'n'; 1 << 20]);
+    let start = s.current_revision().await?;
+    for i in 0..6 {
+        s.put(b(&format!("/big/{i}")), value.clone()).await?;
+    }
+    let all = s.range(RangeRequest::prefix(b("/big/"))).await?;
+    ensure!(all.kvs.len() == 6 && all.kvs.iter().all(|kv| kv.value == value), "6 MiB in one range");
+    let mut w = s.watch(b("/big/"), Some(start), WatchOptions { progress_interval: None }).await?;
+    let events = collect_events(&mut w, 6).await?;
+    ensure!(events.iter().all(|e| e.kv.value == value), "6 MiB of history in a watch");
+    Ok(())
+}
+
 /// Instantiates every conformance test for one backend. `$open` is an async expression
 /// giving `(Arc<dyn Store>, guard)`; the guard keeps the backend alive for the test.
 macro_rules! backend_tests {
@@ -371,6 +387,7 @@ macro_rules! backend_tests {
             watch_reports_progress,
             compaction_cuts_reads_and_watches,
             bad_input_is_refused,
+            large_answers_are_read_whole,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn watch_is_complete_and_ordered_under_concurrent_writers() -> anyhow::Result<()> {
