@@ -31,6 +31,9 @@ pub struct EtcdProcess {
     child: Option<Child>,
     dir: PathBuf,
     client_url: String,
+    /// The cluster folder around `dir`, when this member was taken out of its cluster
+    /// ([`EtcdProcess::start`]): removed after the member's own.
+    base: Option<PathBuf>,
 }
 
 struct MemberPlan {
@@ -43,7 +46,11 @@ impl EtcdProcess {
     /// Starts a single-member cluster and waits until it serves.
     pub fn start() -> io::Result<EtcdProcess> {
         let mut cluster = EtcdCluster::start(1)?;
-        cluster.members.pop().ok_or_else(|| io::Error::other("no member started"))
+        let mut member = cluster.members.pop().ok_or_else(|| io::Error::other("no member started"))?;
+        // The folder goes with the member now: the cluster dropped here must not remove it
+        // under a running etcd (which dies at its next new file: a WAL segment, a snapshot).
+        member.base = cluster.base.take();
+        Ok(member)
     }
 
     /// The client URL, e.g. `http://127.0.0.1:23790`.
@@ -88,7 +95,7 @@ impl EtcdProcess {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        Ok(EtcdProcess { child: Some(child), dir, client_url })
+        Ok(EtcdProcess { child: Some(child), dir, client_url, base: None })
     }
 
     /// Whether the member answers its health endpoint with `true`.
@@ -118,6 +125,9 @@ impl Drop for EtcdProcess {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(base) = &self.base {
+            let _ = std::fs::remove_dir_all(base);
+        }
     }
 }
 
@@ -125,7 +135,7 @@ impl Drop for EtcdProcess {
 pub struct EtcdCluster {
     pub members: Vec<EtcdProcess>,
     /// The folder holding every member's; removed (once they are) when the cluster drops.
-    base: PathBuf,
+    base: Option<PathBuf>,
 }
 
 impl EtcdCluster {
@@ -141,9 +151,9 @@ impl EtcdCluster {
         let base = std::env::temp_dir().join(format!("atoll-etcd-{id}"));
         // Built before the members so that an early return drops (kills and removes) the ones
         // started so far and the folder around them.
-        let mut cluster = EtcdCluster { members: Vec::new(), base };
+        let mut cluster = EtcdCluster { members: Vec::new(), base: Some(base.clone()) };
         for plan in &plans {
-            let dir = cluster.base.join(&plan.name);
+            let dir = base.join(&plan.name);
             cluster.members.push(EtcdProcess::spawn(plan, &initial_cluster, &token, dir)?);
         }
         let deadline = Instant::now() + START_TIMEOUT;
@@ -178,8 +188,26 @@ impl EtcdCluster {
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
-        // Members first (each kills its etcd and removes its own folder), then theirs.
+        // Members first (each kills its etcd and removes its own folder), then theirs
+        // (unless a member took it along).
         self.members.clear();
-        let _ = std::fs::remove_dir_all(&self.base);
+        if let Some(base) = &self.base {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_member_keeps_its_folder_while_it_runs_and_removes_it_after() {
+        let member = EtcdProcess::start().expect("etcd must be installed for this test (apt-get install etcd-server)");
+        let base = member.base.clone().expect("the member owns its cluster's folder");
+        assert!(member.dir.starts_with(&base));
+        assert!(member.dir.join("data").is_dir(), "the data folder of a running member is there");
+        drop(member);
+        assert!(!base.exists(), "the folder goes with the member");
     }
 }
