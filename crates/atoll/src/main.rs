@@ -118,6 +118,13 @@ pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// jemalloc rather than glibc's malloc for every role: the control plane allocates and frees
+/// small objects from many threads at once (JSON trees, buffers), where glibc's arenas spent
+/// ~30% of its CPU (`_int_malloc`, `unlink_chunk`, `malloc_consolidate`); measured in
+/// BENCHMARKS.md ("the allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // `atoll shim ...` is the container supervisor the agent starts (agent::shim): it lives
     // as long as its container, so it skips the async runtime and logging set-up.
