@@ -197,8 +197,13 @@ fn spawn_watch(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Nothing here writes back what it read, so the managed fields are dropped as soon as
-        // each object is decoded (a re-list of every pod then holds far less at once).
-        let source = ApiSource::new(client, resource, scope).keeping(controllers::cache::keep_without_managed_fields());
+        // each object is decoded (a re-list of every pod then holds far less at once), and
+        // of a pod only what placement reads is built at all.
+        let keep = match resource.plural.as_str() {
+            "pods" => keep_pods(),
+            _ => controllers::cache::keep_without_managed_fields(),
+        };
+        let source = ApiSource::new(client, resource, scope).keeping(keep);
         let mut watcher = Watcher::new(source, what);
         loop {
             let event = watcher.next().await;
@@ -207,6 +212,31 @@ fn spawn_watch(
             }
         }
     })
+}
+
+/// What the scheduler builds of a pod as it decodes it: what [`Pod::from_json`] and
+/// [`scheduled_condition`] read (and the metadata the watcher needs). A pod's containers
+/// (images, commands, environment, mounts), its other status and its managed fields are
+/// most of its JSON and are skipped by the decoder, never built.
+pub fn keep_pods() -> client::Keep {
+    let containers = client::Shape::only(&["name", "resources", "restartPolicy"]);
+    let spec = client::Shape::only(&[
+        "nodeName",
+        "nodeSelector",
+        "schedulerName",
+        "tolerations",
+        "affinity",
+        "overhead",
+        "virtualMachine",
+    ])
+    .with("containers", containers.clone())
+    .with("initContainers", containers);
+    client::Keep::shape(
+        client::Shape::all()
+            .with("metadata", client::Shape::without(&["managedFields", "annotations"]))
+            .with("spec", spec)
+            .with("status", client::Shape::only(&["phase", "conditions"])),
+    )
 }
 
 /// The message of a pod's `PodScheduled=False` condition, if it has one.
@@ -572,4 +602,66 @@ impl Loop {
 fn event_name(pod: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
     format!("{pod}.{nanos:x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod with everything placement reads and much it does not (as the API server stores
+    /// one): the pod decoded in the scheduler's shape places exactly as the whole pod does.
+    #[test]
+    fn a_pod_decoded_in_the_schedulers_shape_is_the_same_pod_to_placement() {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "web-1", "namespace": "shop", "tenant": "acme", "uid": "u-1", "resourceVersion": "42",
+                "labels": {"app": "web"}, "annotations": {"note": "x"},
+                "deletionTimestamp": "2026-11-25T00:00:00Z",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1",
+                                     "controller": true}],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {
+                "nodeName": "n-7", "schedulerName": "other", "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"},
+                                {"key": "z", "operator": "Equal", "value": "v", "effect": "NoExecute"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}],
+                     "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n-1"]}]}]}}},
+                "overhead": {"cpu": "250m", "memory": "120Mi"},
+                "virtualMachine": {"resources": {"requests": {"cpu": "1", "memory": "512Mi"}}, "image": "vm"},
+                "initContainers": [
+                    {"name": "init", "image": "busybox", "command": ["true"],
+                     "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}},
+                    {"name": "side", "image": "busybox", "restartPolicy": "Always",
+                     "resources": {"limits": {"cpu": "100m", "memory": "64Mi", "example.com/gpu": "1"}}}],
+                "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"],
+                                "env": [{"name": "A", "value": "b"}], "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+                                "resources": {"requests": {"cpu": "500m", "ephemeral-storage": "1Gi"},
+                                              "limits": {"memory": "256Mi"}}}],
+                "volumes": [{"name": "v", "emptyDir": {}}]
+            },
+            "status": {
+                "phase": "Pending", "podIP": "10.0.0.1",
+                "conditions": [{"type": "PodScheduled", "status": "False", "message": "0/3 nodes are available"}],
+                "containerStatuses": [{"name": "c", "image": "busybox", "restartCount": 0, "state": {"waiting": {}}}]
+            }
+        });
+        let bytes = serde_json::to_vec(&pod).unwrap();
+        let shaped = keep_pods().decode_slice(&bytes).unwrap();
+        assert_eq!(shaped, keep_pods().apply(pod.clone()), "decoding in the shape = shaping the decoded pod");
+        let (whole, kept) = (Pod::from_json(&pod).expect("a pod"), Pod::from_json(&shaped).expect("a pod"));
+        assert_eq!(kept, whole);
+        // The parts placement reads are really there (not two empty pods compared).
+        assert!(whole.deleting && whole.node_name.as_deref() == Some("n-7") && whole.tolerations.len() == 2);
+        assert!(whole.affinity.is_some() && whole.owner.as_deref() == Some("rs-1") && whole.requests.cpu > 2_000);
+        assert_eq!(scheduled_condition(&shaped), scheduled_condition(&pod));
+        assert_eq!(scheduled_condition(&pod).as_deref(), Some("0/3 nodes are available"));
+        // And what it does not read is gone.
+        assert!(shaped.pointer("/spec/containers/0/image").is_none() && shaped.pointer("/spec/volumes").is_none());
+        assert!(shaped.pointer("/status/containerStatuses").is_none());
+        assert!(shaped.pointer("/metadata/managedFields").is_none());
+        assert_eq!(shaped.pointer("/metadata/resourceVersion"), Some(&json!("42")), "the watcher's revision stays");
+    }
 }
