@@ -168,8 +168,9 @@ impl Reconciler for ReplicaSets {
         let mut owned: Vec<Arc<Value>> = Vec::new();
         let mut candidates = self.pods.by_index(OWNER_INDEX, &owned_index(&key.tenant, ns, &rs_uid));
         candidates.extend(self.pods.by_index(OWNER_INDEX, &orphan_index(&key.tenant, ns)));
+        let selector = workload::Selector::of(&rs);
         for pod in candidates {
-            let matches = workload::selects(&rs, &pod);
+            let matches = selector.selects(&pod);
             match workload::controller_ref(&pod) {
                 Some(r) if r.get("uid").and_then(Value::as_str) == Some(rs_uid.as_str()) => {
                     if matches || rs_deleting {
