@@ -7,7 +7,8 @@
 //!   address of the node's pod CIDR; per pod a named network namespace (`atoll-<pod>`)
 //!   and a veth pair (host end on the bridge, `eth0` inside) with an address from an
 //!   IPAM file (on the agent's tmpfs, like the runtime's records: what it names ends with
-//!   a reboot), loopback up, default route via the bridge; outbound traffic is masqueraded by an nftables table of ours (`ip atoll-<bridge>`) with `ip_forward` on.
+//!   a reboot), loopback up, default route via the bridge; outbound traffic is
+//!   masqueraded by an nftables table of ours (`ip atoll-<bridge>`) with `ip_forward` on.
 //!   The per-node part (bridge, NAT) runs `ip`, `nft` and `sysctl` through [`Os::run`]
 //!   once; the per-pod part is a few netlink requests ([`Os::attach_pod_link`], no child
 //!   processes), since it is on every pod's start-up path.
