@@ -4,8 +4,9 @@
 //! A re-list replaces the whole map under one write lock, so a reader sees the old state
 //! or the new one, never a mix; readers get `Arc`s and never hold the lock.
 //!
-//! A cache may carry one secondary index (e.g. pods by `spec.nodeName`), kept under the same
+//! A cache may carry secondary indexes (e.g. pods by `spec.nodeName`), kept under the same
 //! lock as the objects so a lookup by index never names an object the map no longer holds.
+//! An index may put one object under several values (e.g. a pod under each of its labels).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -136,8 +137,8 @@ pub fn metadata_only(mut obj: Value) -> Value {
     obj
 }
 
-/// The value an object is indexed under (`None`: not in the index).
-type IndexFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
+/// The values an object is indexed under (none: not in the index; several: found under each).
+type IndexFn = Arc<dyn Fn(&Value) -> Vec<String> + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -185,15 +186,16 @@ impl State {
     fn insert(&mut self, indexes: &[(&'static str, IndexFn)], key: ObjectKey, obj: Arc<Value>) {
         let old = self.objects.insert(key.clone(), obj.clone());
         for (slot, (_, index_of)) in indexes.iter().enumerate() {
-            let new_value = index_of(&obj);
+            let new_values = index_of(&obj);
             // The object may have moved (e.g. a pod bound to a node after it was first seen).
             if let Some(old) = &old {
-                let old_value = index_of(old);
-                if old_value != new_value {
-                    self.unindex(slot, old_value, &key);
+                for v in index_of(old) {
+                    if !new_values.contains(&v) {
+                        self.unindex(slot, v, &key);
+                    }
                 }
             }
-            if let Some(v) = new_value {
+            for v in new_values {
                 self.index[slot].entry(v).or_default().insert(key.clone());
             }
         }
@@ -202,13 +204,14 @@ impl State {
     fn remove(&mut self, indexes: &[(&'static str, IndexFn)], key: &ObjectKey) -> Option<Arc<Value>> {
         let old = self.objects.remove(key)?;
         for (slot, (_, index_of)) in indexes.iter().enumerate() {
-            self.unindex(slot, index_of(&old), key);
+            for v in index_of(&old) {
+                self.unindex(slot, v, key);
+            }
         }
         Some(old)
     }
 
-    fn unindex(&mut self, slot: usize, value: Option<String>, key: &ObjectKey) {
-        let Some(value) = value else { return };
+    fn unindex(&mut self, slot: usize, value: String, key: &ObjectKey) {
         if let Some(keys) = self.index[slot].get_mut(&value) {
             keys.remove(key);
             if keys.is_empty() {
@@ -220,12 +223,14 @@ impl State {
 
 impl Cache {
     /// The same cache with one more secondary index, `name`, of the values `index_of` gives
-    /// (see [`Cache::by_index`]). Indexes are declared before the cache is filled.
-    pub fn with_index(
+    /// (none, one or several per object; see [`Cache::by_index`]). Indexes are declared
+    /// before the cache is filled.
+    pub fn with_index<I: IntoIterator<Item = String>>(
         mut self,
         name: &'static str,
-        index_of: impl Fn(&Value) -> Option<String> + Send + Sync + 'static,
+        index_of: impl Fn(&Value) -> I + Send + Sync + 'static,
     ) -> Cache {
+        let index_of = move |obj: &Value| index_of(obj).into_iter().collect();
         Arc::make_mut(&mut self.indexes).push((name, Arc::new(index_of)));
         *self.state.write() = State::fresh(self.indexes.len());
         self
@@ -246,6 +251,12 @@ impl Cache {
         let state = self.state.read();
         let Some(keys) = state.index.get(slot).and_then(|i| i.get(value)) else { return Vec::new() };
         keys.iter().filter_map(|k| state.objects.get(k).cloned()).collect()
+    }
+
+    /// How many objects index `name` puts under `value` (0 when the cache has no such index).
+    pub fn count_by_index(&self, name: &str, value: &str) -> usize {
+        let Some(slot) = self.indexes.iter().position(|(n, _)| *n == name) else { return 0 };
+        self.state.read().index.get(slot).and_then(|i| i.get(value)).map_or(0, BTreeSet::len)
     }
 
     /// The objects of one namespace of one tenant, in O(log n + those objects).
@@ -402,6 +413,32 @@ mod tests {
         assert_eq!(names(&scan), names(&cache.by_index("node", "n2")));
         assert!(Cache::default().by_index("node", "n2").is_empty());
         assert!(cache.by_index("tenant", "c").is_empty(), "no such index");
+    }
+
+    fn labels_of(o: &Value) -> Vec<String> {
+        o["metadata"]["labels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    #[test]
+    fn an_object_is_found_under_each_of_its_values_and_only_those() {
+        let cache = Cache::default().with_index("label", labels_of);
+        let labelled = |name: &str, labels: Value| json!({"metadata": {"tenant": "t", "name": name, "labels": labels}});
+        cache.apply(&Event::Restarted(vec![
+            labelled("a", json!({"app": "x", "tier": "web"})),
+            labelled("b", json!({"app": "x"})),
+        ]));
+        assert_eq!(names(&cache.by_index("label", r#"app="x""#)), ["t/a", "t/b"]);
+        assert_eq!(names(&cache.by_index("label", r#"tier="web""#)), ["t/a"]);
+        assert_eq!(cache.count_by_index("label", r#"app="x""#), 2);
+        // A change that drops one value keeps the others.
+        cache.apply(&Event::Applied(labelled("a", json!({"app": "x", "tier": "db"}))));
+        assert_eq!(cache.count_by_index("label", r#"tier="web""#), 0);
+        assert_eq!(names(&cache.by_index("label", r#"tier="db""#)), ["t/a"]);
+        assert_eq!(cache.count_by_index("label", r#"app="x""#), 2);
+        cache.apply(&Event::Deleted(labelled("a", json!({"app": "x", "tier": "db"}))));
+        assert_eq!(names(&cache.by_index("label", r#"app="x""#)), ["t/b"]);
+        assert_eq!(cache.state.read().index[0].len(), 1, "empty entries are dropped");
+        assert_eq!(cache.count_by_index("nope", r#"app="x""#), 0);
     }
 
     /// One cache serves several readers (the shared pod informer): each index keeps its own

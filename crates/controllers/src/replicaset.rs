@@ -166,9 +166,15 @@ impl Reconciler for ReplicaSets {
         let rs_deleting = workload::deleting(&rs);
         // Claim: owned pods that still match, plus orphans that match (adopted).
         let mut owned: Vec<Arc<Value>> = Vec::new();
-        let mut candidates = self.pods.by_index(OWNER_INDEX, &owned_index(&key.tenant, ns, &rs_uid));
-        candidates.extend(self.pods.by_index(OWNER_INDEX, &orphan_index(&key.tenant, ns)));
         let selector = workload::Selector::of(&rs);
+        let mut candidates = self.pods.by_index(OWNER_INDEX, &owned_index(&key.tenant, ns, &rs_uid));
+        // Orphans: only those with the selector's rarest required label, when it has one.
+        let orphans = selector
+            .required_labels()
+            .map(|(k, v)| orphan_label_index(&key.tenant, ns, k, v))
+            .min_by_key(|i| self.pods.count_by_index(OWNER_INDEX, i))
+            .unwrap_or_else(|| orphan_index(&key.tenant, ns));
+        candidates.extend(self.pods.by_index(OWNER_INDEX, &orphans));
         for pod in candidates {
             let matches = selector.selects(&pod);
             match workload::controller_ref(&pod) {
@@ -290,7 +296,8 @@ impl Reconciler for ReplicaSets {
 }
 
 /// Which sets to look at when a pod changes: its controller if that is a ReplicaSet, else
-/// (an orphan) every set of its namespace whose selector matches it.
+/// (an orphan) every set of its namespace whose selector matches it, found through the
+/// sets' [`SELECTOR_INDEX`] (a set can only match a pod carrying its indexed label).
 fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
     let Some(key) = ObjectKey::of(pod) else { return Vec::new() };
     let ns = key.namespace.as_deref().unwrap_or("");
@@ -299,13 +306,32 @@ fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
             vec![ObjectKey::new(&key.tenant, Some(ns), str_at(r, "/name"))]
         }
         Some(_) => Vec::new(),
-        None => sets
-            .list_namespace(&key.tenant, ns)
-            .into_iter()
-            .filter(|rs| workload::selects(rs, pod))
-            .filter_map(|rs| ObjectKey::of(&rs))
-            .collect(),
+        None => {
+            let labels = pod.pointer("/metadata/labels").and_then(Value::as_object);
+            let pairs = labels.into_iter().flatten().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)));
+            let mut found = sets.by_index(SELECTOR_INDEX, &set_label_index(&key.tenant, ns, None));
+            for (k, v) in pairs {
+                found.extend(sets.by_index(SELECTOR_INDEX, &set_label_index(&key.tenant, ns, Some((k, v)))));
+            }
+            found.into_iter().filter(|rs| workload::selects(rs, pod)).filter_map(|rs| ObjectKey::of(&rs)).collect()
+        }
     }
+}
+
+/// The sets' index of their selectors: a set is under its first required label (its
+/// namespace's entry without a label when its selector requires none).
+const SELECTOR_INDEX: &str = "selector";
+
+fn set_label_index(tenant: &str, namespace: &str, label: Option<(&str, &str)>) -> String {
+    match label {
+        Some((k, v)) => format!("{tenant}/{namespace}/{k}={v}"),
+        None => format!("{tenant}/{namespace}"),
+    }
+}
+
+fn set_index(rs: &Value) -> Option<String> {
+    let (tenant, ns) = (str_at(rs, "/metadata/tenant"), str_at(rs, "/metadata/namespace"));
+    Some(set_label_index(tenant, ns, workload::Selector::of(rs).required_labels().next()))
 }
 
 /// The pod index key of a controller's pods in one namespace. The tenant and namespace are
@@ -320,24 +346,33 @@ fn orphan_index(tenant: &str, namespace: &str) -> String {
     format!("orphan/{tenant}/{namespace}")
 }
 
-/// Where a pod sits in the pod cache's index: under its controller, or among its
-/// namespace's orphans.
+/// The pod index key of a namespace's pods without a controller carrying one label (a
+/// label's key holds no `=`, and its value neither `=` nor `/`: keys cannot collide).
+fn orphan_label_index(tenant: &str, namespace: &str, key: &str, value: &str) -> String {
+    format!("orphan/{tenant}/{namespace}/{key}={value}")
+}
+
 /// The shared pod cache's index of pods by their controlling ReplicaSet (or, for pods
-/// without a controller, their namespace: the candidates for adoption).
+/// without a controller, the candidates for adoption: their namespace, and their namespace
+/// with each of their labels).
 pub const OWNER_INDEX: &str = "owner";
 
-pub fn pod_index(pod: &Value) -> Option<String> {
+/// Where a pod sits in the pod cache's [`OWNER_INDEX`]: under its controller, or among its
+/// namespace's orphans (all of them, and those with each of its labels).
+pub fn pod_index(pod: &Value) -> Vec<String> {
     let (tenant, ns) = (str_at(pod, "/metadata/tenant"), str_at(pod, "/metadata/namespace"));
-    match workload::controller_ref(pod) {
-        Some(r) => Some(owned_index(tenant, ns, str_at(r, "/uid"))),
-        None => Some(orphan_index(tenant, ns)),
+    if let Some(r) = workload::controller_ref(pod) {
+        return vec![owned_index(tenant, ns, str_at(r, "/uid"))];
     }
+    let labels = pod.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten();
+    let by_label = labels.filter_map(|(k, v)| Some(orphan_label_index(tenant, ns, k, v.as_str()?)));
+    std::iter::once(orphan_index(tenant, ns)).chain(by_label).collect()
 }
 
 /// The controller, watching every tenant's ReplicaSets, and every tenant's pods through the
 /// process's shared pod informer (see [`crate::pod_informer`]; indexed by [`OWNER_INDEX`]).
 pub fn controller(client: Client, pod_informer: &Arc<Informer>) -> Controller<ReplicaSets> {
-    let (sets, pods) = (Cache::default(), pod_informer.cache().clone());
+    let (sets, pods) = (Cache::default().with_index(SELECTOR_INDEX, set_index), pod_informer.cache().clone());
     let events = crate::events::Recorder::new(client.clone(), "replicaset-controller");
     let reconciler = ReplicaSets {
         client: client.clone(),
@@ -377,5 +412,73 @@ mod tests {
         assert_eq!(names(cache.by_index(OWNER_INDEX, &orphan_index("a", "n"))), ["p2"]);
         assert_eq!(cache.by_index(OWNER_INDEX, &owned_index("b", "n", "u1")).len(), 1);
         assert!(cache.by_index(OWNER_INDEX, &owned_index("a", "m", "u1")).is_empty());
+    }
+
+    fn pod(tenant: &str, ns: &str, name: &str, labels: Value) -> Value {
+        json!({"metadata": {"tenant": tenant, "namespace": ns, "name": name, "labels": labels}})
+    }
+
+    fn set(tenant: &str, ns: &str, name: &str, selector: Value) -> Value {
+        json!({"metadata": {"tenant": tenant, "namespace": ns, "name": name}, "spec": {"selector": selector}})
+    }
+
+    #[test]
+    fn orphans_are_indexed_under_each_label_until_adopted() {
+        let cache = Cache::default().with_index(OWNER_INDEX, pod_index);
+        let mut p = pod("a", "n", "p", json!({"app": "x", "tier": "web"}));
+        cache.apply(&crate::watcher::Event::Applied(p.clone()));
+        for entry in [
+            orphan_index("a", "n"),
+            orphan_label_index("a", "n", "app", "x"),
+            orphan_label_index("a", "n", "tier", "web"),
+        ] {
+            assert_eq!(cache.count_by_index(OWNER_INDEX, &entry), 1, "{entry}");
+        }
+        assert_eq!(cache.count_by_index(OWNER_INDEX, &orphan_label_index("b", "n", "app", "x")), 0);
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+                                                   "uid": "u1", "controller": true}]);
+        cache.apply(&crate::watcher::Event::Applied(p));
+        for entry in [orphan_index("a", "n"), orphan_label_index("a", "n", "app", "x")] {
+            assert_eq!(cache.count_by_index(OWNER_INDEX, &entry), 0, "{entry} after the adoption");
+        }
+        assert_eq!(cache.count_by_index(OWNER_INDEX, &owned_index("a", "n", "u1")), 1);
+    }
+
+    #[test]
+    fn an_orphans_sets_through_the_index_are_those_a_scan_finds() {
+        let sets = Cache::default().with_index(SELECTOR_INDEX, set_index);
+        let all = [
+            set("a", "n", "by-app", json!({"matchLabels": {"app": "x"}})),
+            set("a", "n", "by-app-and-tier", json!({"matchLabels": {"tier": "web", "app": "x"}})),
+            set("a", "n", "other-app", json!({"matchLabels": {"app": "y"}})),
+            set(
+                "a",
+                "n",
+                "by-expression",
+                json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["x"]}]}),
+            ),
+            set("a", "n", "empty", json!({})),
+            set("a", "m", "other-namespace", json!({"matchLabels": {"app": "x"}})),
+            set("b", "n", "other-tenant", json!({"matchLabels": {"app": "x"}})),
+        ];
+        sets.apply(&crate::watcher::Event::Restarted(all.to_vec()));
+        for labels in
+            [json!({"app": "x", "tier": "web"}), json!({"app": "x"}), json!({"app": "y"}), json!({}), json!(null)]
+        {
+            let orphan = pod("a", "n", "p", labels.clone());
+            let mut found: Vec<String> = sets_for_pod(&sets, &orphan).into_iter().map(|k| k.name).collect();
+            found.sort();
+            let mut scan: Vec<String> = all
+                .iter()
+                .filter(|rs| ObjectKey::of(rs).is_some_and(|k| k.tenant == "a" && k.namespace.as_deref() == Some("n")))
+                .filter(|rs| workload::selects(rs, &orphan))
+                .map(|rs| str_at(rs, "/metadata/name").to_string())
+                .collect();
+            scan.sort();
+            assert_eq!(found, scan, "labels {labels}");
+        }
+        let orphan = pod("a", "n", "p", json!({"app": "x", "tier": "web"}));
+        let found: Vec<String> = sets_for_pod(&sets, &orphan).into_iter().map(|k| k.name).collect();
+        assert_eq!(found.len(), 3, "{found:?}");
     }
 }

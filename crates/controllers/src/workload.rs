@@ -64,6 +64,13 @@ impl<'a> Selector<'a> {
     pub fn selects(&self, obj: &Value) -> bool {
         self.0.is_some_and(|s| api::selector::label_selector_selects(s, obj.pointer("/metadata/labels")))
     }
+
+    /// The `matchLabels` pairs: every object the selector selects carries each of them (so
+    /// any one narrows the search for candidates).
+    pub fn required_labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let pairs = self.0.and_then(|s| s.get("matchLabels")).and_then(Value::as_object);
+        pairs.into_iter().flatten().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+    }
 }
 
 /// A LabelSelector object as the `labelSelector` query parameter spells it; `None` for

@@ -560,6 +560,80 @@ fn deployments_scale_in_proportion_mid_rollout() -> Result<()> {
     Ok(())
 }
 
+/// A ReplicaSet adopts the orphans its selector matches (found by label, as the controller's
+/// index has them) and leaves the rest; an orphan made later is claimed too, and the set
+/// stays at its replicas.
+#[test]
+fn a_replicaset_adopts_matching_orphans_and_leaves_the_rest() -> Result<()> {
+    let server = Server::start()?;
+    let _controllers = server.start_controllers()?;
+    let admin = Kubectl::new(33, &server)?;
+    let bare = |name: &str, labels: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+        .to_string()
+    };
+    let orphans = [
+        ("both", json!({"app": "adopt", "tier": "x"})),
+        ("both-and-more", json!({"app": "adopt", "tier": "x", "extra": "1"})),
+        ("app-only", json!({"app": "adopt"})),
+        ("tier-only", json!({"tier": "x"})),
+        ("same-key-other-value", json!({"app": "other", "tier": "x"})),
+    ];
+    for (name, labels) in &orphans {
+        admin.ok_with(&["create", "-f", "-"], Some(&bare(name, labels.clone())))?;
+    }
+    let rs = json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "claims", "namespace": "default"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "adopt", "tier": "x"}},
+                 "template": {"metadata": {"labels": {"app": "adopt", "tier": "x"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    });
+    admin.ok_with(&["create", "-f", "-"], Some(&rs.to_string()))?;
+    let rs_uid = uid(&admin, &["get", "rs", "claims", "-n", "default"])?;
+    let owners = || -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for pod in items(&admin, &["get", "pods", "-n", "default"])? {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let owner = pod["metadata"]["ownerReferences"][0]["uid"].as_str().unwrap_or("").to_string();
+            out.push((name, owner));
+        }
+        Ok(out)
+    };
+    let settled = |want_owned: usize| -> Result<Vec<(String, String)>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = owners()?;
+            if now.iter().filter(|(_, o)| *o == rs_uid).count() == want_owned {
+                return Ok(now);
+            }
+            ensure!(Instant::now() < deadline, "the set never owned {want_owned} pods: {now:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let now = settled(3)?;
+    let owned: Vec<&str> = now.iter().filter(|(_, o)| *o == rs_uid).map(|(n, _)| n.as_str()).collect();
+    ensure!(owned.contains(&"both") && owned.contains(&"both-and-more"), "the matching orphans: {now:?}");
+    for name in ["app-only", "tier-only", "same-key-other-value"] {
+        ensure!(now.iter().any(|(n, o)| n == name && o.is_empty()), "{name} was claimed or lost: {now:?}");
+    }
+    ensure!(now.len() == 6, "one pod made for the two adopted: {now:?}");
+    // An orphan that matches, made later: claimed, and one of the set's four goes.
+    admin.ok_with(&["create", "-f", "-"], Some(&bare("late", json!({"tier": "x", "app": "adopt"}))))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = owners()?;
+        let late = now.iter().find(|(n, _)| n == "late");
+        let owned = now.iter().filter(|(_, o)| *o == rs_uid).count();
+        if late.is_none_or(|(_, o)| *o == rs_uid) && owned == 3 && now.len() == 6 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the late orphan was not claimed: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// What the ReplicaSet controller costs: how fast it brings a set to 1,000 pods and back
 /// to none (printed; the pods need no node to exist, so this is the controller and the
 /// API server alone). Not timed beyond the test's own patience.
