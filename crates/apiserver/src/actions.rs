@@ -32,6 +32,7 @@
 // Errors are the Kubernetes Status a request answers with, as in the request pipeline.
 #![allow(clippy::result_large_err)]
 
+use api::json::At;
 use api::meta::{FieldError, FieldErrorKind, Status};
 use serde_json::{Value, json};
 
@@ -83,7 +84,7 @@ impl Default for ActionKind {
 }
 
 fn text<'a>(obj: &'a Value, pointer: &str) -> Option<&'a str> {
-    obj.pointer(pointer).and_then(Value::as_str)
+    obj.at(pointer).and_then(Value::as_str)
 }
 
 impl Strategy for ActionKind {

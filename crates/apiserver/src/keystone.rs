@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use api::json::At;
 use api::meta::Status;
 use base64::Engine;
 use bytes::Bytes;
@@ -167,7 +168,7 @@ impl TokenInfo {
     /// Reads the body of `POST`/`GET /v3/auth/tokens`.
     pub fn from_body(body: &Value) -> Result<TokenInfo, KeystoneError> {
         let token = body.get("token").ok_or_else(|| KeystoneError::BadResponse("no token in the body".into()))?;
-        let text = |p: &str| token.pointer(p).and_then(Value::as_str).map(str::to_string);
+        let text = |p: &str| token.at(p).and_then(Value::as_str).map(str::to_string);
         let user = text("/user/name").ok_or_else(|| KeystoneError::BadResponse("the token names no user".into()))?;
         let user_domain = text("/user/domain/name").unwrap_or_default();
         let project = match (text("/project/name"), text("/project/domain/name")) {
@@ -449,7 +450,7 @@ fn header_value(token: &str) -> Option<HeaderValue> {
 
 fn unexpected(code: StatusCode, body: &Value) -> KeystoneError {
     // Keystone's error bodies carry a message and never the credential.
-    let message = body.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+    let message = body.at("/error/message").and_then(Value::as_str).unwrap_or("");
     KeystoneError::BadResponse(format!("HTTP {code} {message}"))
 }
 

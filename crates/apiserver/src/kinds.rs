@@ -1,5 +1,6 @@
 //! The built-in kinds: one small strategy each, over the generic registry.
 
+use api::json::At;
 use api::meta::FieldError;
 use serde_json::Value;
 
@@ -91,11 +92,11 @@ impl Strategy for Kind {
         }
         // The creator is fixed at creation; no update sets, changes or removes it.
         for key in [CREATOR_ANNOTATION, CREATOR_UID_ANNOTATION] {
-            let kept = old.pointer("/metadata/annotations").and_then(|a| a.get(key)).cloned();
+            let kept = old.at("/metadata/annotations").and_then(|a| a.get(key)).cloned();
             set_annotation(new, key, kept);
         }
         if subresource != Some("finalize") {
-            let kept = old.pointer("/spec/finalizers").cloned();
+            let kept = old.at("/spec/finalizers").cloned();
             if let Some(map) = new.as_object_mut() {
                 let spec = map.entry("spec").or_insert_with(|| serde_json::json!({}));
                 if let Some(spec) = spec.as_object_mut() {
@@ -106,7 +107,7 @@ impl Strategy for Kind {
                 }
             }
         }
-        if new.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        if new.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
             new["status"]["phase"] = serde_json::json!("Terminating");
         }
     }
@@ -115,7 +116,7 @@ impl Strategy for Kind {
             return None;
         }
         let mut out = old.clone();
-        let finalizers = new.pointer("/spec/finalizers").cloned().unwrap_or(serde_json::json!([]));
+        let finalizers = new.at("/spec/finalizers").cloned().unwrap_or(serde_json::json!([]));
         if let Some(map) = out.as_object_mut() {
             let spec = map.entry("spec").or_insert_with(|| serde_json::json!({}));
             if let Some(spec) = spec.as_object_mut() {
@@ -153,10 +154,10 @@ impl Strategy for Kind {
     /// A pod bound to a node is stopped by that node's agent, which deletes it when its
     /// containers are gone (or the grace period ends); an unbound pod goes at once.
     fn grace_period(&self, obj: &Value, requested: Option<i64>) -> Option<i64> {
-        if self.info.kind != "Pod" || obj.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if self.info.kind != "Pod" || obj.at("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
             return None;
         }
-        let default = obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+        let default = obj.at("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
         let grace = requested.unwrap_or(default).max(0);
         // Zero from a client is a forced deletion: it is not waited for.
         (grace > 0).then_some(grace)
@@ -390,7 +391,7 @@ fn default_pull_policy(image: &str) -> &'static str {
 }
 
 fn namespace_finalizers(obj: &Value) -> Option<&Vec<Value>> {
-    obj.pointer("/spec/finalizers").and_then(Value::as_array).filter(|f| !f.is_empty())
+    obj.at("/spec/finalizers").and_then(Value::as_array).filter(|f| !f.is_empty())
 }
 
 /// ConfigMap and Secret keys: alphanumerics, '-', '_' and '.'.
@@ -579,7 +580,7 @@ pub(crate) fn validate_pod(obj: &Value) -> Vec<FieldError> {
 
 /// Tenant names are DNS labels, and `system` and `all` are reserved.
 fn validate_tenant(obj: &Value) -> Vec<FieldError> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
     if name == api::request::SYSTEM_TENANT || name == api::request::ALL_TENANTS {
         return vec![FieldError::forbidden("metadata.name", format!("{name:?} is a reserved tenant name"))];
     }
@@ -588,7 +589,7 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
         errors.push(FieldError::invalid("metadata.name", name, "a tenant name must be a DNS-1123 label"));
     }
     // `spec.admins`: the users bound to the tenant's cluster-admin role.
-    match obj.pointer("/spec/admins") {
+    match obj.at("/spec/admins") {
         None | Some(Value::Null) => {}
         Some(Value::Array(admins)) => {
             for (i, a) in admins.iter().enumerate() {
@@ -600,13 +601,13 @@ fn validate_tenant(obj: &Value) -> Vec<FieldError> {
         Some(other) => errors.push(FieldError::invalid("spec.admins", other, "must be a list of user names")),
     }
     // The scheduler keeps an exclusive tenant's pods off nodes shared with other tenants.
-    match obj.pointer("/spec/exclusiveNodes") {
+    match obj.at("/spec/exclusiveNodes") {
         None | Some(Value::Bool(_)) | Some(Value::Null) => {}
         Some(other) => errors.push(FieldError::invalid("spec.exclusiveNodes", other, "must be a boolean")),
     }
     // Forced VM sandboxing of the tenant's pods.
     if let Some(why) = crate::sandbox::validate_tenant_field(obj) {
-        let value = obj.pointer("/spec/podSandbox").cloned().unwrap_or_default();
+        let value = obj.at("/spec/podSandbox").cloned().unwrap_or_default();
         errors.push(FieldError::invalid("spec.podSandbox", &value, why));
     }
     errors
@@ -876,7 +877,7 @@ impl UserKind {
     /// kubectl's client-side apply copies the whole object, password included, into an
     /// annotation: the password is taken out of that copy too.
     fn scrub_last_applied(obj: &mut Value) {
-        let Some(text) = obj.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)).and_then(Value::as_str)
+        let Some(text) = obj.at("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)).and_then(Value::as_str)
         else {
             return;
         };
@@ -900,7 +901,7 @@ impl UserKind {
     /// is the one already set (so re-applying the same object changes nothing) or when none
     /// is given. An invalid password stays for validation to report (never echoing it).
     fn take_password(obj: &mut Value, current: Option<&str>) {
-        let password = match obj.pointer("/spec/password") {
+        let password = match obj.at("/spec/password") {
             Some(Value::String(p)) if !p.is_empty() && p.len() <= crate::authn::password::MAX_PASSWORD_BYTES => {
                 Some(p.clone())
             }
@@ -984,7 +985,7 @@ impl Strategy for UserKind {
 /// identities (`system:`...) are refused, as are `system:` groups (which carry privileges).
 fn validate_user(obj: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
     if name.starts_with("system:") || name.contains(':') {
         errors.push(FieldError::invalid("metadata.name", name, "a user name may not contain ':'"));
     }
@@ -1057,11 +1058,11 @@ mod pod_default_tests {
         for (image, want) in cases {
             let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": image}]}});
             pod_defaults(&mut pod);
-            assert_eq!(pod.pointer("/spec/containers/0/imagePullPolicy").unwrap(), want, "{image}");
+            assert_eq!(pod.at("/spec/containers/0/imagePullPolicy").unwrap(), want, "{image}");
         }
         let mut pod = serde_json::json!({"spec": {"initContainers": [{"image": "a", "imagePullPolicy": "Never"}]}});
         pod_defaults(&mut pod);
-        assert_eq!(pod.pointer("/spec/initContainers/0/imagePullPolicy").unwrap(), "Never");
+        assert_eq!(pod.at("/spec/initContainers/0/imagePullPolicy").unwrap(), "Never");
     }
 }
 

@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 
+use api::json::At;
 use api::meta::Status;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -99,8 +99,8 @@ impl NodeDialer {
 
 /// Where a Node's agent listens: its first InternalIP and `daemonEndpoints` port.
 pub fn agent_endpoint(node: &Value) -> Option<(String, u16)> {
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64)?;
-    let addresses = node.pointer("/status/addresses").and_then(Value::as_array)?;
+    let port = node.at("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64)?;
+    let addresses = node.at("/status/addresses").and_then(Value::as_array)?;
     let ip = addresses
         .iter()
         .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
@@ -112,27 +112,27 @@ pub fn agent_endpoint(node: &Value) -> Option<(String, u16)> {
 /// The container a request means: the one named, else the pod's default (annotation),
 /// else its only container.
 pub fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, Status> {
-    let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let pod_name = pod.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let mut names: Vec<&str> = ["/spec/containers", "/spec/initContainers"]
         .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .filter_map(|p| pod.at(p).and_then(Value::as_array))
         .flatten()
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .collect();
     let mut regular: Vec<&str> = pod
-        .pointer("/spec/containers")
+        .at("/spec/containers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .collect();
     // A VM pod's one "container" is its machine (logs are its console, exec its guest agent).
-    if let Some(vm) = pod.pointer("/spec/virtualMachine/name").and_then(Value::as_str) {
+    if let Some(vm) = pod.at("/spec/virtualMachine/name").and_then(Value::as_str) {
         names.push(vm);
         regular.push(vm);
     }
     let default = pod
-        .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+        .at("/metadata/annotations/kubectl.kubernetes.io~1default-container")
         .and_then(Value::as_str)
         .filter(|d| names.contains(d));
     match asked.filter(|a| !a.is_empty()) {
@@ -152,10 +152,10 @@ pub fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, Status
 /// Kubernetes' refusal for a container that has not run yet (nothing to show or enter);
 /// one waiting to restart has run (its last attempt's log is there).
 pub fn check_started(pod: &Value, container: &str) -> Result<(), Status> {
-    let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let pod_name = pod.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let statuses = ["/status/containerStatuses", "/status/initContainerStatuses"]
         .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .filter_map(|p| pod.at(p).and_then(Value::as_array))
         .flatten();
     let Some(s) = statuses.into_iter().find(|s| s.get("name").and_then(Value::as_str) == Some(container)) else {
         return Err(Status::bad_request(format!(
@@ -163,10 +163,10 @@ pub fn check_started(pod: &Value, container: &str) -> Result<(), Status> {
         )));
     };
     // A container ID means an attempt exists (a crash-looping one between runs too).
-    let ran_before = s.pointer("/lastState/terminated").is_some()
+    let ran_before = s.at("/lastState/terminated").is_some()
         || s.get("containerID").and_then(Value::as_str).is_some_and(|id| !id.is_empty())
         || s.get("restartCount").and_then(Value::as_u64).is_some_and(|n| n > 0);
-    match s.pointer("/state/waiting/reason").and_then(Value::as_str) {
+    match s.at("/state/waiting/reason").and_then(Value::as_str) {
         Some(reason) if !ran_before => Err(Status::bad_request(format!(
             "container {container:?} in pod {pod_name:?} is waiting to start: {reason}"
         ))),
@@ -195,7 +195,7 @@ pub async fn forward(
     host: &str,
     port: u16,
     path: String,
-    mut req: Request<Incoming>,
+    mut req: Request<crate::http::ReqBody>,
 ) -> Result<Response<Body>, Status> {
     let mut send = dialer.connect(host, port).await?;
     let mut out = Request::builder().method(req.method().clone()).uri(path);

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use api::json::At;
 use serde_json::Value;
 
 use crate::registry::{Registry, ResourceInfo};
@@ -213,7 +214,7 @@ pub fn document(registries: &[&Registry]) -> Vec<u8> {
     gvs.dedup();
     for (g, v) in gvs {
         let doc = crate::openapi::group_version_doc(registries, g, v);
-        if let Some(Value::Object(schemas)) = doc.pointer("/components/schemas") {
+        if let Some(Value::Object(schemas)) = doc.at("/components/schemas") {
             definitions.extend(schemas.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }

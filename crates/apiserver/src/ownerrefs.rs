@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use api::json::At;
 use serde_json::Value;
 
 use crate::authz::Authz;
@@ -29,12 +30,12 @@ use crate::registry::{Admission, Registry};
 /// (matched by uid).
 pub fn newly_blocking<'a>(old: Option<&Value>, obj: &'a Value) -> Vec<&'a Value> {
     let refs = |o: &'a Value| -> Vec<&'a Value> {
-        o.pointer("/metadata/ownerReferences").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+        o.at("/metadata/ownerReferences").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
     };
     let blocks = |r: &Value| r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true);
     let blocked_before: Vec<&str> = old
         .map(|o| {
-            o.pointer("/metadata/ownerReferences")
+            o.at("/metadata/ownerReferences")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -93,7 +94,7 @@ fn check(
     old: Option<&Value>,
     obj: &Value,
 ) -> Result<(), String> {
-    let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
+    let namespace = obj.at("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
     for r in newly_blocking(old, obj) {
         let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
         let (api_version, kind) = (text("apiVersion"), text("kind"));

@@ -1,6 +1,7 @@
 //! Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902), and Kubernetes'
 //! strategic merge patch for the built-in kinds.
 
+use api::json::At;
 use serde_json::Value;
 
 /// Applies a merge patch: objects merge key by key, `null` removes, anything else replaces.
@@ -90,7 +91,7 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
 }
 
 fn get(doc: &Value, path: &str) -> Result<Value, String> {
-    doc.pointer(path).cloned().ok_or_else(|| format!("path {path:?} not found"))
+    doc.at(path).cloned().ok_or_else(|| format!("path {path:?} not found"))
 }
 
 /// Applies a JSON patch (a list of operations), all or nothing.

@@ -10,6 +10,7 @@
 //!   those who may write Tenant objects (system administrators; tenant admins have no
 //!   rights on Tenant objects) can set or clear the field.
 
+use api::json::At;
 use serde_json::{Value, json};
 
 /// The Tenant field that forces sandboxing.
@@ -18,11 +19,11 @@ pub const TENANT_FIELD: &str = "podSandbox";
 /// Defaults and checks a new pod in a tenant whose Tenant object is `tenant` (`None` for
 /// `system`, which has none). `Err` holds the reason for a 403.
 pub fn admit_pod(tenant: Option<&Value>, pod: &mut Value) -> Result<(), String> {
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = pod.at("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
     let vm_pod = spec.get("virtualMachine").is_some_and(|v| !v.is_null());
     let class = spec.get("runtimeClassName").and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string);
-    let forced = tenant.and_then(|t| t.pointer(&format!("/spec/{TENANT_FIELD}"))).and_then(Value::as_str)
+    let forced = tenant.and_then(|t| t.at(&format!("/spec/{TENANT_FIELD}"))).and_then(Value::as_str)
         == Some(api::vm::RUNTIME_CLASS);
     let class = match class {
         Some(c) if c != api::vm::RUNTIME_CLASS => {
@@ -54,7 +55,7 @@ pub fn admit_pod(tenant: Option<&Value>, pod: &mut Value) -> Result<(), String> 
 
 /// `spec.podSandbox` of a Tenant: absent, empty or `vm`.
 pub fn validate_tenant_field(tenant: &Value) -> Option<String> {
-    match tenant.pointer(&format!("/spec/{TENANT_FIELD}")) {
+    match tenant.at(&format!("/spec/{TENANT_FIELD}")) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() || s == api::vm::RUNTIME_CLASS => None,
         Some(other) => Some(format!("must be \"\" or {:?}, not {other}", api::vm::RUNTIME_CLASS)),

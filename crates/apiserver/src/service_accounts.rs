@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use api::json::At;
 use api::meta::Status;
 use serde_json::Value;
 
@@ -23,7 +24,7 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// The account a new pod runs as, written back into its spec.
 pub fn default_account(pod: &mut Value) -> String {
-    let named = |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_str).filter(|n| !n.is_empty());
+    let named = |f: &str| pod.at(&format!("/spec/{f}")).and_then(Value::as_str).filter(|n| !n.is_empty());
     let account = named("serviceAccountName").or_else(|| named("serviceAccount")).unwrap_or("default").to_string();
     if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
         spec.insert("serviceAccountName".into(), Value::from(account.as_str()));
@@ -39,7 +40,7 @@ pub fn patience(account: &str) -> Duration {
 
 /// Kubernetes' refusal of a pod whose account does not exist.
 pub fn missing(pod: &Value, namespace: &str, account: &str) -> Status {
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = pod.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
     Status::forbidden_because(
         "",
         "pods",

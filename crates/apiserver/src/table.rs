@@ -4,6 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use api::json::At;
 use serde_json::{Value, json};
 
 /// Whether the client asked for a Table (it lists acceptable types in order).
@@ -158,14 +159,14 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 fn age(obj: &Value, field: &str, now: i64) -> Value {
-    match obj.pointer(field).and_then(Value::as_str).and_then(api::time::parse_rfc3339) {
+    match obj.at(field).and_then(Value::as_str).and_then(api::time::parse_rfc3339) {
         Some(t) => json!(human_duration(now - t)),
         None => json!("<unknown>"),
     }
 }
 
 fn s(obj: &Value, pointer: &str) -> String {
-    match obj.pointer(pointer) {
+    match obj.at(pointer) {
         Some(Value::String(v)) => v.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => String::new(),
@@ -177,7 +178,7 @@ fn or_none(v: String) -> Value {
 }
 
 fn count(obj: &Value, pointer: &str) -> usize {
-    match obj.pointer(pointer) {
+    match obj.at(pointer) {
         Some(Value::Object(m)) => m.len(),
         Some(Value::Array(a)) => a.len(),
         _ => 0,
@@ -185,12 +186,12 @@ fn count(obj: &Value, pointer: &str) -> usize {
 }
 
 fn int(obj: &Value, pointer: &str) -> i64 {
-    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+    obj.at(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
 fn containers(obj: &Value, pointer: &str, field: &str) -> Value {
     let list: Vec<String> = obj
-        .pointer(pointer)
+        .at(pointer)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -201,7 +202,7 @@ fn containers(obj: &Value, pointer: &str, field: &str) -> Value {
 
 fn selector(obj: &Value, pointer: &str) -> Value {
     let pairs: Vec<String> = obj
-        .pointer(pointer)
+        .at(pointer)
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
@@ -211,18 +212,17 @@ fn selector(obj: &Value, pointer: &str) -> Value {
 }
 
 fn pod_status(pod: &Value) -> String {
-    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+    if pod.at("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
         return "Terminating".into();
     }
     let mut reason = s(pod, "/status/reason");
     if reason.is_empty() {
         reason = s(pod, "/status/phase");
     }
-    for c in pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
-        if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+    for c in pod.at("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(r) = c.at("/state/waiting/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
             reason = r.to_string();
-        } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str).filter(|r| !r.is_empty())
-        {
+        } else if let Some(r) = c.at("/state/terminated/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
             reason = r.to_string();
         }
     }
@@ -235,9 +235,9 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
     match kind {
         "Pod" => {
             // A VM pod's machine is its one container.
-            let vm = obj.pointer("/spec/virtualMachine").is_some_and(Value::is_object);
+            let vm = obj.at("/spec/virtualMachine").is_some_and(Value::is_object);
             let total = count(obj, "/spec/containers") + usize::from(vm);
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
+            let statuses = obj.at("/status/containerStatuses").and_then(Value::as_array);
             let ready = statuses.into_iter().flatten().filter(|c| c.get("ready") == Some(&json!(true))).count();
             let restarts: i64 = statuses.into_iter().flatten().map(|c| int(c, "/restartCount")).sum();
             vec![
@@ -255,20 +255,20 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
         "Namespace" => vec![name, json!(s(obj, "/status/phase")), created],
         "Node" => {
             let ready = obj
-                .pointer("/status/conditions")
+                .at("/status/conditions")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .find(|c| c.get("type") == Some(&json!("Ready")))
                 .map(|c| if c.get("status") == Some(&json!("True")) { "Ready" } else { "NotReady" })
                 .unwrap_or("Unknown");
-            let status = if obj.pointer("/spec/unschedulable") == Some(&json!(true)) {
+            let status = if obj.at("/spec/unschedulable") == Some(&json!(true)) {
                 format!("{ready},SchedulingDisabled")
             } else {
                 ready.to_string()
             };
             let address = |t: &str| {
-                obj.pointer("/status/addresses")
+                obj.at("/status/addresses")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
@@ -279,7 +279,7 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
             };
             // Roles as kubectl derives them: `node-role.kubernetes.io/<role>` labels and the
             // older `kubernetes.io/role=<role>`.
-            let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+            let labels = obj.at("/metadata/labels").and_then(Value::as_object);
             let mut roles: Vec<String> = labels
                 .into_iter()
                 .flatten()
@@ -309,7 +309,7 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
         "ServiceAccount" => vec![name, json!(count(obj, "/secrets")), created],
         "Service" => {
             let ports: Vec<String> = obj
-                .pointer("/spec/ports")
+                .at("/spec/ports")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -350,7 +350,7 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
         "RoleBinding" | "ClusterRoleBinding" => {
             let subjects = |kind: &str| {
                 let names: Vec<String> = obj
-                    .pointer("/subjects")
+                    .at("/subjects")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
@@ -376,7 +376,7 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
             let first = |paths: &[&str]| paths.iter().map(|p| s(obj, p)).find(|v| !v.is_empty()).unwrap_or_default();
             let last = ["/lastTimestamp", "/deprecatedLastTimestamp", "/eventTime"]
                 .into_iter()
-                .find(|p| obj.pointer(p).is_some_and(Value::is_string))
+                .find(|p| obj.at(p).is_some_and(Value::is_string))
                 .map_or_else(|| age(obj, "/metadata/creationTimestamp", now), |p| age(obj, p, now));
             let object = format!(
                 "{}/{}",
@@ -449,7 +449,7 @@ pub fn custom_table(declared: &[Value], version: &str, items: &[Value], list_met
     let rows: Vec<Value> = items
         .iter()
         .map(|obj| {
-            let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+            let mut cells = vec![obj.at("/metadata/name").cloned().unwrap_or(Value::Null)];
             for ((_, path), decl) in columns.iter().zip(declared) {
                 let found = path.as_ref().map(|p| p.select(obj)).unwrap_or_default();
                 let cell = match found.as_slice() {

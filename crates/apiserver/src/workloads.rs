@@ -2,6 +2,7 @@
 //! them: the controllers rely on a selector that matches the template's labels and never
 //! changes, and on a complete rolling-update strategy.
 
+use api::json::At;
 use api::meta::{FieldError, FieldErrorKind};
 use api::selector::{label_selector_is_empty, label_selector_selects};
 use serde_json::{Value, json};
@@ -41,7 +42,7 @@ fn template_defaults(obj: &mut Value) {
 pub fn deployment_defaults(obj: &mut Value) {
     set_default(obj, "/spec/replicas", json!(1));
     set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-    if obj.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+    if obj.at("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
         set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
         set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
     }
@@ -69,7 +70,7 @@ fn validate_common(obj: &Value, errors: &mut Vec<FieldError>) {
         Some(_) => {}
     }
     let template = spec.get("template").unwrap_or(&Value::Null);
-    let labels = template.pointer("/metadata/labels");
+    let labels = template.at("/metadata/labels");
     if let Some(sel) = selector.filter(|s| !s.is_null() && !label_selector_is_empty(s))
         && !label_selector_selects(sel, labels)
     {
@@ -85,7 +86,7 @@ fn validate_common(obj: &Value, errors: &mut Vec<FieldError>) {
         e.field = format!("spec.template.{}", e.field);
         errors.push(e);
     }
-    if let Some(policy) = template.pointer("/spec/restartPolicy").and_then(Value::as_str)
+    if let Some(policy) = template.at("/spec/restartPolicy").and_then(Value::as_str)
         && policy != "Always"
     {
         errors.push(FieldError {
@@ -195,7 +196,7 @@ pub fn validate_deployment(obj: &Value) -> Vec<FieldError> {
 
 /// `apps/v1` selectors never change: the controllers find their objects by them.
 pub fn validate_update(new: &Value, old: &Value) -> Vec<FieldError> {
-    let (n, o) = (new.pointer("/spec/selector"), old.pointer("/spec/selector"));
+    let (n, o) = (new.at("/spec/selector"), old.at("/spec/selector"));
     if n != o {
         return vec![FieldError::invalid(
             "spec.selector",

@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -73,14 +74,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let kubeconfig = server.kubeconfig.clone();
     let node_name = args.node_name.clone().unwrap_or_else(crate::agent::hostname);
     // Each component reaches the server with its own least-privileged identity, never the
-    // administrator's.
+    // administrator's; being in this process, it hands its requests to the server in memory
+    // (authenticated from that identity's certificate as over a connection).
     let data_dir = &args.store.data_dir;
     let client_for = |component: apiserver::pki::Component| -> Result<client::Client> {
         let path = apiserver::pki::write_component_kubeconfig(data_dir, &server.url, &component)
             .with_context(|| format!("issuing the {component:?} identity"))?;
         let config =
             client::Config::from_kubeconfig(&path, None).with_context(|| format!("loading {}", path.display()))?;
-        client::Client::new(config).with_context(|| format!("setting up the {component:?} API client"))
+        let cert =
+            config.identity.as_ref().map(|(cert, _)| cert.clone()).context("the component has no certificate")?;
+        let handler = server.in_process(&cert).with_context(|| format!("the {component:?} identity"))?;
+        client::Client::in_process(config, Arc::new(handler))
+            .with_context(|| format!("setting up the {component:?} API client"))
     };
     let controllers_client = client_for(apiserver::pki::Component::Controllers)?;
     let scheduler_client = client_for(apiserver::pki::Component::Scheduler)?;

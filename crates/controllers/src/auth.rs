@@ -17,6 +17,7 @@
 //! with the objects this controller made (labelled `atoll.io/managed-by=auth-controller`) and
 //! repairs the difference, so a restart or a missed event heals itself.
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, DeleteParams, ListParams, Resource, Scope};
 use serde_json::{Value, json};
@@ -61,11 +62,11 @@ fn user_subject(name: &str) -> Value {
 }
 
 fn text<'a>(obj: &'a Value, pointer: &str) -> Option<&'a str> {
-    obj.pointer(pointer).and_then(Value::as_str)
+    obj.at(pointer).and_then(Value::as_str)
 }
 
 fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer("/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty())
+    obj.at("/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 pub struct Auth {
@@ -145,10 +146,8 @@ impl Auth {
 
     /// Puts the finalizer on a live User, so its deletion waits for the clean-up.
     async fn hold(&self, tenant: &str, user: &Value) -> Result<(), client::Error> {
-        let has = user
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+        let has =
+            user.at("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| f.iter().any(|f| f == FINALIZER));
         if has {
             return Ok(());
         }
@@ -244,7 +243,7 @@ impl Reconciler for Auth {
             let name = text(user, "/metadata/name").unwrap_or("").to_string();
             if terminating(user) {
                 let ours = user
-                    .pointer("/metadata/finalizers")
+                    .at("/metadata/finalizers")
                     .and_then(Value::as_array)
                     .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
                 if ours {

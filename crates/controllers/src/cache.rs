@@ -8,7 +8,7 @@
 //! lock as the objects so a lookup by index never names an object the map no longer holds.
 //! An index may put one object under several values (e.g. a pod under each of its labels).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -144,8 +144,9 @@ type IndexFn = Arc<dyn Fn(&Value) -> Vec<String> + Send + Sync>;
 struct State {
     // Ordered so one namespace's objects are one range (`list_namespace`).
     objects: BTreeMap<ObjectKey, Arc<Value>>,
-    /// Per index (in the order of `Cache::indexes`): value -> the keys of the objects under it.
-    index: Vec<HashMap<String, BTreeSet<ObjectKey>>>,
+    /// Per index (in the order of `Cache::indexes`): value -> the objects under it, by key
+    /// (held here too, so a lookup by index reads no other map).
+    index: Vec<HashMap<String, BTreeMap<ObjectKey, Arc<Value>>>>,
 }
 
 /// What one event did to a cache: the objects it stored or removed (to enqueue their keys),
@@ -196,7 +197,7 @@ impl State {
                 }
             }
             for v in new_values {
-                self.index[slot].entry(v).or_default().insert(key.clone());
+                self.index[slot].entry(v).or_default().insert(key.clone(), obj.clone());
             }
         }
     }
@@ -249,14 +250,14 @@ impl Cache {
     pub fn by_index(&self, name: &str, value: &str) -> Vec<Arc<Value>> {
         let Some(slot) = self.indexes.iter().position(|(n, _)| *n == name) else { return Vec::new() };
         let state = self.state.read();
-        let Some(keys) = state.index.get(slot).and_then(|i| i.get(value)) else { return Vec::new() };
-        keys.iter().filter_map(|k| state.objects.get(k).cloned()).collect()
+        let Some(objects) = state.index.get(slot).and_then(|i| i.get(value)) else { return Vec::new() };
+        objects.values().cloned().collect()
     }
 
     /// How many objects index `name` puts under `value` (0 when the cache has no such index).
     pub fn count_by_index(&self, name: &str, value: &str) -> usize {
         let Some(slot) = self.indexes.iter().position(|(n, _)| *n == name) else { return 0 };
-        self.state.read().index.get(slot).and_then(|i| i.get(value)).map_or(0, BTreeSet::len)
+        self.state.read().index.get(slot).and_then(|i| i.get(value)).map_or(0, BTreeMap::len)
     }
 
     /// The objects of one namespace of one tenant, in O(log n + those objects).
@@ -350,6 +351,7 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
+    use api::json::At;
     use serde_json::json;
 
     use super::*;
@@ -386,7 +388,7 @@ mod tests {
     }
 
     fn node_of(o: &Value) -> Option<String> {
-        o.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string)
+        o.at("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string)
     }
 
     #[test]
@@ -447,7 +449,7 @@ mod tests {
     fn several_indexes_are_kept_apart_and_follow_every_change() {
         let cache = Cache::default()
             .with_index("node", node_of)
-            .with_index("tenant", |o| o.pointer("/metadata/tenant").and_then(Value::as_str).map(str::to_string));
+            .with_index("tenant", |o| o.at("/metadata/tenant").and_then(Value::as_str).map(str::to_string));
         cache.apply(&Event::Restarted(vec![pod("a", "p1", "n1"), pod("b", "p2", "a")]));
         assert_eq!(names(&cache.by_index("node", "a")), ["b/ns/p2"]);
         assert_eq!(names(&cache.by_index("tenant", "a")), ["a/ns/p1"]);

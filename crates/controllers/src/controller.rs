@@ -76,11 +76,18 @@ pub struct Controller<R: Reconciler> {
     inputs: Vec<Input<R::Key>>,
     workers: usize,
     backoff: Backoff,
+    pace: Duration,
 }
 
 impl<R: Reconciler> Controller<R> {
     pub fn new(reconciler: R) -> Controller<R> {
-        Controller { reconciler: Arc::new(reconciler), inputs: Vec::new(), workers: 2, backoff: Backoff::default() }
+        Controller {
+            reconciler: Arc::new(reconciler),
+            inputs: Vec::new(),
+            workers: 2,
+            backoff: Backoff::default(),
+            pace: Duration::ZERO,
+        }
     }
 
     pub fn workers(mut self, n: usize) -> Self {
@@ -90,6 +97,14 @@ impl<R: Reconciler> Controller<R> {
 
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Reconciles a key at most once per `pace` (see [`WorkQueue::paced`]): for reconcilers
+    /// whose cost grows with the objects behind the key, so a burst of their events costs
+    /// a bounded number of passes.
+    pub fn pace(mut self, pace: Duration) -> Self {
+        self.pace = pace;
         self
     }
 
@@ -143,7 +158,7 @@ impl<R: Reconciler> Controller<R> {
     /// Runs until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let name = self.reconciler.name();
-        let queue: Arc<WorkQueue<R::Key>> = WorkQueue::new(self.backoff);
+        let queue: Arc<WorkQueue<R::Key>> = WorkQueue::paced(self.backoff, self.pace);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let caches: Vec<Cache> = self.inputs.iter().map(|i| i.cache.clone()).collect();
         let watches: Vec<_> = self.inputs.into_iter().map(|i| (i.start)(queue.clone(), stop_rx.clone())).collect();

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, DeleteParams, ListParams, Patch, Resource, Scope};
 use serde_json::{Map, Value, json};
@@ -174,7 +175,7 @@ pub fn proportional_sizes(sets: &[SetSize], want: i64, max_surge: i64, fallback:
 /// desired size than the Deployment's.
 fn is_scaling_event(active: &[&Arc<Value>], want: i64) -> bool {
     active.iter().any(|rs| {
-        rs.pointer("/metadata/annotations")
+        rs.at("/metadata/annotations")
             .and_then(|a| a.get(DESIRED))
             .and_then(Value::as_str)
             .and_then(|v| v.parse::<i64>().ok())
@@ -201,7 +202,7 @@ impl Deployments {
 
     async fn scale_rs(&self, ctx: &Ctx, d: &Value, rs: &Value, to: i64, max_surge: i64) -> Result<(), client::Error> {
         let want = i64_at(d, "/spec/replicas");
-        let annotations = rs.pointer("/metadata/annotations");
+        let annotations = rs.at("/metadata/annotations");
         let same = replicas(rs) == to
             && annotations.and_then(|a| a.get(DESIRED)).and_then(Value::as_str) == Some(&want.to_string())
             && annotations.and_then(|a| a.get(MAX_REPLICAS)).and_then(Value::as_str)
@@ -246,7 +247,7 @@ impl Deployments {
                         owned.push(rs);
                     } else {
                         let refs: Vec<Value> = rs
-                            .pointer("/metadata/ownerReferences")
+                            .at("/metadata/ownerReferences")
                             .and_then(Value::as_array)
                             .into_iter()
                             .flatten()
@@ -268,7 +269,7 @@ impl Deployments {
                 Some(_) => {}
                 None if matches && !workload::deleting(&rs) => {
                     let mut refs: Vec<Value> =
-                        rs.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+                        rs.at("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
                     refs.push(workload::owner_ref(d, "apps/v1", "Deployment"));
                     let rv = str_at(&rs, "/metadata/resourceVersion");
                     if ignore_gone(
@@ -298,11 +299,11 @@ impl Deployments {
         initial: i64,
         max_surge: i64,
     ) -> Result<Option<Value>, client::Error> {
-        let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = d.at("/spec/template").cloned().unwrap_or(json!({}));
         let wanted_template = without_hash(&template);
         let existing = sets
             .iter()
-            .filter(|rs| without_hash(rs.pointer("/spec/template").unwrap_or(&Value::Null)) == wanted_template)
+            .filter(|rs| without_hash(rs.at("/spec/template").unwrap_or(&Value::Null)) == wanted_template)
             .min_by_key(|rs| parse_created(rs));
         let max_old = sets
             .iter()
@@ -318,7 +319,7 @@ impl Deployments {
             let rev = if current < new_revision { new_revision } else { current };
             annotations.insert(REVISION.into(), json!(rev.to_string()));
             let stale =
-                annotations.iter().any(|(k, v)| rs.pointer("/metadata/annotations").and_then(|a| a.get(k)) != Some(v))
+                annotations.iter().any(|(k, v)| rs.at("/metadata/annotations").and_then(|a| a.get(k)) != Some(v))
                     || i64_at(rs, "/spec/minReadySeconds") != i64_at(d, "/spec/minReadySeconds");
             let rs = if stale {
                 self.patch_rs(ctx, rs, json!({"metadata": {"annotations": annotations}, "spec": {"minReadySeconds": i64_at(d, "/spec/minReadySeconds")}})).await?
@@ -335,12 +336,12 @@ impl Deployments {
         let hash = workload::template_hash(&wanted_template, collisions);
         let mut rs_template = template.clone();
         rs_template["metadata"]["labels"][HASH_LABEL] = json!(hash);
-        let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+        let mut selector = d.at("/spec/selector").cloned().unwrap_or(json!({}));
         selector["matchLabels"][HASH_LABEL] = json!(hash);
         annotations.insert(REVISION.into(), json!(new_revision.to_string()));
         annotations.insert(DESIRED.into(), json!(want.to_string()));
         annotations.insert(MAX_REPLICAS.into(), json!((want + max_surge).to_string()));
-        let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+        let mut labels = template.at("/metadata/labels").cloned().unwrap_or(json!({}));
         labels[HASH_LABEL] = json!(hash);
         let name = format!("{}-{}", ctx.key.name, hash);
         let rs = json!({
@@ -373,7 +374,7 @@ impl Deployments {
                 // collision: count it so the next hash differs.
                 let other = self.client.get(&replicasets(), &ctx.scope, &name).await?;
                 if workload::controlled_by(&other, workload::uid(d))
-                    && without_hash(other.pointer("/spec/template").unwrap_or(&Value::Null)) == wanted_template
+                    && without_hash(other.at("/spec/template").unwrap_or(&Value::Null)) == wanted_template
                 {
                     return Ok(Some(other));
                 }
@@ -396,7 +397,7 @@ impl Deployments {
         if old.is_empty() {
             return Ok(false);
         }
-        let Some(selector) = d.pointer("/spec/selector").and_then(workload::selector_string) else {
+        let Some(selector) = d.at("/spec/selector").and_then(workload::selector_string) else {
             return Ok(false);
         };
         let params = ListParams { label_selector: Some(selector), ..ListParams::default() };
@@ -416,7 +417,7 @@ impl Deployments {
 
     /// Deletes old, empty ReplicaSets beyond `revisionHistoryLimit`, oldest revision first.
     async fn clean_up(&self, ctx: &Ctx, d: &Value, old: &[Arc<Value>]) -> Result<(), client::Error> {
-        let Some(limit) = d.pointer("/spec/revisionHistoryLimit").and_then(Value::as_i64) else { return Ok(()) };
+        let Some(limit) = d.at("/spec/revisionHistoryLimit").and_then(Value::as_i64) else { return Ok(()) };
         let mut empty: Vec<&Arc<Value>> = old
             .iter()
             .filter(|rs| replicas(rs) == 0 && i64_at(rs, "/status/replicas") == 0 && !workload::deleting(rs))
@@ -439,7 +440,7 @@ fn parse_created(rs: &Value) -> (i64, String) {
 }
 
 fn copied_annotations(d: &Value) -> Map<String, Value> {
-    d.pointer("/metadata/annotations")
+    d.at("/metadata/annotations")
         .and_then(Value::as_object)
         .map(|a| {
             a.iter().filter(|(k, _)| !NOT_COPIED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -487,7 +488,7 @@ pub fn compute_status(
         "availableReplicas": available,
         "unavailableReplicas": (total - available).max(0),
     });
-    if let Some(c) = d.pointer("/status/collisionCount") {
+    if let Some(c) = d.at("/status/collisionCount") {
         status["collisionCount"] = c.clone();
     }
     let old_status = d.get("status").cloned().unwrap_or(json!({}));
@@ -514,9 +515,9 @@ pub fn compute_status(
         );
     }
     let mut recheck = None;
-    let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
+    let paused = d.at("/spec/paused").and_then(Value::as_bool) == Some(true);
     let rs_name = new_rs.map(|rs| str_at(rs, "/metadata/name")).unwrap_or("");
-    if let Some(deadline) = d.pointer("/spec/progressDeadlineSeconds").and_then(Value::as_i64) {
+    if let Some(deadline) = d.at("/spec/progressDeadlineSeconds").and_then(Value::as_i64) {
         let progressing = workload::condition(&old_status, "Progressing");
         let reason = progressing.map(|c| str_at(c, "/reason")).unwrap_or("");
         let complete = updated == want && total == want && available == want;
@@ -590,13 +591,13 @@ impl Reconciler for Deployments {
         let ctx = Ctx { scope: Scope::tenant(&key.tenant).in_namespace(ns), key: key.clone() };
         let sets = self.claim(&ctx, &d).await?;
         let want = i64_at(&d, "/spec/replicas").max(0);
-        let strategy = d.pointer("/spec/strategy").cloned().unwrap_or(json!({}));
+        let strategy = d.at("/spec/strategy").cloned().unwrap_or(json!({}));
         let recreate = str_at(&strategy, "/type") == "Recreate";
         let (max_surge, max_unavailable) =
             if recreate { (0, want) } else { workload::surge_and_unavailable(&strategy, want) };
-        let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
-        let template = without_hash(d.pointer("/spec/template").unwrap_or(&Value::Null));
-        let is_new = |rs: &Value| without_hash(rs.pointer("/spec/template").unwrap_or(&Value::Null)) == template;
+        let paused = d.at("/spec/paused").and_then(Value::as_bool) == Some(true);
+        let template = without_hash(d.at("/spec/template").unwrap_or(&Value::Null));
+        let is_new = |rs: &Value| without_hash(rs.at("/spec/template").unwrap_or(&Value::Null)) == template;
         let old: Vec<Arc<Value>> = sets.iter().filter(|rs| !is_new(rs)).cloned().collect();
         let old_active: Vec<&Arc<Value>> = old.iter().filter(|rs| replicas(rs) > 0).collect();
         let all_specs: i64 = sets.iter().map(|rs| replicas(rs)).sum();
@@ -606,7 +607,7 @@ impl Reconciler for Deployments {
         let active: Vec<&Arc<Value>> = sets.iter().filter(|rs| replicas(rs) > 0).collect();
         let saturated = sets.iter().any(|rs| {
             is_new(rs) && replicas(rs) == want && i64_at(rs, "/status/availableReplicas") == want && {
-                let desired = rs.pointer("/metadata/annotations").and_then(|a| a.get(DESIRED));
+                let desired = rs.at("/metadata/annotations").and_then(|a| a.get(DESIRED));
                 desired.and_then(Value::as_str) == Some(&want.to_string())
             }
         });
@@ -616,7 +617,7 @@ impl Reconciler for Deployments {
                 .map(|rs| SetSize {
                     replicas: replicas(rs),
                     max_replicas: rs
-                        .pointer("/metadata/annotations")
+                        .at("/metadata/annotations")
                         .and_then(|a| a.get(MAX_REPLICAS))
                         .and_then(Value::as_str)
                         .and_then(|v| v.parse().ok()),
@@ -784,6 +785,7 @@ pub fn controller(client: Client) -> Controller<Deployments> {
     let index = deploys.clone();
     Controller::new(reconciler)
         .workers(4)
+        .pace(workload::PACE)
         .watches(Watcher::new(d_source, "deployments"), deploys, |d| ObjectKey::of(d).into_iter().collect())
         .watches(Watcher::new(rs_source, "replicasets (deployments)"), sets, move |rs| deployments_for_set(&index, rs))
 }

@@ -21,6 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::json::At;
 use client::{Client, DeleteParams, Patch, Resource, Scope, Tenant};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -286,10 +287,10 @@ impl Collector {
                     match self.client.get(&resource, &scope, &o.name).await {
                         Ok(owner) if str_at(&owner, "/metadata/uid") == o.uid => {
                             let fg = owner
-                                .pointer("/metadata/finalizers")
+                                .at("/metadata/finalizers")
                                 .and_then(Value::as_array)
                                 .is_some_and(|f| f.iter().any(|f| f == FOREGROUND));
-                            if fg && owner.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                            if fg && owner.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
                                 v.waiting.push(o.uid.clone());
                                 v.block_waiting |= o.block;
                             } else {
@@ -339,7 +340,7 @@ impl Collector {
             return Ok(());
         }
         let kept: Vec<Value> = current
-            .pointer(&format!("/metadata/{field}"))
+            .at(&format!("/metadata/{field}"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -443,7 +444,7 @@ fn skipped(r: &client::ApiResource) -> bool {
 /// The kinds a custom resource definition adds, and where.
 fn crd_spec(crd: &Value) -> Option<WatchSpec> {
     let tenant = str_at(crd, "/metadata/tenant");
-    let versions = crd.pointer("/spec/versions")?.as_array()?;
+    let versions = crd.at("/spec/versions")?.as_array()?;
     let version = versions
         .iter()
         .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true) && v.get("served") != Some(&json!(false)))
@@ -650,7 +651,7 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
                 for crd in all {
                     let uid = str_at(&crd, "/metadata/uid").to_string();
                     let Some(spec) = crd_spec(&crd) else { continue };
-                    let established = crd.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null);
+                    let established = crd.at("/metadata/deletionTimestamp").is_none_or(Value::is_null);
                     if !present || !established {
                         // A terminating definition's objects go with it (the server deletes them).
                         if !present {

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, DeleteParams, ListParams, Resource, Scope, Tenant};
 use serde_json::Value;
@@ -28,11 +29,11 @@ pub struct Namespaces {
 }
 
 fn deleting(ns: &Value) -> bool {
-    ns.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+    ns.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
 }
 
 fn holds_our_finalizer(ns: &Value) -> bool {
-    ns.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+    ns.at("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| f.iter().any(|f| f == FINALIZER))
 }
 
 /// Deletes every object of the kinds served in `tenant` that `wanted` picks, in
@@ -63,7 +64,7 @@ pub(crate) async fn delete_every(
             if deleting(obj) {
                 continue;
             }
-            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let name = obj.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
             match client.delete(&r.resource, &scope, name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}

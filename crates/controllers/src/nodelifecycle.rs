@@ -28,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, DeleteParams, Patch, Resource, Scope, Tenant};
 use parking_lot::Mutex;
@@ -107,7 +108,7 @@ pub struct Verdict {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn time_at(v: &Value, pointer: &str) -> Option<SystemTime> {
@@ -122,7 +123,7 @@ fn seconds(t: SystemTime) -> String {
 /// node's creation (a node gets one grace period to report at all).
 fn last_heard(node: &Value, lease_renewed: Option<SystemTime>) -> Option<SystemTime> {
     let heartbeat = node
-        .pointer("/status/conditions")
+        .at("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| text(c, "/type") == "Ready"))
         .and_then(|c| time_at(c, "/lastHeartbeatTime"));
@@ -131,7 +132,7 @@ fn last_heard(node: &Value, lease_renewed: Option<SystemTime>) -> Option<SystemT
 
 /// Whether the node carries one of the taints this controller puts on.
 fn carries_ours(node: &Value) -> bool {
-    node.pointer("/spec/taints").and_then(Value::as_array).is_some_and(|ts| ts.iter().any(is_ours))
+    node.at("/spec/taints").and_then(Value::as_array).is_some_and(|ts| ts.iter().any(is_ours))
 }
 
 fn is_ours(taint: &Value) -> bool {
@@ -147,7 +148,7 @@ pub fn judge(
     grace: Duration,
     tainting: Tainting,
 ) -> Verdict {
-    let old_conditions = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let old_conditions = node.at("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     let heard = last_heard(node, lease_renewed);
     let stale_for = heard.map(|h| now.duration_since(h).unwrap_or(Duration::ZERO));
     let stale = stale_for.is_none_or(|age| age > grace);
@@ -186,7 +187,7 @@ pub fn judge(
         }
     };
 
-    let old_taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
+    let old_taints = node.at("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
     let wanted_key = match health {
         Health::Ready | Health::Unreported => None,
         Health::NotReady => Some(NOT_READY_TAINT),
@@ -253,7 +254,7 @@ pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
 /// When a pod on a node with these taints must go: `Some(ZERO)` now, `Some(d)` in `d`,
 /// `None` never (it tolerates every NoExecute taint without a limit).
 pub fn eviction_after(pod: &Value, taints: &[Value], now: SystemTime) -> Option<Duration> {
-    let tolerations = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tolerations = pod.at("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut due: Option<Duration> = None;
     for taint in taints.iter().filter(|t| text(t, "/effect") == "NoExecute") {
         let matching: Vec<&Value> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
@@ -319,7 +320,7 @@ pub struct NodeLifecycle {
 /// A node's zone, as Kubernetes keys it: region and zone from the topology labels.
 fn zone_of(node: &Value) -> String {
     let label = |k: &str, old: &str| {
-        let labels = node.pointer("/metadata/labels");
+        let labels = node.at("/metadata/labels");
         let v = labels.and_then(|l| l.get(k)).or_else(|| labels.and_then(|l| l.get(old)));
         v.and_then(Value::as_str).unwrap_or("").to_string()
     };
@@ -416,7 +417,7 @@ impl Reconciler for NodeLifecycle {
             // Looked at again from the API while unhealthy, so recovery never waits for a
             // watch event (Kubernetes' node monitor looks at every node every 5 s).
             next = Some(next.map_or(UNHEALTHY_RECHECK, |n| n.min(UNHEALTHY_RECHECK)));
-            let taints = verdict.taints.clone().or_else(|| node.pointer("/spec/taints").cloned());
+            let taints = verdict.taints.clone().or_else(|| node.at("/spec/taints").cloned());
             let taints = taints.and_then(|t| t.as_array().cloned()).unwrap_or_default();
             if let Some(due) = self.pods_on_unhealthy(&key.name, &taints, now).await? {
                 next = Some(next.map_or(due, |n| n.min(due)));
@@ -479,7 +480,7 @@ impl NodeLifecycle {
     /// about to be evicted, pinned to the version the cache holds.
     async fn mark_disruption_target(&self, pod: &Value, now: SystemTime) -> Result<(), client::Error> {
         let mut conditions: Vec<Value> =
-            pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            pod.at("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
         if conditions.iter().any(|c| text(c, "/type") == "DisruptionTarget" && text(c, "/status") == "True") {
             return Ok(());
         }
@@ -508,7 +509,7 @@ impl NodeLifecycle {
         let mut next: Option<Duration> = None;
         for pod in pods.iter().map(|p| &**p) {
             let name = text(pod, "/metadata/name");
-            if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+            if pod.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
                 || matches!(text(pod, "/status/phase"), "Succeeded" | "Failed")
             {
                 continue;

@@ -6,6 +6,11 @@
 //! - Failures are counted per key and turn into an exponential delay
 //!   ([`Backoff::delay`]); success forgets them.
 //! - After [`WorkQueue::shutdown`] nothing is handed out and adds are ignored.
+//! - A paced queue ([`WorkQueue::paced`]) hands a key out at most once per pace: added
+//!   again sooner after its last reconcile ended, it waits for the rest of the pace, and
+//!   every add meanwhile joins that one wait. A reconcile whose cost grows with what it
+//!   looks at (a ReplicaSet's pods) then runs a bounded number of times in a burst of
+//!   events for it, instead of once per event.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Exponential back-off: `base`, `2·base`, `4·base`, … capped at `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +42,10 @@ impl Backoff {
     }
 }
 
+/// The fewest `finished` entries a paced queue prunes (keys of deleted objects leave
+/// theirs behind otherwise).
+const PRUNE_AT: usize = 1024;
+
 struct State<K> {
     ready: VecDeque<K>,
     queued: HashSet<K>,
@@ -43,6 +53,12 @@ struct State<K> {
     /// Added while active: to be queued again when done.
     again: HashSet<K>,
     failures: HashMap<K, u32>,
+    /// Paced queues: when each key's last reconcile ended (dropped once the pace passed).
+    finished: HashMap<K, Instant>,
+    /// Paced queues: keys waiting for their pace to pass.
+    delayed: HashSet<K>,
+    /// How many `finished` entries trigger dropping those whose pace has passed.
+    prune_at: usize,
     shutdown: bool,
 }
 
@@ -50,10 +66,17 @@ pub struct WorkQueue<K> {
     state: Mutex<State<K>>,
     notify: Notify,
     backoff: Backoff,
+    /// The least time from the end of a key's reconcile to its next start (zero: none).
+    pace: Duration,
 }
 
 impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     pub fn new(backoff: Backoff) -> Arc<WorkQueue<K>> {
+        WorkQueue::paced(backoff, Duration::ZERO)
+    }
+
+    /// A queue that starts a key at least `pace` after its last reconcile ended.
+    pub fn paced(backoff: Backoff, pace: Duration) -> Arc<WorkQueue<K>> {
         Arc::new(WorkQueue {
             state: Mutex::new(State {
                 ready: VecDeque::new(),
@@ -61,21 +84,42 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
                 active: HashSet::new(),
                 again: HashSet::new(),
                 failures: HashMap::new(),
+                finished: HashMap::new(),
+                delayed: HashSet::new(),
+                prune_at: PRUNE_AT,
                 shutdown: false,
             }),
             notify: Notify::new(),
             backoff,
+            pace,
         })
     }
 
-    pub fn add(&self, key: K) {
+    pub fn add(self: &Arc<Self>, key: K) {
         let mut s = self.state.lock();
-        if s.shutdown || s.queued.contains(&key) {
+        if s.shutdown || s.queued.contains(&key) || s.delayed.contains(&key) {
             return;
         }
         if s.active.contains(&key) {
             s.again.insert(key);
             return;
+        }
+        if let Some(ended) = s.finished.get(&key).copied() {
+            let wait = (ended + self.pace).saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                s.delayed.insert(key.clone());
+                drop(s);
+                let queue: Weak<WorkQueue<K>> = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if let Some(q) = queue.upgrade() {
+                        q.state.lock().delayed.remove(&key);
+                        q.add(key);
+                    }
+                });
+                return;
+            }
+            s.finished.remove(&key);
         }
         s.queued.insert(key.clone());
         s.ready.push_back(key);
@@ -127,13 +171,22 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     }
 
     /// The worker is finished with `key`; if it was added meanwhile, it is queued again.
-    pub fn done(&self, key: &K) {
+    pub fn done(self: &Arc<Self>, key: &K) {
         let mut s = self.state.lock();
         s.active.remove(key);
-        if s.again.remove(key) && !s.shutdown && s.queued.insert(key.clone()) {
-            s.ready.push_back(key.clone());
+        if !self.pace.is_zero() {
+            let now = Instant::now();
+            s.finished.insert(key.clone(), now);
+            if s.finished.len() >= s.prune_at {
+                let pace = self.pace;
+                s.finished.retain(|_, ended| *ended + pace > now);
+                s.prune_at = (2 * s.finished.len()).max(PRUNE_AT);
+            }
+        }
+        if s.again.remove(key) && !s.shutdown {
             drop(s);
-            self.notify.notify_one();
+            // Through `add`, so a paced queue waits out the pace first.
+            self.add(key.clone());
         }
     }
 
@@ -271,5 +324,50 @@ mod tests {
         let mut all = taken.lock().clone();
         all.sort_unstable();
         assert_eq!(all, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_key_runs_once_per_pace_and_a_quiet_one_at_once() {
+        let pace = Duration::from_millis(250);
+        let q = WorkQueue::paced(Backoff::default(), pace);
+        // Never reconciled: handed out at once.
+        q.add("a");
+        assert_eq!(q.next().await, Some("a"));
+        q.done(&"a");
+        let ended = Instant::now();
+        // A burst right after: one run, once the pace has passed since the end.
+        for _ in 0..5 {
+            q.add("a");
+        }
+        assert!(q.is_empty(), "held back for the pace");
+        assert_eq!(q.next().await, Some("a"));
+        assert!(ended.elapsed() >= pace, "handed out after {:?}", ended.elapsed());
+        // Added while in progress: queued again after the pace from this end.
+        q.add("a");
+        q.done(&"a");
+        let ended = Instant::now();
+        assert!(q.is_empty());
+        assert_eq!(q.next().await, Some("a"));
+        assert!(ended.elapsed() >= pace);
+        q.done(&"a");
+        // Quiet for longer than the pace: at once again.
+        tokio::time::sleep(pace * 2).await;
+        q.add("a");
+        assert_eq!(q.len(), 1);
+        // Other keys are not held back by it.
+        q.add("b");
+        assert_eq!(q.next().await, Some("a"));
+        assert_eq!(q.next().await, Some("b"));
+    }
+
+    #[tokio::test]
+    async fn an_unpaced_queue_hands_a_key_out_again_at_once() {
+        let q = WorkQueue::new(Backoff::default());
+        q.add("a");
+        assert_eq!(q.next().await, Some("a"));
+        q.done(&"a");
+        q.add("a");
+        assert_eq!(q.len(), 1);
+        assert!(q.state.lock().finished.is_empty(), "nothing kept for an unpaced queue");
     }
 }

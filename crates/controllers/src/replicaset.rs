@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, DeleteParams, Patch, Resource, Scope};
 use serde_json::{Value, json};
@@ -48,7 +49,7 @@ impl ReplicaSets {
     /// Adopts or releases `pod` for `rs` with an optimistic (resource-versioned) patch.
     async fn set_owner(&self, scope: &Scope, rs: &Value, pod: &Value, adopt: bool) -> Result<(), client::Error> {
         let mut refs: Vec<Value> =
-            pod.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+            pod.at("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
         if adopt {
             refs.push(workload::owner_ref(rs, "apps/v1", "ReplicaSet"));
         } else {
@@ -68,7 +69,7 @@ impl ReplicaSets {
     }
 
     fn new_pod(rs: &Value) -> Value {
-        let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = rs.at("/spec/template").cloned().unwrap_or(json!({}));
         let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
         if let Some(m) = meta.as_object_mut() {
             m.remove("name");
@@ -111,13 +112,12 @@ impl ReplicaSets {
 /// The status a set's pods give it (conditions are added by the caller).
 pub fn compute_status(rs: &Value, pods: &[Arc<Value>], now: i64) -> Value {
     let min_ready = i64_at(rs, "/spec/minReadySeconds");
-    let template_labels = rs.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+    let template_labels = rs.at("/spec/template/metadata/labels").and_then(Value::as_object);
     let fully = pods
         .iter()
         .filter(|p| {
-            template_labels.is_none_or(|want| {
-                want.iter().all(|(k, v)| p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
-            })
+            template_labels
+                .is_none_or(|want| want.iter().all(|(k, v)| p.at("/metadata/labels").and_then(|l| l.get(k)) == Some(v)))
         })
         .count();
     let ready = pods.iter().filter(|p| workload::pod_ready(p)).count();
@@ -250,7 +250,7 @@ impl Reconciler for ReplicaSets {
         let now = workload::now_secs();
         let mut status = compute_status(&rs, &active, now);
         let mut conditions: Vec<Value> =
-            rs.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            rs.at("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
         match &failure {
             Some((reason, message)) => workload::set_condition(
                 &mut conditions,
@@ -307,7 +307,7 @@ fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
         }
         Some(_) => Vec::new(),
         None => {
-            let labels = pod.pointer("/metadata/labels").and_then(Value::as_object);
+            let labels = pod.at("/metadata/labels").and_then(Value::as_object);
             let pairs = labels.into_iter().flatten().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)));
             let mut found = sets.by_index(SELECTOR_INDEX, &set_label_index(&key.tenant, ns, None));
             for (k, v) in pairs {
@@ -364,7 +364,7 @@ pub fn pod_index(pod: &Value) -> Vec<String> {
     if let Some(r) = workload::controller_ref(pod) {
         return vec![owned_index(tenant, ns, str_at(r, "/uid"))];
     }
-    let labels = pod.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten();
+    let labels = pod.at("/metadata/labels").and_then(Value::as_object).into_iter().flatten();
     let by_label = labels.filter_map(|(k, v)| Some(orphan_label_index(tenant, ns, k, v.as_str()?)));
     std::iter::once(orphan_index(tenant, ns)).chain(by_label).collect()
 }
@@ -385,6 +385,7 @@ pub fn controller(client: Client, pod_informer: &Arc<Informer>) -> Controller<Re
     let index = sets.clone();
     Controller::new(reconciler)
         .workers(4)
+        .pace(workload::PACE)
         .watches(Watcher::new(rs_source, "replicasets"), sets, |rs| ObjectKey::of(rs).into_iter().collect())
         .watches_shared(pod_informer, move |pod| sets_for_pod(&index, pod))
 }

@@ -5,6 +5,7 @@
 //! all tenants) and creates what is missing, through the tenant path, so it acts in each
 //! tenant like any client of that tenant would.
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, Resource, Scope, Tenant};
 use serde_json::{Value, json};
@@ -23,8 +24,8 @@ pub struct ServiceAccounts {
 
 /// A namespace (or any object) that is being deleted gets nothing new.
 pub(crate) fn terminating(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
-        || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+    obj.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+        || obj.at("/status/phase").and_then(Value::as_str) == Some("Terminating")
 }
 
 #[async_trait]

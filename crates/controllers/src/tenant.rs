@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, Resource, Scope};
 use serde_json::{Value, json};
@@ -64,10 +65,8 @@ impl Reconciler for Tenants {
 impl Tenants {
     /// Empties a deleted tenant, then lets it go.
     async fn finalize(&self, tenant: &str, t: &Value) -> Result<Action, client::Error> {
-        let ours = t
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+        let ours =
+            t.at("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| f.iter().any(|f| f == FINALIZER));
         if !ours {
             return Ok(Action::Done);
         }

@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::json::At;
 use async_trait::async_trait;
 use client::{Client, Keep, ListParams, ObjectList, Resource, Scope, WatchEvent, WatchParams, WatchStream};
 use serde_json::Value;
@@ -208,7 +209,7 @@ pub struct Watcher<S> {
 }
 
 fn revision_of(obj: &Value) -> Option<String> {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_string)
+    obj.at("/metadata/resourceVersion").and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_string)
 }
 
 impl<S: Source> Watcher<S> {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use api::json::At;
 use serde_json::Value;
 
 use crate::quantity;
@@ -103,7 +104,7 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 }
 
 fn text(v: &Value, pointer: &str) -> String {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("").to_string()
+    v.at(pointer).and_then(Value::as_str).unwrap_or("").to_string()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,7 +131,7 @@ pub struct Node {
 
 impl Node {
     pub fn from_json(v: &Value) -> Option<Node> {
-        let name = v.pointer("/metadata/name").and_then(Value::as_str).filter(|n| !n.is_empty())?;
+        let name = v.at("/metadata/name").and_then(Value::as_str).filter(|n| !n.is_empty())?;
         let status = v.get("status").unwrap_or(&Value::Null);
         // Allocatable is what the node offers pods; a node that reports only capacity
         // offers all of it.
@@ -139,7 +140,7 @@ impl Node {
         let max_pods =
             alloc.and_then(|a| a.get("pods")).map(|q| q.as_str().map(str::to_string).unwrap_or(q.to_string()));
         let taints = v
-            .pointer("/spec/taints")
+            .at("/spec/taints")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -153,11 +154,11 @@ impl Node {
             .any(|c| c.get("type") == Some(&Value::from("Ready")) && c.get("status") == Some(&Value::from("True")));
         Some(Node {
             name: name.into(),
-            labels: string_map(v.pointer("/metadata/labels")),
+            labels: string_map(v.at("/metadata/labels")),
             allocatable: Resources::from_map(alloc),
             max_pods: max_pods.and_then(|q| quantity::units(&q)).unwrap_or(0),
             taints,
-            unschedulable: v.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false),
+            unschedulable: v.at("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false),
             ready,
         })
     }
@@ -270,7 +271,7 @@ impl Pod {
         let s = |k: &str| meta.get(k).and_then(Value::as_str).filter(|x| !x.is_empty());
         let key = PodKey { tenant: s("tenant")?.into(), namespace: s("namespace")?.into(), name: s("name")?.into() };
         let spec = v.get("spec").unwrap_or(&Value::Null);
-        let affinity = spec.pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution").map(|r| {
+        let affinity = spec.at("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution").map(|r| {
             r.get("nodeSelectorTerms").and_then(Value::as_array).into_iter().flatten().map(selector_term).collect()
         });
         let tolerations = spec
@@ -293,7 +294,7 @@ impl Pod {
             .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
             .and_then(|o| o.get("uid").and_then(Value::as_str))
             .map(Arc::from);
-        let phase = v.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = v.at("/status/phase").and_then(Value::as_str).unwrap_or("");
         Some(Pod {
             key,
             uid: s("uid").unwrap_or("").to_string(),
@@ -359,9 +360,9 @@ fn selector_term(term: &Value) -> Vec<Requirement> {
 /// A container's requests; a resource with a limit but no request requests its limit
 /// (what the API server's defaulting does in Kubernetes).
 fn container_requests(c: &Value) -> Resources {
-    let mut r = Resources::from_map(c.pointer("/resources/limits"));
-    let requests = Resources::from_map(c.pointer("/resources/requests"));
-    let stated = c.pointer("/resources/requests").and_then(Value::as_object);
+    let mut r = Resources::from_map(c.at("/resources/limits"));
+    let requests = Resources::from_map(c.at("/resources/requests"));
+    let stated = c.at("/resources/requests").and_then(Value::as_object);
     let has = |k: &str| stated.is_some_and(|m| m.contains_key(k));
     if has("cpu") {
         r.cpu = requests.cpu;

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use api::json::At;
 use client::{Client, Patch, Resource, Scope};
 use controllers::watcher::{ApiSource, Event, Watcher};
 use serde_json::{Value, json};
@@ -241,7 +242,7 @@ pub fn keep_pods() -> client::Keep {
 
 /// The message of a pod's `PodScheduled=False` condition, if it has one.
 fn scheduled_condition(v: &Value) -> Option<String> {
-    v.pointer("/status/conditions")?
+    v.at("/status/conditions")?
         .as_array()?
         .iter()
         .find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled"))
@@ -263,7 +264,7 @@ impl Loop {
         let changed = match event {
             Event::Applied(v) => Node::from_json(&v).is_some_and(|n| self.snap.upsert_node(n)),
             Event::Deleted(v) => {
-                if let Some(name) = v.pointer("/metadata/name").and_then(Value::as_str) {
+                if let Some(name) = v.at("/metadata/name").and_then(Value::as_str) {
                     self.snap.remove_node(name);
                 }
                 false
@@ -297,8 +298,8 @@ impl Loop {
 
     fn on_tenants(&mut self, event: Event) {
         let read = |v: &Value| {
-            let name = v.pointer("/metadata/name").and_then(Value::as_str)?.to_string();
-            Some((name, v.pointer("/spec/exclusiveNodes").and_then(Value::as_bool).unwrap_or(false)))
+            let name = v.at("/metadata/name").and_then(Value::as_str)?.to_string();
+            Some((name, v.at("/spec/exclusiveNodes").and_then(Value::as_bool).unwrap_or(false)))
         };
         match event {
             Event::Applied(v) => {
@@ -659,9 +660,9 @@ mod tests {
         assert_eq!(scheduled_condition(&shaped), scheduled_condition(&pod));
         assert_eq!(scheduled_condition(&pod).as_deref(), Some("0/3 nodes are available"));
         // And what it does not read is gone.
-        assert!(shaped.pointer("/spec/containers/0/image").is_none() && shaped.pointer("/spec/volumes").is_none());
-        assert!(shaped.pointer("/status/containerStatuses").is_none());
-        assert!(shaped.pointer("/metadata/managedFields").is_none());
-        assert_eq!(shaped.pointer("/metadata/resourceVersion"), Some(&json!("42")), "the watcher's revision stays");
+        assert!(shaped.at("/spec/containers/0/image").is_none() && shaped.at("/spec/volumes").is_none());
+        assert!(shaped.at("/status/containerStatuses").is_none());
+        assert!(shaped.at("/metadata/managedFields").is_none());
+        assert_eq!(shaped.at("/metadata/resourceVersion"), Some(&json!("42")), "the watcher's revision stays");
     }
 }

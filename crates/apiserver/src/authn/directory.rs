@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use api::json::At;
 use bytes::Bytes;
 use serde_json::Value;
 use store::{EventKind, RangeRequest, Store, WatchMessage, WatchOptions};
@@ -121,7 +122,7 @@ impl Directory {
 
     fn apply(maps: &mut Maps, kind: Watched, value: &[u8], deleted: bool) {
         let Ok(obj) = serde_json::from_slice::<Value>(value) else { return };
-        let terminating = obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        let terminating = obj.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
         // A terminating account or user (finalizers pending) authenticates no more.
         let deleted = deleted || (terminating && kind != Watched::Tenants);
         let (tenant, name) = (meta(&obj, "tenant").to_string(), meta(&obj, "name").to_string());
@@ -147,7 +148,7 @@ impl Directory {
                     return;
                 }
                 let groups = obj
-                    .pointer("/spec/groups")
+                    .at("/spec/groups")
                     .and_then(Value::as_array)
                     .map(|g| g.iter().filter_map(Value::as_str).map(str::to_string).collect())
                     .unwrap_or_default();

@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use api::json::At;
 use api::meta::Status;
 use api::request::{RequestInfo, TenantScope, Verb};
 use serde_json::{Value, json};
@@ -141,7 +142,7 @@ impl Authz {
     async fn reload(self: &Arc<Self>, kind: RbacKind) -> Result<i64, RegistryError> {
         let all = Scope { tenant: None, namespace: None };
         let list = self.registry(kind).list(&all, &ListOptions::default()).await?;
-        let revision = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok());
+        let revision = list.at("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok());
         let revision = revision.unwrap_or(0);
         let mut touched = Vec::new();
         {
@@ -190,12 +191,11 @@ impl Authz {
             }
             (RbacKind::ClusterRole, false) => {
                 let labels = obj
-                    .pointer("/metadata/labels")
+                    .at("/metadata/labels")
                     .and_then(Value::as_object)
                     .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
                     .unwrap_or_default();
-                let aggregation =
-                    obj.pointer("/aggregationRule/clusterRoleSelectors").and_then(Value::as_array).cloned();
+                let aggregation = obj.at("/aggregationRule/clusterRoleSelectors").and_then(Value::as_array).cloned();
                 p.cluster_roles
                     .insert(name, ClusterRole { rules: Arc::new(Rule::list_from(obj)), labels, aggregation });
             }
@@ -500,8 +500,8 @@ impl Authz {
         };
         let groups = format!("{:?}", user.groups);
         let wanted = if kind.is_binding() {
-            let role_kind = obj.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
-            let role_name = obj.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
+            let role_kind = obj.at("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
+            let role_name = obj.at("/roleRef/name").and_then(Value::as_str).unwrap_or("");
             let cluster = role_kind == "ClusterRole";
             if may("bind", if cluster { "clusterroles" } else { "roles" }, role_name) {
                 return Ok(());
@@ -531,7 +531,7 @@ impl Authz {
             let mut rules = Rule::list_from(obj);
             // An aggregated ClusterRole grants what it selects, whatever it lists now.
             if kind == RbacKind::ClusterRole
-                && let Some(selectors) = obj.pointer("/aggregationRule/clusterRoleSelectors").and_then(Value::as_array)
+                && let Some(selectors) = obj.at("/aggregationRule/clusterRoleSelectors").and_then(Value::as_array)
             {
                 let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
                 if let Some(p) = policies.get(tenant) {

@@ -28,6 +28,7 @@
 //! the self reviews), but only in the system tenant. A refusal is the same 403 whether the
 //! object exists or not, so a node learns nothing of pods that are not its own.
 
+use api::json::At;
 use api::request::SYSTEM_TENANT;
 use serde_json::Value;
 
@@ -125,10 +126,10 @@ pub fn decide(node: &str, tenant: Option<&str>, attrs: &Attributes, field_select
 /// create): a Node or Lease it creates or updates must be its own, a pod it updates must
 /// stay bound to it, and its Node's protected labels and taints are not its to change.
 pub fn admit(node: &str, resource: &str, old: Option<&Value>, obj: &Value) -> Result<(), String> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
     match resource {
         "nodes" | "leases" if name != node => Err(format!("node {node:?} may only write its own {resource}")),
-        "pods" | "actions" if obj.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) => {
+        "pods" | "actions" if obj.at("/spec/nodeName").and_then(Value::as_str) != Some(node) => {
             Err(format!("node {node:?} may only write {resource} bound to it"))
         }
         "nodes" => admit_own_node(node, old, obj),
@@ -168,7 +169,7 @@ fn node_may_label(key: &str) -> bool {
 
 fn admit_own_node(node: &str, old: Option<&Value>, obj: &Value) -> Result<(), String> {
     let labels = |v: Option<&Value>| {
-        v.and_then(|v| v.pointer("/metadata/labels")).and_then(Value::as_object).cloned().unwrap_or_default()
+        v.and_then(|v| v.at("/metadata/labels")).and_then(Value::as_object).cloned().unwrap_or_default()
     };
     let (before, after) = (labels(old), labels(Some(obj)));
     let mut changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
@@ -179,8 +180,7 @@ fn admit_own_node(node: &str, old: Option<&Value>, obj: &Value) -> Result<(), St
         return Err(format!("node {node:?} is not allowed to modify labels: {}", forbidden.join(", ")));
     }
     if let Some(old) = old {
-        let taints =
-            |v: &Value| v.pointer("/spec/taints").filter(|t| !t.is_null()).cloned().unwrap_or(Value::Array(vec![]));
+        let taints = |v: &Value| v.at("/spec/taints").filter(|t| !t.is_null()).cloned().unwrap_or(Value::Array(vec![]));
         if taints(old) != taints(obj) {
             return Err(format!("node {node:?} is not allowed to modify taints"));
         }
@@ -190,7 +190,7 @@ fn admit_own_node(node: &str, old: Option<&Value>, obj: &Value) -> Result<(), St
 
 /// Whether `pod` is bound to `node`.
 pub fn pod_on_node(pod: &Value, node: &str) -> bool {
-    pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+    pod.at("/spec/nodeName").and_then(Value::as_str) == Some(node)
 }
 
 /// Whether `pod` uses the secret `name`: a volume, an env or envFrom reference of any
@@ -203,21 +203,21 @@ pub fn pod_uses_secret(pod: &Value, name: &str) -> bool {
         return true;
     }
     // A VM pod's root password (`api::vm`), which its node hashes for the guest.
-    if is(spec.pointer("/virtualMachine/passwordSecretRef/name")) {
+    if is(spec.at("/virtualMachine/passwordSecretRef/name")) {
         return true;
     }
     for volume in list(spec, "volumes") {
-        if is(volume.pointer("/secret/secretName")) {
+        if is(volume.at("/secret/secretName")) {
             return true;
         }
         let projected = list(&volume["projected"], "sources");
-        if projected.iter().any(|s| is(s.pointer("/secret/name"))) {
+        if projected.iter().any(|s| is(s.at("/secret/name"))) {
             return true;
         }
     }
     ["containers", "initContainers", "ephemeralContainers"].iter().flat_map(|f| list(spec, f)).any(|c| {
-        list(&c, "env").iter().any(|e| is(e.pointer("/valueFrom/secretKeyRef/name")))
-            || list(&c, "envFrom").iter().any(|e| is(e.pointer("/secretRef/name")))
+        list(&c, "env").iter().any(|e| is(e.at("/valueFrom/secretKeyRef/name")))
+            || list(&c, "envFrom").iter().any(|e| is(e.at("/secretRef/name")))
     })
 }
 

@@ -8,6 +8,7 @@
 // Errors here are `Status` values on their way to the client, as in `http.rs`.
 #![allow(clippy::result_large_err)]
 
+use api::json::At;
 use api::meta::{FieldError, Status};
 use serde_json::{Value, json};
 
@@ -121,7 +122,7 @@ pub fn answer(authz: &Authz, review: Review, user: &User, tenant: &str, body: Va
             // that tenant's policy, and a subject of another tenant reaches nothing here
             // unless it is a system administrator.
             let subject_tenant = spec
-                .pointer(&format!("/extra/{}", TENANT_EXTRA.replace('/', "~1")))
+                .at(&format!("/extra/{}", TENANT_EXTRA.replace('/', "~1")))
                 .and_then(Value::as_array)
                 .and_then(|v| v.first())
                 .and_then(Value::as_str)

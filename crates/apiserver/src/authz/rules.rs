@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use api::json::At;
 use serde_json::{Value, json};
 
 /// One `PolicyRule` of a Role or ClusterRole.
@@ -221,14 +222,14 @@ pub struct Binding {
 
 impl Binding {
     pub fn from_json(obj: &Value) -> Option<Binding> {
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str)?.to_string();
-        let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-        let cluster = match obj.pointer("/roleRef/kind").and_then(Value::as_str)? {
+        let name = obj.at("/metadata/name").and_then(Value::as_str)?.to_string();
+        let namespace = obj.at("/metadata/namespace").and_then(Value::as_str);
+        let cluster = match obj.at("/roleRef/kind").and_then(Value::as_str)? {
             "ClusterRole" => true,
             "Role" => false,
             _ => return None,
         };
-        let role = RoleRef { cluster, name: obj.pointer("/roleRef/name").and_then(Value::as_str)?.to_string() };
+        let role = RoleRef { cluster, name: obj.at("/roleRef/name").and_then(Value::as_str)?.to_string() };
         let subjects = obj
             .get("subjects")
             .and_then(Value::as_array)

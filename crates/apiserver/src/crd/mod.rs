@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use api::json::At;
 use api::meta::{FieldError, FieldErrorKind};
 use serde_json::{Value, json};
 use store::Store;
@@ -84,16 +85,16 @@ fn default_definition(obj: &mut Value) {
 
 /// The server-owned status: names accepted, established, and every version ever stored.
 fn set_definition_status(obj: &mut Value, old: Option<&Value>) {
-    let names = obj.pointer("/spec/names").cloned().unwrap_or(Value::Null);
+    let names = obj.at("/spec/names").cloned().unwrap_or(Value::Null);
     let mut stored: Vec<Value> =
-        old.and_then(|o| o.pointer("/status/storedVersions")).and_then(Value::as_array).cloned().unwrap_or_default();
-    for v in obj.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten() {
+        old.and_then(|o| o.at("/status/storedVersions")).and_then(Value::as_array).cloned().unwrap_or_default();
+    for v in obj.at("/spec/versions").and_then(Value::as_array).into_iter().flatten() {
         if v.get("storage") == Some(&json!(true)) && !stored.contains(&v["name"]) {
             stored.push(v["name"].clone());
         }
     }
     let since = old
-        .and_then(|o| o.pointer("/status/conditions/0/lastTransitionTime").cloned())
+        .and_then(|o| o.at("/status/conditions/0/lastTransitionTime").cloned())
         .unwrap_or_else(|| json!(crate::registry::object::now_rfc3339()));
     obj["status"] = json!({
         "acceptedNames": names,
@@ -144,7 +145,7 @@ fn validate_definition(obj: &Value) -> Vec<FieldError> {
             errors.push(FieldError::invalid(format!("spec.names.shortNames[{i}]"), s, "must be a DNS-1035 label"));
         }
     }
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
     if !plural.is_empty() && !group.is_empty() && name != format!("{plural}.{group}") {
         errors.push(FieldError::invalid("metadata.name", name, "must be spec.names.plural+\".\"+spec.group"));
     }
@@ -153,7 +154,7 @@ fn validate_definition(obj: &Value) -> Vec<FieldError> {
         Some(other) => errors.push(not_supported("spec.scope".into(), other, &["Cluster", "Namespaced"])),
         None => errors.push(FieldError::required("spec.scope", "")),
     }
-    match spec.pointer("/conversion/strategy").and_then(Value::as_str) {
+    match spec.at("/conversion/strategy").and_then(Value::as_str) {
         None | Some("None") => {}
         Some(other) => errors.push(not_supported("spec.conversion.strategy".into(), other, &["None"])),
     }
@@ -188,7 +189,7 @@ fn validate_definition(obj: &Value) -> Vec<FieldError> {
                 errors.push(FieldError::required(format!("{at}.{flag}"), "must be true or false"));
             }
         }
-        match v.pointer("/schema/openAPIV3Schema") {
+        match v.at("/schema/openAPIV3Schema") {
             None => errors.push(FieldError::required(format!("{at}.schema.openAPIV3Schema"), "schemas are required")),
             Some(s) => {
                 let path = format!("{at}.schema.openAPIV3Schema");
@@ -203,7 +204,7 @@ fn validate_definition(obj: &Value) -> Vec<FieldError> {
                 }
             }
         }
-        if let Some(scale) = v.pointer("/subresources/scale") {
+        if let Some(scale) = v.at("/subresources/scale") {
             for (field, required) in
                 [("specReplicasPath", true), ("statusReplicasPath", true), ("labelSelectorPath", false)]
             {
@@ -290,12 +291,8 @@ impl Strategy for DefinitionStrategy {
         for (pointer, field) in
             [("/spec/group", "spec.group"), ("/spec/names/plural", "spec.names.plural"), ("/spec/scope", "spec.scope")]
         {
-            if new.pointer(pointer) != old.pointer(pointer) {
-                errors.push(FieldError::invalid(
-                    field,
-                    new.pointer(pointer).unwrap_or(&Value::Null),
-                    "field is immutable",
-                ));
+            if new.at(pointer) != old.at(pointer) {
+                errors.push(FieldError::invalid(field, new.at(pointer).unwrap_or(&Value::Null), "field is immutable"));
             }
         }
         errors
@@ -321,7 +318,7 @@ impl CustomKind {
     /// definition that does not compile is skipped with an error).
     pub fn from_definition(crd: &Value) -> Result<Vec<CustomKind>, String> {
         let spec = crd.get("spec").ok_or("no spec")?;
-        let s = |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+        let s = |p: &str| spec.at(p).and_then(Value::as_str).unwrap_or("").to_string();
         let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
         let storage_version = versions
             .iter()
@@ -333,13 +330,13 @@ impl CustomKind {
         let mut kinds = Vec::new();
         for v in versions.iter().filter(|v| v.get("served") == Some(&json!(true))) {
             let version = v.get("name").and_then(Value::as_str).unwrap_or("").to_string();
-            let schema_json = v.pointer("/schema/openAPIV3Schema").cloned().unwrap_or(json!({"type": "object"}));
+            let schema_json = v.at("/schema/openAPIV3Schema").cloned().unwrap_or(json!({"type": "object"}));
             let mut errors = Vec::new();
             let schema = schema::Node::compile(&schema_json, "openAPIV3Schema", true, &mut errors);
             if !errors.is_empty() {
                 return Err(format!("version {version}: {}", errors[0]));
             }
-            let scale = v.pointer("/subresources/scale").map(|sc| ScalePaths {
+            let scale = v.at("/subresources/scale").map(|sc| ScalePaths {
                 spec_replicas: sc
                     .get("specReplicasPath")
                     .and_then(Value::as_str)
@@ -359,7 +356,7 @@ impl CustomKind {
                     kind: s("/names/kind"),
                     resource: s("/names/plural"),
                     namespaced: s("/scope") == "Namespaced",
-                    status_subresource: v.pointer("/subresources/status").is_some(),
+                    status_subresource: v.at("/subresources/status").is_some(),
                     scale_subresource: scale.is_some(),
                     storage: Some(format!("{}.{}", s("/names/plural"), s("/group"))),
                     short_names: strings("/names/shortNames"),
@@ -506,7 +503,7 @@ impl Catalog {
         let all = Scope { tenant: None, namespace: None };
         let list = self.definitions.list(&all, &ListOptions::default()).await?;
         let revision =
-            list.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(0);
+            list.at("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(0);
         let mut tables = Tables { revision, ..Tables::default() };
         for crd in list["items"].as_array().into_iter().flatten() {
             if let Some((tenant, name, served)) = self.build(crd) {
@@ -517,7 +514,7 @@ impl Catalog {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|c| c.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()))
+            .filter(|c| c.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()))
             .cloned()
             .collect();
         *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
@@ -529,8 +526,8 @@ impl Catalog {
     }
 
     fn build(&self, crd: &Value) -> Option<(String, String, Arc<Served>)> {
-        let tenant = crd.pointer("/metadata/tenant").and_then(Value::as_str)?.to_string();
-        let name = crd.pointer("/metadata/name").and_then(Value::as_str)?.to_string();
+        let tenant = crd.at("/metadata/tenant").and_then(Value::as_str)?.to_string();
+        let name = crd.at("/metadata/name").and_then(Value::as_str)?.to_string();
         let kinds = match CustomKind::from_definition(crd) {
             Ok(k) => k,
             Err(e) => {
@@ -539,7 +536,7 @@ impl Catalog {
             }
         };
         let storage = crd
-            .pointer("/spec/versions")
+            .at("/spec/versions")
             .and_then(Value::as_array)
             .and_then(|vs| vs.iter().find(|v| v.get("storage") == Some(&json!(true))))
             .and_then(|v| v.get("name").and_then(Value::as_str))
@@ -548,7 +545,7 @@ impl Catalog {
         let mut versions: Vec<Arc<Registry>> =
             kinds.into_iter().map(|k| Arc::new(Registry::new(self.store.clone(), Arc::new(k)))).collect();
         versions.sort_by_key(|r| std::cmp::Reverse((r.info().version == storage, version_priority(&r.info().version))));
-        let terminating = crd.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        let terminating = crd.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
         Some((tenant, name.clone(), Arc::new(Served { name, versions, terminating })))
     }
 
@@ -578,8 +575,7 @@ impl Catalog {
             while let Some(event) = events.recv().await {
                 let Some(this) = catalog.upgrade() else { return };
                 let object = event.object();
-                let rv =
-                    object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok());
+                let rv = object.at("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok());
                 match event.kind {
                     "ADDED" | "MODIFIED" => {
                         if let Some((tenant, name, served)) = this.build(&object) {
@@ -597,8 +593,8 @@ impl Catalog {
                         }
                     }
                     "DELETED" => {
-                        let tenant = object.pointer("/metadata/tenant").and_then(Value::as_str).unwrap_or("");
-                        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                        let tenant = object.at("/metadata/tenant").and_then(Value::as_str).unwrap_or("");
+                        let name = object.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
                         let mut tables = this.tables.write().unwrap_or_else(|e| e.into_inner());
                         if let Some(t) = tables.tenants.get_mut(tenant) {
                             t.remove(name);
@@ -689,17 +685,17 @@ impl Catalog {
                             .as_array()
                             .into_iter()
                             .flatten()
-                            .filter(|o| !shadowing.iter().any(|t| o.pointer("/metadata/tenant") == Some(&json!(t))))
+                            .filter(|o| !shadowing.iter().any(|t| o.at("/metadata/tenant") == Some(&json!(t))))
                             .collect();
                         if items.is_empty() {
                             break;
                         }
                         for o in items {
                             let s = Scope {
-                                tenant: o.pointer("/metadata/tenant").and_then(Value::as_str).map(str::to_string),
-                                namespace: o.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string),
+                                tenant: o.at("/metadata/tenant").and_then(Value::as_str).map(str::to_string),
+                                namespace: o.at("/metadata/namespace").and_then(Value::as_str).map(str::to_string),
                             };
-                            let n = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                            let n = o.at("/metadata/name").and_then(Value::as_str).unwrap_or("");
                             if let Err(e) = registry.delete(&s, n, &DeleteOptions::default()).await
                                 && !matches!(e, RegistryError::NotFound { .. })
                             {

@@ -18,6 +18,7 @@ pub mod options;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use api::json::At;
 use api::meta::{Status, StatusCause, StatusDetails};
 use serde_json::{Map, Value};
 
@@ -596,8 +597,8 @@ impl Writer<'_> {
     /// list) replace the old ones as the starting point, as Kubernetes allows (kubectl's
     /// client-side to server-side apply migration relies on it); `[{}]` clears them.
     pub fn record_update(&self, old: Option<&Value>, new: &mut Value) {
-        let old_mf = old.and_then(|o| o.pointer("/metadata/managedFields"));
-        let new_mf = new.pointer("/metadata/managedFields");
+        let old_mf = old.and_then(|o| o.at("/metadata/managedFields"));
+        let new_mf = new.at("/metadata/managedFields");
         let client = match new_mf {
             Some(v) if Some(v) != old_mf => decode(Some(v)).ok().filter(|e| !e.is_empty()),
             _ => None,
@@ -660,7 +661,7 @@ impl Writer<'_> {
         if !config.is_object() {
             return Err(ApplyError::Invalid("the apply configuration must be an object".into()));
         }
-        if config.pointer("/metadata/managedFields").is_some_and(|v| !v.is_null()) {
+        if config.at("/metadata/managedFields").is_some_and(|v| !v.is_null()) {
             return Err(ApplyError::Invalid("metadata.managedFields must be nil".into()));
         }
         let mut config = without_nulls(config);
@@ -683,7 +684,7 @@ impl Writer<'_> {
         let mut applied = FieldSet::default();
         self.fields(&config, &mut Vec::new(), &[], &mut applied, true).map_err(ApplyError::Invalid)?;
         applied.subtract(stripped());
-        let mut entries = decode(live.and_then(|l| l.pointer("/metadata/managedFields"))).unwrap_or_default();
+        let mut entries = decode(live.and_then(|l| l.at("/metadata/managedFields"))).unwrap_or_default();
         let mut base = live.cloned().unwrap_or_else(|| Value::Object(Map::new()));
         if let Some(meta) = base.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");

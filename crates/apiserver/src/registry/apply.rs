@@ -2,6 +2,7 @@
 //! configuration in, write the result if nothing changed in between (else start over), or
 //! create the object when it does not exist.
 
+use api::json::At;
 use serde_json::Value;
 
 use super::{Registry, RegistryError, Scope, WriteOptions, object};
@@ -27,7 +28,7 @@ impl Registry {
             .clone()
             .ok_or_else(|| ApplyError::Invalid("fieldManager is required for apply patch".into()))?;
         self.check_type(&mut config)?;
-        match config.pointer("/metadata/name") {
+        match config.at("/metadata/name") {
             None | Some(Value::Null) => {
                 object::as_object(&mut config)?
                     .entry("metadata")
@@ -46,7 +47,7 @@ impl Registry {
             }
         }
         if let (true, Some(ns), Some(Value::String(given))) =
-            (self.info().namespaced, scope.namespace.as_deref(), config.pointer("/metadata/namespace"))
+            (self.info().namespaced, scope.namespace.as_deref(), config.at("/metadata/namespace"))
             && given != ns
         {
             return Err(RegistryError::BadRequest(
@@ -55,7 +56,7 @@ impl Registry {
             .into());
         }
         // A resource version in the configuration is a precondition, as in any patch.
-        let pinned = config.pointer("/metadata/resourceVersion").is_some_and(|v| !v.is_null());
+        let pinned = config.at("/metadata/resourceVersion").is_some_and(|v| !v.is_null());
         let api_version = self.info().api_version();
         let list_type = |p: &[&str]| self.strategy.list_type(p);
         let write = WriteOptions { applied: true, ..opts.clone() };

@@ -14,6 +14,7 @@ mod project;
 
 use std::sync::Arc;
 
+use api::json::At;
 use api::meta::{FieldError, ListMeta, ObjectMeta, Status};
 use api::request::is_dns_label;
 use api::selector::{FieldSelector, LabelSelector};
@@ -454,7 +455,7 @@ impl WatchEvent {
     /// The object's resource version, as a store revision.
     pub fn revision(&self) -> Option<i64> {
         match &self.object {
-            Payload::Decoded(v) => v.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok(),
+            Payload::Decoded(v) => v.at("/metadata/resourceVersion")?.as_str()?.parse().ok(),
             Payload::Stored(e) => Some(e.event.kv.mod_revision),
         }
     }
@@ -813,7 +814,7 @@ impl Registry {
             }
             // The server's own writes keep the record as it was.
             None => {
-                let kept = old.and_then(|o| o.pointer("/metadata/managedFields")).cloned();
+                let kept = old.and_then(|o| o.at("/metadata/managedFields")).cloned();
                 if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                     match kept {
                         Some(v) => meta.insert("managedFields".into(), v),

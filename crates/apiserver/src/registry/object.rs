@@ -2,6 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use api::json::At;
 use api::meta::ObjectMeta;
 use rand::Rng;
 use serde::Deserialize;
@@ -87,7 +88,7 @@ pub use api::time::rfc3339;
 
 /// The strings of the list at `pointer` in `obj` (non-strings skipped; nothing if absent).
 pub fn strings_at(obj: &Value, pointer: &str) -> Vec<String> {
-    obj.pointer(pointer)
+    obj.at(pointer)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

@@ -245,3 +245,48 @@ async fn unreachable_servers_and_foreign_cas_are_refused() -> Result<()> {
     ensure!(err.to_string().contains("certificate"), "{err}");
     Ok(())
 }
+
+/// A component in the server's process hands its requests over in memory: the same answers
+/// as over TLS with the same certificate (what it may and may not do included), watches
+/// stream, and no connection is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_requests_are_served_as_over_a_connection() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store"))?);
+    let server = apiserver::http::Server::bind(store, dir.path(), "127.0.0.1:0".parse()?).await?;
+    let path =
+        apiserver::pki::write_component_kubeconfig(dir.path(), &server.url, &apiserver::pki::Component::Scheduler)?;
+    let cert = client::Config::from_kubeconfig(&path, None)?.identity.context("the scheduler has a certificate")?.0;
+    let handler = server.in_process(&cert)?;
+    ensure!(server.in_process(b"no certificate here").is_err(), "a handler without an identity");
+    let kubeconfig = server.kubeconfig.clone();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let inside = Client::in_process(client::Config::from_kubeconfig(&path, None)?, Arc::new(handler))?;
+    let outside = Client::new(client::Config::from_kubeconfig(&path, None)?)?;
+    let admin = Client::from_kubeconfig(&kubeconfig)?;
+
+    let all = Scope::all_tenants();
+    let mut pods = inside.watch(&Resource::pods(), &all, &WatchParams::default()).await?;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                     "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    admin.create(&Resource::pods(), &Scope::own().in_namespace("default"), &pod).await?;
+    wait_for(&mut pods, |e| matches!(e, WatchEvent::Added(p) if name(p) == "p")).await?;
+    let a = inside.list(&Resource::pods(), &all, &ListParams::default()).await?;
+    let b = outside.list(&Resource::pods(), &all, &ListParams::default()).await?;
+    ensure!(a.items.len() == 1 && a.items == b.items, "in process {:?}, over TLS {:?}", a.items, b.items);
+    // The scheduler may not write config maps, in process as over TLS.
+    let scope = Scope::own().in_namespace("default");
+    let refused = |r: Result<Value, client::Error>| match r {
+        Err(client::Error::Api(s)) => Ok(s),
+        other => anyhow::bail!("expected a refusal, got {other:?}"),
+    };
+    let a = refused(inside.create(&Resource::config_maps(), &scope, &cm("x", "default", "a")).await)?;
+    let b = refused(outside.create(&Resource::config_maps(), &scope, &cm("x", "default", "a")).await)?;
+    ensure!(a.code == 403 && a == b, "in process {a:?}, over TLS {b:?}");
+    ensure!(inside.connections_opened() == 0, "the in-process client opened a connection");
+    ensure!(outside.connections_opened() == 1);
+    Ok(())
+}

@@ -235,6 +235,8 @@ fn the_no_execute_taint_waits_for_the_zone() {
 /// within a few seconds, although the agent keeps writing its status meanwhile.
 mod live {
     use std::sync::Arc;
+
+    use api::json::At;
     use std::time::{Duration, SystemTime};
 
     use client::{Client, Patch, Resource, Scope};
@@ -323,7 +325,7 @@ mod live {
 
     async fn ready_of(c: &Client, name: &str) -> anyhow::Result<String> {
         let node = c.get(&Resource::nodes(), &Scope::tenant("system"), name).await?;
-        let conditions = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let conditions = node.at("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
         let ready = conditions.iter().find(|c| c["type"] == "Ready").map(|c| c["status"].clone());
         Ok(ready.and_then(|r| r.as_str().map(str::to_string)).unwrap_or_default())
     }
@@ -428,7 +430,7 @@ mod live {
 
     async fn ours(c: &Client, name: &str) -> anyhow::Result<Vec<String>> {
         let node = c.get(&Resource::nodes(), &Scope::tenant("system"), name).await?;
-        let taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
+        let taints = node.at("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
         Ok(taints
             .iter()
             .filter(|t| super::super::is_ours(t))
