@@ -393,6 +393,11 @@ async fn measure(
     let listed = client.list(&Resource::pods(), &scope, &ListParams { limit: Some(1), ..Default::default() }).await?;
     let params = WatchParams { resource_version: Some(listed.resource_version), ..WatchParams::default() };
     let mut watch = client.watch(&Resource::pods(), &scope, &params).await?;
+    // The last version the pod watch delivered, to reopen it there: the server drops a
+    // watcher that falls too far behind (as Kubernetes' does), and clients carry on from
+    // where they were.
+    let mut pod_rv = params.resource_version.clone().unwrap_or_default();
+    let mut rewatches = 0usize;
     // The simulated nodes, from their current state on (ADDED first), to count transitions.
     let node_params = WatchParams { label_selector: Some("atoll.io/simulated=true".into()), ..WatchParams::default() };
     let system = Scope::tenant("system");
@@ -512,6 +517,7 @@ async fn measure(
         let pod = match event? {
             Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
             Some(WatchEvent::Deleted(pod)) => {
+                pod_rv = text(&pod, "/metadata/resourceVersion").to_string();
                 let times = pods.entry(text(&pod, "/metadata/name").to_string()).or_default();
                 if !times.deleted {
                     times.deleted = true;
@@ -520,9 +526,18 @@ async fn measure(
                 continue;
             }
             Some(WatchEvent::Error(s)) => bail!("the watch failed: {}", s.message),
-            None => bail!("the server ended the watch"),
+            None => {
+                rewatches += 1;
+                let params = WatchParams { resource_version: Some(pod_rv.clone()), ..WatchParams::default() };
+                watch = client
+                    .watch(&Resource::pods(), &scope, &params)
+                    .await
+                    .context("reopening the pod watch the server ended")?;
+                continue;
+            }
             Some(_) => continue,
         };
+        pod_rv = text(&pod, "/metadata/resourceVersion").to_string();
         let now = Instant::now();
         let times = pods.entry(text(&pod, "/metadata/name").to_string()).or_default();
         if times.seen.is_none() {
@@ -610,6 +625,9 @@ async fn measure(
     if let Some(me) = usage(std::process::id()) {
         println!("this bench (clients and watch): VmHWM {} MiB, CPU {:.1} s", me.hwm_kib / 1024, me.cpu.as_secs_f64());
     }
+    println!(
+        "pod watch of this bench: reopened {rewatches} times (the server ends a watch that falls too far behind)"
+    );
     println!("load average during the run (every 10 s): {}", loads.join(" | "));
     if args.latency_pods > 0 && running_count == args.pods {
         paced(kubeconfig, &scope, &mut watch, args).await?;
