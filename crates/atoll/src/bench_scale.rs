@@ -625,9 +625,7 @@ async fn measure(
     if let Some(me) = usage(std::process::id()) {
         println!("this bench (clients and watch): VmHWM {} MiB, CPU {:.1} s", me.hwm_kib / 1024, me.cpu.as_secs_f64());
     }
-    println!(
-        "pod watch of this bench: reopened {rewatches} times (the server ends a watch that falls too far behind)"
-    );
+    println!("pod watch of this bench: reopened {rewatches} times (the server ends a watch that falls too far behind)");
     println!("load average during the run (every 10 s): {}", loads.join(" | "));
     if args.latency_pods > 0 && running_count == args.pods {
         paced(kubeconfig, &scope, &mut watch, args).await?;
