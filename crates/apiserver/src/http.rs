@@ -1846,6 +1846,18 @@ impl Drop for AbortOnDrop {
 }
 
 /// A bound, ready server.
+/// Serves one request in a task of its own (over a connection or in process alike), so a
+/// panic in it answers 500 instead of ending the server.
+async fn serve_isolated(
+    api: Arc<Api>,
+    req: Request<ReqBody>,
+    cert: crate::authn::ConnectionCert,
+    peer: std::net::IpAddr,
+) -> Response<Body> {
+    let handled = tokio::spawn(async move { api.serve(req, &cert, peer).await }).await;
+    handled.unwrap_or_else(|_| status(Status::internal("the request handler failed")))
+}
+
 pub struct Server {
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -1933,11 +1945,7 @@ impl Server {
         Ok(move |req: Request<http_body_util::Full<Bytes>>| {
             let (api, cert) = (api.clone(), cert.clone());
             let req = req.map(|b| b.map_err(|never| match never {}).boxed());
-            let answer: Answer = Box::pin(async move {
-                // Its own task, as over a connection: a panic answers 500.
-                let handled = tokio::spawn(async move { api.serve(req, &cert, peer.ip()).await }).await;
-                handled.unwrap_or_else(|_| status(Status::internal("the request handler failed")))
-            });
+            let answer: Answer = Box::pin(serve_isolated(api, req, cert, peer.ip()));
             answer
         })
     }
@@ -1980,13 +1988,7 @@ impl Server {
                 let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (api, cert) = (api.clone(), cert.clone());
                     let req = req.map(BodyExt::boxed);
-                    async move {
-                        // A panic in one request answers 500 instead of ending the server.
-                        let handled = tokio::spawn(async move { api.serve(req, &cert, peer.ip()).await }).await;
-                        Ok::<_, Infallible>(
-                            handled.unwrap_or_else(|_| status(Status::internal("the request handler failed"))),
-                        )
-                    }
+                    async move { Ok::<_, Infallible>(serve_isolated(api, req, cert, peer.ip()).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Upgrades: exec and attach (HTTP/1.1 only; kubectl asks for it on those).

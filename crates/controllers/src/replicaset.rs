@@ -307,10 +307,8 @@ fn sets_for_pod(sets: &Cache, pod: &Value) -> Vec<ObjectKey> {
         }
         Some(_) => Vec::new(),
         None => {
-            let labels = pod.at("/metadata/labels").and_then(Value::as_object);
-            let pairs = labels.into_iter().flatten().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)));
             let mut found = sets.by_index(SELECTOR_INDEX, &set_label_index(&key.tenant, ns, None));
-            for (k, v) in pairs {
+            for (k, v) in workload::labels(pod) {
                 found.extend(sets.by_index(SELECTOR_INDEX, &set_label_index(&key.tenant, ns, Some((k, v)))));
             }
             found.into_iter().filter(|rs| workload::selects(rs, pod)).filter_map(|rs| ObjectKey::of(&rs)).collect()
@@ -364,8 +362,7 @@ pub fn pod_index(pod: &Value) -> Vec<String> {
     if let Some(r) = workload::controller_ref(pod) {
         return vec![owned_index(tenant, ns, str_at(r, "/uid"))];
     }
-    let labels = pod.at("/metadata/labels").and_then(Value::as_object).into_iter().flatten();
-    let by_label = labels.filter_map(|(k, v)| Some(orphan_label_index(tenant, ns, k, v.as_str()?)));
+    let by_label = workload::labels(pod).map(|(k, v)| orphan_label_index(tenant, ns, k, v));
     std::iter::once(orphan_index(tenant, ns)).chain(by_label).collect()
 }
 

@@ -76,9 +76,19 @@ impl<'a> Selector<'a> {
     /// The `matchLabels` pairs: every object the selector selects carries each of them (so
     /// any one narrows the search for candidates).
     pub fn required_labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
-        let pairs = self.0.and_then(|s| s.get("matchLabels")).and_then(Value::as_object);
-        pairs.into_iter().flatten().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+        string_pairs(self.0.and_then(|s| s.get("matchLabels")))
     }
+}
+
+/// An object's labels (its `metadata.labels`) as key and value; values that are no string
+/// are left out.
+pub fn labels(obj: &Value) -> impl Iterator<Item = (&str, &str)> {
+    string_pairs(obj.at("/metadata/labels"))
+}
+
+/// The string-valued entries of a JSON map (none when it is no map).
+fn string_pairs(map: Option<&Value>) -> impl Iterator<Item = (&str, &str)> {
+    map.and_then(Value::as_object).into_iter().flatten().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
 }
 
 /// A LabelSelector object as the `labelSelector` query parameter spells it; `None` for
