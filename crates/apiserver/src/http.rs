@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::json::At;
 use api::meta::Status;
@@ -137,6 +137,8 @@ pub struct Api {
     rv: crate::rv::RvSecret,
     /// Owners' kinds, for the `blockOwnerDeletion` admission (`ownerrefs.rs`).
     owner_kinds: Arc<crate::ownerrefs::Kinds>,
+    /// Requests counted and timed, for `/metrics` (`metrics.rs`).
+    metrics: crate::metrics::Metrics,
 }
 
 /// What a server may be started with beyond its store, data and address.
@@ -359,7 +361,17 @@ impl Api {
             .map_err(|e| ServeError::Setup(format!("loading RBAC objects: {e}")))?;
         let rv = crate::rv::RvSecret::load_or_create(data_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
         let owner_kinds = Arc::new(crate::ownerrefs::Kinds::new(registries.values(), crds.clone()));
-        Ok(Api { registries, crds, authz, authn: Arc::new(authn), keystone: None, nodes: None, rv, owner_kinds })
+        Ok(Api {
+            registries,
+            crds,
+            authz,
+            authn: Arc::new(authn),
+            keystone: None,
+            nodes: None,
+            rv,
+            owner_kinds,
+            metrics: crate::metrics::Metrics::new(),
+        })
     }
 
     /// Every registry `tenant` sees: the built-in kinds and the custom resources of its
@@ -541,10 +553,11 @@ impl Api {
         cert: &crate::authn::ConnectionCert,
         peer: std::net::IpAddr,
     ) -> Response<Body> {
+        let started = Instant::now();
         let path = req.uri().path().to_string();
         let bare = bare_path(&path);
         if matches!(bare.as_str(), "/healthz" | "/livez" | "/readyz" | "/version") {
-            return self.handle(req, None).await;
+            return self.handle(req, None, started).await;
         }
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         match self.authn.authenticate(cert, authorization, &path, peer).await {
@@ -561,7 +574,7 @@ impl Api {
                     }
                 }
                 match verdict {
-                    Ok(Some(user)) => self.handle(req, Some(user)).await,
+                    Ok(Some(user)) => self.handle(req, Some(user), started).await,
                     Ok(None) => status(refused.status),
                     Err(s) => status(s),
                 }
@@ -579,7 +592,7 @@ impl Api {
                 Ok(resp) => resp,
                 Err(s) => status(s),
             },
-            Ok(who) => self.handle(req, who.map(|w| w.user)).await,
+            Ok(who) => self.handle(req, who.map(|w| w.user), started).await,
         }
     }
 
@@ -670,8 +683,8 @@ impl Api {
         ))
     }
 
-    /// Serves one request from an authenticated (or not) caller.
-    pub async fn handle(&self, req: Request<ReqBody>, user: Option<User>) -> Response<Body> {
+    /// Serves one request from an authenticated (or not) caller, taken at `started`.
+    pub async fn handle(&self, req: Request<ReqBody>, user: Option<User>, started: Instant) -> Response<Body> {
         let path = req.uri().path().to_string();
         let bare = bare_path(&path);
         match bare.as_str() {
@@ -695,6 +708,20 @@ impl Api {
                 });
             }
         };
+        let apply = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/apply-patch"));
+        let labels = crate::metrics::Labels::of(&info, apply);
+        let resp = self.handle_parsed(req, user, info).await;
+        if let Some(labels) = labels {
+            self.metrics.observe(labels, resp.status().as_u16(), started.elapsed());
+        }
+        resp
+    }
+
+    /// Serves a request whose URL is understood, from an authenticated caller.
+    async fn handle_parsed(&self, req: Request<ReqBody>, user: User, info: RequestInfo) -> Response<Body> {
         // Authorization, in the tenant the request resolves to.
         // Discovery and OpenAPI under `/tenants/all` are reads of every tenant's view, like
         // a list: for those who may reach across tenants (then `kubectl --server .../all` works).
@@ -720,6 +747,9 @@ impl Api {
                 };
                 if req.method() != Method::GET {
                     return status(Status::method_not_allowed());
+                }
+                if path == "/metrics" {
+                    return self.metrics_answer(&user, &tenant);
                 }
                 if path == "/openapi/v2" {
                     let served = self.served(&tenant);
@@ -751,6 +781,25 @@ impl Api {
                 Err(s) => status(s),
             },
         }
+    }
+
+    /// `GET /metrics`: every tenant's requests counted together, so for the system tenant's
+    /// users only (those its RBAC lets `get` the URL; authorized before this), never through
+    /// another tenant's path.
+    fn metrics_answer(&self, user: &User, tenant: &str) -> Response<Body> {
+        if user.tenant != api::request::SYSTEM_TENANT || tenant != api::request::SYSTEM_TENANT {
+            return status(Status::failure(
+                403,
+                "Forbidden",
+                "the metrics count every tenant's requests: only the system tenant's users may read them",
+            ));
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(self.metrics.render())).boxed());
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
     }
 
     /// The Keystone identity of a request the connection's certificate did not identify,

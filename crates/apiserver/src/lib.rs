@@ -14,6 +14,7 @@ pub mod jsonpath;
 pub mod keystone;
 pub mod kinds;
 pub mod managed;
+pub mod metrics;
 pub mod nodeproxy;
 pub mod openapi;
 pub mod openapi_v2;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod api_sli;
 mod bench;
 mod bench_api;
 mod bench_authz;

@@ -636,6 +636,56 @@ fn discovery_answers_in_the_version_asked_for() -> Result<()> {
     Ok(())
 }
 
+/// The value of the sample `name{labels}` in a Prometheus text answer, if present.
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_every_tenants_requests_for_the_system_tenant_only() -> Result<()> {
+    let server = Server::start()?;
+    let root = Kubectl::new(33, &server)?;
+    root.ok_with(&["create", "-f", "-"], Some(&tenant_admins_json("acme", &["ann"])))?;
+    let ann = server.user("acme", "ann", 33)?;
+    root.ok_with(&["create", "-f", "-"], Some(&namespace_json("mine")))?;
+    ann.ok_with(&["create", "-f", "-"], Some(&namespace_json("theirs")))?;
+    root.ok_with(&["create", "-f", "-"], Some(&configmap("a", "mine")))?;
+    ann.ok_with(&["create", "-f", "-"], Some(&configmap("b", "theirs")))?;
+    ann.ok_with(&["create", "-f", "-"], Some(&configmap("c", "theirs")))?;
+    root.fails(&["get", "configmap", "nothing", "-n", "mine"])?;
+
+    let text = root.ok(&["get", "--raw", "/metrics"])?;
+    let post = r#"group="",resource="configmaps",scope="namespace",subresource="",verb="POST",version="v1""#;
+    let get = r#"group="",resource="configmaps",scope="resource",subresource="",verb="GET",version="v1""#;
+    ensure!(
+        sample(&text, &format!("apiserver_request_total{{code=\"201\",{post}}}")) == Some(3),
+        "three creates in two tenants, counted together:\n{text}"
+    );
+    ensure!(sample(&text, &format!("apiserver_request_total{{code=\"404\",{get}}}")) == Some(1), "{text}");
+    ensure!(sample(&text, &format!("apiserver_request_duration_seconds_count{{{post}}}")) == Some(3), "{text}");
+    ensure!(
+        sample(&text, &format!("apiserver_request_duration_seconds_bucket{{{post},le=\"+Inf\"}}")) == Some(3),
+        "{text}"
+    );
+    ensure!(!text.contains("acme") && !text.contains("theirs"), "no label names a tenant or namespace:\n{text}");
+
+    // A tenant's administrator holds every URL in their tenant, but the numbers are every
+    // tenant's: refused, by either path.
+    for path in ["/metrics", "/tenants/acme/metrics", "/tenants/system/metrics"] {
+        let refused = ann.fails(&["get", "--raw", path])?;
+        ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "{path}: {refused}");
+    }
+    // The system tenant's components hold no more than they need: not the metrics.
+    let scheduler = Kubectl {
+        bin: kubectl_binary(33)?,
+        kubeconfig: server.component_kubeconfig("scheduler")?,
+        cache: tempfile::tempdir()?,
+    };
+    let refused = scheduler.fails(&["get", "--raw", "/metrics"])?;
+    ensure!(refused.contains("Forbidden") || refused.contains("forbidden"), "{refused}");
+    Ok(())
+}
+
 #[test]
 fn pods_bind_once_and_keep_their_spec() -> Result<()> {
     let server = Server::start()?;
