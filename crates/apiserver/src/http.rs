@@ -284,6 +284,9 @@ fn watch_line(kind: &str, object_json: &[u8]) -> Vec<u8> {
     line
 }
 
+/// A watch writes the events waiting for it as one chunk, up to about this many bytes.
+const WATCH_CHUNK: usize = 256 * 1024;
+
 /// A response body fed from a channel (for watches).
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -1582,26 +1585,37 @@ impl Api {
                             _ = &mut deadline => return,
                             event = events.recv() => {
                                 let Some(event) = event else { return };
-                                let encoded = |mut v: Value| {
-                                    codec.outgoing(&mut v);
-                                    serde_json::to_vec(&v).unwrap_or_default()
-                                };
-                                let line = match (&table, &event.encoded) {
-                                    (Some(printer), _) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
-                                        let object = event.object();
-                                        let meta = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
-                                        let rows = printer.table(std::slice::from_ref(&*object), meta);
-                                        watch_line(event.kind, &encoded(rows))
+                                let line = |event: crate::registry::WatchEvent| {
+                                    let encoded = |mut v: Value| {
+                                        codec.outgoing(&mut v);
+                                        serde_json::to_vec(&v).unwrap_or_default()
+                                    };
+                                    match (&table, &event.encoded) {
+                                        (Some(printer), _) if matches!(event.kind, "ADDED" | "MODIFIED" | "DELETED") => {
+                                            let object = event.object();
+                                            let meta = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                                            let rows = printer.table(std::slice::from_ref(&*object), meta);
+                                            watch_line(event.kind, &encoded(rows))
+                                        }
+                                        // Shared by every watcher of this change: serialised once, the
+                                        // version written in this caller's encoding.
+                                        (_, Some(spliced)) => {
+                                            let rv = event.revision().map(|r| codec.encode(r)).unwrap_or_default();
+                                            watch_line(event.kind, &spliced.with(&rv))
+                                        }
+                                        _ => watch_line(event.kind, &encoded(Value::clone(&event.object()))),
                                     }
-                                    // Shared by every watcher of this change: serialised once, the
-                                    // version written in this caller's encoding.
-                                    (_, Some(spliced)) => {
-                                        let rv = event.revision().map(|r| codec.encode(r)).unwrap_or_default();
-                                        watch_line(event.kind, &spliced.with(&rv))
-                                    }
-                                    _ => watch_line(event.kind, &encoded(Value::clone(&event.object()))),
                                 };
-                                if tx.send(Bytes::from(line)).await.is_err() {
+                                // The events already waiting go out with this one, as one chunk:
+                                // one wakeup of the reader and one frame per batch, not per event.
+                                let mut chunk = line(event);
+                                while chunk.len() < WATCH_CHUNK {
+                                    match events.try_recv() {
+                                        Ok(event) => chunk.extend_from_slice(&line(event)),
+                                        Err(_) => break,
+                                    }
+                                }
+                                if tx.send(Bytes::from(chunk)).await.is_err() {
                                     return;
                                 }
                             }

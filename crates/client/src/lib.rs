@@ -115,6 +115,8 @@ pub enum WatchEvent {
 pub struct WatchStream {
     body: AnswerBody,
     buf: BytesMut,
+    /// How much of `buf` is known to hold no newline (a long line arrives over many frames).
+    scanned: usize,
     done: bool,
 }
 
@@ -126,7 +128,8 @@ impl WatchStream {
     /// The next event, its object decoded in `keep`'s shape (see [`Keep`]).
     pub async fn next_keeping(&mut self, keep: Option<&Keep>) -> Result<Option<WatchEvent>, Error> {
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| i + self.scanned) {
+                self.scanned = 0;
                 let line = self.buf.split_to(i + 1);
                 let line = &line[..i];
                 if line.iter().all(u8::is_ascii_whitespace) {
@@ -134,12 +137,14 @@ impl WatchStream {
                 }
                 return parse_event(line, keep).map(Some);
             }
+            self.scanned = self.buf.len();
             if self.done {
                 if self.buf.iter().all(u8::is_ascii_whitespace) {
                     return Ok(None);
                 }
                 // A last event without its newline.
                 let rest = self.buf.split();
+                self.scanned = 0;
                 return parse_event(&rest, keep).map(Some);
             }
             match self.body.frame().await {
@@ -551,12 +556,35 @@ impl Client {
 
     /// A JSON answer, or the `Status` of a failure (its body's, else its first bytes).
     async fn json_answer(resp: Response<AnswerBody>) -> Result<Value, Error> {
+        Self::answer_keeping(resp, None).await
+    }
+
+    /// The same, the answer decoded in `keep`'s shape (`None`: whole).
+    async fn answer_keeping(resp: Response<AnswerBody>, keep: Option<&Keep>) -> Result<Value, Error> {
         let code = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !(200..300).contains(&code) {
             return Err(Error::Api(Self::failure(code, &bytes)));
         }
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| Error::Decode(format!("the answer is not JSON: {e}")))
+        match keep {
+            None => serde_json::from_slice::<Value>(&bytes),
+            Some(keep) => keep.decode_slice(&bytes),
+        }
+        .map_err(|e| Error::Decode(format!("the answer is not JSON: {e}")))
+    }
+
+    /// A write whose answer (the object as written) is decoded only in `keep`'s shape: a
+    /// writer that needs little of it (a name, nothing) skips building the rest.
+    async fn write_keeping(
+        &self,
+        method: Method,
+        at: (&Resource, &Scope, Option<&str>, Option<&str>),
+        body: Option<(&str, Vec<u8>)>,
+        keep: &Keep,
+    ) -> Result<Value, Error> {
+        let (resource, scope, name, subresource) = at;
+        let path = Self::object_path(resource, scope, name, subresource)?;
+        Self::answer_keeping(self.send(method, &path, body).await?, Some(keep)).await
     }
 
     fn failure(code: u16, bytes: &[u8]) -> Status {
@@ -638,6 +666,17 @@ impl Client {
         self.call_on(Method::POST, (resource, scope, None, None), Self::json_body(obj)).await
     }
 
+    /// [`Client::create`], the created object decoded only in `keep`'s shape.
+    pub async fn create_keeping(
+        &self,
+        resource: &Resource,
+        scope: &Scope,
+        obj: &Value,
+        keep: &Keep,
+    ) -> Result<Value, Error> {
+        self.write_keeping(Method::POST, (resource, scope, None, None), Self::json_body(obj), keep).await
+    }
+
     /// Replaces an object (optimistic concurrency on its `metadata.resourceVersion`).
     pub async fn replace(&self, resource: &Resource, scope: &Scope, name: &str, obj: &Value) -> Result<Value, Error> {
         self.call_on(Method::PUT, (resource, scope, Some(name), None), Self::json_body(obj)).await
@@ -677,6 +716,23 @@ impl Client {
         patch: &Patch,
     ) -> Result<Value, Error> {
         self.call_on(Method::PATCH, (resource, scope, Some(name), Some(subresource)), Self::patch_body(patch)).await
+    }
+
+    /// [`Client::patch_subresource`], the answer decoded only in `keep`'s shape.
+    pub async fn patch_subresource_keeping(
+        &self,
+        at: (&Resource, &Scope, &str, &str),
+        patch: &Patch,
+        keep: &Keep,
+    ) -> Result<Value, Error> {
+        let (resource, scope, name, subresource) = at;
+        self.write_keeping(
+            Method::PATCH,
+            (resource, scope, Some(name), Some(subresource)),
+            Self::patch_body(patch),
+            keep,
+        )
+        .await
     }
 
     pub async fn patch(&self, resource: &Resource, scope: &Scope, name: &str, patch: &Patch) -> Result<Value, Error> {
@@ -784,7 +840,7 @@ impl Client {
             let bytes = resp.into_body().collect().await?.to_bytes();
             return Err(Error::Api(Self::failure(code, &bytes)));
         }
-        Ok(WatchStream { body: resp.into_body(), buf: BytesMut::new(), done: false })
+        Ok(WatchStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0, done: false })
     }
 }
 
@@ -807,6 +863,48 @@ mod tests {
         assert_eq!(gone, WatchEvent::Error(Status { code: 410, reason: "Expired".into(), message: "too old".into() }));
         assert!(matches!(parse_event(b"{\"type\":\"NOPE\"}", None), Err(Error::Decode(_))));
         assert!(matches!(parse_event(b"not json", None), Err(Error::Decode(_))));
+    }
+
+    /// A body that hands out the given frames, one per poll.
+    struct Frames(std::collections::VecDeque<&'static [u8]>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|f| Ok(hyper::body::Frame::data(Bytes::from_static(f)))))
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_events_are_cut_at_newlines_whatever_the_frames() {
+        let frames = [
+            &br#"{"type":"ADDED","object":{"n":1}}"#[..],
+            b"\n{\"type\":\"MODIFIED\",\"obj",
+            b"ect\":{\"n\"",
+            b":2}}\n\n{\"type\":\"ADDED\",\"object\":{\"n\":3}}\n{\"type\":\"DELETED\",\"object\":{\"n\":4}}\n",
+            b"{\"type\":\"ADDED\",\"object\":{\"n\":5}}",
+        ];
+        let body = Frames(frames.into_iter().collect()).map_err(|never| match never {}).boxed();
+        let mut stream = WatchStream { body, buf: BytesMut::new(), scanned: 0, done: false };
+        let mut seen = Vec::new();
+        while let Some(event) = stream.next().await.unwrap() {
+            seen.push(event);
+        }
+        let n = |i: i64| serde_json::json!({"n": i});
+        assert_eq!(
+            seen,
+            [
+                WatchEvent::Added(n(1)),
+                WatchEvent::Modified(n(2)),
+                WatchEvent::Added(n(3)),
+                WatchEvent::Deleted(n(4)),
+                WatchEvent::Added(n(5))
+            ]
+        );
     }
 
     #[test]

@@ -84,13 +84,16 @@ impl ReplicaSets {
     /// requests on the shared connection); returns the names made and the first error.
     async fn create_pods(&self, scope: &Scope, rs: &Value, count: usize) -> (Vec<String>, Option<client::Error>) {
         let pod = Arc::new(Self::new_pod(rs));
+        // Only the name is read back from each answer.
+        let keep =
+            Arc::new(client::Keep::shape(client::Shape::only(&[]).with("metadata", client::Shape::only(&["name"]))));
         let mut made = Vec::new();
         let mut batch = 1;
         while made.len() < count {
             let mut tasks = tokio::task::JoinSet::new();
             for _ in 0..batch.min(count - made.len()) {
-                let (client, scope, pod) = (self.client.clone(), scope.clone(), pod.clone());
-                tasks.spawn(async move { client.create(&Resource::pods(), &scope, &pod).await });
+                let (client, scope, pod, keep) = (self.client.clone(), scope.clone(), pod.clone(), keep.clone());
+                tasks.spawn(async move { client.create_keeping(&Resource::pods(), &scope, &pod, &keep).await });
             }
             let mut error = None;
             while let Some(r) = tasks.join_next().await {

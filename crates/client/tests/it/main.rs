@@ -209,6 +209,34 @@ async fn watches_deliver_typed_events_bookmarks_and_gone() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_answer_in_the_shape_asked_for() -> Result<()> {
+    let server = start().await?;
+    let c = Client::from_kubeconfig(&server.kubeconfig)?;
+    let cms = Resource::config_maps();
+    let web = Scope::own().in_namespace("default");
+    let name_only = client::Keep::shape(client::Shape::only(&[]).with("metadata", client::Shape::only(&["name"])));
+    let made = c.create_keeping(&cms, &web, &cm("a", "default", "x"), &name_only).await?;
+    ensure!(made == json!({"metadata": {"name": "a"}}), "{made}");
+    // Stored whole all the same.
+    ensure!(c.get(&cms, &web, "a").await?["data"]["k"] == "v");
+    let again = c.create_keeping(&cms, &web, &cm("a", "default", "x"), &name_only).await;
+    ensure!(again.as_ref().err().is_some_and(client::Error::is_already_exists), "{again:?}");
+
+    let pods = Resource::pods();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                     "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    c.create(&pods, &web, &pod).await?;
+    let nothing = client::Keep::shape(client::Shape::only(&[]));
+    let status = Patch::Merge(json!({"status": {"phase": "Running"}}));
+    let answer = c.patch_subresource_keeping((&pods, &web, "p", "status"), &status, &nothing).await?;
+    ensure!(answer == json!({}), "{answer}");
+    ensure!(c.get(&pods, &web, "p").await?["status"]["phase"] == "Running");
+    let missing = c.patch_subresource_keeping((&pods, &web, "nope", "status"), &status, &nothing).await;
+    ensure!(missing.as_ref().err().is_some_and(client::Error::is_not_found), "{missing:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_prefix_in_the_server_url_is_kept() -> Result<()> {
     let server = start().await?;
     let admin = Client::from_kubeconfig(&server.kubeconfig)?;
