@@ -532,6 +532,20 @@ impl Current {
     }
 }
 
+/// An object as a write left it, with its stored JSON and revision when the object is
+/// exactly that JSON at that revision (a kind stored as viewed, really written): the answer
+/// is then cut from those bytes ([`cache::Spliced::of_stored`]) instead of serialised again.
+pub struct Written {
+    pub obj: Value,
+    pub stored: Option<(Bytes, i64)>,
+}
+
+impl Written {
+    fn decoded(obj: Value) -> Written {
+        Written { obj, stored: None }
+    }
+}
+
 /// The registry of one kind.
 #[derive(Clone)]
 pub struct Registry {
@@ -826,12 +840,19 @@ impl Registry {
     }
 
     pub async fn create_with(&self, scope: &Scope, obj: Value, opts: &WriteOptions) -> Result<Value> {
+        self.create_written(scope, obj, opts).await.map(|w| w.obj)
+    }
+
+    /// [`Registry::create_with`], with the bytes stored when they are the answer.
+    pub async fn create_written(&self, scope: &Scope, obj: Value, opts: &WriteOptions) -> Result<Written> {
         let mut created = self.create_unredacted(scope, obj, opts).await?;
-        self.strategy.redact(&mut created);
+        if created.stored.is_none() {
+            self.strategy.redact(&mut created.obj);
+        }
         Ok(created)
     }
 
-    async fn create_unredacted(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Value> {
+    async fn create_unredacted(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Written> {
         let dry_run = opts.dry_run;
         self.check_type(&mut obj)?;
         let mut meta = object::meta(&obj)?;
@@ -879,19 +900,21 @@ impl Registry {
         }
         self.admit(opts, &name, None, &obj)?;
         if dry_run {
-            return Ok(obj);
+            return Ok(Written::decoded(obj));
         }
         // A generated name may collide; try a few fresh suffixes before giving up.
         for _ in 0..8 {
             let name = meta.name.clone().unwrap_or_default();
             let key = self.key(scope, &name)?;
-            match self.store.create(key, self.encode(&obj)?).await? {
+            let bytes = self.encode(&obj)?;
+            match self.store.create(key, bytes.clone()).await? {
                 Ok(revision) => {
                     let mut created = obj;
                     if let Some(m) = created.get_mut("metadata").and_then(Value::as_object_mut) {
                         m.insert("resourceVersion".into(), Value::String(revision.to_string()));
                     }
-                    return Ok(created);
+                    let stored = self.strategy.stored_as_viewed().then_some((bytes, revision));
+                    return Ok(Written { obj: created, stored });
                 }
                 Err(_) if generate => {
                     meta.name =
@@ -1057,8 +1080,22 @@ impl Registry {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Value> {
+        self.update_written(scope, name, obj, subresource, opts).await.map(|w| w.obj)
+    }
+
+    /// [`Registry::update_with`], with the bytes stored when they are the answer.
+    pub async fn update_written(
+        &self,
+        scope: &Scope,
+        name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written> {
         let mut updated = self.update_unredacted(scope, name, obj, subresource, opts).await?;
-        self.strategy.redact(&mut updated);
+        if updated.stored.is_none() {
+            self.strategy.redact(&mut updated.obj);
+        }
         Ok(updated)
     }
 
@@ -1069,7 +1106,7 @@ impl Registry {
         mut obj: Value,
         subresource: Option<&str>,
         opts: &WriteOptions,
-    ) -> Result<Value> {
+    ) -> Result<Written> {
         self.check_type(&mut obj)?;
         let precondition = self.precondition(&obj, name)?;
         let key = self.key(scope, name)?;
@@ -1100,7 +1137,7 @@ impl Registry {
         current: &Current,
         subresource: Option<&str>,
         opts: &WriteOptions,
-    ) -> Result<Value> {
+    ) -> Result<Written> {
         self.check_type(&mut obj)?;
         let precondition = self.precondition(&obj, name)?;
         let key = self.key(scope, name)?;
@@ -1111,7 +1148,9 @@ impl Registry {
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
         })?;
-        self.strategy.redact(&mut updated);
+        if updated.stored.is_none() {
+            self.strategy.redact(&mut updated.obj);
+        }
         Ok(updated)
     }
 
@@ -1159,7 +1198,7 @@ impl Registry {
         precondition: Option<i64>,
         subresource: Option<&str>,
         opts: &WriteOptions,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<Written>> {
         let dry_run = opts.dry_run;
         let revision = current.kv.mod_revision;
         if precondition.is_some_and(|rv| rv != revision) {
@@ -1191,26 +1230,28 @@ impl Registry {
             && !self.strategy.holds_deletion(&new)
         {
             if dry_run {
-                return Ok(Some(new));
+                return Ok(Some(Written::decoded(new)));
             }
             return match self.store.delete(key.clone(), Some(revision)).await? {
                 Ok((revision, _)) => {
                     set_rv(&mut new, revision);
-                    Ok(Some(new))
+                    Ok(Some(Written::decoded(new)))
                 }
                 Err(_) if precondition.is_none() => Ok(None),
                 Err(_) => Err(self.conflict(name, "the object has been modified")),
             };
         }
         let bytes = self.encode(&new)?;
+        let as_viewed = self.strategy.stored_as_viewed();
         if bytes == current.kv.value || dry_run {
             set_rv(&mut new, revision);
-            return Ok(Some(new));
+            let stored = (as_viewed && !dry_run).then_some((bytes, revision));
+            return Ok(Some(Written { obj: new, stored }));
         }
-        match self.store.update(key.clone(), bytes, revision).await? {
+        match self.store.update(key.clone(), bytes.clone(), revision).await? {
             Ok(revision) => {
                 set_rv(&mut new, revision);
-                Ok(Some(new))
+                Ok(Some(Written { obj: new, stored: as_viewed.then_some((bytes, revision)) }))
             }
             // Someone wrote in between: an unconditional update tries again.
             Err(_) if precondition.is_none() => Ok(None),
