@@ -1764,7 +1764,15 @@ impl Api {
                     if !pinned {
                         patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                     }
-                    let warnings = check_fields(registry, &q, &patched)?;
+                    // A merge patch's object is the stored one (checked when written) with the
+                    // patch's fields: those are the only ones that can be unknown, and checking
+                    // them alone spares a walk of the whole object per patch.
+                    let checked = if content_type == "application/merge-patch+json" && patch.is_object() {
+                        &patch
+                    } else {
+                        &patched
+                    };
+                    let warnings = check_fields(registry, &q, checked)?;
                     let sub = r.subresource.as_deref();
                     match registry.update_current(&scope, &name, patched, &read, sub, &opts).await {
                         Ok(updated) => {

@@ -1301,14 +1301,17 @@ impl Registry {
         let has_status = self.info().status_subresource;
         match subresource {
             Some("status") if has_status => {
-                // Only the status changes.
-                let status = new.get("status").cloned();
-                new = old.clone();
+                // Only the status changes: everything else is made the old object's again.
+                // Done in place: the new object is most often the old one with a patched
+                // status (a patch's result), so comparing costs less than copying the old.
+                let old_map = old.as_object().ok_or_else(|| RegistryError::BadRequest("not an object".into()))?;
                 let map = object::as_object(&mut new)?;
-                match status {
-                    Some(s) => map.insert("status".into(), s),
-                    None => map.remove("status"),
-                };
+                map.retain(|k, _| k == "status" || old_map.contains_key(k));
+                for (k, v) in old_map.iter().filter(|(k, _)| k.as_str() != "status") {
+                    if map.get(k) != Some(v) {
+                        map.insert(k.clone(), v.clone());
+                    }
+                }
                 return Ok(new);
             }
             Some(other) => {

@@ -171,6 +171,22 @@ async fn updates_use_optimistic_concurrency_and_keep_server_fields() -> Result<(
     st["spec"]["containers"][0]["image"] = json!("ignored");
     let v4 = r.update(&s, "p", st, Some("status"), false).await?;
     ensure!(v4["status"]["phase"] == "Running" && v4["spec"]["containers"][0]["image"] == "other");
+    // Whatever else a status write leaves out, adds or changes comes back as it was.
+    let mut partial = v4.clone();
+    let map = partial.as_object_mut().context("an object")?;
+    map.remove("spec");
+    map.insert("extra".into(), json!(1));
+    partial["metadata"]["labels"] = json!({"sneaky": "yes"});
+    partial["status"] = json!({"phase": "Succeeded"});
+    let v5 = r.update(&s, "p", partial, Some("status"), false).await?;
+    ensure!(v5["status"]["phase"] == "Succeeded", "{v5}");
+    ensure!(
+        v5["spec"] == v4["spec"]
+            && v5.get("extra").is_none()
+            && v5["metadata"].get("labels") == v4["metadata"].get("labels"),
+        "{v5}"
+    );
+    let v4 = v5;
     // An update that changes nothing writes nothing.
     let same = r.update(&s, "p", v4.clone(), None, false).await?;
     ensure!(rv(&same) == rv(&v4));

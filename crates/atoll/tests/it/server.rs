@@ -908,6 +908,31 @@ fn apply_patches_over_http_follow_kubernetes() -> Result<()> {
 }
 
 #[test]
+fn merge_patches_are_checked_for_the_unknown_fields_they_bring() -> Result<()> {
+    let server = Server::start()?;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let json = ["-H", "Content-Type: application/json"];
+    let merge = ["-X", "PATCH", "-H", "Content-Type: application/merge-patch+json"];
+    let status_line = |head: &str| head.lines().next().unwrap_or("").to_string();
+    let made = r#"{"metadata":{"name":"u"},"data":{"k":"1"},"dta":{"a":"b"}}"#;
+    let (head, body) =
+        curl_admin(&server, &format!("{cms}?fieldValidation=Ignore"), &[&json[..], &["-d", made]].concat())?;
+    ensure!(status_line(&head).contains(" 201"), "{head}{body}");
+    // A clean patch passes even under Strict: what it brings is checked.
+    let clean = [&merge[..], &["-d", r#"{"data":{"k":"2"}}"#]].concat();
+    let (head, body) = curl_admin(&server, &format!("{cms}/u?fieldValidation=Strict"), &clean)?;
+    ensure!(status_line(&head).contains(" 200") && body.contains(r#""k":"2""#), "{head}{body}");
+    // A patch bringing an unknown field: refused under Strict, a warning by default.
+    let bad = [&merge[..], &["-d", r#"{"dta2":1}"#]].concat();
+    let (head, body) = curl_admin(&server, &format!("{cms}/u?fieldValidation=Strict"), &bad)?;
+    ensure!(status_line(&head).contains(" 400") && body.contains(r#"unknown field \"dta2\""#), "{head}{body}");
+    let (head, body) = curl_admin(&server, &format!("{cms}/u"), &bad)?;
+    ensure!(status_line(&head).contains(" 200"), "{head}{body}");
+    ensure!(head.contains(r#"warning: 299 - "unknown field \"dta2\"""#), "{head}");
+    Ok(())
+}
+
+#[test]
 fn bad_input_gets_a_clear_status_never_a_panic() -> Result<()> {
     let server = Server::start()?;
     let cms = "/api/v1/namespaces/default/configmaps";
