@@ -233,6 +233,16 @@ fn check_fields(registry: &Registry, q: &BTreeMap<String, String>, obj: &Value) 
     }
 }
 
+/// A merge patch without the members it sets to null (which remove fields), at every depth.
+fn without_nulls(patch: &Value) -> Value {
+    match patch {
+        Value::Object(m) => {
+            Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), without_nulls(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
     for w in warnings {
         if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("299 - {w:?}")) {
@@ -288,8 +298,9 @@ fn watch_line(kind: &str, object_json: &[u8]) -> Vec<u8> {
     line
 }
 
-/// A watch writes the events waiting for it as one chunk, up to about this many bytes.
-const WATCH_CHUNK: usize = 256 * 1024;
+/// A watch writes the events waiting for it as one chunk, up to about this many bytes (with
+/// the 16 chunks its channel holds, what a slow client can keep queued here).
+const WATCH_CHUNK: usize = 64 * 1024;
 
 /// A response body fed from a channel (for watches).
 struct ChannelBody(mpsc::Receiver<Bytes>);
@@ -719,7 +730,9 @@ impl Api {
             .headers()
             .get(hyper::header::CONTENT_TYPE)
             .is_some_and(|t| t.as_bytes().starts_with(b"application/apply-patch"));
-        let labels = crate::metrics::Labels::of(&info, apply);
+        let labels = crate::metrics::Labels::of(&info, apply, |group, resource| {
+            self.registries.get(&(group.to_string(), resource.to_string())).map(|r| r.info().version.clone())
+        });
         let resp = self.handle_parsed(req, user, info).await;
         if let Some(labels) = labels {
             self.metrics.observe(labels, resp.status().as_u16(), started.elapsed());
@@ -1503,12 +1516,8 @@ impl Api {
         // A write's answer: cut from the bytes just stored, with the version in the caller's
         // encoding, when those are the object (serialising it again was ~5% of the control
         // plane's CPU at scale); else serialised.
-        let out_written = |code: StatusCode, w: crate::registry::Written| match w
-            .stored
-            .as_ref()
-            .and_then(|(bytes, revision)| Some((crate::registry::cache::Spliced::of_stored(bytes)?, *revision)))
-        {
-            Some((spliced, revision)) => json_bytes(code, spliced.with(&codec.encode(revision))),
+        let out_written = |code: StatusCode, w: crate::registry::Written| match &w.stored {
+            Some((spliced, revision)) => json_bytes(code, spliced.with(&codec.encode(*revision))),
             None => out(code, w.obj),
         };
         let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -1591,7 +1600,7 @@ impl Api {
                     opts.field_selector = fs;
                 }
                 let mut events = registry.watch(&scope, &opts, bookmarks).await.map_err(registry_err)?;
-                let (tx, rx) = mpsc::channel::<Bytes>(64);
+                let (tx, rx) = mpsc::channel::<Bytes>(16);
                 tokio::spawn(async move {
                     let deadline = tokio::time::sleep(Duration::from_secs(timeout));
                     tokio::pin!(deadline);
@@ -1767,12 +1776,12 @@ impl Api {
                     // A merge patch's object is the stored one (checked when written) with the
                     // patch's fields: those are the only ones that can be unknown, and checking
                     // them alone spares a walk of the whole object per patch.
-                    let checked = if content_type == "application/merge-patch+json" && patch.is_object() {
-                        &patch
+                    // (A field the patch sets to null is removed, not brought.)
+                    let warnings = if content_type == "application/merge-patch+json" && patch.is_object() {
+                        check_fields(registry, &q, &without_nulls(&patch))?
                     } else {
-                        &patched
+                        check_fields(registry, &q, &patched)?
                     };
-                    let warnings = check_fields(registry, &q, checked)?;
                     let sub = r.subresource.as_deref();
                     match registry.update_current(&scope, &name, patched, &read, sub, &opts).await {
                         Ok(updated) => {

@@ -41,17 +41,40 @@ pub struct Labels {
     pub scope: &'static str,
 }
 
+/// The subresources the server serves, by name: any other is counted as `other`.
+const SUBRESOURCES: [&str; 9] =
+    ["status", "scale", "binding", "log", "exec", "attach", "portforward", "finalize", "token"];
+
 impl Labels {
     /// The labels of a parsed request; `None` for a request that is no object's (discovery,
     /// OpenAPI, health), which is not counted. `apply`: a server-side apply patch.
-    pub fn of(info: &RequestInfo, apply: bool) -> Option<Labels> {
+    /// `builtin_version`: the version a built-in kind (group, resource) is served at. Only
+    /// built-in kinds at their version and the server's subresources are named; the rest
+    /// (custom kinds, which a tenant names, and paths that name nothing) count as `other`,
+    /// so no caller chooses a label or adds series.
+    pub fn of(
+        info: &RequestInfo,
+        apply: bool,
+        builtin_version: impl Fn(&str, &str) -> Option<String>,
+    ) -> Option<Labels> {
         let RequestInfo::Resource(r) = info else { return None };
+        let known = builtin_version(&r.group, &r.resource).is_some_and(|v| v == r.version);
+        let (group, version, resource) = if known {
+            (r.group.clone(), r.version.clone(), r.resource.clone())
+        } else {
+            (String::new(), String::new(), "other".to_string())
+        };
+        let subresource = match r.subresource.as_deref() {
+            None => String::new(),
+            Some(s) if SUBRESOURCES.contains(&s) => s.to_string(),
+            Some(_) => "other".to_string(),
+        };
         Some(Labels {
             verb: verb_label(r, apply),
-            group: r.group.clone(),
-            version: r.version.clone(),
-            resource: r.resource.clone(),
-            subresource: r.subresource.clone().unwrap_or_default(),
+            group,
+            version,
+            resource,
+            subresource,
             scope: if r.name.is_some() {
                 "resource"
             } else if r.namespace.is_some() {
@@ -63,9 +86,13 @@ impl Labels {
     }
 }
 
-/// Kubernetes' verb label: the HTTP method, but LIST and WATCH for collection reads and
-/// APPLY for a server-side apply.
+/// Kubernetes' verb label: the HTTP method, but LIST and WATCH for collection reads, APPLY
+/// for a server-side apply and CONNECT for streams (exec, attach, port-forward), which the
+/// SLIs leave out.
 fn verb_label(r: &ResourceRequest, apply: bool) -> &'static str {
+    if matches!(r.subresource.as_deref(), Some("exec" | "attach" | "portforward")) {
+        return "CONNECT";
+    }
     match r.verb {
         Verb::Get => "GET",
         Verb::List => "LIST",
@@ -221,6 +248,24 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn only_built_in_kinds_and_served_subresources_are_named() {
+        let parse = |method: &str, path: &str| api::request::parse(method, path, None).unwrap();
+        let builtin = |g: &str, r: &str| (g.is_empty() && r == "pods").then(|| "v1".to_string());
+        let of = |method: &str, path: &str| Labels::of(&parse(method, path), false, builtin).unwrap();
+        let pods = of("POST", "/api/v1/namespaces/n/pods");
+        assert_eq!((pods.verb, pods.resource.as_str(), pods.version.as_str()), ("POST", "pods", "v1"));
+        assert_eq!(of("POST", "/api/v1/namespaces/n/pods/p/binding").subresource, "binding");
+        assert_eq!(of("POST", "/api/v1/namespaces/n/pods/p/exec").verb, "CONNECT");
+        assert_eq!(of("GET", "/api/v1/namespaces/n/pods/p/log").verb, "GET");
+        for path in ["/apis/widgets.acme.example/v1/namespaces/n/widgets", "/api/v9/namespaces/n/pods"] {
+            let other = of("GET", path);
+            assert_eq!((other.group.as_str(), other.version.as_str(), other.resource.as_str()), ("", "", "other"));
+        }
+        assert_eq!(of("GET", "/api/v1/namespaces/n/pods/p/junk").subresource, "other");
+        assert!(Labels::of(&parse("GET", "/version"), false, builtin).is_none());
     }
 
     #[test]

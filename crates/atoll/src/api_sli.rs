@@ -85,7 +85,7 @@ pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
             if le.is_infinite() {
                 return Some(lower);
             }
-            let within = (n - below) as f64;
+            let within = n.saturating_sub(below) as f64;
             let part = if within > 0.0 { (rank - below as f64) / within } else { 1.0 };
             return Some(lower + (le - lower) * part);
         }

@@ -532,17 +532,25 @@ impl Current {
     }
 }
 
-/// An object as a write left it, with its stored JSON and revision when the object is
-/// exactly that JSON at that revision (a kind stored as viewed, really written): the answer
-/// is then cut from those bytes ([`cache::Spliced::of_stored`]) instead of serialised again.
+/// An object as a write left it, with its stored JSON cut for its version and the revision
+/// when the object is exactly that JSON at that revision (a kind stored as viewed, really
+/// written): the answer is then those bytes ([`cache::Spliced::of_stored`]) instead of the
+/// object serialised again. Without them, `obj` is redacted.
 pub struct Written {
     pub obj: Value,
-    pub stored: Option<(Bytes, i64)>,
+    pub stored: Option<(cache::Spliced, i64)>,
 }
 
 impl Written {
     fn decoded(obj: Value) -> Written {
         Written { obj, stored: None }
+    }
+
+    /// `obj` as stored in `bytes` at `revision`, when its kind is stored as viewed and the
+    /// bytes can be cut (else the caller redacts and serialises `obj`).
+    fn stored(obj: Value, as_viewed: bool, bytes: &[u8], revision: i64) -> Written {
+        let stored = if as_viewed { cache::Spliced::of_stored(bytes).map(|s| (s, revision)) } else { None };
+        Written { obj, stored }
     }
 }
 
@@ -913,8 +921,7 @@ impl Registry {
                     if let Some(m) = created.get_mut("metadata").and_then(Value::as_object_mut) {
                         m.insert("resourceVersion".into(), Value::String(revision.to_string()));
                     }
-                    let stored = self.strategy.stored_as_viewed().then_some((bytes, revision));
-                    return Ok(Written { obj: created, stored });
+                    return Ok(Written::stored(created, self.strategy.stored_as_viewed(), &bytes, revision));
                 }
                 Err(_) if generate => {
                     meta.name =
@@ -1245,13 +1252,12 @@ impl Registry {
         let as_viewed = self.strategy.stored_as_viewed();
         if bytes == current.kv.value || dry_run {
             set_rv(&mut new, revision);
-            let stored = (as_viewed && !dry_run).then_some((bytes, revision));
-            return Ok(Some(Written { obj: new, stored }));
+            return Ok(Some(Written::stored(new, as_viewed && !dry_run, &bytes, revision)));
         }
         match self.store.update(key.clone(), bytes.clone(), revision).await? {
             Ok(revision) => {
                 set_rv(&mut new, revision);
-                Ok(Some(Written { obj: new, stored: as_viewed.then_some((bytes, revision)) }))
+                Ok(Some(Written::stored(new, as_viewed, &bytes, revision)))
             }
             // Someone wrote in between: an unconditional update tries again.
             Err(_) if precondition.is_none() => Ok(None),

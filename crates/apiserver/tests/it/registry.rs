@@ -662,8 +662,7 @@ async fn node_name_lists_skip_other_pods_unread_and_answer_as_a_full_filter_does
 /// The object a write answers with, as cut from the bytes it stored (what the HTTP layer
 /// sends), decoded.
 fn answered(w: &apiserver::registry::Written) -> Option<Value> {
-    let (bytes, revision) = w.stored.as_ref()?;
-    let spliced = apiserver::registry::cache::Spliced::of_stored(bytes)?;
+    let (spliced, revision) = w.stored.as_ref()?;
     serde_json::from_slice(&spliced.with(&revision.to_string())).ok()
 }
 

@@ -653,6 +653,8 @@ fn metrics_count_every_tenants_requests_for_the_system_tenant_only() -> Result<(
     ann.ok_with(&["create", "-f", "-"], Some(&configmap("b", "theirs")))?;
     ann.ok_with(&["create", "-f", "-"], Some(&configmap("c", "theirs")))?;
     root.fails(&["get", "configmap", "nothing", "-n", "mine"])?;
+    // Paths that name no served kind are counted, under no name of the caller's choosing.
+    ann.fails(&["get", "--raw", "/apis/made-up.example/v1/namespaces/theirs/gadgets"])?;
 
     let text = root.ok(&["get", "--raw", "/metrics"])?;
     let post = r#"group="",resource="configmaps",scope="namespace",subresource="",verb="POST",version="v1""#;
@@ -668,6 +670,9 @@ fn metrics_count_every_tenants_requests_for_the_system_tenant_only() -> Result<(
         "{text}"
     );
     ensure!(!text.contains("acme") && !text.contains("theirs"), "no label names a tenant or namespace:\n{text}");
+    ensure!(!text.contains("made-up") && !text.contains("gadgets"), "nor a kind the caller made up:\n{text}");
+    let other = r#"group="",resource="other",scope="namespace",subresource="",verb="LIST",version="""#;
+    ensure!(text.lines().any(|l| l.starts_with("apiserver_request_total{code=") && l.contains(other)), "{text}");
 
     // A tenant's administrator holds every URL in their tenant, but the numbers are every
     // tenant's: refused, by either path.
@@ -929,6 +934,10 @@ fn merge_patches_are_checked_for_the_unknown_fields_they_bring() -> Result<()> {
     let (head, body) = curl_admin(&server, &format!("{cms}/u"), &bad)?;
     ensure!(status_line(&head).contains(" 200"), "{head}{body}");
     ensure!(head.contains(r#"warning: 299 - "unknown field \"dta2\"""#), "{head}");
+    // Setting an unknown field to null removes it: nothing unknown is brought.
+    let remove = [&merge[..], &["-d", r#"{"dta":null,"dta2":null}"#]].concat();
+    let (head, body) = curl_admin(&server, &format!("{cms}/u?fieldValidation=Strict"), &remove)?;
+    ensure!(status_line(&head).contains(" 200") && !body.contains("dta"), "{head}{body}");
     Ok(())
 }
 
