@@ -546,6 +546,15 @@ impl Written {
         Written { obj, stored: None }
     }
 
+    /// As the writer may see it: a cut answer is of a kind with nothing to redact; an object
+    /// answered by itself is redacted.
+    fn redacted(mut self, strategy: &dyn Strategy) -> Written {
+        if self.stored.is_none() {
+            strategy.redact(&mut self.obj);
+        }
+        self
+    }
+
     /// `obj` as stored in `bytes` at `revision`, when its kind is stored as viewed and the
     /// bytes can be cut (else the caller redacts and serialises `obj`).
     fn stored(obj: Value, as_viewed: bool, bytes: &[u8], revision: i64) -> Written {
@@ -853,11 +862,7 @@ impl Registry {
 
     /// [`Registry::create_with`], with the bytes stored when they are the answer.
     pub async fn create_written(&self, scope: &Scope, obj: Value, opts: &WriteOptions) -> Result<Written> {
-        let mut created = self.create_unredacted(scope, obj, opts).await?;
-        if created.stored.is_none() {
-            self.strategy.redact(&mut created.obj);
-        }
-        Ok(created)
+        Ok(self.create_unredacted(scope, obj, opts).await?.redacted(&*self.strategy))
     }
 
     async fn create_unredacted(&self, scope: &Scope, mut obj: Value, opts: &WriteOptions) -> Result<Written> {
@@ -1099,11 +1104,7 @@ impl Registry {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Written> {
-        let mut updated = self.update_unredacted(scope, name, obj, subresource, opts).await?;
-        if updated.stored.is_none() {
-            self.strategy.redact(&mut updated.obj);
-        }
-        Ok(updated)
+        Ok(self.update_unredacted(scope, name, obj, subresource, opts).await?.redacted(&*self.strategy))
     }
 
     async fn update_unredacted(
@@ -1149,16 +1150,13 @@ impl Registry {
         let precondition = self.precondition(&obj, name)?;
         let key = self.key(scope, name)?;
         let written = self.write_over(&key, name, current, obj, precondition, subresource, opts).await?;
-        let mut updated = written.ok_or_else(|| {
+        let updated = written.ok_or_else(|| {
             self.conflict(
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
         })?;
-        if updated.stored.is_none() {
-            self.strategy.redact(&mut updated.obj);
-        }
-        Ok(updated)
+        Ok(updated.redacted(&*self.strategy))
     }
 
     /// The resource version `obj` names (a precondition of its update), after checking that
