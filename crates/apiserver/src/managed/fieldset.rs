@@ -23,6 +23,16 @@ impl FieldSet {
         self.children.is_empty()
     }
 
+    /// Whether the path ending at this node is in the set.
+    pub(crate) fn is_member(&self) -> bool {
+        self.member
+    }
+
+    /// The nodes below this one, by path element.
+    pub(crate) fn children(&self) -> impl Iterator<Item = (&String, &FieldSet)> {
+        self.children.iter()
+    }
+
     /// A set holding only the node's own path (for building subtrees).
     pub(crate) fn member() -> FieldSet {
         FieldSet { member: true, children: BTreeMap::new() }

@@ -243,6 +243,15 @@ fn store_entries(obj: &mut Value, entries: &mut Vec<Entry>) {
     }
 }
 
+/// Whether removing `set`'s members from the `fieldsV1` tree `fields` would change it: a
+/// member of `set` is a member there (a leaf, or a node marked `"."`).
+fn touches(fields: &Map<String, Value>, set: &FieldSet) -> bool {
+    set.children().any(|(pe, theirs)| match fields.get(pe.as_str()).and_then(Value::as_object) {
+        None => false,
+        Some(mine) => (theirs.is_member() && (mine.is_empty() || mine.contains_key("."))) || touches(mine, theirs),
+    })
+}
+
 /// Fields nobody owns: the server's metadata and the object's type.
 fn stripped() -> &'static FieldSet {
     static STRIPPED: OnceLock<FieldSet> = OnceLock::new();
@@ -599,24 +608,56 @@ impl Writer<'_> {
     pub fn record_update(&self, old: Option<&Value>, new: &mut Value) {
         let old_mf = old.and_then(|o| o.at("/metadata/managedFields"));
         let new_mf = new.at("/metadata/managedFields");
+        let unchanged_record = new_mf.is_some() && new_mf == old_mf;
         let client = match new_mf {
-            Some(v) if Some(v) != old_mf => decode(Some(v)).ok().filter(|e| !e.is_empty()),
+            Some(v) if !unchanged_record => decode(Some(v)).ok().filter(|e| !e.is_empty()),
             _ => None,
         };
         let empty = Value::Object(Map::new());
-        let diff = self.diff(old.unwrap_or(&empty), new);
+        let mut diff = self.diff(old.unwrap_or(&empty), new);
         if diff.is_empty() && client.is_none() {
             // Nothing changed: the old record stands, times and all.
-            let old_mf = old_mf.cloned();
-            if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-                match old_mf {
-                    Some(v) => meta.insert("managedFields".into(), v),
-                    None => meta.remove("managedFields"),
-                };
+            if !unchanged_record {
+                let old_mf = old_mf.cloned();
+                if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    match old_mf {
+                        Some(v) => meta.insert("managedFields".into(), v),
+                        None => meta.remove("managedFields"),
+                    };
+                }
             }
             return;
         }
-        let mut diff = diff;
+        if client.is_none() {
+            // The old record is the starting point: when `new` carries it already (a patch or
+            // a status write), it is changed there, entry by entry.
+            let mut list = match (unchanged_record, old_mf) {
+                (true, _) => match new.get_mut("metadata").and_then(|m| m.get_mut("managedFields")) {
+                    Some(Value::Array(items)) => std::mem::take(items),
+                    _ => Vec::new(),
+                },
+                (false, Some(Value::Array(items))) => items.clone(),
+                (false, _) => Vec::new(),
+            };
+            if self.fold_in_place(&mut list, &mut diff) {
+                if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    if list.is_empty() {
+                        meta.remove("managedFields");
+                    } else {
+                        meta.insert("managedFields".into(), Value::Array(list));
+                    }
+                }
+                return;
+            }
+            if unchanged_record && let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("managedFields".into(), Value::Array(list));
+            }
+        }
+        self.record_by_decoding(old_mf, client, diff, new);
+    }
+
+    /// [`Writer::record_update`] with every entry decoded into sets and written out again.
+    fn record_by_decoding(&self, old_mf: Option<&Value>, client: Option<Vec<Entry>>, mut diff: Diff, new: &mut Value) {
         let mut entries = client.unwrap_or_else(|| decode(old_mf).unwrap_or_default());
         for e in entries.iter_mut().filter(|e| !self.is_own(e, "Update")) {
             e.set.subtract(&diff.modified);
@@ -629,7 +670,13 @@ impl Writer<'_> {
                 entries.len() - 1
             }
         };
-        let e = &mut entries[own];
+        self.fold_own(&mut entries[own], &mut diff);
+        store_entries(new, &mut entries);
+    }
+
+    /// The writer's own entry takes what the update changed and added, and lets go of what
+    /// it removed.
+    fn fold_own(&self, e: &mut Entry, diff: &mut Diff) {
         e.set.union_with(&diff.modified);
         if e.set.is_empty() {
             // A create, or a first write: no copy.
@@ -641,7 +688,93 @@ impl Writer<'_> {
         if !diff.is_empty() {
             e.time = Some(self.now.to_string());
         }
-        store_entries(new, &mut entries);
+    }
+
+    /// Folds `diff` into the stored record `list` as [`Writer::record_by_decoding`] would, but
+    /// decodes and writes out again only the entries the change reaches (the writer's own, and
+    /// others that own a field it changed or removed); the rest stay as they are, most often
+    /// every other entry (a status write leaves the creator's record of the spec alone). `false`
+    /// (and `list` as it was) where only the full decoding knows the answer: a malformed
+    /// entry, two entries of this writer, or more updaters than are kept.
+    fn fold_in_place(&self, list: &mut Vec<Value>, diff: &mut Diff) -> bool {
+        let mut own = None;
+        let mut updates = 0;
+        for (i, item) in list.iter().enumerate() {
+            let Some(m) = item.as_object() else { return false };
+            let text = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
+            if !matches!(text("fieldsType"), "" | "FieldsV1") || !matches!(text("operation"), "" | "Apply" | "Update") {
+                return false;
+            }
+            let fields = match m.get("fieldsV1") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(f)) => Some(f),
+                Some(_) => return false,
+            };
+            let is_own = text("manager") == self.manager
+                && text("operation") == "Update"
+                && text("subresource") == self.subresource.unwrap_or("")
+                && text("apiVersion") == self.api_version;
+            if is_own {
+                if own.is_some() {
+                    return false;
+                }
+                own = Some(i);
+            } else if text("operation") == "Update" && fields.is_some_and(|f| !f.is_empty()) {
+                updates += 1;
+            }
+        }
+        if updates + 1 > MAX_UPDATE_ENTRIES {
+            return false;
+        }
+        let mut own_entry = match own {
+            Some(i) => match Entry::from_json(&list[i]) {
+                Ok(e) => e,
+                Err(_) => return false,
+            },
+            None => self.entry("Update", FieldSet::default()),
+        };
+        let mut out = Vec::with_capacity(list.len() + 1);
+        let mut own_slot = None;
+        for (i, item) in std::mem::take(list).into_iter().enumerate() {
+            if Some(i) == own {
+                own_slot = Some(out.len());
+                out.push(Value::Null);
+                continue;
+            }
+            let reached = item
+                .get("fieldsV1")
+                .and_then(Value::as_object)
+                .is_some_and(|f| touches(f, &diff.modified) || touches(f, &diff.removed));
+            if !reached {
+                // An entry that owns nothing is dropped, as writing it out again would.
+                if item.get("fieldsV1").and_then(Value::as_object).is_some_and(|f| !f.is_empty()) {
+                    out.push(item);
+                }
+                continue;
+            }
+            let Ok(mut e) = Entry::from_json(&item) else {
+                // Checked above; kept as it was rather than lost.
+                out.push(item);
+                continue;
+            };
+            e.set.subtract(&diff.modified);
+            e.set.subtract(&diff.removed);
+            if !e.set.is_empty() {
+                out.push(e.to_json());
+            }
+        }
+        // The own entry last, as in the full path (it may take the diff's added set).
+        self.fold_own(&mut own_entry, diff);
+        let own_json = (!own_entry.set.is_empty()).then(|| own_entry.to_json());
+        match (own_slot, own_json) {
+            (Some(slot), Some(v)) => out[slot] = v,
+            (Some(slot), None) => {
+                out.remove(slot);
+            }
+            (None, v) => out.extend(v),
+        }
+        *list = out;
+        true
     }
 
     fn entry(&self, operation: &str, set: FieldSet) -> Entry {

@@ -316,3 +316,62 @@ fn the_oldest_of_many_updaters_are_merged_into_ancient_changes() {
     assert_eq!(ancient.2, json!({"f:data": {".": {}, "f:k00": {}, "f:k01": {}, "f:k02": {}}}));
     assert!(owners.iter().any(|o| o.0 == "m11") && !owners.iter().any(|o| o.0 == "m02"));
 }
+
+/// The record folded in place (only the entries a change reaches decoded) is the record
+/// that decoding every entry and writing it out again makes, whoever writes what.
+#[test]
+fn folding_the_record_in_place_agrees_with_decoding_every_entry() {
+    let base = created_by(
+        "a",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"l": "1"}},
+               "data": {"x": "1", "y": "2"}, "status": {"phase": "P"}}),
+    );
+    let mut old = base.clone();
+    old["data"]["z"] = json!("3");
+    writer("b", &lists).record_update(Some(&base), &mut old);
+    let status_writer =
+        |manager| Writer { subresource: Some("status"), status_subresource: true, ..writer(manager, &lists) };
+    type Change = fn(&mut Value);
+    let changes: [(&str, Change); 8] = [
+        ("changes a field a owns", |v| v["data"]["x"] = json!("changed")),
+        ("adds a field", |v| v["data"]["w"] = json!("4")),
+        ("removes the only field b owns", |v| {
+            v["data"].as_object_mut().unwrap().remove("z");
+        }),
+        ("removes a's labels", |v| {
+            v["metadata"].as_object_mut().unwrap().remove("labels");
+        }),
+        ("changes only the status", |v| v["status"]["phase"] = json!("Running")),
+        ("changes nothing", |_| {}),
+        ("sends no record and changes a field", |v| {
+            v["metadata"].as_object_mut().unwrap().remove("managedFields");
+            v["data"]["y"] = json!("changed");
+        }),
+        ("takes every field", |v| {
+            v["data"] = json!({"q": "1"});
+            v["metadata"].as_object_mut().unwrap().remove("labels");
+            v.as_object_mut().unwrap().remove("status");
+        }),
+    ];
+    let writers = [writer("a", &lists), writer("b", &lists), writer("c", &lists), status_writer("s")];
+    for w in &writers {
+        for (what, change) in &changes {
+            let mut new = old.clone();
+            change(&mut new);
+            let mut folded = new.clone();
+            w.record_update(Some(&old), &mut folded);
+            let mut decoded = new.clone();
+            let diff = w.diff(&old, &decoded);
+            w.record_by_decoding(old.at("/metadata/managedFields"), None, diff, &mut decoded);
+            assert_eq!(folded, decoded, "{} {what}", w.manager);
+            assert!(folded["metadata"]["managedFields"].is_array(), "{} {what}: {folded}", w.manager);
+        }
+    }
+    // The fold left the entries it did not reach as they were, byte for byte.
+    let mut new = old.clone();
+    new["data"]["w"] = json!("4");
+    writer("c", &lists).record_update(Some(&old), &mut new);
+    let entries = new["metadata"]["managedFields"].as_array().unwrap();
+    assert_eq!(&entries[..2], &old["metadata"]["managedFields"].as_array().unwrap()[..]);
+    assert_eq!(entries[2]["manager"], "c");
+}

@@ -1275,18 +1275,30 @@ impl Registry {
         loop {
             let (current, _) = self.store.get(key.clone(), None).await?;
             let current = current.ok_or_else(|| self.not_found(name))?;
-            let was = decode_stored(&current.value, current.mod_revision)?;
-            let mut obj = was.clone();
-            self.strategy.stored_to_view(&mut obj);
-            self.strategy.redact(&mut obj);
+            let mut obj = decode_stored(&current.value, current.mod_revision)?;
+            // A kind stored as viewed has nothing stored-only to carry over and nothing to
+            // hide: the decoded object is changed and written as it is, never copied (a
+            // binding per pod copied the whole pod twice).
+            let was = (!self.strategy.stored_as_viewed()).then(|| {
+                let was = obj.clone();
+                self.strategy.stored_to_view(&mut obj);
+                self.strategy.redact(&mut obj);
+                was
+            });
             change(&mut obj)?;
             let errors = self.strategy.validate(&obj);
             if !errors.is_empty() {
                 return Err(self.invalid(name, errors));
             }
-            let mut stored = obj.clone();
-            self.strategy.carry_over(&was, &mut stored);
-            match self.store.update(key.clone(), self.encode(&stored)?, current.mod_revision).await? {
+            let bytes = match &was {
+                None => self.encode(&obj)?,
+                Some(was) => {
+                    let mut stored = obj.clone();
+                    self.strategy.carry_over(was, &mut stored);
+                    self.encode(&stored)?
+                }
+            };
+            match self.store.update(key.clone(), bytes, current.mod_revision).await? {
                 Ok(revision) => {
                     set_rv(&mut obj, revision);
                     self.strategy.redact(&mut obj);
