@@ -205,6 +205,11 @@ fn list_options(q: &BTreeMap<String, String>, codec: &crate::rv::Codec) -> Resul
             Some("false" | "0" | "False") => Some(false),
             Some(other) => return Err(Status::bad_request(format!("invalid sendInitialEvents {other:?}"))),
         },
+        omit_managed_fields: match q.get("omitManagedFields").map(String::as_str) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(other) => return Err(Status::bad_request(format!("invalid omitManagedFields {other:?}"))),
+        },
     })
 }
 

@@ -83,6 +83,9 @@ pub struct ListParams {
     pub limit: Option<u32>,
     pub continue_token: Option<String>,
     pub resource_version: Option<String>,
+    /// Asks an Atoll server to leave out `metadata.managedFields` (`omitManagedFields`); other
+    /// servers send them anyway, so readers must not count on their absence.
+    pub omit_managed_fields: bool,
 }
 
 /// Options of a watch.
@@ -94,6 +97,8 @@ pub struct WatchParams {
     pub resource_version: Option<String>,
     pub allow_bookmarks: bool,
     pub timeout_seconds: Option<u32>,
+    /// As [`ListParams::omit_managed_fields`].
+    pub omit_managed_fields: bool,
 }
 
 /// Options of a delete.
@@ -205,6 +210,7 @@ impl ListParams {
             ("limit", self.limit.map(|l| l.to_string())),
             ("continue", self.continue_token.clone()),
             ("resourceVersion", self.resource_version.clone()),
+            ("omitManagedFields", self.omit_managed_fields.then(|| "true".into())),
         ])
     }
 }
@@ -218,6 +224,7 @@ impl WatchParams {
             ("resourceVersion", self.resource_version.clone()),
             ("allowWatchBookmarks", self.allow_bookmarks.then(|| "true".into())),
             ("timeoutSeconds", self.timeout_seconds.map(|t| t.to_string())),
+            ("omitManagedFields", self.omit_managed_fields.then(|| "true".into())),
         ])
     }
 }
@@ -267,6 +274,10 @@ mod tests {
         assert_eq!(ListParams::default().query(), "");
         let w = WatchParams { resource_version: Some("7".into()), allow_bookmarks: true, ..WatchParams::default() };
         assert_eq!(w.query(), "?watch=1&resourceVersion=7&allowWatchBookmarks=true");
+        let lean = WatchParams { omit_managed_fields: true, ..w };
+        assert_eq!(lean.query(), "?watch=1&resourceVersion=7&allowWatchBookmarks=true&omitManagedFields=true");
+        let lean = ListParams { omit_managed_fields: true, ..ListParams::default() };
+        assert_eq!(lean.query(), "?omitManagedFields=true");
         assert!(valid_segment("default") && !valid_segment("a/b") && !valid_segment("..") && !valid_segment(""));
     }
 }

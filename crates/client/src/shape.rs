@@ -60,6 +60,16 @@ impl Shape {
         }
     }
 
+    /// Whether anything at `path` (field names from the top) is kept.
+    pub fn keeps(&self, path: &[&str]) -> bool {
+        let Some((first, rest)) = path.split_first() else { return true };
+        match self.field(first) {
+            Some(None) => false,
+            Some(Some(sub)) => sub.keeps(rest),
+            None => self.rest,
+        }
+    }
+
     /// What the shape says of field `name`: `None` if it does not name it.
     fn field(&self, name: &str) -> Option<Option<&Shape>> {
         self.fields.iter().find(|(n, _)| *n == name).map(|(_, s)| s.as_ref())
@@ -224,6 +234,16 @@ mod tests {
         let v = shape.deserialize(&mut d).unwrap();
         d.end().unwrap();
         v
+    }
+
+    #[test]
+    fn a_shape_says_what_it_keeps_at_a_path() {
+        let s = Shape::all().with("metadata", Shape::without(&["managedFields"])).with("spec", Shape::only(&["a"]));
+        assert!(!s.keeps(&["metadata", "managedFields"]));
+        assert!(s.keeps(&["metadata", "labels"]) && s.keeps(&["metadata"]) && s.keeps(&["status", "x"]));
+        assert!(s.keeps(&["spec", "a", "deep"]) && !s.keeps(&["spec", "b"]));
+        assert!(Shape::all().keeps(&["metadata", "managedFields"]));
+        assert!(!Shape::only(&["kind"]).keeps(&["metadata"]));
     }
 
     #[test]

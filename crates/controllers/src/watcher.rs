@@ -97,6 +97,12 @@ impl ApiSource {
         self
     }
 
+    /// Whether what is kept of each object leaves out its managed fields: then the server is
+    /// asked not to send them at all (`omitManagedFields`).
+    fn omits_managed_fields(&self) -> bool {
+        self.keep.as_ref().is_some_and(|k| !k.shape.keeps(&["metadata", "managedFields"]))
+    }
+
     async fn list_with(&self, params: &ListParams) -> Result<ObjectList, client::Error> {
         match &self.keep {
             Some(keep) => self.client.list_keeping(&self.resource, &self.scope, params, keep).await,
@@ -127,6 +133,7 @@ impl Source for ApiSource {
             limit: Some(PAGE),
             continue_token,
             resource_version: None,
+            omit_managed_fields: self.omits_managed_fields(),
         };
         self.list_with(&params).await
     }
@@ -135,6 +142,7 @@ impl Source for ApiSource {
         let params = ListParams {
             label_selector: self.label_selector.clone(),
             field_selector: self.field_selector.clone(),
+            omit_managed_fields: self.omits_managed_fields(),
             ..ListParams::default()
         };
         self.list_with(&params).await
@@ -147,6 +155,7 @@ impl Source for ApiSource {
             resource_version: Some(resource_version.to_string()),
             allow_bookmarks: true,
             timeout_seconds: Some(watch_timeout()),
+            omit_managed_fields: self.omits_managed_fields(),
         };
         let events = self.client.watch(&self.resource, &self.scope, &params).await?;
         Ok(match &self.keep {

@@ -24,6 +24,9 @@ pub struct SharedEvent {
     /// The new object's JSON cut for its version, made from the stored bytes (for kinds
     /// stored as viewed, which need no decoding to be sent on).
     stored: OnceLock<Option<Spliced>>,
+    /// The same without `metadata.managedFields`, for watchers that asked to be spared them;
+    /// made from the stored bytes, or from the decoded object for other kinds.
+    lean: OnceLock<Option<Spliced>>,
     /// The previous object, decoded only when a watcher needs it (a selector to compare it
     /// with, or a deletion to report): most watches (controllers, informers) have neither,
     /// and decoding every change's previous object was half the watch cache's decoding and
@@ -52,6 +55,16 @@ impl Spliced {
     /// `obj`'s JSON, cut at its `metadata.resourceVersion` (written last in `metadata`);
     /// `None` if it has none.
     pub fn of(obj: &Value) -> Option<Spliced> {
+        Spliced::cut(obj, false)
+    }
+
+    /// [`Spliced::of`] without `metadata.managedFields` (for watchers that asked to be
+    /// spared them).
+    pub fn of_lean(obj: &Value) -> Option<Spliced> {
+        Spliced::cut(obj, true)
+    }
+
+    fn cut(obj: &Value, lean: bool) -> Option<Spliced> {
         let top = obj.as_object()?;
         let meta = top.get("metadata")?.as_object()?;
         meta.get("resourceVersion")?.as_str()?;
@@ -69,7 +82,8 @@ impl Spliced {
                 continue;
             }
             out.push(b'{');
-            for (k, v) in meta.iter().filter(|(k, _)| *k != "resourceVersion") {
+            let shown = |k: &str| k != "resourceVersion" && !(lean && k == "managedFields");
+            for (k, v) in meta.iter().filter(|(k, _)| shown(k)) {
                 serde_json::to_writer(&mut *out, k).ok()?;
                 out.push(b':');
                 serde_json::to_writer(&mut *out, v).ok()?;
@@ -100,6 +114,15 @@ impl Spliced {
         tail.push(b'"');
         tail.extend_from_slice(&json[close..]);
         Some(Spliced { head: Bytes::from(head), tail: Bytes::from(tail) })
+    }
+
+    /// [`Spliced::of_stored`] without `metadata.managedFields`: byte for byte what
+    /// [`Spliced::of_lean`] gives for the decoded object.
+    pub fn of_stored_lean(json: &[u8]) -> Option<Spliced> {
+        match scan::metadata_member(json, b"managedFields")? {
+            None => Spliced::of_stored(json),
+            Some(cut) => Spliced::of_stored(&[&json[..cut.start], &json[cut.end..]].concat()),
+        }
     }
 
     /// The JSON with `rv` in the gap (a decimal number: nothing to escape).
@@ -164,6 +187,60 @@ mod scan {
     /// The index of the closing brace of the top-level `metadata` object, and whether that
     /// object is empty.
     pub(super) fn metadata_end(json: &[u8]) -> Option<(usize, bool)> {
+        let (open, end) = metadata_span(json)?;
+        Some((end - 1, ws(json, open + 1) == end - 1))
+    }
+
+    /// The bytes to cut to remove the member `key` from the top-level `metadata` object (the
+    /// member and one comma beside it), `Some(None)` if it has no such member; `None` when
+    /// the JSON is not of the shape scanned for (an escaped key could spell `key`).
+    pub(super) fn metadata_member(json: &[u8], key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
+        let (open, _) = metadata_span(json)?;
+        let mut i = ws(json, open + 1);
+        if *json.get(i)? == b'}' {
+            return Some(None);
+        }
+        // Where the comma before the current member is, if it has one.
+        let mut comma = None;
+        loop {
+            let start = i;
+            if *json.get(i)? != b'"' {
+                return None;
+            }
+            let key_end = string_end(json, i)?;
+            let name = &json[i + 1..key_end - 1];
+            if memchr::memchr(b'\\', name).is_some() {
+                return None;
+            }
+            i = ws(json, key_end);
+            if *json.get(i)? != b':' {
+                return None;
+            }
+            i = ws(json, i + 1);
+            let end = value_end(json, i)?;
+            i = ws(json, end);
+            let next = *json.get(i)?;
+            if name == key {
+                return Some(Some(match (comma, next) {
+                    (Some(c), _) => c..end,
+                    (None, b',') => start..ws(json, i + 1),
+                    (None, _) => start..end,
+                }));
+            }
+            match next {
+                b',' => {
+                    comma = Some(i);
+                    i = ws(json, i + 1);
+                }
+                b'}' => return Some(None),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Where the top-level `metadata` object's value starts (its opening brace) and ends
+    /// (after its closing brace).
+    fn metadata_span(json: &[u8]) -> Option<(usize, usize)> {
         let mut i = ws(json, 0);
         if *json.get(i)? != b'{' {
             return None;
@@ -186,7 +263,7 @@ mod scan {
                 if json[i] != b'{' {
                     return None;
                 }
-                return Some((end - 1, ws(json, i + 1) == end - 1));
+                return Some((i, end));
             }
             if memchr::memchr(b'\\', key).is_some() {
                 // An escaped key could spell `metadata`.
@@ -207,12 +284,30 @@ impl SharedEvent {
     }
 
     fn of(event: Arc<Event>) -> Arc<SharedEvent> {
-        Arc::new(SharedEvent { event, decoded: OnceLock::new(), stored: OnceLock::new(), prev: OnceLock::new() })
+        Arc::new(SharedEvent {
+            event,
+            decoded: OnceLock::new(),
+            stored: OnceLock::new(),
+            lean: OnceLock::new(),
+            prev: OnceLock::new(),
+        })
     }
 
     /// The new object's stored JSON cut for its version ([`Spliced::of_stored`]), made once.
     pub fn stored_spliced(&self) -> Option<&Spliced> {
         self.stored.get_or_init(|| Spliced::of_stored(&self.event.kv.value)).as_ref()
+    }
+
+    /// [`SharedEvent::stored_spliced`] without `metadata.managedFields`, made once.
+    pub fn stored_spliced_lean(&self) -> Option<&Spliced> {
+        self.lean.get_or_init(|| Spliced::of_stored_lean(&self.event.kv.value)).as_ref()
+    }
+
+    /// The decoded new object's JSON without `metadata.managedFields`, made once (`None`:
+    /// as for [`Decoded::new`]'s JSON). Only for kinds not stored as viewed (the same slot
+    /// holds [`SharedEvent::stored_spliced_lean`]'s form otherwise).
+    pub fn decoded_lean(&self, obj: &Value) -> Option<&Spliced> {
+        self.lean.get_or_init(|| Spliced::of_lean(obj)).as_ref()
     }
 
     /// The decoded new object, in the form `convert` gives it (the first caller's; every
@@ -496,13 +591,37 @@ mod tests {
             }),
             serde_json::json!({"metadata": {}, "spec": {}}),
             serde_json::json!({"a": [1, {"metadata": 2}], "metadata": {"name": "x"}}),
+            // The managed fields first, last, alone, and named elsewhere.
+            serde_json::json!({"metadata": {"annotations": {"managedFields": "}"}, "managedFields": [{"a": "]"}]},
+                               "spec": {"managedFields": 1}}),
+            serde_json::json!({"metadata": {"managedFields": []}}),
+            serde_json::json!({"kind": "K", "metadata": {"managedFields": [{}, {"f:y": {"": "\\"}}], "name": "n"}}),
         ];
         for obj in objects {
             let stored = serde_json::to_vec(&obj).unwrap();
             let mut decoded = obj.clone();
             decoded["metadata"]["resourceVersion"] = "42".into();
             assert_eq!(Spliced::of_stored(&stored), Spliced::of(&decoded), "{obj}");
+            let lean = Spliced::of_stored_lean(&stored);
+            assert_eq!(lean, Spliced::of_lean(&decoded), "{obj}");
+            let mut without = decoded.clone();
+            without["metadata"].as_object_mut().unwrap().remove("managedFields");
+            assert_eq!(serde_json::from_slice::<Value>(&lean.unwrap().with("42")).unwrap(), without, "{obj}");
         }
+        // Pretty-printed (spaces around the cut) and escaped keys.
+        let spaced = b"{ \"metadata\" : { \"a\" : 1 , \"managedFields\" : [ 1 ] , \"z\" : 2 } }";
+        let cut = Spliced::of_stored_lean(spaced).unwrap().with("7");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&cut).unwrap(),
+            serde_json::json!({"metadata": {"a": 1, "z": 2, "resourceVersion": "7"}})
+        );
+        let first = b"{\"metadata\":{ \"managedFields\" : [ 1 ] , \"z\":2}}";
+        let cut = Spliced::of_stored_lean(first).unwrap().with("7");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&cut).unwrap(),
+            serde_json::json!({"metadata": {"z": 2, "resourceVersion": "7"}})
+        );
+        assert_eq!(Spliced::of_stored_lean(b"{\"metadata\":{\"m\\u0061nagedFields\":1}}"), None);
         for no in [
             &b"{}"[..],
             b"[]",

@@ -703,3 +703,76 @@ async fn a_writes_stored_bytes_are_its_answer_when_stored_as_viewed() -> Result<
     ensure!(cms.update_written(&scope, "a", again, None, &dry).await?.stored.is_none());
     Ok(())
 }
+
+/// What an HTTP watch sends for `e`: the cache's serialised form when it has one (with a
+/// version in the gap), else the object.
+fn sent(e: &apiserver::registry::WatchEvent) -> Result<Value> {
+    Ok(match &e.encoded {
+        Some(spliced) => serde_json::from_slice(&spliced.with("1"))?,
+        None => Value::clone(&e.object()),
+    })
+}
+
+/// `omitManagedFields`: lists, a watch's initial state, its changes (from the stored bytes
+/// of a kind stored as viewed, or the decoded view of one that is not) and a deletion's last
+/// state all come without `metadata.managedFields`, and nothing else is missing; watchers
+/// that did not ask, on the same cache, still get them.
+#[tokio::test]
+async fn readers_may_be_spared_the_managed_fields() -> Result<()> {
+    use apiserver::registry::WriteOptions;
+    let f = Fixture::new()?;
+    let s = ns("acme", "default");
+    let mut opts = WriteOptions::default();
+    opts.field_manager = Some("writer".into());
+    let lean = ListOptions { omit_managed_fields: true, ..ListOptions::default() };
+    let without = |mut v: Value| {
+        v["metadata"].as_object_mut().map(|m| m.remove("managedFields"));
+        v
+    };
+    let core = f.registry("configmaps")?;
+    let view = apiserver::kinds::views().into_iter().next().context("events.k8s.io view")?;
+    let events = Registry::new(f.store.clone(), Arc::new(view));
+    let event = |name: &str| {
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": name},
+               "regarding": {"kind": "Pod", "name": "p"}, "note": "n", "reason": "R", "type": "Normal",
+               "reportingController": "atoll", "eventTime": "2026-11-22T00:00:00Z"})
+    };
+    for (r, obj, stored_as_viewed) in [(&core, cm("a", json!({"x": "1"})), true), (&events, event("a"), false)] {
+        ensure!(r.strategy().stored_as_viewed() == stored_as_viewed);
+        let first = r.create_with(&s, obj.clone(), &opts).await?;
+        ensure!(first["metadata"]["managedFields"].is_array(), "the write records its manager: {first}");
+        let listed = r.list(&s, &lean).await?;
+        ensure!(listed["items"][0] == without(first.clone()), "list: {listed}");
+        ensure!(r.list(&s, &ListOptions::default()).await?["items"][0] == first, "a plain list keeps them");
+
+        let mut plain = r.watch(&s, &ListOptions::default(), false).await?;
+        let mut spared = r.watch(&s, &lean, false).await?;
+        let initial = spared.recv().await.context("initial state")?;
+        ensure!(initial.kind == "ADDED" && sent(&initial)? == without(first.clone()), "initial: {}", sent(&initial)?);
+        plain.recv().await.context("initial state")?;
+        let mut second = obj.clone();
+        second["metadata"]["name"] = json!("b");
+        let made = r.create_with(&s, second, &opts).await?;
+        let mut changed = made.clone();
+        changed["metadata"]["labels"] = json!({"l": "v"});
+        let changed = r.update_with(&s, "b", changed, None, &opts).await?;
+        r.delete(&s, "b", &DeleteOptions::default()).await?;
+        for (kind, whole) in [("ADDED", &made), ("MODIFIED", &changed)] {
+            let e = tokio::time::timeout(Duration::from_secs(10), spared.recv()).await?.context("watch ended")?;
+            let mut got = sent(&e)?;
+            got["metadata"]["resourceVersion"] = whole["metadata"]["resourceVersion"].clone();
+            ensure!(e.kind == kind && got == without(whole.clone()), "{kind}: {got} against {whole}");
+            ensure!(e.encoded.is_some(), "{kind}: serialised once for every watcher");
+            let e = tokio::time::timeout(Duration::from_secs(10), plain.recv()).await?.context("watch ended")?;
+            let mut got = sent(&e)?;
+            got["metadata"]["resourceVersion"] = whole["metadata"]["resourceVersion"].clone();
+            ensure!(e.kind == kind && &got == whole, "{kind} without asking: {got} against {whole}");
+        }
+        let e = tokio::time::timeout(Duration::from_secs(10), spared.recv()).await?.context("watch ended")?;
+        let got = sent(&e)?;
+        ensure!(e.kind == "DELETED" && got["metadata"]["name"] == "b", "{got}");
+        ensure!(got["metadata"].get("managedFields").is_none() && got["metadata"]["labels"]["l"] == "v", "{got}");
+        r.delete(&s, "a", &DeleteOptions::default()).await?;
+    }
+    Ok(())
+}
