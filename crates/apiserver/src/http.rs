@@ -921,7 +921,7 @@ impl Api {
             why,
         };
         registry
-            .mutate(scope, &name, |pod| {
+            .mutate_unanswered(scope, &name, |pod| {
                 if let Some(current) = pod.at("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                     return Err(conflict(format!("pod {name} is already assigned to node {current:?}")));
                 }

@@ -121,7 +121,7 @@ impl Spliced {
     pub fn of_stored_lean(json: &[u8]) -> Option<Spliced> {
         match scan::metadata_member(json, b"managedFields")? {
             None => Spliced::of_stored(json),
-            Some(cut) => Spliced::of_stored(&[&json[..cut.start], &json[cut.end..]].concat()),
+            Some(m) => Spliced::of_stored(&[&json[..m.cut.start], &json[m.cut.end..]].concat()),
         }
     }
 
@@ -132,7 +132,7 @@ impl Spliced {
 }
 
 /// Just enough JSON scanning to find the top-level `metadata` object in well-formed JSON.
-mod scan {
+pub(crate) mod scan {
     fn ws(json: &[u8], mut i: usize) -> usize {
         while json.get(i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
             i += 1;
@@ -191,10 +191,18 @@ mod scan {
         Some((end - 1, ws(json, open + 1) == end - 1))
     }
 
-    /// The bytes to cut to remove the member `key` from the top-level `metadata` object (the
-    /// member and one comma beside it), `Some(None)` if it has no such member; `None` when
-    /// the JSON is not of the shape scanned for (an escaped key could spell `key`).
-    pub(super) fn metadata_member(json: &[u8], key: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
+    /// Where a member of the top-level `metadata` object is.
+    pub(crate) struct Member {
+        /// The bytes to cut to remove it: the member and one comma beside it.
+        pub cut: std::ops::Range<usize>,
+        /// Its value.
+        pub value: std::ops::Range<usize>,
+    }
+
+    /// Where the member `key` of the top-level `metadata` object is, `Some(None)` if it has
+    /// no such member; `None` when the JSON is not of the shape scanned for (an escaped key
+    /// could spell `key`).
+    pub(crate) fn metadata_member(json: &[u8], key: &[u8]) -> Option<Option<Member>> {
         let (open, _) = metadata_span(json)?;
         let mut i = ws(json, open + 1);
         if *json.get(i)? == b'}' {
@@ -217,15 +225,17 @@ mod scan {
                 return None;
             }
             i = ws(json, i + 1);
+            let value_start = i;
             let end = value_end(json, i)?;
             i = ws(json, end);
             let next = *json.get(i)?;
             if name == key {
-                return Some(Some(match (comma, next) {
+                let cut = match (comma, next) {
                     (Some(c), _) => c..end,
                     (None, b',') => start..ws(json, i + 1),
                     (None, _) => start..end,
-                }));
+                };
+                return Some(Some(Member { cut, value: value_start..end }));
             }
             match next {
                 b',' => {

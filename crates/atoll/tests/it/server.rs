@@ -703,9 +703,17 @@ fn pods_bind_once_and_keep_their_spec() -> Result<()> {
         let post = ["-X", "POST", "-H", "Content-Type: application/json", "-d", &body];
         curl_admin(&server, "/api/v1/namespaces/default/pods/p/binding", &post)
     };
+    let record = || k.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.managedFields}"]);
+    let before = record()?;
+    ensure!(before.contains("f:containers"), "the create is recorded: {before}");
     let (head, body) = bind("node-1")?;
     ensure!(head.lines().next().is_some_and(|l| l.contains(" 201")), "first binding: {head}{body}");
     ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"])? == "node-1");
+    let scheduled =
+        k.ok(&["get", "pod", "p", "-o", r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].status}"#])?;
+    ensure!(scheduled == "True", "a binding marks the pod scheduled: {scheduled}");
+    // The binding is the server's change, recorded for nobody: the record stays as it was.
+    ensure!(record()? == before, "managed fields after binding: {} against {before}", record()?);
     let (head, body) = bind("node-2")?;
     ensure!(
         head.lines().next().is_some_and(|l| l.contains(" 409")) && body.contains("already assigned"),
