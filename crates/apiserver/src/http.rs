@@ -206,8 +206,8 @@ fn list_options(q: &BTreeMap<String, String>, codec: &crate::rv::Codec) -> Resul
             Some(other) => return Err(Status::bad_request(format!("invalid sendInitialEvents {other:?}"))),
         },
         omit_managed_fields: match q.get("omitManagedFields").map(String::as_str) {
-            None | Some("" | "false") => false,
-            Some("true") => true,
+            None | Some("" | "false" | "0" | "False") => false,
+            Some("true" | "1" | "True") => true,
             Some(other) => return Err(Status::bad_request(format!("invalid omitManagedFields {other:?}"))),
         },
     })
@@ -900,6 +900,7 @@ impl Api {
         registry: &Registry,
         scope: &Scope,
         r: &ResourceRequest,
+        dry_run: bool,
         req: Request<ReqBody>,
     ) -> Result<Response<Body>, Status> {
         if r.verb != Verb::Create {
@@ -921,7 +922,7 @@ impl Api {
             why,
         };
         registry
-            .mutate_unanswered(scope, &name, |pod| {
+            .mutate_unanswered(scope, &name, dry_run, |pod| {
                 if let Some(current) = pod.at("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                     return Err(conflict(format!("pod {name} is already assigned to node {current:?}")));
                 }
@@ -1496,7 +1497,7 @@ impl Api {
             return self.scale(registry, &scope, &r, &q, req, &codec).await;
         }
         if r.subresource.as_deref() == Some("binding") {
-            return self.bind(registry, &scope, &r, req).await;
+            return self.bind(registry, &scope, &r, dry_run(&q)?, req).await;
         }
         if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach" | "portforward")) {
             return self.pod_stream(registry, &scope, &r, &q, user, req).await;

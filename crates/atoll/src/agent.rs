@@ -136,10 +136,15 @@ pub fn network(loopback_only: bool, bridge: &str, cidr: &str) -> agent::daemon::
     }
 }
 
+/// The products node agents introduce themselves as (their writes' field manager).
+pub const AGENT: &str = "atoll-agent";
+pub const SIMULATED_AGENT: &str = "atoll-simulated-nodes";
+
 pub async fn run(args: AgentArgs) -> Result<()> {
     let config = client::Config::from_kubeconfig(&args.kubeconfig, args.context.as_deref())
         .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
-    let client = client::Client::new(config).context("setting up the API client")?;
+    let product = if args.sim.simulated.is_some() { SIMULATED_AGENT } else { AGENT };
+    let client = client::Client::new(config.named(product)).context("setting up the API client")?;
     if let Some(count) = args.sim.simulated {
         tracing::info!(count, prefix = %args.sim.name_prefix, "running simulated nodes");
         agent::simulated::run(client, args.sim.config(count), crate::stop_signal()?)

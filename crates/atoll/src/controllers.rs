@@ -59,10 +59,13 @@ pub async fn run_all(client: client::Client, options: ControllerOptions, shutdow
     controllers::run_all(client, lifecycle, shutdown).await;
 }
 
+/// The product the controllers introduce themselves as (their writes' field manager).
+pub const CONTROLLERS_AGENT: &str = "atoll-controllers";
+
 pub async fn run(args: ControllersArgs) -> Result<()> {
     let config = client::Config::from_kubeconfig(&args.kubeconfig, args.context.as_deref())
         .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
-    let client = client::Client::new(config).context("setting up the API client")?;
+    let client = client::Client::new(config.named(CONTROLLERS_AGENT)).context("setting up the API client")?;
     tracing::info!(server = ?client.config().server, "running the controllers");
     run_all(client, args.options, crate::stop_signal()?).await;
     tracing::info!("controllers stopped");

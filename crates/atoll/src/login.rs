@@ -83,6 +83,7 @@ pub async fn run(args: LoginArgs) -> Result<()> {
         token: None,
         tls_server_name: None,
         namespace: None,
+        user_agent: client::default_user_agent(),
     };
     let client = client::Client::new(config)?;
     let secret = password(&args)?;

@@ -21,10 +21,13 @@ pub struct SchedulerArgs {
     pub bind_concurrency: usize,
 }
 
+/// The product the scheduler introduces itself as (its writes' field manager).
+pub const SCHEDULER_AGENT: &str = "atoll-scheduler";
+
 pub async fn run(args: SchedulerArgs) -> Result<()> {
     let config = client::Config::from_kubeconfig(&args.kubeconfig, args.context.as_deref())
         .with_context(|| format!("loading {}", args.kubeconfig.display()))?;
-    let client = client::Client::new(config).context("setting up the API client")?;
+    let client = client::Client::new(config.named(SCHEDULER_AGENT)).context("setting up the API client")?;
     tracing::info!(server = ?client.config().server, name = %args.name, "running the scheduler");
     let cfg = scheduler::Config { name: args.name, bind_concurrency: args.bind_concurrency, ..Default::default() };
     scheduler::run(client, cfg, crate::stop_signal()?).await;

@@ -77,20 +77,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // administrator's; being in this process, it hands its requests to the server in memory
     // (authenticated from that identity's certificate as over a connection).
     let data_dir = &args.store.data_dir;
-    let client_for = |component: apiserver::pki::Component| -> Result<client::Client> {
+    let client_for = |component: apiserver::pki::Component, product: &str| -> Result<client::Client> {
         let path = apiserver::pki::write_component_kubeconfig(data_dir, &server.url, &component)
             .with_context(|| format!("issuing the {component:?} identity"))?;
-        let config =
-            client::Config::from_kubeconfig(&path, None).with_context(|| format!("loading {}", path.display()))?;
+        let config = client::Config::from_kubeconfig(&path, None)
+            .with_context(|| format!("loading {}", path.display()))?
+            .named(product);
         let cert =
             config.identity.as_ref().map(|(cert, _)| cert.clone()).context("the component has no certificate")?;
         let handler = server.in_process(&cert).with_context(|| format!("the {component:?} identity"))?;
         client::Client::in_process(config, Arc::new(handler))
             .with_context(|| format!("setting up the {component:?} API client"))
     };
-    let controllers_client = client_for(apiserver::pki::Component::Controllers)?;
-    let scheduler_client = client_for(apiserver::pki::Component::Scheduler)?;
-    let agent_client = client_for(apiserver::pki::Component::Node(node_name.clone()))?;
+    let controllers_client = client_for(apiserver::pki::Component::Controllers, crate::controllers::CONTROLLERS_AGENT)?;
+    let scheduler_client = client_for(apiserver::pki::Component::Scheduler, crate::sched::SCHEDULER_AGENT)?;
+    let agent_client = client_for(apiserver::pki::Component::Node(node_name.clone()), crate::agent::AGENT)?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let when_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -107,7 +108,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         // controllers' requests. Simulated nodes are a test tool acting for many nodes at
         // once, so they use the administrator's identity (node restriction would confine one
         // identity to one node).
-        let config = client::Config::from_kubeconfig(&kubeconfig, None)?;
+        let config = client::Config::from_kubeconfig(&kubeconfig, None)?.named(crate::agent::SIMULATED_AGENT);
         let sims = client::Client::new(config).context("setting up the simulated nodes' API client")?;
         let cfg = agent::simulated::SimConfig::new(args.simulated_nodes, "sim");
         Some(tokio::spawn(agent::simulated::run(sims, cfg, when_stopped(stopped.clone()))))

@@ -162,6 +162,23 @@ pub struct Config {
     pub tls_server_name: Option<String>,
     /// The context's default namespace.
     pub namespace: Option<String>,
+    /// What requests say they come from (`User-Agent`; the server names a write's field
+    /// manager after its product, the part before `/`, as Kubernetes does).
+    pub user_agent: String,
+}
+
+/// The `User-Agent` of a client that does not name itself: `atoll/<version>`.
+pub fn default_user_agent() -> String {
+    format!("atoll/{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Config {
+    /// The same configuration for a client that introduces itself as `product` (e.g.
+    /// `atoll-scheduler`): its writes are recorded as that field manager.
+    pub fn named(mut self, product: &str) -> Config {
+        self.user_agent = format!("{product}/{}", env!("CARGO_PKG_VERSION"));
+        self
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -253,6 +270,7 @@ impl Config {
             token,
             tls_server_name: cluster.tls_server_name.clone().filter(|s| !s.is_empty()),
             namespace: ctx.namespace.clone().filter(|s| !s.is_empty()),
+            user_agent: default_user_agent(),
         })
     }
 }

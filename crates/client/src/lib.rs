@@ -34,7 +34,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 
-pub use kubeconfig::{Config, KubeconfigError, ServerUrl};
+pub use kubeconfig::{Config, KubeconfigError, ServerUrl, default_user_agent};
 pub use resource::{DeleteParams, ListParams, Patch, Resource, Scope, Tenant, WatchParams};
 pub use shape::{Keep, Shape};
 
@@ -470,7 +470,8 @@ impl Client {
             let mut builder = Request::builder()
                 .method(method.clone())
                 .uri(format!("https://{authority}{uri}"))
-                .header(hyper::header::ACCEPT, accept);
+                .header(hyper::header::ACCEPT, accept)
+                .header(hyper::header::USER_AGENT, &self.inner.config.user_agent);
             match (authorization, &self.inner.config.token) {
                 (Some(given), _) => builder = builder.header(hyper::header::AUTHORIZATION, given),
                 (None, Some(token)) => {

@@ -693,9 +693,12 @@ impl Writer<'_> {
     /// Folds `diff` into the stored record `list` as [`Writer::record_by_decoding`] would, but
     /// decodes and writes out again only the entries the change reaches (the writer's own, and
     /// others that own a field it changed or removed); the rest stay as they are, most often
-    /// every other entry (a status write leaves the creator's record of the spec alone). `false`
-    /// (and `list` as it was) where only the full decoding knows the answer: a malformed
-    /// entry, two entries of this writer, or more updaters than are kept.
+    /// every other entry (a status write leaves the creator's record of the spec alone). The
+    /// same record for records the server wrote (every write stores its record in the form
+    /// `Entry::to_json` gives); entries the change does not reach are kept as they are, not
+    /// put into that form. `false` (and `list` as it was) where only the full decoding knows
+    /// the answer: a malformed entry's header, two entries of this writer, or more updaters
+    /// than are kept.
     fn fold_in_place(&self, list: &mut Vec<Value>, diff: &mut Diff) -> bool {
         let mut own = None;
         let mut updates = 0;

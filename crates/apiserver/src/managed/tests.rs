@@ -365,8 +365,52 @@ fn folding_the_record_in_place_agrees_with_decoding_every_entry() {
             w.record_by_decoding(old.at("/metadata/managedFields"), None, diff, &mut decoded);
             assert_eq!(folded, decoded, "{} {what}", w.manager);
             assert!(folded["metadata"]["managedFields"].is_array(), "{} {what}: {folded}", w.manager);
+            // And the fold itself did it (no fallback to the full decoding).
+            let mut list = old["metadata"]["managedFields"].as_array().unwrap().clone();
+            let mut diff = w.diff(&old, &new);
+            if !diff.is_empty() {
+                assert!(w.fold_in_place(&mut list, &mut diff), "{} {what}: folded in place", w.manager);
+                assert_eq!(Some(&Value::Array(list)), folded.at("/metadata/managedFields"), "{} {what}", w.manager);
+            }
         }
     }
+    // An applier's entry gives up what an update takes, and an entry the fold cannot read
+    // leaves it to the full decoding; so do more updaters than are kept.
+    let mut applied = old.clone();
+    applied["metadata"]["managedFields"].as_array_mut().unwrap().push(json!({
+        "manager": "k", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:data": {"f:x": {}}}}));
+    let mut malformed = old.clone();
+    malformed["metadata"]["managedFields"].as_array_mut().unwrap().push(json!({"operation": "Delete"}));
+    let mut crowded = old.clone();
+    for i in 0..MAX_UPDATE_ENTRIES {
+        crowded["metadata"]["managedFields"].as_array_mut().unwrap().push(json!({
+            "manager": format!("m{i}"), "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+            "time": format!("2026-01-{:02}T00:00:00Z", i + 1), "fieldsV1": {"f:data": {format!("f:n{i}"): {}}}}));
+    }
+    for (what, start, in_place) in
+        [("apply", &applied, true), ("malformed", &malformed, false), ("crowded", &crowded, false)]
+    {
+        let mut new = start.clone();
+        new["data"]["x"] = json!("taken");
+        let w = writer("c", &lists);
+        let mut folded = new.clone();
+        w.record_update(Some(start), &mut folded);
+        let mut decoded = new.clone();
+        w.record_by_decoding(start.at("/metadata/managedFields"), None, w.diff(start, &new), &mut decoded);
+        assert_eq!(folded, decoded, "{what}");
+        let mut list = start["metadata"]["managedFields"].as_array().unwrap().clone();
+        assert_eq!(w.fold_in_place(&mut list, &mut w.diff(start, &new)), in_place, "{what}");
+    }
+    let owners_after = |start: &Value| {
+        let mut new = start.clone();
+        new["data"]["x"] = json!("taken");
+        writer("c", &lists).record_update(Some(start), &mut new);
+        owners(&new)
+    };
+    let after = owners_after(&applied);
+    assert!(!after.iter().any(|(m, _, _)| m == "k"), "the applier owned only x: {after:?}");
+    assert!(owners_after(&crowded).iter().any(|(m, _, _)| m == "ancient-changes"), "the oldest updaters merge");
     // The fold left the entries it did not reach as they were, byte for byte.
     let mut new = old.clone();
     new["data"]["w"] = json!("4");

@@ -24,9 +24,11 @@ pub struct SharedEvent {
     /// The new object's JSON cut for its version, made from the stored bytes (for kinds
     /// stored as viewed, which need no decoding to be sent on).
     stored: OnceLock<Option<Spliced>>,
-    /// The same without `metadata.managedFields`, for watchers that asked to be spared them;
-    /// made from the stored bytes, or from the decoded object for other kinds.
+    /// The same without `metadata.managedFields`, for watchers that asked to be spared them.
     lean: OnceLock<Option<Spliced>>,
+    /// The decoded new object's JSON without `metadata.managedFields` (kinds not stored as
+    /// viewed, and stored bytes the scan cannot cut).
+    decoded_lean: OnceLock<Option<Spliced>>,
     /// The previous object, decoded only when a watcher needs it (a selector to compare it
     /// with, or a deletion to report): most watches (controllers, informers) have neither,
     /// and decoding every change's previous object was half the watch cache's decoding and
@@ -299,6 +301,7 @@ impl SharedEvent {
             decoded: OnceLock::new(),
             stored: OnceLock::new(),
             lean: OnceLock::new(),
+            decoded_lean: OnceLock::new(),
             prev: OnceLock::new(),
         })
     }
@@ -314,10 +317,9 @@ impl SharedEvent {
     }
 
     /// The decoded new object's JSON without `metadata.managedFields`, made once (`None`:
-    /// as for [`Decoded::new`]'s JSON). Only for kinds not stored as viewed (the same slot
-    /// holds [`SharedEvent::stored_spliced_lean`]'s form otherwise).
+    /// as for [`Decoded::new`]'s JSON); `obj` is [`SharedEvent::decoded`]'s object.
     pub fn decoded_lean(&self, obj: &Value) -> Option<&Spliced> {
-        self.lean.get_or_init(|| Spliced::of_lean(obj)).as_ref()
+        self.decoded_lean.get_or_init(|| Spliced::of_lean(obj)).as_ref()
     }
 
     /// The decoded new object, in the form `convert` gives it (the first caller's; every

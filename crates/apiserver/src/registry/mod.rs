@@ -1278,6 +1278,17 @@ impl Registry {
     /// object (not against the client update rules) and written if nothing changed in
     /// between, else `change` runs again on the newer version.
     pub async fn mutate(&self, scope: &Scope, name: &str, change: impl Fn(&mut Value) -> Result<()>) -> Result<Value> {
+        self.mutate_with(scope, name, false, change).await
+    }
+
+    /// [`Registry::mutate`], or with `dry_run` all of it but the write.
+    async fn mutate_with(
+        &self,
+        scope: &Scope,
+        name: &str,
+        dry_run: bool,
+        change: impl Fn(&mut Value) -> Result<()>,
+    ) -> Result<Value> {
         let key = self.key(scope, name)?;
         loop {
             let (current, _) = self.store.get(key.clone(), None).await?;
@@ -1305,6 +1316,10 @@ impl Registry {
                     self.encode(&stored)?
                 }
             };
+            if dry_run {
+                self.strategy.redact(&mut obj);
+                return Ok(obj);
+            }
             match self.store.update(key.clone(), bytes, current.mod_revision).await? {
                 Ok(revision) => {
                     set_rv(&mut obj, revision);
@@ -1320,14 +1335,16 @@ impl Registry {
     /// the answer (a pod's binding): for a kind stored as viewed, the stored
     /// `metadata.managedFields` are cut out before decoding and written back as they were
     /// read, never decoded (they are ~40% of a pod's JSON, more of its decoded tree).
+    /// A dry run reads, changes and checks, and writes nothing.
     pub async fn mutate_unanswered(
         &self,
         scope: &Scope,
         name: &str,
+        dry_run: bool,
         change: impl Fn(&mut Value) -> Result<()>,
     ) -> Result<()> {
         if !self.strategy.stored_as_viewed() {
-            return self.mutate(scope, name, change).await.map(|_| ());
+            return self.mutate_with(scope, name, dry_run, change).await.map(|_| ());
         }
         let key = self.key(scope, name)?;
         loop {
@@ -1351,6 +1368,9 @@ impl Registry {
             }
             let bytes = stored_json_with(&obj, record.map(|m| &stored[m.value]))
                 .map_err(|e| RegistryError::Internal(e.to_string()))?;
+            if dry_run {
+                return Ok(());
+            }
             match self.store.update(key.clone(), Bytes::from(bytes), current.mod_revision).await? {
                 Ok(_) => return Ok(()),
                 Err(_) => continue,
@@ -1750,6 +1770,9 @@ fn stored_json(obj: &Value) -> serde_json::Result<Vec<u8>> {
 fn stored_json_with(obj: &Value, record: Option<&[u8]>) -> serde_json::Result<Vec<u8>> {
     const RECORD: &str = "managedFields";
     let (Some(top), Some(Value::Object(meta))) = (obj.as_object(), obj.get("metadata")) else {
+        if record.is_some() {
+            return Err(serde::ser::Error::custom("managed fields with no metadata object to go in"));
+        }
         return serde_json::to_vec(obj);
     };
     if !meta.contains_key("resourceVersion") && record.is_none() {

@@ -706,6 +706,13 @@ fn pods_bind_once_and_keep_their_spec() -> Result<()> {
     let record = || k.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.managedFields}"]);
     let before = record()?;
     ensure!(before.contains("f:containers"), "the create is recorded: {before}");
+    // A dry run is checked and answered, and binds nothing.
+    let body =
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"node-0"}}"#;
+    let post = ["-X", "POST", "-H", "Content-Type: application/json", "-d", body];
+    let (head, answer) = curl_admin(&server, "/api/v1/namespaces/default/pods/p/binding?dryRun=All", &post)?;
+    ensure!(head.lines().next().is_some_and(|l| l.contains(" 201")), "dry-run binding: {head}{answer}");
+    ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"])?.is_empty(), "a dry run binds nothing");
     let (head, body) = bind("node-1")?;
     ensure!(head.lines().next().is_some_and(|l| l.contains(" 201")), "first binding: {head}{body}");
     ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"])? == "node-1");

@@ -80,6 +80,10 @@ fn garbage_collector_follows_owner_references_within_a_tenant() -> Result<()> {
             let name = p["metadata"]["name"].as_str().unwrap_or("");
             ensure!(name.starts_with(&format!("{rs_name}-")) && name.len() == rs_name.len() + 6, "pod name {name}");
             ensure!(p["metadata"]["ownerReferences"][0]["name"] == json!(rs_name), "{p}");
+            // The controllers introduce themselves: their writes are recorded under their name.
+            let shown = alice.ok(&["get", "pod", name, "-n", &ns, "-o", "json", "--show-managed-fields"])?;
+            let creator = serde_json::from_str::<Value>(&shown)?["metadata"]["managedFields"][0].clone();
+            ensure!(creator["manager"] == "atoll-controllers" && creator["operation"] == "Update", "{creator}");
         }
         alice.ok(&["delete", "deployment", "web", "-n", &ns, &format!("--cascade={cascade}"), "--timeout=60s"])?;
         if cascade == "orphan" {
