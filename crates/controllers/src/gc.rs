@@ -62,7 +62,7 @@ impl OwnerRef {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub resource: Arc<Resource>,
     pub kind: String,
@@ -127,8 +127,13 @@ impl Graph {
         node.owners.iter().map(move |o| NodeId { tenant: tenant.clone(), uid: o.uid.clone() })
     }
 
-    /// Adds or replaces a node; returns the ids to look at.
+    /// Adds or replaces a node; returns the ids to look at. A change that leaves the node as
+    /// it was (most: a pod's binding and status) concerns nobody: it was looked at when it
+    /// came to be as it is.
     pub fn upsert(&mut self, id: NodeId, node: Node) -> Wake {
+        if self.nodes.get(&id) == Some(&node) {
+            return Vec::new();
+        }
         let mut wake = Vec::new();
         if let Some(old) = self.nodes.get(&id) {
             for o in Self::owner_ids(&id, old) {
@@ -773,5 +778,22 @@ mod tests {
         assert_eq!(g.remove(&id("a", "u2")), [id("a", "u1")]);
         assert!(g.dependents_of(&id("a", "u1")).is_empty());
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn a_change_that_leaves_the_node_as_it_was_wakes_nobody() {
+        let mut g = Graph::default();
+        add(&mut g, &obj("a", Some("ns"), "o", "u1", json!([])));
+        let mut d = obj("a", Some("ns"), "d", "u2", json!([owner("u1", true)]));
+        assert_eq!(add(&mut g, &d), [id("a", "u2")], "first sight");
+        d["metadata"]["labels"] = json!({"any": "thing"});
+        d["status"] = json!({"phase": "Running"});
+        assert!(add(&mut g, &d).is_empty(), "only what the graph does not hold changed");
+        d["metadata"]["ownerReferences"] = json!([owner("u1", false)]);
+        assert_eq!(add(&mut g, &d), [id("a", "u2")], "its owner references changed");
+        d["metadata"]["finalizers"] = json!([ORPHAN]);
+        d["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert_eq!(add(&mut g, &d), [id("a", "u2")], "it is being deleted");
+        assert_eq!(g.dependents_of(&id("a", "u1")).len(), 1);
     }
 }
