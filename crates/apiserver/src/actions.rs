@@ -122,16 +122,28 @@ impl Strategy for ActionKind {
     fn top_level_fields(&self) -> Option<&[&str]> {
         Some(&["spec", "status"])
     }
-    fn unknown_fields(&self, obj: &Value) -> Option<Vec<String>> {
+    fn prune_unknown_fields(&self, obj: &mut Value) -> Option<Vec<String>> {
         let mut unknown = Vec::new();
         for (top, known) in [("spec", SPEC_FIELDS), ("status", STATUS_FIELDS)] {
-            if let Some(map) = obj.get(top).and_then(Value::as_object) {
-                unknown.extend(map.keys().filter(|k| !known.contains(&k.as_str())).map(|k| format!("{top}.{k}")));
+            if let Some(map) = obj.get_mut(top).and_then(Value::as_object_mut) {
+                map.retain(|k, _| {
+                    let ours = known.contains(&k.as_str());
+                    if !ours {
+                        unknown.push(format!("{top}.{k}"));
+                    }
+                    ours
+                });
             }
         }
-        if let Some(map) = obj.as_object() {
+        if let Some(map) = obj.as_object_mut() {
             let tops = ["apiVersion", "kind", "metadata", "spec", "status"];
-            unknown.extend(map.keys().filter(|k| !tops.contains(&k.as_str())).cloned());
+            map.retain(|k, _| {
+                let ours = tops.contains(&k.as_str());
+                if !ours {
+                    unknown.push(k.clone());
+                }
+                ours
+            });
         }
         Some(unknown)
     }
@@ -282,7 +294,9 @@ mod tests {
         assert_eq!(a["status"], json!({"phase": "Pending"}));
         a["spec"]["podNme"] = json!("x");
         a["extra"] = json!(1);
-        assert_eq!(k.unknown_fields(&a), Some(vec!["spec.podNme".to_string(), "extra".to_string()]));
+        assert_eq!(k.prune_unknown_fields(&mut a), Some(vec!["spec.podNme".to_string(), "extra".to_string()]));
+        assert!(a["spec"].get("podNme").is_none() && a.get("extra").is_none(), "{a}");
+        assert_eq!(a["spec"]["podName"], "vm1");
     }
 
     struct Fake {

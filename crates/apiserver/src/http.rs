@@ -213,10 +213,11 @@ fn list_options(q: &BTreeMap<String, String>, codec: &crate::rv::Codec) -> Resul
     })
 }
 
-/// `fieldValidation`: what to do about fields the kind does not have. Kubernetes' default
-/// is to warn.
-fn check_fields(registry: &Registry, q: &BTreeMap<String, String>, obj: &Value) -> Result<Vec<String>, Status> {
-    let unknown = registry.unknown_fields(obj);
+/// Drops the fields of `obj` the kind does not have, as Kubernetes' decoding does, and
+/// answers `fieldValidation`: warn about them (Kubernetes' default), ignore them, or refuse
+/// the request (`Strict`).
+fn check_fields(registry: &Registry, q: &BTreeMap<String, String>, obj: &mut Value) -> Result<Vec<String>, Status> {
+    let unknown = registry.prune_unknown_fields(obj);
     let warnings = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>();
     match q.get("fieldValidation").map(String::as_str) {
         None | Some("") | Some("Warn") => Ok(warnings),
@@ -894,20 +895,25 @@ impl Api {
     }
 
     /// `POST pods/{name}/binding`: assigns an unassigned pod to a node (what the scheduler
-    /// does). A pod already assigned, or terminating, is a conflict.
+    /// does). As in Kubernetes, a pod already assigned, terminating or held by scheduling
+    /// gates is a conflict, so is a binding whose `metadata.uid` or `metadata.resourceVersion`
+    /// (preconditions, when given) is not the pod's; the binding's annotations are added to
+    /// the pod's.
     async fn bind(
         &self,
         registry: &Registry,
         scope: &Scope,
         r: &ResourceRequest,
         dry_run: bool,
+        codec: &crate::rv::Codec,
         req: Request<ReqBody>,
     ) -> Result<Response<Body>, Status> {
         if r.verb != Verb::Create {
             return Err(Status::method_not_allowed());
         }
         let name = r.name.clone().unwrap_or_default();
-        let body = Self::read_body(req).await?;
+        let mut body = Self::read_body(req).await?;
+        codec.incoming(&mut body)?;
         let node = body.at("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
         if node.is_empty() {
             return Err(Status::invalid("", "Binding", &name, &[api::meta::FieldError::required("target.name", "")]));
@@ -915,6 +921,16 @@ impl Api {
         if body.at("/metadata/name").and_then(Value::as_str).is_some_and(|n| n != name) {
             return Err(Status::bad_request("the binding's name does not match the pod's"));
         }
+        let text = |pointer: &str| body.at(pointer).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let uid = text("/metadata/uid").map(str::to_string);
+        let revision = text("/metadata/resourceVersion").map(str::to_string);
+        let annotations = match body.at("/metadata/annotations") {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(map)) if map.values().all(Value::is_string) => map.clone(),
+            Some(_) => {
+                return Err(Status::bad_request("the binding's metadata.annotations must map strings to strings"));
+            }
+        };
         let conflict = |why: String| RegistryError::Conflict {
             resource: "pods".into(),
             group: String::new(),
@@ -923,13 +939,39 @@ impl Api {
         };
         registry
             .mutate_unanswered(scope, &name, dry_run, |pod| {
+                let meta = |k: &str| pod.at(&format!("/metadata/{k}")).and_then(Value::as_str).unwrap_or("");
+                if let Some(uid) = &uid
+                    && uid != meta("uid")
+                {
+                    return Err(conflict(format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta("uid")
+                    )));
+                }
+                // No numbers: they are store revisions, which the API shows only encoded.
+                if revision.as_deref().is_some_and(|rv| rv != meta("resourceVersion")) {
+                    return Err(conflict(
+                        "Precondition failed: the ResourceVersion in the precondition is not the object's".into(),
+                    ));
+                }
                 if let Some(current) = pod.at("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                     return Err(conflict(format!("pod {name} is already assigned to node {current:?}")));
                 }
                 if pod.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
                     return Err(conflict(format!("pod {name} is being deleted, cannot be assigned to a host")));
                 }
+                if pod.at("/spec/schedulingGates").and_then(Value::as_array).is_some_and(|g| !g.is_empty()) {
+                    return Err(conflict(format!("pod {name} has non-empty .spec.schedulingGates")));
+                }
                 pod["spec"]["nodeName"] = json!(node);
+                if !annotations.is_empty() {
+                    if !pod["metadata"].get("annotations").is_some_and(Value::is_object) {
+                        pod["metadata"]["annotations"] = json!({});
+                    }
+                    if let Some(map) = pod["metadata"]["annotations"].as_object_mut() {
+                        map.extend(annotations.clone());
+                    }
+                }
                 // As in Kubernetes, binding marks the pod scheduled (replacing a scheduler's
                 // earlier `PodScheduled=False`).
                 let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
@@ -1497,7 +1539,7 @@ impl Api {
             return self.scale(registry, &scope, &r, &q, req, &codec).await;
         }
         if r.subresource.as_deref() == Some("binding") {
-            return self.bind(registry, &scope, &r, dry_run(&q)?, req).await;
+            return self.bind(registry, &scope, &r, dry_run(&q)?, &codec, req).await;
         }
         if matches!(r.subresource.as_deref(), Some("log" | "exec" | "attach" | "portforward")) {
             return self.pod_stream(registry, &scope, &r, &q, user, req).await;
@@ -1663,7 +1705,7 @@ impl Api {
                 }
                 let (opts, _) = writer("CreateOptions", false)?;
                 let mut body = Self::read_body(req).await?;
-                let warnings = check_fields(registry, &q, &body)?;
+                let warnings = check_fields(registry, &q, &mut body)?;
                 if let (Some(tenant), Some(namespace)) = (&scope.tenant, &scope.namespace) {
                     self.check_namespace(tenant, namespace).await?;
                     self.admit_sandbox(&info.group, &info.resource, tenant, &mut body).await?;
@@ -1679,7 +1721,7 @@ impl Api {
                 let (opts, _) = writer("UpdateOptions", false)?;
                 let mut body = Self::read_body(req).await?;
                 codec.incoming(&mut body)?;
-                let warnings = check_fields(registry, &q, &body)?;
+                let warnings = check_fields(registry, &q, &mut body)?;
                 let updated = registry.update_written(&scope, &name, body, r.subresource.as_deref(), &opts).await;
                 let updated = updated.map_err(registry_err)?;
                 self.written(&info, &updated.obj, opts.dry_run, false).await?;
@@ -1692,7 +1734,7 @@ impl Api {
                 let mut patch = Self::read_body(req).await?;
                 codec.incoming(&mut patch)?;
                 if apply {
-                    let warnings = check_fields(registry, &q, &patch)?;
+                    let warnings = check_fields(registry, &q, &mut patch)?;
                     // An apply may create the object: then the caller needs `create` too (as in
                     // Kubernetes), and the namespace must exist.
                     if r.subresource.is_none()
@@ -1781,12 +1823,17 @@ impl Api {
                     }
                     // A merge patch's object is the stored one (checked when written) with the
                     // patch's fields: those are the only ones that can be unknown, and checking
-                    // them alone spares a walk of the whole object per patch.
+                    // them alone spares a walk of the whole object per patch; the object is
+                    // walked to drop them only when there are some.
                     // (A field the patch sets to null is removed, not brought.)
                     let warnings = if content_type == "application/merge-patch+json" && patch.is_object() {
-                        check_fields(registry, &q, &without_nulls(&patch))?
+                        let warnings = check_fields(registry, &q, &mut without_nulls(&patch))?;
+                        if !warnings.is_empty() {
+                            registry.prune_unknown_fields(&mut patched);
+                        }
+                        warnings
                     } else {
-                        check_fields(registry, &q, &patched)?
+                        check_fields(registry, &q, &mut patched)?
                     };
                     let sub = r.subresource.as_deref();
                     match registry.update_current(&scope, &name, patched, &read, sub, &opts).await {

@@ -162,10 +162,10 @@ impl Strategy for Kind {
         // Zero from a client is a forced deletion: it is not waited for.
         (grace > 0).then_some(grace)
     }
-    fn unknown_fields(&self, obj: &Value) -> Option<Vec<String>> {
+    fn prune_unknown_fields(&self, obj: &mut Value) -> Option<Vec<String>> {
         let message = self.message.as_deref()?;
         let mut unknown = Vec::new();
-        crate::proto::shape::unknown_fields(message, obj, "", &mut unknown);
+        crate::proto::shape::prune_unknown_fields(message, obj, "", &mut unknown);
         Some(unknown)
     }
     fn top_level_fields(&self) -> Option<&[&str]> {
@@ -288,6 +288,23 @@ fn pod_defaults(obj: &mut Value) {
         pod_spec_defaults(spec);
         api::vm::apply_defaults(spec);
     }
+    // As in Kubernetes, a pod created behind scheduling gates says why it is not scheduled.
+    if !scheduling_gates(obj).is_empty() {
+        let gated = serde_json::json!({"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+            "message": "Scheduling is blocked due to non-empty scheduling gates", "lastProbeTime": null,
+            "lastTransitionTime": crate::registry::object::now_rfc3339()});
+        if !obj.get("status").is_some_and(Value::is_object) {
+            obj["status"] = serde_json::json!({});
+        }
+        obj["status"]["conditions"] = Value::Array(vec![gated]);
+    }
+}
+
+/// The names of a pod's scheduling gates (`spec.schedulingGates[*].name`): while there are
+/// any, the pod is not scheduled.
+fn scheduling_gates(pod: &Value) -> Vec<&str> {
+    let gates = pod.at("/spec/schedulingGates").and_then(Value::as_array);
+    gates.into_iter().flatten().map(|g| g.get("name").and_then(Value::as_str).unwrap_or("")).collect()
 }
 
 /// What Kubernetes' defaulting sets on every pod spec, a pod's or a workload's template's
@@ -508,6 +525,15 @@ pub(crate) fn validate_pod(obj: &Value) -> Vec<FieldError> {
             });
         }
     }
+    let gates = scheduling_gates(obj);
+    for (i, gate) in gates.iter().enumerate() {
+        let field = format!("spec.schedulingGates[{i}].name");
+        if gate.is_empty() {
+            errors.push(FieldError::required(field, ""));
+        } else if gates[..i].contains(gate) {
+            errors.push(FieldError { field, kind: FieldErrorKind::Duplicate(gate.to_string()), detail: String::new() });
+        }
+    }
     validate_vm(spec, &mut errors);
     let vm = api::vm::is_vm(spec);
     let mut names: Vec<String> = Vec::new();
@@ -621,6 +647,7 @@ fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
         if let Some(m) = spec.as_object_mut() {
             m.remove("activeDeadlineSeconds");
             m.remove("tolerations");
+            m.remove("schedulingGates");
             for list in ["containers", "initContainers"] {
                 for c in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
                     if let Some(c) = c.as_object_mut() {
@@ -636,7 +663,15 @@ fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
     if mutable(new_spec) != mutable(old_spec) {
         errors.push(FieldError::forbidden(
             "spec",
-            "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` or `spec.tolerations` (only additions to existing tolerations)",
+            "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations) or `spec.schedulingGates` (only deletions)",
+        ));
+    }
+    // Scheduling gates may only be taken away (the pod is then scheduled when none is left).
+    let old_gates = scheduling_gates(old);
+    if let Some(added) = scheduling_gates(new).into_iter().find(|g| !old_gates.contains(g)) {
+        errors.push(FieldError::forbidden(
+            "spec.schedulingGates",
+            &format!("only deletion is allowed, but found new scheduling gate '{added}'"),
         ));
     }
     let tolerations = |spec: &Value| spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -1157,10 +1192,10 @@ mod tests {
     #[test]
     fn strict_validation_and_openapi_know_the_vm_field() {
         let message = crate::proto::shape::message_of("", "v1", "Pod").unwrap();
-        let pod = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "i", "userDataa": "x",
+        let mut pod = vm_pod(json!({"virtualMachine": {"name": "vm", "image": "i", "userDataa": "x",
                                                    "resources": {"limitz": {}}}}));
         let mut unknown = Vec::new();
-        crate::proto::shape::unknown_fields(&message, &pod, "", &mut unknown);
+        crate::proto::shape::prune_unknown_fields(&message, &mut pod, "", &mut unknown);
         assert_eq!(unknown, ["spec.virtualMachine.resources.limitz", "spec.virtualMachine.userDataa"]);
         let mut schemas = std::collections::BTreeMap::new();
         crate::proto::shape::openapi_schemas(&message, &mut schemas);

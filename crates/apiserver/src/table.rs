@@ -219,6 +219,11 @@ fn pod_status(pod: &Value) -> String {
     if reason.is_empty() {
         reason = s(pod, "/status/phase");
     }
+    // A pod held by scheduling gates says so, as kubectl's own printer has it.
+    let conditions = pod.at("/status/conditions").and_then(Value::as_array).into_iter().flatten();
+    if conditions.into_iter().any(|c| s(c, "/type") == "PodScheduled" && s(c, "/reason") == "SchedulingGated") {
+        reason = "SchedulingGated".into();
+    }
     for c in pod.at("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
         if let Some(r) = c.at("/state/waiting/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
             reason = r.to_string();

@@ -263,6 +263,8 @@ pub struct Pod {
     /// Succeeded or Failed: the pod no longer uses its node.
     pub terminal: bool,
     pub deleting: bool,
+    /// Held by scheduling gates (`spec.schedulingGates`): not to be scheduled while any is left.
+    pub gated: bool,
 }
 
 impl Pod {
@@ -312,6 +314,7 @@ impl Pod {
             node_name: spec.get("nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()).map(Arc::from),
             terminal: matches!(phase, "Succeeded" | "Failed"),
             deleting: meta.get("deletionTimestamp").is_some_and(|t| !t.is_null()),
+            gated: spec.get("schedulingGates").and_then(Value::as_array).is_some_and(|g| !g.is_empty()),
         })
     }
 

@@ -229,6 +229,7 @@ pub fn keep_pods() -> client::Keep {
         "affinity",
         "overhead",
         "virtualMachine",
+        "schedulingGates",
     ])
     .with("containers", containers.clone())
     .with("initContainers", containers);
@@ -381,7 +382,8 @@ impl Loop {
             // Our binding is under way; this is an older state of the pod.
             return;
         }
-        if pod.deleting || pod.scheduler_name != self.snap.scheduler_name() {
+        // A gated pod waits outside the queues until its gates are gone (a change of the pod).
+        if pod.deleting || pod.gated || pod.scheduler_name != self.snap.scheduler_name() {
             self.pending.remove(&key);
             self.unschedulable.remove(&key);
             return;

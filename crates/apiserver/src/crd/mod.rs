@@ -437,11 +437,17 @@ impl Strategy for CustomKind {
     fn view_to_stored(&self, obj: &mut Value) {
         obj["apiVersion"] = json!(format!("{}/{}", self.info.group, self.storage_version));
     }
-    fn unknown_fields(&self, obj: &Value) -> Option<Vec<String>> {
-        let mut body = obj.clone();
-        let mut body = CustomKind::body_fields_mut(&mut body);
+    fn prune_unknown_fields(&self, obj: &mut Value) -> Option<Vec<String>> {
+        // The schema covers everything but the type fields and metadata, which the registry
+        // owns: they are set aside while it prunes.
+        let map = obj.as_object_mut()?;
+        let owned: Vec<(String, Value)> =
+            ["apiVersion", "kind", "metadata"].into_iter().filter_map(|k| map.remove_entry(k)).collect();
         let mut unknown = Vec::new();
-        self.schema.prune(&mut body, "", &mut unknown);
+        self.schema.prune(obj, "", &mut unknown);
+        if let Some(map) = obj.as_object_mut() {
+            map.extend(owned);
+        }
         Some(unknown)
     }
     fn scale_paths(&self) -> Option<&ScalePaths> {

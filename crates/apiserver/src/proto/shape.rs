@@ -40,43 +40,46 @@ fn join(path: &str, field: &str) -> String {
     if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
 }
 
-/// Records the paths of fields in `obj` that `message` does not have. Wrong types are left
-/// to validation; only unknown names are reported.
-pub fn unknown_fields(message: &str, obj: &Value, path: &str, out: &mut Vec<String>) {
+/// Removes the fields of `obj` that `message` does not have, at every depth, and records
+/// their paths (as Kubernetes' decoding into its types drops them). Wrong types are left to
+/// validation; only unknown names are dropped.
+pub fn prune_unknown_fields(message: &str, obj: &mut Value, path: &str, out: &mut Vec<String>) {
     let Value::Object(map) = obj else { return };
     if schema_of(message).is_err() {
         return;
     }
     let fields = json_fields(message);
-    for (k, v) in map {
+    map.retain(|k, v| {
         let at = join(path, k);
         // The top level's metadata is the registry's to check; ours carries the tenant.
         if (path.is_empty() && k == "metadata") || (k == "tenant" && message.ends_with(".ObjectMeta")) {
-            continue;
+            return true;
         }
         let Some(f) = fields.iter().find(|f| f.name == k) else {
             // Objects carry their type wherever they are embedded whole.
-            if !(matches!(k.as_str(), "apiVersion" | "kind") && path.is_empty()) {
+            let typed = matches!(k.as_str(), "apiVersion" | "kind") && path.is_empty();
+            if !typed {
                 out.push(at);
             }
-            continue;
+            return typed;
         };
-        let Ty::Msg(inner) = f.ty else { continue };
+        let Ty::Msg(inner) = f.ty else { return true };
         match (f.card, v) {
-            (Card::One, _) => unknown_fields(inner, v, &at, out),
+            (Card::One, v) => prune_unknown_fields(inner, v, &at, out),
             (Card::Many, Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    unknown_fields(inner, item, &format!("{at}[{i}]"), out);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_unknown_fields(inner, item, &format!("{at}[{i}]"), out);
                 }
             }
             (Card::Map, Value::Object(values)) => {
-                for (key, item) in values {
-                    unknown_fields(inner, item, &format!("{at}.{key}"), out);
+                for (key, item) in values.iter_mut() {
+                    prune_unknown_fields(inner, item, &format!("{at}.{key}"), out);
                 }
             }
             _ => {}
         }
-    }
+        true
+    });
 }
 
 fn leaf_schema(ty: Ty) -> Value {
@@ -170,14 +173,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_fields_are_found_at_every_depth() {
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}},
+    fn unknown_fields_are_dropped_and_named_at_every_depth() {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}},
             "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "Always",
                                      "resources": {"limits": {"cpu": "1"}}, "ports": [{"containerPort": 80, "hostt": 1}]}],
                      "volumes": [{"name": "v", "configMap": {"name": "x", "bogus": 1}}]},
             "extra": 1});
         let mut out = Vec::new();
-        unknown_fields(&message_of("", "v1", "Pod").unwrap(), &pod, "", &mut out);
+        prune_unknown_fields(&message_of("", "v1", "Pod").unwrap(), &mut pod, "", &mut out);
         assert_eq!(
             out,
             [
@@ -187,6 +190,17 @@ mod tests {
                 "spec.volumes[0].configMap.bogus"
             ]
         );
+        // What is left is the pod without them, everything else as it was.
+        assert_eq!(
+            pod,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "i",
+                                         "resources": {"limits": {"cpu": "1"}}, "ports": [{"containerPort": 80}]}],
+                         "volumes": [{"name": "v", "configMap": {"name": "x"}}]}})
+        );
+        let mut again = Vec::new();
+        prune_unknown_fields(&message_of("", "v1", "Pod").unwrap(), &mut pod, "", &mut again);
+        assert!(again.is_empty(), "{again:?}");
     }
 
     #[test]

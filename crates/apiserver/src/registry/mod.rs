@@ -177,9 +177,9 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
-    /// Every field of `obj` (outside `metadata`) this kind does not have, as paths; `None`
-    /// leaves it to [`Strategy::top_level_fields`].
-    fn unknown_fields(&self, _obj: &Value) -> Option<Vec<String>> {
+    /// Removes every field of `obj` (outside `metadata`) this kind does not have and names
+    /// them, as paths; `None` leaves it to [`Strategy::top_level_fields`].
+    fn prune_unknown_fields(&self, _obj: &mut Value) -> Option<Vec<String>> {
         None
     }
 
@@ -633,22 +633,30 @@ impl Registry {
         &*self.strategy
     }
 
-    /// Fields of `obj` this kind does not have (top level and `metadata`), as JSON paths.
-    pub fn unknown_fields(&self, obj: &Value) -> Vec<String> {
-        let deep = self.strategy.unknown_fields(obj);
+    /// Removes the fields of `obj` this kind does not have (at the top level, in `metadata`
+    /// and, where the kind has a schema, at every depth) and names them, as JSON paths: what
+    /// Kubernetes' decoding into its types drops, whatever `fieldValidation` says about it.
+    pub fn prune_unknown_fields(&self, obj: &mut Value) -> Vec<String> {
+        let deep = self.strategy.prune_unknown_fields(obj);
         let top_level = if deep.is_some() { None } else { self.strategy.top_level_fields() };
         let mut unknown = deep.unwrap_or_default();
-        if let (Some(known), Some(map)) = (top_level, obj.as_object()) {
-            for k in map.keys() {
-                if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") && !known.contains(&k.as_str()) {
+        if let (Some(known), Some(map)) = (top_level, obj.as_object_mut()) {
+            map.retain(|k, _| {
+                let ours = matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || known.contains(&k.as_str());
+                if !ours {
                     unknown.push(k.clone());
                 }
-            }
+                ours
+            });
         }
-        if let Some(meta) = obj.get("metadata").and_then(Value::as_object) {
-            unknown.extend(
-                meta.keys().filter(|k| !METADATA_FIELDS.contains(&k.as_str())).map(|k| format!("metadata.{k}")),
-            );
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| {
+                let ours = METADATA_FIELDS.contains(&k.as_str());
+                if !ours {
+                    unknown.push(format!("metadata.{k}"));
+                }
+                ours
+            });
         }
         unknown
     }

@@ -775,7 +775,7 @@ async fn readers_may_be_spared_the_managed_fields() -> Result<()> {
         r.delete(&s, "a", &DeleteOptions::default()).await?;
     }
     // Stored bytes the scan will not cut (an escaped key before the metadata, which an
-    // unknown field may be) are decoded and sent without the managed fields all the same.
+    // custom resource that keeps unknown fields may have) are decoded and sent without the managed fields all the same.
     let mut spared = core.watch(&s, &lean, false).await?;
     let mut odd = cm("odd", json!({}));
     odd["a\"b"] = json!("1");

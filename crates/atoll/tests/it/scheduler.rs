@@ -76,12 +76,30 @@ fn the_scheduler_binds_pods_and_explains_when_nothing_fits() -> Result<()> {
     add_node(&k, "infra-1", "8", true)?;
     ensure!(k.ok(&["get", "nodes", "-o", "name"])?.lines().count() == 2);
 
+    // A pod behind scheduling gates waits, and says why.
+    let gated = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: gated\nspec:\n  schedulingGates:\n  \
+                 - name: example.com/quota\n  - name: example.com/review\n  containers:\n  - name: c\n    image: busybox\n";
+    k.ok_with(&["create", "-f", "-"], Some(gated))?;
     k.ok(&["run", "web", "--image=busybox", "--", "sleep", "3600"])?;
     let node = eventually(&k, &["get", "pod", "web", "-o", "jsonpath={.spec.nodeName}"], |n| !n.is_empty())?;
     ensure!(node == "worker-1", "the untainted node: {node}");
     let scheduled =
         k.ok(&["get", "pod", "web", "-o", r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].status}"#])?;
     ensure!(scheduled == "True", "{scheduled}");
+    // The scheduler has placed a pod made after the gated one: the gated one is still waiting.
+    ensure!(k.ok(&["get", "pod", "gated", "-o", "jsonpath={.spec.nodeName}"])?.is_empty(), "a gated pod was bound");
+    let listed = k.ok(&["get", "pod", "gated", "--no-headers"])?;
+    ensure!(listed.contains("SchedulingGated"), "kubectl get pod gated: {listed}");
+    // Gates are only taken away, never added.
+    let add = r#"[{"op":"add","path":"/spec/schedulingGates/-","value":{"name":"example.com/late"}}]"#;
+    let err = k.fails(&["patch", "pod", "gated", "--type=json", "-p", add])?;
+    ensure!(err.contains("only deletion is allowed, but found new scheduling gate 'example.com/late'"), "{err}");
+    k.ok(&["patch", "pod", "gated", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/schedulingGates/0"}]"#])?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(k.ok(&["get", "pod", "gated", "-o", "jsonpath={.spec.nodeName}"])?.is_empty(), "one gate is left");
+    k.ok(&["patch", "pod", "gated", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/schedulingGates"}]"#])?;
+    let node = eventually(&k, &["get", "pod", "gated", "-o", "jsonpath={.spec.nodeName}"], |n| !n.is_empty())?;
+    ensure!(node == "worker-1", "the pod whose gates are gone: {node}");
 
     let overrides = serde_json::json!({"spec": {"containers": [{"name": "huge", "image": "busybox",
         "args": ["sleep", "3600"], "resources": {"requests": {"cpu": "64"}}}]}})

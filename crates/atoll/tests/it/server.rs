@@ -308,6 +308,12 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
         "strict validation: {strict_err}"
     );
     k.ok_with(&["create", "--validate=false", "-f", "-"], Some(&typo))?;
+    // Without Strict, unknown fields are dropped at any depth, as Kubernetes drops them.
+    let kept = k.ok(&["get", "configmap", "typo", "-n", &ns, "-o", "json"])?;
+    ensure!(!kept.contains("dta"), "an unknown field was stored: {kept}");
+    k.ok_with(&["create", "--validate=false", "-f", "-"], Some(&deep_typo))?;
+    let kept = k.ok(&["get", "pod", "typo", "-n", &ns, "-o", "json"])?;
+    ensure!(!kept.contains("imagePullPolicyy") && kept.contains("\"image\": \"i\""), "unknown field stored: {kept}");
     let dup = k.run(&["create", "-f", "-"], Some(&configmap("c1", &ns)))?;
     ensure!(String::from_utf8_lossy(&dup.stderr).contains("AlreadyExists"), "duplicate create says AlreadyExists");
     k.ok(&["label", "configmap", "c1", "-n", &ns, "tier=front"])?;
@@ -696,13 +702,15 @@ fn pods_bind_once_and_keep_their_spec() -> Result<()> {
     let server = Server::start()?;
     let k = Kubectl::new(33, &server)?;
     k.ok(&["run", "p", "--image=busybox", "--", "sleep", "60"])?;
-    let bind = |node: &str| -> Result<(String, String)> {
+    let bind_as = |pod: &str, meta: &str, node: &str| -> Result<(String, String)> {
         let body = format!(
-            r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"p"}},"target":{{"kind":"Node","name":"{node}"}}}}"#
+            r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"{pod}"{meta}}},"target":{{"kind":"Node","name":"{node}"}}}}"#
         );
         let post = ["-X", "POST", "-H", "Content-Type: application/json", "-d", &body];
-        curl_admin(&server, "/api/v1/namespaces/default/pods/p/binding", &post)
+        curl_admin(&server, &format!("/api/v1/namespaces/default/pods/{pod}/binding"), &post)
     };
+    let bind = |node: &str| bind_as("p", "", node);
+    let code = |head: &str| head.lines().next().unwrap_or("").split(' ').nth(1).unwrap_or("").to_string();
     let record = || k.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.managedFields}"]);
     let before = record()?;
     ensure!(before.contains("f:containers"), "the create is recorded: {before}");
@@ -713,14 +721,41 @@ fn pods_bind_once_and_keep_their_spec() -> Result<()> {
     let (head, answer) = curl_admin(&server, "/api/v1/namespaces/default/pods/p/binding?dryRun=All", &post)?;
     ensure!(head.lines().next().is_some_and(|l| l.contains(" 201")), "dry-run binding: {head}{answer}");
     ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"])?.is_empty(), "a dry run binds nothing");
-    let (head, body) = bind("node-1")?;
-    ensure!(head.lines().next().is_some_and(|l| l.contains(" 201")), "first binding: {head}{body}");
+    // The binding's uid and resourceVersion, when given, are preconditions on the pod.
+    let (uid, rv) = {
+        let got = k.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.uid} {.metadata.resourceVersion}"])?;
+        let (uid, rv) = got.split_once(' ').context("uid and resourceVersion")?;
+        (uid.to_string(), rv.to_string())
+    };
+    let (head, body) = bind_as("p", r#","uid":"not-the-pods""#, "node-1")?;
+    ensure!(code(&head) == "409" && body.contains("Precondition failed: UID in precondition"), "{head}{body}");
+    k.ok(&["label", "pod", "p", "moved=yes"])?;
+    let (head, body) = bind_as("p", &format!(r#","resourceVersion":"{rv}""#), "node-1")?;
+    ensure!(code(&head) == "409" && body.contains("ResourceVersion in the precondition"), "stale: {head}{body}");
+    ensure!(
+        k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"])?.is_empty(),
+        "a refused binding binds nothing"
+    );
+    let rv = k.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.resourceVersion}"])?;
+    let labelled = record()?;
+    ensure!(labelled.contains("f:moved"), "the label is recorded: {labelled}");
+    let meta = format!(r#","uid":"{uid}","resourceVersion":"{rv}","annotations":{{"bound-by":"test"}}"#);
+    let (head, body) = bind_as("p", &meta, "node-1")?;
+    ensure!(code(&head) == "201", "first binding: {head}{body}");
     ensure!(k.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"])? == "node-1");
+    let annotation = k.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.annotations.bound-by}"])?;
+    ensure!(annotation == "test", "the binding's annotations go to the pod: {annotation:?}");
     let scheduled =
         k.ok(&["get", "pod", "p", "-o", r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].status}"#])?;
     ensure!(scheduled == "True", "a binding marks the pod scheduled: {scheduled}");
     // The binding is the server's change, recorded for nobody: the record stays as it was.
-    ensure!(record()? == before, "managed fields after binding: {} against {before}", record()?);
+    ensure!(record()? == labelled, "managed fields after binding: {} against {labelled}", record()?);
+    // A pod held by scheduling gates is not bound.
+    let gated = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"g"},"spec":{"schedulingGates":[{"name":"example.com/wait"}],"containers":[{"name":"c","image":"busybox"}]}}"#;
+    k.ok_with(&["create", "-f", "-"], Some(gated))?;
+    let (head, body) = bind_as("g", "", "node-1")?;
+    ensure!(code(&head) == "409" && body.contains("non-empty .spec.schedulingGates"), "gated: {head}{body}");
+    ensure!(k.ok(&["get", "pod", "g", "-o", "jsonpath={.spec.nodeName}"])?.is_empty(), "a gated pod was bound");
     let (head, body) = bind("node-2")?;
     ensure!(
         head.lines().next().is_some_and(|l| l.contains(" 409")) && body.contains("already assigned"),
@@ -938,6 +973,13 @@ fn merge_patches_are_checked_for_the_unknown_fields_they_bring() -> Result<()> {
     let (head, body) =
         curl_admin(&server, &format!("{cms}?fieldValidation=Ignore"), &[&json[..], &["-d", made]].concat())?;
     ensure!(status_line(&head).contains(" 201"), "{head}{body}");
+    // Ignored is dropped, as Kubernetes' decoding drops it: neither answered nor stored.
+    ensure!(!body.contains("dta") && !head.to_lowercase().contains("warning:"), "{head}{body}");
+    let (head, body) = curl_admin(&server, &format!("{cms}/u"), &[])?;
+    ensure!(
+        status_line(&head).contains(" 200") && !body.contains("dta") && body.contains(r#""k":"1""#),
+        "{head}{body}"
+    );
     // A clean patch passes even under Strict: what it brings is checked.
     let clean = [&merge[..], &["-d", r#"{"data":{"k":"2"}}"#]].concat();
     let (head, body) = curl_admin(&server, &format!("{cms}/u?fieldValidation=Strict"), &clean)?;
@@ -949,6 +991,16 @@ fn merge_patches_are_checked_for_the_unknown_fields_they_bring() -> Result<()> {
     let (head, body) = curl_admin(&server, &format!("{cms}/u"), &bad)?;
     ensure!(status_line(&head).contains(" 200"), "{head}{body}");
     ensure!(head.contains(r#"warning: 299 - "unknown field \"dta2\"""#), "{head}");
+    // Warned about and dropped all the same (the rest of the patch applies).
+    ensure!(!body.contains("dta2") && body.contains(r#""k":"2""#), "{head}{body}");
+    let warned = [&merge[..], &["-d", r#"{"data":{"k":"3"},"spec":{"x":1}}"#]].concat();
+    let (head, body) = curl_admin(&server, &format!("{cms}/u"), &warned)?;
+    ensure!(head.contains(r#"warning: 299 - "unknown field \"spec\"""#), "{head}");
+    let (_, body_after) = curl_admin(&server, &format!("{cms}/u"), &[])?;
+    ensure!(
+        !body.contains("spec") && !body_after.contains("spec") && body_after.contains(r#""k":"3""#),
+        "{body_after}"
+    );
     // Setting an unknown field to null removes it: nothing unknown is brought.
     let remove = [&merge[..], &["-d", r#"{"dta":null,"dta2":null}"#]].concat();
     let (head, body) = curl_admin(&server, &format!("{cms}/u?fieldValidation=Strict"), &remove)?;
