@@ -671,7 +671,7 @@ fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
     if let Some(added) = scheduling_gates(new).into_iter().find(|g| !old_gates.contains(g)) {
         errors.push(FieldError::forbidden(
             "spec.schedulingGates",
-            &format!("only deletion is allowed, but found new scheduling gate '{added}'"),
+            format!("only deletion is allowed, but found new scheduling gate '{added}'"),
         ));
     }
     let tolerations = |spec: &Value| spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
