@@ -306,7 +306,7 @@ impl Strategy for RbacStrategy {
     fn prune_unknown_fields(&self, obj: &mut Value) -> Option<Vec<String>> {
         let message = crate::proto::shape::message_of(&self.info.group, &self.info.version, &self.info.kind)?;
         let mut unknown = Vec::new();
-        crate::proto::shape::prune_unknown_fields(&message, obj, "", &mut unknown);
+        crate::proto::shape::prune_unknown_fields(&message, obj, &mut unknown);
         Some(unknown)
     }
     fn top_level_fields(&self) -> Option<&[&str]> {

@@ -36,44 +36,82 @@ fn json_fields(message: &str) -> Vec<&'static Field> {
     out
 }
 
-fn join(path: &str, field: &str) -> String {
-    if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
+/// The JSON field `name` of `message`, looked for in the messages it inlines too.
+fn json_field(message: &str, name: &str) -> Option<&'static Field> {
+    let fields = schema_of(message).ok()?;
+    fields.iter().find_map(|f| match f.ty {
+        Ty::Msg(inner) if inline(message, f.name) => json_field(inner, name),
+        _ => (f.name == name).then_some(f),
+    })
+}
+
+/// Where a field is, written out only for the fields that are reported.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Root,
+    Field(&'a At<'a>, &'a str),
+    Item(&'a At<'a>, usize),
+}
+
+impl At<'_> {
+    fn render(&self, out: &mut String) {
+        match self {
+            At::Root => {}
+            At::Field(parent, name) => {
+                parent.render(out);
+                if !matches!(parent, At::Root) {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            At::Item(parent, i) => {
+                parent.render(out);
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+    }
 }
 
 /// Removes the fields of `obj` that `message` does not have, at every depth, and records
 /// their paths (as Kubernetes' decoding into its types drops them). Wrong types are left to
 /// validation; only unknown names are dropped.
-pub fn prune_unknown_fields(message: &str, obj: &mut Value, path: &str, out: &mut Vec<String>) {
+pub fn prune_unknown_fields(message: &str, obj: &mut Value, out: &mut Vec<String>) {
+    prune_at(message, obj, &At::Root, out);
+}
+
+fn prune_at(message: &str, obj: &mut Value, at: &At, out: &mut Vec<String>) {
     let Value::Object(map) = obj else { return };
     if schema_of(message).is_err() {
         return;
     }
-    let fields = json_fields(message);
+    let top = matches!(at, At::Root);
     map.retain(|k, v| {
-        let at = join(path, k);
         // The top level's metadata is the registry's to check; ours carries the tenant.
-        if (path.is_empty() && k == "metadata") || (k == "tenant" && message.ends_with(".ObjectMeta")) {
+        if (top && k == "metadata") || (k == "tenant" && message.ends_with(".ObjectMeta")) {
             return true;
         }
-        let Some(f) = fields.iter().find(|f| f.name == k) else {
+        let here = At::Field(at, k);
+        let Some(f) = json_field(message, k) else {
             // Objects carry their type wherever they are embedded whole.
-            let typed = matches!(k.as_str(), "apiVersion" | "kind") && path.is_empty();
+            let typed = top && matches!(k.as_str(), "apiVersion" | "kind");
             if !typed {
-                out.push(at);
+                let mut path = String::new();
+                here.render(&mut path);
+                out.push(path);
             }
             return typed;
         };
         let Ty::Msg(inner) = f.ty else { return true };
         match (f.card, v) {
-            (Card::One, v) => prune_unknown_fields(inner, v, &at, out),
+            (Card::One, v) => prune_at(inner, v, &here, out),
             (Card::Many, Value::Array(items)) => {
                 for (i, item) in items.iter_mut().enumerate() {
-                    prune_unknown_fields(inner, item, &format!("{at}[{i}]"), out);
+                    prune_at(inner, item, &At::Item(&here, i), out);
                 }
             }
             (Card::Map, Value::Object(values)) => {
                 for (key, item) in values.iter_mut() {
-                    prune_unknown_fields(inner, item, &format!("{at}.{key}"), out);
+                    prune_at(inner, item, &At::Field(&here, key), out);
                 }
             }
             _ => {}
@@ -180,7 +218,7 @@ mod tests {
                      "volumes": [{"name": "v", "configMap": {"name": "x", "bogus": 1}}]},
             "extra": 1});
         let mut out = Vec::new();
-        prune_unknown_fields(&message_of("", "v1", "Pod").unwrap(), &mut pod, "", &mut out);
+        prune_unknown_fields(&message_of("", "v1", "Pod").unwrap(), &mut pod, &mut out);
         assert_eq!(
             out,
             [
@@ -199,7 +237,7 @@ mod tests {
                          "volumes": [{"name": "v", "configMap": {"name": "x"}}]}})
         );
         let mut again = Vec::new();
-        prune_unknown_fields(&message_of("", "v1", "Pod").unwrap(), &mut pod, "", &mut again);
+        prune_unknown_fields(&message_of("", "v1", "Pod").unwrap(), &mut pod, &mut again);
         assert!(again.is_empty(), "{again:?}");
     }
 
