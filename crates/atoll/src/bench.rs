@@ -27,6 +27,9 @@ pub enum BenchCommand {
     /// Scale: 5,000 simulated nodes and 150,000 pods (Deployments and bare pods) against the
     /// control plane in its own process, on the embedded store or etcd.
     Scale(crate::bench_scale::ScaleBenchArgs),
+    /// The control plane's CPU per write of a pod's three (create, binding, status) through
+    /// the in-process handler, the embedded store in a temporary directory.
+    Writes(crate::bench_writes::WritesBenchArgs),
     /// Authentication's costs: one argon2id password check, against one signed-token check.
     Password {
         /// Checks of each kind to time.
@@ -69,6 +72,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
         BenchCommand::Pods(args) => crate::bench_pods::run(args).await,
         BenchCommand::Scale(args) => crate::bench_scale::run(args).await,
+        BenchCommand::Writes(args) => crate::bench_writes::run(args).await,
         BenchCommand::Password { iterations } => {
             tokio::task::spawn_blocking(move || password_bench(iterations)).await?
         }

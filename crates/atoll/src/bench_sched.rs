@@ -146,7 +146,7 @@ fn thread_cpu() -> Option<Duration> {
 }
 
 /// Creates `n` items with `concurrency` tasks calling `f(i)`.
-async fn in_parallel<F, Fut>(n: usize, concurrency: usize, f: F) -> Result<()>
+pub(crate) async fn in_parallel<F, Fut>(n: usize, concurrency: usize, f: F) -> Result<()>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,

@@ -10,6 +10,7 @@ mod bench_container;
 mod bench_pods;
 mod bench_scale;
 mod bench_sched;
+mod bench_writes;
 mod controllers;
 mod debug;
 mod image;
