@@ -1554,6 +1554,18 @@ impl Api {
             version: crate::table::table_version(&accept),
             columns: registry.strategy().printer_columns().map(<[Value]>::to_vec),
         });
+        // Metadata alone, for reads of the main resource (Kubernetes' metadata client).
+        let partial = match r.subresource {
+            Some(_) => None,
+            None if table.is_some() || !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) => None,
+            None => crate::table::wants_partial(&accept, r.verb == Verb::List).map_err(|()| {
+                Status::failure(
+                    406,
+                    "NotAcceptable",
+                    "the server was unable to respond with a content type that the client supports",
+                )
+            })?,
+        };
         let name = r.name.clone().unwrap_or_default();
         let registry_err = |e: RegistryError| e.to_status();
         let out = |code: StatusCode, mut v: Value| {
@@ -1601,7 +1613,10 @@ impl Api {
                         let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
                         ok(printer.table(std::slice::from_ref(&obj), meta))
                     }
-                    None => ok(obj),
+                    None => match partial {
+                        Some(version) => ok(crate::table::partial(&obj, version)),
+                        None => ok(obj),
+                    },
                 }
             }
             Verb::List => {
@@ -1611,7 +1626,10 @@ impl Api {
                         let items = list["items"].as_array().cloned().unwrap_or_default();
                         ok(printer.table(&items, list["metadata"].clone()))
                     }
-                    None => ok(list),
+                    None => match partial {
+                        Some(version) => ok(crate::table::partial_list(&list, version)),
+                        None => ok(list),
+                    },
                 }
             }
             Verb::Watch => {
@@ -1668,6 +1686,11 @@ impl Api {
                                             let meta = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
                                             let rows = printer.table(std::slice::from_ref(&*object), meta);
                                             watch_line(event.kind, &encoded(rows))
+                                        }
+                                        // Metadata alone, bookmarks too (their object is metadata).
+                                        _ if partial.is_some() && event.kind != "ERROR" => {
+                                            let version = partial.unwrap_or_default();
+                                            watch_line(event.kind, &encoded(crate::table::partial(&event.object(), version)))
                                         }
                                         // Shared by every watcher of this change: serialised once, the
                                         // version written in this caller's encoding.

@@ -1,6 +1,8 @@
 //! Server-side printing: `Table` responses (`Accept: application/json;as=Table;v=v1;
 //! g=meta.k8s.io`) with the columns `kubectl get` shows for each kind, `-o wide` columns at
-//! priority 1.
+//! priority 1. And the metadata-only views (`as=PartialObjectMetadata` and
+//! `as=PartialObjectMetadataList`) that client-go's metadata client and controller-runtime's
+//! metadata-only watches ask for.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +21,52 @@ pub fn table_version(accept: &str) -> &'static str {
     } else {
         "meta.k8s.io/v1"
     }
+}
+
+/// The media type parameters of one range of an Accept header (`as`, `g`, `v`).
+fn params(range: &str) -> (&str, Vec<(&str, &str)>) {
+    let mut parts = range.split(';').map(str::trim);
+    let media = parts.next().unwrap_or("");
+    (media, parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect())
+}
+
+/// Whether the client asked first for objects' metadata alone: the `meta.k8s.io` version
+/// to answer in (`list`: a list's `PartialObjectMetadataList`, else one object's, or a
+/// watch's, `PartialObjectMetadata`). `Err` when the first type asked for is the other
+/// one and nothing served here follows it (Kubernetes answers 406).
+pub fn wants_partial(accept: &str, list: bool) -> Result<Option<&'static str>, ()> {
+    let mut ranges = accept.split(',');
+    let (_, first) = params(ranges.next().unwrap_or(""));
+    let get = |k: &str| first.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    let Some(view @ ("PartialObjectMetadata" | "PartialObjectMetadataList")) = get("as") else { return Ok(None) };
+    if get("g") != Some("meta.k8s.io") {
+        return Ok(None);
+    }
+    let version = match get("v") {
+        Some("v1") => "meta.k8s.io/v1",
+        Some("v1beta1") => "meta.k8s.io/v1beta1",
+        _ => return Ok(None),
+    };
+    if (view == "PartialObjectMetadataList") == list {
+        return Ok(Some(version));
+    }
+    let plain = ranges.map(params).any(|(media, p)| {
+        matches!(media, "application/json" | "application/*" | "*/*") && !p.iter().any(|(k, _)| *k == "as")
+    });
+    if plain { Ok(None) } else { Err(()) }
+}
+
+/// An object's metadata alone, as `PartialObjectMetadata` of `version`.
+pub fn partial(obj: &Value, version: &str) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": version,
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({}))})
+}
+
+/// A list's items' metadata alone, as `PartialObjectMetadataList` of `version`.
+pub fn partial_list(list: &Value, version: &str) -> Value {
+    let items: Vec<Value> = list["items"].as_array().into_iter().flatten().map(|i| partial(i, version)).collect();
+    json!({"kind": "PartialObjectMetadataList", "apiVersion": version,
+        "metadata": list.get("metadata").cloned().unwrap_or_else(|| json!({})), "items": items})
 }
 
 struct Column {
@@ -540,6 +588,22 @@ mod tests {
             ]
         );
         assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        // What client-go's metadata client sends: metadata alone, in the form asked for.
+        let one = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+        assert_eq!(
+            wants_partial("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1", false),
+            Ok(Some("meta.k8s.io/v1"))
+        );
+        assert_eq!(
+            wants_partial("application/json; as=PartialObjectMetadataList; g=meta.k8s.io; v=v1beta1", true),
+            Ok(Some("meta.k8s.io/v1beta1"))
+        );
+        assert_eq!(wants_partial(one, false), Ok(Some("meta.k8s.io/v1")));
+        // The other form first: whole objects if the client takes them, else refused.
+        assert_eq!(wants_partial(one, true), Ok(None));
+        assert_eq!(wants_partial("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1", true), Err(()));
+        assert_eq!(wants_partial("application/json;as=PartialObjectMetadata;g=other.io;v=v1", false), Ok(None));
+        assert_eq!(wants_partial("application/json", false), Ok(None));
         assert!(!wants_table("application/json"));
     }
 

@@ -1009,6 +1009,49 @@ fn merge_patches_are_checked_for_the_unknown_fields_they_bring() -> Result<()> {
 }
 
 #[test]
+fn metadata_alone_is_served_to_those_who_ask_for_it() -> Result<()> {
+    let server = Server::start()?;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let json = ["-H", "Content-Type: application/json"];
+    let made = r#"{"metadata":{"name":"m","labels":{"a":"b"}},"data":{"secretish":"value"}}"#;
+    let (head, body) = curl_admin(&server, cms, &[&json[..], &["-d", made]].concat())?;
+    ensure!(head.lines().next().is_some_and(|l| l.contains(" 201")), "{head}{body}");
+    let accept = |t: &str| format!("Accept: {t}");
+    let one = accept("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1");
+    let list = accept("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1");
+    let parse = |body: &str| serde_json::from_str::<serde_json::Value>(body).with_context(|| body.to_string());
+
+    let (_, body) = curl_admin(&server, &format!("{cms}/m"), &["-H", &one])?;
+    let got = parse(&body)?;
+    ensure!(got["kind"] == "PartialObjectMetadata" && got["apiVersion"] == "meta.k8s.io/v1", "{got}");
+    ensure!(got["metadata"]["labels"]["a"] == "b" && got.get("data").is_none(), "{got}");
+    ensure!(got["metadata"]["resourceVersion"].as_str().is_some_and(|v| !v.is_empty()), "{got}");
+
+    let (_, body) = curl_admin(&server, cms, &["-H", &list])?;
+    let got = parse(&body)?;
+    ensure!(got["kind"] == "PartialObjectMetadataList" && got["metadata"]["resourceVersion"].is_string(), "{got}");
+    let item = &got["items"][0];
+    ensure!(item["kind"] == "PartialObjectMetadata" && item["metadata"]["name"] == "m" && item.get("data").is_none());
+    ensure!(!body.contains(r#""secretish":"value""#), "{body}");
+
+    // One object's form for a list, with nothing else acceptable: 406; with a fallback,
+    // whole objects.
+    let (head, body) = curl_admin(&server, cms, &["-H", &one])?;
+    ensure!(head.lines().next().is_some_and(|l| l.contains(" 406")) && body.contains("NotAcceptable"), "{head}{body}");
+    let either = accept("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json");
+    let (_, body) = curl_admin(&server, cms, &["-H", &either])?;
+    ensure!(parse(&body)?["kind"] == "ConfigMapList" && body.contains(r#""secretish":"value""#), "{body}");
+
+    // A watch sends each change's metadata alone.
+    let (_, body) = curl_admin(&server, &format!("{cms}?watch=true&timeoutSeconds=1"), &["-H", &one])?;
+    let event = parse(body.lines().next().context("no watch event")?)?;
+    ensure!(event["type"] == "ADDED" && event["object"]["kind"] == "PartialObjectMetadata", "{event}");
+    ensure!(event["object"]["metadata"]["name"] == "m" && event["object"].get("data").is_none(), "{body}");
+    ensure!(!body.contains(r#""secretish":"value""#), "{body}");
+    Ok(())
+}
+
+#[test]
 fn bad_input_gets_a_clear_status_never_a_panic() -> Result<()> {
     let server = Server::start()?;
     let cms = "/api/v1/namespaces/default/configmaps";
