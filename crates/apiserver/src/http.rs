@@ -1558,7 +1558,7 @@ impl Api {
         let partial = match r.subresource {
             Some(_) => None,
             None if table.is_some() || !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) => None,
-            None => crate::table::wants_partial(&accept, r.verb == Verb::List).map_err(|()| {
+            None => crate::table::wants_partial(&accept, r.verb == Verb::List).map_err(|_| {
                 Status::failure(
                     406,
                     "NotAcceptable",

@@ -34,7 +34,7 @@ fn params(range: &str) -> (&str, Vec<(&str, &str)>) {
 /// to answer in (`list`: a list's `PartialObjectMetadataList`, else one object's, or a
 /// watch's, `PartialObjectMetadata`). `Err` when the first type asked for is the other
 /// one and nothing served here follows it (Kubernetes answers 406).
-pub fn wants_partial(accept: &str, list: bool) -> Result<Option<&'static str>, ()> {
+pub fn wants_partial(accept: &str, list: bool) -> Result<Option<&'static str>, NotAcceptable> {
     let mut ranges = accept.split(',');
     let (_, first) = params(ranges.next().unwrap_or(""));
     let get = |k: &str| first.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
@@ -53,8 +53,12 @@ pub fn wants_partial(accept: &str, list: bool) -> Result<Option<&'static str>, (
     let plain = ranges.map(params).any(|(media, p)| {
         matches!(media, "application/json" | "application/*" | "*/*") && !p.iter().any(|(k, _)| *k == "as")
     });
-    if plain { Ok(None) } else { Err(()) }
+    if plain { Ok(None) } else { Err(NotAcceptable) }
 }
+
+/// Nothing the client accepts can be served (406).
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotAcceptable;
 
 /// An object's metadata alone, as `PartialObjectMetadata` of `version`.
 pub fn partial(obj: &Value, version: &str) -> Value {
@@ -601,7 +605,10 @@ mod tests {
         assert_eq!(wants_partial(one, false), Ok(Some("meta.k8s.io/v1")));
         // The other form first: whole objects if the client takes them, else refused.
         assert_eq!(wants_partial(one, true), Ok(None));
-        assert_eq!(wants_partial("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1", true), Err(()));
+        assert_eq!(
+            wants_partial("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1", true),
+            Err(NotAcceptable)
+        );
         assert_eq!(wants_partial("application/json;as=PartialObjectMetadata;g=other.io;v=v1", false), Ok(None));
         assert_eq!(wants_partial("application/json", false), Ok(None));
         assert!(!wants_table("application/json"));
