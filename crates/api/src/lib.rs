@@ -9,6 +9,7 @@
 
 pub mod json;
 pub mod meta;
+pub mod quantity;
 pub mod rbac;
 pub mod request;
 pub mod selector;

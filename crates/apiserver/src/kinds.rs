@@ -288,15 +288,65 @@ fn pod_defaults(obj: &mut Value) {
         pod_spec_defaults(spec);
         api::vm::apply_defaults(spec);
     }
-    // As in Kubernetes, a pod created behind scheduling gates says why it is not scheduled.
+    // As in Kubernetes, a new pod is Pending, in its QoS class, and says why it is not
+    // scheduled when scheduling gates hold it.
+    if !obj.get("status").is_some_and(Value::is_object) {
+        obj["status"] = serde_json::json!({});
+    }
+    let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
+    if let Some(status) = obj["status"].as_object_mut() {
+        status.entry("phase").or_insert_with(|| Value::from("Pending"));
+        status.insert("qosClass".into(), Value::from(qos));
+    }
     if !scheduling_gates(obj).is_empty() {
         let gated = serde_json::json!({"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
             "message": "Scheduling is blocked due to non-empty scheduling gates", "lastProbeTime": null,
             "lastTransitionTime": crate::registry::object::now_rfc3339()});
-        if !obj.get("status").is_some_and(Value::is_object) {
-            obj["status"] = serde_json::json!({});
-        }
         obj["status"]["conditions"] = Value::Array(vec![gated]);
+    }
+}
+
+/// A pod's quality-of-service class as Kubernetes computes it from its containers' CPU and
+/// memory: `BestEffort` with no requests or limits at all, `Guaranteed` when every container
+/// limits both and requests what it limits (an unset request defaults to the limit), else
+/// `Burstable`.
+fn qos_class(spec: &Value) -> &'static str {
+    use std::collections::BTreeMap;
+    let (mut requests, mut limits) = (BTreeMap::<&str, i128>::new(), BTreeMap::<&str, i128>::new());
+    let mut guaranteed = true;
+    let containers = ["initContainers", "containers"].into_iter().filter_map(|l| spec.get(l).and_then(Value::as_array));
+    for c in containers.flatten() {
+        let amounts = |kind: &str| -> Vec<(&'static str, i128)> {
+            ["cpu", "memory"]
+                .into_iter()
+                .filter_map(|r| {
+                    let q = c.at(&format!("/resources/{kind}/{r}"))?;
+                    let q = q.as_str().map(str::to_string).unwrap_or_else(|| q.to_string());
+                    api::quantity::parse_milli(&q).filter(|m| *m > 0).map(|m| (r, m))
+                })
+                .collect()
+        };
+        let (limited, asked) = (amounts("limits"), amounts("requests"));
+        for (r, m) in &asked {
+            *requests.entry(r).or_default() += m;
+        }
+        // Kubernetes' defaulting: a limit without a request requests the limit.
+        for (r, m) in &limited {
+            *limits.entry(r).or_default() += m;
+            if !asked.iter().any(|(a, _)| a == r) {
+                *requests.entry(r).or_default() += m;
+            }
+        }
+        if limited.len() < 2 {
+            guaranteed = false;
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        "BestEffort"
+    } else if guaranteed && requests == limits {
+        "Guaranteed"
+    } else {
+        "Burstable"
     }
 }
 
@@ -1191,6 +1241,30 @@ mod tests {
         pods.prepare_for_create(&mut pod);
         assert_eq!(pod["spec"]["overhead"]["memory"], api::vm::OVERHEAD_MEMORY);
         assert_eq!(pod["spec"]["virtualMachine"]["resources"]["requests"]["memory"], api::vm::DEFAULT_MEMORY);
+    }
+
+    #[test]
+    fn pods_are_created_pending_in_their_qos_class() {
+        let class = |containers: Value| qos_class(&json!({"containers": containers}));
+        let c = |resources: Value| json!({"name": "c", "image": "i", "resources": resources});
+        assert_eq!(class(json!([c(json!({}))])), "BestEffort");
+        assert_eq!(class(json!([c(json!({"requests": {"cpu": "0"}}))])), "BestEffort");
+        assert_eq!(class(json!([c(json!({"requests": {"cpu": "100m"}}))])), "Burstable");
+        let both = json!({"cpu": "1", "memory": "1Gi"});
+        assert_eq!(class(json!([c(json!({"limits": both}))])), "Guaranteed");
+        assert_eq!(
+            class(json!([c(json!({"limits": both, "requests": {"cpu": "1000m", "memory": "1Gi"}}))])),
+            "Guaranteed"
+        );
+        assert_eq!(class(json!([c(json!({"limits": both, "requests": {"cpu": "500m"}}))])), "Burstable");
+        assert_eq!(class(json!([c(json!({"limits": both})), c(json!({}))])), "Burstable");
+        assert_eq!(class(json!([c(json!({"limits": {"cpu": "1"}}))])), "Burstable");
+        let kinds = builtin();
+        let pods = kinds.iter().find(|k| k.info.kind == "Pod").unwrap();
+        let mut pod =
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [c(json!({}))]}, "status": {"phase": "Running"}});
+        pods.prepare_for_create(&mut pod);
+        assert_eq!(pod["status"], json!({"phase": "Pending", "qosClass": "BestEffort"}));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 pub mod core;
 pub mod model;
-pub mod quantity;
+pub use api::quantity;
 pub mod run;
 pub mod snapshot;
 

@@ -249,6 +249,9 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     k.ok(&["create", "deployment", "d1", "-n", &ns, "--image=busybox", "--replicas=3"])?;
     let pod = k.ok(&["get", "pod", "web", "-n", &ns, "-o", "jsonpath={.spec.containers[0].args}{.spec.containers[0].env[0].value}{.spec.containers[0].ports[0].containerPort}"])?;
     ensure!(pod == "[\"sleep\",\"3600\"]180", "kubectl run's pod: {pod}");
+    // A new pod is Pending, in its QoS class (no node agent runs here to start it).
+    let status = k.ok(&["get", "pod", "web", "-n", &ns, "-o", "jsonpath={.status.phase}/{.status.qosClass}"])?;
+    ensure!(status == "Pending/BestEffort", "a new pod's status: {status}");
     let deploy = k.ok(&[
         "get",
         "deployment",

@@ -1,6 +1,6 @@
 //! Kubernetes resource quantities (`100m`, `1.5`, `512Mi`, `2G`, `1e3`) as integers.
 //!
-//! The scheduler only compares and adds quantities, so each is read once into an integer:
+//! The scheduler (and the API server's QoS class) only compares and adds quantities, so each is read once into an integer:
 //! thousandths of the unit (`milli`) for CPU, whole units (rounded up, as Kubernetes'
 //! `Value()` does) for everything else.
 
