@@ -61,6 +61,9 @@ impl Strategy for Kind {
         }
         (self.defaults)(obj);
     }
+    fn status_set_on_create(&self) -> bool {
+        self.clear_status_on_create
+    }
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
         (self.validate)(obj)
     }

@@ -82,6 +82,12 @@ pub trait Strategy: Send + Sync + 'static {
     /// status).
     fn prepare_for_create(&self, _obj: &mut Value) {}
 
+    /// Whether a new object's status is the server's alone (what the client sent is
+    /// dropped): then the creator's ownership record leaves it out, as Kubernetes' does.
+    fn status_set_on_create(&self) -> bool {
+        false
+    }
+
     /// Called on update with the object about to be stored and the stored one, after
     /// server-owned metadata is carried over (e.g. defaults, pruning, server-set status);
     /// `subresource` is the one written, if any.
@@ -914,7 +920,15 @@ impl Registry {
         }
         object::set_meta(&mut obj, &meta)?;
         self.strategy.prepare_for_create(&mut obj);
+        // A status the server set (a new pod's phase and QoS class) is nobody's.
+        let server_status = match obj.as_object_mut() {
+            Some(map) if self.strategy.status_set_on_create() => map.remove("status"),
+            _ => None,
+        };
         self.record(None, &mut obj, None, opts);
+        if let (Some(status), Some(map)) = (server_status, obj.as_object_mut()) {
+            map.insert("status".into(), status);
+        }
         // After the ownership record: the creator is the server's to say, nobody's to own.
         self.strategy.record_creator(&mut obj, opts.creator.as_ref());
         let mut errors = self.validate_meta(&meta);

@@ -252,6 +252,9 @@ fn core_kinds_work_with(minor: u32) -> Result<()> {
     // A new pod is Pending, in its QoS class (no node agent runs here to start it).
     let status = k.ok(&["get", "pod", "web", "-n", &ns, "-o", "jsonpath={.status.phase}/{.status.qosClass}"])?;
     ensure!(status == "Pending/BestEffort", "a new pod's status: {status}");
+    // The server's status is nobody's: the creator's ownership record leaves it out.
+    let record = k.ok(&["get", "pod", "web", "-n", &ns, "-o", "jsonpath={.metadata.managedFields}"])?;
+    ensure!(record.contains("f:containers") && !record.contains("f:status"), "the creator's record: {record}");
     let deploy = k.ok(&[
         "get",
         "deployment",
