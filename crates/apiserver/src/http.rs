@@ -939,7 +939,7 @@ impl Api {
         };
         registry
             .mutate_unanswered(scope, &name, dry_run, |pod| {
-                let meta = |k: &str| pod.at(&format!("/metadata/{k}")).and_then(Value::as_str).unwrap_or("");
+                let meta = |k: &str| pod["metadata"][k].as_str().unwrap_or("");
                 if let Some(uid) = &uid
                     && uid != meta("uid")
                 {

@@ -293,19 +293,21 @@ fn pod_defaults(obj: &mut Value) {
     }
     // As in Kubernetes, a new pod is Pending, in its QoS class, and says why it is not
     // scheduled when scheduling gates hold it.
-    if !obj.get("status").is_some_and(Value::is_object) {
-        obj["status"] = serde_json::json!({});
-    }
     let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
-    if let Some(status) = obj["status"].as_object_mut() {
-        status.entry("phase").or_insert_with(|| Value::from("Pending"));
-        status.insert("qosClass".into(), Value::from(qos));
+    let gated = !scheduling_gates(obj).is_empty();
+    let Some(pod) = obj.as_object_mut() else { return };
+    let status = pod.entry("status").or_insert_with(|| serde_json::json!({}));
+    if !status.is_object() {
+        *status = serde_json::json!({});
     }
-    if !scheduling_gates(obj).is_empty() {
-        let gated = serde_json::json!({"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+    let Some(status) = status.as_object_mut() else { return };
+    status.entry("phase").or_insert_with(|| Value::from("Pending"));
+    status.insert("qosClass".into(), Value::from(qos));
+    if gated {
+        let condition = serde_json::json!({"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
             "message": "Scheduling is blocked due to non-empty scheduling gates", "lastProbeTime": null,
             "lastTransitionTime": crate::registry::object::now_rfc3339()});
-        obj["status"]["conditions"] = Value::Array(vec![gated]);
+        status.insert("conditions".into(), Value::Array(vec![condition]));
     }
 }
 
@@ -323,7 +325,7 @@ fn qos_class(spec: &Value) -> &'static str {
             ["cpu", "memory"]
                 .into_iter()
                 .filter_map(|r| {
-                    let q = c.at(&format!("/resources/{kind}/{r}"))?;
+                    let q = c.get("resources")?.get(kind)?.get(r)?;
                     let q = q.as_str().map(str::to_string).unwrap_or_else(|| q.to_string());
                     api::quantity::parse_milli(&q).filter(|m| *m > 0).map(|m| (r, m))
                 })
