@@ -1813,11 +1813,22 @@ impl Api {
                     ));
                 }
                 let pinned = patch.at("/metadata/resourceVersion").is_some_and(|v| !v.is_null());
+                // A status write keeps the stored metadata whatever a merge patch makes of it
+                // (a JSON patch could test or copy it): the managed fields need not be read.
+                let status_merge = r.subresource.as_deref() == Some("status")
+                    && matches!(
+                        content_type.as_str(),
+                        "application/merge-patch+json" | "application/strategic-merge-patch+json"
+                    );
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
                     // Read and decoded once, for the patch and for the update rules alike.
-                    let read = registry.current(&scope, &name).await.map_err(registry_err)?;
+                    let read = match status_merge {
+                        true => registry.current_for_status(&scope, &name).await,
+                        false => registry.current(&scope, &name).await,
+                    }
+                    .map_err(registry_err)?;
                     let current = read.shown();
                     let mut patched = match content_type.as_str() {
                         "application/merge-patch+json" => {

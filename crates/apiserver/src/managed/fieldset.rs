@@ -167,6 +167,27 @@ impl FieldSet {
         Value::Object(map)
     }
 
+    /// The set as `fieldsV1` JSON, written straight out: byte for byte what serialising
+    /// [`FieldSet::to_fields_v1`] writes (keys in order, `.` first, as every path element
+    /// starts with a letter), without building it.
+    pub fn write_fields_v1(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        if self.member && !self.children.is_empty() {
+            out.extend_from_slice(b"\".\":{}");
+            first = false;
+        }
+        for (pe, child) in &self.children {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            write_json_string(out, pe);
+            out.push(b':');
+            child.write_fields_v1(out);
+        }
+        out.push(b'}');
+    }
+
     /// Reads `fieldsV1`; every key must be a path element.
     pub fn from_fields_v1(v: &Value) -> Result<FieldSet, String> {
         let mut set = FieldSet::default();
@@ -191,6 +212,18 @@ impl FieldSet {
             self.children.insert(k.clone(), node);
         }
         Ok(())
+    }
+}
+
+/// `s` as a JSON string, as serde_json writes it.
+pub(crate) fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 

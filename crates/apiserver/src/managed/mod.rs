@@ -15,6 +15,7 @@
 pub mod fieldset;
 pub mod options;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -153,6 +154,28 @@ impl Entry {
             m.insert("time".into(), Value::String(t.clone()));
         }
         Value::Object(m)
+    }
+
+    /// [`Entry::to_json`] serialised, written straight out (the same bytes: keys in order).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        use fieldset::write_json_string as string;
+        out.extend_from_slice(b"{\"apiVersion\":");
+        string(out, &self.api_version);
+        out.extend_from_slice(b",\"fieldsType\":\"FieldsV1\",\"fieldsV1\":");
+        self.set.write_fields_v1(out);
+        out.extend_from_slice(b",\"manager\":");
+        string(out, &self.manager);
+        out.extend_from_slice(b",\"operation\":");
+        string(out, &self.operation);
+        if !self.subresource.is_empty() {
+            out.extend_from_slice(b",\"subresource\":");
+            string(out, &self.subresource);
+        }
+        if let Some(t) = &self.time {
+            out.extend_from_slice(b",\"time\":");
+            string(out, t);
+        }
+        out.push(b'}');
     }
 
     fn from_json(v: &Value) -> Result<Entry, String> {
@@ -299,6 +322,168 @@ impl Diff {
     }
 }
 
+/// What [`Writer::record_update_raw`] made of a record kept as stored JSON.
+#[derive(Debug, PartialEq)]
+pub enum Recorded {
+    /// The record as it was: nothing changed.
+    Unchanged,
+    /// The new record's JSON (a list).
+    Json(Vec<u8>),
+    /// No entry is left: the object has no record.
+    Gone,
+    /// Written into the new object's `metadata.managedFields` (a record only the full
+    /// decoding folds: a malformed entry, more updaters than are kept).
+    InObject,
+}
+
+/// An entry of a stored record as [`Writer::fold`] reads it.
+trait Item {
+    /// Its header; `None` for one only the full decoding handles (a malformed header).
+    fn head(&self) -> Option<Head<'_>>;
+    /// Whether removing `diff`'s modified or removed fields would change its set.
+    fn reached(&self, diff: &Diff) -> bool;
+    fn entry(&self) -> Result<Entry, String>;
+}
+
+/// An entry's header.
+struct Head<'a> {
+    manager: Cow<'a, str>,
+    operation: Cow<'a, str>,
+    api_version: Cow<'a, str>,
+    subresource: Cow<'a, str>,
+    /// Its `fieldsV1` is a non-empty map.
+    owns: bool,
+}
+
+/// An entry of a fold's result: one of the stored entries as it was (by position), or one
+/// written anew.
+enum Slot {
+    Kept(usize),
+    Made(Entry),
+}
+
+impl Item for Value {
+    fn head(&self) -> Option<Head<'_>> {
+        let m = self.as_object()?;
+        let text = |k: &str| Cow::Borrowed(m.get(k).and_then(Value::as_str).unwrap_or(""));
+        if !matches!(text("fieldsType").as_ref(), "" | "FieldsV1")
+            || !matches!(text("operation").as_ref(), "" | "Apply" | "Update")
+        {
+            return None;
+        }
+        let owns = match m.get("fieldsV1") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(f)) => !f.is_empty(),
+            Some(_) => return None,
+        };
+        Some(Head {
+            manager: text("manager"),
+            operation: text("operation"),
+            api_version: text("apiVersion"),
+            subresource: text("subresource"),
+            owns,
+        })
+    }
+
+    fn reached(&self, diff: &Diff) -> bool {
+        self.get("fieldsV1")
+            .and_then(Value::as_object)
+            .is_some_and(|f| touches(f, &diff.modified) || touches(f, &diff.removed))
+    }
+
+    fn entry(&self) -> Result<Entry, String> {
+        Entry::from_json(self)
+    }
+}
+
+/// An entry as stored JSON.
+struct RawItem<'a> {
+    json: &'a [u8],
+}
+
+/// The header fields of a stored entry, read without building its field set.
+#[derive(serde::Deserialize)]
+struct RawHead<'a> {
+    #[serde(borrow, default)]
+    manager: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "apiVersion")]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subresource: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "fieldsType")]
+    fields_type: Option<Cow<'a, str>>,
+}
+
+impl<'a> RawItem<'a> {
+    fn new(json: &'a [u8]) -> RawItem<'a> {
+        RawItem { json }
+    }
+
+    /// Its `fieldsV1` as JSON: `Some(None)` when it has none; `None` when it cannot be told
+    /// without decoding.
+    fn fields(&self) -> Option<Option<&'a [u8]>> {
+        let found = crate::registry::cache::scan::member(self.json, b"fieldsV1")?;
+        Some(found.map(|m| &self.json[m.value]))
+    }
+}
+
+impl Item for RawItem<'_> {
+    fn head(&self) -> Option<Head<'_>> {
+        // A field of another type than a string is left to the full decoding, as is a
+        // duplicated one (the decoded form keeps the last).
+        let h: RawHead = serde_json::from_slice(self.json).ok()?;
+        if !matches!(h.fields_type.as_deref(), None | Some("" | "FieldsV1"))
+            || !matches!(h.operation.as_deref(), None | Some("" | "Apply" | "Update"))
+        {
+            return None;
+        }
+        let owns = match self.fields()? {
+            None => false,
+            Some(f) if f.starts_with(b"null") => false,
+            Some(f) if f.starts_with(b"{") => f[1..].iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}'),
+            Some(_) => return None,
+        };
+        Some(Head {
+            manager: h.manager.unwrap_or_default(),
+            operation: h.operation.unwrap_or_default(),
+            api_version: h.api_version.unwrap_or_default(),
+            subresource: h.subresource.unwrap_or_default(),
+            owns,
+        })
+    }
+
+    fn reached(&self, diff: &Diff) -> bool {
+        let f = match self.fields() {
+            // Not told apart without decoding: decoded.
+            None => return true,
+            Some(Some(f)) if f.starts_with(b"{") => f,
+            Some(_) => return false,
+        };
+        // A set that has none of the changed top-level fields as a key is not reached; the
+        // record is JSON the server wrote, so a key is spelled as is unless it holds a
+        // character JSON escapes.
+        let mut tops = diff.modified.children().chain(diff.removed.children()).map(|(pe, _)| pe);
+        let maybe = tops.any(|pe| {
+            pe.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+                || memchr::memmem::find(f, format!("\"{pe}\"").as_bytes()).is_some()
+        });
+        if !maybe {
+            return false;
+        }
+        match serde_json::from_slice::<Value>(f) {
+            Ok(Value::Object(m)) => touches(&m, &diff.modified) || touches(&m, &diff.removed),
+            _ => true,
+        }
+    }
+
+    fn entry(&self) -> Result<Entry, String> {
+        let v: Value = serde_json::from_slice(self.json).map_err(|e| e.to_string())?;
+        Entry::from_json(&v)
+    }
+}
+
 /// One write's view of ownership: who writes, through which subresource, and the kind's
 /// list types.
 pub struct Writer<'a> {
@@ -330,6 +515,14 @@ fn located(prefix: &[String], (mut below, e): PathError) -> String {
 
 /// A list's items with their path elements; an error if an item has no key or two share
 /// one.
+/// The path element of the field `k` (`f:k`).
+fn field_element(k: &str) -> String {
+    let mut pe = String::with_capacity(k.len() + 2);
+    pe.push_str("f:");
+    pe.push_str(k);
+    pe
+}
+
 fn keyed<'v>(items: &'v [Value], lt: &ListType) -> Result<Vec<(String, &'v Value)>, String> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::with_capacity(items.len());
@@ -339,23 +532,33 @@ fn keyed<'v>(items: &'v [Value], lt: &ListType) -> Result<Vec<(String, &'v Value
             ListType::Set => format!("v:{item}"),
             ListType::Map(keys) => {
                 let obj = item.as_object().ok_or("an item of an associative list must be an object")?;
-                let mut key = Map::new();
-                for k in keys {
-                    match obj.get(k) {
-                        Some(v) if !v.is_null() => {
-                            key.insert(k.clone(), v.clone());
-                        }
-                        _ => {
-                            return Err(format!(
-                                "associative list with keys has an element that omits key field {k:?}"
-                            ));
-                        }
+                // `k:` and the key fields as a JSON object in key order, written straight out.
+                let mut sorted: Vec<&String> = keys.iter().collect();
+                sorted.sort();
+                sorted.dedup();
+                let mut pe = Vec::with_capacity(32);
+                pe.extend_from_slice(b"k:{");
+                for (i, k) in sorted.into_iter().enumerate() {
+                    let v = obj.get(k).filter(|v| !v.is_null()).ok_or_else(|| {
+                        format!("associative list with keys has an element that omits key field {k:?}")
+                    })?;
+                    if i > 0 {
+                        pe.push(b',');
                     }
+                    fieldset::write_json_string(&mut pe, k);
+                    pe.push(b':');
+                    serde_json::to_writer(&mut pe, v).map_err(|e| e.to_string())?;
                 }
-                format!("k:{}", Value::Object(key))
+                pe.push(b'}');
+                String::from_utf8(pe).map_err(|e| e.to_string())?
             }
         };
-        if !seen.insert(pe.clone()) {
+        // Lists are most often short: a scan costs less than a set of copies.
+        let duplicate = match items.len() {
+            0..=16 => out.iter().any(|(seen, _)| *seen == pe),
+            _ => !seen.insert(pe.clone()),
+        };
+        if duplicate {
             return Err(format!("duplicate entries for key {}", &pe[2..]));
         }
         out.push((pe, item));
@@ -459,7 +662,7 @@ impl Writer<'_> {
             names.push(k);
             let r = self.subtree(child, names, strict);
             names.pop();
-            let pe = format!("f:{k}");
+            let pe = field_element(k);
             match r {
                 Ok(c) => node.put(pe, c),
                 Err((mut p, e)) => {
@@ -509,7 +712,7 @@ impl Writer<'_> {
                     if skipped(names, k) || n.get(k) == Some(ov) {
                         continue;
                     }
-                    prefix.push(format!("f:{k}"));
+                    prefix.push(field_element(k));
                     names.push(k);
                     self.diff_at(Some(ov), n.get(k), names, prefix, d);
                     names.pop();
@@ -519,7 +722,7 @@ impl Writer<'_> {
                     if o.contains_key(k) || skipped(names, k) {
                         continue;
                     }
-                    prefix.push(format!("f:{k}"));
+                    prefix.push(field_element(k));
                     names.push(k);
                     self.diff_at(None, Some(nv), names, prefix, d);
                     names.pop();
@@ -690,94 +893,131 @@ impl Writer<'_> {
         }
     }
 
-    /// Folds `diff` into the stored record `list` as [`Writer::record_by_decoding`] would, but
+    /// Folds `diff` into the stored record `list` as [`Writer::record_by_decoding`] would (see
+    /// [`Writer::fold`]). `false` (and `list` as it was) where only the full decoding knows.
+    fn fold_in_place(&self, list: &mut Vec<Value>, diff: &mut Diff) -> bool {
+        let Some(slots) = self.fold(list, diff) else { return false };
+        let mut old: Vec<Option<Value>> = std::mem::take(list).into_iter().map(Some).collect();
+        *list = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Kept(i) => old[i].take().unwrap_or(Value::Null),
+                Slot::Made(e) => e.to_json(),
+            })
+            .collect();
+        true
+    }
+
+    /// [`Writer::record_update`] for an update whose objects carry no record: it was cut from
+    /// the stored JSON (`record`: its value, a list), and the write never sets one (a status
+    /// write, whose metadata is the stored object's). The record is changed as JSON: only the
+    /// entries the change reaches are decoded (the writer's own; others only when they own a
+    /// field it changed), the rest are copied as they were stored.
+    pub fn record_update_raw(&self, old: &Value, new: &mut Value, record: &[u8]) -> Result<Recorded, String> {
+        let mut diff = self.diff(old, new);
+        if diff.is_empty() {
+            return Ok(Recorded::Unchanged);
+        }
+        if let Some(spans) = crate::registry::cache::scan::items(record) {
+            let items: Vec<RawItem> = spans.into_iter().map(|r| RawItem::new(&record[r])).collect();
+            if let Some(slots) = self.fold(&items, &mut diff) {
+                if slots.is_empty() {
+                    return Ok(Recorded::Gone);
+                }
+                let mut out = Vec::with_capacity(record.len() + 256);
+                out.push(b'[');
+                for (n, slot) in slots.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    match slot {
+                        Slot::Kept(i) => out.extend_from_slice(items[*i].json),
+                        Slot::Made(e) => e.write_json(&mut out),
+                    }
+                }
+                out.push(b']');
+                return Ok(Recorded::Json(out));
+            }
+        }
+        let list: Value =
+            serde_json::from_slice(record).map_err(|e| format!("the stored managed fields are not JSON: {e}"))?;
+        self.record_by_decoding(Some(&list), None, diff, new);
+        Ok(Recorded::InObject)
+    }
+
+    /// Folds `diff` into the stored record `items` as [`Writer::record_by_decoding`] would, but
     /// decodes and writes out again only the entries the change reaches (the writer's own, and
     /// others that own a field it changed or removed); the rest stay as they are, most often
     /// every other entry (a status write leaves the creator's record of the spec alone). The
     /// same record for records the server wrote (every write stores its record in the form
     /// `Entry::to_json` gives); entries the change does not reach are kept as they are, not
-    /// put into that form. `false` (and `list` as it was) where only the full decoding knows
+    /// put into that form. `None` (and `diff` as it was) where only the full decoding knows
     /// the answer: a malformed entry's header, two entries of this writer, or more updaters
     /// than are kept.
-    fn fold_in_place(&self, list: &mut Vec<Value>, diff: &mut Diff) -> bool {
+    fn fold<I: Item>(&self, items: &[I], diff: &mut Diff) -> Option<Vec<Slot>> {
         let mut own = None;
         let mut updates = 0;
-        for (i, item) in list.iter().enumerate() {
-            let Some(m) = item.as_object() else { return false };
-            let text = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
-            if !matches!(text("fieldsType"), "" | "FieldsV1") || !matches!(text("operation"), "" | "Apply" | "Update") {
-                return false;
-            }
-            let fields = match m.get("fieldsV1") {
-                None | Some(Value::Null) => None,
-                Some(Value::Object(f)) => Some(f),
-                Some(_) => return false,
-            };
-            let is_own = text("manager") == self.manager
-                && text("operation") == "Update"
-                && text("subresource") == self.subresource.unwrap_or("")
-                && text("apiVersion") == self.api_version;
+        let mut owns = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let head = item.head()?;
+            let is_own = head.manager == self.manager
+                && head.operation == "Update"
+                && head.subresource == self.subresource.unwrap_or("")
+                && head.api_version == self.api_version;
             if is_own {
                 if own.is_some() {
-                    return false;
+                    return None;
                 }
                 own = Some(i);
-            } else if text("operation") == "Update" && fields.is_some_and(|f| !f.is_empty()) {
+            } else if head.operation == "Update" && head.owns {
                 updates += 1;
             }
+            owns.push(head.owns);
         }
         if updates + 1 > MAX_UPDATE_ENTRIES {
-            return false;
+            return None;
         }
         let mut own_entry = match own {
-            Some(i) => match Entry::from_json(&list[i]) {
-                Ok(e) => e,
-                Err(_) => return false,
-            },
+            Some(i) => items[i].entry().ok()?,
             None => self.entry("Update", FieldSet::default()),
         };
-        let mut out = Vec::with_capacity(list.len() + 1);
+        let mut out = Vec::with_capacity(items.len() + 1);
         let mut own_slot = None;
-        for (i, item) in std::mem::take(list).into_iter().enumerate() {
+        for (i, item) in items.iter().enumerate() {
             if Some(i) == own {
                 own_slot = Some(out.len());
-                out.push(Value::Null);
+                out.push(Slot::Kept(i));
                 continue;
             }
-            let reached = item
-                .get("fieldsV1")
-                .and_then(Value::as_object)
-                .is_some_and(|f| touches(f, &diff.modified) || touches(f, &diff.removed));
-            if !reached {
+            if !item.reached(diff) {
                 // An entry that owns nothing is dropped, as writing it out again would.
-                if item.get("fieldsV1").and_then(Value::as_object).is_some_and(|f| !f.is_empty()) {
-                    out.push(item);
+                if owns[i] {
+                    out.push(Slot::Kept(i));
                 }
                 continue;
             }
-            let Ok(mut e) = Entry::from_json(&item) else {
+            let Ok(mut e) = item.entry() else {
                 // Checked above; kept as it was rather than lost.
-                out.push(item);
+                out.push(Slot::Kept(i));
                 continue;
             };
             e.set.subtract(&diff.modified);
             e.set.subtract(&diff.removed);
             if !e.set.is_empty() {
-                out.push(e.to_json());
+                out.push(Slot::Made(e));
             }
         }
         // The own entry last, as in the full path (it may take the diff's added set).
         self.fold_own(&mut own_entry, diff);
-        let own_json = (!own_entry.set.is_empty()).then(|| own_entry.to_json());
-        match (own_slot, own_json) {
-            (Some(slot), Some(v)) => out[slot] = v,
+        let own_entry = (!own_entry.set.is_empty()).then_some(own_entry);
+        match (own_slot, own_entry) {
+            (Some(slot), Some(e)) => out[slot] = Slot::Made(e),
             (Some(slot), None) => {
                 out.remove(slot);
             }
-            (None, v) => out.extend(v),
+            (None, e) => out.extend(e.map(Slot::Made)),
         }
-        *list = out;
-        true
+        Some(out)
     }
 
     fn entry(&self, operation: &str, set: FieldSet) -> Entry {

@@ -317,6 +317,29 @@ fn the_oldest_of_many_updaters_are_merged_into_ancient_changes() {
     assert!(owners.iter().any(|o| o.0 == "m11") && !owners.iter().any(|o| o.0 == "m02"));
 }
 
+/// What `old`'s record becomes when the write of `new` changes it as stored JSON (the
+/// objects carrying none, as a status write reads them), and whether the fold did it (not
+/// the full decoding). The same from compact and from spaced JSON.
+fn recorded_as_json(w: &Writer, old: &Value, new: &Value) -> (Option<Value>, bool) {
+    let record = old.at("/metadata/managedFields").expect("a record");
+    let cut = |v: &Value| {
+        let mut v = v.clone();
+        v["metadata"].as_object_mut().unwrap().remove("managedFields");
+        v
+    };
+    let mut results = [serde_json::to_vec(record).unwrap(), serde_json::to_vec_pretty(record).unwrap()].map(|json| {
+        let (old_cut, mut new_cut) = (cut(old), cut(new));
+        match w.record_update_raw(&old_cut, &mut new_cut, &json).unwrap() {
+            Recorded::Unchanged => (Some(record.clone()), true),
+            Recorded::Json(j) => (Some(serde_json::from_slice(&j).unwrap()), true),
+            Recorded::Gone => (None, true),
+            Recorded::InObject => (new_cut.at("/metadata/managedFields").cloned(), false),
+        }
+    });
+    assert_eq!(results[0], results[1], "compact and spaced records");
+    std::mem::take(&mut results[0])
+}
+
 /// The record folded in place (only the entries a change reaches decoded) is the record
 /// that decoding every entry and writing it out again makes, whoever writes what.
 #[test]
@@ -365,6 +388,9 @@ fn folding_the_record_in_place_agrees_with_decoding_every_entry() {
             w.record_by_decoding(old.at("/metadata/managedFields"), None, diff, &mut decoded);
             assert_eq!(folded, decoded, "{} {what}", w.manager);
             assert!(folded["metadata"]["managedFields"].is_array(), "{} {what}: {folded}", w.manager);
+            // Changed as stored JSON, the same record, folded (never decoded whole).
+            let as_json = recorded_as_json(w, &old, &new);
+            assert_eq!(as_json, (folded.at("/metadata/managedFields").cloned(), true), "{} {what}", w.manager);
             // And the fold itself did it (no fallback to the full decoding).
             let mut list = old["metadata"]["managedFields"].as_array().unwrap().clone();
             let mut diff = w.diff(&old, &new);
@@ -401,6 +427,8 @@ fn folding_the_record_in_place_agrees_with_decoding_every_entry() {
         assert_eq!(folded, decoded, "{what}");
         let mut list = start["metadata"]["managedFields"].as_array().unwrap().clone();
         assert_eq!(w.fold_in_place(&mut list, &mut w.diff(start, &new)), in_place, "{what}");
+        let as_json = recorded_as_json(&w, start, &new);
+        assert_eq!(as_json, (folded.at("/metadata/managedFields").cloned(), in_place), "{what}");
     }
     let owners_after = |start: &Value| {
         let mut new = start.clone();
@@ -418,4 +446,30 @@ fn folding_the_record_in_place_agrees_with_decoding_every_entry() {
     let entries = new["metadata"]["managedFields"].as_array().unwrap();
     assert_eq!(&entries[..2], &old["metadata"]["managedFields"].as_array().unwrap()[..]);
     assert_eq!(entries[2]["manager"], "c");
+}
+
+/// An entry written straight out as JSON is what serialising its decoded form writes,
+/// escapes and all.
+#[test]
+fn entries_written_as_json_are_their_serialised_form() {
+    let mut set = FieldSet::default();
+    set.insert(&["f:spec".into(), "f:containers".into(), r#"k:{"name":"c\"q"}"#.into(), "f:image".into()]);
+    set.insert(&["f:spec".into(), "f:containers".into(), r#"k:{"name":"c\"q"}"#.into()]);
+    set.insert(&["f:metadata".into(), "f:labels".into(), "f:a\u{1}b\\é".into()]);
+    set.insert(&["f:metadata".into()]);
+    for (manager, subresource, time) in
+        [("kubelet", "status", Some("2026-11-25T00:00:00Z")), ("a \"quoted\"\n one", "", None)]
+    {
+        let e = Entry {
+            manager: manager.into(),
+            operation: "Update".into(),
+            api_version: "v1".into(),
+            time: time.map(str::to_string),
+            subresource: subresource.into(),
+            set: set.clone(),
+        };
+        let mut written = Vec::new();
+        e.write_json(&mut written);
+        assert_eq!(String::from_utf8(written).unwrap(), serde_json::to_string(&e.to_json()).unwrap());
+    }
 }

@@ -206,6 +206,21 @@ pub(crate) mod scan {
     /// could spell `key`).
     pub(crate) fn metadata_member(json: &[u8], key: &[u8]) -> Option<Option<Member>> {
         let (open, _) = metadata_span(json)?;
+        member_at(json, open, key)
+    }
+
+    /// Where the member `key` of the object `json` (a whole JSON text) is; as
+    /// [`metadata_member`].
+    pub(crate) fn member(json: &[u8], key: &[u8]) -> Option<Option<Member>> {
+        let open = ws(json, 0);
+        if *json.get(open)? != b'{' {
+            return None;
+        }
+        member_at(json, open, key)
+    }
+
+    /// Where the member `key` of the object whose opening brace is at `open` is.
+    fn member_at(json: &[u8], open: usize, key: &[u8]) -> Option<Option<Member>> {
         let mut i = ws(json, open + 1);
         if *json.get(i)? == b'}' {
             return Some(None);
@@ -245,6 +260,30 @@ pub(crate) mod scan {
                     i = ws(json, i + 1);
                 }
                 b'}' => return Some(None),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Where the items of the list `json` (a whole JSON text) are; `None` when it is not a
+    /// list.
+    pub(crate) fn items(json: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+        let mut i = ws(json, 0);
+        if *json.get(i)? != b'[' {
+            return None;
+        }
+        let mut items = Vec::new();
+        i = ws(json, i + 1);
+        if *json.get(i)? == b']' {
+            return (ws(json, i + 1) == json.len()).then_some(items);
+        }
+        loop {
+            let end = value_end(json, i)?;
+            items.push(i..end);
+            i = ws(json, end);
+            match *json.get(i)? {
+                b',' => i = ws(json, i + 1),
+                b']' => return (ws(json, i + 1) == json.len()).then_some(items),
                 _ => return None,
             }
         }

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod object;
 mod project;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use api::json::At;
@@ -21,6 +22,8 @@ use api::selector::{FieldSelector, LabelSelector};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use store::{RangeRequest, Store, StoreError, WatchMessage, WatchOptions};
+
+use crate::managed::Recorded;
 
 /// What the registry needs to know about a kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -533,6 +536,9 @@ pub struct Current {
     old: Option<Value>,
     /// As clients see it (redacted); `None`: `old`.
     shown: Option<Value>,
+    /// Where `metadata.managedFields` is in the stored bytes, when it was cut out before
+    /// decoding (a status write's read; the decoded forms then have none).
+    record: Option<cache::scan::Member>,
 }
 
 impl Current {
@@ -874,6 +880,35 @@ impl Registry {
         }
     }
 
+    /// [`Registry::record`] for an update read without its record (`record`: its stored
+    /// JSON, see [`Registry::current_for_status`]): the record to store beside `new`, if one
+    /// is left that is not in `new` itself.
+    fn record_raw<'r>(
+        &self,
+        old: &Value,
+        new: &mut Value,
+        record: &'r [u8],
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Option<Cow<'r, [u8]>>> {
+        // The server's own writes keep the record as it was.
+        let Some(manager) = opts.field_manager.as_deref().filter(|_| !opts.applied) else {
+            return Ok(Some(Cow::Borrowed(record)));
+        };
+        let api_version = self.info().api_version();
+        let now = object::now_rfc3339();
+        let list_type = |p: &[&str]| self.strategy.list_type(p);
+        let recorded = self
+            .writer(manager, subresource, &api_version, &now, &list_type)
+            .record_update_raw(old, new, record)
+            .map_err(RegistryError::Internal)?;
+        Ok(match recorded {
+            Recorded::Unchanged => Some(Cow::Borrowed(record)),
+            Recorded::Json(json) => Some(Cow::Owned(json)),
+            Recorded::Gone | Recorded::InObject => None,
+        })
+    }
+
     pub async fn create_with(&self, scope: &Scope, obj: Value, opts: &WriteOptions) -> Result<Value> {
         self.create_written(scope, obj, opts).await.map(|w| w.obj)
     }
@@ -1148,7 +1183,7 @@ impl Registry {
         let precondition = self.precondition(&obj, name)?;
         let key = self.key(scope, name)?;
         loop {
-            let current = self.read_current(&key, name).await?;
+            let current = self.read_current(&key, name, subresource == Some("status")).await?;
             if let Some(written) =
                 self.write_over(&key, name, &current, obj.clone(), precondition, subresource, opts).await?
             {
@@ -1160,7 +1195,15 @@ impl Registry {
     /// The object `name` as an update reads it, for a caller that computes the new version
     /// from it (a patch): one read and one decode serve both the caller and the update rules.
     pub async fn current(&self, scope: &Scope, name: &str) -> Result<Current> {
-        self.read_current(&self.key(scope, name)?, name).await
+        self.read_current(&self.key(scope, name)?, name, false).await
+    }
+
+    /// [`Registry::current`] for a write of the status subresource whose result does not
+    /// depend on the metadata it reads (a merge patch: the write keeps the stored metadata
+    /// whatever the patched object says): for a kind stored as viewed, the managed fields are
+    /// cut from the stored bytes before decoding, and [`Current::shown`] has none.
+    pub async fn current_for_status(&self, scope: &Scope, name: &str) -> Result<Current> {
+        self.read_current(&self.key(scope, name)?, name, true).await
     }
 
     /// Writes `obj` over `current` (from [`Registry::current`]) as [`Registry::update_with`]
@@ -1201,9 +1244,20 @@ impl Registry {
         meta.resource_version.as_deref().map(parse_rv).transpose()
     }
 
-    async fn read_current(&self, key: &Bytes, name: &str) -> Result<Current> {
+    /// `status_write`: the read of a status write, which keeps the stored metadata, so the
+    /// managed fields of a kind stored as viewed stay stored JSON, changed without being
+    /// decoded ([`crate::managed::Writer::record_update_raw`]; they are ~45% of a pod's decoded tree).
+    async fn read_current(&self, key: &Bytes, name: &str, status_write: bool) -> Result<Current> {
         let (kv, _) = self.store.get(key.clone(), None).await?;
         let kv = kv.ok_or_else(|| self.not_found(name))?;
+        if status_write && self.strategy.stored_as_viewed() && self.info().status_subresource {
+            let value = &kv.value;
+            if let Some(record) = cache::scan::metadata_member(value, b"managedFields").flatten() {
+                let rest = [&value[..record.cut.start], &value[record.cut.end..]].concat();
+                let stored = decode_stored(&rest, kv.mod_revision)?;
+                return Ok(Current { kv, stored, old: None, shown: None, record: Some(record) });
+            }
+        }
         // Unredacted: the kind's update rules may need what is stored but never shown (a User
         // keeps its password hash); `old` itself is never handed out. A kind stored as viewed
         // needs no second form at all.
@@ -1217,7 +1271,7 @@ impl Registry {
             self.strategy.redact(&mut shown);
             (Some(old), Some(shown))
         };
-        Ok(Current { kv, stored, old, shown })
+        Ok(Current { kv, stored, old, shown, record: None })
     }
 
     /// One attempt at writing `obj` over `current`: the object written, or `None` when
@@ -1245,7 +1299,21 @@ impl Registry {
         let old = current.old.as_ref().unwrap_or(stored);
         let mut new = self.merge_update(old, obj, subresource)?;
         self.strategy.prepare_for_update(&mut new, old, subresource);
-        self.record(Some(old), &mut new, subresource, opts);
+        // A record read as stored JSON is changed as JSON and written beside `new`.
+        let record = match &current.record {
+            Some(at) => self.record_raw(old, &mut new, &current.kv.value[at.value.clone()], subresource, opts)?,
+            None => {
+                self.record(Some(old), &mut new, subresource, opts);
+                None
+            }
+        };
+        // An answer made from `new` rather than the stored bytes shows the record too.
+        let answer = |mut new: Value| {
+            if let Some(record) = &record {
+                put_record(&mut new, record);
+            }
+            new
+        };
         // After the ownership record: stored-only fields are nobody's to own.
         self.strategy.carry_over(stored, &mut new);
         let new_meta = object::meta_light(&new)?;
@@ -1264,28 +1332,37 @@ impl Registry {
             && !self.strategy.holds_deletion(&new)
         {
             if dry_run {
-                return Ok(Some(Written::decoded(new)));
+                return Ok(Some(Written::decoded(answer(new))));
             }
             return match self.store.delete(key.clone(), Some(revision)).await? {
                 Ok((revision, _)) => {
                     set_rv(&mut new, revision);
-                    Ok(Some(Written::decoded(new)))
+                    Ok(Some(Written::decoded(answer(new))))
                 }
                 Err(_) if precondition.is_none() => Ok(None),
                 Err(_) => Err(self.conflict(name, "the object has been modified")),
             };
         }
-        let bytes = self.encode(&new)?;
+        let bytes = match &record {
+            Some(record) => stored_json_with(&new, Some(record))
+                .map(Bytes::from)
+                .map_err(|e| RegistryError::Internal(e.to_string()))?,
+            None => self.encode(&new)?,
+        };
         let as_viewed = self.strategy.stored_as_viewed();
-        if bytes == current.kv.value || dry_run {
+        let written = |mut new: Value, as_viewed: bool, revision: i64| {
             set_rv(&mut new, revision);
-            return Ok(Some(Written::stored(new, as_viewed && !dry_run, &bytes, revision)));
+            let mut written = Written::stored(new, as_viewed, &bytes, revision);
+            if written.stored.is_none() {
+                written.obj = answer(written.obj);
+            }
+            written
+        };
+        if bytes == current.kv.value || dry_run {
+            return Ok(Some(written(new, as_viewed && !dry_run, revision)));
         }
         match self.store.update(key.clone(), bytes.clone(), revision).await? {
-            Ok(revision) => {
-                set_rv(&mut new, revision);
-                Ok(Some(Written::stored(new, as_viewed, &bytes, revision)))
-            }
+            Ok(revision) => Ok(Some(written(new, as_viewed, revision))),
             // Someone wrote in between: an unconditional update tries again.
             Err(_) if precondition.is_none() => Ok(None),
             Err(_) => Err(self.conflict(
@@ -1782,6 +1859,15 @@ impl Registry {
 
 /// `obj`'s JSON without `metadata.resourceVersion`, byte for byte what `serde_json::to_vec`
 /// writes for a copy without it.
+/// Puts `record` (a stored `metadata.managedFields`, as JSON) back into `obj`.
+fn put_record(obj: &mut Value, record: &[u8]) {
+    if let (Ok(record), Some(meta)) =
+        (serde_json::from_slice::<Value>(record), obj.get_mut("metadata").and_then(Value::as_object_mut))
+    {
+        meta.insert("managedFields".into(), record);
+    }
+}
+
 fn stored_json(obj: &Value) -> serde_json::Result<Vec<u8>> {
     stored_json_with(obj, None)
 }

@@ -705,6 +705,98 @@ async fn a_writes_stored_bytes_are_its_answer_when_stored_as_viewed() -> Result<
     Ok(())
 }
 
+/// A status write that reads the pod with its managed fields left as stored JSON (a merge
+/// patch's read) records the same ownership as one that decodes them, answers with them,
+/// and keeps them as they were when nobody is named.
+#[tokio::test]
+async fn status_writes_change_the_record_as_stored_json_as_decoding_would() -> Result<()> {
+    use apiserver::registry::{Current, WriteOptions};
+    let f = Fixture::new()?;
+    let r = f.registry("pods")?;
+    let s = ns("acme", "default");
+    let writer = |manager: Option<&str>| {
+        let mut opts = WriteOptions::default();
+        opts.field_manager = manager.map(str::to_string);
+        opts
+    };
+    let pod = |name: &str| {
+        json!({"metadata": {"name": name, "labels": {"app": "x"}},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    // The record without its times (two writes a second apart differ only there).
+    let record = |obj: &Value| {
+        let mut m = obj["metadata"]["managedFields"].clone();
+        m.as_array_mut().into_iter().flatten().for_each(|e| {
+            e.as_object_mut().map(|e| e.remove("time"));
+        });
+        m
+    };
+    for name in ["full", "cut"] {
+        r.create_with(&s, pod(name), &writer(Some("rs"))).await?;
+    }
+    let steps: [(Option<&str>, Value); 4] = [
+        (Some("kubelet"), json!({"phase": "Running", "podIP": "10.0.0.1", "hostIP": "10.1.0.1"})),
+        (Some("kubelet"), json!({"phase": "Succeeded", "podIP": "10.0.0.1", "hostIP": "10.1.0.1"})),
+        (Some("other"), json!({"phase": "Succeeded", "podIP": "10.0.0.2"})),
+        (None, json!({"phase": "Failed", "podIP": "10.0.0.2"})),
+    ];
+    let mut before = Value::Null;
+    for (i, (manager, status)) in steps.iter().enumerate() {
+        let mut answers = Vec::new();
+        for name in ["full", "cut"] {
+            let current: Current = match name {
+                "full" => r.current(&s, name).await?,
+                _ => r.current_for_status(&s, name).await?,
+            };
+            ensure!(
+                (name == "cut") == current.shown()["metadata"].get("managedFields").is_none(),
+                "{name}: a status read leaves the record out of the decoded pod"
+            );
+            let mut patched = current.shown().clone();
+            patched["status"] = status.clone();
+            let written = r.update_current(&s, name, patched, &current, Some("status"), &writer(*manager)).await?;
+            let answer = answered(&written).context("cut from the stored bytes")?;
+            let stored = r.get(&s, name).await?;
+            ensure!(answer == stored, "step {i} {name}: the answer is what was stored: {answer} against {stored}");
+            ensure!(stored["status"] == *status, "step {i} {name}: {stored}");
+            answers.push(stored);
+        }
+        ensure!(
+            record(&answers[0]) == record(&answers[1]),
+            "step {i}: the same record either way:\n{}\n{}",
+            answers[0]["metadata"]["managedFields"],
+            answers[1]["metadata"]["managedFields"]
+        );
+        if manager.is_none() {
+            ensure!(answers[1]["metadata"]["managedFields"] == before, "the server's own write keeps the record");
+        }
+        before = answers[1]["metadata"]["managedFields"].clone();
+    }
+    let owners = r.get(&s, "cut").await?["metadata"]["managedFields"].clone();
+    let managers: Vec<&str> = owners.as_array().into_iter().flatten().filter_map(|e| e["manager"].as_str()).collect();
+    ensure!(managers == ["rs", "kubelet", "other"], "{owners}");
+    // The other writer took the pod IP and removed the host IP: the kubelet owns neither.
+    ensure!(owners[1]["fieldsV1"] == json!({"f:status": {"f:phase": {}}}), "{owners}");
+    ensure!(owners[2]["fieldsV1"] == json!({"f:status": {"f:podIP": {}}}), "{owners}");
+    // A dry run, and a status update through PUT, answer with the record too.
+    let current = r.current_for_status(&s, "cut").await?;
+    let mut patched = current.shown().clone();
+    patched["status"]["phase"] = json!("Unknown");
+    let mut dry = writer(Some("kubelet"));
+    dry.dry_run = true;
+    let answer = r.update_current(&s, "cut", patched, &current, Some("status"), &dry).await?;
+    ensure!(answer.stored.is_none() && answer.obj["metadata"]["managedFields"].is_array(), "dry run: {}", answer.obj);
+    ensure!(answer.obj["status"]["phase"] == "Unknown" && r.get(&s, "cut").await?["status"]["phase"] == "Failed");
+    let mut put = r.get(&s, "cut").await?;
+    put["metadata"].as_object_mut().context("metadata")?.remove("managedFields");
+    put["status"]["phase"] = json!("Running");
+    let updated = r.update_written(&s, "cut", put, Some("status"), &writer(Some("kubelet"))).await?;
+    let stored = r.get(&s, "cut").await?;
+    ensure!(answered(&updated).as_ref() == Some(&stored), "PUT: {}", updated.obj);
+    ensure!(stored["metadata"]["managedFields"][1]["fieldsV1"]["f:status"]["f:phase"] == json!({}), "{stored}");
+    Ok(())
+}
+
 /// What an HTTP watch sends for `e`: the cache's serialised form when it has one (with a
 /// version in the gap), else the object.
 fn sent(e: &apiserver::registry::WatchEvent) -> Result<Value> {
