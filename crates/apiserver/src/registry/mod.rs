@@ -555,11 +555,23 @@ impl Current {
 pub struct Written {
     pub obj: Value,
     pub stored: Option<(cache::Spliced, i64)>,
+    /// The managed-fields record (JSON) when `obj` was written without it (a status write
+    /// that never decoded it; the stored bytes have it): [`Written::into_object`] puts it back.
+    record: Option<Vec<u8>>,
 }
 
 impl Written {
     fn decoded(obj: Value) -> Written {
-        Written { obj, stored: None }
+        Written { obj, stored: None, record: None }
+    }
+
+    /// The object written, whole (with its managed fields).
+    pub fn into_object(self) -> Value {
+        let mut obj = self.obj;
+        if let Some(record) = &self.record {
+            put_record(&mut obj, record);
+        }
+        obj
     }
 
     /// As the writer may see it: a cut answer is of a kind with nothing to redact; an object
@@ -575,7 +587,7 @@ impl Written {
     /// bytes can be cut (else the caller redacts and serialises `obj`).
     fn stored(obj: Value, as_viewed: bool, bytes: &[u8], revision: i64) -> Written {
         let stored = if as_viewed { cache::Spliced::of_stored(bytes).map(|s| (s, revision)) } else { None };
-        Written { obj, stored }
+        Written { obj, stored, record: None }
     }
 }
 
@@ -910,7 +922,7 @@ impl Registry {
     }
 
     pub async fn create_with(&self, scope: &Scope, obj: Value, opts: &WriteOptions) -> Result<Value> {
-        self.create_written(scope, obj, opts).await.map(|w| w.obj)
+        self.create_written(scope, obj, opts).await.map(Written::into_object)
     }
 
     /// [`Registry::create_with`], with the bytes stored when they are the answer.
@@ -1156,7 +1168,7 @@ impl Registry {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Value> {
-        self.update_written(scope, name, obj, subresource, opts).await.map(|w| w.obj)
+        self.update_written(scope, name, obj, subresource, opts).await.map(Written::into_object)
     }
 
     /// [`Registry::update_with`], with the bytes stored when they are the answer.
@@ -1183,7 +1195,8 @@ impl Registry {
         let precondition = self.precondition(&obj, name)?;
         let key = self.key(scope, name)?;
         loop {
-            let current = self.read_current(&key, name, subresource == Some("status")).await?;
+            // An applied write brings its own record: the stored one is not changed but replaced.
+            let current = self.read_current(&key, name, subresource == Some("status") && !opts.applied).await?;
             if let Some(written) =
                 self.write_over(&key, name, &current, obj.clone(), precondition, subresource, opts).await?
             {
@@ -1297,7 +1310,16 @@ impl Registry {
         }
         let stored = &current.stored;
         let old = current.old.as_ref().unwrap_or(stored);
+        // An applied status write brings its own record (`Writer::apply` made it), which the
+        // status write's "metadata as stored" would otherwise replace with the old one.
+        let applied_record = match (opts.applied, subresource) {
+            (true, Some("status")) => obj.at("/metadata/managedFields").cloned(),
+            _ => None,
+        };
         let mut new = self.merge_update(old, obj, subresource)?;
+        if let (Some(record), Some(meta)) = (applied_record, new.get_mut("metadata").and_then(Value::as_object_mut)) {
+            meta.insert("managedFields".into(), record);
+        }
         self.strategy.prepare_for_update(&mut new, old, subresource);
         // A record read as stored JSON is changed as JSON and written beside `new`.
         let record = match &current.record {
@@ -1355,6 +1377,8 @@ impl Registry {
             let mut written = Written::stored(new, as_viewed, &bytes, revision);
             if written.stored.is_none() {
                 written.obj = answer(written.obj);
+            } else {
+                written.record = record.as_deref().map(<[u8]>::to_vec);
             }
             written
         };

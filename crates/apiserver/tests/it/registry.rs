@@ -797,6 +797,34 @@ async fn status_writes_change_the_record_as_stored_json_as_decoding_would() -> R
     Ok(())
 }
 
+/// Server-side apply of the status subresource records the applier's ownership of what it
+/// applied (the status write keeps the stored metadata, but not the stored record).
+#[tokio::test]
+async fn applying_status_records_the_applier() -> Result<()> {
+    use apiserver::registry::WriteOptions;
+    let f = Fixture::new()?;
+    let r = f.registry("pods")?;
+    let s = ns("acme", "default");
+    let mut opts = WriteOptions::default();
+    opts.field_manager = Some("rs".into());
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    r.create_with(&s, pod, &opts).await?;
+    opts.field_manager = Some("applier".into());
+    let config = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                        "status": {"phase": "Running", "podIP": "10.0.0.9"}});
+    let (applied, created) =
+        r.apply(&s, "p", config, Some("status"), false, &opts).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let stored = r.get(&s, "p").await?;
+    ensure!(!created && applied == stored, "the answer is what was stored: {applied} against {stored}");
+    ensure!(stored["status"]["podIP"] == "10.0.0.9", "{stored}");
+    let entries = stored["metadata"]["managedFields"].as_array().context("a record")?;
+    let entry = entries.iter().find(|e| e["manager"] == "applier").context(format!("no applier entry: {entries:?}"))?;
+    ensure!(entry["operation"] == "Apply" && entry["subresource"] == "status", "{entry}");
+    ensure!(entry["fieldsV1"]["f:status"]["f:podIP"] == json!({}), "{entry}");
+    ensure!(entries.iter().any(|e| e["manager"] == "rs"), "the creator keeps its entry: {entries:?}");
+    Ok(())
+}
+
 /// What an HTTP watch sends for `e`: the cache's serialised form when it has one (with a
 /// version in the gap), else the object.
 fn sent(e: &apiserver::registry::WatchEvent) -> Result<Value> {
