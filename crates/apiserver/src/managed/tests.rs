@@ -473,3 +473,27 @@ fn entries_written_as_json_are_their_serialised_form() {
         assert_eq!(String::from_utf8(written).unwrap(), serde_json::to_string(&e.to_json()).unwrap());
     }
 }
+
+/// A create's record made as JSON (the object carrying none) is the record made in the
+/// object, including none at all for an object with no field anyone owns.
+#[test]
+fn a_create_recorded_as_json_is_the_record_made_in_the_object() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}},
+        "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "protocol": "TCP"}]}],
+                 "tolerations": [{"key": "k", "operator": "Exists"}]}});
+    let bare = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "uid": "u"}});
+    for obj in [cm(json!({"a": "1"})), pod, bare] {
+        let w = writer("creator", &lists);
+        let mut full = obj.clone();
+        w.record_update(None, &mut full);
+        let mut cut = obj.clone();
+        let got = match w.record_update_raw(&json!({}), &mut cut, b"[]").unwrap() {
+            Recorded::Json(j) => Some(serde_json::from_slice::<Value>(&j).unwrap()),
+            Recorded::Unchanged | Recorded::Gone => None,
+            Recorded::InObject => panic!("an empty record is always folded"),
+        };
+        assert_eq!(got.as_ref(), full.at("/metadata/managedFields"), "{obj}");
+        full["metadata"].as_object_mut().unwrap().remove("managedFields");
+        assert_eq!(cut, full, "the object itself is the same");
+    }
+}

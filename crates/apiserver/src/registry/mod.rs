@@ -892,6 +892,35 @@ impl Registry {
         }
     }
 
+    /// [`Registry::record`] for a create: for a kind stored as viewed whose client sent no
+    /// record, the record is made as JSON, to be written beside the object (never built as a
+    /// `Value` only to be serialised); `None`: no record, or it is in `obj`.
+    fn record_created(&self, obj: &mut Value, opts: &WriteOptions) -> Result<Option<Vec<u8>>> {
+        let manager = match opts.field_manager.as_deref() {
+            Some(manager)
+                if !opts.applied && self.strategy.stored_as_viewed() && obj.at("/metadata/managedFields").is_none() =>
+            {
+                manager
+            }
+            _ => {
+                self.record(None, obj, None, opts);
+                return Ok(None);
+            }
+        };
+        let api_version = self.info().api_version();
+        let now = object::now_rfc3339();
+        let list_type = |p: &[&str]| self.strategy.list_type(p);
+        let nothing = Value::Object(serde_json::Map::new());
+        let recorded = self
+            .writer(manager, None, &api_version, &now, &list_type)
+            .record_update_raw(&nothing, obj, b"[]")
+            .map_err(RegistryError::Internal)?;
+        Ok(match recorded {
+            Recorded::Json(json) => Some(json),
+            Recorded::Unchanged | Recorded::Gone | Recorded::InObject => None,
+        })
+    }
+
     /// [`Registry::record`] for an update read without its record (`record`: its stored
     /// JSON, see [`Registry::current_for_status`]): the record to store beside `new`, if one
     /// is left that is not in `new` itself.
@@ -972,7 +1001,7 @@ impl Registry {
             Some(map) if self.strategy.status_set_on_create() => map.remove("status"),
             _ => None,
         };
-        self.record(None, &mut obj, None, opts);
+        let record = self.record_created(&mut obj, opts)?;
         if let (Some(status), Some(map)) = (server_status, obj.as_object_mut()) {
             map.insert("status".into(), status);
         }
@@ -986,20 +1015,33 @@ impl Registry {
         }
         self.admit(opts, &name, None, &obj)?;
         if dry_run {
+            if let Some(record) = &record {
+                put_record(&mut obj, record);
+            }
             return Ok(Written::decoded(obj));
         }
         // A generated name may collide; try a few fresh suffixes before giving up.
         for _ in 0..8 {
             let name = meta.name.clone().unwrap_or_default();
             let key = self.key(scope, &name)?;
-            let bytes = self.encode(&obj)?;
+            let bytes = match &record {
+                Some(record) => stored_json_with(&obj, Some(record))
+                    .map(Bytes::from)
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?,
+                None => self.encode(&obj)?,
+            };
             match self.store.create(key, bytes.clone()).await? {
                 Ok(revision) => {
                     let mut created = obj;
                     if let Some(m) = created.get_mut("metadata").and_then(Value::as_object_mut) {
                         m.insert("resourceVersion".into(), Value::String(revision.to_string()));
                     }
-                    return Ok(Written::stored(created, self.strategy.stored_as_viewed(), &bytes, revision));
+                    let mut written = Written::stored(created, self.strategy.stored_as_viewed(), &bytes, revision);
+                    match record {
+                        Some(record) if written.stored.is_none() => put_record(&mut written.obj, &record),
+                        record => written.record = record,
+                    }
+                    return Ok(written);
                 }
                 Err(_) if generate => {
                     meta.name =

@@ -883,6 +883,23 @@ fn server_side_apply_works_with(minor: u32) -> Result<()> {
     let image =
         k.ok(&["get", "deployment", "web", "-n", "ssa", "-o", "jsonpath={.spec.template.spec.containers[0].image}"])?;
     ensure!(image == "nginx:3", "forced image: {image}");
+    // The status subresource applied (kubectl 1.33 has `apply --subresource`): the applier
+    // owns what it applied there, beside the spec's owners.
+    if minor >= 33 {
+        let status = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: ssa\n\
+                      status:\n  replicas: 2\n  readyReplicas: 1\n";
+        k.ok_with(
+            &["apply", "--server-side", "--subresource=status", "--field-manager=status-applier", "-f", "-"],
+            Some(status),
+        )?;
+        let entry = "jsonpath={.metadata.managedFields[?(@.manager==\"status-applier\")]}";
+        let entry: serde_json::Value =
+            serde_json::from_str(&k.ok(&["get", "deployment", "web", "-n", "ssa", "-o", entry])?)?;
+        ensure!(entry["operation"] == "Apply" && entry["subresource"] == "status", "{entry}");
+        ensure!(entry["fieldsV1"]["f:status"]["f:readyReplicas"] == serde_json::json!({}), "{entry}");
+        let ready = k.ok(&["get", "deployment", "web", "-n", "ssa", "-o", "jsonpath={.status.readyReplicas}"])?;
+        ensure!(ready == "1", "applied status: {ready}");
+    }
     // The same in a tenant, through the tenant prefix.
     k.ok_with(&["create", "-f", "-"], Some(&tenant_json("acme")))?;
     let prefix = format!("https://{}/tenants/acme", server.addr);
