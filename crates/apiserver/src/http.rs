@@ -1309,7 +1309,11 @@ impl Api {
     /// (Kubernetes' namespace lifecycle admission).
     async fn check_namespace(&self, tenant: &str, namespace: &str) -> Result<(), Status> {
         let scope = Scope { tenant: Some(tenant.to_string()), namespace: None };
-        match self.registry("", "namespaces")?.get(&scope, namespace).await {
+        match self
+            .registry("", "namespaces")?
+            .get_fields(&scope, namespace, &[&["metadata", "deletionTimestamp"]])
+            .await
+        {
             Ok(ns) if ns.at("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) => Err(Status::failure(
                 403,
                 "Forbidden",
@@ -1335,7 +1339,7 @@ impl Api {
         let account = sa::default_account(pod);
         let deadline = std::time::Instant::now() + sa::patience(&account);
         loop {
-            match self.registry("", "serviceaccounts")?.get(scope, &account).await {
+            match self.registry("", "serviceaccounts")?.get_fields(scope, &account, &[&["imagePullSecrets"]]).await {
                 Ok(account) => {
                     crate::kinds::add_service_account_pull_secrets(pod, &account);
                     return Ok(());

@@ -1061,6 +1061,23 @@ impl Registry {
         Err(RegistryError::Internal("could not generate a unique name".into()))
     }
 
+    /// The fields at `paths` (field names from the root) of the object `name`, decoded alone:
+    /// the rest of its JSON is skipped unbuilt, for a server check that reads one or two
+    /// fields (a pod create's namespace and service account). A kind not stored as viewed is
+    /// read whole, as [`Registry::get`] reads it.
+    pub(crate) async fn get_fields(&self, scope: &Scope, name: &str, paths: &[&[&str]]) -> Result<Value> {
+        if !self.strategy.stored_as_viewed() {
+            return self.get(scope, name).await;
+        }
+        let (kv, _) = self.store.get(self.key(scope, name)?, None).await?;
+        let kv = kv.ok_or_else(|| self.not_found(name))?;
+        let mut keep = project::Paths::default();
+        for path in paths {
+            keep.insert(path);
+        }
+        keep.decode(&kv.value).map_err(|e| RegistryError::Internal(format!("stored object is not JSON: {e}")))
+    }
+
     pub async fn get(&self, scope: &Scope, name: &str) -> Result<Value> {
         let (kv, _) = self.store.get(self.key(scope, name)?, None).await?;
         let kv = kv.ok_or_else(|| self.not_found(name))?;
