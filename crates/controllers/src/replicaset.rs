@@ -116,15 +116,18 @@ impl ReplicaSets {
 pub fn compute_status(rs: &Value, pods: &[Arc<Value>], now: i64) -> Value {
     let min_ready = i64_at(rs, "/spec/minReadySeconds");
     let template_labels = rs.at("/spec/template/metadata/labels").and_then(Value::as_object);
-    let fully = pods
-        .iter()
-        .filter(|p| {
-            template_labels
-                .is_none_or(|want| want.iter().all(|(k, v)| p.at("/metadata/labels").and_then(|l| l.get(k)) == Some(v)))
-        })
-        .count();
-    let ready = pods.iter().filter(|p| workload::pod_ready(p)).count();
-    let available = pods.iter().filter(|p| workload::pod_available(p, min_ready, now)).count();
+    // One pass, one look at each pod's labels and Ready condition: this runs over every pod
+    // of the set on every sync.
+    let (mut fully, mut ready, mut available) = (0, 0, 0);
+    for p in pods {
+        let labels = p.get("metadata").and_then(|m| m.get("labels"));
+        if template_labels.is_none_or(|want| want.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))) {
+            fully += 1;
+        }
+        let (is_ready, is_available) = workload::pod_readiness(p, min_ready, now);
+        ready += usize::from(is_ready);
+        available += usize::from(is_available);
+    }
     json!({
         "replicas": pods.len(),
         "fullyLabeledReplicas": fully,
@@ -393,6 +396,39 @@ pub fn controller(client: Client, pod_informer: &Arc<Informer>) -> Controller<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_counts_labelled_ready_and_available_pods() {
+        let rs = |min_ready: i64| {
+            json!({"metadata": {"generation": 3}, "spec": {"minReadySeconds": min_ready,
+                   "template": {"metadata": {"labels": {"app": "a", "tier": "t"}}}}})
+        };
+        let pod = |labels: Value, ready: Option<(&str, &str)>| {
+            let conditions = match ready {
+                Some((status, since)) => json!([{"type": "PodScheduled", "status": "True"},
+                                                 {"type": "Ready", "status": status, "lastTransitionTime": since}]),
+                None => json!([]),
+            };
+            Arc::new(json!({"metadata": {"labels": labels}, "status": {"conditions": conditions}}))
+        };
+        let full = json!({"app": "a", "tier": "t", "extra": "x"});
+        let pods = [
+            pod(full.clone(), Some(("True", "2026-01-01T00:00:00Z"))),
+            pod(full.clone(), Some(("True", "2026-01-01T00:01:00Z"))),
+            pod(json!({"app": "a"}), Some(("True", "2026-01-01T00:00:00Z"))),
+            pod(full.clone(), Some(("False", "2026-01-01T00:00:00Z"))),
+            pod(full, None),
+        ];
+        let at = api::time::parse_rfc3339("2026-01-01T00:01:30Z").unwrap();
+        let status = |min_ready| compute_status(&rs(min_ready), &pods, at);
+        let expect = |available: usize| {
+            json!({"replicas": 5, "fullyLabeledReplicas": 4, "readyReplicas": 3,
+                   "availableReplicas": available, "observedGeneration": 3})
+        };
+        assert_eq!(status(0), expect(3), "without minReadySeconds every ready pod is available");
+        assert_eq!(status(60), expect(2), "ready for 90 s, 90 s and 30 s at 00:01:30");
+        assert_eq!(status(100), expect(0));
+    }
 
     #[test]
     fn pods_are_indexed_under_their_controller_within_their_tenant_and_namespace() {

@@ -164,7 +164,19 @@ pub fn pod_ready_since(pod: &Value) -> Option<i64> {
 
 /// Ready for at least `min_ready` seconds at `now`.
 pub fn pod_available(pod: &Value, min_ready: i64, now: i64) -> bool {
-    pod_ready_since(pod).is_some_and(|since| min_ready <= 0 || since + min_ready <= now)
+    pod_readiness(pod, min_ready, now).1
+}
+
+/// Whether a pod is ready, and whether it is available (ready for at least `min_ready`
+/// seconds at `now`), from one look at its Ready condition; its transition time is parsed
+/// only when `min_ready` asks for it (a ReplicaSet's status counts every pod of the set on
+/// every sync).
+pub fn pod_readiness(pod: &Value, min_ready: i64, now: i64) -> (bool, bool) {
+    let Some(ready) = ready_condition(pod).filter(|c| c.get("status").and_then(Value::as_str) == Some("True")) else {
+        return (false, false);
+    };
+    let since = || ready.get("lastTransitionTime").and_then(Value::as_str).map(parse_time).unwrap_or(0);
+    (true, min_ready <= 0 || since() + min_ready <= now)
 }
 
 /// Sets condition `kind` in `conditions` (a status's list), keeping its transition time
