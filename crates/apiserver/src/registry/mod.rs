@@ -867,18 +867,26 @@ impl Registry {
         }
     }
 
+    /// Runs `f` with the ownership bookkeeping of a write by `manager` now.
+    fn recording<R>(
+        &self,
+        manager: &str,
+        subresource: Option<&str>,
+        f: impl FnOnce(&crate::managed::Writer<'_>) -> R,
+    ) -> R {
+        let api_version = self.info().api_version();
+        let now = object::now_rfc3339();
+        let list_type = |p: &[&str]| self.strategy.list_type(p);
+        f(&self.writer(manager, subresource, &api_version, &now, &list_type))
+    }
+
     /// Records the write of `new` (over `old`, if any) in its managed fields.
     fn record(&self, old: Option<&Value>, new: &mut Value, subresource: Option<&str>, opts: &WriteOptions) {
         if opts.applied {
             return;
         }
         match &opts.field_manager {
-            Some(manager) => {
-                let api_version = self.info().api_version();
-                let now = object::now_rfc3339();
-                let list_type = |p: &[&str]| self.strategy.list_type(p);
-                self.writer(manager, subresource, &api_version, &now, &list_type).record_update(old, new);
-            }
+            Some(manager) => self.recording(manager, subresource, |w| w.record_update(old, new)),
             // The server's own writes keep the record as it was.
             None => {
                 let kept = old.and_then(|o| o.at("/metadata/managedFields")).cloned();
@@ -907,13 +915,9 @@ impl Registry {
                 return Ok(None);
             }
         };
-        let api_version = self.info().api_version();
-        let now = object::now_rfc3339();
-        let list_type = |p: &[&str]| self.strategy.list_type(p);
         let nothing = Value::Object(serde_json::Map::new());
         let recorded = self
-            .writer(manager, None, &api_version, &now, &list_type)
-            .record_update_raw(&nothing, obj, b"[]")
+            .recording(manager, None, |w| w.record_update_raw(&nothing, obj, b"[]"))
             .map_err(RegistryError::Internal)?;
         Ok(match recorded {
             Recorded::Json(json) => Some(json),
@@ -936,12 +940,8 @@ impl Registry {
         let Some(manager) = opts.field_manager.as_deref().filter(|_| !opts.applied) else {
             return Ok(Some(Cow::Borrowed(record)));
         };
-        let api_version = self.info().api_version();
-        let now = object::now_rfc3339();
-        let list_type = |p: &[&str]| self.strategy.list_type(p);
         let recorded = self
-            .writer(manager, subresource, &api_version, &now, &list_type)
-            .record_update_raw(old, new, record)
+            .recording(manager, subresource, |w| w.record_update_raw(old, new, record))
             .map_err(RegistryError::Internal)?;
         Ok(match recorded {
             Recorded::Unchanged => Some(Cow::Borrowed(record)),
